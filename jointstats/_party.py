@@ -1,0 +1,164 @@
+"""One party's side of one job, run as its own OS process.
+
+It reads only its own config and data, checks its own policy, computes its partial
+aggregates locally, joins the MPC with the other parties, checks that all hold the
+same plan, runs the secure step and writes the revealed result (or a one-line error).
+
+Usage: ``python -m jointstats._party --config A.yaml --spec SPEC --job-id ID --out FILE``
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+from .config import PartyConfig, load_party_config
+from .errors import JointStatsError, PartyError, PlanMismatchError
+from .plan import Plan, make_plan
+from .policy import check_job, effective_min_count
+from .spec import Spec, load_spec
+
+#: Seconds to wait for every peer to finish its local step (reading its data).
+LOCAL_STEP_TIMEOUT = 3600.0
+#: Seconds any single secure-step wait may take before the job fails.
+SECURE_STEP_TIMEOUT = 600.0
+
+
+class PartyJob:
+    """Everything one party needs for one job; ``run()`` returns the revealed result dict."""
+
+    def __init__(self, config: PartyConfig, spec: Spec, job_id: str, *, connect_timeout: float = 60.0,
+                 progress=None, hooks=None):
+        self.config = config
+        self.spec = spec
+        self.job_id = job_id
+        self.connect_timeout = connect_timeout
+        self.progress = progress or (lambda msg: None)
+        self.hooks = hooks  # ledger/audit hooks of a node (jointstats.node), or None
+        self.metrics: dict = {}
+
+    def plan(self) -> Plan:
+        """The plan this party derives on its own from the spec and the public party list."""
+        from .output import add_noise_plans
+        plan = make_plan(self.spec, [p.name for p in self.config.peers])
+        return add_noise_plans(self.spec, plan)
+
+    def local_step(self, plan: Plan) -> dict[str, list[int]]:
+        """Policy check, then read, validate, clip and aggregate this party's own rows."""
+        from ._local import compute_partials
+        from ._sources import open_source
+        check_job(self.config, self.spec, plan)
+        source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir)
+        started = time.perf_counter()
+        partials = compute_partials(plan, source.iter_chunks(list(self.spec.schema), self.config.party))
+        self.metrics["local_seconds"] = time.perf_counter() - started
+        return partials
+
+    async def run(self) -> dict:
+        """Run the whole job for this party (inside an asyncio loop)."""
+        from . import _mpc
+        from .output import secure_statistic
+        cfg = self.config
+        plan = self.plan()
+        refusal = None
+        partials = None
+        try:
+            if self.hooks:
+                self.hooks.before_data(plan)
+            partials = self.local_step(plan)
+        except JointStatsError as exc:
+            refusal = str(exc)
+            if not refusal.startswith("party "):
+                refusal = f"party {cfg.party!r} refused: {refusal}"
+        self.progress("local step done" if refusal is None else "refusing")
+        names = [p.name for p in cfg.peers]
+        rt = _mpc.make_party_runtime(cfg.index, names, [(p.host, p.port) for p in cfg.peers])
+        if cfg.tls is not None:
+            from .tls import configure_tls
+            configure_tls(rt, cfg)
+        started = time.perf_counter()
+        await rt.start(self.connect_timeout)
+        self.progress("connected")
+        try:
+            status = {"party": cfg.party, "plan": plan.sha256, "job": self.job_id,
+                      "refusal": refusal, "min_count_floor": cfg.policy.min_count}
+            statuses = await rt.guard(rt.transfer(status), LOCAL_STEP_TIMEOUT, "the local step")
+            for st in statuses:
+                if st["refusal"]:
+                    raise PartyError(st["refusal"])
+            for st in statuses:
+                if st["job"] != self.job_id:
+                    raise PlanMismatchError(f"party {st['party']!r} is running job {st['job']!r}, "
+                                            f"not {self.job_id!r}")
+                if st["plan"] != plan.sha256:
+                    raise PlanMismatchError(f"party {st['party']!r} holds a different plan "
+                                            f"({st['plan'][:12]} vs {plan.sha256[:12]}): check "
+                                            "that every party runs the same spec and version")
+            floors = [st["min_count_floor"] for st in statuses]
+            if self.hooks:
+                self.hooks.before_reveal(plan)
+            results = {}
+            for stat in plan.statistics:
+                min_count = effective_min_count(stat, floors)
+                results[stat.name] = await rt.guard(
+                    secure_statistic(rt, stat, partials[stat.name], min_count), SECURE_STEP_TIMEOUT,
+                    f"statistic {stat.name!r}")
+                self.progress(f"{stat.name} done")
+            self.metrics["secure_seconds"] = time.perf_counter() - started
+            self.metrics["bytes_sent"] = rt.bytes_sent()
+            await rt.close()
+        except BaseException:
+            rt.closing = True
+            for peer in rt.parties:
+                proto = peer.protocol
+                if peer.pid != rt.pid and proto is not None and hasattr(proto, "transport"):
+                    proto.transport.close()
+            raise
+        from .output import privacy_block
+        return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
+                "parties": names, "privacy": privacy_block(self.spec, plan), "results": results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a party process; exit status 0 on success, 1 with a one-line reason."""
+    parser = argparse.ArgumentParser(prog="jointstats-party")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--spec", required=True)
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--connect-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    name = "?"
+    try:
+        config = load_party_config(args.config)
+        name = config.party
+        spec = load_spec(args.spec)
+        job = PartyJob(config, spec, args.job_id, connect_timeout=args.connect_timeout,
+                       progress=lambda msg: print(f"progress {name}: {msg}", file=sys.stderr, flush=True))
+        result = asyncio.run(job.run())
+        job.metrics["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        job.metrics["cpu_seconds"] = time.process_time()
+        payload = {"ok": True, "result": result, "metrics": job.metrics}
+        status = 0
+    except JointStatsError as exc:
+        payload = {"ok": False, "error": str(exc), "party": name}
+        status = 1
+    except Exception as exc:  # a bug: still one line, naming the party
+        payload = {"ok": False, "error": f"party {name!r} failed: {type(exc).__name__}: {exc}", "party": name}
+        status = 1
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, out)
+    if status:
+        print(payload["error"], file=sys.stderr, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

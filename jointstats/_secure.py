@@ -1,0 +1,269 @@
+"""The secure step: combine the parties' secret-shared partials and reveal only the statistic.
+
+Written against the MPyC runtime object ``rt`` passed in (this module does not import
+MPyC). Exact mode reveals each statistic as an exact rational (see ``_fields``); the
+cost depends on the number of partials, never on the number of rows.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+
+from ._fields import crt, inverse_mod, rational, regression_primes
+from .errors import JointStatsError
+from .plan import StatPlan
+
+
+class SingularError(JointStatsError, ArithmeticError):
+    """A regression's normal equations are singular (collinear terms or too few rows)."""
+
+
+def upper_index(k: int) -> np.ndarray:
+    """k x k matrix of positions into a row-major upper-triangle vector."""
+    idx = np.zeros((k, k), dtype=int)
+    pos = 0
+    for i in range(k):
+        for j in range(i, k):
+            idx[i, j] = idx[j, i] = pos
+            pos += 1
+    return idx
+
+
+def share_total(rt, sectype, values: list[int]):
+    """Every party inputs its partial vector; the sum over parties, still secret."""
+    arr = sectype.array(np.array(values, dtype=object))
+    parts = rt.input(arr)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
+async def masked_inverse(rt, x):
+    """Secret 1/x (field inverse) of a secure array, and which entries were zero.
+
+    Reveals x * r for a uniformly random secret r: that is uniform when x != 0, so the
+    only thing learnt is whether x is zero.
+    """
+    sectype = type(x).sectype
+    field = sectype.field
+    r = rt._np_randoms(sectype, x.size).reshape(x.shape)
+    masked = await rt.output(x * r)
+    values = np.array(_residues(masked, field.order), dtype=object)
+    zero = values == 0
+    safe = np.where(zero, 1, values)
+    inv = field.array(np.array([pow(int(v), -1, field.order) for v in safe], dtype=object)
+                      .reshape(x.shape))
+    return r * inv, zero.reshape(x.shape)
+
+
+async def reveal_field(rt, x) -> list[int]:
+    """Reveal a secure array as field elements (non-negative residues)."""
+    return _residues(await rt.output(x), type(x).sectype.field.order)
+
+
+def _residues(opened, order: int) -> list[int]:
+    """Opened values (a field array, or signed ints for SecInt) as residues mod ``order``."""
+    values = getattr(opened, "value", opened)
+    return [int(v) % order for v in np.ravel(values)]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+async def exact_statistic(rt, stat: StatPlan, partial: list[int], min_count: int | None) -> dict:
+    """Run one statistic's secure step in exact mode and return its contract result entry."""
+    if stat.kind == "regression":
+        return await _regression(rt, stat, partial)
+    secint = rt.SecInt(stat.secure_bits)
+    total = share_total(rt, secint, partial)
+    if stat.kind == "count":
+        return {"kind": "count", "value": int(await rt.output(total[0]))}
+    if stat.kind == "histogram":
+        counts = await rt.output(total)
+        return {"kind": "histogram", "edges": list(stat.edges), "counts": [int(c) for c in counts]}
+    if stat.kind == "crosstab":
+        return await _crosstab(rt, stat, total, min_count)
+    if stat.kind in ("sum", "mean", "variance"):
+        return await _moments(rt, stat, total)
+    if stat.kind == "correlation":
+        return await _correlation(rt, stat, total)
+    raise ValueError(f"unknown statistic kind {stat.kind}")
+
+
+async def _crosstab(rt, stat: StatPlan, total, min_count: int | None) -> dict:
+    nr, nc = stat.shape
+    if min_count:
+        keep = total >= min_count  # one vectorized secure comparison over all cells
+        shown = await rt.output(total * keep)
+        cells = [int(v) if int(v) != 0 else None for v in shown]
+    else:
+        cells = [int(v) for v in await rt.output(total)]
+    counts = [cells[i * nc:(i + 1) * nc] for i in range(nr)]
+    return {"kind": "crosstab", "rows": list(stat.labels[0]), "cols": list(stat.labels[1]),
+            "counts": counts, "min_count": min_count or 0}
+
+
+async def _moments(rt, stat: StatPlan, total) -> dict:
+    f = stat.terms[1].frac_bits
+    n, s, ss = total[0:1], total[1:2], total[2:3]
+    p = type(total).sectype.field.order
+    s_bits, nb = stat.sizes
+    if stat.kind == "sum":
+        value = int((await rt.output(s))[0])
+        return {"kind": "sum", "value": math.ldexp(value, -f)}
+    if stat.kind == "mean":
+        inv, zero = await masked_inverse(rt, n)
+        if zero.all():
+            return {"kind": "mean", "value": None}
+        (value,) = await reveal_field(rt, s * inv)
+        return {"kind": "mean", "value": float(rational(value, p, s_bits + 1, nb + 1) / 2 ** f)}
+    den = n * (n - 1)
+    inv, zero = await masked_inverse(rt, den)
+    if zero.all():
+        return {"kind": "variance", "value": None}
+    (value,) = await reveal_field(rt, (n * ss - s * s) * inv)
+    q = rational(value, p, 2 * s_bits + 1, 2 * nb + 1)
+    return {"kind": "variance", "value": float(q / 2 ** (2 * f))}
+
+
+async def _correlation(rt, stat: StatPlan, total) -> dict:
+    k = len(stat.terms)
+    d = k - 1
+    idx = upper_index(k)
+    (c_bits,) = stat.sizes
+    p = type(total).sectype.field.order
+    n = total[0]
+    s = total[idx[0, 1:]]
+    ss = total[idx[1:, 1:]]
+    cov = n * ss - _outer(s, d)
+    pairs = [(i, j) for i in range(d) for j in range(i + 1, d)]
+    cij = _take(cov, pairs, d)
+    cii = _take(cov, [(i, i) for i, _ in pairs], d)
+    cjj = _take(cov, [(j, j) for _, j in pairs], d)
+    inv, zero = await masked_inverse(rt, cii * cjj)
+    negative = cij < 0
+    signed = (1 - 2 * negative) * cij * cij * inv
+    values = await reveal_field(rt, signed)
+    matrix = [[1.0 if i == j else None for j in range(d)] for i in range(d)]
+    for (i, j), v, z in zip(pairs, values, zero):
+        if z:
+            matrix[i][j] = matrix[j][i] = None
+            continue
+        q = rational(v, p, 2 * c_bits + 1, 2 * c_bits + 1)
+        r = math.copysign(math.sqrt(abs(q)), q)
+        matrix[i][j] = matrix[j][i] = max(-1.0, min(1.0, r))
+    for i in range(d):  # a constant column has no correlation with itself either
+        if all(matrix[i][j] is None for j in range(d) if j != i):
+            matrix[i][i] = None
+    return {"kind": "correlation", "columns": list(stat.columns), "matrix": matrix}
+
+
+def _outer(s, d: int):
+    """Secure outer product s s^T flattened to a d x d secure array."""
+    return s.reshape((d, 1)) * s.reshape((1, d))
+
+
+def _take(matrix, pairs: list[tuple[int, int]], d: int):
+    flat = matrix.reshape((d * d,))
+    return flat[np.array([i * d + j for i, j in pairs], dtype=int)]
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+async def _regression_in_field(rt, stat: StatPlan, partial: list[int], prime: int) -> dict:
+    """One prime field's run of the exact regression; returns revealed residues."""
+    secfld = rt.SecFld(prime)
+    field = secfld.field
+    k = len(stat.terms)
+    y = k - 1
+    z = list(range(0 if stat.intercept else 1, k - 1))
+    d = len(z)
+    idx = upper_index(k)
+    total = share_total(rt, secfld, partial)
+    gram = total[idx[np.ix_(z, z)]]
+    gzy = total[idx[z, y]]
+    yty = total[idx[y, y]:idx[y, y] + 1]
+    n = total[0:1]
+    sy = total[idx[0, y]:idx[0, y] + 1]
+    q = stat.ridge.denominator
+    penalty = np.zeros((d, d), dtype=object)
+    if stat.ridge:
+        for a, j in enumerate(z):
+            term = stat.terms[j]
+            if term.kind != "one":
+                penalty[a, a] = stat.ridge.numerator << (2 * term.frac_bits)
+    a_mat = gram * q + field.array(penalty) if stat.ridge else gram
+    rand = rt._np_randoms(secfld, d * d).reshape((d, d))
+    masked = await rt.output(rand @ a_mat)  # uniform over GL_d(p): hides A
+    u = np.array(_residues(masked, prime), dtype=object).reshape((d, d)).tolist()
+    u_inv = inverse_mod(u, prime)
+    if u_inv is None:
+        raise SingularError(f"statistics.{stat.name}: the regression is singular "
+                            "(collinear terms, or fewer rows than terms)")
+    a_inv = field.array(np.array(u_inv, dtype=object)) @ rand
+    beta = a_inv @ (gzy * q) if stat.ridge else a_inv @ gzy
+    if stat.ridge:
+        rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
+    else:
+        rss = yty - (beta * gzy).sum()
+    n_value = int((await rt.output(n))[0]) % prime
+    dof = n_value - d
+    out = [beta]
+    if dof > 0:
+        inv_dof = pow(dof, -1, prime)
+        if stat.ridge:
+            m = a_inv @ gram
+            diag = (m * a_inv.T).sum(axis=1) * (q * q)
+        else:
+            diag = _diag(a_inv, d)
+        out.append(diag * rss * inv_dof)
+    if stat.intercept:
+        tss = n_value * yty - sy * sy
+    else:
+        tss = yty
+    inv, zero = await masked_inverse(rt, tss)
+    if not zero[0]:
+        r2 = 1 - rss * inv * (n_value if stat.intercept else 1)
+        out.append(r2)
+    flat = np.concatenate([o.reshape((-1,)) for o in out]) if len(out) > 1 else out[0]
+    values = await reveal_field(rt, flat)
+    return {"n": n_value, "values": values, "has_se": dof > 0, "has_r2": not zero[0], "d": d}
+
+
+def _diag(matrix, d: int):
+    flat = matrix.reshape((d * d,))
+    return flat[np.array([i * d + i for i in range(d)], dtype=int)]
+
+
+async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
+    """Exact OLS/ridge solved inside the MPC over CRT-combined 2048-bit prime fields."""
+    primes = regression_primes(stat.primes)
+    runs = [await _regression_in_field(rt, stat, partial, p) for p in primes]
+    first = runs[0]
+    d = first["d"]
+    combined = []
+    for i in range(len(first["values"])):
+        x, modulus = crt([r["values"][i] for r in runs], primes)
+        combined.append((x, modulus))
+    modulus = combined[0][1]
+    half = (math.isqrt(modulus // 2) - 1).bit_length() - 1
+    fracs = [rational(x, modulus, half, half) for x, _ in combined]
+    z_terms = [t for t in stat.terms[:-1] if stat.intercept or t.kind != "one"]
+    fy = stat.terms[-1].frac_bits
+    coef = [float(fracs[j] * Fraction(2) ** (t.frac_bits - fy)) for j, t in enumerate(z_terms)]
+    pos = d
+    if first["has_se"]:
+        se = [math.sqrt(max(float(fracs[pos + j]), 0.0)) * 2.0 ** (t.frac_bits - fy)
+              for j, t in enumerate(z_terms)]
+        pos += d
+    else:
+        se = [None] * d
+    r2 = float(fracs[pos]) if first["has_r2"] else None
+    return {"kind": "regression", "terms": [t.name if t.kind != "one" else "intercept" for t in z_terms],
+            "coefficients": coef, "std_errors": se, "n": first["n"], "r_squared": r2,
+            "ridge": float(stat.ridge)}

@@ -1,0 +1,694 @@
+"""A node's durable state: privacy ledger, jobs and a hash-chained audit log in one SQLite file.
+
+Every change is one SQLite transaction (WAL, ``synchronous=FULL``) that updates the
+ledger *and* appends its audit record, so the two can never disagree, even if the
+process is killed mid-write. The audit log is a hash chain (each record hashes its
+sequence number, the previous record's hash, its timestamp, event and fields), and a
+one-row ``audit_head`` table (count and last hash, written in the same transaction)
+detects truncation of the tail. ``verify_audit`` also replays the ledger records of
+the chain and checks that the ledger table agrees, so an edit of the ledger alone
+(for example, marking a committed job released to win its budget back) is caught.
+
+Limits: a hash chain stored beside the data detects partial tampering; someone with
+write access who rewrites the whole chain *and* its head is only caught by comparing
+``audit_head()`` with a copy kept elsewhere (results or another party).
+
+Job life cycle::
+
+    reserve -> reserved --commit--> committed --mark_done--> done
+                  |                     |
+                  +--release/fail-->  released        +--fail--> failed (budget stays spent)
+
+Budget is *spent* for committed, done and failed jobs (commit precedes the reveal, so
+a committed job may have revealed), *reserved* for reserved jobs, and free again for
+released ones.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import AuthError, BudgetError, ConfigError, JointStatsError
+
+__all__ = [
+    "NodeState",
+    "Job",
+    "ReplayError",
+    "StateError",
+    "AUDIT_EVENTS",
+    "LEDGER_EVENTS",
+    "record_hash",
+]
+
+_SCHEMA_VERSION = 1
+GENESIS_HASH = "0" * 64
+
+#: Every audit event name in use.
+AUDIT_EVENTS = frozenset({
+    "submission", "refusal", "start", "reserve", "commit", "release",
+    "reveal", "failure", "done", "recover",
+})
+#: Events that change the ledger; only NodeState's ledger methods may write them.
+LEDGER_EVENTS = frozenset({"reserve", "commit", "release", "done", "recover"})
+
+_CHARGED = ("committed", "done", "failed")   # budget spent: may have revealed
+_STATUSES = ("reserved", "committed", "done", "released", "failed")
+_KIND_RE = re.compile(r"^[a-z][a-z_]{0,31}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id      TEXT PRIMARY KEY,
+    dataset     TEXT NOT NULL,
+    epsilon     TEXT NOT NULL,
+    delta       TEXT NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('reserved','committed','done','released','failed')),
+    analyst     TEXT NOT NULL,
+    spec_sha256 TEXT NOT NULL,
+    created     TEXT NOT NULL,
+    updated     TEXT NOT NULL,
+    reason      TEXT,
+    revealed    TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_dataset ON jobs(dataset, status);
+CREATE TABLE IF NOT EXISTS nonces (
+    nonce    TEXT PRIMARY KEY,
+    analyst  TEXT NOT NULL,
+    seen_at  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq        INTEGER PRIMARY KEY,
+    ts         TEXT NOT NULL,
+    event      TEXT NOT NULL,
+    fields     TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    count  INTEGER NOT NULL,
+    hash   TEXT NOT NULL
+);
+INSERT OR IGNORE INTO audit_head (id, count, hash) VALUES (1, 0, '""" + GENESIS_HASH + """');
+"""
+
+
+class ReplayError(AuthError):
+    """A job id (nonce) was submitted or reserved a second time."""
+
+
+class StateError(JointStatsError, RuntimeError):
+    """A ledger transition is not allowed from the job's current status (or the job is unknown)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job's ledger row: what it asked for and where it is in its life cycle."""
+
+    job_id: str
+    dataset: str
+    epsilon: Fraction
+    delta: Fraction
+    status: str
+    analyst: str
+    spec_sha256: str
+    created: str
+    updated: str
+    reason: str | None
+    revealed: dict[str, str] | None
+
+    @property
+    def charged(self) -> bool:
+        """Whether this job's budget counts as spent (it committed, so it may have revealed)."""
+        return self.status in _CHARGED
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly dict (fractions as "p/q" strings)."""
+        return {
+            "job_id": self.job_id, "dataset": self.dataset,
+            "epsilon": _frac_text(self.epsilon), "delta": _frac_text(self.delta),
+            "status": self.status, "analyst": self.analyst, "spec_sha256": self.spec_sha256,
+            "created": self.created, "updated": self.updated, "reason": self.reason,
+            "revealed": self.revealed,
+        }
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _frac_text(f: Fraction) -> str:
+    """Exact text form "p/q" used for storage and audit fields."""
+    return f"{f.numerator}/{f.denominator}"
+
+
+def _parse_frac(text: str) -> Fraction:
+    """Parse the stored "p/q" form back to an exact Fraction."""
+    return Fraction(text)
+
+
+def _to_frac(value: Any, what: str) -> Fraction:
+    """Coerce an epsilon/delta argument to an exact non-negative Fraction (floats via their decimal repr)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{what} must be a number, not bool")
+    if isinstance(value, float):
+        # read a float as the shortest decimal that round-trips (0.1 -> 1/10), as YAML meant it
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{what} must be finite, got {value!r}")
+        f = Fraction(repr(value))
+    elif isinstance(value, (Fraction, int)):
+        f = Fraction(value)
+    elif isinstance(value, str):
+        try:
+            f = Fraction(value.strip())
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"{what} {value!r} is not a number") from None
+    else:
+        raise TypeError(f"{what} must be a Fraction, int, float or decimal string, "
+                        f"not {type(value).__name__}")
+    if f < 0:
+        raise ValueError(f"{what} must be >= 0, got {_fmt(f)}")
+    return f
+
+
+def _fmt(f: Fraction) -> str:
+    """Human form of a Fraction: a short decimal when exact, else "p/q"."""
+    if f.denominator == 1:
+        return str(f.numerator)
+    r = repr(float(f))
+    try:
+        if Fraction(r) == f:
+            return r
+    except ValueError:  # pragma: no cover - inf/nan cannot come from a Fraction here
+        pass
+    return f"{f.numerator}/{f.denominator} (~{float(f):.6g})"
+
+
+def _now() -> str:
+    """UTC timestamp with microseconds, ISO 8601."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def _json_default(obj: Any) -> Any:
+    """JSON encoding of the few non-JSON types audit fields may carry."""
+    if isinstance(obj, Fraction):
+        return _frac_text(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return sorted(obj) if isinstance(obj, (set, frozenset)) else list(obj)
+    raise TypeError(f"audit field of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _fields_json(fields: Mapping[str, Any]) -> str:
+    """Canonical JSON for audit fields: sorted keys, no whitespace, ASCII only."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      default=_json_default, allow_nan=False)
+
+
+def record_hash(seq: int, prev_hash: str, ts: str, event: str, fields_json: str) -> str:
+    """sha256 over an unambiguous encoding of (seq, prev_hash, timestamp, event, fields_json)."""
+    payload = json.dumps([seq, prev_hash, ts, event, fields_json], separators=(",", ":"),
+                         ensure_ascii=True)
+    return hashlib.sha256(payload.encode("ascii")).hexdigest()
+
+
+def _kinds(revealed: Mapping[str, Any]) -> dict[str, str]:
+    """Reduce a revealed-results mapping to {statistic name: kind}, dropping every value."""
+    if not isinstance(revealed, Mapping):
+        raise TypeError("revealed must be a mapping of statistic name to kind (or to a result dict)")
+    out: dict[str, str] = {}
+    for name, item in revealed.items():
+        kind = item.get("kind") if isinstance(item, Mapping) else item
+        if not isinstance(kind, str) or not _KIND_RE.match(kind):
+            raise ValueError(f"revealed[{name!r}]: expected a statistic kind such as 'count' "
+                             f"or a result dict with a 'kind', got {type(item).__name__}")
+        out[str(name)] = kind
+    return out
+
+
+# --------------------------------------------------------------------------- NodeState
+
+class NodeState:
+    """A node's privacy ledger, jobs and audit log, durable in one SQLite file."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        """Open (creating if needed) the state file at ``path``; several processes may share it."""
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"state: cannot open {self.path}: {exc}") from exc
+        self._conn = conn
+        self._lock = threading.RLock()
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise ConfigError(f"state: {self.path} cannot use WAL journal mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            with self._tx():
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version not in (0, _SCHEMA_VERSION):
+                    raise ConfigError(f"state: {self.path} has schema version {version}, "
+                                      f"this jointstats expects {_SCHEMA_VERSION}")
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ConfigError(f"state: {self.path} is not a jointstats state file: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    class _Tx:
+        """Context manager for one BEGIN IMMEDIATE ... COMMIT transaction (rollback on error)."""
+
+        def __init__(self, state: "NodeState") -> None:
+            self.state = state
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.state._lock.acquire()
+            try:
+                self.state._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.state._lock.release()
+                raise
+            return self.state._conn
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            try:
+                if exc_type is None:
+                    self.state._conn.execute("COMMIT")
+                else:
+                    self.state._conn.execute("ROLLBACK")
+            finally:
+                self.state._lock.release()
+
+    def _tx(self) -> "NodeState._Tx":
+        """One write transaction holding SQLite's write lock from the start."""
+        return NodeState._Tx(self)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "NodeState":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"NodeState({str(self.path)!r})"
+
+    def _append(self, conn: sqlite3.Connection, event: str, fields: Mapping[str, Any]) -> int:
+        """Append one chained audit record inside the caller's transaction; returns its seq."""
+        count, prev = conn.execute("SELECT count, hash FROM audit_head WHERE id = 1").fetchone()
+        seq = count + 1
+        ts = _now()
+        fj = _fields_json(fields)
+        h = record_hash(seq, prev, ts, event, fj)
+        conn.execute("INSERT INTO audit (seq, ts, event, fields, prev_hash, hash) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (seq, ts, event, fj, prev, h))
+        conn.execute("UPDATE audit_head SET count = ?, hash = ? WHERE id = 1", (seq, h))
+        return seq
+
+    @staticmethod
+    def _row_job(row: tuple) -> Job:
+        """Build a Job from a jobs-table row."""
+        (job_id, dataset, eps, delta, status, analyst, sha, created, updated, reason, rev) = row
+        return Job(job_id, dataset, _parse_frac(eps), _parse_frac(delta), status, analyst, sha,
+                   created, updated, reason, json.loads(rev) if rev else None)
+
+    _JOB_COLS = ("job_id, dataset, epsilon, delta, status, analyst, spec_sha256, created, "
+                 "updated, reason, revealed")
+
+    def _get(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
+        """The job row for ``job_id`` within the current connection, or None."""
+        row = conn.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?",
+                           (job_id,)).fetchone()
+        return self._row_job(row) if row else None
+
+    def _sums(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
+              ) -> tuple[Fraction, Fraction]:
+        """Exact sums of epsilon and delta over ``dataset``'s jobs in ``statuses``."""
+        marks = ",".join("?" * len(statuses))
+        eps, delta = Fraction(0), Fraction(0)
+        for e, d in conn.execute(f"SELECT epsilon, delta FROM jobs WHERE dataset = ? "
+                                 f"AND status IN ({marks})", (dataset, *statuses)):
+            eps += _parse_frac(e)
+            delta += _parse_frac(d)
+        return eps, delta
+
+    def _transition(self, job_id: str, expected: tuple[str, ...], new: str, event: str,
+                    fields: Mapping[str, Any], *, reason: str | None = None,
+                    revealed: dict[str, str] | None = None) -> Job:
+        """Move ``job_id`` from one of ``expected`` to ``new`` and audit it, in one transaction."""
+        with self._tx() as conn:
+            job = self._get(conn, job_id)
+            if job is None:
+                raise StateError(f"job {job_id!r}: unknown job, cannot {event}")
+            if job.status not in expected:
+                raise StateError(f"job {job_id!r} is {job.status!r}, cannot {event} "
+                                 f"(expected {' or '.join(map(repr, expected))})")
+            now = _now()
+            conn.execute("UPDATE jobs SET status = ?, updated = ?, reason = COALESCE(?, reason), "
+                         "revealed = COALESCE(?, revealed) WHERE job_id = ?",
+                         (new, now, reason, json.dumps(revealed, sort_keys=True) if revealed is not None
+                          else None, job_id))
+            self._append(conn, event, {**fields, "job_id": job_id,
+                                       "ledger": self._ledger_entry(job, new)})
+            return self._get(conn, job_id)  # type: ignore[return-value]
+
+    @staticmethod
+    def _ledger_entry(job: Job, status: str) -> dict[str, str]:
+        """The self-contained ledger state carried by a ledger audit record."""
+        return {"dataset": job.dataset, "epsilon": _frac_text(job.epsilon),
+                "delta": _frac_text(job.delta), "status": status}
+
+    # ------------------------------------------------------------------ ledger
+
+    def reserve(self, job_id: str, dataset: str, epsilon: Fraction, delta: Fraction,
+                budget_epsilon: Fraction, budget_delta: Fraction, *, analyst: str,
+                spec_sha256: str) -> None:
+        """Atomically check that ``dataset``'s budget covers this job and reserve it.
+
+        Raises ReplayError if the job id was reserved before and BudgetError if
+        spent + reserved + this would exceed the budget; both refusals are audited.
+        """
+        if not isinstance(job_id, str) or not job_id:
+            raise ValueError("job_id must be a non-empty string")
+        eps = _to_frac(epsilon, "epsilon")
+        dlt = _to_frac(delta, "delta")
+        b_eps = _to_frac(budget_epsilon, "budget epsilon")
+        b_dlt = _to_frac(budget_delta, "budget delta")
+        refusal: JointStatsError | None = None
+        with self._tx() as conn:
+            if self._get(conn, job_id) is not None:
+                self._append(conn, "refusal", {"job_id": job_id, "analyst": analyst,
+                                               "dataset": dataset, "reason": "replay",
+                                               "detail": "job id already reserved"})
+                refusal = ReplayError(f"job {job_id!r} was already submitted to this node "
+                                      f"(replayed job id)")
+            else:
+                s_eps, s_dlt = self._sums(conn, dataset, _CHARGED + ("reserved",))
+                rem_eps, rem_dlt = b_eps - s_eps, b_dlt - s_dlt
+                if eps > rem_eps or dlt > rem_dlt:
+                    self._append(conn, "refusal", {
+                        "job_id": job_id, "analyst": analyst, "dataset": dataset,
+                        "reason": "budget", "epsilon": eps, "delta": dlt,
+                        "remaining_epsilon": max(rem_eps, Fraction(0)),
+                        "remaining_delta": max(rem_dlt, Fraction(0))})
+                    refusal = BudgetError(
+                        f"privacy budget of dataset {dataset!r} exceeded: remaining "
+                        f"epsilon {_fmt(max(rem_eps, Fraction(0)))}, delta "
+                        f"{_fmt(max(rem_dlt, Fraction(0)))} (of epsilon {_fmt(b_eps)}, delta "
+                        f"{_fmt(b_dlt)}); job {job_id!r} asked epsilon {_fmt(eps)}, delta {_fmt(dlt)}")
+                else:
+                    now = _now()
+                    conn.execute(f"INSERT INTO jobs ({self._JOB_COLS}) VALUES "
+                                 "(?, ?, ?, ?, 'reserved', ?, ?, ?, ?, NULL, NULL)",
+                                 (job_id, dataset, _frac_text(eps), _frac_text(dlt), analyst,
+                                  spec_sha256, now, now))
+                    job = self._get(conn, job_id)
+                    assert job is not None
+                    self._append(conn, "reserve", {
+                        "job_id": job_id, "analyst": analyst, "spec_sha256": spec_sha256,
+                        "remaining_epsilon": rem_eps - eps, "remaining_delta": rem_dlt - dlt,
+                        "ledger": self._ledger_entry(job, "reserved")})
+        if refusal is not None:
+            raise refusal
+
+    def commit(self, job_id: str) -> None:
+        """Mark a reserved job's budget as spent; must happen BEFORE its results are revealed."""
+        self._transition(job_id, ("reserved",), "committed", "commit", {})
+
+    def release(self, job_id: str, reason: str) -> None:
+        """Give back a reserved job's budget because it failed before the reveal."""
+        self._transition(job_id, ("reserved",), "released", "release", {"reason": reason},
+                         reason=reason)
+
+    def mark_done(self, job_id: str, revealed: Mapping[str, Any]) -> None:
+        """Close a committed job; the audit records the kinds revealed and epsilon spent, never values."""
+        kinds = _kinds(revealed)
+        job = self.job(job_id)
+        spent = {"epsilon": job.epsilon, "delta": job.delta} if job else {}
+        self._transition(job_id, ("committed",), "done", "done", {"revealed": kinds, **spent},
+                         revealed=kinds)
+
+    def fail(self, job_id: str, reason: str) -> None:
+        """Record that a job failed: a reserved job is released, a committed one keeps its budget spent.
+
+        A job id without a ledger entry (it failed before reserving) gets an audit record only.
+        """
+        with self._lock:
+            job = self.job(job_id)
+            if job is None:
+                self.audit("failure", job_id=job_id, reason=reason, budget="none")
+                return
+            if job.status == "reserved":
+                self._transition(job_id, ("reserved",), "released", "failure",
+                                 {"reason": reason, "budget": "released"}, reason=reason)
+            elif job.status == "committed":
+                self._transition(job_id, ("committed",), "failed", "failure",
+                                 {"reason": reason, "budget": "kept (committed before failure)"},
+                                 reason=reason)
+            else:
+                raise StateError(f"job {job_id!r} is {job.status!r}, cannot fail "
+                                 f"(expected 'reserved' or 'committed')")
+
+    def recover(self) -> list[str]:
+        """After a restart: release jobs left reserved, keep committed ones spent; audit both."""
+        affected: list[str] = []
+        with self._tx() as conn:
+            rows = conn.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE status IN "
+                                "('reserved', 'committed') ORDER BY created, job_id").fetchall()
+            now = _now()
+            for row in rows:
+                job = self._row_job(row)
+                if job.status == "reserved":
+                    conn.execute("UPDATE jobs SET status = 'released', updated = ?, reason = ? "
+                                 "WHERE job_id = ?", (now, "node restarted before commit",
+                                                      job.job_id))
+                    self._append(conn, "recover", {
+                        "job_id": job.job_id, "action": "released",
+                        "reason": "node restarted before commit: never revealed",
+                        "ledger": self._ledger_entry(job, "released")})
+                else:
+                    self._append(conn, "recover", {
+                        "job_id": job.job_id, "action": "kept committed",
+                        "reason": "node restarted after commit: may have revealed, budget stays spent",
+                        "ledger": self._ledger_entry(job, "committed")})
+                affected.append(job.job_id)
+        return affected
+
+    # ------------------------------------------------------------------ queries
+
+    def spent(self, dataset: str) -> tuple[Fraction, Fraction]:
+        """(epsilon, delta) spent on ``dataset``: committed, done and failed-after-commit jobs."""
+        with self._lock:
+            return self._sums(self._conn, dataset, _CHARGED)
+
+    def reserved(self, dataset: str) -> tuple[Fraction, Fraction]:
+        """(epsilon, delta) held by jobs on ``dataset`` that are reserved but not committed."""
+        with self._lock:
+            return self._sums(self._conn, dataset, ("reserved",))
+
+    def remaining(self, dataset: str, budget_eps: Fraction, budget_delta: Fraction
+                  ) -> tuple[Fraction, Fraction]:
+        """(epsilon, delta) still available to new reservations on ``dataset`` (never negative)."""
+        b_eps = _to_frac(budget_eps, "budget epsilon")
+        b_dlt = _to_frac(budget_delta, "budget delta")
+        with self._lock:
+            s_eps, s_dlt = self._sums(self._conn, dataset, _CHARGED + ("reserved",))
+        return max(b_eps - s_eps, Fraction(0)), max(b_dlt - s_dlt, Fraction(0))
+
+    def datasets(self) -> list[str]:
+        """Every dataset that has a ledger entry, sorted."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                "SELECT DISTINCT dataset FROM jobs ORDER BY dataset")]
+
+    def jobs(self, status: str | None = None) -> list[Job]:
+        """Every job in the ledger (optionally only those with ``status``), oldest first."""
+        if status is not None and status not in _STATUSES:
+            raise ValueError(f"status must be one of {', '.join(_STATUSES)}, got {status!r}")
+        sql = f"SELECT {self._JOB_COLS} FROM jobs"
+        args: tuple = ()
+        if status is not None:
+            sql += " WHERE status = ?"
+            args = (status,)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY created, job_id", args).fetchall()
+        return [self._row_job(r) for r in rows]
+
+    def job(self, job_id: str) -> Job | None:
+        """The ledger entry of ``job_id``, or None if this node never reserved it."""
+        with self._lock:
+            return self._get(self._conn, job_id)
+
+    # ------------------------------------------------------------------ replay protection
+
+    def seen_nonce(self, job_id: str) -> bool:
+        """Whether this job id was already used (as a submission nonce or a reserved job)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT 1 FROM nonces WHERE nonce = ? UNION ALL "
+                "SELECT 1 FROM jobs WHERE job_id = ? LIMIT 1", (job_id, job_id)).fetchone()
+        return row is not None
+
+    def use_nonce(self, job_id: str, *, analyst: str) -> None:
+        """Atomically record a submission's job id as used; ReplayError if it was seen before."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT analyst FROM nonces WHERE nonce = ?", (job_id,)).fetchone()
+            if row is not None or self._get(conn, job_id) is not None:
+                raise ReplayError(f"job id {job_id!r} was already submitted to this node "
+                                  f"(replayed submission from {analyst!r})")
+            conn.execute("INSERT INTO nonces (nonce, analyst, seen_at) VALUES (?, ?, ?)",
+                         (job_id, analyst, _now()))
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, event: str, **fields: Any) -> int:
+        """Append a non-ledger audit record (submission, refusal, start, reveal, failure); returns its seq."""
+        if event not in AUDIT_EVENTS:
+            raise ValueError(f"unknown audit event {event!r}; expected one of "
+                             f"{', '.join(sorted(AUDIT_EVENTS))}")
+        if event in LEDGER_EVENTS:
+            raise ValueError(f"audit event {event!r} changes the ledger: use NodeState.{event}() "
+                             f"(or recover()/mark_done()) instead")
+        if "ledger" in fields:
+            raise ValueError("audit field 'ledger' is reserved for ledger records")
+        with self._tx() as conn:
+            return self._append(conn, event, fields)
+
+    def audit_records(self) -> Iterator[dict[str, Any]]:
+        """Every audit record in order, with fields decoded (for display and export)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT seq, ts, event, fields, prev_hash, hash FROM audit ORDER BY seq").fetchall()
+        for seq, ts, event, fj, prev, h in rows:
+            yield {"seq": seq, "timestamp": ts, "event": event, "fields": json.loads(fj),
+                   "prev_hash": prev, "hash": h}
+
+    def audit_head(self) -> tuple[int, str]:
+        """(record count, head hash): publish or store it elsewhere to anchor the chain."""
+        with self._lock:
+            count, h = self._conn.execute(
+                "SELECT count, hash FROM audit_head WHERE id = 1").fetchone()
+        return int(count), str(h)
+
+    def verify_audit(self) -> tuple[bool, str]:
+        """Walk the hash chain and the head, then check the ledger against the chain's ledger records."""
+        with self._lock:
+            # one read transaction, so a concurrent writer cannot produce a torn view
+            self._conn.execute("BEGIN")
+            try:
+                rows = self._conn.execute("SELECT seq, ts, event, fields, prev_hash, hash "
+                                          "FROM audit ORDER BY seq").fetchall()
+                head = self._conn.execute(
+                    "SELECT count, hash FROM audit_head WHERE id = 1").fetchone()
+                job_rows = self._conn.execute(
+                    f"SELECT {self._JOB_COLS} FROM jobs").fetchall()
+            finally:
+                self._conn.execute("COMMIT")
+        ok, msg = _verify_chain(rows, head)
+        if not ok:
+            return ok, msg
+        bad = _verify_ledger(rows, [self._row_job(r) for r in job_rows])
+        if bad:
+            return False, bad
+        return True, f"{len(rows)} records ok"
+
+
+# --------------------------------------------------------------------------- verification
+
+def _verify_chain(rows: list[tuple], head: tuple | None) -> tuple[bool, str]:
+    """Check sequence, hashes and links of the audit rows, then the stored head."""
+    last_seq = max((r[0] for r in rows), default=0)
+    prev = GENESIS_HASH
+    expected = 1
+    for seq, ts, event, fj, prev_hash, h in rows:
+        if seq != expected:
+            if seq > expected:
+                return False, (f"record {expected}: missing (deleted; next record is {seq})")
+            return False, f"record {seq}: out of sequence"  # pragma: no cover - PK is unique
+        if record_hash(seq, prev_hash, ts, event, fj) != h:
+            # a record moved to another position still hashes correctly at its true position
+            # (searched only once, at the first bad record)
+            for true_seq in range(1, last_seq + 1):
+                if true_seq != seq and record_hash(true_seq, prev_hash, ts, event, fj) == h:
+                    return False, (f"record {seq}: out of order (it is record {true_seq} moved; "
+                                   f"records reordered)")
+            return False, f"record {seq}: hash mismatch (edited)"
+        if prev_hash != prev:
+            return False, (f"record {seq}: previous-hash link broken "
+                           f"(a record before it was deleted, replaced or reordered)")
+        prev = h
+        expected += 1
+    n = len(rows)
+    if head is None:
+        return False, "audit head missing (state file tampered)"
+    h_count, h_hash = head
+    if h_count > n:
+        return False, (f"record {n + 1}: missing (tail truncated: the head says "
+                       f"{h_count} records, found {n})")
+    if h_count < n or h_hash != prev:
+        return False, (f"record {n}: does not match the audit head (head says "
+                       f"{h_count} records; head or tail tampered)")
+    return True, f"{n} records ok"
+
+
+def _verify_ledger(rows: list[tuple], jobs: list[Job]) -> str | None:
+    """Replay the ledger records of the chain and compare with the jobs table; a message or None."""
+    replay: dict[str, tuple[str, Fraction, Fraction, str, int]] = {}
+    for seq, _ts, event, fj, _p, _h in rows:
+        fields = json.loads(fj)
+        led = fields.get("ledger")
+        if not led:
+            continue
+        jid = fields.get("job_id")
+        try:
+            entry = (led["dataset"], Fraction(led["epsilon"]), Fraction(led["delta"]),
+                     led["status"], seq)
+        except (KeyError, ValueError, TypeError):
+            return f"record {seq}: malformed ledger entry"
+        if event == "reserve":
+            if jid in replay:
+                return f"record {seq}: job {jid!r} reserved twice"
+        elif jid not in replay:
+            return f"record {seq}: {event} of job {jid!r} that was never reserved"
+        else:
+            before = replay[jid]
+            if before[:3] != entry[:3]:
+                return f"record {seq}: job {jid!r} changed its dataset or budget"
+        replay[jid] = entry
+    table = {j.job_id: j for j in jobs}
+    for jid in sorted(set(replay) | set(table)):
+        if jid not in table:
+            return f"ledger: job {jid!r} is in the audit log (record {replay[jid][4]}) but missing from the ledger"
+        j = table[jid]
+        if jid not in replay:
+            return f"ledger: job {jid!r} ({j.status}) has no reserve record in the audit log"
+        ds, eps, dlt, status, seq = replay[jid]
+        if (j.dataset, j.epsilon, j.delta) != (ds, eps, dlt):
+            return (f"ledger: job {jid!r} has dataset/epsilon/delta {j.dataset!r}/"
+                    f"{_fmt(j.epsilon)}/{_fmt(j.delta)}, the audit log (record {seq}) says "
+                    f"{ds!r}/{_fmt(eps)}/{_fmt(dlt)}")
+        if j.status != status:
+            return (f"ledger: job {jid!r} is {j.status!r} but the audit log (record {seq}) "
+                    f"says {status!r}")
+    return None

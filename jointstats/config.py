@@ -1,0 +1,220 @@
+"""Party configuration: the operator's YAML (CONTRACT.md section 2), validated.
+
+Relative paths are resolved against the directory of the config file.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .spec import yaml_load
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One entry of ``mpc.parties``: a party's name and MPC address; index = position."""
+
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Tls:
+    """Paths of this party's certificate, key and the consortium CA."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What this party allows: lifetime budget, per-job cap, count floor, exact mode, analysts."""
+
+    budget_epsilon: Fraction
+    budget_delta: Fraction
+    max_epsilon_per_job: Fraction | None
+    min_count: int
+    allow_exact: bool
+    analysts: tuple[tuple[str, Path], ...]
+
+    def analyst_key(self, name: str) -> Path | None:
+        """Public key path of analyst ``name``, or None if not listed."""
+        return dict(self.analysts).get(name)
+
+    def public(self) -> dict:
+        """The policy as published to analysts (no paths)."""
+        return {
+            "budget": {"epsilon": float(self.budget_epsilon), "delta": float(self.budget_delta)},
+            "max_epsilon_per_job": None if self.max_epsilon_per_job is None else float(self.max_epsilon_per_job),
+            "min_count": self.min_count,
+            "allow_exact": self.allow_exact,
+            "analysts": [name for name, _ in self.analysts],
+        }
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    """A validated party configuration."""
+
+    party: str
+    peers: tuple[Peer, ...]
+    tls: Tls | None
+    api_host: str
+    api_port: int
+    datasets: tuple[tuple[str, str], ...]
+    policy: Policy
+    state: Path
+    path: Path
+
+    @property
+    def index(self) -> int:
+        """This party's MPC index: its position in ``mpc.parties``."""
+        return [p.name for p in self.peers].index(self.party)
+
+    @property
+    def base_dir(self) -> Path:
+        """Directory that relative paths in this config are relative to."""
+        return self.path.parent
+
+    def dataset_source(self, dataset: str) -> str:
+        """The source string of ``dataset``; ConfigError naming the party if not offered."""
+        sources = dict(self.datasets)
+        if dataset not in sources:
+            offered = ", ".join(sorted(sources)) or "none"
+            raise ConfigError(f"party {self.party!r} does not offer dataset {dataset!r} (offers: {offered})")
+        return sources[dataset]
+
+
+def _fail(path: Path, field: str, message: str) -> ConfigError:
+    return ConfigError(f"{path.name}: {field}: {message}")
+
+
+def _num(value: Any, path: Path, field: str, positive: bool = False) -> Fraction:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise _fail(path, field, f"expected a number, found {value!r}")
+    frac = Fraction(repr(value)) if isinstance(value, float) else Fraction(value)
+    if frac < 0 or (positive and frac == 0):
+        raise _fail(path, field, f"expected a {'positive' if positive else 'non-negative'} number, found {value!r}")
+    return frac
+
+
+def parse_party_config(data: Any, path: Path) -> PartyConfig:
+    """Validate already-loaded YAML ``data`` of the config at ``path``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.name}: expected a YAML mapping")
+    allowed = {"party", "mpc", "api", "datasets", "policy", "state"}
+    for key in data:
+        if key not in allowed:
+            raise _fail(path, key, f"unknown field; expected one of {', '.join(sorted(allowed))}")
+    base = path.parent
+    party = data.get("party")
+    if not isinstance(party, str) or not party:
+        raise _fail(path, "party", "expected this party's name")
+    mpc = data.get("mpc")
+    if not isinstance(mpc, dict) or not isinstance(mpc.get("parties"), list):
+        raise _fail(path, "mpc.parties", "expected a list of {name, host, port}")
+    peers = []
+    for i, entry in enumerate(mpc["parties"]):
+        field = f"mpc.parties[{i}]"
+        if not isinstance(entry, dict) or not {"name", "host", "port"} <= set(entry):
+            raise _fail(path, field, "expected {name, host, port}")
+        port = entry["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise _fail(path, f"{field}.port", f"expected a TCP port, found {port!r}")
+        if entry["name"] in [p.name for p in peers]:
+            raise _fail(path, f"{field}.name", f"duplicate party {entry['name']!r}")
+        peers.append(Peer(str(entry["name"]), str(entry["host"]), port))
+    if len(peers) < 2:
+        raise _fail(path, "mpc.parties", f"expected at least 2 parties, found {len(peers)}")
+    if party not in [p.name for p in peers]:
+        raise _fail(path, "party", f"{party!r} is not in mpc.parties")
+    tls = None
+    if mpc.get("tls") is not None:
+        t = mpc["tls"]
+        if not isinstance(t, dict) or not {"cert", "key", "ca"} <= set(t):
+            raise _fail(path, "mpc.tls", "expected {cert, key, ca}")
+        tls = Tls(*(base / str(t[k]) for k in ("cert", "key", "ca")))
+    else:
+        for peer in peers:
+            if peer.host not in ("127.0.0.1", "localhost", "::1"):
+                raise _fail(path, "mpc.tls", f"required: party {peer.name!r} is not on loopback ({peer.host})")
+    api = data.get("api") or {}
+    if not isinstance(api, dict):
+        raise _fail(path, "api", "expected {host, port}")
+    api_port = api.get("port", 8700)
+    if isinstance(api_port, bool) or not isinstance(api_port, int) or not 0 <= api_port < 65536:
+        raise _fail(path, "api.port", f"expected a TCP port, found {api_port!r}")
+    datasets_in = data.get("datasets") or {}
+    if not isinstance(datasets_in, dict):
+        raise _fail(path, "datasets", "expected a mapping of dataset name to {source}")
+    datasets = []
+    for name, entry in datasets_in.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
+            raise _fail(path, f"datasets.{name}.source", "expected a source path or sqlite:/// URL")
+        datasets.append((str(name), entry["source"]))
+    pol = data.get("policy") or {}
+    if not isinstance(pol, dict):
+        raise _fail(path, "policy", "expected a mapping")
+    budget = pol.get("budget") or {}
+    if not isinstance(budget, dict):
+        raise _fail(path, "policy.budget", "expected {epsilon, delta}")
+    budget_eps = _num(budget.get("epsilon", 0), path, "policy.budget.epsilon")
+    budget_delta = _num(budget.get("delta", 0), path, "policy.budget.delta")
+    max_eps = pol.get("max_epsilon_per_job")
+    max_eps = None if max_eps is None else _num(max_eps, path, "policy.max_epsilon_per_job", positive=True)
+    min_count = pol.get("min_count", 0)
+    if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 0:
+        raise _fail(path, "policy.min_count", f"expected a non-negative integer, found {min_count!r}")
+    allow_exact = pol.get("allow_exact", False)
+    if not isinstance(allow_exact, bool):
+        raise _fail(path, "policy.allow_exact", f"expected true or false, found {allow_exact!r}")
+    analysts_in = pol.get("analysts") or {}
+    if not isinstance(analysts_in, dict):
+        raise _fail(path, "policy.analysts", "expected a mapping of analyst name to public key file")
+    analysts = tuple((str(k), base / str(v)) for k, v in analysts_in.items())
+    policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts)
+    state = base / str(data.get("state", f"state/{party}.sqlite"))
+    return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
+                       tuple(datasets), policy, state, path)
+
+
+def load_party_config(path: str | Path) -> PartyConfig:
+    """Load and validate a party config file."""
+    path = Path(path).resolve()
+    try:
+        data = yaml_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read party config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_party_config(data, path)
+
+
+def check_consortium(configs: list[PartyConfig]) -> list[PartyConfig]:
+    """Check that the configs describe one consortium, each party once; return them in index order."""
+    if not configs:
+        raise ConfigError("no party configs given")
+    first = configs[0]
+    for cfg in configs[1:]:
+        if cfg.peers != first.peers:
+            raise ConfigError(f"party {cfg.party!r}: mpc.parties differs from that of {first.party!r}; "
+                              "every node must list the same parties in the same order")
+    by_name = {}
+    for cfg in configs:
+        if cfg.party in by_name:
+            raise ConfigError(f"party {cfg.party!r} is given twice")
+        by_name[cfg.party] = cfg
+    missing = [p.name for p in first.peers if p.name not in by_name]
+    if missing:
+        raise ConfigError(f"no config given for part{'ies' if len(missing) > 1 else 'y'} "
+                          f"{', '.join(map(repr, missing))} listed in mpc.parties")
+    return [by_name[p.name] for p in first.peers]

@@ -1,0 +1,219 @@
+"""The plan: what each party computes locally, what is shared, in which number type, what is revealed.
+
+Every party derives the plan from the spec and the public party list on its own and
+checks, before any data moves, that all parties hold the same plan (its hash).
+The plan also proves the sizes: every secure number type is chosen from the
+largest value its contents can reach, given the declared bounds, the row limit and d.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+
+from .spec import Column, Spec, Statistic
+
+#: Largest number of rows a party may contribute (the plan's sizes are proven for it).
+MAX_ROWS_PER_PARTY = 1 << 31
+#: Grid values of real columns are below 2**GRID_BITS in magnitude (|x| * 2**f <= 2**30).
+GRID_BITS = 30
+#: Bits of each prime of the multi-prime fields used for exact regression.
+REGRESSION_PRIME_BITS = 2048
+
+
+@dataclass(frozen=True)
+class Term:
+    """One column of a Gram statistic's design: the constant 1, a numeric column, or an indicator."""
+
+    kind: str  # 'one' | 'num' | 'ind'
+    name: str
+    column: str | None = None
+    frac_bits: int = 0  # grid: value = round(x * 2**frac_bits)
+    level: int = -1  # indicator of this level index
+    bound: int = 1  # largest |grid value|
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Where DP noise goes for one statistic (filled in by the output layer; None in exact mode)."""
+
+    mechanism: str
+    epsilon: Fraction
+    delta: Fraction
+    rho: Fraction | None
+    scales: tuple[Fraction, ...]  # per released entry: Laplace scale or Gaussian sigma^2 (grid units)
+    sensitivities: tuple[Fraction, ...] = ()
+
+
+@dataclass(frozen=True)
+class StatPlan:
+    """The plan of one statistic."""
+
+    name: str
+    kind: str
+    columns: tuple[str, ...]
+    terms: tuple[Term, ...] = ()
+    shape: tuple[int, ...] = ()
+    edges: tuple[float, ...] = ()
+    labels: tuple[tuple[str, ...], ...] = ()
+    min_count: int | None = None
+    ridge: Fraction = Fraction(0)
+    intercept: bool = True
+    partial_size: int = 1
+    secure_bits: int = 64  # bit length l of the SecInt used (or bits needed for regression)
+    primes: int = 0  # regression: number of 2048-bit prime fields (CRT)
+    reveals: str = ""
+    sizes: tuple[int, ...] = ()  # bit sizes the secure step needs for exact rational reveals
+    noise: NoisePlan | None = None
+
+    @property
+    def gram(self) -> bool:
+        """True for statistics whose partial is the upper triangle of a Gram matrix."""
+        return bool(self.terms)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The frozen plan of one job; ``sha256`` is what the parties compare before data moves."""
+
+    protocol: str
+    spec_sha256: str
+    dataset: str
+    parties: tuple[str, ...]
+    mode: str  # 'exact' | 'dp'
+    max_rows_per_party: int
+    statistics: tuple[StatPlan, ...]
+    privacy: dict | None = None
+    sha256: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        """A JSON-able description of the plan (what the hash covers)."""
+        data = asdict(self)
+        data.pop("sha256")
+        return json.loads(json.dumps(data, default=str))
+
+    def describe(self) -> str:
+        """A readable summary: what is computed locally, shared and revealed."""
+        lines = [f"plan {self.sha256[:16]} for {self.protocol!r} on dataset {self.dataset!r}, "
+                 f"{len(self.parties)} parties ({', '.join(self.parties)}), mode {self.mode}"]
+        for s in self.statistics:
+            local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
+                     f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")
+            num = (f"{s.primes} x {REGRESSION_PRIME_BITS}-bit prime fields" if s.primes
+                   else f"SecInt({s.secure_bits})")
+            lines.append(f"  {s.name} ({s.kind}): local {local}; shared {s.partial_size} integers "
+                         f"in {num}; reveals {s.reveals}")
+        return "\n".join(lines)
+
+
+def frac_bits_for(col: Column) -> int:
+    """Fractional bits of a numeric column's grid: integers exact, reals to 2**-30 of the bound."""
+    magnitude = max(abs(col.bounds[0]), abs(col.bounds[1]), 1e-300)
+    exponent = math.frexp(magnitude)[1]  # magnitude <= 2**exponent
+    if col.type == "integer":
+        return min(0, GRID_BITS - exponent)
+    return GRID_BITS - exponent
+
+
+def _num_term(col: Column) -> Term:
+    f = frac_bits_for(col)
+    bound = math.ceil(math.ldexp(max(abs(col.bounds[0]), abs(col.bounds[1])), f))
+    return Term("num", col.name, col.name, f, -1, max(bound, 1))
+
+
+def _bits(x: int) -> int:
+    return max(int(x).bit_length(), 1)
+
+
+def _hadamard_bits(entries_bits: int, size: int) -> int:
+    """log2 of Hadamard's bound on a size x size determinant with entries below 2**entries_bits."""
+    return math.ceil(size * (entries_bits + math.log2(size) / 2)) + 1
+
+
+def _plan_statistic(spec: Spec, stat: Statistic, n_max: int) -> StatPlan:
+    nb = _bits(n_max)
+    if stat.kind == "count":
+        return StatPlan(stat.name, "count", stat.used_columns(), partial_size=1,
+                        secure_bits=nb + 2, reveals="the count")
+    if stat.kind == "crosstab":
+        rcol, ccol = spec.column(stat.rows), spec.column(stat.cols)
+        shape = (len(rcol.levels), len(ccol.levels))
+        return StatPlan(stat.name, "crosstab", (stat.rows, stat.cols), shape=shape,
+                        labels=(rcol.levels, ccol.levels), min_count=stat.min_count,
+                        partial_size=shape[0] * shape[1], secure_bits=nb + 2,
+                        reveals="every cell count at or above min_count (others null)")
+    if stat.kind == "histogram":
+        return StatPlan(stat.name, "histogram", (stat.column,), edges=stat.bins,
+                        shape=(len(stat.bins) - 1,), partial_size=len(stat.bins) - 1,
+                        secure_bits=nb + 2, reveals="the bin counts")
+    one = Term("one", "one")
+    if stat.kind in ("sum", "mean", "variance"):
+        term = _num_term(spec.column(stat.column))
+        terms = (one, term)
+        s_bits = _bits(n_max * term.bound)
+        if stat.kind == "sum":
+            bits, reveals = s_bits + 2, "the sum"
+        elif stat.kind == "mean":
+            bits, reveals = s_bits + nb + 2, "the mean (an exact rational)"
+        else:
+            bits, reveals = 2 * (s_bits + nb) + 2, "the sample variance (an exact rational)"
+        return StatPlan(stat.name, stat.kind, (stat.column,), terms=terms, partial_size=3,
+                        secure_bits=bits, reveals=reveals, sizes=(s_bits, nb))
+    if stat.kind == "correlation":
+        terms = (one,) + tuple(_num_term(spec.column(c)) for c in stat.columns)
+        top = max(t.bound for t in terms)
+        c_bits = _bits(2 * n_max * n_max * top * top)
+        k = len(terms)
+        return StatPlan(stat.name, "correlation", stat.columns, terms=terms,
+                        partial_size=k * (k + 1) // 2, secure_bits=4 * c_bits + 4,
+                        reveals="the correlation matrix (signed squares, exact rationals)",
+                        sizes=(c_bits,))
+    # regression
+    terms = [one]
+    for name in stat.features:
+        col = spec.column(name)
+        if col.numeric:
+            terms.append(_num_term(col))
+        else:
+            terms.extend(Term("ind", f"{name}[{lvl}]", name, 0, i, 1)
+                         for i, lvl in enumerate(col.levels) if i > 0)
+    target = _num_term(spec.column(stat.target))
+    terms.append(target)
+    d = len(terms) - 1 - (0 if stat.intercept else 1)
+    top = max(t.bound for t in terms)
+    ridge = stat.ridge
+    ridge_entry = ridge.numerator * (1 << (2 * GRID_BITS)) if ridge else 0
+    entry_bits = _bits(ridge.denominator * n_max * top * top + ridge_entry)
+    big_b = _hadamard_bits(entry_bits, d + 1)
+    # Largest numerator/denominator (bits) of any revealed rational (coefficients, squared
+    # standard errors, R^2), from Cramer's rule and Hadamard's bound; see _secure.py.
+    bd = _bits(d)
+    if ridge:
+        largest = 4 * big_b + 2 * entry_bits + 4 * bd + nb + 4
+    else:
+        largest = 2 * big_b + 2 * entry_bits + 2 * bd + 2 * nb + 5
+    need = 2 * largest + 64
+    primes = -(-need // (REGRESSION_PRIME_BITS - 8))
+    k = len(terms)
+    return StatPlan(stat.name, "regression", stat.used_columns(), terms=tuple(terms),
+                    ridge=ridge, intercept=stat.intercept, partial_size=k * (k + 1) // 2,
+                    secure_bits=need, primes=primes, sizes=(big_b, entry_bits, nb),
+                    reveals="coefficients, standard errors, n and R^2 (solved inside the MPC)")
+
+
+def make_plan(spec: Spec, parties: list[str] | tuple[str, ...],
+              max_rows_per_party: int = MAX_ROWS_PER_PARTY) -> Plan:
+    """Derive the plan of ``spec`` over ``parties`` (exact mode; the DP layer adds noise plans)."""
+    n_max = len(parties) * max_rows_per_party
+    stats = tuple(_plan_statistic(spec, s, n_max) for s in spec.statistics)
+    mode = "exact" if spec.exact else "dp"
+    plan = Plan(spec.name, spec.sha256, spec.dataset, tuple(parties), mode, max_rows_per_party, stats)
+    return seal(plan)
+
+
+def seal(plan: Plan) -> Plan:
+    """Return ``plan`` with its sha256 filled in."""
+    digest = hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+    return Plan(**{**{f: getattr(plan, f) for f in plan.__dataclass_fields__}, "sha256": digest})

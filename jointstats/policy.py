@@ -1,0 +1,39 @@
+"""Each party's own policy checks, made before any data moves."""
+from __future__ import annotations
+
+from .config import PartyConfig
+from .errors import PolicyError
+from .plan import Plan, StatPlan
+from .spec import Spec
+
+
+def check_job(config: PartyConfig, spec: Spec, plan: Plan) -> None:
+    """Raise PolicyError (naming this party and the field) if this party's policy refuses the job."""
+    who = f"party {config.party!r} refuses"
+    pol = config.policy
+    config.dataset_source(spec.dataset)  # ConfigError if the dataset is not offered
+    if spec.exact:
+        if not pol.allow_exact:
+            raise PolicyError(f"{who} exact mode (its policy.allow_exact is false); "
+                              "add a privacy block to the spec")
+    else:
+        eps = spec.privacy.epsilon
+        if pol.max_epsilon_per_job is not None and eps > pol.max_epsilon_per_job:
+            raise PolicyError(f"{who}: privacy.epsilon {float(eps):g} exceeds its "
+                              f"policy.max_epsilon_per_job {float(pol.max_epsilon_per_job):g}")
+        if spec.privacy.delta > pol.budget_delta:
+            raise PolicyError(f"{who}: privacy.delta {float(spec.privacy.delta):g} exceeds its "
+                              f"lifetime delta budget {float(pol.budget_delta):g}")
+    for stat in spec.statistics:
+        if stat.kind == "crosstab" and stat.min_count is not None and stat.min_count < pol.min_count:
+            raise PolicyError(f"{who}: statistics.{stat.name}.min_count {stat.min_count} is below "
+                              f"its policy floor {pol.min_count}")
+
+
+def effective_min_count(stat: StatPlan, floors: list[int]) -> int | None:
+    """A crosstab's min_count: the spec's, or (if unset) the highest floor of any party."""
+    if stat.kind != "crosstab":
+        return None
+    if stat.min_count is not None:
+        return max([stat.min_count] + floors)
+    return max(floors) if floors else None

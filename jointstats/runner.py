@@ -1,0 +1,135 @@
+"""Run one job over locally started party processes (one OS process per party)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from .config import PartyConfig, check_consortium, load_party_config
+from .errors import JointStatsError, PartyError
+from .plan import make_plan
+from .policy import check_job
+from .result import Result
+from .spec import Spec, load_spec
+
+#: Seconds a whole local job may take before every party process is stopped.
+JOB_TIMEOUT = 4 * 3600.0
+
+
+def _as_spec(spec: Spec | str | Path) -> Spec:
+    return spec if isinstance(spec, Spec) else load_spec(spec)
+
+
+def _as_configs(parties: list) -> list[PartyConfig]:
+    configs = [p if isinstance(p, PartyConfig) else load_party_config(p) for p in parties]
+    return check_consortium(configs)
+
+
+def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
+    """Check a spec (and, given party configs, its fit to their policies and data headers).
+
+    Computes nothing and spends no budget. Returns the plan's description.
+    """
+    from ._sources import open_source
+    spec = _as_spec(spec)
+    names = ["party_1", "party_2", "party_3"]
+    configs: list[PartyConfig] = []
+    if parties:
+        configs = _as_configs(parties)
+        names = [p.name for p in configs[0].peers]
+    from .output import add_noise_plans
+    plan = add_noise_plans(spec, make_plan(spec, names))
+    for cfg in configs:
+        check_job(cfg, spec, plan)
+        header = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir).columns()
+        missing = [c.name for c in spec.schema if c.name not in header]
+        if missing:
+            raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
+                                  f"{', '.join(map(repr, missing))} missing from its data")
+    return plan.describe()
+
+
+def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None,
+        job_id: str | None = None, progress: bool = False, timeout: float = JOB_TIMEOUT,
+        metrics: dict | None = None) -> Result:
+    """Run ``spec`` over the given party configs, one OS process per party; return the Result.
+
+    Every party process reads only its own config and data and enforces its own policy.
+    Raises PartyError naming the party that refused, failed or died.
+    """
+    spec = _as_spec(spec)
+    configs = _as_configs(parties)
+    job_id = job_id or uuid.uuid4().hex
+    with tempfile.TemporaryDirectory(prefix="jointstats-") as tmp:
+        spec_path = Path(tmp) / "spec.yaml"
+        spec_path.write_text(spec.text)
+        procs = []
+        for cfg in configs:
+            out_file = Path(tmp) / f"{cfg.party}.json"
+            cmd = [sys.executable, "-m", "jointstats._party", "--config", str(cfg.path),
+                   "--spec", str(spec_path), "--job-id", job_id, "--out", str(out_file)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            procs.append((cfg, proc, out_file))
+        deadline = time.monotonic() + timeout
+        stderr = {cfg.party: "" for cfg in configs}
+        try:
+            for cfg, proc, _ in procs:
+                remaining = max(deadline - time.monotonic(), 0.1)
+                try:
+                    _, err = proc.communicate(timeout=remaining)
+                except subprocess.TimeoutExpired:
+                    raise PartyError(f"party {cfg.party!r} did not finish within {timeout:.0f} s") from None
+                stderr[cfg.party] = err or ""
+                if progress:
+                    print(f"  {cfg.party}: finished", file=sys.stderr)
+        finally:
+            for _, proc, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        payloads = {}
+        errors = []
+        for cfg, proc, out_file in procs:
+            if out_file.exists():
+                payload = json.loads(out_file.read_text())
+                payloads[cfg.party] = payload
+                if not payload["ok"]:
+                    errors.append((cfg.party, payload["error"]))
+            else:
+                how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
+                tail = [ln for ln in stderr[cfg.party].splitlines() if not ln.startswith("progress ")]
+                detail = f": {tail[-1]}" if tail else ""
+                errors.append((cfg.party, f"party {cfg.party!r} died ({how}){detail}"))
+        if errors:
+            raise PartyError(_root_cause(errors))
+    results = [payloads[cfg.party]["result"] for cfg in configs]
+    for cfg, res in zip(configs[1:], results[1:]):
+        if res != results[0]:
+            raise PartyError(f"party {cfg.party!r} revealed a different result from "
+                             f"{configs[0].party!r}; the job is void")
+    result = Result.from_dict(results[0])
+    if metrics is not None:
+        metrics.update({cfg.party: payloads[cfg.party].get("metrics", {}) for cfg in configs})
+    if out is not None:
+        Path(out).write_text(result.to_json())
+    return result
+
+
+def _root_cause(errors: list[tuple[str, str]]) -> str:
+    """The most informative one-line reason among every party's error."""
+    for _, msg in errors:
+        if " died (" in msg:
+            return msg
+    for _, msg in errors:
+        if "refuse" in msg or "column" in msg:
+            return msg
+    for _, msg in errors:
+        if "disconnected" not in msg and "did not connect" not in msg:
+            return msg
+    return errors[0][1]
