@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--connect-timeout", type=float, default=60.0)
+    parser.add_argument("--analyst", default="local")
     args = parser.parse_args(argv)
     out = Path(args.out)
     name = "?"
@@ -141,7 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec)
         job = PartyJob(config, spec, args.job_id, connect_timeout=args.connect_timeout,
                        progress=lambda msg: print(f"progress {name}: {msg}", file=sys.stderr, flush=True))
-        result = asyncio.run(job.run())
+        from ._hooks import LedgerHooks
+        job.hooks = LedgerHooks(config, spec, args.job_id, analyst=args.analyst)
+        try:
+            result = asyncio.run(job.run())
+        except BaseException as exc:
+            job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
+            raise
+        job.hooks.done(result)
         job.metrics["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         job.metrics["cpu_seconds"] = time.process_time()
         payload = {"ok": True, "result": result, "metrics": job.metrics}

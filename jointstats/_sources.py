@@ -93,7 +93,8 @@ _NUMERIC_KINDS = ("real", "integer")
 _KINDS = ("real", "integer", "categorical")
 
 # A decimal number as accepted in text (CSV, SQLite/Parquet text values).
-_NUMBER_RE = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+# (Infinities parse, then count as "infinite values".)
+_NUMBER_RE = r"^[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity))$"
 _NUMBER = re.compile(_NUMBER_RE)
 
 # Rows handed to the encoder at a time (the output is re-chunked to chunk_rows).

@@ -1,0 +1,57 @@
+"""A party's ledger and audit around one job: reserve before data moves, commit before the reveal."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+from .config import PartyConfig
+from .plan import Plan
+from .spec import Spec
+
+
+class LedgerHooks:
+    """Ties one job of one party to that party's durable state (``state:`` of its config)."""
+
+    def __init__(self, config: PartyConfig, spec: Spec, job_id: str, analyst: str = "local"):
+        from ._state import NodeState
+        config.state.parent.mkdir(parents=True, exist_ok=True)
+        self.state = NodeState(config.state)
+        self.config = config
+        self.spec = spec
+        self.job_id = job_id
+        self.analyst = analyst
+        self.reserved = False
+
+    def before_data(self, plan: Plan) -> None:
+        """Audit the start; in DP mode reserve the job's budget (BudgetError if it does not fit)."""
+        spec, pol = self.spec, self.config.policy
+        self.state.audit("start", job_id=self.job_id, analyst=self.analyst, protocol=spec.name,
+                         spec_sha256=spec.sha256, plan_sha256=plan.sha256, mode=plan.mode,
+                         dataset=spec.dataset)
+        if spec.privacy is not None:
+            self.state.reserve(self.job_id, spec.dataset, spec.privacy.epsilon,
+                               Fraction(plan.privacy.get("delta_total", spec.privacy.delta))
+                               if plan.privacy else spec.privacy.delta,
+                               pol.budget_epsilon, pol.budget_delta,
+                               analyst=self.analyst, spec_sha256=spec.sha256)
+            self.reserved = True
+
+    def before_reveal(self, plan: Plan) -> None:
+        """Commit the reserved budget: from here on the job counts as spent."""
+        if self.reserved:
+            self.state.commit(self.job_id)
+
+    def done(self, result: dict) -> None:
+        """Record what was revealed (kinds and epsilon, never values)."""
+        if self.reserved:
+            self.state.mark_done(self.job_id, result.get("results", {}))
+        else:
+            self.state.audit("reveal", job_id=self.job_id, mode="exact",
+                             revealed={k: v.get("kind") for k, v in result.get("results", {}).items()})
+
+    def failed(self, reason: str) -> None:
+        """Release a reserved budget (or keep a committed one) and audit the failure."""
+        self.state.fail(self.job_id, reason)
+
+    def close(self) -> None:
+        """Close the state database."""
+        self.state.close()
