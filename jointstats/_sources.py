@@ -2,7 +2,9 @@
 
 A party configuration maps a logical dataset to a *source* string:
 
-- ``path/to/file.csv`` -- comma-separated, UTF-8, first line is the header;
+- ``path/to/file.csv`` -- comma-separated, UTF-8, double quotes for quoting, first
+  line is the header, blank lines skipped (as by pandas); a row with the wrong
+  number of fields is counted and reported like a wrong-type value;
 - ``path/to/file.parquet`` (or ``.pq``);
 - ``sqlite:///path/to.db?table=name`` -- ``sqlite:////abs/path.db?table=t`` for an
   absolute path (one slash more, as in SQLAlchemy URLs).
@@ -526,15 +528,16 @@ class CsvSource(Source):
     def columns(self) -> list[str]:
         if self._header is None:
             try:
-                with open(self.path, newline="", encoding="utf-8-sig") as fh:
-                    header = next(csv.reader(fh), [])
+                with open(self.path, "rb") as fh:
+                    first = fh.readline(16 << 20)
                     sample = fh.readlines(1 << 16)
+                header = next(csv.reader([first.decode("utf-8-sig").rstrip("\r\n")]), [])
             except OSError:
                 raise ConfigError(f"data source {self.spec!r} could not be read") from None
             except (UnicodeDecodeError, csv.Error):
                 raise DataError(f"data source {self.spec!r}: its header is not UTF-8 CSV text") from None
             self._header = list(header)
-            longest = max((len(x.encode("utf-8")) for x in sample), default=0)
+            longest = max((len(x) for x in [first, *sample]), default=0)
             # a block must hold whole rows: keep plenty of room
             self._block = max(_CSV_MIN_BLOCK, 64 * longest)
         return list(self._header)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -115,9 +114,8 @@ def make_party_frame(party: str, n: int, seed: int = 2026) -> pd.DataFrame:
 def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:
     """Write atomically: a crash never leaves a half-written file under ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created with the usual permissions
+    tmp.unlink(missing_ok=True)
     try:
         if fmt == "csv":
             df.to_csv(tmp, index=False, na_rep="", float_format="%.1f")
@@ -127,7 +125,6 @@ def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:
 
             pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
         elif fmt == "sqlite":
-            tmp.unlink()
             con = sqlite3.connect(tmp)
             try:
                 con.execute(

@@ -440,6 +440,14 @@ def test_malformed_csv_rows(tmp_path):
     assert "SECRET" not in full_message(info.value)
 
 
+def test_invalid_utf8(tmp_path):
+    (tmp_path / "u.csv").write_bytes(b"age,region\n30,north\n31,SECRET\xffVALUE\n")
+    with pytest.raises(DataError) as info:
+        list(open_source("u.csv", tmp_path).iter_chunks([SCHEMA[0], SCHEMA[2]], "p"))
+    assert str(info.value) == "party 'p': its data is not valid UTF-8 text (source u.csv)"
+    assert "SECRET" not in full_message(info.value)
+
+
 def test_missing_file(tmp_path):
     for spec in ("nope.csv", "nope.parquet", "sqlite:///nope.db?table=t"):
         with pytest.raises(ConfigError) as info:
