@@ -33,6 +33,20 @@ class Term:
     frac_bits: int = 0  # grid: value = round(x * 2**frac_bits)
     level: int = -1  # indicator of this level index
     bound: int = 1  # largest |grid value|
+    grid_lo: int = 0  # smallest grid value (numeric terms; 0/1 otherwise)
+    grid_hi: int = 1
+    col_lo: float = 0.0  # the declared bounds, in the column's units
+    col_hi: float = 1.0
+
+    @property
+    def grid_bounds(self) -> tuple[int, int]:
+        """(lowest, highest) value of this term on the grid."""
+        return self.grid_lo, self.grid_hi
+
+    @property
+    def column_bounds(self) -> tuple[float, float]:
+        """The declared bounds of the column, in its own units."""
+        return self.col_lo, self.col_hi
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,9 @@ def frac_bits_for(col: Column) -> int:
 def _num_term(col: Column) -> Term:
     f = frac_bits_for(col)
     bound = math.ceil(math.ldexp(max(abs(col.bounds[0]), abs(col.bounds[1])), f))
-    return Term("num", col.name, col.name, f, -1, max(bound, 1))
+    lo, hi = (int(round(math.ldexp(b, f))) for b in col.bounds)
+    return Term("num", col.name, col.name, f, -1, max(bound, 1), lo, hi,
+                float(col.bounds[0]), float(col.bounds[1]))
 
 
 def _bits(x: int) -> int:
