@@ -178,6 +178,7 @@ async def prepare(rt, stat: StatPlan, partial: list[int], min_count: int | None)
     noisy = values + _sample(rt, secint, stat.noise)
     if stat.kind == "crosstab" and min_count:
         noisy = noisy * (noisy >= min_count)  # suppression decided inside the MPC
+    await rt.gather(noisy)  # finish the secure computation before the budget is committed
     return noisy
 
 

@@ -100,15 +100,31 @@ class PartyJob:
                                             f"({st['plan'][:12]} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
-            if self.hooks:
-                self.hooks.before_reveal(plan)
             results = {}
-            for stat in plan.statistics:
-                min_count = effective_min_count(stat, floors)
-                results[stat.name] = await rt.guard(
-                    secure_statistic(rt, stat, partials[stat.name], min_count), SECURE_STEP_TIMEOUT,
-                    f"statistic {stat.name!r}")
-                self.progress(f"{stat.name} done")
+            if plan.mode == "dp":
+                from . import _dp
+                noisy = {}
+                for stat in plan.statistics:  # noise is added to secret values; nothing revealed yet
+                    mc = effective_min_count(stat, floors)
+                    noisy[stat.name] = await rt.guard(_dp.prepare(rt, stat, partials[stat.name], mc),
+                                                      SECURE_STEP_TIMEOUT, f"statistic {stat.name!r}")
+                await rt.guard(rt.transfer("ready"), SECURE_STEP_TIMEOUT, "the noise step")
+                if self.hooks:
+                    self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
+                for stat in plan.statistics:
+                    mc = effective_min_count(stat, floors)
+                    results[stat.name] = await rt.guard(_dp.reveal(rt, stat, noisy[stat.name], mc),
+                                                        SECURE_STEP_TIMEOUT, f"revealing {stat.name!r}")
+                    self.progress(f"{stat.name} done")
+            else:
+                if self.hooks:
+                    self.hooks.before_reveal(plan)
+                for stat in plan.statistics:
+                    min_count = effective_min_count(stat, floors)
+                    results[stat.name] = await rt.guard(
+                        secure_statistic(rt, stat, partials[stat.name], min_count), SECURE_STEP_TIMEOUT,
+                        f"statistic {stat.name!r}")
+                    self.progress(f"{stat.name} done")
             self.metrics["secure_seconds"] = time.perf_counter() - started
             self.metrics["bytes_sent"] = rt.bytes_sent()
             await rt.close()
