@@ -84,6 +84,7 @@ class PartyJob:
         started = time.perf_counter()
         await rt.start(self.connect_timeout)
         self.progress("connected")
+        _fault_point(cfg.party, "after_connect")
         try:
             status = {"party": cfg.party, "plan": plan.sha256, "job": self.job_id,
                       "refusal": refusal, "min_count_floor": cfg.policy.min_count}
@@ -138,6 +139,13 @@ class PartyJob:
         from .output import privacy_block
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
                 "parties": names, "privacy": privacy_block(self.spec, plan), "results": results}
+
+
+def _fault_point(party: str, point: str) -> None:
+    """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there."""
+    fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
+    if fault == f"{party}:{point}":
+        os._exit(137)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,12 @@ for _first in "tTfF":
         0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")))
 
 
+_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _first in "-+0123456789.":
+    _SpecLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:float", _FLOAT))  # 1e6 and 1.0e6 are numbers, as in YAML 1.2
+
+
 def yaml_load(text: str):
     """Load YAML with only true/false as booleans (used for specs and party configs)."""
     return yaml.load(text, Loader=_SpecLoader)

@@ -1,0 +1,83 @@
+"""Faults over real party processes: a party that dies, a party that never comes, bad configs."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from jointstats import ConfigError, PartyError, run
+from jointstats._state import NodeState
+from jointstats.config import load_party_config
+from tests.conftest import cohort_frame
+
+EXACT = """
+dataset: cohort
+schema:
+  age: {type: real, bounds: [18, 100]}
+  bmi: {type: real, bounds: [10, 60]}
+statistics:
+  n: {kind: count}
+  m: {kind: mean, column: age}
+"""
+
+
+def test_party_dying_mid_job_is_named_quickly(consortium, tmp_path, monkeypatch):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(40, i) for i in range(3)])
+    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_b:after_connect")
+    started = time.monotonic()
+    with pytest.raises(PartyError, match=r"party 'party_b' died \(exit status 137\)"):
+        run(spec, configs)
+    assert time.monotonic() - started < 30
+    for cfg in configs:
+        state = NodeState(load_party_config(cfg).state)
+        ok, why = state.verify_audit()
+        assert ok, why
+        state.close()
+
+
+def test_party_never_starting_times_out_naming_it(consortium, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(40, i) for i in range(3)])
+    # run only two of the three parties' processes, directly
+    import json
+    import subprocess
+    import sys
+    procs = []
+    for cfg in configs[:2]:
+        out = tmp_path / f"{cfg.stem}.json"
+        procs.append((subprocess.Popen([sys.executable, "-m", "jointstats._party", "--config", str(cfg),
+                                        "--spec", str(spec), "--job-id", "j1", "--out", str(out),
+                                        "--connect-timeout", "3"]), out))
+    for proc, out in procs:
+        assert proc.wait(timeout=60) == 1
+        err = json.loads(out.read_text())["error"]
+        assert "party_c" in err and ("did not connect" in err or "could not connect" in err)
+
+
+def test_inconsistent_party_lists_rejected(consortium, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(10, i) for i in range(3)])
+    text = configs[2].read_text().replace("party_a", "party_x")
+    configs[2].write_text(text.replace("party: party_x", "party: party_c"))
+    with pytest.raises(ConfigError, match="mpc.parties differs"):
+        run(spec, configs)
+
+
+def test_missing_party_config_rejected(consortium, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(10, i) for i in range(3)])
+    with pytest.raises(ConfigError, match="no config given for party 'party_c'"):
+        run(spec, configs[:2])
+
+
+def test_dataset_not_offered(consortium, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT.replace("dataset: cohort", "dataset: claims"))
+    configs = consortium([cohort_frame(10, i) for i in range(2)])
+    with pytest.raises(PartyError, match="party 'party_a' does not offer dataset 'claims'"):
+        run(spec, configs)
