@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -77,22 +78,25 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
             procs.append((cfg, proc, out_file))
         deadline = time.monotonic() + timeout
-        stderr = {cfg.party: "" for cfg in configs}
+        stderr = {cfg.party: [] for cfg in configs}
+        readers = [threading.Thread(target=_read_stderr, args=(proc, stderr[cfg.party], cfg.party, progress),
+                                    daemon=True) for cfg, proc, _ in procs]
+        for reader in readers:
+            reader.start()
         try:
             for cfg, proc, _ in procs:
                 remaining = max(deadline - time.monotonic(), 0.1)
                 try:
-                    _, err = proc.communicate(timeout=remaining)
+                    proc.wait(timeout=remaining)
                 except subprocess.TimeoutExpired:
                     raise PartyError(f"party {cfg.party!r} did not finish within {timeout:.0f} s") from None
-                stderr[cfg.party] = err or ""
-                if progress:
-                    print(f"  {cfg.party}: finished", file=sys.stderr)
         finally:
             for _, proc, _ in procs:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
+            for reader in readers:
+                reader.join(timeout=5)
         payloads = {}
         errors = []
         for cfg, proc, out_file in procs:
@@ -103,7 +107,7 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
                     errors.append((cfg.party, payload["error"]))
             else:
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
-                tail = [ln for ln in stderr[cfg.party].splitlines() if not ln.startswith("progress ")]
+                tail = [ln for ln in stderr[cfg.party] if not ln.startswith("progress ")]
                 detail = f": {tail[-1]}" if tail else ""
                 errors.append((cfg.party, f"party {cfg.party!r} died ({how}){detail}"))
         if errors:
@@ -133,3 +137,12 @@ def _root_cause(errors: list[tuple[str, str]]) -> str:
         if "disconnected" not in msg and "did not connect" not in msg:
             return msg
     return errors[0][1]
+
+
+def _read_stderr(proc: subprocess.Popen, lines: list[str], party: str, show: bool) -> None:
+    """Collect a party process's stderr; echo its progress lines when ``show``."""
+    for line in proc.stderr:
+        line = line.rstrip("\n")
+        lines.append(line)
+        if show and line.startswith("progress "):
+            print(f"  {line[len('progress '):]}", file=sys.stderr, flush=True)
