@@ -196,12 +196,14 @@ class JointRuntime(Runtime):
                              timeout + 5, "connecting")
             await self.guard(me.protocol, max(deadline - loop.time(), 1.0), "connecting")
         except PartyError as exc:
-            if "timed out" in str(exc):
-                missing = [self.name_of(p.pid) for p in self.parties
-                           if p.pid != self.pid and p.protocol is None]
-                raise PartyError(f"part{'ies' if len(missing) > 1 else 'y'} "
-                                 f"{', '.join(map(repr, missing))} did not connect within "
-                                 f"{timeout:.0f} s") from None
+            missing = [self.name_of(p.pid) for p in self.parties
+                       if p.pid != self.pid and p.protocol is None]
+            names = ", ".join(map(repr, missing))
+            plural = "ies" if len(missing) > 1 else "y"
+            if "timed out" in str(exc) and missing:
+                raise PartyError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
+            if missing and "could not connect" not in str(exc):
+                raise PartyError(f"{exc} (part{plural} {names} never connected)") from None
             raise
         finally:
             if self._server is not None:
