@@ -15,6 +15,10 @@ class LedgerHooks:
         from ._state import NodeState
         config.state.parent.mkdir(parents=True, exist_ok=True)
         self.state = NodeState(config.state)
+        if self.state.jobs("reserved"):
+            # A job of this party died before its commit (one job runs at a time per party):
+            # its reservation was never revealed on, so give it back before starting anew.
+            self.state.recover()
         self.config = config
         self.spec = spec
         self.job_id = job_id
