@@ -12,30 +12,28 @@ import numpy as np
 
 from .plan import Plan, StatPlan
 
-# Exact integer Gram matrices through float64 BLAS: split each grid value |v| < 2**30
-# into limbs v = hi * 2**15 + lo with |hi| < 2**15 and 0 <= lo < 2**15; every product
-# of limbs is below 2**30 in magnitude, so a block of at most 2**22 rows sums to below
-# 2**52 and float64 matmul is exact whatever order BLAS adds in.
+# Exact integer Gram matrices through float64 BLAS: every grid value v (|v| <= 2**30) is
+# an integer held exactly in float64; split it into limbs v = hi * 2**15 + lo with
+# |hi| <= 2**15 and 0 <= lo < 2**15. Every product of limbs is below 2**30 in magnitude,
+# so a block of at most 2**22 rows sums to below 2**52 and one float64 matmul of the
+# limb matrix [hi | lo] is exact whatever order BLAS adds in.
 _LIMB = 15
 _BLOCK_ROWS = 1 << 22
 
 
 def exact_gram(values: np.ndarray) -> list[list[int]]:
-    """Exact ``values.T @ values`` (as Python ints) for an int64 matrix with |entries| <= 2**30."""
+    """Exact ``values.T @ values`` (as Python ints) for integer-valued |entries| <= 2**30."""
     k = values.shape[1]
     total = [[0] * k for _ in range(k)]
     for start in range(0, values.shape[0], _BLOCK_ROWS):
-        block = values[start:start + _BLOCK_ROWS]
-        hi = (block >> _LIMB).astype(np.float64)
-        lo = (block & ((1 << _LIMB) - 1)).astype(np.float64)
-        hh = hi.T @ hi
-        hl = hi.T @ lo
-        ll = lo.T @ lo
-        cross = hl + hl.T
+        block = np.asarray(values[start:start + _BLOCK_ROWS], dtype=np.float64)
+        hi = np.floor(block * (1.0 / (1 << _LIMB)))
+        limbs = np.concatenate([hi, block - hi * (1 << _LIMB)], axis=1)
+        g = limbs.T @ limbs
         for i in range(k):
             for j in range(i, k):
-                total[i][j] += ((int(hh[i, j]) << (2 * _LIMB)) + (int(cross[i, j]) << _LIMB)
-                                + int(ll[i, j]))
+                hh, hl, lh, ll = int(g[i, j]), int(g[i, k + j]), int(g[k + i, j]), int(g[k + i, k + j])
+                total[i][j] += (hh << (2 * _LIMB)) + ((hl + lh) << _LIMB) + ll
     for i in range(k):
         for j in range(i):
             total[i][j] = total[j][i]
@@ -43,7 +41,7 @@ def exact_gram(values: np.ndarray) -> list[list[int]]:
 
 
 def _design(stat: StatPlan, chunk) -> np.ndarray:
-    """The int64 design matrix of a Gram statistic over the chunk's complete rows."""
+    """The design matrix (grid values as exact float64 integers) over the chunk's complete rows."""
     n = chunk.n_rows
     mask = np.ones(n, dtype=bool)
     for name in stat.columns:
@@ -51,16 +49,18 @@ def _design(stat: StatPlan, chunk) -> np.ndarray:
             mask &= ~np.isnan(chunk.numeric[name])
         else:
             mask &= chunk.codes[name] >= 0
-    rows = int(mask.sum())
-    out = np.empty((rows, len(stat.terms)), dtype=np.int64)
+    full = bool(mask.all())
+    rows = n if full else int(mask.sum())
+    out = np.empty((rows, len(stat.terms)), dtype=np.float64)
     for j, term in enumerate(stat.terms):
         if term.kind == "one":
-            out[:, j] = 1
+            out[:, j] = 1.0
         elif term.kind == "num":
-            x = chunk.numeric[term.column][mask]
-            out[:, j] = np.rint(np.ldexp(x, term.frac_bits)).astype(np.int64)
+            x = chunk.numeric[term.column]
+            np.rint(np.ldexp(x if full else x[mask], term.frac_bits), out=out[:, j])
         else:
-            out[:, j] = chunk.codes[term.column][mask] == term.level
+            codes = chunk.codes[term.column]
+            out[:, j] = (codes if full else codes[mask]) == term.level
     return out
 
 

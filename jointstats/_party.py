@@ -25,6 +25,8 @@ from .spec import Spec, load_spec
 
 #: Seconds to wait for every peer to finish its local step (reading its data).
 LOCAL_STEP_TIMEOUT = 3600.0
+#: Rows per chunk of the local step: bounds memory whatever the size of the data.
+CHUNK_ROWS = 1 << 18
 #: Seconds any single secure-step wait may take before the job fails.
 SECURE_STEP_TIMEOUT = 600.0
 
@@ -55,7 +57,8 @@ class PartyJob:
         check_job(self.config, self.spec, plan)
         source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir)
         started = time.perf_counter()
-        partials = compute_partials(plan, source.iter_chunks(list(self.spec.schema), self.config.party))
+        partials = compute_partials(plan, source.iter_chunks(list(self.spec.schema), self.config.party,
+                                                             chunk_rows=CHUNK_ROWS))
         self.metrics["local_seconds"] = time.perf_counter() - started
         return partials
 
