@@ -1,17 +1,158 @@
-"""Subcommands for nodes, analysts, keys and ledgers (filled in by the node service)."""
+"""Subcommands for nodes, analysts, keys, ledgers and audit logs (CONTRACT.md section 3).
+
+Every failure raises a JointStatsError subclass, so ``jointstats.cli.main`` prints one
+line and exits with status 2.
+"""
 from __future__ import annotations
 
 import argparse
 
+from .errors import ConfigError, JointStatsError
+
+
+class AuditError(JointStatsError):
+    """An audit log failed verification; the message names the first bad record."""
+
+
+def cmd_node_serve(args: argparse.Namespace) -> int:
+    from .node import serve
+    return serve(args.config, api_cert=args.api_cert, api_key=args.api_key,
+                 connect_timeout=args.connect_timeout, peer_wait=args.peer_wait,
+                 orphan_grace=args.orphan_grace)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .client import submit
+    result = submit(args.spec, args.node, args.key, analyst=args.analyst, out=args.out,
+                    timeout=args.timeout, ca=args.ca)
+    print(result.summary())
+    if args.out:
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def cmd_keys_ca(args: argparse.Namespace) -> int:
+    from .keys import make_ca
+    crt, key = make_ca(args.out, overwrite=args.force)
+    print(f"wrote {crt} (give to every party) and {key} (keep offline: it issues party "
+          f"certificates)")
+    return 0
+
+
+def cmd_keys_party(args: argparse.Namespace) -> int:
+    from .keys import make_party_cert
+    crt, key = make_party_cert(args.name, args.index, args.ca, args.out, overwrite=args.force)
+    print(f"wrote {crt} and {key} for party {args.name!r} at index {args.index}")
+    return 0
+
+
+def cmd_keys_analyst(args: argparse.Namespace) -> int:
+    from .keys import make_analyst_key
+    key, pub = make_analyst_key(args.name, args.out, overwrite=args.force)
+    print(f"wrote {key} (private: the analyst signs with it) and {pub} (for the nodes' "
+          f"policy.analysts)")
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from .ledger_view import budget_lines
+    print("\n".join(budget_lines(args.config)))
+    return 0
+
+
+def _open_state(config: str):
+    from ._state import NodeState
+    from .config import load_party_config
+    cfg = load_party_config(config)
+    if not cfg.state.exists():
+        raise ConfigError(f"party {cfg.party!r}: no state file {cfg.state} (the node has not "
+                          f"run yet)")
+    return cfg, NodeState(cfg.state)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    cfg, state = _open_state(args.config)
+    try:
+        ok, message = state.verify_audit()
+        count, head = state.audit_head()
+    finally:
+        state.close()
+    if not ok:
+        raise AuditError(f"audit log of party {cfg.party!r} ({cfg.state}) is NOT intact: {message}")
+    print(f"party {cfg.party}: audit log intact: {message}; head {head[:16]} ({count} records)")
+    return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    import json
+    cfg, state = _open_state(args.config)
+    try:
+        for rec in state.audit_records():
+            print(f"{rec['seq']:>6}  {rec['timestamp']}  {rec['event']:<10}  "
+                  f"{json.dumps(rec['fields'], sort_keys=True)}")
+    finally:
+        state.close()
+    return 0
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register node, submit, keys, budget and audit subcommands."""
-    from .ledger_view import budget_lines
+    p = sub.add_parser("node", help="run a party node")
+    nsub = p.add_subparsers(dest="node_command", required=True)
+    q = nsub.add_parser("serve", help="serve analysts and run jobs with the other nodes")
+    q.add_argument("--config", required=True, help="this party's config YAML")
+    q.add_argument("--api-cert", help="serve the analyst API over HTTPS with this certificate")
+    q.add_argument("--api-key", help="private key of --api-cert")
+    q.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds a job's worker waits for the other parties to connect "
+                        "(covers their local step) [60]")
+    q.add_argument("--peer-wait", type=float, default=120.0, metavar="S",
+                   help="seconds queued jobs wait for the other nodes to join before failing [120]")
+    q.add_argument("--orphan-grace", type=float, default=30.0, metavar="S",
+                   help="seconds a job may be missing at another node before it fails [30]")
+    q.set_defaults(func=cmd_node_serve)
 
-    def cmd_budget(args: argparse.Namespace) -> int:
-        print("\n".join(budget_lines(args.config)))
-        return 0
+    p = sub.add_parser("submit", help="submit a spec to every party's node and wait for the result")
+    p.add_argument("spec")
+    p.add_argument("--node", required=True, action="extend", nargs="+", metavar="URL",
+                   help="every party's node API URL (repeat or list)")
+    p.add_argument("--key", required=True, help="the analyst's Ed25519 private key")
+    p.add_argument("--analyst", help="analyst name [the key file's stem]")
+    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--ca", help="CA certificate to verify https node URLs")
+    p.add_argument("--timeout", type=float, default=4 * 3600.0, metavar="S")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("keys", help="make a consortium CA, party certificates, analyst keys")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    q = ksub.add_parser("ca", help="a consortium CA: DIR/ca.crt, DIR/ca.key")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--force", action="store_true", help="overwrite existing files")
+    q.set_defaults(func=cmd_keys_ca)
+    q = ksub.add_parser("party", help="a party certificate bound to its name and index")
+    q.add_argument("name")
+    q.add_argument("--index", required=True, type=int, help="its position in mpc.parties (from 0)")
+    q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--force", action="store_true", help="overwrite existing files")
+    q.set_defaults(func=cmd_keys_party)
+    q = ksub.add_parser("analyst", help="an analyst's Ed25519 key pair: DIR/NAME.key, DIR/NAME.pub")
+    q.add_argument("name")
+    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--force", action="store_true", help="overwrite existing files")
+    q.set_defaults(func=cmd_keys_analyst)
 
     p = sub.add_parser("budget", help="what a party has spent and what remains")
     p.add_argument("--config", required=True)
     p.set_defaults(func=cmd_budget)
+
+    p = sub.add_parser("audit", help="check or show a party's audit log")
+    asub = p.add_subparsers(dest="audit_command", required=True)
+    q = asub.add_parser("verify", help="check the hash chain and the ledger; non-zero exit "
+                                       "naming the first bad record")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_audit_verify)
+    q = asub.add_parser("show", help="print every audit record")
+    q.add_argument("--config", required=True)
+    q.set_defaults(func=cmd_audit_show)
+

@@ -1,0 +1,304 @@
+"""Phase timings (and optional profiles) inside a party process, without touching jointstats.
+
+Installed by ``bench/_site/sitecustomize.py`` in processes started by the harness.
+It wraps, as their modules are imported, the functions one party's job goes through
+and, at exit, writes a JSON file of absolute timestamps and durations to the directory
+named by JOINTSTATS_BENCH_PROBE:
+
+* ``t_site``: the interpreter reached site (Python itself is up);
+* ``t_main``: the party's entry point starts working (first ``load_party_config``),
+  so ``t_main - t_site`` is import time;
+* ``read`` / ``aggregate``: time inside the chunk reader (Arrow read + schema encoding)
+  and in the partial-aggregate code (``jointstats._local``), which together are the local step;
+* ``connect``: ``JointRuntime.start`` (includes waiting for the slowest peer's local step);
+* ``sync``: the status exchange right after connecting (plan hash, refusals);
+* ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP);
+* ``close``: ``JointRuntime.close``; ``ledger``: the party's state database work;
+* ``t_exit``: at exit.
+
+With JOINTSTATS_BENCH_PROFILE=cprofile:DIR or pyinstrument:DIR the whole process is profiled
+and the profile saved in DIR.
+
+JOINTSTATS_BENCH_PATCH (comma-separated) tries proposed engine changes without editing the
+package, to measure them (``python -m bench.profile --whatif``):
+
+* ``no_pandas``: pandas cannot be imported (pyarrow then never loads it behind our back);
+* ``rowgroup_reader``: Parquet is read with one ``iter_batches`` per row group, so the
+  decoded row groups already consumed are released;
+* ``fast_exit``: the party process ends with ``os._exit`` once its result file is written,
+  skipping interpreter teardown.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+import time
+
+T_SITE = time.time()
+REC: dict = {"t_site": T_SITE, "pid": os.getpid(), "argv": None, "read": 0.0, "aggregate": 0.0,
+             "stats": [], "ledger": 0.0, "connect": None, "sync": None, "close": None,
+             "secure_start": None, "secure_end": None, "bytes_at_sync": None, "bytes_at_end": None}
+_RT = {}
+
+
+def _timed(key):
+    """Decorator: add the wrapped call's duration to REC[key]."""
+    def deco(fn):
+        if getattr(fn, "_bench_wrapped", False):
+            return fn
+
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                REC[key] = (REC.get(key) or 0.0) + time.perf_counter() - t
+        wrapper._bench_wrapped = True
+        return wrapper
+    return deco
+
+
+def _patch_config(mod):
+    orig = mod.load_party_config
+
+    @functools.wraps(orig)
+    def load_party_config(path):
+        REC.setdefault("t_main", time.time())
+        cfg = orig(path)
+        REC.setdefault("party", cfg.party)
+        return cfg
+    mod.load_party_config = load_party_config
+
+
+def _patch_sources(mod):
+    if "rowgroup_reader" not in PATCHES:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cls = mod.ParquetSource
+
+    def _batches(self, cols, tally):
+        try:
+            pf = pq.ParquetFile(self.path)
+            names = [c.name for c in cols]
+            for i in range(pf.num_row_groups):
+                for batch in pf.iter_batches(batch_size=mod._PARQUET_BATCH_ROWS, columns=names, row_groups=[i]):
+                    yield batch.num_rows, {c.name: batch.column(c.name) for c in cols}
+        except (pa.ArrowException, OSError):
+            raise mod._ReadError("its data could not be read as Parquet") from None
+    cls._batches = _batches
+
+
+def _patch_local(mod):
+    orig = mod.compute_partials
+
+    def compute_partials(plan, chunks):
+        def timed_chunks():
+            it = iter(chunks)
+            while True:
+                t = time.perf_counter()
+                try:
+                    chunk = next(it)
+                except StopIteration:
+                    REC["read"] += time.perf_counter() - t
+                    return
+                REC["read"] += time.perf_counter() - t
+                yield chunk
+        t0 = time.perf_counter()
+        REC["t_local_start"] = time.time()
+        try:
+            return orig(plan, timed_chunks())
+        finally:
+            REC["aggregate"] += time.perf_counter() - t0 - REC["read"]
+            REC["t_local_end"] = time.time()
+    mod.compute_partials = compute_partials
+
+
+def _patch_mpc(mod):
+    cls = mod.JointRuntime
+    start, guard, close = cls.start, cls.guard, cls.close
+
+    async def s(self, *a, **kw):
+        _RT["rt"] = self
+        t = time.perf_counter()
+        REC["t_connect_start"] = time.time()
+        try:
+            return await start(self, *a, **kw)
+        finally:
+            REC["connect"] = time.perf_counter() - t
+
+    async def g(self, awaitable, timeout, what):
+        t = time.perf_counter()
+        try:
+            return await guard(self, awaitable, timeout, what)
+        finally:
+            if what == "the local step":
+                REC["sync"] = time.perf_counter() - t
+                REC["secure_start"] = time.time()
+                REC["bytes_at_sync"] = self.bytes_sent()
+
+    async def c(self, *a, **kw):
+        REC["secure_end"] = time.time()
+        REC["bytes_at_end"] = self.bytes_sent()
+        t = time.perf_counter()
+        try:
+            return await close(self, *a, **kw)
+        finally:
+            REC["close"] = time.perf_counter() - t
+    cls.start, cls.guard, cls.close = s, g, c
+
+
+def _stat_wrapper(fn, phase):
+    @functools.wraps(fn)
+    async def wrapper(rt, stat, *a, **kw):
+        b0 = rt.bytes_sent()
+        t = time.perf_counter()
+        try:
+            return await fn(rt, stat, *a, **kw)
+        finally:
+            REC["stats"].append({"name": stat.name, "kind": stat.kind, "phase": phase,
+                                 "seconds": time.perf_counter() - t, "bytes": rt.bytes_sent() - b0})
+    return wrapper
+
+
+def _patch_output(mod):
+    mod.secure_statistic = _stat_wrapper(mod.secure_statistic, "secure")
+
+
+def _patch_dp(mod):
+    for name in ("prepare", "reveal"):
+        if hasattr(mod, name):
+            setattr(mod, name, _stat_wrapper(getattr(mod, name), name))
+
+
+def _patch_hooks(mod):
+    cls = mod.LedgerHooks
+    for name in ("__init__", "before_data", "before_reveal", "done", "failed"):
+        if hasattr(cls, name):
+            setattr(cls, name, _timed("ledger")(getattr(cls, name)))
+
+
+PATCHES = set(filter(None, os.environ.get("JOINTSTATS_BENCH_PATCH", "").split(",")))
+
+_PATCHES = {"jointstats.config": _patch_config, "jointstats._local": _patch_local,
+            "jointstats._sources": _patch_sources,
+            "jointstats._mpc": _patch_mpc, "jointstats.output": _patch_output,
+            "jointstats._dp": _patch_dp, "jointstats._hooks": _patch_hooks}
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Runs the patch of a module right after the module is first executed."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in _PATCHES:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        loader = spec.loader
+        orig_exec = loader.exec_module
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, s):
+                return loader.create_module(s)
+
+            def exec_module(self, module):
+                orig_exec(module)
+                try:
+                    _PATCHES[name](module)
+                except Exception as exc:  # noqa: BLE001 - measurement must not break the job
+                    print(f"bench probe: cannot patch {name}: {exc!r}", file=sys.stderr)
+        spec.loader = Loader()
+        return spec
+
+
+def vm_hwm_kb() -> int | None:
+    """This process's own peak RSS (VmHWM). Unlike ``ru_maxrss``, which on Linux starts from the
+    launching process's peak (exec keeps the old address space's high-water mark), this is
+    reset by exec, so it is what the party itself used."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _write():
+    REC["t_exit"] = time.time()
+    REC["vm_hwm_kb"] = vm_hwm_kb()
+    REC["argv"] = sys.argv
+    out = os.environ.get("JOINTSTATS_BENCH_PROBE")
+    if not out or "party" not in REC:
+        return
+    path = os.path.join(out, f"{REC['party']}-{os.getpid()}.json")
+    with open(path, "w") as fh:
+        json.dump(REC, fh)
+
+
+def _start_profiler():
+    spec = os.environ.get("JOINTSTATS_BENCH_PROFILE", "")
+    if ":" not in spec:
+        return
+    kind, out = spec.split(":", 1)
+    if kind == "cprofile":
+        import cProfile
+        prof = cProfile.Profile()
+        prof.enable()
+
+        def stop():
+            prof.disable()
+            prof.dump_stats(os.path.join(out, f"{REC.get('party', 'proc')}-{os.getpid()}.prof"))
+    elif kind == "pyinstrument":
+        from pyinstrument import Profiler
+        prof = Profiler(interval=0.001, async_mode="disabled")
+        prof.start()
+
+        def stop():
+            prof.stop()
+            base = os.path.join(out, f"{REC.get('party', 'proc')}-{os.getpid()}")
+            with open(base + ".txt", "w") as fh:
+                fh.write(prof.output_text(unicode=False, color=False, show_all=False))
+            with open(base + ".html", "w") as fh:
+                fh.write(prof.output_html())
+    else:
+        return
+    atexit.register(stop)
+
+
+def _fast_exit():
+    real_exit = sys.exit
+
+    def exit_now(code=0):
+        if not REC.get("party"):
+            real_exit(code)
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    sys.exit = exit_now
+
+
+def install():
+    """Install the import hooks (and the profiler if asked); idempotent."""
+    if any(isinstance(f, _Finder) for f in sys.meta_path):
+        return
+    if "no_pandas" in PATCHES:
+        sys.modules.setdefault("pandas", None)
+    if "fast_exit" in PATCHES:
+        _fast_exit()
+    sys.meta_path.insert(0, _Finder())
+    atexit.register(_write)
+    _start_profiler()

@@ -1,0 +1,177 @@
+"""Running jointstats jobs (ours) over real party processes, with per-phase timings."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+SITE = BENCH / "_site"
+REPO = BENCH.parent
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on loopback (bound together, then released)."""
+    socks, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def tls_available() -> bool:
+    """True if this jointstats has TLS for the MPC links (``jointstats.tls``)."""
+    return importlib.util.find_spec("jointstats.tls") is not None
+
+
+def _make_tls(root: Path, names: list[str]) -> dict[str, dict]:
+    from jointstats import keys
+    ca = root / "ca"
+    keys.make_ca(ca)
+    out = {}
+    for i, name in enumerate(names):
+        keys.make_party_cert(name, i, ca, root / "keys")
+        out[name] = {"cert": str(root / "keys" / f"{name}.crt"), "key": str(root / "keys" / f"{name}.key"),
+                     "ca": str(ca / "ca.crt")}
+    return out
+
+
+def write_configs(root: Path, files: list[Path], *, tls: bool = False) -> list[Path]:
+    """One party config per data file (absolute source paths, free loopback ports, exact allowed)."""
+    names = [f"party_{i + 1}" for i in range(len(files))]
+    ports = free_ports(len(files))
+    peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(names, ports)]
+    tls_files = _make_tls(root, names) if tls else {}
+    paths = []
+    for name, f in zip(names, files):
+        mpc = {"parties": peers}
+        if tls:
+            mpc["tls"] = tls_files[name]
+        cfg = {"party": name, "mpc": mpc, "api": {"host": "127.0.0.1", "port": 0},
+               "datasets": {"cohort": {"source": str(Path(f).resolve())}},
+               "policy": {"budget": {"epsilon": 1.0e6, "delta": 0.5}, "max_epsilon_per_job": 1.0e3,
+                          "min_count": 0, "allow_exact": True, "analysts": {}},
+               "state": str(root / "state" / f"{name}.sqlite")}
+        path = root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | None = None):
+    """Environment for child processes: our sitecustomize on the path, probe/profile switched on."""
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROFILE",
+                                            "JOINTSTATS_BENCH_PATCH")}
+    parts = [str(SITE), str(REPO)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else [])
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts)
+    if probe_dir is not None:
+        os.environ["JOINTSTATS_BENCH_PROBE"] = str(probe_dir)
+    if profile:
+        os.environ["JOINTSTATS_BENCH_PROFILE"] = profile
+    if patch:
+        os.environ["JOINTSTATS_BENCH_PATCH"] = patch
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -> dict:
+    rec = {"party": name,
+           "local_seconds": metrics.get("local_seconds"),
+           "engine_secure_seconds": metrics.get("secure_seconds"),
+           "bytes_sent": metrics.get("bytes_sent"),
+           # the engine's figure is ru_maxrss, which includes the launching process's peak:
+           # the probe's VmHWM replaces it below when available
+           "peak_rss_kb": metrics.get("peak_rss_kb"),
+           "engine_peak_rss_kb": metrics.get("peak_rss_kb"),
+           "cpu_seconds": metrics.get("cpu_seconds")}
+    if probe:
+        stats = probe.get("stats", [])
+        secure = sum(s["seconds"] for s in stats)
+        secure_bytes = sum(s["bytes"] for s in stats)
+        rec.update({
+            "spawn_seconds": probe["t_site"] - t_call,
+            "import_seconds": probe.get("t_main", probe["t_site"]) - probe["t_site"],
+            "read_seconds": probe["read"],
+            "aggregate_seconds": probe["aggregate"],
+            "connect_seconds": probe.get("connect"),
+            "sync_seconds": probe.get("sync"),
+            "secure_seconds": secure,
+            "secure_bytes": secure_bytes,
+            "secure_window_seconds": (probe["secure_end"] - probe["secure_start"])
+            if probe.get("secure_end") and probe.get("secure_start") else None,
+            "close_seconds": probe.get("close"),
+            "ledger_seconds": probe.get("ledger"),
+            "exit_after_call_seconds": probe["t_exit"] - t_call,
+            "stats": stats,
+        })
+        if probe.get("vm_hwm_kb"):
+            rec["peak_rss_kb"] = probe["vm_hwm_kb"]
+    return rec
+
+
+def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool = True,
+            profile: str | None = None, keep: Path | None = None, patch: str | None = None) -> dict:
+    """Run one job with ``jointstats.runner.run``; return wall time, per-party metrics and phases.
+
+    ``profile`` is ``cprofile:DIR`` or ``pyinstrument:DIR`` to profile every party process;
+    ``patch`` tries proposed engine changes (see bench/_probe.py).
+    """
+    from jointstats import runner
+    from jointstats.spec import parse_spec
+    root = Path(tempfile.mkdtemp(prefix="jsbench-"))
+    try:
+        configs = write_configs(root, files, tls=tls)
+        probe_dir = root / "probe"
+        probe_dir.mkdir()
+        metrics: dict = {}
+        with probed_env(probe_dir if probe else None, profile, patch):
+            t_call = time.time()
+            t0 = time.perf_counter()
+            spec = parse_spec(spec_text)
+            result = runner.run(spec, configs, metrics=metrics)
+            wall = time.perf_counter() - t0
+        probes = {}
+        for f in probe_dir.glob("*.json"):
+            p = json.loads(f.read_text())
+            probes[p["party"]] = p
+        parties = [_party_record(name, m, probes.get(name), t_call) for name, m in metrics.items()]
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in root.rglob("*"):
+                if f.is_file() and f.suffix in (".yaml", ".json"):
+                    shutil.copy(f, keep / f.name)
+        return {"wall_seconds": wall, "parties": parties, "result": json.loads(result.to_json())}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def summarize(rec: dict) -> dict:
+    """Maxima over parties of the phases (the job waits for its slowest party)."""
+    ps = rec["parties"]
+
+    def mx(key):
+        vals = [p.get(key) for p in ps if p.get(key) is not None]
+        return max(vals) if vals else None
+    return {k: mx(k) for k in ("local_seconds", "read_seconds", "aggregate_seconds", "import_seconds",
+                               "spawn_seconds", "connect_seconds", "sync_seconds", "secure_seconds",
+                               "secure_bytes", "bytes_sent", "peak_rss_kb", "cpu_seconds",
+                               "close_seconds", "ledger_seconds", "engine_secure_seconds")}

@@ -1,0 +1,358 @@
+"""Privacy accounting with exact rational arithmetic (no MPyC, no floating point).
+
+Conventions
+-----------
+* Every public quantity is a :class:`fractions.Fraction`.  Floats are accepted on
+  input only through :func:`to_fraction`, which reads them as the *decimal* they
+  print as (``1e-05`` becomes ``1/100000``), never as their binary expansion.
+* Whenever a quantity has to be rounded (square roots, logarithms), it is rounded in
+  the direction that keeps the privacy guarantee valid: ``rho_from_eps_delta``
+  rounds down, ``eps_from_rho`` rounds up, noise interval widths round up.
+* Pure DP composes additively in epsilon (basic composition), zCDP composes
+  additively in rho.
+
+Neighbouring datasets differ by adding or removing one row.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from numbers import Rational
+from typing import Iterable, Mapping
+
+__all__ = [
+    "to_fraction", "split_budget", "laplace_scale", "rho_from_eps_delta",
+    "gaussian_sigma2", "eps_from_rho", "noise_interval_95", "compose_pure",
+    "compose_zcdp", "exp_neg_bounds", "ln_bounds",
+]
+
+_PREC = 96  # bits of precision for transcendental bounds
+
+
+def to_fraction(x, name: str = "value") -> Fraction:
+    """Convert an int, Fraction, decimal string or float to an exact Fraction.
+
+    A float is read as the shortest decimal that prints as it (``repr``), so that
+    ``0.1`` means 1/10.  Booleans, NaN and infinities are rejected.
+    """
+    if isinstance(x, bool):
+        raise TypeError(f"{name}: expected a number, found a bool")
+    if isinstance(x, Fraction):
+        return x
+    if isinstance(x, int):
+        return Fraction(x)
+    if isinstance(x, Rational):
+        return Fraction(x.numerator, x.denominator)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            raise ValueError(f"{name}: expected a finite number, found {x!r}")
+        return Fraction(repr(x))
+    if isinstance(x, str):
+        try:
+            return Fraction(x.strip())
+        except ValueError:
+            raise ValueError(f"{name}: cannot read {x!r} as a number") from None
+    raise TypeError(f"{name}: expected a number, found {type(x).__name__}")
+
+
+# ---------------------------------------------------------------------------
+# rigorous bounds for exp, ln and sqrt with rational arithmetic
+
+
+def _floor_div(a: int, b: int) -> int:
+    return a // b
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -((-a) // b)
+
+
+def exp_neg_bounds(x, prec: int = _PREC) -> tuple[Fraction, Fraction]:
+    """Rational (dyadic) lo, hi with lo <= exp(-x) <= hi and hi - lo <= 2**-prec, x >= 0.
+
+    Taylor series of exp(-y) for y = x / 2**r <= 1/2 with an explicit remainder
+    bound, followed by r exact squarings with outward rounding.
+    """
+    x = to_fraction(x, "x")
+    if x < 0:
+        raise ValueError("exp_neg_bounds needs x >= 0")
+    if x == 0:
+        return Fraction(1), Fraction(1)
+    r = 0
+    while x > Fraction(1, 2) * (1 << r):
+        r += 1
+    y = x / (1 << r)
+    p, q = y.numerator, y.denominator
+    extra = 20
+    while True:
+        P = prec + 2 * r + extra
+        # partial sum S_J = sum_{j<=J} (-y)^j / j!, remainder <= y^(J+1)/(J+1)!
+        J = 1
+        while (p ** (J + 1)) << (P + 4) >= (q ** (J + 1)) * math.factorial(J + 1):
+            J += 1
+        den = q ** J * math.factorial(J)
+        num = 0
+        term = den  # y^0/0! scaled by den
+        for j in range(J + 1):
+            num += term if j % 2 == 0 else -term
+            # next: multiply by y / (j+1)
+            term = term * p // (q * (j + 1))  # exact: den divisible by q^(j+1) (j+1)!
+        rem_num = p ** (J + 1)
+        rem_den = q ** (J + 1) * math.factorial(J + 1)
+        scale = 1 << P
+        # lo = floor(2^P (num/den - rem)), hi = ceil(2^P (num/den + rem))
+        lo = _floor_div(num * scale * rem_den - rem_num * scale * den, den * rem_den)
+        hi = _ceil_div(num * scale * rem_den + rem_num * scale * den, den * rem_den)
+        lo = max(lo, 0)
+        hi = min(hi, scale)
+        for _ in range(r):
+            lo = (lo * lo) >> P
+            hi = min(_ceil_div(hi * hi, scale), scale)
+        if (hi - lo) << prec <= scale:
+            return Fraction(lo, scale), Fraction(hi, scale)
+        extra += 32
+
+
+def ln_bounds(x, prec: int = _PREC) -> tuple[Fraction, Fraction]:
+    """Rational lo <= ln(x) <= hi, x > 0, with hi - lo <= 2**-prec (roughly)."""
+    x = to_fraction(x, "x")
+    if x <= 0:
+        raise ValueError("ln_bounds needs x > 0")
+    if x == 1:
+        return Fraction(0), Fraction(0)
+    if x < 1:
+        lo, hi = ln_bounds(1 / x, prec)
+        return -hi, -lo
+    # x = 2^k * z with z in [1, 2)
+    k = x.numerator.bit_length() - x.denominator.bit_length()
+    z = x / Fraction(2) ** k
+    while z >= 2:
+        z /= 2
+        k += 1
+    while z < 1:
+        z *= 2
+        k -= 1
+    ln2_lo, ln2_hi = _atanh_series(Fraction(1, 3), prec + 8)
+    ln2_lo, ln2_hi = 2 * ln2_lo, 2 * ln2_hi
+    zl, zh = _atanh_series((z - 1) / (z + 1), prec + 8)
+    return 2 * zl + k * ln2_lo, 2 * zh + k * ln2_hi
+
+
+def _atanh_series(u: Fraction, prec: int) -> tuple[Fraction, Fraction]:
+    """Bounds of atanh(u) = sum u^(2j+1)/(2j+1), 0 <= u <= 1/3."""
+    s = Fraction(0)
+    term = u
+    j = 0
+    u2 = u * u
+    bound = Fraction(1, 1 << prec)
+    while True:
+        s += term / (2 * j + 1)
+        term *= u2
+        j += 1
+        # tail <= term/(2j+1) * 1/(1-u^2)
+        tail = term / (2 * j + 1) / (1 - u2)
+        if tail <= bound:
+            return _round_down(s, prec + 4), _round_up(s + tail, prec + 4)
+
+
+def _round_down(x: Fraction, bits: int) -> Fraction:
+    return Fraction(math.floor(x * (1 << bits)), 1 << bits)
+
+
+def _round_up(x: Fraction, bits: int) -> Fraction:
+    return Fraction(math.ceil(x * (1 << bits)), 1 << bits)
+
+
+def _sqrt_bounds(x: Fraction, prec: int = _PREC) -> tuple[Fraction, Fraction]:
+    """lo <= sqrt(x) <= hi for x >= 0, both multiples of 2**-prec."""
+    if x < 0:
+        raise ValueError("sqrt of a negative number")
+    s = 1 << prec
+    v = x * s * s
+    lo = math.isqrt(math.floor(v))
+    hi = lo if lo * lo == v else lo + 1
+    return Fraction(lo, s), Fraction(hi, s)
+
+
+def _rel_bits(x: Fraction, bits: int = 64) -> int:
+    """Number of binary digits after the point giving about `bits` significant bits."""
+    if x <= 0:
+        return bits
+    return max(bits, bits - (x.numerator.bit_length() - x.denominator.bit_length()) + 2)
+
+
+# ---------------------------------------------------------------------------
+# budget arithmetic
+
+
+def split_budget(epsilon, delta, weights: Mapping[str, object] | Iterable[str] | None = None
+                 ) -> dict[str, tuple[Fraction, Fraction]]:
+    """Split (epsilon, delta) over named statistics, exactly.
+
+    ``weights`` maps statistic names to positive weights (``None`` means 1); an
+    iterable of names means equal weights.  The parts sum exactly to the totals.
+    """
+    eps = to_fraction(epsilon, "epsilon")
+    dlt = to_fraction(delta, "delta")
+    if eps <= 0:
+        raise ValueError(f"epsilon must be > 0, found {eps}")
+    if not 0 <= dlt < 1:
+        raise ValueError(f"delta must be in [0, 1), found {dlt}")
+    if weights is None:
+        raise ValueError("split_budget needs the names of the statistics")
+    if not isinstance(weights, Mapping):
+        weights = {name: None for name in weights}
+    if not weights:
+        raise ValueError("split_budget needs at least one statistic")
+    w = {}
+    for name, v in weights.items():
+        f = Fraction(1) if v is None else to_fraction(v, f"weight of {name}")
+        if f <= 0:
+            raise ValueError(f"weight of {name} must be > 0, found {f}")
+        w[name] = f
+    total = sum(w.values())
+    return {name: (eps * f / total, dlt * f / total) for name, f in w.items()}
+
+
+def compose_pure(epsilons: Iterable) -> Fraction:
+    """Basic composition of pure epsilon-DP mechanisms: the sum."""
+    out = Fraction(0)
+    for e in epsilons:
+        e = to_fraction(e, "epsilon")
+        if e < 0:
+            raise ValueError("epsilon must be >= 0")
+        out += e
+    return out
+
+
+def compose_zcdp(rhos: Iterable) -> Fraction:
+    """Composition of rho-zCDP mechanisms: the sum of the rhos."""
+    out = Fraction(0)
+    for r in rhos:
+        r = to_fraction(r, "rho")
+        if r < 0:
+            raise ValueError("rho must be >= 0")
+        out += r
+    return out
+
+
+def laplace_scale(sensitivity, epsilon) -> Fraction:
+    """Scale b of the discrete Laplace P(k) ~ exp(-|k|/b) giving epsilon-DP for an
+    integer-valued query with the given L1 sensitivity: b = sensitivity / epsilon."""
+    s = to_fraction(sensitivity, "sensitivity")
+    e = to_fraction(epsilon, "epsilon")
+    if s <= 0 or e <= 0:
+        raise ValueError("sensitivity and epsilon must be > 0")
+    return s / e
+
+
+def gaussian_sigma2(l2_sensitivity, rho) -> Fraction:
+    """Variance parameter of the discrete Gaussian giving rho-zCDP: sens^2 / (2 rho)."""
+    s = to_fraction(l2_sensitivity, "l2_sensitivity")
+    r = to_fraction(rho, "rho")
+    if s <= 0 or r <= 0:
+        raise ValueError("sensitivity and rho must be > 0")
+    return s * s / (2 * r)
+
+
+def _ln_inv_delta_bounds(delta: Fraction) -> tuple[Fraction, Fraction]:
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1) for zCDP conversion, found {delta}")
+    return ln_bounds(1 / delta)
+
+
+def rho_from_eps_delta(epsilon, delta) -> Fraction:
+    """Largest (rounded down) rho with rho + 2 sqrt(rho ln(1/delta)) <= epsilon.
+
+    rho-zCDP implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP (Bun-Steinke 2016).
+    The exact root is (sqrt(L + eps) - sqrt(L))^2 with L = ln(1/delta); it is
+    bounded from below with rational arithmetic, and the result is verified.
+    """
+    eps = to_fraction(epsilon, "epsilon")
+    dlt = to_fraction(delta, "delta")
+    if eps <= 0:
+        raise ValueError("epsilon must be > 0")
+    _, L_hi = _ln_inv_delta_bounds(dlt)
+    bits = _PREC + 32
+    a_lo, _ = _sqrt_bounds(L_hi + eps, bits)
+    _, b_hi = _sqrt_bounds(L_hi, bits)
+    d = a_lo - b_hi
+    if d <= 0:
+        raise ValueError("epsilon too small for this delta")
+    rho = d * d
+    rho = _round_down(rho, _rel_bits(rho))
+    # verify with upper bounds: rho + 2 sqrt(rho * L_hi) <= eps
+    _, sq_hi = _sqrt_bounds(rho * L_hi, bits)
+    while rho + 2 * sq_hi > eps:  # pragma: no cover - defensive, rounding slack
+        rho = rho * (1 - Fraction(1, 1 << 40))
+        rho = _round_down(rho, _rel_bits(rho))
+        _, sq_hi = _sqrt_bounds(rho * L_hi, bits)
+    return rho
+
+
+def eps_from_rho(rho, delta) -> Fraction:
+    """epsilon = rho + 2 sqrt(rho ln(1/delta)), rounded up (for reporting)."""
+    r = to_fraction(rho, "rho")
+    dlt = to_fraction(delta, "delta")
+    if r < 0:
+        raise ValueError("rho must be >= 0")
+    if r == 0:
+        return Fraction(0)
+    _, L_hi = _ln_inv_delta_bounds(dlt)
+    _, sq_hi = _sqrt_bounds(r * L_hi, _PREC + 32)
+    eps = r + 2 * sq_hi
+    return _round_up(eps, _rel_bits(eps))
+
+
+def _dl_tail(scale: Fraction, h: int) -> Fraction:
+    """Upper bound of P(|X| > h) = 2 a^(h+1) / (1 + a), a = exp(-1/scale)."""
+    _, ah = exp_neg_bounds(Fraction(h + 1) / scale, 64)
+    al, _ = exp_neg_bounds(1 / scale, 64)
+    return 2 * ah / (1 + al)
+
+
+def _dg_tail(sigma2: Fraction, h: int) -> Fraction:
+    """Upper bound of P(|X| > h) for the discrete Gaussian N_Z(0, sigma2).
+
+    Sum_{k>h} rho(k) <= rho(h+1) / (1 - r), r = max ratio rho(k+1)/rho(k) =
+    exp(-(2h+3)/(2 sigma2)); normaliser >= sigma sqrt(2 pi) by Poisson summation.
+    """
+    _, rho_hi = exp_neg_bounds(Fraction((h + 1) ** 2) / (2 * sigma2), 64)
+    _, r_hi = exp_neg_bounds(Fraction(2 * h + 3) / (2 * sigma2), 64)
+    if r_hi >= 1:
+        return Fraction(1)
+    norm_lo, _ = _sqrt_bounds(2 * Fraction(333, 106) * sigma2, 64)  # pi > 333/106
+    norm_lo = max(norm_lo, Fraction(1))  # rho(0) = 1 alone
+    return min(Fraction(1), 2 * rho_hi / ((1 - r_hi) * norm_lo))
+
+
+def noise_interval_95(mechanism: str, scale_or_sigma2) -> int:
+    """Half-width h of an interval [-h, h] holding the noise with probability >= 95%.
+
+    ``discrete_laplace``: exact smallest such h (from the geometric tail).
+    ``discrete_gaussian``: a safe integer bound (the smallest h for which a rigorous
+    upper bound of the tail is <= 5%; at most a few percent wider than exact).
+    """
+    v = to_fraction(scale_or_sigma2, "scale_or_sigma2")
+    if v <= 0:
+        raise ValueError("scale / sigma2 must be > 0")
+    if mechanism in ("discrete_laplace", "laplace"):
+        tail = lambda h: _dl_tail(v, h)  # noqa: E731
+    elif mechanism in ("discrete_gaussian", "gaussian"):
+        tail = lambda h: _dg_tail(v, h)  # noqa: E731
+    else:
+        raise ValueError(f"unknown mechanism {mechanism!r}")
+    target = Fraction(1, 20)
+    if tail(0) <= target:
+        return 0
+    hi = 1
+    while tail(hi) > target:
+        hi *= 2
+    lo = hi // 2  # tail(lo) > target (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tail(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi

@@ -1,0 +1,856 @@
+"""Differentially private noise sampled *inside* the secure computation.
+
+Nobody learns the noise: it is computed from shared random bits by a Boolean
+circuit on secret-shared bits, then converted into the caller's MPyC secure integer
+type (``SecInt`` or a prime ``SecFld``) so that it can be added to a statistic.
+
+Public functions
+----------------
+``discrete_laplace(rt, sectype, scale, n)``
+    n samples of the two-sided geometric law P(k) ~ exp(-|k|/scale).
+``discrete_gaussian(rt, sectype, sigma2, n, trials=None)``
+    n samples of the discrete Gaussian P(k) ~ exp(-k^2 / (2 sigma2)).
+``discrete_laplace_delta(scale)``, ``discrete_gaussian_delta(sigma2, trials=None)``
+    rigorous bounds (Fractions) on the total-variation distance per sample between
+    what is sampled and the exact law; both are at most 2**-40 by default.
+
+How (the engine)
+----------------
+The Boolean part runs on *replicated* secret sharing over GF(2), bit-packed in
+numpy ``uint64`` words (64 samples per word), keyed by MPyC's own PRSS keys:
+for threshold t each subset S of m - t parties (the PRSS subsets) owns one
+component x_S of every shared bit x = XOR_S x_S, known exactly to the members of S.
+So a coalition of t parties always misses the component of its complement.
+
+* A uniformly random shared bit costs nothing: x_S = PRF(key_S, counter), as in
+  MPyC's pseudorandom secret sharing, no communication (this replaces
+  ``mpc.np_random_bits``, which needs one opening per bit, and is why no small
+  prime field is needed any more).
+* XOR and public constants are local.  AND is one round: every cross term
+  x_S y_T is computed by one party in S and T, and the sum of these additive
+  terms is reshared into replicated form with PRF masks, each party sending one
+  word per 64 ANDs to the other members of its designated subset (for 3 parties:
+  one bit per AND per party, the protocol of Araki et al., CCS 2016).
+* Conversion to the caller's field: component x_S is Shamir-shared for free as
+  x_S * f_S(i) (f_S of degree t, f_S(0)=1, zero on parties outside S), and the
+  XOR of the C(m, t) components is computed with C(m, t) - 1 secure
+  multiplications in the target field (2 for 3 parties).  Only the few output
+  bits of each sample are converted.
+
+Semi-honest, honest majority (t < m/2), like MPyC itself.  All public parameters
+are computed with exact rational arithmetic (``fractions.Fraction`` / ``int``);
+there is no floating point anywhere on the noise path.  All shapes and the number
+of rounds depend only on public parameters (never on secret data nor on n).
+
+Discrete Laplace (bitwise, exact up to delta)
+----------------------------------------------
+With a = exp(-1/scale), |X| = 0 with probability (1-a)/(1+a) (the *zero coin* Z),
+else |X| = 1 + G with G one-sided geometric, P(G = g) = (1-a) a^g; a uniform sign
+S.  The binary digits of G are independent, digit i being 1 with probability
+1/(1 + exp(2^i/scale)).  Every coin is a comparison [R < c] of fresh shared random
+bits R with a public integer c; all comparisons of all coins and samples run in
+lock-step, one vectorized AND per bit position.  Each coin's precision is chosen by
+a search (exact rational error bounds) so that the sum of all bias errors and the
+dropped high digits is <= 2**-40; that sum is ``discrete_laplace_delta``.
+
+Discrete Gaussian (Canonne-Kamath-Steinke rejection, fixed number of trials)
+---------------------------------------------------------------------------
+Chosen over the inversion table because the statistics of this project scale reals
+onto integer grids, so sigma is routinely 1e4..1e7 where an O(sigma) table is
+infeasible; this sampler costs O(log^2 sigma) ANDs per trial.  Proposal: discrete
+Laplace with scale t = sigma2 / c, where the centre c = C/D is sigma2 / (floor(sigma)+1)
+(CKS's choice of t) rounded to a rational with small denominator D (D = 1 for
+sigma2 >= 4, else 16).  This is exactly CKS for that t; only the centre sigma2/t is
+made a simple rational so that the acceptance exponent is an exact integer quadratic:
+accept Y with probability
+exp(-(|Y| - c)^2 / (2 sigma2)) = exp(-N^2 kappa), N = D |Y| - C, kappa = 1/(2 sigma2 D^2).
+N and N^2 are computed exactly by a Boolean circuit (adder, conditional negation,
+Wallace-tree squaring), and exp(-N^2 kappa) = prod_p exp(-2^p kappa)^bit_p(N^2) is a
+product of public-bias coins gated by the secret bits of N^2.  ``trials``
+independent trials run in parallel (fixed shape); the first accepted one is chosen
+obliviously (prefix-OR); if all fail (probability <= (1-alpha)^trials, alpha bounded
+from below rigorously) the last trial's discrete Laplace value is output: still a
+fresh noise draw (of the proposal law), never a forced zero.  delta = (1-alpha)^trials +
+trials * (errors of proposal and acceptance coins).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+from numbers import Rational
+
+import numpy as np
+
+from jointstats._accounting import exp_neg_bounds
+from jointstats._mpc import Runtime
+
+__all__ = [
+    "discrete_laplace", "discrete_gaussian", "discrete_laplace_delta",
+    "discrete_gaussian_delta", "dl_plan", "dg_plan", "DLPlan", "DGPlan", "Coin",
+    "DELTA_TARGET",
+]
+
+DELTA_TARGET = Fraction(1, 1 << 40)
+_KMAX = 80          # maximal number of random bits of one coin
+_BIAS_PREC = _KMAX + 24
+_TAIL_CUT = Fraction(1, 1 << 90)
+_DOMAIN = b"jointstats.noise.v1\x00"
+_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+_coroutine = Runtime.coroutine  # MPyC's mpc_coro decorator (imported via _mpc only)
+
+
+def _as_fraction(x, name: str) -> Fraction:
+    if isinstance(x, bool) or not isinstance(x, (int, Rational)):
+        raise TypeError(f"{name} must be an int or fractions.Fraction (no floats on the "
+                        f"noise path), found {type(x).__name__}")
+    x = Fraction(x)
+    if x <= 0:
+        raise ValueError(f"{name} must be > 0, found {x}")
+    return x
+
+
+# ---------------------------------------------------------------------------
+# public parameters: coins with exactly searched precision
+
+
+@dataclass(frozen=True)
+class Coin:
+    """A biased coin [R < c] for k uniform random bits R; k == 0 means constant c (0/1).
+
+    For k >= 1, c is odd and 0 < c < 2**k, so P(coin = 1) = c / 2**k exactly.
+    ``err`` bounds |c/2**k - target bias| rigorously.
+    """
+    k: int
+    c: int
+    err: Fraction
+
+    @property
+    def prob(self) -> Fraction:
+        return Fraction(self.c, 1 << self.k)
+
+
+def _coin_frontier(lo: Fraction, hi: Fraction) -> list[Coin]:
+    """Coins for a bias in [lo, hi]: increasing k, strictly decreasing error bound."""
+    mid = (lo + hi) / 2
+    best: dict[int, Coin] = {}
+    for k in range(_KMAX + 1):
+        c = round(mid * (1 << k))
+        c = min(max(c, 0), 1 << k)
+        v = Fraction(c, 1 << k)
+        err = max(abs(v - lo), abs(hi - v))
+        if c == 0 or c == 1 << k:
+            coin = Coin(0, 1 if c else 0, err)
+        else:
+            tz = (c & -c).bit_length() - 1
+            coin = Coin(k - tz, c >> tz, err)
+        if coin.k not in best or err < best[coin.k].err:
+            best[coin.k] = coin
+    out: list[Coin] = []
+    for k in sorted(best):
+        if not out or best[k].err < out[-1].err:
+            out.append(best[k])
+    return out
+
+
+def _choose_coins(frontiers: list[list[Coin]], budget: Fraction) -> list[Coin]:
+    """Greedy search: total error <= budget with few random bits (= ANDs) in total."""
+    idx = [0] * len(frontiers)
+    total = sum(f[0].err for f in frontiers)
+    while total > budget:
+        best, best_ratio = None, None
+        for i, f in enumerate(frontiers):
+            j = idx[i]
+            if j + 1 < len(f):
+                gain = f[j].err - f[j + 1].err
+                ratio = gain / (f[j + 1].k - f[j].k)
+                if best_ratio is None or ratio > best_ratio:
+                    best, best_ratio = i, ratio
+        if best is None:
+            raise ValueError("cannot reach the requested precision with "
+                             f"{_KMAX}-bit coins")
+        f = frontiers[best]
+        total -= f[idx[best]].err - f[idx[best] + 1].err
+        idx[best] += 1
+    # give back precision that is not needed (cheapest first)
+    improved = True
+    while improved:
+        improved = False
+        for i, f in enumerate(frontiers):
+            j = idx[i]
+            if j > 0 and total + f[j - 1].err - f[j].err <= budget:
+                total += f[j - 1].err - f[j].err
+                idx[i] = j - 1
+                improved = True
+    return [f[j] for f, j in zip(frontiers, idx)]
+
+
+def _bias_sigmoid(x: Fraction) -> tuple[Fraction, Fraction]:
+    """Bounds of 1/(1+exp(x)) = e/(1+e), e = exp(-x)."""
+    lo, hi = exp_neg_bounds(x, _BIAS_PREC)
+    return lo / (1 + lo), hi / (1 + hi)
+
+
+@dataclass(frozen=True)
+class DLPlan:
+    """Public plan of the bitwise discrete Laplace sampler."""
+    scale: Fraction
+    zero: Coin                              # P(|X| = 0) = (1-a)/(1+a)
+    bits: tuple[tuple[int, Coin], ...]      # (digit i of G, coin), non-constant-0 only
+    delta: Fraction                         # TV bound per sample
+    nbits: int                              # L: G < 2**L
+
+    @property
+    def and_gates(self) -> int:
+        """AND gates per sample (= bits sent per sample and party with 3 parties)."""
+        return sum(max(c.k - 1, 0) for _, c in self.bits) + max(self.zero.k - 1, 0) + 1
+
+    @property
+    def max_abs(self) -> int:
+        """Hard bound: every sample satisfies |x| <= max_abs."""
+        return 1 << self.nbits
+
+
+@lru_cache(maxsize=256)
+def dl_plan(scale: Fraction, budget: Fraction = DELTA_TARGET) -> DLPlan:
+    """Plan (coins and delta) for discrete Laplace with the given scale."""
+    scale = _as_fraction(scale, "scale")
+    a_lo, a_hi = exp_neg_bounds(1 / scale, _BIAS_PREC)
+    z_lo, z_hi = (1 - a_hi) / (1 + a_hi), (1 - a_lo) / (1 + a_lo)
+    frontiers = [_coin_frontier(z_lo, z_hi)]
+    i = 0
+    while True:
+        e_lo, e_hi = exp_neg_bounds(Fraction(1 << i) / scale, _BIAS_PREC)
+        if e_hi <= _TAIL_CUT:
+            # digits >= i: sum of biases <= sum_j e_j <= 2 e_i (e_{j+1} = e_j^2)
+            tail = 2 * e_hi
+            break
+        frontiers.append(_coin_frontier(e_lo / (1 + e_lo), e_hi / (1 + e_hi)))
+        i += 1
+    coins = _choose_coins(frontiers, budget - tail)
+    delta = sum((c.err for c in coins), tail)
+    bits = tuple((j, c) for j, c in enumerate(coins[1:]) if not (c.k == 0 and c.c == 0))
+    nbits = max((j + 1 for j, _ in bits), default=0)
+    return DLPlan(scale, coins[0], bits, delta, nbits)
+
+
+def discrete_laplace_delta(scale) -> Fraction:
+    """Total-variation distance per sample of ``discrete_laplace`` from the exact law."""
+    return dl_plan(_as_fraction(scale, "scale")).delta
+
+
+@dataclass(frozen=True)
+class DGPlan:
+    """Public plan of the discrete Gaussian sampler (CKS rejection, fixed trials)."""
+    sigma2: Fraction
+    C: int                      # centre c = C / D
+    D: int                      # power of two
+    t: Fraction                 # scale of the discrete Laplace proposal, sigma2 / c
+    dl: DLPlan
+    width: int                  # two's complement width of N = D|Y| - C (Y != 0 part)
+    hsq: int                    # |N| >= 2**hsq  ->  reject
+    acc: tuple[Coin, ...]       # coin for bit p of N^2: exp(-2**p kappa)
+    coin0: Coin                 # acceptance of Y == 0: exp(-C^2 kappa)
+    trials: int
+    alpha_lo: Fraction          # lower bound of the ideal acceptance rate of one trial
+    delta: Fraction
+
+    @property
+    def max_abs(self) -> int:
+        """Hard bound: every sample satisfies |x| <= max_abs."""
+        return self.dl.max_abs
+
+
+def _isqrt_floor(x: Fraction) -> int:
+    return math.isqrt(math.floor(x))
+
+
+def _alpha_lower(sigma2: Fraction, t: Fraction, C: int, D: int) -> Fraction:
+    """Rigorous lower bound of the ideal per-trial acceptance probability."""
+    prec = 64
+    kappa = 1 / (2 * sigma2 * D * D)
+    a_lo, a_hi = exp_neg_bounds(1 / t, prec)
+    pz_lo = (1 - a_hi) / (1 + a_hi)
+    pnz_lo = 2 * a_lo / (1 + a_lo)
+    total = pz_lo * exp_neg_bounds(C * C * kappa, prec)[0]
+    sigma = _isqrt_floor(sigma2) + 1
+    gmax = C // D + 9 * sigma
+    nblocks = 400
+    bs = max(1, gmax // nblocks)
+    s = Fraction(0)
+    cache: dict[int, Fraction] = {}
+
+    def acc_lo(g: int) -> Fraction:
+        if g not in cache:
+            n = D * (g + 1) - C
+            cache[g] = exp_neg_bounds(n * n * kappa, prec)[0]
+        return cache[g]
+
+    for g0 in range(0, gmax + 1, bs):
+        g1 = min(g0 + bs - 1, gmax)
+        w = exp_neg_bounds(g0 / t, prec)[0] - exp_neg_bounds((g1 + 1) / t, prec)[1]
+        if w <= 0:
+            continue
+        s += w * min(acc_lo(g0), acc_lo(g1))
+    total += pnz_lo * s
+    return Fraction(math.floor(total * (1 << 64)), 1 << 64)
+
+
+def _dg_params(sigma2: Fraction) -> tuple[int, int, Fraction]:
+    t0 = _isqrt_floor(sigma2) + 1          # CKS: t = floor(sigma) + 1
+    D = 1 if sigma2 >= 4 else 16
+    C = max(1, round(sigma2 * D / t0))
+    t = sigma2 * D / C                      # so that sigma2 / t = C / D exactly
+    return C, D, t
+
+
+@lru_cache(maxsize=64)
+def _dg_alpha(sigma2: Fraction) -> Fraction:
+    C, D, t = _dg_params(sigma2)
+    return _alpha_lower(sigma2, t, C, D)
+
+
+def _default_trials(alpha_lo: Fraction, fail_budget: Fraction) -> int:
+    q = 1 - alpha_lo
+    q = Fraction(math.ceil(q * (1 << 64)), 1 << 64)
+    k, p = 1, q
+    while p > fail_budget:
+        k += 1
+        p *= q
+        p = Fraction(math.ceil(p * (1 << 80)), 1 << 80)
+    return k
+
+
+@lru_cache(maxsize=64)
+def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
+    """Plan (coins, trials and delta) for the discrete Gaussian with variance parameter sigma2."""
+    sigma2 = _as_fraction(sigma2, "sigma2")
+    C, D, t = _dg_params(sigma2)
+    alpha = _dg_alpha(sigma2)
+    if alpha <= 0:  # pragma: no cover - cannot happen for sane parameters
+        raise ValueError("acceptance rate bound is zero")
+    if trials is None:
+        trials = _default_trials(alpha, DELTA_TARGET / 2)
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError("trials must be a positive int")
+    per = DELTA_TARGET / 4 / trials
+    dl = dl_plan(t, per)
+    kappa = 1 / (2 * sigma2 * D * D)
+    # N = D*(G+1) - C with 0 <= G < 2**L
+    nmin, nmax = D - C, D * (1 << dl.nbits) - C
+    width = 2
+    while not (-(1 << (width - 1)) <= nmin and nmax < (1 << (width - 1))):
+        width += 1
+    # |N| <= 2**(width-1): squares of |N| >= 2**hsq are rejected outright
+    hsq = 1
+    while exp_neg_bounds((1 << (2 * hsq)) * kappa, 80)[1] > Fraction(1, 1 << 70):
+        hsq += 1
+    big_err = Fraction(0)
+    if hsq < width:
+        big_err = exp_neg_bounds((1 << (2 * hsq)) * kappa, 80)[1]
+    else:
+        hsq = width
+    frontiers = [_coin_frontier(*exp_neg_bounds(C * C * kappa, _BIAS_PREC))]
+    for p in range(2 * hsq):
+        frontiers.append(_coin_frontier(*exp_neg_bounds((1 << p) * kappa, _BIAS_PREC)))
+    coins = _choose_coins(frontiers, per - big_err)
+    e_acc = sum((c.err for c in coins), big_err)
+    fail = (1 - alpha) ** trials
+    delta = fail + trials * (dl.delta + e_acc)
+    delta = Fraction(math.ceil(delta * (1 << 96)), 1 << 96)
+    return DGPlan(sigma2, C, D, t, dl, width, hsq, tuple(coins[1:]), coins[0], trials,
+                  alpha, delta)
+
+
+def discrete_gaussian_delta(sigma2, trials: int | None = None) -> Fraction:
+    """Total-variation distance per sample of ``discrete_gaussian`` from the exact law
+    (all-trials-fail probability plus coin precision), <= 2**-40 for default trials."""
+    return dg_plan(_as_fraction(sigma2, "sigma2"), trials).delta
+
+
+# ---------------------------------------------------------------------------
+# replicated GF(2) sharing on top of an MPyC runtime
+
+
+class _Ctx:
+    """Bit-packed replicated GF(2) secret sharing for the parties of runtime ``rt``.
+
+    A shared bit array is a numpy uint64 array of shape (h, *rows, W): one slice per
+    component this party holds (h = C(m-1, t)), 64 samples per word.
+    """
+
+    def __init__(self, rt):
+        if rt.options.no_prss:
+            raise RuntimeError("jointstats noise needs MPyC's PRSS keys (no_prss=False)")
+        m, t, pid = len(rt.parties), rt.threshold, rt.pid
+        if not 2 * t < m:
+            raise RuntimeError("jointstats noise needs an honest majority (2t < m)")
+        self.rt, self.m, self.t, self.pid = rt, m, t, pid
+        subsets = list(itertools.combinations(range(m), m - t))
+        self.subsets = subsets
+        self.held = [j for j, S in enumerate(subsets) if pid in S]
+        self.keys = [rt._prss_keys[subsets[j]] for j in self.held]
+        self.h = len(self.held)
+        self.pos = {j: p for p, j in enumerate(self.held)}
+        self.owner = self.pos.get(0)  # component that carries public constants
+        # designated subset of every party (balanced, deterministic)
+        load = [0] * len(subsets)
+        self.D = []
+        for i in range(m):
+            cand = [j for j, S in enumerate(subsets) if i in S]
+            j = min(cand, key=lambda j: (load[j], j))
+            load[j] += 1
+            self.D.append(j)
+        # cross terms x_S y_T, each assigned to one party of S & T (balanced)
+        cnt = [0] * m
+        self.pairs = []
+        for a in range(len(subsets)):
+            for b in range(len(subsets)):
+                common = sorted(set(subsets[a]) & set(subsets[b]))
+                i = min(common, key=lambda i: (cnt[i], i))
+                cnt[i] += 1
+                if i == pid:
+                    self.pairs.append((self.pos[a], self.pos[b]))
+        # masks rho_{i,S} for held S and members i whose designated subset is not S
+        self.mask_members = [[i for i in subsets[j] if self.D[i] != j] for j in self.held]
+        self.send_to = [i for i in subsets[self.D[pid]] if i != pid]
+        self.recv_from = [i for i in range(m) if i != pid and pid in subsets[self.D[i]]]
+
+    # -- local operations -------------------------------------------------
+    def _prf(self, p: int, uci: bytes, tag: bytes, nwords: int) -> np.ndarray:
+        d = hashlib.shake_128(_DOMAIN + self.keys[p] + uci + tag).digest(8 * nwords)
+        return np.frombuffer(d, dtype="<u8").astype(np.uint64)
+
+    def rand(self, rows: int, W: int) -> np.ndarray:
+        """Uniformly random shared bits, shape (h, rows, W); no communication."""
+        uci = self.rt._prss_uci()
+        out = np.empty((self.h, rows, W), dtype=np.uint64)
+        for p in range(self.h):
+            out[p] = self._prf(p, uci, b"R", rows * W).reshape(rows, W)
+        return out
+
+    def public(self, mask: np.ndarray) -> np.ndarray:
+        """Sharing of public words ``mask`` (shape (*rows, W) or broadcastable)."""
+        out = np.zeros((self.h,) + mask.shape, dtype=np.uint64)
+        if self.owner is not None:
+            out[self.owner] = mask
+        return out
+
+    def xor_public(self, x: np.ndarray, mask) -> np.ndarray:
+        """x XOR public words (mask broadcast against x[0])."""
+        y = x.copy()
+        if self.owner is not None:
+            y[self.owner] ^= np.asarray(mask, dtype=np.uint64)
+        return y
+
+    def not_(self, x: np.ndarray) -> np.ndarray:
+        return self.xor_public(x, _ONES)
+
+    def zeros(self, *shape) -> np.ndarray:
+        return np.zeros((self.h,) + shape, dtype=np.uint64)
+
+    # -- AND: one round ---------------------------------------------------
+    async def and_(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        assert x.shape == y.shape and x.dtype == np.uint64 and y.dtype == np.uint64
+        rt = self.rt
+        shape = x.shape[1:]
+        size = math.prod(shape)
+        uci = rt._prss_uci()
+        w = np.zeros(shape, dtype=np.uint64)
+        for a, b in self.pairs:
+            w ^= x[a] & y[b]
+        masks = {}
+        for p, members in enumerate(self.mask_members):
+            if members:
+                stream = self._prf(p, uci, b"M", len(members) * size)
+                for r, i in enumerate(members):
+                    masks[(p, i)] = stream[r * size:(r + 1) * size].reshape(shape)
+        v = w
+        for p, members in enumerate(self.mask_members):
+            if self.pid in members:
+                v = v ^ masks[(p, self.pid)]
+        if self.send_to:
+            payload = v.tobytes()
+            for i in self.send_to:
+                rt._send_message(i, payload)
+        received = {}
+        if self.recv_from:
+            data = [rt._receive_message(i) for i in self.recv_from]
+            data = await rt.gather(data)
+            for i, d in zip(self.recv_from, data):
+                received[i] = np.frombuffer(d, dtype=np.uint64).reshape(shape)
+        z = np.empty_like(x)
+        for p, j in enumerate(self.held):
+            acc = np.zeros(shape, dtype=np.uint64)
+            for i in self.subsets[j]:
+                if self.D[i] == j:
+                    acc ^= v if i == self.pid else received[i]
+                else:
+                    acc ^= masks[(p, i)]
+            z[p] = acc
+        return z
+
+    async def reveal(self, x: np.ndarray) -> np.ndarray:
+        """Open shared bits to every party (used only in tests of the engine)."""
+        rt = self.rt
+        rt._prss_uci()
+        C = len(self.subsets)
+        shape = x.shape[1:]
+        comps = {j: x[p] for p, j in enumerate(self.held)}
+        # component j is sent by min(S_j) to every party outside S_j, one message per peer
+        for i in range(self.m):
+            mine = [j for j in self.held if self.pid == min(self.subsets[j])
+                    and i not in self.subsets[j]]
+            if mine and i != self.pid:
+                rt._send_message(i, b"".join(comps[j].tobytes() for j in mine))
+        senders = {}
+        for j in range(C):
+            if j not in comps:
+                senders.setdefault(min(self.subsets[j]), []).append(j)
+        if senders:
+            peers = sorted(senders)
+            data = await rt.gather([rt._receive_message(i) for i in peers])
+            for i, d in zip(peers, data):
+                parts = np.frombuffer(d, dtype=np.uint64).reshape((len(senders[i]),) + shape)
+                for r, j in enumerate(senders[i]):
+                    comps[j] = parts[r]
+        out = np.zeros(x.shape[1:], dtype=np.uint64)
+        for j in range(C):
+            out ^= comps[j]
+        return out
+
+    # -- conversion into an MPyC prime field ---------------------------------
+    def shamir_factor(self, j: int, modulus: int) -> int:
+        """f_S(pid + 1) mod p for f_S of degree t, f_S(0) = 1, zero outside S."""
+        S = self.subsets[j]
+        x = self.pid + 1
+        num, den = 1, 1
+        for i in range(self.m):
+            if i not in S:
+                num = num * (x - (i + 1)) % modulus
+                den = den * (-(i + 1)) % modulus
+        return num * pow(den, -1, modulus) % modulus
+
+    def to_field(self, sectype, x: np.ndarray, n: int):
+        """Secure array of shape (rows, n) of sectype holding the bits x (h, rows, W)."""
+        field = sectype.field
+        q = field.modulus
+        rows = x.shape[1]
+        bits = unpack(x, n)  # (h, rows, n) uint8
+        parts = []
+        for j in range(len(self.subsets)):
+            if j in self.pos:
+                f = self.shamir_factor(j, q)
+                vals = bits[self.pos[j]].astype(object) * f
+            else:
+                vals = np.zeros((rows, n), dtype=object)
+            parts.append(sectype.array(field.array(vals, check=False)))
+        while len(parts) > 1:  # XOR tree: a ^ b = a + b - 2ab
+            nxt = []
+            for k in range(0, len(parts) - 1, 2):
+                a, b = parts[k], parts[k + 1]
+                nxt.append(a + b - 2 * (a * b))
+            if len(parts) % 2:
+                nxt.append(parts[-1])
+            parts = nxt
+        return parts[0]
+
+
+def unpack(x: np.ndarray, n: int) -> np.ndarray:
+    """uint64 words (..., W) -> bits (..., n) as uint8, sample i = bit i%64 of word i//64."""
+    b = np.unpackbits(np.ascontiguousarray(x, dtype="<u8").view(np.uint8), axis=-1,
+                      bitorder="little")
+    return b[..., :n]
+
+
+def pack(bits: np.ndarray) -> np.ndarray:
+    """Inverse of unpack: bits (..., n) -> uint64 words (..., ceil(n/64))."""
+    n = bits.shape[-1]
+    W = -(-n // 64)
+    pad = np.zeros(bits.shape[:-1] + (W * 64,), dtype=np.uint8)
+    pad[..., :n] = bits
+    return np.packbits(pad, axis=-1, bitorder="little").view("<u8").astype(np.uint64)
+
+
+def _ctx(rt) -> _Ctx:
+    c = getattr(rt, "_jointstats_noise_ctx", None)
+    if c is None or c.rt is not rt or c.keys != [rt._prss_keys[c.subsets[j]] for j in c.held]:
+        c = _Ctx(rt)
+        rt._jointstats_noise_ctx = c
+    return c
+
+
+# ---------------------------------------------------------------------------
+# circuits (all vectorized over samples; rounds depend on public parameters only)
+
+
+def _cmask(bits) -> np.ndarray:
+    """Public per-row words: all ones where bit set, shape (rows, 1)."""
+    return np.where(np.asarray(bits, dtype=bool), _ONES, np.uint64(0)).reshape(-1, 1)
+
+
+async def _coins(ctx: _Ctx, coins: list[Coin], W: int) -> np.ndarray:
+    """Shared outcomes of independent coins, shape (h, len(coins), W).
+
+    Coin [R < c] for k random bits R and odd c, LSB first:  b = not r_0, then for
+    bit i of c equal to 1: not b' = r_i and (not b); equal to 0: b' = (not r_i) and b.
+    All coins advance in lock-step: one AND round per bit position.
+    """
+    out = ctx.zeros(len(coins), W)
+    const = [i for i, c in enumerate(coins) if c.k == 0]
+    if const:
+        masks = np.broadcast_to(_cmask([coins[i].c for i in const]), (len(const), W))
+        out[:, const] = ctx.public(np.ascontiguousarray(masks))
+    live = sorted((i for i, c in enumerate(coins) if c.k > 0), key=lambda i: -coins[i].k)
+    if not live:
+        return out
+    ks = [coins[i].k for i in live]
+    cs = [coins[i].c for i in live]
+    state = ctx.not_(ctx.rand(len(live), W))  # c is odd: b = [r_0 < 1]
+    for step in range(1, ks[0]):
+        na = sum(1 for k in ks if k > step)
+        r = ctx.rand(na, W)
+        cb = _cmask([(c >> step) & 1 for c in cs[:na]])
+        xop = ctx.xor_public(r, ~cb)                 # r if c_i else not r
+        yop = ctx.xor_public(state[:, :na], cb)      # not b if c_i else b
+        prod = await ctx.and_(xop, yop)
+        state[:, :na] = ctx.xor_public(prod, cb)
+    out[:, live] = state
+    return out
+
+
+async def _and_tree(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
+    """AND over axis 1 (rows), keeping a single row; log depth."""
+    while x.shape[1] > 1:
+        r = x.shape[1]
+        half = r // 2
+        y = await ctx.and_(x[:, :half], x[:, half:2 * half])
+        if r % 2:
+            y = np.concatenate([y, x[:, 2 * half:]], axis=1)
+        x = y
+    return x
+
+
+async def _add_public(ctx: _Ctx, xrows: list, k: int, width: int, W: int) -> np.ndarray:
+    """(x + k) mod 2**width, ripple carry: one AND per secret position.
+
+    ``xrows[i]`` is a shared row (h, W), or None for a public 0 bit; k is public.
+    """
+    out = []
+    carry = 0  # public 0/1 or a shared row
+    for i in range(width):
+        ki = (k >> i) & 1
+        x = xrows[i] if i < len(xrows) else None
+        last = i + 1 == width
+        if x is None:
+            if isinstance(carry, int):
+                out.append(ctx.public(np.full(W, _ONES if ki ^ carry else 0, np.uint64)))
+                carry = ki & carry
+            else:
+                out.append(ctx.not_(carry) if ki else carry)
+                carry = carry if ki else 0      # maj(0, k, c) = k and c
+        elif isinstance(carry, int):
+            out.append(ctx.not_(x) if ki ^ carry else x)
+            carry = 1 if ki & carry else (x if ki | carry else 0)   # maj(x, k, c)
+        else:
+            s = x ^ carry
+            out.append(ctx.not_(s) if ki else s)
+            if not last:
+                if ki:   # x or c = not(not x and not c)
+                    nc = await ctx.and_(ctx.not_(x)[:, None], ctx.not_(carry)[:, None])
+                    carry = ctx.not_(nc[:, 0])
+                else:
+                    carry = (await ctx.and_(x[:, None], carry[:, None]))[:, 0]
+    return np.stack(out, axis=1)
+
+
+async def _conditional_negate(ctx: _Ctx, x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """(x XOR s) + s for a w-bit x (h, w, W) and a sign row s (h, 1, W): |x| if s = sign."""
+    y = x ^ s
+    out = np.empty_like(y)
+    carry = s[:, 0]
+    w = x.shape[1]
+    for i in range(w):
+        out[:, i] = y[:, i] ^ carry
+        if i + 1 < w:
+            carry = (await ctx.and_(y[:, i:i + 1], carry[:, None]))[:, 0]
+    return out
+
+
+async def _square(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
+    """x^2 for unsigned x (h, w, W): 2w result rows; Wallace tree + ripple adder."""
+    h, w, W = x.shape
+    cols: list[list[np.ndarray]] = [[] for _ in range(2 * w)]
+    for i in range(w):
+        cols[2 * i].append(x[:, i])
+    pairs = [(i, j) for i in range(w) for j in range(i + 1, w)]
+    if pairs:
+        I = [p[0] for p in pairs]
+        J = [p[1] for p in pairs]
+        prods = await ctx.and_(x[:, I], x[:, J])
+        for r, (i, j) in enumerate(pairs):
+            if i + j + 1 < 2 * w:
+                cols[i + j + 1].append(prods[:, r])
+    while max(len(c) for c in cols) > 2:
+        trip = []
+        new = [[] for _ in range(2 * w)]
+        for p, c in enumerate(cols):
+            q = 0
+            while len(c) - q >= 3:
+                trip.append((p, c[q], c[q + 1], c[q + 2]))
+                q += 3
+            new[p].extend(c[q:])
+        A = np.stack([t[1] for t in trip], axis=1)
+        B = np.stack([t[2] for t in trip], axis=1)
+        Cc = np.stack([t[3] for t in trip], axis=1)
+        s = A ^ B ^ Cc
+        carry = A ^ await ctx.and_(A ^ B, A ^ Cc)  # majority
+        for r, t in enumerate(trip):
+            p = t[0]
+            new[p].append(s[:, r])
+            if p + 1 < 2 * w:
+                new[p + 1].append(carry[:, r])
+        cols = new
+    out = ctx.zeros(2 * w, W)
+    carry = None
+    for p in range(2 * w):
+        ops = list(cols[p]) + ([carry] if carry is not None else [])
+        if not ops:
+            carry = None
+            continue
+        s = ops[0].copy()
+        for o in ops[1:]:
+            s ^= o
+        out[:, p] = s
+        if p + 1 == 2 * w or len(ops) == 1:
+            carry = None
+            continue
+        if len(ops) == 2:
+            carry = (await ctx.and_(ops[0][:, None], ops[1][:, None]))[:, 0]
+        else:
+            a, b, c = ops
+            carry = a ^ (await ctx.and_((a ^ b)[:, None], (a ^ c)[:, None]))[:, 0]
+    return out
+
+
+async def _dl_bits(ctx: _Ctx, plan: DLPlan, W: int, extra: list[Coin] = ()):
+    """Shared zero coin Z (h,1,W), sign S (h,1,W), digits of G (h, L, W), extra coins."""
+    coins = [plan.zero] + [c for _, c in plan.bits] + list(extra)
+    out = await _coins(ctx, coins, W)
+    Z = out[:, 0:1]
+    G = ctx.zeros(plan.nbits, W)
+    for r, (i, _) in enumerate(plan.bits):
+        G[:, i] = out[:, 1 + r]
+    S = ctx.rand(1, W)
+    return Z, S, G, out[:, 1 + len(plan.bits):]
+
+
+def _check_sectype(rt, sectype):
+    if not (issubclass(sectype, rt.SecureInteger) or issubclass(sectype, rt.SecureFiniteField)):
+        raise TypeError("sectype must be an MPyC secure integer type (SecInt) or a prime "
+                        f"field type (SecFld), found {getattr(sectype, '__name__', sectype)}")
+    if getattr(sectype, "frac_length", 0):
+        raise TypeError("noise is integer-valued: fixed-point types are not supported")
+    if sectype.field.characteristic == 2:
+        raise TypeError("sectype must have odd characteristic")
+
+
+async def _finish(ctx: _Ctx, sectype, Z, S, G, plan: DLPlan, n: int):
+    """Z, S, G (per sample) -> secure (pos - neg) * (1 + G) in sectype."""
+    notz = ctx.not_(Z)
+    pos = await ctx.and_(notz, S)
+    neg = notz ^ pos
+    rows = [pos, neg] + [G[:, i:i + 1] for i, _ in plan.bits]
+    arr = ctx.to_field(sectype, np.concatenate(rows, axis=1), n)
+    sign = arr[0] - arr[1]
+    mag = 1
+    for r, (i, _) in enumerate(plan.bits):
+        mag = mag + (1 << i) * arr[2 + r]
+    return sign * mag
+
+
+@_coroutine
+async def _dl_coro(rt, sectype, plan: DLPlan, n: int):
+    await rt.returnType((sectype.array, (n,)))
+    ctx = _ctx(rt)
+    W = -(-n // 64)
+    Z, S, G, _ = await _dl_bits(ctx, plan, W)
+    return await _finish(ctx, sectype, Z, S, G, plan, n)
+
+
+def discrete_laplace(rt, sectype, scale, n: int):
+    """n secret samples of the discrete Laplace law P(k) ~ exp(-|k|/scale), in sectype.
+
+    ``scale`` is an int or Fraction (for epsilon-DP of an integer query with L1
+    sensitivity s use scale = s/epsilon).  Returns a ``sectype.array`` of shape (n,).
+    Per-sample TV distance to the exact law: ``discrete_laplace_delta(scale)``.
+    """
+    _check_sectype(rt, sectype)
+    plan = dl_plan(_as_fraction(scale, "scale"))
+    if not isinstance(n, int) or n < 0:
+        raise ValueError("n must be a non-negative int")
+    if n == 0:
+        return sectype.array(sectype.field.array(np.zeros(0, dtype=object)))
+    return _dl_coro(rt, sectype, plan, n)
+
+
+@_coroutine
+async def _dg_coro(rt, sectype, plan: DGPlan, n: int):
+    await rt.returnType((sectype.array, (n,)))
+    ctx = _ctx(rt)
+    K = plan.trials
+    Wt = -(-n // 64)
+    W = K * Wt  # lanes: trial k uses words [k*Wt, (k+1)*Wt)
+    dl = plan.dl
+    Z, S, G, A = await _dl_bits(ctx, dl, W, list(plan.acc) + [plan.coin0])
+    A0 = A[:, -1:]
+    A = A[:, :-1]
+    # N = D*G + (D - C) in two's complement, `width` bits
+    d = plan.D.bit_length() - 1
+    xrows = [None] * d + [G[:, i] for i in range(dl.nbits)]
+    N = await _add_public(ctx, xrows, (plan.D - plan.C) % (1 << plan.width), plan.width, W)
+    absN = await _conditional_negate(ctx, N, N[:, -1:])
+    low = absN[:, :plan.hsq]
+    sq = await _square(ctx, low)
+    rej = await ctx.and_(sq, ctx.not_(A))       # bit p set and coin p says no
+    if plan.hsq < plan.width:
+        rej = np.concatenate([rej, absN[:, plan.hsq:]], axis=1)
+    accG = await _and_tree(ctx, ctx.not_(rej))  # (h, 1, W)
+    acc = accG ^ await ctx.and_(Z, A0 ^ accG)   # Y == 0 uses coin0
+    # first accepted trial: prefix OR over trials
+    F = acc.reshape(ctx.h, K, Wt)
+    off = 1
+    while off < K:
+        o = await ctx.and_(ctx.not_(F[:, off:]), ctx.not_(F[:, :-off]))
+        F = np.concatenate([F[:, :off], ctx.not_(o)], axis=1)
+        off *= 2
+    sel = F.copy()
+    sel[:, 1:] ^= F[:, :-1]
+    sel[:, -1:] ^= ctx.not_(F[:, -1:])           # none accepted: last trial
+    vals = np.concatenate([Z, S, G], axis=1).reshape(ctx.h, 2 + dl.nbits, K, Wt)
+    vals = vals.transpose(0, 2, 1, 3)            # (h, K, rows, Wt)
+    selb = np.broadcast_to(sel[:, :, None, :], vals.shape).copy()
+    picked = await ctx.and_(np.ascontiguousarray(vals), selb)
+    picked = np.bitwise_xor.reduce(picked, axis=1)  # (h, rows, Wt)
+    Zs, Ss, Gs = picked[:, 0:1], picked[:, 1:2], picked[:, 2:]
+    return await _finish(ctx, sectype, Zs, Ss, Gs, dl, n)
+
+
+def discrete_gaussian(rt, sectype, sigma2, n: int, trials: int | None = None):
+    """n secret samples of the discrete Gaussian P(k) ~ exp(-k^2/(2 sigma2)), in sectype.
+
+    ``sigma2`` is an int or Fraction (rho-zCDP for L2 sensitivity s: sigma2 = s^2/(2 rho)).
+    ``trials`` defaults to the smallest number making the per-sample TV distance
+    ``discrete_gaussian_delta(sigma2, trials)`` at most 2**-40.
+    """
+    _check_sectype(rt, sectype)
+    plan = dg_plan(_as_fraction(sigma2, "sigma2"), trials)
+    if not isinstance(n, int) or n < 0:
+        raise ValueError("n must be a non-negative int")
+    if n == 0:
+        return sectype.array(sectype.field.array(np.zeros(0, dtype=object)))
+    return _dg_coro(rt, sectype, plan, n)

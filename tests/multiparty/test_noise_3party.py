@@ -1,0 +1,177 @@
+"""Noise sampled by real party processes over TCP on loopback.
+
+The test spawns ``sys.executable`` on this very file (``__main__`` below is the party
+program); each party builds its MPyC runtime with ``make_runtime``, samples noise,
+reveals it and writes what it saw to a JSON file.  The test then checks that all
+parties agree and runs chi-square tests against the exact laws.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+P_MIN = 1e-4
+DL_SCALE = Fraction(3, 2)
+DG_SIGMA2 = Fraction(9, 4)
+
+
+# --------------------------------------------------------------------------- party program
+
+
+async def _engine_check(rt) -> list[str]:
+    """Replicated AND protocol through the adder / negation / squaring circuits."""
+    from jointstats import _noise
+    ctx = _noise._ctx(rt)
+    w, n = 10, 512
+    W = n // 64
+    x = ctx.rand(w, W)
+    s = await _noise._add_public(ctx, [x[:, i] for i in range(w)], 333, w + 1, W)
+    neg = await _noise._conditional_negate(ctx, s, s[:, -1:])
+    sq = await _noise._square(ctx, x)
+    xv, sv, nv, qv = [(_noise.unpack(await ctx.reveal(v), n).astype(np.int64)
+                       * (1 << np.arange(v.shape[1]))[:, None]).sum(0) for v in (x, s, neg, sq)]
+    errors = []
+    if not np.array_equal(sv, (xv + 333) % (1 << (w + 1))):
+        errors.append("adder")
+    signed = np.where(sv >= 1 << w, sv - (1 << (w + 1)), sv)
+    if not np.array_equal(nv, np.abs(signed)):
+        errors.append("conditional negation")
+    if not np.array_equal(qv, xv * xv):
+        errors.append("squaring")
+    if len(set(xv.tolist())) < 340:  # 512 draws of 10 bits: about 403 distinct
+        errors.append("random bits not random")
+    return errors
+
+
+async def _party(pid: int, ports: list[int], out: Path, n_dl: int, n_dg: int) -> None:
+    from jointstats import _mpc_speedups, _noise
+    from jointstats._mpc import make_runtime
+    _mpc_speedups.install()
+    rt = make_runtime(pid, [("127.0.0.1", p) for p in ports])
+    await rt.start()
+    try:
+        st = rt.SecInt(64)
+        # both samplers run concurrently (nothing awaited in between), as in jointstats._dp
+        x = _noise.discrete_laplace(rt, st, DL_SCALE, n_dl)
+        y = _noise.discrete_gaussian(rt, st, DG_SIGMA2, n_dg) if n_dg else None
+        dl = await rt.output(x)
+        dg = await rt.output(y) if n_dg else []
+        errors = await _engine_check(rt)
+    finally:
+        await rt.shutdown()
+    out.write_text(json.dumps({"dl": [int(v) for v in dl], "dg": [int(v) for v in dg],
+                               "errors": errors}))
+
+
+# --------------------------------------------------------------------------- test side
+
+
+def _free_ports(k: int) -> list[int]:
+    socks = []
+    for _ in range(k):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _run_parties(tmp: Path, m: int, n_dl: int, n_dg: int, timeout: float = 90) -> list[dict]:
+    ports = _free_ports(m)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    outs = [tmp / f"party{i}.json" for i in range(m)]
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), ",".join(map(str, ports)),
+                               str(outs[i]), str(n_dl), str(n_dg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp)
+             for i in range(m)]
+    failures = []
+    deadline = time.monotonic() + timeout
+    try:
+        for i, p in enumerate(procs):
+            try:
+                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                failures.append(f"party {i}: timed out after {timeout} s")
+                continue
+            if p.returncode:
+                failures.append(f"party {i}: exit {p.returncode}\n{err.decode()[-3000:]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert not failures, "\n".join(failures)
+    return [json.loads(o.read_text()) for o in outs]
+
+
+def _chisquare(samples: np.ndarray, pmf) -> float:
+    from scipy import stats
+    n = len(samples)
+    span = int(np.abs(samples).max()) + 30
+    ks = np.arange(-span, span + 1)
+    p = pmf(ks)
+    keep = ks[n * p >= 5]
+    a, b = int(keep.min()), int(keep.max())
+    obs = [np.count_nonzero(samples < a)] + [np.count_nonzero(samples == k) for k in range(a, b + 1)] \
+        + [np.count_nonzero(samples > b)]
+    exp = [p[ks < a].sum()] + [p[ks == k].sum() for k in range(a, b + 1)] + [p[ks > b].sum()]
+    obs, exp = np.array(obs, float), np.array(exp) * n
+    if exp[0] < 5:
+        obs[1] += obs[0]; exp[1] += exp[0]; obs, exp = obs[1:], exp[1:]
+    if exp[-1] < 5:
+        obs[-2] += obs[-1]; exp[-2] += exp[-1]; obs, exp = obs[:-1], exp[:-1]
+    exp *= obs.sum() / exp.sum()
+    return stats.chisquare(obs, exp).pvalue
+
+
+def _dl_pmf(ks):
+    a = math.exp(-1 / float(DL_SCALE))
+    return (1 - a) / (1 + a) * a ** np.abs(ks)
+
+
+def _dg_pmf(ks):
+    s2 = float(DG_SIGMA2)
+    z = sum(math.exp(-k * k / (2 * s2)) for k in range(-60, 61))
+    return np.exp(-(ks.astype(float) ** 2) / (2 * s2)) / z
+
+
+def test_three_parties_discrete_laplace_and_gaussian(tmp_path):
+    res = _run_parties(tmp_path, 3, 2000, 2000)
+    for r in res:
+        assert r["errors"] == []
+    assert res[0]["dl"] == res[1]["dl"] == res[2]["dl"]   # all parties see the same output
+    assert res[0]["dg"] == res[1]["dg"] == res[2]["dg"]
+    dl = np.array(res[0]["dl"])
+    dg = np.array(res[0]["dg"])
+    assert len(dl) == 2000 and len(dg) == 2000
+    assert _chisquare(dl, _dl_pmf) > P_MIN
+    assert _chisquare(dg, _dg_pmf) > P_MIN
+    assert len(set(dl[:100].tolist())) > 3
+
+
+def test_five_parties_threshold_two(tmp_path):
+    """General replicated sharing: 5 parties, t = 2, 10 components per bit."""
+    res = _run_parties(tmp_path, 5, 600, 0)
+    for r in res:
+        assert r["errors"] == []
+    assert all(r["dl"] == res[0]["dl"] for r in res)
+    assert _chisquare(np.array(res[0]["dl"]), _dl_pmf) > P_MIN
+
+
+if __name__ == "__main__":
+    _pid, _ports, _out, _n_dl, _n_dg = sys.argv[1:6]
+    asyncio.run(_party(int(_pid), [int(p) for p in _ports.split(",")], Path(_out),
+                       int(_n_dl), int(_n_dg)))
