@@ -90,13 +90,13 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
             rho = acc.rho_from_eps_delta(eps_i, delta_i)
             rho_total += rho
             scales = tuple(acc.gaussian_sigma2(Fraction(s), rho / count) for s in sens)
+            sampler_delta += sum(acc_delta_gaussian(sc) for sc in scales)
         noise = NoisePlan(mechanism, eps_i, delta_i, rho, scales, tuple(Fraction(s) for s in sens))
         stats.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, scales, pure)))
     block = {"epsilon": float(privacy.epsilon), "delta": float(privacy.delta), "mechanism": mechanism,
              "noise": "joint", "neighbours": NEIGHBOURS}
-    if pure:
-        block["sampler_delta"] = float(sampler_delta)
-    else:
+    block["sampler_delta"] = float(sampler_delta)
+    if not pure:
         block["rho"] = float(rho_total)
     return seal(replace(plan, statistics=tuple(stats), privacy=block))
 
@@ -105,6 +105,12 @@ def acc_delta_laplace(scale: Fraction) -> Fraction:
     """Per-sample delta of the discrete Laplace sampler's truncation and finite precision."""
     from ._noise import discrete_laplace_delta
     return discrete_laplace_delta(scale)
+
+
+def acc_delta_gaussian(sigma2: Fraction) -> Fraction:
+    """Per-sample delta of the discrete Gaussian sampler (all trials rejected, coin precision)."""
+    from ._noise import discrete_gaussian_delta
+    return discrete_gaussian_delta(sigma2)
 
 
 def _noisy_bits(stat: StatPlan, scales, pure: bool) -> int:
@@ -321,7 +327,8 @@ def _regression(stat: StatPlan, values: list[int]) -> dict:
     beta, se, r2, n = _solve(stat, g)
     # Noise scale of the coefficients, by propagating fresh draws of the same (public)
     # noise distribution through the solve: post-processing of public values only.
-    rng = np.random.default_rng()
+    # Seeded from the revealed values so every party computes the identical result.
+    rng = np.random.default_rng([v % (1 << 32) for v in values])
     scales = np.array([float(s) for s in stat.noise.scales])
     sd = scales * math.sqrt(2) if stat.noise.mechanism == "discrete_laplace" else np.sqrt(scales)
     draws = []

@@ -112,6 +112,7 @@ class PartyJob:
                     mc = effective_min_count(stat, floors)
                     noisy[stat.name] = await rt.guard(_dp.prepare(rt, stat, partials[stat.name], mc),
                                                       SECURE_STEP_TIMEOUT, f"statistic {stat.name!r}")
+                _fault_point(cfg.party, "before_commit")
                 await rt.guard(rt.transfer("ready"), SECURE_STEP_TIMEOUT, "the noise step")
                 if self.hooks:
                     self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
