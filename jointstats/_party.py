@@ -145,6 +145,17 @@ class PartyJob:
                 "parties": names, "privacy": privacy_block(self.spec, plan), "results": results}
 
 
+def _peak_rss_kb() -> int:
+    """This process's own peak resident memory (VmHWM; ru_maxrss can include the parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _fault_point(party: str, point: str) -> None:
     """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there."""
     fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
@@ -178,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
             raise
         job.hooks.done(result)
-        job.metrics["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        job.metrics["peak_rss_kb"] = _peak_rss_kb()
         job.metrics["cpu_seconds"] = time.process_time()
         payload = {"ok": True, "result": result, "metrics": job.metrics}
         status = 0

@@ -619,8 +619,13 @@ class ParquetSource(Source):
     def _batches(self, cols: list[Column], tally: _Tally) -> Iterator[tuple[int, dict[str, pa.Array]]]:
         try:
             pf = pq.ParquetFile(self.path)
-            for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=[c.name for c in cols]):
-                yield batch.num_rows, {c.name: batch.column(c.name) for c in cols}
+            names = [c.name for c in cols]
+            # One row group at a time: a single iter_batches over the file keeps every row
+            # group it has read, so memory would grow with the file.
+            for group in range(pf.num_row_groups):
+                for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=names,
+                                             row_groups=[group]):
+                    yield batch.num_rows, {c.name: batch.column(c.name) for c in cols}
         except (pa.ArrowException, OSError):
             raise _ReadError("its data could not be read as Parquet") from None
 
