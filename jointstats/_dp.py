@@ -130,7 +130,6 @@ def _sample(rt, secint, noise: NoisePlan):
     """One noise sample per released entry, grouped by scale, as a secure array."""
     from ._noise import discrete_gaussian, discrete_laplace
     scales = list(noise.scales)
-    out = [None] * len(scales)
     groups: dict[Fraction, list[int]] = {}
     for i, s in enumerate(scales):
         groups.setdefault(s, []).append(i)
@@ -233,7 +232,6 @@ def postprocess(stat: StatPlan, values: list[int], min_count: int | None) -> dic
                 "noise": _noise_info(stat)}
     if kind == "sum":
         f = stat.terms[1].frac_bits
-        lo, hi = (float(b) for b in stat.terms[1].column_bounds)
         return {"kind": "sum", "value": math.ldexp(values[0], -f),
                 "noise": _noise_info(stat, 2.0 ** -f)}
     if kind in ("mean", "variance", "correlation"):

@@ -235,6 +235,14 @@ class JointRuntime(Runtime):
         except asyncio.TimeoutError:
             pass
 
+    def abort(self) -> None:
+        """Drop every peer connection at once (after a failure): no shutdown handshake."""
+        self.closing = True
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid != self.pid and proto is not None and hasattr(proto, "transport"):
+                proto.transport.close()
+
     def bytes_sent(self) -> int:
         """Bytes this party has sent to all peers so far."""
         return sum(p.protocol.nbytes_sent for p in self.parties

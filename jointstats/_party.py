@@ -134,11 +134,7 @@ class PartyJob:
             self.metrics["bytes_sent"] = rt.bytes_sent()
             await rt.close()
         except BaseException:
-            rt.closing = True
-            for peer in rt.parties:
-                proto = peer.protocol
-                if peer.pid != rt.pid and proto is not None and hasattr(proto, "transport"):
-                    proto.transport.close()
+            rt.abort()
             raise
         from .output import privacy_block
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,

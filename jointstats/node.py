@@ -569,11 +569,7 @@ class Node:
             got = await rt.guard(rt.transfer(message), self.attempt_timeout,
                                  "agreeing on the next job")
         except BaseException:
-            rt.closing = True
-            for peer in rt.parties:
-                proto = peer.protocol
-                if peer.pid != rt.pid and proto is not None and hasattr(proto, "transport"):
-                    proto.transport.close()
+            rt.abort()
             raise
         try:
             await rt.close(timeout=self.attempt_timeout)
