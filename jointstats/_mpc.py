@@ -203,7 +203,7 @@ class JointRuntime(Runtime):
             if "timed out" in str(exc) and missing:
                 raise PartyError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
             if missing and "could not connect" not in str(exc):
-                raise PartyError(f"{exc} (part{plural} {names} never connected)") from None
+                raise PartyError(f"{exc} (part{plural} {names} did not connect)") from None
             raise
         finally:
             if self._server is not None:
