@@ -25,6 +25,11 @@ def regression_primes(count: int) -> list[int]:
     return [(1 << 2048) - off for off in _OFFSETS_2048[:count]]
 
 
+def all_regression_primes() -> list[int]:
+    """Every fixed 2048-bit prime, in order."""
+    return regression_primes(len(_OFFSETS_2048))
+
+
 def crt(residues: list[int], primes: list[int]) -> tuple[int, int]:
     """Combine residues modulo distinct primes into (x mod P, P)."""
     x, modulus = 0, 1

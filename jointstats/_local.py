@@ -10,57 +10,116 @@ from typing import Iterable
 
 import numpy as np
 
-from .plan import Plan, StatPlan
+from .plan import Plan, StatPlan, Term
 
 # Exact integer Gram matrices through float64 BLAS: every grid value v (|v| <= 2**30) is
-# an integer held exactly in float64; split it into limbs v = hi * 2**15 + lo with
-# |hi| <= 2**15 and 0 <= lo < 2**15. Every product of limbs is below 2**30 in magnitude,
-# so a block of at most 2**22 rows sums to below 2**52 and one float64 matmul of the
-# limb matrix [hi | lo] is exact whatever order BLAS adds in.
+# an integer held exactly in float64. A term whose values are small (|v| <= 2**15: the
+# constant, indicators, small integers) is one limb; any other is split into two limbs
+# v = hi * 2**15 + lo with |hi| <= 2**15 and 0 <= lo < 2**15. Every product of two limbs
+# is at most 2**30 in magnitude, so a block of at most 2**22 rows sums to below 2**52 and
+# one float64 matmul of the limb matrix is exact whatever order BLAS adds in.
 _LIMB = 15
 _BLOCK_ROWS = 1 << 22
+_GRAM_KINDS = ("sum", "mean", "variance", "correlation", "regression")
 
 
-def exact_gram(values: np.ndarray) -> list[list[int]]:
-    """Exact ``values.T @ values`` (as Python ints) for integer-valued |entries| <= 2**30."""
-    k = values.shape[1]
+def _limbs_of(term: Term) -> tuple[int, ...]:
+    """The shifts of ``term``'s limbs: (0,) for a small term, (15, 0) for a split one."""
+    return (0,) if term.bound <= (1 << _LIMB) else (_LIMB, 0)
+
+
+def _limb_matrix(terms: list[Term], columns: list[np.ndarray | None], rows: int) -> np.ndarray:
+    """Limbs of the design, one row per limb (contiguous, so the build runs at memory speed)."""
+    shifts = [_limbs_of(t) for t in terms]
+    out = np.empty((sum(len(s) for s in shifts), rows), dtype=np.float64)
+    scale, inv_scale = float(1 << _LIMB), 1.0 / (1 << _LIMB)
+    pos = 0
+    for term, col, shift in zip(terms, columns, shifts):
+        if term.kind == "one":
+            out[pos] = 1.0
+        elif term.kind == "ind":
+            np.equal(col, term.level, out=out[pos], casting="unsafe")
+        elif len(shift) == 1:
+            np.multiply(col, 2.0 ** term.frac_bits, out=out[pos])
+            np.rint(out[pos], out=out[pos])
+        else:
+            hi, lo = out[pos], out[pos + 1]
+            np.multiply(col, 2.0 ** term.frac_bits, out=lo)
+            np.rint(lo, out=lo)  # the grid value v, exact
+            np.multiply(lo, inv_scale, out=hi)
+            np.floor(hi, out=hi)
+            lo -= hi * scale
+        pos += len(shift)
+    return out
+
+
+def exact_gram(terms: list[Term], columns: list[np.ndarray | None]) -> list[list[int]]:
+    """Exact Gram matrix (Python ints) of the terms' grid values over the given rows.
+
+    ``columns[i]`` holds term i's raw column (floats for numeric terms, level codes for
+    indicators, None for the constant), without missing values.
+    """
+    k = len(terms)
+    rows = next((len(c) for c in columns if c is not None), 0)
+    owner = [(i, shift) for i, t in enumerate(terms) for shift in _limbs_of(t)]
     total = [[0] * k for _ in range(k)]
-    for start in range(0, values.shape[0], _BLOCK_ROWS):
-        block = np.asarray(values[start:start + _BLOCK_ROWS], dtype=np.float64)
-        hi = np.floor(block * (1.0 / (1 << _LIMB)))
-        limbs = np.concatenate([hi, block - hi * (1 << _LIMB)], axis=1)
-        g = limbs.T @ limbs
-        for i in range(k):
-            for j in range(i, k):
-                hh, hl, lh, ll = int(g[i, j]), int(g[i, k + j]), int(g[k + i, j]), int(g[k + i, k + j])
-                total[i][j] += (hh << (2 * _LIMB)) + ((hl + lh) << _LIMB) + ll
+    for start in range(0, max(rows, 1), _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, rows)
+        block = [None if c is None else c[start:stop] for c in columns]
+        limbs = _limb_matrix(terms, block, stop - start) if rows else np.zeros((len(owner), 0))
+        g = limbs @ limbs.T
+        acc: dict[tuple[int, int], int] = {}
+        for a, (i, si) in enumerate(owner):
+            for b, (j, sj) in enumerate(owner):
+                if i <= j:
+                    acc[i, j] = acc.get((i, j), 0) + (int(g[a, b]) << (si + sj))
+        for (i, j), v in acc.items():
+            total[i][j] += v
     for i in range(k):
         for j in range(i):
             total[i][j] = total[j][i]
     return total
 
 
-def _design(stat: StatPlan, chunk) -> np.ndarray:
-    """The design matrix (grid values as exact float64 integers) over the chunk's complete rows."""
-    n = chunk.n_rows
-    mask = np.ones(n, dtype=bool)
-    for name in stat.columns:
-        if name in chunk.numeric:
-            mask &= ~np.isnan(chunk.numeric[name])
-        else:
-            mask &= chunk.codes[name] >= 0
-    full = bool(mask.all())
-    rows = n if full else int(mask.sum())
-    out = np.empty((rows, len(stat.terms)), dtype=np.float64)
-    for j, term in enumerate(stat.terms):
-        if term.kind == "one":
-            out[:, j] = 1.0
-        elif term.kind == "num":
-            x = chunk.numeric[term.column]
-            np.rint(np.ldexp(x if full else x[mask], term.frac_bits), out=out[:, j])
-        else:
-            codes = chunk.codes[term.column]
-            out[:, j] = (codes if full else codes[mask]) == term.level
+def _complete_mask(columns: tuple[str, ...], chunk) -> np.ndarray | None:
+    """Rows of the chunk with every one of ``columns`` present; None if that is all rows."""
+    mask = None
+    for name in columns:
+        present = ~np.isnan(chunk.numeric[name]) if name in chunk.numeric else chunk.codes[name] >= 0
+        if not present.all():
+            mask = present if mask is None else mask & present
+    return mask
+
+
+def _term_column(term: Term, chunk, mask: np.ndarray | None):
+    if term.kind == "one":
+        return None
+    col = chunk.numeric[term.column] if term.kind == "num" else chunk.codes[term.column]
+    return col if mask is None else col[mask]
+
+
+def _gram_partials(stats: list[StatPlan], chunk) -> dict[str, list[int]]:
+    """Upper-triangle Gram partials of the Gram statistics over one chunk.
+
+    Statistics that leave out the same rows (all of them, when the chunk has no missing
+    values) share one design over the union of their terms and one exact Gram.
+    """
+    groups: dict[object, list[StatPlan]] = {}
+    masks: dict[object, np.ndarray | None] = {}
+    for stat in stats:
+        mask = _complete_mask(stat.columns, chunk)
+        key = None if mask is None else tuple(sorted(set(stat.columns)))
+        masks[key] = mask
+        groups.setdefault(key, []).append(stat)
+    out = {}
+    for key, members in groups.items():
+        union = list(dict.fromkeys(t for stat in members for t in stat.terms))
+        mask = masks[key]
+        gram = exact_gram(union, [_term_column(t, chunk, mask) for t in union])
+        for stat in members:
+            pos = [union.index(t) for t in stat.terms]
+            k = len(pos)
+            out[stat.name] = [gram[pos[i]][pos[j]] for i in range(k) for j in range(i, k)]
     return out
 
 
@@ -89,20 +148,22 @@ def _chunk_partial(stat: StatPlan, chunk) -> list[int]:
         x = x[~np.isnan(x)]
         counts, _ = np.histogram(x, bins=np.asarray(stat.edges, dtype=np.float64))
         return [int(v) for v in counts]
-    gram = exact_gram(_design(stat, chunk))
-    k = len(stat.terms)
-    return [gram[i][j] for i in range(k) for j in range(i, k)]
+    return _gram_partials([stat], chunk)[stat.name]
 
 
 def compute_partials(plan: Plan, chunks: Iterable) -> dict[str, list[int]]:
     """Stream the owner's chunks once and return each statistic's exact partial vector."""
     totals = {stat.name: _zero_partial(stat) for stat in plan.statistics}
+    gram_stats = [stat for stat in plan.statistics if stat.kind in _GRAM_KINDS]
+    other_stats = [stat for stat in plan.statistics if stat.kind not in _GRAM_KINDS]
     rows = 0
     for chunk in chunks:
         rows += chunk.n_rows
-        for stat in plan.statistics:
-            part = _chunk_partial(stat, chunk)
-            acc = totals[stat.name]
+        parts = _gram_partials(gram_stats, chunk) if gram_stats else {}
+        for stat in other_stats:
+            parts[stat.name] = _chunk_partial(stat, chunk)
+        for name, part in parts.items():
+            acc = totals[name]
             for i, v in enumerate(part):
                 acc[i] += v
     if rows > plan.max_rows_per_party:

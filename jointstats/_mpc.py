@@ -21,6 +21,37 @@ Runtime = _mpyc_runtime.Runtime
 MPYC_VERSION: str = mpyc.__version__
 
 
+def _trust_fixed_primes() -> None:
+    """Create MPyC's prime fields for the fixed regression primes without its primality test.
+
+    ``mpyc.finfields.pGF`` runs ``gmpy2.is_prime`` on every new modulus (about 15 ms per
+    2048-bit prime, per party, per job); these primes are public constants checked once by
+    ``tests/unit/test_fields.py``, so the test is skipped for exactly them (pGF is cached).
+    """
+    from mpyc import finfields
+    from ._fields import all_regression_primes
+    trusted = set(all_regression_primes())
+    real = finfields.gmpy2
+
+    class _Trusting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def is_prime(n, *args):
+            return int(n) in trusted or real.is_prime(n, *args)
+
+    finfields.gmpy2 = _Trusting()
+    try:
+        for p in trusted:
+            finfields.pGF(p, 2, p - 1)  # the (p, n, w) key that finfields.GF(p) uses
+    finally:
+        finfields.gmpy2 = real
+
+
+_trust_fixed_primes()
+
+
 def local_runtime() -> "Runtime":
     """The single-process MPyC runtime (one party, no network): for unit tests only."""
     return _mpyc_runtime.mpc

@@ -180,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         from ._hooks import LedgerHooks
         job.hooks = LedgerHooks(config, spec, args.job_id, analyst=args.analyst)
         try:
-            result = asyncio.run(job.run())
-        except BaseException as exc:
-            job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
-            raise
-        job.hooks.done(result)
+            try:
+                result = asyncio.run(job.run())
+            except BaseException as exc:
+                job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
+                raise
+            job.hooks.done(result)
+        finally:
+            job.hooks.close()
         job.metrics["peak_rss_kb"] = _peak_rss_kb()
         job.metrics["cpu_seconds"] = time.process_time()
         payload = {"ok": True, "result": result, "metrics": job.metrics}
@@ -203,5 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def exit_now(status: int) -> None:
+    """Leave the process at once, skipping the interpreter's teardown (0.1-0.2 s of freeing
+    objects and unloading modules): the result file is written and the state database closed."""
+    import logging
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

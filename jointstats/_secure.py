@@ -42,22 +42,29 @@ def share_total(rt, sectype, values: list[int]):
     return total
 
 
-async def masked_inverse(rt, x):
-    """Secret 1/x (field inverse) of a secure array, and which entries were zero.
+def issue_masked(rt, x):
+    """Start revealing x * r for a uniformly random secret r; returns (r, pending reveal).
 
-    Reveals x * r for a uniformly random secret r: that is uniform when x != 0, so the
-    only thing learnt is whether x is zero.
+    x * r is uniform when x != 0, so the only thing learnt is whether x is zero.
     """
-    sectype = type(x).sectype
-    field = sectype.field
-    r = rt._np_randoms(sectype, x.size).reshape(x.shape)
-    masked = await rt.output(x * r)
-    values = np.array(_residues(masked, field.order), dtype=object)
+    r = rt._np_randoms(type(x).sectype, x.size).reshape(x.shape)
+    return r, rt.output(x * r)
+
+
+def finish_masked(r, opened, field):
+    """Secret 1/x from the revealed x * r, and which entries of x were zero."""
+    values = np.array(_residues(opened, field.order), dtype=object)
     zero = values == 0
     safe = np.where(zero, 1, values)
     inv = field.array(np.array([pow(int(v), -1, field.order) for v in safe], dtype=object)
-                      .reshape(x.shape))
-    return r * inv, zero.reshape(x.shape)
+                      .reshape(r.shape))
+    return r * inv, zero.reshape(r.shape)
+
+
+async def masked_inverse(rt, x):
+    """Secret 1/x (field inverse) of a secure array, and which entries were zero."""
+    r, pending = issue_masked(rt, x)
+    return finish_masked(r, await pending, type(x).sectype.field)
 
 
 async def reveal_field(rt, x) -> list[int]:
@@ -90,7 +97,7 @@ async def exact_statistic(rt, stat: StatPlan, partial: list[int], min_count: int
     if stat.kind in ("sum", "mean", "variance"):
         return await _moments(rt, stat, total)
     if stat.kind == "correlation":
-        return await _correlation(rt, stat, total)
+        return await _correlation(rt, stat, total, partial)
     raise ValueError(f"unknown statistic kind {stat.kind}")
 
 
@@ -130,24 +137,41 @@ async def _moments(rt, stat: StatPlan, total) -> dict:
     return {"kind": "variance", "value": float(q / 2 ** (2 * f))}
 
 
-async def _correlation(rt, stat: StatPlan, total) -> dict:
+def _covariances(total, d: int, idx: np.ndarray):
+    """n * S - s s^T (d x d, flattened), from a moment partial [n, s, S] (upper triangle)."""
+    n = total[0]
+    s = total[idx[0, 1:]]
+    ss = total[idx[1:, 1:]]
+    return n * ss - _outer(s, d)
+
+
+async def _correlation(rt, stat: StatPlan, total, partial: list[int]) -> dict:
+    """Signed squared correlations c_ij |c_ij| / (c_ii c_jj), revealed as exact rationals.
+
+    The sign of c_ij (revealed by the result anyway) is taken in a second, small SecInt of
+    c_bits + 2 bits over the same partials: a comparison in the 4 c_bits-bit field of the
+    ratio would cost about 4x the random bits, each 4x longer.
+    """
     k = len(stat.terms)
     d = k - 1
     idx = upper_index(k)
     (c_bits,) = stat.sizes
     p = type(total).sectype.field.order
-    n = total[0]
-    s = total[idx[0, 1:]]
-    ss = total[idx[1:, 1:]]
-    cov = n * ss - _outer(s, d)
     pairs = [(i, j) for i in range(d) for j in range(i + 1, d)]
+    small_cov = _covariances(share_total(rt, rt.SecInt(c_bits + 2), partial), d, idx)
+    negative = _take(small_cov, pairs, d) < 0
+    cov = _covariances(total, d, idx)
     cij = _take(cov, pairs, d)
     cii = _take(cov, [(i, i) for i, _ in pairs], d)
     cjj = _take(cov, [(j, j) for _, j in pairs], d)
-    inv, zero = await masked_inverse(rt, cii * cjj)
-    negative = cij < 0
-    signed = (1 - 2 * negative) * cij * cij * inv
-    values = await reveal_field(rt, signed)
+    r, pending = issue_masked(rt, cii * cjj)
+    sign_pending = rt.output(negative)
+    inv, zero = finish_masked(r, await pending, type(total).sectype.field)
+    # (revealing the sign bits here, rather than converting them into the big field, costs
+    # nothing: the revealed signed squares carry the same signs)
+    negative_values = [int(v) for v in await sign_pending]
+    signs = np.array([-1 if v else 1 for v in negative_values], dtype=object)
+    values = await reveal_field(rt, cij * cij * inv * signs)
     matrix = [[1.0 if i == j else None for j in range(d)] for i in range(d)]
     for (i, j), v, z in zip(pairs, values, zero):
         if z:
@@ -175,64 +199,73 @@ def _take(matrix, pairs: list[tuple[int, int]], d: int):
 # ----------------------------------------------------------------------------- regression
 
 
-async def _regression_in_field(rt, stat: StatPlan, partial: list[int], prime: int) -> dict:
-    """One prime field's run of the exact regression; returns revealed residues."""
-    secfld = rt.SecFld(prime)
-    field = secfld.field
-    k = len(stat.terms)
-    y = k - 1
-    z = list(range(0 if stat.intercept else 1, k - 1))
-    d = len(z)
-    idx = upper_index(k)
-    total = share_total(rt, secfld, partial)
-    gram = total[idx[np.ix_(z, z)]]
-    gzy = total[idx[z, y]]
-    yty = total[idx[y, y]:idx[y, y] + 1]
-    n = total[0:1]
-    sy = total[idx[0, y]:idx[0, y] + 1]
-    q = stat.ridge.denominator
-    penalty = np.zeros((d, d), dtype=object)
-    if stat.ridge:
-        for a, j in enumerate(z):
-            term = stat.terms[j]
-            if term.kind != "one":
-                penalty[a, a] = stat.ridge.numerator << (2 * term.frac_bits)
-    a_mat = gram * q + field.array(penalty) if stat.ridge else gram
-    rand = rt._np_randoms(secfld, d * d).reshape((d, d))
-    masked = await rt.output(rand @ a_mat)  # uniform over GL_d(p): hides A
-    u = np.array(_residues(masked, prime), dtype=object).reshape((d, d)).tolist()
-    u_inv = inverse_mod(u, prime)
-    if u_inv is None:
-        raise SingularError(f"statistics.{stat.name}: the regression is singular "
-                            "(collinear terms, or fewer rows than terms)")
-    a_inv = field.array(np.array(u_inv, dtype=object)) @ rand
-    beta = a_inv @ (gzy * q) if stat.ridge else a_inv @ gzy
-    if stat.ridge:
-        rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
-    else:
-        rss = yty - (beta * gzy).sum()
-    n_value = int((await rt.output(n))[0]) % prime
-    dof = n_value - d
-    out = [beta]
-    if dof > 0:
-        inv_dof = pow(dof, -1, prime)
+class _FieldRun:
+    """One prime field's share of the exact regression (see ``_regression``)."""
+
+    def __init__(self, rt, stat: StatPlan, partial: list[int], prime: int):
+        """Share the partials and start the two masked reveals (R A and the total sum of squares)."""
+        self.rt, self.stat, self.prime = rt, stat, prime
+        self.secfld = secfld = rt.SecFld(prime)
+        field = secfld.field
+        k = len(stat.terms)
+        y = k - 1
+        z = list(range(0 if stat.intercept else 1, k - 1))
+        self.d = d = len(z)
+        idx = upper_index(k)
+        total = share_total(rt, secfld, partial)
+        self.gram = total[idx[np.ix_(z, z)]]
+        self.gzy = total[idx[z, y]]
+        self.yty = total[idx[y, y]:idx[y, y] + 1]
+        self.n = total[0:1]
+        sy = total[idx[0, y]:idx[0, y] + 1]
+        self.q = q = stat.ridge.denominator
         if stat.ridge:
-            m = a_inv @ gram
-            diag = (m * a_inv.T).sum(axis=1) * (q * q)
+            penalty = np.zeros((d, d), dtype=object)
+            for a, j in enumerate(z):
+                term = stat.terms[j]
+                if term.kind != "one":
+                    penalty[a, a] = stat.ridge.numerator << (2 * term.frac_bits)
+            a_mat = self.gram * q + field.array(penalty)
         else:
-            diag = _diag(a_inv, d)
-        out.append(diag * rss * inv_dof)
-    if stat.intercept:
-        tss = n_value * yty - sy * sy
-    else:
-        tss = yty
-    inv, zero = await masked_inverse(rt, tss)
-    if not zero[0]:
-        r2 = 1 - rss * inv * (n_value if stat.intercept else 1)
-        out.append(r2)
-    flat = np.concatenate([o.reshape((-1,)) for o in out]) if len(out) > 1 else out[0]
-    values = await reveal_field(rt, flat)
-    return {"n": n_value, "values": values, "has_se": dof > 0, "has_r2": not zero[0], "d": d}
+            a_mat = self.gram
+        self.rand = rt._np_randoms(secfld, d * d).reshape((d, d))
+        self.masked = rt.output(self.rand @ a_mat)  # uniform over GL_d(p): hides A
+        tss = self.n * self.yty - sy * sy if stat.intercept else self.yty
+        self.tss_mask, self.tss_masked = issue_masked(rt, tss)
+
+    def finish(self, u, n_value: int, tss_opened):
+        """From the revealed R A: solve inside the MPC and start the final reveal.
+
+        Returns (pending reveal, has standard errors, has R^2)."""
+        rt, stat, prime, d, q = self.rt, self.stat, self.prime, self.d, self.q
+        field = self.secfld.field
+        u = np.array(_residues(u, prime), dtype=object).reshape((d, d)).tolist()
+        u_inv = inverse_mod(u, prime)
+        if u_inv is None:
+            raise SingularError(f"statistics.{stat.name}: the regression is singular "
+                                "(collinear terms, or fewer rows than terms)")
+        a_inv = field.array(np.array(u_inv, dtype=object)) @ self.rand
+        gzy, gram, yty = self.gzy, self.gram, self.yty
+        beta = a_inv @ (gzy * q) if stat.ridge else a_inv @ gzy
+        if stat.ridge:
+            rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
+        else:
+            rss = yty - (beta * gzy).sum()
+        out = [beta]
+        dof = (n_value - d) % prime
+        has_se = n_value - d > 0
+        if has_se:
+            if stat.ridge:
+                diag = ((a_inv @ gram) * a_inv.T).sum(axis=1) * (q * q)
+            else:
+                diag = _diag(a_inv, d)
+            out.append(diag * rss * pow(dof, -1, prime))
+        inv, zero = finish_masked(self.tss_mask, tss_opened, field)
+        has_r2 = not zero[0]
+        if has_r2:
+            out.append(1 - rss * inv * (n_value if stat.intercept else 1))
+        flat = np.concatenate([o.reshape((-1,)) for o in out]) if len(out) > 1 else out[0]
+        return rt.output(flat), has_se, has_r2
 
 
 def _diag(matrix, d: int):
@@ -241,9 +274,21 @@ def _diag(matrix, d: int):
 
 
 async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
-    """Exact OLS/ridge solved inside the MPC over CRT-combined 2048-bit prime fields."""
+    """Exact OLS/ridge solved inside the MPC over CRT-combined 2048-bit prime fields.
+
+    Every field's work is issued before any of it is awaited, so the fields share their
+    round trips: two rounds of reveals in all, whatever the number of primes.
+    """
     primes = regression_primes(stat.primes)
-    runs = [await _regression_in_field(rt, stat, partial, p) for p in primes]
+    fields = [_FieldRun(rt, stat, partial, p) for p in primes]
+    n_pending = rt.output(fields[0].n)
+    opened = [(await f.masked, await f.tss_masked) for f in fields]
+    n_value = int(_residues(await n_pending, primes[0])[0])
+    finals = [f.finish(u, n_value, t) for f, (u, t) in zip(fields, opened)]
+    runs = []
+    for f, (pending, has_se, has_r2) in zip(fields, finals):
+        runs.append({"n": n_value, "values": _residues(await pending, f.prime), "has_se": has_se,
+                     "has_r2": has_r2, "d": f.d})
     first = runs[0]
     d = first["d"]
     combined = []

@@ -953,6 +953,7 @@ def _worker_main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["worker"]:
-        sys.exit(_worker_main(sys.argv[2:]))
+        from ._party import exit_now
+        exit_now(_worker_main(sys.argv[2:]))
     print("usage: jointstats node serve --config A.yaml", file=sys.stderr)
     sys.exit(2)

@@ -485,3 +485,24 @@ def test_chunk_rows_must_be_positive(tmp_path):
     write_text(tmp_path / "d.csv", "age\n1\n")
     with pytest.raises(ValueError):
         open_source("d.csv", tmp_path).iter_chunks([SCHEMA[0]], "p", chunk_rows=0)
+
+
+def test_reading_does_not_import_pandas(tmp_path):
+    # pyarrow's pandas-backed conversions cost a party about 0.25 s of start-up
+    import subprocess
+    import sys
+    csv = tmp_path / "d.csv"
+    csv.write_text("x,k\n1.5,a\n,b\n3,a\n")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from jointstats._sources import open_source\n"
+        "from jointstats.spec import Column\n"
+        f"src = open_source('d.csv', Path({str(tmp_path)!r}))\n"
+        "cols = [Column('x', 'real', (0.0, 10.0)), Column('k', 'categorical', levels=('a', 'b'))]\n"
+        "chunks = list(src.iter_chunks(cols, 'p'))\n"
+        "assert chunks[0].n_rows == 3\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
