@@ -152,6 +152,15 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _limit_arrow_threads() -> None:
+    """Size Arrow's thread pools by JOINTSTATS_THREADS (set by the runner for co-located parties)."""
+    threads = os.environ.get("JOINTSTATS_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        import pyarrow
+        pyarrow.set_cpu_count(int(threads))
+        pyarrow.set_io_thread_count(int(threads))
+
+
 def _fault_point(party: str, point: str) -> None:
     """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there."""
     fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--analyst", default="local")
     args = parser.parse_args(argv)
+    _limit_arrow_threads()
     out = Path(args.out)
     name = "?"
     try:
@@ -208,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def exit_now(status: int) -> None:
     """Leave the process at once, skipping the interpreter's teardown (0.1-0.2 s of freeing
-    objects and unloading modules): the result file is written and the state database closed."""
-    import logging
-    logging.shutdown()
+    objects and unloading modules): the result file is written and the state database closed.
+    Exit handlers (``atexit``: logging, profilers, coverage) still run."""
+    import atexit
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
