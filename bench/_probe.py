@@ -12,7 +12,9 @@ named by JOINTSTATS_BENCH_PROBE:
   and in the partial-aggregate code (``jointstats._local``), which together are the local step;
 * ``connect``: ``JointRuntime.start`` (includes waiting for the slowest peer's local step);
 * ``sync``: the status exchange right after connecting (plan hash, refusals);
-* ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP);
+* ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP); with
+  JOINTSTATS_BENCH_SECURE_REPEATS=k each exact secure step runs k times and each run is
+  recorded with its ``repeat`` index;
 * ``close``: ``JointRuntime.close``; ``ledger``: the party's state database work;
 * ``t_exit``: at exit.
 
@@ -155,15 +157,23 @@ def _patch_mpc(mod):
 
 
 def _stat_wrapper(fn, phase):
+    # JOINTSTATS_BENCH_SECURE_REPEATS=k runs each exact secure step k times in a row (every
+    # party does, in the same order, so the MPC stays in step) and records each run: the
+    # median of k runs on the job's real partials is far steadier than one run on this VM.
+    repeats = max(1, int(os.environ.get("JOINTSTATS_BENCH_SECURE_REPEATS", "1") or 1)) if phase == "secure" else 1
+
     @functools.wraps(fn)
     async def wrapper(rt, stat, *a, **kw):
-        b0 = rt.bytes_sent()
-        t = time.perf_counter()
-        try:
-            return await fn(rt, stat, *a, **kw)
-        finally:
-            REC["stats"].append({"name": stat.name, "kind": stat.kind, "phase": phase,
-                                 "seconds": time.perf_counter() - t, "bytes": rt.bytes_sent() - b0})
+        result = None
+        for repeat in range(repeats):
+            b0 = rt.bytes_sent()
+            t = time.perf_counter()
+            try:
+                result = await fn(rt, stat, *a, **kw)
+            finally:
+                REC["stats"].append({"name": stat.name, "kind": stat.kind, "phase": phase, "repeat": repeat,
+                                     "seconds": time.perf_counter() - t, "bytes": rt.bytes_sent() - b0})
+        return result
     return wrapper
 
 

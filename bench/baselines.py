@@ -32,6 +32,8 @@ def run_rows(stat: str, files: list[Path], *, d: int = 10, k: int = 2, variant: 
     m = len(files)
     ports = free_ports(m)
     addrs = ",".join(f"127.0.0.1:{p}" for p in ports)
+    from jointstats.runner import party_environment
+    env = party_environment(m)  # the same thread limits as our party processes get
     with tempfile.TemporaryDirectory(prefix="jsbench-rows-") as tmp:
         procs = []
         t = time.perf_counter()
@@ -42,7 +44,7 @@ def run_rows(stat: str, files: list[Path], *, d: int = 10, k: int = 2, variant: 
             if variant:
                 cmd += ["--variant", variant]
             procs.append((subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                           text=True), out))
+                                           text=True, env=env), out))
         errors = []
         try:
             for proc, _ in procs:

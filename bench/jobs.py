@@ -71,10 +71,11 @@ def write_configs(root: Path, files: list[Path], *, tls: bool = False) -> list[P
 
 
 @contextlib.contextmanager
-def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | None = None):
+def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | None = None,
+               secure_repeats: int = 1):
     """Environment for child processes: our sitecustomize on the path, probe/profile switched on."""
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROFILE",
-                                            "JOINTSTATS_BENCH_PATCH")}
+                                            "JOINTSTATS_BENCH_PATCH", "JOINTSTATS_BENCH_SECURE_REPEATS")}
     parts = [str(SITE), str(REPO)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else [])
     os.environ["PYTHONPATH"] = os.pathsep.join(parts)
     if probe_dir is not None:
@@ -83,6 +84,8 @@ def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | 
         os.environ["JOINTSTATS_BENCH_PROFILE"] = profile
     if patch:
         os.environ["JOINTSTATS_BENCH_PATCH"] = patch
+    if secure_repeats > 1:
+        os.environ["JOINTSTATS_BENCH_SECURE_REPEATS"] = str(secure_repeats)
     try:
         yield
     finally:
@@ -104,9 +107,14 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
            "engine_peak_rss_kb": metrics.get("peak_rss_kb"),
            "cpu_seconds": metrics.get("cpu_seconds")}
     if probe:
-        stats = probe.get("stats", [])
+        all_stats = probe.get("stats", [])
+        stats = [s for s in all_stats if not s.get("repeat")]  # the job's own (first) run
         secure = sum(s["seconds"] for s in stats)
         secure_bytes = sum(s["bytes"] for s in stats)
+        per_repeat: dict[int, float] = {}
+        for st in all_stats:
+            per_repeat[st.get("repeat", 0)] = per_repeat.get(st.get("repeat", 0), 0.0) + st["seconds"]
+        rec["secure_repeat_seconds"] = [per_repeat[i] for i in sorted(per_repeat)]
         rec.update({
             "spawn_seconds": probe["t_site"] - t_call,
             "import_seconds": probe.get("t_main", probe["t_site"]) - probe["t_site"],
@@ -129,11 +137,13 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
 
 
 def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool = True,
-            profile: str | None = None, keep: Path | None = None, patch: str | None = None) -> dict:
+            profile: str | None = None, keep: Path | None = None, patch: str | None = None,
+            secure_repeats: int = 1) -> dict:
     """Run one job with ``jointstats.runner.run``; return wall time, per-party metrics and phases.
 
     ``profile`` is ``cprofile:DIR`` or ``pyinstrument:DIR`` to profile every party process;
-    ``patch`` tries proposed engine changes (see bench/_probe.py).
+    ``patch`` tries proposed engine changes (see bench/_probe.py); ``secure_repeats`` runs each
+    exact secure step that many times inside the job (``secure_repeat_seconds`` per party).
     """
     from jointstats import runner
     from jointstats.spec import parse_spec
@@ -143,7 +153,7 @@ def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool
         probe_dir = root / "probe"
         probe_dir.mkdir()
         metrics: dict = {}
-        with probed_env(probe_dir if probe else None, profile, patch):
+        with probed_env(probe_dir if probe else None, profile, patch, secure_repeats):
             t_call = time.time()
             t0 = time.perf_counter()
             spec = parse_spec(spec_text)
@@ -174,4 +184,7 @@ def summarize(rec: dict) -> dict:
     return {k: mx(k) for k in ("local_seconds", "read_seconds", "aggregate_seconds", "import_seconds",
                                "spawn_seconds", "connect_seconds", "sync_seconds", "secure_seconds",
                                "secure_bytes", "bytes_sent", "peak_rss_kb", "cpu_seconds",
-                               "close_seconds", "ledger_seconds", "engine_secure_seconds")}
+                               "close_seconds", "ledger_seconds", "engine_secure_seconds")} | {
+        # per repeat of the secure step, the slowest party's time
+        "secure_repeat_seconds": [max(r) for r in zip(*[p["secure_repeat_seconds"] for p in ps
+                                                       if p.get("secure_repeat_seconds")])] or None}

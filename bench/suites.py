@@ -83,13 +83,16 @@ def _files(kind: str, n: int, m: int, d: int, k: int, fmt: str = "parquet") -> l
 
 
 def measure_ours(rec: Recorder, bench: str, spec: str, *, n: int, m: int = 3, d: int = 10, k: int = 2,
-                 dp: dict | None = None, tls: bool = False, fmt: str = "parquet", repeats: int = 1) -> dict | None:
+                 dp: dict | None = None, tls: bool = False, fmt: str = "parquet", repeats: int = 1,
+                 secure_repeats: int = 1) -> dict | None:
     params = {"spec": spec, "rows_per_party": n, "parties": m, "features": d, "k": k,
               "mode": "dp" if dp else "exact", "tls": tls, "format": fmt}
+    if secure_repeats > 1:
+        params["secure_repeats"] = secure_repeats
     try:
         text, kind = specs.build(spec, d=d, k=k, dp=dp)
         files = _files(kind, n, m, d, k, fmt)
-        runs = [jobs.run_job(text, files, tls=tls) for _ in range(repeats)]
+        runs = [jobs.run_job(text, files, tls=tls, secure_repeats=secure_repeats) for _ in range(repeats)]
     except Exception as exc:  # noqa: BLE001 - record and go on
         return rec.emit({"bench": bench, "system": "jointstats", "params": params,
                          "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
@@ -101,6 +104,7 @@ def measure_ours(rec: Recorder, bench: str, spec: str, *, n: int, m: int = 3, d:
     return rec.emit({"bench": bench, "system": "jointstats", "params": params,
                      "wall_seconds": statistics.median(walls), "walls": walls,
                      "secure_seconds_all": secure,
+                     "secure_repeat_seconds": [t for r in runs for t in (jobs.summarize(r)["secure_repeat_seconds"] or [])],
                      "summary": jobs.summarize(median), "per_party": median["parties"],
                      "data_gb": data.gb_on_disk(files),
                      "check": {"coefficients": model["coefficients"]} if model else None})
@@ -342,17 +346,27 @@ def bench_format(rec: Recorder, full: bool) -> None:
         measure_pooled(rec, "format", "headline", n=1_000_000, fmt=fmt, impl="pandas")
 
 
+#: Runs of the secure step inside each job of the flat benchmark (see bench/_probe.py).
+FLAT_SECURE_REPEATS = 7
+
+
 def bench_flat(rec: Recorder, full: bool) -> None:
-    """The secure step against rows per party (regression d=10): doubling rows changes nothing."""
-    sizes = [10_000 * 2 ** i for i in range(7)] + [1_000_000] if full else [10_000, 20_000, 40_000]
-    for n in sizes:
-        measure_ours(rec, "flat", "regression", n=n, repeats=3 if full else 2)
+    """The secure step against rows per party (regression d=10): 1e4 to 1e7 rows, same work.
+
+    Each job runs its secure step FLAT_SECURE_REPEATS times on its real partials, in the real
+    party processes, and the sizes are visited in an interleaved order twice, so that the
+    median at each size is not at the mercy of this VM's drift.
+    """
+    sizes = [10_000, 100_000, 1_000_000, 10_000_000] if full else [10_000, 100_000]
+    order = sizes[::2] + sizes[1::2]
+    for n in order + order[::-1]:
+        measure_ours(rec, "flat", "regression", n=n, secure_repeats=FLAT_SECURE_REPEATS)
 
 
 BENCHES = {"overhead": bench_overhead, "rows": bench_rows, "crosstab": bench_crosstab,
            "parties": bench_parties, "features": bench_features, "dp": bench_dp, "tls": bench_tls,
            "flat": bench_flat, "format": bench_format}
-QUICK = ["overhead", "rows", "crosstab", "parties", "features", "dp", "tls"]  # flat: see rows
+QUICK = ["overhead", "rows", "crosstab", "parties", "features", "dp", "tls", "flat"]
 FULL = list(BENCHES)
 
 

@@ -101,7 +101,7 @@ _NUMBER = re.compile(_NUMBER_RE)
 
 # Rows handed to the encoder at a time (the output is re-chunked to chunk_rows).
 _SQLITE_FETCH_ROWS = 1 << 16
-_PARQUET_BATCH_ROWS = 1 << 16
+_PARQUET_BATCH_ROWS = 1 << 18  # = the party's chunk size: no re-chunking copies
 _CSV_MIN_BLOCK = 1 << 20  # pyarrow's streaming CSV reader is fastest around 1 MiB
 
 # Sentinel codes used while mapping categorical values.
@@ -253,7 +253,8 @@ def _parse_numeric_text(arr: pa.Array) -> tuple[np.ndarray, int]:
 
 
 def _float64_numpy(arr: pa.Array) -> np.ndarray:
-    """A float64 Arrow array as a writable numpy array, NaN where null.
+    """A float64 Arrow array as numpy, NaN where null: a read-only view of the Arrow buffer
+    when there are no nulls (no copy), a filled copy otherwise.
 
     Read straight from the Arrow buffers: pyarrow's ``to_numpy(zero_copy_only=False)`` and
     ``fill_null`` import pandas (about 0.25 s per party process), which a party never needs.
@@ -262,10 +263,11 @@ def _float64_numpy(arr: pa.Array) -> np.ndarray:
         arr = arr.combine_chunks()
     n, offset = len(arr), arr.offset
     validity, data = arr.buffers()[:2]
-    if data is None:
+    if data is None or n == 0:
         return np.full(n, np.nan)
-    values = np.frombuffer(data, dtype=np.float64, count=offset + n)[offset:].copy()
+    values = np.frombuffer(data, dtype=np.float64, count=offset + n)[offset:]
     if arr.null_count:
+        values = values.copy()
         bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
         values[bits[offset:offset + n] == 0] = np.nan
     return values
@@ -299,24 +301,34 @@ def _to_float(arr: pa.Array) -> tuple[np.ndarray, int]:
 
 
 def _encode_numeric(arr: pa.Array, col: Column, tally: _Tally) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float64 values of a numeric column (NaN for missing or invalid), clipped to its bounds.
+
+    The values may be a read-only view of the Arrow buffer; they are copied only when
+    something has to change (infinities, non-integral integers, values to clip)."""
     vals, n_text = _to_float(arr)
     tally.add(col.name, "non_numeric", n_text)
+
+    def writable(v: np.ndarray) -> np.ndarray:
+        return v if v.flags.writeable else v.copy()
+
     inf = np.isinf(vals)
     if inf.any():
         tally.add(col.name, "non_finite", int(np.count_nonzero(inf)))
+        vals = writable(vals)
         vals[inf] = np.nan
     if col.type == "integer":
         frac = np.isfinite(vals)
         np.not_equal(vals, np.round(vals), out=frac, where=frac)
         if frac.any():
             tally.add(col.name, "non_integral", int(np.count_nonzero(frac)))
+            vals = writable(vals)
             vals[frac] = np.nan
     mask = None
     if col.bounds is not None:
         lo, hi = float(col.bounds[0]), float(col.bounds[1])
         mask = (vals < lo) | (vals > hi)
         if mask.any():
-            np.clip(vals, lo, hi, out=vals)
+            vals = np.clip(vals, lo, hi, out=vals if vals.flags.writeable else None)
     return vals, mask
 
 
