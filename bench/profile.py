@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--whatif", type=int, default=0, metavar="REPEATS",
                     help="only measure the proposed engine changes (bench/_probe.py), REPEATS runs each")
     args = ap.parse_args(argv)
+    from .suites import precompile
+    precompile()
     text, kind = specs.build(args.spec, d=args.d, k=args.k)
     files = data.party_files(kind, args.rows, args.parties, d=args.d, k=args.k, fmt=args.format)
     if args.whatif:

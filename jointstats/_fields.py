@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import gmpy2
+
 #: p_i = 2**2048 - offset_i: the 24 largest primes below 2**2048 with p = 3 (mod 4),
 #: found once with gmpy2.prev_prime (checked by tests/unit/test_fields.py).
 _OFFSETS_2048 = (1557, 7437, 9509, 11837, 14505, 16773, 22349, 26445, 26489, 26505, 26673,
@@ -45,32 +47,34 @@ def rational(a: int, p: int, num_bits: int, den_bits: int) -> Fraction:
 
     Requires p > 2**(num_bits + den_bits + 1) for uniqueness (the plan guarantees it).
     """
-    bound = 1 << num_bits
-    r0, r1 = p, a % p
-    t0, t1 = 0, 1
+    bound = gmpy2.mpz(1) << num_bits
+    r0, r1 = gmpy2.mpz(p), gmpy2.mpz(a) % p
+    t0, t1 = gmpy2.mpz(0), gmpy2.mpz(1)
     while r1 >= bound:
         q = r0 // r1
         r0, r1 = r1, r0 - q * r1
         t0, t1 = t1, t0 - q * t1
     if t1 == 0 or abs(t1) >= (1 << den_bits):
         raise ArithmeticError("rational reconstruction failed: the value exceeds the plan's bounds")
-    return Fraction(r1, t1)
+    return Fraction(int(r1), int(t1))
 
 
 def inverse_mod(matrix: list[list[int]], p: int) -> list[list[int]] | None:
     """Inverse of a square matrix over GF(p) by Gauss-Jordan elimination; None if singular."""
     n = len(matrix)
-    a = [[v % p for v in row] + [int(i == j) for j in range(n)] for i, row in enumerate(matrix)]
+    p = gmpy2.mpz(p)  # gmpy2 integers: about 3x faster than Python's at 2048 bits
+    a = [[gmpy2.mpz(v) % p for v in row] + [gmpy2.mpz(i == j) for j in range(n)]
+         for i, row in enumerate(matrix)]
     for col in range(n):
         pivot = next((r for r in range(col, n) if a[r][col]), None)
         if pivot is None:
             return None
         a[col], a[pivot] = a[pivot], a[col]
-        inv = pow(a[col][col], -1, p)
+        inv = gmpy2.invert(a[col][col], p)
         row = [(v * inv) % p for v in a[col]]
         a[col] = row
         for r in range(n):
             if r != col and a[r][col]:
                 f = a[r][col]
                 a[r] = [(x - f * y) % p for x, y in zip(a[r], row)]
-    return [row[n:] for row in a]
+    return [[int(v) for v in row[n:]] for row in a]

@@ -16,10 +16,11 @@ from .plan import Plan, StatPlan, Term
 # an integer held exactly in float64. A term whose values are small (|v| <= 2**15: the
 # constant, indicators, small integers) is one limb; any other is split into two limbs
 # v = hi * 2**15 + lo with |hi| <= 2**15 and 0 <= lo < 2**15. Every product of two limbs
-# is at most 2**30 in magnitude, so a block of at most 2**22 rows sums to below 2**52 and
-# one float64 matmul of the limb matrix is exact whatever order BLAS adds in.
+# is at most 2**30 in magnitude, so a block of 2**15 rows sums to at most 2**45: one float64
+# matmul of the block's limb matrix is exact whatever order BLAS adds in, and the blocks
+# are summed in int64 (at most 2**61 for the 2**31 rows a party may have).
 _LIMB = 15
-_BLOCK_ROWS = 1 << 22
+_BLOCK_ROWS = 1 << 15  # also keeps the limb buffer (limbs x rows float64) in the CPU cache
 _GRAM_KINDS = ("sum", "mean", "variance", "correlation", "regression")
 
 
@@ -28,13 +29,12 @@ def _limbs_of(term: Term) -> tuple[int, ...]:
     return (0,) if term.bound <= (1 << _LIMB) else (_LIMB, 0)
 
 
-def _limb_matrix(terms: list[Term], columns: list[np.ndarray | None], rows: int) -> np.ndarray:
-    """Limbs of the design, one row per limb (contiguous, so the build runs at memory speed)."""
-    shifts = [_limbs_of(t) for t in terms]
-    out = np.empty((sum(len(s) for s in shifts), rows), dtype=np.float64)
+def _fill_limbs(out: np.ndarray, terms: list[Term], columns: list[np.ndarray | None]) -> np.ndarray:
+    """Write the limbs of the design into ``out``, one row per limb (contiguous writes)."""
     scale, inv_scale = float(1 << _LIMB), 1.0 / (1 << _LIMB)
     pos = 0
-    for term, col, shift in zip(terms, columns, shifts):
+    for term, col in zip(terms, columns):
+        shift = _limbs_of(term)
         if term.kind == "one":
             out[pos] = 1.0
         elif term.kind == "ind":
@@ -62,19 +62,18 @@ def exact_gram(terms: list[Term], columns: list[np.ndarray | None]) -> list[list
     k = len(terms)
     rows = next((len(c) for c in columns if c is not None), 0)
     owner = [(i, shift) for i, t in enumerate(terms) for shift in _limbs_of(t)]
-    total = [[0] * k for _ in range(k)]
-    for start in range(0, max(rows, 1), _BLOCK_ROWS):
+    acc = np.zeros((len(owner), len(owner)), dtype=np.int64)
+    buffer = np.empty((len(owner), min(rows, _BLOCK_ROWS)))  # reused: no page faults per block
+    for start in range(0, rows, _BLOCK_ROWS):
         stop = min(start + _BLOCK_ROWS, rows)
-        block = [None if c is None else c[start:stop] for c in columns]
-        limbs = _limb_matrix(terms, block, stop - start) if rows else np.zeros((len(owner), 0))
-        g = limbs @ limbs.T
-        acc: dict[tuple[int, int], int] = {}
-        for a, (i, si) in enumerate(owner):
-            for b, (j, sj) in enumerate(owner):
-                if i <= j:
-                    acc[i, j] = acc.get((i, j), 0) + (int(g[a, b]) << (si + sj))
-        for (i, j), v in acc.items():
-            total[i][j] += v
+        out = buffer if stop - start == buffer.shape[1] else np.empty((len(owner), stop - start))
+        limbs = _fill_limbs(out, terms, [None if c is None else c[start:stop] for c in columns])
+        acc += (limbs @ limbs.T).astype(np.int64)
+    total = [[0] * k for _ in range(k)]
+    for a, (i, si) in enumerate(owner):
+        for b, (j, sj) in enumerate(owner):
+            if i <= j:
+                total[i][j] += int(acc[a, b]) << (si + sj)
     for i in range(k):
         for j in range(i):
             total[i][j] = total[j][i]

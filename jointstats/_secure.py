@@ -205,7 +205,7 @@ class _FieldRun:
     def __init__(self, rt, stat: StatPlan, partial: list[int], prime: int):
         """Share the partials and start the two masked reveals (R A and the total sum of squares)."""
         self.rt, self.stat, self.prime = rt, stat, prime
-        self.secfld = secfld = rt.SecFld(prime)
+        self.secfld = secfld = rt.SecFld(modulus=prime)  # (order= would factor it first)
         field = secfld.field
         k = len(stat.terms)
         y = k - 1
