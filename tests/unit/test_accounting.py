@@ -176,3 +176,44 @@ def test_noise_interval_discrete_gaussian_safe_and_close(sigma2):
 def test_noise_interval_rejects_unknown():
     with pytest.raises(ValueError):
         noise_interval_95("laplace_float", 1)
+
+
+def test_exp_neg_bounds_match_plain_rational_formulas():
+    # the gmpy2 implementation must give exactly the bounds of the plain Taylor formulas
+    import math as _math
+    from fractions import Fraction as _F
+
+    from jointstats._accounting import exp_neg_bounds
+
+    def plain(x, prec):
+        r = 0
+        while x > _F(1, 2) * (1 << r):
+            r += 1
+        y = x / (1 << r)
+        p, q = y.numerator, y.denominator
+        extra = 20
+        while True:
+            P = prec + 2 * r + extra
+            J = 1
+            while (p ** (J + 1)) << (P + 4) >= (q ** (J + 1)) * _math.factorial(J + 1):
+                J += 1
+            den = q ** J * _math.factorial(J)
+            num, term = 0, den
+            for j in range(J + 1):
+                num += term if j % 2 == 0 else -term
+                term = term * p // (q * (j + 1))
+            rem_num, rem_den, scale = p ** (J + 1), q ** (J + 1) * _math.factorial(J + 1), 1 << P
+            lo = max((num * scale * rem_den - rem_num * scale * den) // (den * rem_den), 0)
+            hi = min(-((-(num * scale * rem_den + rem_num * scale * den)) // (den * rem_den)), scale)
+            for _ in range(r):
+                lo = (lo * lo) >> P
+                hi = min(-((-hi * hi) // scale), scale)
+            if (hi - lo) << prec <= scale:
+                return _F(lo, scale), _F(hi, scale)
+            extra += 32
+
+    for x in [_F(1, 10 ** 12), _F(1, 3), _F(1), _F(7, 2), _F(12345, 67), _F(2 ** 40, 7)]:
+        for prec in (64, 104):
+            lo, hi = exp_neg_bounds(x, prec)
+            assert (lo, hi) == plain(x, prec)
+            assert float(lo) <= _math.exp(-float(x)) * (1 + 1e-12) and _math.exp(-float(x)) <= float(hi) * (1 + 1e-12)

@@ -309,3 +309,63 @@ def test_speedup_split_is_a_valid_sharing(rt):
     finally:
         _mpc_speedups.uninstall()
     assert not _mpc_speedups.installed()
+
+
+def test_noise_plans_are_those_of_the_plain_fraction_search():
+    # _coin_frontier and _choose_coins run in gmpy2 rationals with a heap; the coins they
+    # choose must be exactly those of the straightforward Fraction scan (first best on ties)
+    from fractions import Fraction as _F
+
+    from jointstats import _noise
+
+    def frontier(lo, hi):
+        mid = (lo + hi) / 2
+        best = {}
+        for k in range(_noise._KMAX + 1):
+            c = min(max(round(mid * (1 << k)), 0), 1 << k)
+            v = _F(c, 1 << k)
+            err = max(abs(v - lo), abs(hi - v))
+            if c == 0 or c == 1 << k:
+                coin = _noise.Coin(0, 1 if c else 0, err)
+            else:
+                tz = (c & -c).bit_length() - 1
+                coin = _noise.Coin(k - tz, c >> tz, err)
+            if coin.k not in best or err < best[coin.k].err:
+                best[coin.k] = coin
+        out = []
+        for k in sorted(best):
+            if not out or best[k].err < out[-1].err:
+                out.append(best[k])
+        return out
+
+    def choose(frontiers, budget):
+        idx = [0] * len(frontiers)
+        total = sum(f[0].err for f in frontiers)
+        while total > budget:
+            best, best_ratio = None, None
+            for i, f in enumerate(frontiers):
+                j = idx[i]
+                if j + 1 < len(f):
+                    ratio = (f[j].err - f[j + 1].err) / (f[j + 1].k - f[j].k)
+                    if best_ratio is None or ratio > best_ratio:
+                        best, best_ratio = i, ratio
+            total -= frontiers[best][idx[best]].err - frontiers[best][idx[best] + 1].err
+            idx[best] += 1
+        improved = True
+        while improved:
+            improved = False
+            for i, f in enumerate(frontiers):
+                j = idx[i]
+                if j > 0 and total + f[j - 1].err - f[j].err <= budget:
+                    total += f[j - 1].err - f[j].err
+                    idx[i] = j - 1
+                    improved = True
+        return [f[j] for f, j in zip(frontiers, idx)]
+
+    from jointstats._accounting import exp_neg_bounds
+    for scale in [_F(1), _F(3, 2), _F(1000), _F(2 ** 40, 3)]:
+        bounds = [exp_neg_bounds(_F(1 << i) / scale, _noise._BIAS_PREC) for i in range(12)]
+        fast = [_noise._coin_frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
+        slow = [frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
+        assert fast == slow
+        assert _noise._choose_coins(fast, _noise.DELTA_TARGET / 3) == choose(slow, _noise.DELTA_TARGET / 3)
