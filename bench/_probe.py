@@ -104,13 +104,15 @@ def _patch_local(mod):
         def timed_chunks():
             it = iter(chunks)
             while True:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 try:
                     chunk = next(it)
                 except StopIteration:
                     REC["read"] += time.perf_counter() - t
+                    REC["read_cpu"] = REC.get("read_cpu", 0.0) + time.process_time() - c
                     return
                 REC["read"] += time.perf_counter() - t
+                REC["read_cpu"] = REC.get("read_cpu", 0.0) + time.process_time() - c
                 yield chunk
         t0 = time.perf_counter()
         REC["t_local_start"] = time.time()

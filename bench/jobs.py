@@ -115,17 +115,22 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
         for st in all_stats:
             per_repeat[st.get("repeat", 0)] = per_repeat.get(st.get("repeat", 0), 0.0) + st["seconds"]
         rec["secure_repeat_seconds"] = [per_repeat[i] for i in sorted(per_repeat)]
+        window = (probe["secure_end"] - probe["secure_start"]) if probe.get("secure_end") and probe.get("secure_start") else None
+        if window is not None and len({s["name"] for s in stats}) > 1:
+            # the statistics run concurrently (their times overlap): the step is the window
+            # from the plan-hash exchange to the last reveal
+            secure = window
         rec.update({
             "spawn_seconds": probe["t_site"] - t_call,
             "import_seconds": probe.get("t_main", probe["t_site"]) - probe["t_site"],
             "read_seconds": probe["read"],
+            "read_cpu_seconds": probe.get("read_cpu"),
             "aggregate_seconds": probe["aggregate"],
             "connect_seconds": probe.get("connect"),
             "sync_seconds": probe.get("sync"),
             "secure_seconds": secure,
             "secure_bytes": secure_bytes,
-            "secure_window_seconds": (probe["secure_end"] - probe["secure_start"])
-            if probe.get("secure_end") and probe.get("secure_start") else None,
+            "secure_window_seconds": window,
             "close_seconds": probe.get("close"),
             "ledger_seconds": probe.get("ledger"),
             "exit_after_call_seconds": probe["t_exit"] - t_call,
@@ -181,7 +186,7 @@ def summarize(rec: dict) -> dict:
     def mx(key):
         vals = [p.get(key) for p in ps if p.get(key) is not None]
         return max(vals) if vals else None
-    return {k: mx(k) for k in ("local_seconds", "read_seconds", "aggregate_seconds", "import_seconds",
+    return {k: mx(k) for k in ("local_seconds", "read_seconds", "read_cpu_seconds", "aggregate_seconds", "import_seconds",
                                "spawn_seconds", "connect_seconds", "sync_seconds", "secure_seconds",
                                "secure_bytes", "bytes_sent", "peak_rss_kb", "cpu_seconds",
                                "close_seconds", "ledger_seconds", "engine_secure_seconds")} | {

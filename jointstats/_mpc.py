@@ -281,6 +281,34 @@ class JointRuntime(Runtime):
                    and not isinstance(p.protocol, asyncio.Future))
 
 
+@_asyncoro.mpc_coro
+async def _branch(coro) -> asyncio.Future:
+    try:
+        return True, await coro
+    except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller, never to the loop
+        return False, exc
+
+
+def start_branch(coro: Awaitable) -> asyncio.Future:
+    """Start ``coro`` (an un-awaited coroutine of MPC steps) on its own branch of MPyC's
+    program counter, fixed at the moment of this call, and return a future of its result.
+
+    Several branches can then be in flight at once and share their round trips: every party
+    starts them in the same order, so every message is still matched, whatever order the
+    branches happen to resume in. An exception inside is re-raised by ``await_branch``
+    (MPyC would otherwise stop the event loop).
+    """
+    return _branch(coro)
+
+
+async def await_branch(future: asyncio.Future):
+    """The result of a branch started by ``start_branch`` (its exception re-raised)."""
+    ok, value = await future
+    if not ok:
+        raise value
+    return value
+
+
 def make_party_runtime(pid: int, names: list[str], addresses: list[tuple[str, int]]) -> JointRuntime:
     """Build the runtime of party ``pid`` (call inside the running asyncio loop)."""
     rt = make_runtime(pid, addresses, runtime_class=JointRuntime)

@@ -105,30 +105,37 @@ class PartyJob:
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
             results = {}
+            # Every statistic's MPC work is started (in plan order) before any is awaited,
+            # on its own branch of the program counter, so the statistics share round trips.
             if plan.mode == "dp":
                 from . import _dp
                 noisy = {}
+                pending = {stat.name: _mpc.start_branch(_dp.prepare(
+                    rt, stat, partials[stat.name], effective_min_count(stat, floors)))
+                    for stat in plan.statistics}
                 for stat in plan.statistics:  # noise is added to secret values; nothing revealed yet
-                    mc = effective_min_count(stat, floors)
-                    noisy[stat.name] = await rt.guard(_dp.prepare(rt, stat, partials[stat.name], mc),
+                    noisy[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
                                                       SECURE_STEP_TIMEOUT, f"statistic {stat.name!r}")
                 _fault_point(cfg.party, "before_commit")
                 await rt.guard(rt.transfer("ready"), SECURE_STEP_TIMEOUT, "the noise step")
                 if self.hooks:
                     self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
+                pending = {stat.name: _mpc.start_branch(_dp.reveal(
+                    rt, stat, noisy[stat.name], effective_min_count(stat, floors)))
+                    for stat in plan.statistics}
                 for stat in plan.statistics:
-                    mc = effective_min_count(stat, floors)
-                    results[stat.name] = await rt.guard(_dp.reveal(rt, stat, noisy[stat.name], mc),
+                    results[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
                                                         SECURE_STEP_TIMEOUT, f"revealing {stat.name!r}")
                     self.progress(f"{stat.name} done")
             else:
                 if self.hooks:
                     self.hooks.before_reveal(plan)
+                pending = {stat.name: _mpc.start_branch(secure_statistic(
+                    rt, stat, partials[stat.name], effective_min_count(stat, floors)))
+                    for stat in plan.statistics}
                 for stat in plan.statistics:
-                    min_count = effective_min_count(stat, floors)
-                    results[stat.name] = await rt.guard(
-                        secure_statistic(rt, stat, partials[stat.name], min_count), SECURE_STEP_TIMEOUT,
-                        f"statistic {stat.name!r}")
+                    results[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
+                                                        SECURE_STEP_TIMEOUT, f"statistic {stat.name!r}")
                     self.progress(f"{stat.name} done")
             self.metrics["secure_seconds"] = time.perf_counter() - started
             self.metrics["bytes_sent"] = rt.bytes_sent()
@@ -152,11 +159,22 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _limit_arrow_threads() -> None:
-    """Size Arrow's thread pools by JOINTSTATS_THREADS (set by the runner for co-located parties)."""
+def _configure_arrow() -> None:
+    """Arrow for a short-lived party process: jemalloc that keeps freed memory, and thread
+    pools sized by JOINTSTATS_THREADS (set by the runner for co-located parties).
+
+    Arrow's default allocator (mimalloc) hands freed batches back to the system, so every
+    batch of a large file page-faults its memory in anew: on the development VM that
+    doubled the time to read 1e6 rows (0.45-1.0 s against 0.22-0.39 s with jemalloc).
+    """
+    import pyarrow
+    try:
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+        pyarrow.jemalloc_set_decay_ms(-1)
+    except (NotImplementedError, AttributeError):  # a pyarrow built without jemalloc
+        pass
     threads = os.environ.get("JOINTSTATS_THREADS", "")
     if threads.isdigit() and int(threads) > 0:
-        import pyarrow
         pyarrow.set_cpu_count(int(threads))
         pyarrow.set_io_thread_count(int(threads))
 
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--analyst", default="local")
     args = parser.parse_args(argv)
-    _limit_arrow_threads()
+    _configure_arrow()
     out = Path(args.out)
     name = "?"
     try:
