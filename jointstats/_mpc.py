@@ -259,8 +259,14 @@ class JointRuntime(Runtime):
         raise PartyError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
 
     async def close(self, timeout: float = 30.0) -> None:
-        """Synchronise with all peers and close the connections."""
-        self.closing = True
+        """Synchronise with all peers, then close the connections.
+
+        A peer lost before or during the final barrier fails the job (PartyError naming it)
+        even if the reveals completed without it (an honest majority of shares suffices),
+        so that no party reports success for a job that another party did not finish.
+        """
+        await self.guard(self.transfer("end"), timeout, "the end of the job")
+        self.closing = True  # from here on, connections closing are expected
         try:
             await asyncio.wait_for(self.shutdown(), timeout)
         except asyncio.TimeoutError:
