@@ -3,7 +3,9 @@
 Installed by ``bench/_site/sitecustomize.py`` in processes started by the harness.
 It wraps, as their modules are imported, the functions one party's job goes through
 and, at exit, writes a JSON file of absolute timestamps and durations to the directory
-named by JOINTSTATS_BENCH_PROBE:
+named by JOINTSTATS_BENCH_PROBE_DIR (read when the file is written, so that a party forked
+from jointstats' launcher writes where its own job asked; JOINTSTATS_BENCH_PROBE=1 switches
+the probe on at interpreter start):
 
 * ``t_site``: the interpreter reached site (Python itself is up);
 * ``t_main``: the party's entry point starts working (first ``load_party_config``),
@@ -162,10 +164,10 @@ def _stat_wrapper(fn, phase):
     # JOINTSTATS_BENCH_SECURE_REPEATS=k runs each exact secure step k times in a row (every
     # party does, in the same order, so the MPC stays in step) and records each run: the
     # median of k runs on the job's real partials is far steadier than one run on this VM.
-    repeats = max(1, int(os.environ.get("JOINTSTATS_BENCH_SECURE_REPEATS", "1") or 1)) if phase == "secure" else 1
-
     @functools.wraps(fn)
     async def wrapper(rt, stat, *a, **kw):
+        # read at call time: a party forked from the launcher imported this module long before
+        repeats = max(1, int(os.environ.get("JOINTSTATS_BENCH_SECURE_REPEATS", "1") or 1)) if phase == "secure" else 1
         result = None
         for repeat in range(repeats):
             b0 = rt.bytes_sent()
@@ -252,7 +254,7 @@ def _write():
     REC["t_exit"] = time.time()
     REC["vm_hwm_kb"] = vm_hwm_kb()
     REC["argv"] = sys.argv
-    out = os.environ.get("JOINTSTATS_BENCH_PROBE")
+    out = os.environ.get("JOINTSTATS_BENCH_PROBE_DIR")
     if not out or "party" not in REC:
         return
     path = os.path.join(out, f"{REC['party']}-{os.getpid()}.json")
@@ -303,10 +305,21 @@ def _fast_exit():
     sys.exit = exit_now
 
 
+def _after_fork_in_child():
+    """A party forked from jointstats' launcher (jointstats/_launch.py) starts its own record:
+    its Python is already up and its modules imported, so its import time is ~0."""
+    global REC
+    REC = {"t_site": time.time(), "pid": os.getpid(), "argv": None, "read": 0.0, "aggregate": 0.0,
+           "stats": [], "ledger": 0.0, "connect": None, "sync": None, "close": None,
+           "secure_start": None, "secure_end": None, "bytes_at_sync": None, "bytes_at_end": None,
+           "forked": True}
+
+
 def install():
     """Install the import hooks (and the profiler if asked); idempotent."""
     if any(isinstance(f, _Finder) for f in sys.meta_path):
         return
+    os.register_at_fork(after_in_child=_after_fork_in_child)
     if "no_pandas" in PATCHES:
         sys.modules.setdefault("pandas", None)
     if "fast_exit" in PATCHES:

@@ -74,16 +74,22 @@ def write_configs(root: Path, files: list[Path], *, tls: bool = False) -> list[P
 def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | None = None,
                secure_repeats: int = 1):
     """Environment for child processes: our sitecustomize on the path, probe/profile switched on."""
-    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROFILE",
-                                            "JOINTSTATS_BENCH_PATCH", "JOINTSTATS_BENCH_SECURE_REPEATS")}
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROBE_DIR",
+                                            "JOINTSTATS_BENCH_PROFILE",
+                                            "JOINTSTATS_BENCH_PATCH", "JOINTSTATS_BENCH_SECURE_REPEATS",
+                                            "JOINTSTATS_LAUNCH")}
     parts = [str(SITE), str(REPO)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else [])
     os.environ["PYTHONPATH"] = os.pathsep.join(parts)
     if probe_dir is not None:
-        os.environ["JOINTSTATS_BENCH_PROBE"] = str(probe_dir)
+        os.environ["JOINTSTATS_BENCH_PROBE"] = "1"
+        os.environ["JOINTSTATS_BENCH_PROBE_DIR"] = str(probe_dir)
     if profile:
         os.environ["JOINTSTATS_BENCH_PROFILE"] = profile
     if patch:
         os.environ["JOINTSTATS_BENCH_PATCH"] = patch
+    if profile or patch:
+        # profilers and what-if patches start with the interpreter: a fresh one per party
+        os.environ["JOINTSTATS_LAUNCH"] = "exec"
     if secure_repeats > 1:
         os.environ["JOINTSTATS_BENCH_SECURE_REPEATS"] = str(secure_repeats)
     try:
@@ -117,9 +123,11 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
         rec["secure_repeat_seconds"] = [per_repeat[i] for i in sorted(per_repeat)]
         window = (probe["secure_end"] - probe["secure_start"]) if probe.get("secure_end") and probe.get("secure_start") else None
         if window is not None and len({s["name"] for s in stats}) > 1:
-            # the statistics run concurrently (their times overlap): the step is the window
-            # from the plan-hash exchange to the last reveal
+            # the statistics run concurrently (their times and bytes overlap): the step is the
+            # window from the plan-hash exchange to the last reveal
             secure = window
+            if probe.get("bytes_at_end") is not None and probe.get("bytes_at_sync") is not None:
+                secure_bytes = probe["bytes_at_end"] - probe["bytes_at_sync"]
         rec.update({
             "spawn_seconds": probe["t_site"] - t_call,
             "import_seconds": probe.get("t_main", probe["t_site"]) - probe["t_site"],

@@ -158,15 +158,22 @@ def targets(recs) -> list[str]:
                      f"| {_mark(spread_t <= 0.10 and spread_b <= 0.10)}"
                      f"{'' if max(med) >= 10_000_000 else ' (up to ' + rows_label(max(med)) + ' only)'} |")
     # 4. fixed overhead
-    ov = one(recs, "overhead", "jointstats", spec="count", rows_per_party=1000)
+    ov = (one(recs, "overhead", "jointstats", spec="count", rows_per_party=1000, launch="fork")
+          or one(recs, "overhead", "jointstats", spec="count", rows_per_party=1000))
+    ov_exec = one(recs, "overhead", "jointstats", spec="count", rows_per_party=1000, launch="exec")
     cli = one(recs, "overhead", "jointstats-cli", spec="count")
     head = one(recs, "overhead", "jointstats", spec="headline", rows_per_party=1000)
     if ov:
+        worst = max([ov["wall_seconds"]] + [r["wall_seconds"] for r in (ov_exec, cli) if r])
         lines.append(f"| fixed overhead of a job (process start to result) at most 2 s, 3 parties | "
-                     f"count job, 1e3 rows: {s(ov['wall_seconds'])} via the Python API (min {s(min(ov['walls']))})"
-                     + (f", {s(cli['wall_seconds'])} via `jointstats run`" if cli else "")
+                     f"count job, 1e3 rows: {s(ov['wall_seconds'])} via the Python API "
+                     f"(parties forked from the launcher; min {s(min(ov['walls']))})"
+                     + (f", {s(ov_exec['wall_seconds'])} with a fresh interpreter per party "
+                        f"(`JOINTSTATS_LAUNCH=exec`)" if ov_exec and ov_exec is not ov else "")
+                     + (f", {s(cli['wall_seconds'])} via `jointstats run` (its own start and the "
+                        f"launcher's included)" if cli else "")
                      + (f"; the headline job at 1e3 rows: {s(head['wall_seconds'])}" if head else "")
-                     + f" | {_mark(ov['wall_seconds'] <= 2.0)} |")
+                     + f" | {_mark(worst <= 2.0)} |")
     return lines
 
 
@@ -234,7 +241,8 @@ def sweeps(recs) -> list[str]:
     for r in find(recs, "dp", "jointstats"):
         p = r["params"]
         what = f"crosstab {p['k']}x{p['k']} ({p['k'] ** 2} noise samples)" if p["spec"] == "crosstab" else p["spec"]
-        lines.append(_job_line(r, f"DP {what}, 3 parties, {rows_label(p['rows_per_party'])} rows"))
+        mech = ("discrete Gaussian" if (p.get("privacy") or {}).get("delta") else "discrete Laplace")
+        lines.append(_job_line(r, f"DP ({mech}) {what}, 3 parties, {rows_label(p['rows_per_party'])} rows"))
     for r in find(recs, "tls", "jointstats"):
         p = r["params"]
         lines.append(_job_line(r, f"headline, TLS {'on' if p['tls'] else 'off'}, {rows_label(p['rows_per_party'])} rows"))

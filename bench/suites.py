@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -96,15 +97,27 @@ def warm_page_cache(path: Path) -> None:
 
 def measure_ours(rec: Recorder, bench: str, spec: str, *, n: int, m: int = 3, d: int = 10, k: int = 2,
                  dp: dict | None = None, tls: bool = False, fmt: str = "parquet", repeats: int = 1,
-                 secure_repeats: int = 1) -> dict | None:
+                 secure_repeats: int = 1, launch: str | None = None) -> dict | None:
+    from jointstats._launch import use_launcher
+    launch = launch or ("fork" if use_launcher() else "exec")
     params = {"spec": spec, "rows_per_party": n, "parties": m, "features": d, "k": k,
-              "mode": "dp" if dp else "exact", "tls": tls, "format": fmt}
+              "mode": "dp" if dp else "exact", "tls": tls, "format": fmt, "launch": launch}
     if secure_repeats > 1:
         params["secure_repeats"] = secure_repeats
+    if dp:
+        params["privacy"] = dict(dp)
     try:
         text, kind = specs.build(spec, d=d, k=k, dp=dp)
         files = _files(kind, n, m, d, k, fmt)
-        runs = [jobs.run_job(text, files, tls=tls, secure_repeats=secure_repeats) for _ in range(repeats)]
+        saved = os.environ.get("JOINTSTATS_LAUNCH")
+        os.environ["JOINTSTATS_LAUNCH"] = launch
+        try:
+            runs = [jobs.run_job(text, files, tls=tls, secure_repeats=secure_repeats) for _ in range(repeats)]
+        finally:
+            if saved is None:
+                os.environ.pop("JOINTSTATS_LAUNCH", None)
+            else:
+                os.environ["JOINTSTATS_LAUNCH"] = saved
     except Exception as exc:  # noqa: BLE001 - record and go on
         return rec.emit({"bench": bench, "system": "jointstats", "params": params,
                          "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
@@ -227,6 +240,7 @@ def bench_overhead(rec: Recorder, full: bool) -> None:
     """Fixed cost of a job: a count over 1000 rows per party, 3 parties (API and CLI)."""
     reps = 5 if full else 2
     measure_ours(rec, "overhead", "count", n=1000, repeats=reps)
+    measure_ours(rec, "overhead", "count", n=1000, repeats=reps, launch="exec")  # a fresh interpreter per party
     measure_ours(rec, "overhead", "headline", n=1000, repeats=3 if full else 1)
     # the command line, as a user types it: includes its own interpreter start and imports
     try:
@@ -369,12 +383,14 @@ def bench_flat(rec: Recorder, full: bool) -> None:
     """The secure step against rows per party (regression d=10): 1e4 to 1e7 rows, same work.
 
     Each job runs its secure step FLAT_SECURE_REPEATS times on its real partials, in the real
-    party processes, and the sizes are visited in an interleaved order twice, so that the
-    median at each size is not at the mercy of this VM's drift.
+    party processes, and the sizes are visited in an interleaved order (4 jobs per size in
+    full mode, 2 in quick), so that the median at each size is not at the mercy of this VM's
+    drift.
     """
     sizes = [10_000, 100_000, 1_000_000, 10_000_000] if full else [10_000, 100_000]
     order = sizes[::2] + sizes[1::2]
-    for n in order + order[::-1]:
+    rounds = 4 if full else 2  # a slow spell of this VM spans a whole job: more jobs, not repeats
+    for n in (order + order[::-1]) * (rounds // 2):
         measure_ours(rec, "flat", "regression", n=n, secure_repeats=FLAT_SECURE_REPEATS)
 
 

@@ -179,6 +179,25 @@ def _configure_arrow() -> None:
         pyarrow.set_io_thread_count(int(threads))
 
 
+def die_with_parent(parent: int) -> None:
+    """Make this process die when ``parent`` dies, even by SIGKILL (no orphan keeps computing)."""
+    import signal
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        import threading
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(137)
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(137)
+
+
 def _fault_point(party: str, point: str) -> None:
     """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there."""
     fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
@@ -218,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             job.hooks.close()
         job.metrics["peak_rss_kb"] = _peak_rss_kb()
         job.metrics["cpu_seconds"] = time.process_time()
+        job.metrics["pid"], job.metrics["ppid"] = os.getpid(), os.getppid()
         payload = {"ok": True, "result": result, "metrics": job.metrics}
         status = 0
     except JointStatsError as exc:

@@ -925,29 +925,13 @@ def serve(config: str | Path, *, api_cert: str | Path | None = None,
 
 # ----------------------------------------------------------------------------- worker
 
-def _die_with_parent(parent: int) -> None:
-    """Make this worker die when its node dies, even by SIGKILL (no orphan keeps computing)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(0.5)
-            os._exit(137)
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent:  # the node died before prctl took effect
-        os._exit(137)
-
-
 def _worker_main(argv: list[str]) -> int:
     """``python -m jointstats.node worker --parent PID <jointstats._party arguments>``."""
     parser = argparse.ArgumentParser(prog="jointstats-node-worker")
     parser.add_argument("--parent", type=int, required=True)
     args, rest = parser.parse_known_args(argv)
-    _die_with_parent(args.parent)
-    from ._party import main
+    from ._party import die_with_parent, main
+    die_with_parent(args.parent)
     return main(rest)
 
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ._launch import THREAD_VARIABLES, start_party
 from .config import PartyConfig, check_consortium, load_party_config
 from .errors import JointStatsError, PartyError
 from .plan import make_plan
@@ -73,11 +74,9 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
         env = party_environment(len(configs))
         for cfg in configs:
             out_file = Path(tmp) / f"{cfg.party}.json"
-            cmd = [sys.executable, "-m", "jointstats._party", "--config", str(cfg.path),
-                   "--spec", str(spec_path), "--job-id", job_id, "--out", str(out_file)]
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                    env=env)
-            procs.append((cfg, proc, out_file))
+            argv = ["--config", str(cfg.path), "--spec", str(spec_path), "--job-id", job_id,
+                    "--out", str(out_file)]
+            procs.append((cfg, start_party(argv, env), out_file))
         deadline = time.monotonic() + timeout
         stderr = {cfg.party: [] for cfg in configs}
         readers = [threading.Thread(target=_read_stderr, args=(proc, stderr[cfg.party], cfg.party, progress),
@@ -126,10 +125,6 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
     return result
 
 
-#: Environment variables that size the thread pools of BLAS (numpy) and OpenMP.
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def party_environment(local_parties: int) -> dict[str, str]:
     """Environment of party processes that share this machine: each gets its share of the cores.
 
@@ -159,7 +154,7 @@ def _root_cause(errors: list[tuple[str, str]]) -> str:
     return errors[0][1]
 
 
-def _read_stderr(proc: subprocess.Popen, lines: list[str], party: str, show: bool) -> None:
+def _read_stderr(proc, lines: list[str], party: str, show: bool) -> None:
     """Collect a party process's stderr; echo its progress lines when ``show``."""
     for line in proc.stderr:
         line = line.rstrip("\n")

@@ -69,3 +69,23 @@ def test_report_plot_from_records(tmp_path):
     assert "| 1e5 | 1.1 s" in text and "(extrapolated)" in text
     png = report.plot(recs, tmp_path / "scaling.png")
     assert png is not None and png.stat().st_size > 1000
+
+
+def test_repeated_secure_steps_are_recorded_and_agree(tmp_path, monkeypatch):
+    # the flat benchmark runs each secure step several times inside one job (bench/_probe.py):
+    # every party must repeat in step, every run recorded, the answer unchanged
+    monkeypatch.setenv("JOINTSTATS_BENCH_CACHE", str(tmp_path / "cache"))
+    sys.path.insert(0, str(REPO))
+    try:
+        from bench import data, jobs, specs
+    finally:
+        sys.path.remove(str(REPO))
+    text, kind = specs.build("regression", d=3)
+    files = data.party_files(kind, 300, 3, d=3, k=2)
+    once = jobs.run_job(text, files)
+    thrice = jobs.run_job(text, files, secure_repeats=3)
+    assert len(jobs.summarize(thrice)["secure_repeat_seconds"]) == 3
+    assert all(t > 0 for t in jobs.summarize(thrice)["secure_repeat_seconds"])
+    for p in thrice["parties"]:
+        assert len(p["secure_repeat_seconds"]) == 3 and [s["repeat"] for s in p["stats"]] == [0]
+    assert once["result"]["results"]["model"] == thrice["result"]["results"]["model"]
