@@ -10,9 +10,9 @@ Two implementations of the same statistics:
 * ``pandas``: what an analyst would write: ``pd.read_parquet``/``pd.read_csv`` + ``pd.concat``,
   pandas for moments and ``pd.crosstab``, ``np.histogram``, ``np.corrcoef`` and
   ``statsmodels.OLS(...).fit()`` (coefficients, classical standard errors, R^2);
-* ``numpy``: the fastest plain approach we know: pyarrow straight to numpy, ``np.bincount`` for
-  tables, and the regression from the normal equations (X^T X in BLAS, ``np.linalg.solve``),
-  standard errors and R^2 included.
+* ``numpy``: the fastest plain approach we know: pyarrow straight to numpy (with the same
+  Arrow allocator as our parties), ``np.bincount`` for tables, and the regression from the
+  normal equations (X^T X in BLAS, ``np.linalg.solve``), standard errors and R^2 included.
 
 The benchmark's figure of merit uses the faster of the two.
 """
@@ -176,6 +176,17 @@ IMPLS = {("headline", "pandas"): headline_pandas, ("headline", "numpy"): headlin
          ("count", "pandas"): count_any, ("count", "numpy"): count_any}
 
 
+def _arrow_like_ours() -> None:
+    """The lean baseline gets the allocator our parties use (jointstats._party._configure_arrow):
+    on this VM Arrow's default one returns freed memory and pays the page faults again."""
+    import pyarrow
+    try:
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+        pyarrow.jemalloc_set_decay_ms(-1)
+    except (NotImplementedError, AttributeError):
+        pass
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.pooled")
     ap.add_argument("--spec", required=True, choices=sorted({s for s, _ in IMPLS}))
@@ -188,6 +199,8 @@ def main(argv=None) -> int:
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
+    if args.impl == "numpy":
+        _arrow_like_ours()
     if args.impl == "pandas" and args.spec in ("headline", "regression"):
         import statsmodels.api  # noqa: F401
     imports = time.perf_counter() - t

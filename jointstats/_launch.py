@@ -210,6 +210,9 @@ def serve(fd: int) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     from_imports = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    import gc
+    gc.collect()
+    gc.freeze()  # the garbage collector of a child never walks (and so never copies) these pages
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

@@ -207,6 +207,7 @@ class JointRuntime(Runtime):
         deadline = loop.time() + timeout
 
         async def connect(peer):
+            pause = 0.005  # a peer listens once its own local step is done: poll it briskly
             while True:
                 try:
                     await loop.create_connection(lambda: _Exchanger(self, peer.pid), peer.host,
@@ -220,7 +221,8 @@ class JointRuntime(Runtime):
                     if loop.time() > deadline:
                         raise PartyError(f"could not connect to party {self.name_of(peer.pid)!r} at "
                                          f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(pause)
+                    pause = min(2 * pause, 0.1)
 
         try:
             await self.guard(asyncio.gather(*(connect(p) for p in self.parties[self.pid + 1:])),
