@@ -28,11 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default=str(report.RESULTS / "scaling.png"), help="where to write the plot")
     ap.add_argument("--no-report", action="store_true", help="do not print tables or write the plot")
     ap.add_argument("--readme", action="store_true", help="also rewrite the figures in bench/README.md")
+    ap.add_argument("--extend", metavar="RUN_ID", help="add these measurements to an earlier run in --out "
+                    "(its report then covers both)")
     ap.add_argument("-q", "--quiet", action="store_true")
     args = ap.parse_args(argv)
 
     suite = "full" if args.full else ("smallest" if args.smallest else "quick")
-    rec = suites.Recorder(Path(args.out), suite, quiet=args.quiet)
+    rec = suites.Recorder(Path(args.out), suite, quiet=args.quiet, run_id=args.extend)
     if not args.quiet:
         print(f"bench {suite} run {rec.run_id} on {one_line()}", file=sys.stderr)
     t = time.perf_counter()
@@ -45,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {len(rec.records)} records in {time.perf_counter() - t:.1f}s -> {args.out}",
               file=sys.stderr)
     if not args.no_report and rec.records:
-        text = report.markdown(rec.records)
+        records = report.load(Path(args.out), rec.run_id) if args.extend else rec.records
+        text = report.markdown(records)
         print(text)
         (Path(args.out).parent / "latest.md").write_text(text)
-        if report.find(rec.records, "rows"):
-            report.plot(rec.records, Path(args.plot))
+        if report.find(records, "rows"):
+            report.plot(records, Path(args.plot))
         if args.readme:
             report.update_readme(text)
     failed = [r for r in rec.records if "error" in r]

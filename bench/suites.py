@@ -29,11 +29,11 @@ DP = {"epsilon": 1.0, "delta": 0}
 class Recorder:
     """Collects records, appends them to the JSONL file and prints one line per record."""
 
-    def __init__(self, out: Path, suite: str, quiet: bool = False):
+    def __init__(self, out: Path, suite: str, quiet: bool = False, run_id: str | None = None):
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.suite = suite
-        self.run_id = _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.run_id = run_id or _dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.records: list[dict] = []
         self.quiet = quiet
         self.started = time.perf_counter()
@@ -383,13 +383,13 @@ def bench_flat(rec: Recorder, full: bool) -> None:
     """The secure step against rows per party (regression d=10): 1e4 to 1e7 rows, same work.
 
     Each job runs its secure step FLAT_SECURE_REPEATS times on its real partials, in the real
-    party processes, and the sizes are visited in an interleaved order (4 jobs per size in
+    party processes, and the sizes are visited in an interleaved order (8 jobs per size in
     full mode, 2 in quick), so that the median at each size is not at the mercy of this VM's
     drift.
     """
     sizes = [10_000, 100_000, 1_000_000, 10_000_000] if full else [10_000, 100_000]
     order = sizes[::2] + sizes[1::2]
-    rounds = 4 if full else 2  # a slow spell of this VM spans a whole job: more jobs, not repeats
+    rounds = 8 if full else 2  # a slow spell of this VM spans a whole job: more jobs, not repeats
     for n in (order + order[::-1]) * (rounds // 2):
         measure_ours(rec, "flat", "regression", n=n, secure_repeats=FLAT_SECURE_REPEATS)
 
