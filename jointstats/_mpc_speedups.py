@@ -1,6 +1,13 @@
-"""Optional, explicit speed-ups of MPyC 0.11 internals (``install()`` / ``uninstall()``).
+"""Explicit speed-ups of MPyC 0.11 internals.
 
-Only one function is replaced: ``mpyc.thresha.np_random_split``, used by every
+``install_matmul()`` (on in every party runtime, see ``jointstats._mpc.make_party_runtime``):
+matrix products of prime-field arrays with a large modulus (over 256 bits: the exact
+regression's 2048-bit fields) are computed on gmpy2 integers instead of Python's, about
+6x faster for a 10 x 10 product at 2048 bits, with exactly the same result. They were the
+largest single CPU cost of the exact regression's secure step.
+
+``install()`` / ``uninstall()`` (optional, used by ``bench/bench_noise.py``): one function is
+replaced, ``mpyc.thresha.np_random_split``, used by every
 secure multiplication of arrays (resharing a la GRR98) and by array inputs.  MPyC
 draws the random polynomial coefficients with one ``secrets.randbelow`` call per
 element, which dominated the cost of multiplying large secure arrays.  The
@@ -14,11 +21,12 @@ from __future__ import annotations
 
 import os
 
+import gmpy2
 import numpy as np
 
 from jointstats import _mpc
 
-__all__ = ["install", "uninstall", "installed"]
+__all__ = ["install", "uninstall", "installed", "install_matmul", "uninstall_matmul"]
 
 _thresha = _mpc._mpyc_runtime.thresha
 _original = _thresha.np_random_split
@@ -60,3 +68,59 @@ def uninstall() -> None:
 
 def installed() -> bool:
     return _thresha.np_random_split is np_random_split
+
+
+# ----------------------------------------------------------------------------- matmul
+
+_finfields = _mpc._mpyc_runtime.finfields
+_FFArray = _finfields.FiniteFieldArray
+_original_matmul = _FFArray.__matmul__
+_original_rmatmul = _FFArray.__rmatmul__
+_BIG_MODULUS_BITS = 256
+_to_mpz = np.frompyfunc(gmpy2.mpz, 1, 1)
+
+
+def _reduce(values, modulus) -> np.ndarray:
+    """gmpy2 integers reduced modulo ``modulus``, as Python ints (what MPyC's arrays hold)."""
+    m = gmpy2.mpz(modulus)
+    return np.frompyfunc(lambda v: int(v % m), 1, 1)(values)
+
+
+def _big_prime_field(cls) -> bool:
+    field = cls.field
+    return (issubclass(cls, _finfields.PrimeFieldArray) and isinstance(field.modulus, int)
+            and field.modulus.bit_length() > _BIG_MODULUS_BITS)
+
+
+def _matmul(self, other):
+    cls = type(self)
+    if not _big_prime_field(cls):
+        return _original_matmul(self, other)
+    other = cls._coerce(other)
+    if other is NotImplemented:
+        return NotImplemented
+    a = _reduce(_to_mpz(self.value) @ _to_mpz(np.asarray(other, dtype=object)), cls.field.modulus)
+    return cls(a) if isinstance(a, np.ndarray) and a.ndim else cls.field(int(a))
+
+
+def _rmatmul(self, other):
+    cls = type(self)
+    if not _big_prime_field(cls):
+        return _original_rmatmul(self, other)
+    other = cls._coerce(other)
+    if other is NotImplemented:
+        return NotImplemented
+    a = _reduce(_to_mpz(np.asarray(other, dtype=object)) @ _to_mpz(self.value), cls.field.modulus)
+    return cls(a) if isinstance(a, np.ndarray) and a.ndim else cls.field(int(a))
+
+
+def install_matmul() -> None:
+    """Compute big prime-field matrix products on gmpy2 integers (idempotent)."""
+    _FFArray.__matmul__ = _matmul
+    _FFArray.__rmatmul__ = _rmatmul
+
+
+def uninstall_matmul() -> None:
+    """Restore MPyC's own matrix products."""
+    _FFArray.__matmul__ = _original_matmul
+    _FFArray.__rmatmul__ = _original_rmatmul
