@@ -87,12 +87,12 @@ class _Launcher:
                     self.replies.append(msg)
                     self.reply_ready.notify_all()
         with self.exited:  # the launcher is gone: its children are too (they die with it)
-            self.exits.setdefault(-1, -1)
+            self.exits.setdefault(-1, -int(signal.SIGKILL))
             self.exited.notify_all()
 
     def start(self, argv: list[str], env: dict[str, str], stderr_fd: int) -> int:
         with self.lock:
-            payload = (json.dumps({"argv": argv, "env": env}) + "\n").encode()
+            payload = (json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}) + "\n").encode()
             socket.send_fds(self.sock, [payload], [stderr_fd])
             with self.reply_ready:
                 if not self.reply_ready.wait_for(lambda: self.replies, timeout=30):
@@ -170,10 +170,12 @@ def start_party(argv: list[str], env: dict[str, str]):
 # ----------------------------------------------------------------------------- launcher side
 
 
-def _child(argv: list[str], env: dict[str, str], stderr_fd: int, sock: socket.socket,
+def _child(argv: list[str], env: dict[str, str], cwd: str, stderr_fd: int, sock: socket.socket,
            launcher: int, from_imports: dict[str, str]) -> None:
-    """In the forked child: its own stdio and environment, then the party's job."""
+    """In the forked child: its own stdio, environment and working directory (the caller's
+    at the time of the request, as an exec'd party would have), then the party's job."""
     sock.close()
+    os.chdir(cwd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -254,7 +256,7 @@ def serve(fd: int) -> None:
                     sock.sendall((json.dumps({"error": str(exc)}) + "\n").encode())
                     continue
                 if pid == 0:
-                    _child(request["argv"], request["env"], stderr_fd, sock, launcher, from_imports)
+                    _child(request["argv"], request["env"], request["cwd"], stderr_fd, sock, launcher, from_imports)
                 os.close(stderr_fd)
                 sock.sendall((json.dumps({"pid": pid}) + "\n").encode())
 

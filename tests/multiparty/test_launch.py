@@ -104,3 +104,4 @@ def test_the_launcher_dies_with_its_caller(consortium, tmp_path):
     finally:
         if caller.poll() is None:
             caller.kill()
+
