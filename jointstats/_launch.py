@@ -62,7 +62,7 @@ class _Launcher:
         self.sock = ours
         self.file = ours.makefile("r", encoding="utf-8")
         self.lock = threading.Lock()
-        self.started: dict[int, threading.Event] = {}
+        self.gone = False
         self.replies: list[dict] = []
         self.reply_ready = threading.Condition()
         self.exits: dict[int, int] = {}
@@ -89,13 +89,16 @@ class _Launcher:
         with self.exited:  # the launcher is gone: its children are too (they die with it)
             self.exits.setdefault(-1, -int(signal.SIGKILL))
             self.exited.notify_all()
+        with self.reply_ready:
+            self.gone = True
+            self.reply_ready.notify_all()
 
     def start(self, argv: list[str], env: dict[str, str], stderr_fd: int) -> int:
         with self.lock:
             payload = (json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}) + "\n").encode()
             socket.send_fds(self.sock, [payload], [stderr_fd])
             with self.reply_ready:
-                if not self.reply_ready.wait_for(lambda: self.replies, timeout=30):
+                if not self.reply_ready.wait_for(lambda: self.replies or self.gone, timeout=30) or not self.replies:
                     raise OSError("the party launcher did not answer")
                 reply = self.replies.pop(0)
         if "error" in reply:
@@ -160,9 +163,15 @@ class ForkedParty:
 
 
 def start_party(argv: list[str], env: dict[str, str]):
-    """Start one party process running ``jointstats._party`` with ``argv``; Popen-like."""
+    """Start one party process running ``jointstats._party`` with ``argv``; Popen-like.
+
+    A launcher that cannot be started or does not answer is reported on stderr once and the
+    party is exec'd instead: the job never depends on the launcher working."""
     if use_launcher():
-        return ForkedParty(argv, env)
+        try:
+            return ForkedParty(argv, env)
+        except OSError as exc:
+            print(f"jointstats: starting the party in a fresh interpreter ({exc})", file=sys.stderr)
     return subprocess.Popen([sys.executable, "-m", "jointstats._party", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env)
 

@@ -105,3 +105,17 @@ def test_the_launcher_dies_with_its_caller(consortium, tmp_path):
         if caller.poll() is None:
             caller.kill()
 
+
+
+def test_a_broken_launcher_falls_back_to_fresh_interpreters(consortium, tmp_path, monkeypatch, capfd):
+    from jointstats import _launch
+    spec = tmp_path / "s.yaml"
+    spec.write_text(SPEC)
+    configs = consortium([cohort_frame(30, i) for i in range(3)])
+    monkeypatch.setenv("JOINTSTATS_LAUNCH", "fork")
+    monkeypatch.setattr(_launch, "_launchers", {})
+    monkeypatch.setattr(_launch, "_LAUNCHER_MAIN", "import sys; sys.exit(3)")
+    result = run(spec, configs, metrics=(metrics := {}))
+    assert result.results["n"]["value"] == 90
+    assert {m["ppid"] for m in metrics.values()} == {os.getpid()}  # exec'd by the caller
+    assert "fresh interpreter" in capfd.readouterr().err
