@@ -117,7 +117,8 @@ _launchers: dict[tuple, _Launcher] = {}
 
 def _get_launcher(env: dict[str, str]) -> _Launcher:
     """The launcher for parties with this environment (started on first use)."""
-    key = tuple(env.get(var) for var in STARTUP_VARIABLES)
+    # (a fork of the caller must not share its parent's launcher connection)
+    key = (os.getpid(), *(env.get(var) for var in STARTUP_VARIABLES))
     with _lock:
         launcher = _launchers.get(key)
         if launcher is None or not launcher.alive():
