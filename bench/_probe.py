@@ -44,9 +44,16 @@ import sys
 import time
 
 T_SITE = time.time()
-REC: dict = {"t_site": T_SITE, "pid": os.getpid(), "argv": None, "read": 0.0, "aggregate": 0.0,
-             "stats": [], "ledger": 0.0, "connect": None, "sync": None, "close": None,
-             "secure_start": None, "secure_end": None, "bytes_at_sync": None, "bytes_at_end": None}
+
+
+def _new_record(t_site: float) -> dict:
+    """A process's empty record, its Python up since ``t_site``."""
+    return {"t_site": t_site, "pid": os.getpid(), "argv": None, "read": 0.0, "aggregate": 0.0,
+            "stats": [], "ledger": 0.0, "connect": None, "sync": None, "close": None,
+            "secure_start": None, "secure_end": None, "bytes_at_sync": None, "bytes_at_end": None}
+
+
+REC: dict = _new_record(T_SITE)
 _RT = {}
 
 
@@ -309,10 +316,7 @@ def _after_fork_in_child():
     """A party forked from jointstats' launcher (jointstats/_launch.py) starts its own record:
     its Python is already up and its modules imported, so its import time is ~0."""
     global REC
-    REC = {"t_site": time.time(), "pid": os.getpid(), "argv": None, "read": 0.0, "aggregate": 0.0,
-           "stats": [], "ledger": 0.0, "connect": None, "sync": None, "close": None,
-           "secure_start": None, "secure_end": None, "bytes_at_sync": None, "bytes_at_end": None,
-           "forked": True}
+    REC = {**_new_record(time.time()), "forked": True}
 
 
 def install():

@@ -72,7 +72,7 @@ def write_configs(root: Path, files: list[Path], *, tls: bool = False) -> list[P
 
 @contextlib.contextmanager
 def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | None = None,
-               secure_repeats: int = 1):
+               secure_repeats: int = 1, launch: str | None = None):
     """Environment for child processes: our sitecustomize on the path, probe/profile switched on."""
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROBE_DIR",
                                             "JOINTSTATS_BENCH_PROFILE",
@@ -87,6 +87,8 @@ def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | 
         os.environ["JOINTSTATS_BENCH_PROFILE"] = profile
     if patch:
         os.environ["JOINTSTATS_BENCH_PATCH"] = patch
+    if launch:
+        os.environ["JOINTSTATS_LAUNCH"] = launch
     if profile or patch:
         # profilers and what-if patches start with the interpreter: a fresh one per party
         os.environ["JOINTSTATS_LAUNCH"] = "exec"
@@ -151,12 +153,13 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
 
 def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool = True,
             profile: str | None = None, keep: Path | None = None, patch: str | None = None,
-            secure_repeats: int = 1) -> dict:
+            secure_repeats: int = 1, launch: str | None = None) -> dict:
     """Run one job with ``jointstats.runner.run``; return wall time, per-party metrics and phases.
 
     ``profile`` is ``cprofile:DIR`` or ``pyinstrument:DIR`` to profile every party process;
     ``patch`` tries proposed engine changes (see bench/_probe.py); ``secure_repeats`` runs each
-    exact secure step that many times inside the job (``secure_repeat_seconds`` per party).
+    exact secure step that many times inside the job (``secure_repeat_seconds`` per party);
+    ``launch`` is ``fork`` or ``exec`` (JOINTSTATS_LAUNCH) for this job.
     """
     from jointstats import runner
     from jointstats.spec import parse_spec
@@ -166,7 +169,7 @@ def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool
         probe_dir = root / "probe"
         probe_dir.mkdir()
         metrics: dict = {}
-        with probed_env(probe_dir if probe else None, profile, patch, secure_repeats):
+        with probed_env(probe_dir if probe else None, profile, patch, secure_repeats, launch):
             t_call = time.time()
             t0 = time.perf_counter()
             spec = parse_spec(spec_text)

@@ -176,17 +176,6 @@ IMPLS = {("headline", "pandas"): headline_pandas, ("headline", "numpy"): headlin
          ("count", "pandas"): count_any, ("count", "numpy"): count_any}
 
 
-def _arrow_like_ours() -> None:
-    """The lean baseline gets the allocator our parties use (jointstats._party._configure_arrow):
-    on this VM Arrow's default one returns freed memory and pays the page faults again."""
-    import pyarrow
-    try:
-        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
-        pyarrow.jemalloc_set_decay_ms(-1)
-    except (NotImplementedError, AttributeError):
-        pass
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.pooled")
     ap.add_argument("--spec", required=True, choices=sorted({s for s, _ in IMPLS}))
@@ -199,8 +188,9 @@ def main(argv=None) -> int:
     import numpy  # noqa: F401
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
-    if args.impl == "numpy":
-        _arrow_like_ours()
+    if args.impl == "numpy":  # the lean baseline gets the Arrow allocator our parties use
+        from jointstats._party import _configure_arrow
+        _configure_arrow()
     if args.impl == "pandas" and args.spec in ("headline", "regression"):
         import statsmodels.api  # noqa: F401
     imports = time.perf_counter() - t

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -109,15 +108,8 @@ def measure_ours(rec: Recorder, bench: str, spec: str, *, n: int, m: int = 3, d:
     try:
         text, kind = specs.build(spec, d=d, k=k, dp=dp)
         files = _files(kind, n, m, d, k, fmt)
-        saved = os.environ.get("JOINTSTATS_LAUNCH")
-        os.environ["JOINTSTATS_LAUNCH"] = launch
-        try:
-            runs = [jobs.run_job(text, files, tls=tls, secure_repeats=secure_repeats) for _ in range(repeats)]
-        finally:
-            if saved is None:
-                os.environ.pop("JOINTSTATS_LAUNCH", None)
-            else:
-                os.environ["JOINTSTATS_LAUNCH"] = saved
+        runs = [jobs.run_job(text, files, tls=tls, secure_repeats=secure_repeats, launch=launch)
+                for _ in range(repeats)]
     except Exception as exc:  # noqa: BLE001 - record and go on
         return rec.emit({"bench": bench, "system": "jointstats", "params": params,
                          "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})

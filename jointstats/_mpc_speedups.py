@@ -92,26 +92,23 @@ def _big_prime_field(cls) -> bool:
             and field.modulus.bit_length() > _BIG_MODULUS_BITS)
 
 
-def _matmul(self, other):
-    cls = type(self)
-    if not _big_prime_field(cls):
-        return _original_matmul(self, other)
-    other = cls._coerce(other)
-    if other is NotImplemented:
-        return NotImplemented
-    a = _reduce(_to_mpz(self.value) @ _to_mpz(np.asarray(other, dtype=object)), cls.field.modulus)
-    return cls(a) if isinstance(a, np.ndarray) and a.ndim else cls.field(int(a))
+def _big_field_product(original, reflected: bool):
+    """``__matmul__`` (or, reflected, ``__rmatmul__``) on gmpy2 integers for big prime fields."""
+    def product(self, other):
+        cls = type(self)
+        if not _big_prime_field(cls):
+            return original(self, other)
+        other = cls._coerce(other)
+        if other is NotImplemented:
+            return NotImplemented
+        mine, theirs = _to_mpz(self.value), _to_mpz(np.asarray(other, dtype=object))
+        a = _reduce(theirs @ mine if reflected else mine @ theirs, cls.field.modulus)
+        return cls(a) if isinstance(a, np.ndarray) and a.ndim else cls.field(int(a))
+    return product
 
 
-def _rmatmul(self, other):
-    cls = type(self)
-    if not _big_prime_field(cls):
-        return _original_rmatmul(self, other)
-    other = cls._coerce(other)
-    if other is NotImplemented:
-        return NotImplemented
-    a = _reduce(_to_mpz(np.asarray(other, dtype=object)) @ _to_mpz(self.value), cls.field.modulus)
-    return cls(a) if isinstance(a, np.ndarray) and a.ndim else cls.field(int(a))
+_matmul = _big_field_product(_original_matmul, reflected=False)
+_rmatmul = _big_field_product(_original_rmatmul, reflected=True)
 
 
 def install_matmul() -> None:

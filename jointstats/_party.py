@@ -62,6 +62,22 @@ class PartyJob:
         self.metrics["local_seconds"] = time.perf_counter() - started
         return partials
 
+    async def _each_statistic(self, rt, plan: Plan, step, what: str, report: bool = False) -> dict:
+        """Run ``step(stat)`` for every statistic concurrently; their results by name.
+
+        Every statistic's MPC work is started (in plan order) before any is awaited, on its
+        own branch of the program counter, so the statistics share round trips.
+        """
+        from . import _mpc
+        pending = {stat.name: _mpc.start_branch(step(stat)) for stat in plan.statistics}
+        out = {}
+        for stat in plan.statistics:
+            out[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
+                                            SECURE_STEP_TIMEOUT, f"{what} {stat.name!r}")
+            if report:
+                self.progress(f"{stat.name} done")
+        return out
+
     async def run(self) -> dict:
         """Run the whole job for this party (inside an asyncio loop)."""
         from . import _mpc
@@ -104,39 +120,24 @@ class PartyJob:
                                             f"({st['plan'][:12]} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
-            results = {}
-            # Every statistic's MPC work is started (in plan order) before any is awaited,
-            # on its own branch of the program counter, so the statistics share round trips.
             if plan.mode == "dp":
                 from . import _dp
-                noisy = {}
-                pending = {stat.name: _mpc.start_branch(_dp.prepare(
-                    rt, stat, partials[stat.name], effective_min_count(stat, floors)))
-                    for stat in plan.statistics}
-                for stat in plan.statistics:  # noise is added to secret values; nothing revealed yet
-                    noisy[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
-                                                      SECURE_STEP_TIMEOUT, f"statistic {stat.name!r}")
+                # noise is added to secret values; nothing revealed yet
+                noisy = await self._each_statistic(rt, plan, lambda stat: _dp.prepare(
+                    rt, stat, partials[stat.name], effective_min_count(stat, floors)), "statistic")
                 _fault_point(cfg.party, "before_commit")
                 await rt.guard(rt.transfer("ready"), SECURE_STEP_TIMEOUT, "the noise step")
                 if self.hooks:
                     self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
-                pending = {stat.name: _mpc.start_branch(_dp.reveal(
-                    rt, stat, noisy[stat.name], effective_min_count(stat, floors)))
-                    for stat in plan.statistics}
-                for stat in plan.statistics:
-                    results[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
-                                                        SECURE_STEP_TIMEOUT, f"revealing {stat.name!r}")
-                    self.progress(f"{stat.name} done")
+                results = await self._each_statistic(rt, plan, lambda stat: _dp.reveal(
+                    rt, stat, noisy[stat.name], effective_min_count(stat, floors)), "revealing",
+                    report=True)
             else:
                 if self.hooks:
                     self.hooks.before_reveal(plan)
-                pending = {stat.name: _mpc.start_branch(secure_statistic(
-                    rt, stat, partials[stat.name], effective_min_count(stat, floors)))
-                    for stat in plan.statistics}
-                for stat in plan.statistics:
-                    results[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
-                                                        SECURE_STEP_TIMEOUT, f"statistic {stat.name!r}")
-                    self.progress(f"{stat.name} done")
+                results = await self._each_statistic(rt, plan, lambda stat: secure_statistic(
+                    rt, stat, partials[stat.name], effective_min_count(stat, floors)), "statistic",
+                    report=True)
             self.metrics["secure_seconds"] = time.perf_counter() - started
             self.metrics["bytes_sent"] = rt.bytes_sent()
             await rt.close()

@@ -285,16 +285,10 @@ async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
     opened = [(await f.masked, await f.tss_masked) for f in fields]
     n_value = int(_residues(await n_pending, primes[0])[0])
     finals = [f.finish(u, n_value, t) for f, (u, t) in zip(fields, opened)]
-    runs = []
-    for f, (pending, has_se, has_r2) in zip(fields, finals):
-        runs.append({"n": n_value, "values": _residues(await pending, f.prime), "has_se": has_se,
-                     "has_r2": has_r2, "d": f.d})
-    first = runs[0]
-    d = first["d"]
-    combined = []
-    for i in range(len(first["values"])):
-        x, modulus = crt([r["values"][i] for r in runs], primes)
-        combined.append((x, modulus))
+    # n, d and whether there are standard errors and R^2 are the same in every field
+    d, (_, has_se, has_r2) = fields[0].d, finals[0]
+    residues = [_residues(await pending, f.prime) for f, (pending, _, _) in zip(fields, finals)]
+    combined = [crt(list(column), primes) for column in zip(*residues)]
     modulus = combined[0][1]
     half = (math.isqrt(modulus // 2) - 1).bit_length() - 1
     fracs = [rational(x, modulus, half, half) for x, _ in combined]
@@ -302,13 +296,13 @@ async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
     fy = stat.terms[-1].frac_bits
     coef = [float(fracs[j] * Fraction(2) ** (t.frac_bits - fy)) for j, t in enumerate(z_terms)]
     pos = d
-    if first["has_se"]:
+    if has_se:
         se = [math.sqrt(max(float(fracs[pos + j]), 0.0)) * 2.0 ** (t.frac_bits - fy)
               for j, t in enumerate(z_terms)]
         pos += d
     else:
         se = [None] * d
-    r2 = float(fracs[pos]) if first["has_r2"] else None
+    r2 = float(fracs[pos]) if has_r2 else None
     return {"kind": "regression", "terms": [t.name if t.kind != "one" else "intercept" for t in z_terms],
-            "coefficients": coef, "std_errors": se, "n": first["n"], "r_squared": r2,
+            "coefficients": coef, "std_errors": se, "n": n_value, "r_squared": r2,
             "ridge": float(stat.ridge)}
