@@ -59,22 +59,62 @@ def rational(a: int, p: int, num_bits: int, den_bits: int) -> Fraction:
     return Fraction(int(r1), int(t1))
 
 
+def rationals(values: list[int], p: int, num_bits: int, den_bits: int) -> list[Fraction]:
+    """``rational`` of each value, trying the denominators already found first.
+
+    The entries of a solved system share most of their denominator (a determinant), so
+    a candidate ``y / D`` with ``y = a * D mod p`` small enough is usually found without
+    a Euclid run of its own. It is the same answer: with p > 2**(num_bits + den_bits + 1)
+    at most one fraction within the bounds is congruent to ``a`` (see ``rational``).
+    """
+    num_bound, den_bound = 1 << num_bits, 1 << den_bits
+    pm, half = gmpy2.mpz(p), gmpy2.mpz(p) // 2
+    out: list[Fraction] = []
+    den = gmpy2.mpz(1)
+    for a in values:
+        y = (gmpy2.mpz(a) * den) % pm
+        if y > half:
+            y -= pm
+        if abs(y) < num_bound:
+            out.append(Fraction(int(y), int(den)))
+            continue
+        q = rational(a, p, num_bits, den_bits)
+        out.append(q)
+        joint = gmpy2.lcm(den, q.denominator)
+        den = joint if joint < den_bound else gmpy2.mpz(q.denominator)
+    return out
+
+
 def inverse_mod(matrix: list[list[int]], p: int) -> list[list[int]] | None:
-    """Inverse of a square matrix over GF(p) by Gauss-Jordan elimination; None if singular."""
+    """Inverse of a square matrix over GF(p) by Gauss-Jordan elimination; None if singular.
+
+    In place (n columns a row, not 2n): after step k, slot j of a row holds column j of
+    the reduced matrix for j > k and column j of the inverse so far for j <= k. A row
+    swap turns the result into the inverse of the row-permuted matrix, undone at the end
+    by swapping the same columns in reverse order.
+    """
     n = len(matrix)
     p = gmpy2.mpz(p)  # gmpy2 integers: about 3x faster than Python's at 2048 bits
-    a = [[gmpy2.mpz(v) % p for v in row] + [gmpy2.mpz(i == j) for j in range(n)]
-         for i, row in enumerate(matrix)]
-    for col in range(n):
-        pivot = next((r for r in range(col, n) if a[r][col]), None)
+    a = [[gmpy2.mpz(v) % p for v in row] for row in matrix]
+    swaps = []
+    for k in range(n):
+        pivot = next((r for r in range(k, n) if a[r][k]), None)
         if pivot is None:
             return None
-        a[col], a[pivot] = a[pivot], a[col]
-        inv = gmpy2.invert(a[col][col], p)
-        row = [(v * inv) % p for v in a[col]]
-        a[col] = row
+        if pivot != k:
+            a[k], a[pivot] = a[pivot], a[k]
+            swaps.append((k, pivot))
+        row = a[k]
+        inv = gmpy2.invert(row[k], p)
+        row[k] = gmpy2.mpz(1)
+        row = a[k] = [(v * inv) % p for v in row]
         for r in range(n):
-            if r != col and a[r][col]:
-                f = a[r][col]
-                a[r] = [(x - f * y) % p for x, y in zip(a[r], row)]
-    return [[int(v) for v in row[n:]] for row in a]
+            f = a[r][k]
+            if r != k and f:
+                other = a[r]
+                other[k] = gmpy2.mpz(0)
+                a[r] = [(x - f * y) % p for x, y in zip(other, row)]
+    for k, pivot in reversed(swaps):
+        for row in a:
+            row[k], row[pivot] = row[pivot], row[k]
+    return [[int(v) for v in row] for row in a]

@@ -320,7 +320,7 @@ async def await_branch(future: asyncio.Future):
 def make_party_runtime(pid: int, names: list[str], addresses: list[tuple[str, int]]) -> JointRuntime:
     """Build the runtime of party ``pid`` (call inside the running asyncio loop)."""
     from . import _mpc_speedups
-    _mpc_speedups.install_matmul()  # exact, and the same on every party
+    _mpc_speedups.install_exact()  # same values, and the same on every party
     rt = make_runtime(pid, addresses, runtime_class=JointRuntime)
     rt.names = list(names)
     return rt

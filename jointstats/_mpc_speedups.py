@@ -1,10 +1,17 @@
 """Explicit speed-ups of MPyC 0.11 internals.
 
-``install_matmul()`` (on in every party runtime, see ``jointstats._mpc.make_party_runtime``):
-matrix products of prime-field arrays with a large modulus (over 256 bits: the exact
+``install_exact()`` (on in every party runtime, see ``jointstats._mpc.make_party_runtime``)
+installs the two below; neither changes a single value.
+
+``install_matmul()``: matrix products of prime-field arrays with a large modulus (over 256 bits: the exact
 regression's 2048-bit fields) are computed on gmpy2 integers instead of Python's, about
 6x faster for a 10 x 10 product at 2048 bits, with exactly the same result. They were the
 largest single CPU cost of the exact regression's secure step.
+
+``install_array_init()``: MPyC builds every finite-field array through
+``FiniteFieldArray.__init__``, which parses ``np.__version__`` on every call (a tenth of
+the regression's secure step went to numpy's version parser). The replacement makes the
+same decision once, at import, and is otherwise the same code.
 
 ``install()`` / ``uninstall()`` (optional, used by ``bench/bench_noise.py``): one function is
 replaced, ``mpyc.thresha.np_random_split``, used by every
@@ -26,7 +33,8 @@ import numpy as np
 
 from jointstats import _mpc
 
-__all__ = ["install", "uninstall", "installed", "install_matmul", "uninstall_matmul"]
+__all__ = ["install", "uninstall", "installed", "install_exact", "uninstall_exact",
+           "install_matmul", "uninstall_matmul", "install_array_init", "uninstall_array_init"]
 
 _thresha = _mpc._mpyc_runtime.thresha
 _original = _thresha.np_random_split
@@ -121,3 +129,42 @@ def uninstall_matmul() -> None:
     """Restore MPyC's own matrix products."""
     _FFArray.__matmul__ = _original_matmul
     _FFArray.__rmatmul__ = _original_rmatmul
+
+
+# ----------------------------------------------------------------------------- array constructor
+
+_original_init = _FFArray.__init__
+# MPyC asks on every array whether numpy is 2.x, to pass copy=None instead of False
+_NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0b1"
+
+
+def _array_init(self, value, check=True, copy=False):
+    """``FiniteFieldArray.__init__`` with numpy's version decided once (same values)."""
+    if _NUMPY_2 and copy is False:
+        copy = None
+    value = np.array(value, dtype=object, copy=copy)
+    if check:
+        value %= self.field.modulus  # in place, as MPyC: keeps the shape
+    self.value = value
+
+
+def install_array_init() -> None:
+    """Build finite-field arrays without re-parsing numpy's version (idempotent)."""
+    _FFArray.__init__ = _array_init
+
+
+def uninstall_array_init() -> None:
+    """Restore MPyC's own constructor."""
+    _FFArray.__init__ = _original_init
+
+
+def install_exact() -> None:
+    """Every speed-up that leaves each value exactly as MPyC computes it (idempotent)."""
+    install_matmul()
+    install_array_init()
+
+
+def uninstall_exact() -> None:
+    """Undo ``install_exact``."""
+    uninstall_matmul()
+    uninstall_array_init()

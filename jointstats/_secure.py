@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from ._fields import crt, inverse_mod, rational, regression_primes
+from ._fields import crt, inverse_mod, rational, rationals, regression_primes
 from .errors import JointStatsError
-from .plan import StatPlan
+from .plan import StatPlan, regression_fields
 
 
 class SingularError(JointStatsError, ArithmeticError):
@@ -276,14 +276,17 @@ def _diag(matrix, d: int):
 async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
     """Exact OLS/ridge solved inside the MPC over CRT-combined 2048-bit prime fields.
 
-    Every field's work is issued before any of it is awaited, so the fields share their
-    round trips: two rounds of reveals in all, whatever the number of primes.
+    The fields that any n needs are issued at once, together with the reveal of n (which
+    is part of the result); the plan's bound applied to that n decides how many more, if
+    any. Every field's work is issued before any of it is awaited, so the fields share
+    their round trips: two rounds of reveals after n, whatever the number of primes.
     """
     primes = regression_primes(stat.primes)
-    fields = [_FieldRun(rt, stat, partial, p) for p in primes]
-    n_pending = rt.output(fields[0].n)
+    fields = [_FieldRun(rt, stat, partial, p) for p in primes[:regression_fields(stat, 1)]]
+    n_value = int(_residues(await rt.output(fields[0].n), primes[0])[0])
+    fields += [_FieldRun(rt, stat, partial, p) for p in primes[len(fields):regression_fields(stat, n_value)]]
+    primes = [f.prime for f in fields]
     opened = [(await f.masked, await f.tss_masked) for f in fields]
-    n_value = int(_residues(await n_pending, primes[0])[0])
     finals = [f.finish(u, n_value, t) for f, (u, t) in zip(fields, opened)]
     # n, d and whether there are standard errors and R^2 are the same in every field
     d, (_, has_se, has_r2) = fields[0].d, finals[0]
@@ -291,7 +294,7 @@ async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
     combined = [crt(list(column), primes) for column in zip(*residues)]
     modulus = combined[0][1]
     half = (math.isqrt(modulus // 2) - 1).bit_length() - 1
-    fracs = [rational(x, modulus, half, half) for x, _ in combined]
+    fracs = rationals([x for x, _ in combined], modulus, half, half)
     z_terms = [t for t in stat.terms[:-1] if stat.intercept or t.kind != "one"]
     fy = stat.terms[-1].frac_bits
     coef = [float(fracs[j] * Fraction(2) ** (t.frac_bits - fy)) for j, t in enumerate(z_terms)]

@@ -77,7 +77,7 @@ class StatPlan:
     intercept: bool = True
     partial_size: int = 1
     secure_bits: int = 64  # bit length l of the SecInt used (or bits needed for regression)
-    primes: int = 0  # regression: number of 2048-bit prime fields (CRT)
+    primes: int = 0  # regression: 2048-bit prime fields (CRT) the row limit needs; a job uses those its n needs
     reveals: str = ""
     sizes: tuple[int, ...] = ()  # bit sizes the secure step needs for exact rational reveals
     noise: NoisePlan | None = None
@@ -115,7 +115,7 @@ class Plan:
         for s in self.statistics:
             local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
                      f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")
-            num = (f"{s.primes} x {REGRESSION_PRIME_BITS}-bit prime fields" if s.primes
+            num = (f"up to {s.primes} x {REGRESSION_PRIME_BITS}-bit prime fields" if s.primes
                    else f"SecInt({s.secure_bits})")
             lines.append(f"  {s.name} ({s.kind}): local {local}; shared {s.partial_size} integers "
                          f"in {num}; reveals {s.reveals}")
@@ -145,6 +145,8 @@ def _bits(x: int) -> int:
 
 def _hadamard_bits(entries_bits: int, size: int) -> int:
     """log2 of Hadamard's bound on a size x size determinant with entries below 2**entries_bits."""
+    if size <= 0:
+        return 1  # the empty determinant is 1
     return math.ceil(size * (entries_bits + math.log2(size) / 2)) + 1
 
 
@@ -197,26 +199,56 @@ def _plan_statistic(spec: Spec, stat: Statistic, n_max: int) -> StatPlan:
                          for i, lvl in enumerate(col.levels) if i > 0)
     target = _num_term(spec.column(stat.target))
     terms.append(target)
-    d = len(terms) - 1 - (0 if stat.intercept else 1)
-    top = max(t.bound for t in terms)
-    ridge = stat.ridge
-    ridge_entry = ridge.numerator * (1 << (2 * GRID_BITS)) if ridge else 0
-    entry_bits = _bits(ridge.denominator * n_max * top * top + ridge_entry)
-    big_b = _hadamard_bits(entry_bits, d + 1)
-    # Largest numerator/denominator (bits) of any revealed rational (coefficients, squared
-    # standard errors, R^2), from Cramer's rule and Hadamard's bound; see _secure.py.
-    bd = _bits(d)
-    if ridge:
-        largest = 4 * big_b + 2 * entry_bits + 4 * bd + nb + 4
-    else:
-        largest = 2 * big_b + 2 * entry_bits + 2 * bd + 2 * nb + 5
-    need = 2 * largest + 64
-    primes = -(-need // (REGRESSION_PRIME_BITS - 8))
+    big_b, entry_bits, nb, need = regression_sizes(terms, stat.ridge, stat.intercept, n_max)
+    primes = regression_fields_for(need)
     k = len(terms)
     return StatPlan(stat.name, "regression", stat.used_columns(), terms=tuple(terms),
-                    ridge=ridge, intercept=stat.intercept, partial_size=k * (k + 1) // 2,
+                    ridge=stat.ridge, intercept=stat.intercept, partial_size=k * (k + 1) // 2,
                     secure_bits=need, primes=primes, sizes=(big_b, entry_bits, nb),
                     reveals="coefficients, standard errors, n and R^2 (solved inside the MPC)")
+
+
+def regression_sizes(terms: list[Term] | tuple[Term, ...], ridge: Fraction, intercept: bool,
+                     n: int) -> tuple[int, int, int, int]:
+    """(Hadamard bits of the (d+1)-matrix, entry bits, bits of n, modulus bits needed) for n rows.
+
+    Every revealed value of the exact regression is a rational whose numerator and
+    denominator are below 2**largest; rational reconstruction needs a modulus above
+    2**(2 * largest + 1), and 64 bits more are kept as margin. The plan proves it for the
+    row limit; the secure step applies it again to the revealed n, and needs no more
+    prime fields than that n requires. With d terms in A = X'X (E >= every entry of the
+    (d+1)-matrix M = [[A, X'y], [y'X, y'y]], and H(k) Hadamard's bound on a k x k
+    determinant of such entries), by Cramer's rule:
+    coefficient_j = det(A_j) / det(A), with A_j = A with column j replaced by X'y, so < H(d) / H(d);
+    rss = det(M) / det(A) (the Schur complement), and (A^-1)_jj = C_jj / det(A) with the
+    cofactor C_jj < H(d - 1), so the squared standard error C_jj det(M) / (det(A)^2 dof) is
+    < H(d - 1) H(d + 1) / (H(d)^2 n); R^2 = (det(A) tss - n det(M)) / (det(A) tss), tss < n E,
+    so < 2 max(H(d) n E, n H(d + 1)) / (H(d) n E). Ridge keeps the looser bound it was planned with.
+    """
+    d = len(terms) - 1 - (0 if intercept else 1)
+    top = max(t.bound for t in terms)
+    ridge_entry = ridge.numerator * (1 << (2 * GRID_BITS)) if ridge else 0
+    entry_bits = _bits(ridge.denominator * n * top * top + ridge_entry)
+    nb = _bits(n)
+    big_b = _hadamard_bits(entry_bits, d + 1)
+    if ridge:
+        largest = 4 * big_b + 2 * entry_bits + 4 * _bits(d) + nb + 4
+    else:
+        h_d, h_minor = _hadamard_bits(entry_bits, d), _hadamard_bits(entry_bits, d - 1)
+        largest = max(h_d,                                  # coefficients
+                      h_minor + big_b, 2 * h_d + nb,        # squared standard errors
+                      max(h_d + nb + entry_bits, nb + big_b) + 1) + 2  # R^2 (+2: margin)
+    return big_b, entry_bits, nb, 2 * largest + 64
+
+
+def regression_fields_for(need_bits: int) -> int:
+    """Prime fields whose CRT modulus has at least ``need_bits`` bits (8 bits a prime spare)."""
+    return -(-need_bits // (REGRESSION_PRIME_BITS - 8))
+
+
+def regression_fields(stat: StatPlan, n: int) -> int:
+    """Prime fields the exact regression ``stat`` needs for n rows in all (at most the plan's)."""
+    return min(stat.primes, regression_fields_for(regression_sizes(stat.terms, stat.ridge, stat.intercept, n)[3]))
 
 
 def make_plan(spec: Spec, parties: list[str] | tuple[str, ...],

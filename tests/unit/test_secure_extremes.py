@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from jointstats._fields import _OFFSETS_2048, crt, inverse_mod, rational, regression_primes
 from jointstats._mpc import local_runtime
 from jointstats._secure import exact_statistic
-from jointstats.plan import MAX_ROWS_PER_PARTY, make_plan
+from jointstats.plan import MAX_ROWS_PER_PARTY, make_plan, regression_fields, regression_sizes
 from jointstats.spec import parse_spec
 
 SPEC = """
@@ -86,22 +86,44 @@ def run_stat(stat, partial, min_count=None):
     return rt.run(exact_statistic(rt, stat, partial, min_count))
 
 
-def test_regression_at_largest_case(extreme):
-    plan, n_max, rng = extreme
-    stat = next(s for s in plan.statistics if s.name == "ols")
-    rows = corner_rows(stat, 14, rng)
-    weights = [n_max // 14 - rng.randrange(1000) for _ in rows]
-    g, partial = gram_partial(rows, weights)
-    res = run_stat(stat, partial)
+def exact_ols(g, stat):
+    """Coefficients, squared standard errors and R^2 of OLS as Fractions (grid units)."""
     k = len(stat.terms)
     z = list(range(k - 1))
-    beta = solve_fraction([[g[i][j] for j in z] for i in z], [g[i][k - 1] for i in z])
+    a = [[Fraction(g[i][j]) for j in z] for i in z]
+    b = [Fraction(g[i][k - 1]) for i in z]
+    beta = solve_fraction(a, b)
+    n, d = g[0][0], len(z)
+    rss = g[k - 1][k - 1] - sum(bj * bi for bj, bi in zip(beta, b))
+    inv_diag = [solve_fraction(a, [Fraction(int(i == j)) for i in z])[j] for j in z]
+    se2 = [v * rss / (n - d) for v in inv_diag]
+    tss = n * g[k - 1][k - 1] - Fraction(g[0][k - 1]) ** 2
+    return beta, se2, 1 - rss * n / tss
+
+
+@pytest.mark.parametrize("rows_in_all", ["row limit", 300_000])
+def test_regression_at_largest_case(extreme, rows_in_all):
+    plan, n_max, rng = extreme
+    n_target = n_max if rows_in_all == "row limit" else rows_in_all
+    stat = next(s for s in plan.statistics if s.name == "ols")
+    rows = corner_rows(stat, 14, rng)
+    weights = [n_target // 14 - rng.randrange(1000) for _ in rows]
+    g, partial = gram_partial(rows, weights)
+    n = sum(weights)
+    # the row limit needs every planned field; 3e5 rows need fewer (the job uses only those)
+    assert (regression_fields(stat, n) == stat.primes) == (rows_in_all == "row limit")
+    res = run_stat(stat, partial)
+    beta, se2, r2 = exact_ols(g, stat)
+    # every revealed rational fits the bound the fields were chosen for
+    largest = (regression_sizes(stat.terms, stat.ridge, stat.intercept, n)[3] - 64) // 2
+    for q in beta + se2 + [r2]:
+        assert max(abs(q.numerator).bit_length(), q.denominator.bit_length()) <= largest
     fy = stat.terms[-1].frac_bits
-    expected = [float(b * Fraction(2) ** (stat.terms[j].frac_bits - fy)) for j, b in enumerate(beta)]
-    assert res["n"] == sum(weights)
-    assert res["coefficients"] == pytest.approx(expected, rel=1e-12)
-    assert all(s is not None and s >= 0 for s in res["std_errors"])
-    assert 0 <= res["r_squared"] <= 1
+    scale = [Fraction(2) ** (stat.terms[j].frac_bits - fy) for j in range(len(beta))]
+    assert res["n"] == n
+    assert res["coefficients"] == [float(b * s) for b, s in zip(beta, scale)]
+    assert res["std_errors"] == pytest.approx([math.sqrt(v) * float(s) for v, s in zip(se2, scale)], rel=1e-12)
+    assert res["r_squared"] == float(r2)
 
 
 def test_ridge_at_largest_case(extreme):
