@@ -21,7 +21,9 @@ the probe on at interpreter start):
 * ``t_exit``: at exit.
 
 With JOINTSTATS_BENCH_PROFILE=cprofile:DIR or pyinstrument:DIR the whole process is profiled
-and the profile saved in DIR.
+and the profile saved in DIR; ``cpu:DIR`` is cProfile on CPU time (``time.process_time``),
+which does not charge a party for the time co-located parties hold the cores. A party
+forked from the launcher starts a fresh profile at the fork, so it holds only the party.
 
 JOINTSTATS_BENCH_PATCH (comma-separated) tries proposed engine changes without editing the
 package, to measure them (``python -m bench.profile --whatif``):
@@ -178,12 +180,14 @@ def _stat_wrapper(fn, phase):
         result = None
         for repeat in range(repeats):
             b0 = rt.bytes_sent()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             try:
                 result = await fn(rt, stat, *a, **kw)
             finally:
+                # cpu_seconds: the whole process's CPU over the window (concurrent statistics overlap)
                 REC["stats"].append({"name": stat.name, "kind": stat.kind, "phase": phase, "repeat": repeat,
-                                     "seconds": time.perf_counter() - t, "bytes": rt.bytes_sent() - b0})
+                                     "seconds": time.perf_counter() - t, "bytes": rt.bytes_sent() - b0,
+                                     "cpu_seconds": time.process_time() - c})
         return result
     return wrapper
 
@@ -269,19 +273,28 @@ def _write():
         json.dump(REC, fh)
 
 
+_PROFILE: dict = {}
+
+
 def _start_profiler():
     spec = os.environ.get("JOINTSTATS_BENCH_PROFILE", "")
     if ":" not in spec:
         return
     kind, out = spec.split(":", 1)
-    if kind == "cprofile":
+    if _PROFILE:  # a forked child: forget the parent's profile (and its exit handler) first
+        _PROFILE.pop("drop")()
+        atexit.unregister(_PROFILE.pop("stop"))
+    if kind in ("cprofile", "cpu"):
         import cProfile
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time) if kind == "cpu" else cProfile.Profile()
         prof.enable()
 
         def stop():
             prof.disable()
             prof.dump_stats(os.path.join(out, f"{REC.get('party', 'proc')}-{os.getpid()}.prof"))
+
+        def drop():
+            prof.disable()
     elif kind == "pyinstrument":
         from pyinstrument import Profiler
         prof = Profiler(interval=0.001, async_mode="disabled")
@@ -294,8 +307,12 @@ def _start_profiler():
                 fh.write(prof.output_text(unicode=False, color=False, show_all=False))
             with open(base + ".html", "w") as fh:
                 fh.write(prof.output_html())
+
+        def drop():
+            prof.stop()
     else:
         return
+    _PROFILE.update(stop=stop, drop=drop)
     atexit.register(stop)
 
 
@@ -317,6 +334,8 @@ def _after_fork_in_child():
     its Python is already up and its modules imported, so its import time is ~0."""
     global REC
     REC = {**_new_record(time.time()), "forked": True}
+    if _PROFILE:  # profiling: this child's own profile, from here
+        _start_profiler()
 
 
 def install():

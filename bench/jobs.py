@@ -89,8 +89,9 @@ def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | 
         os.environ["JOINTSTATS_BENCH_PATCH"] = patch
     if launch:
         os.environ["JOINTSTATS_LAUNCH"] = launch
-    if profile or patch:
-        # profilers and what-if patches start with the interpreter: a fresh one per party
+    if patch or (profile and launch != "fork"):
+        # what-if patches start with the interpreter, and so do profiles unless asked for
+        # forked parties (the probe then starts a fresh profile at the fork): a fresh one per party
         os.environ["JOINTSTATS_LAUNCH"] = "exec"
     if secure_repeats > 1:
         os.environ["JOINTSTATS_BENCH_SECURE_REPEATS"] = str(secure_repeats)
@@ -120,9 +121,14 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
         secure = sum(s["seconds"] for s in stats)
         secure_bytes = sum(s["bytes"] for s in stats)
         per_repeat: dict[int, float] = {}
+        per_repeat_cpu: dict[int, float] = {}
         for st in all_stats:
-            per_repeat[st.get("repeat", 0)] = per_repeat.get(st.get("repeat", 0), 0.0) + st["seconds"]
+            i = st.get("repeat", 0)
+            per_repeat[i] = per_repeat.get(i, 0.0) + st["seconds"]
+            per_repeat_cpu[i] = per_repeat_cpu.get(i, 0.0) + st.get("cpu_seconds", 0.0)
         rec["secure_repeat_seconds"] = [per_repeat[i] for i in sorted(per_repeat)]
+        # the party's CPU during each repeat (a statistic's window: concurrent ones overlap)
+        rec["secure_repeat_cpu_seconds"] = [per_repeat_cpu[i] for i in sorted(per_repeat_cpu)]
         window = (probe["secure_end"] - probe["secure_start"]) if probe.get("secure_end") and probe.get("secure_start") else None
         if window is not None and len({s["name"] for s in stats}) > 1:
             # the statistics run concurrently (their times and bytes overlap): the step is the

@@ -1,6 +1,6 @@
 """Where the time of one end-to-end job goes: phase timings of every party, plus a profile.
 
-``python -m bench.profile [--spec headline] [--rows 1000000] [--parties 3] [--profiler cprofile|pyinstrument|none]``
+``python -m bench.profile [--spec headline] [--rows 1000000] [--parties 3] [--profiler cprofile|cpu|pyinstrument|none]``
 ``python -m bench.profile --local`` (the local step alone, in process) and
 ``python -m bench.profile --whatif 3`` (proposed engine changes, measured without editing the package)
 
@@ -141,7 +141,10 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, default=10)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--format", default="parquet", choices=["parquet", "csv"])
-    ap.add_argument("--profiler", default="cprofile", choices=["cprofile", "pyinstrument", "none"])
+    ap.add_argument("--profiler", default="cprofile", choices=["cprofile", "cpu", "pyinstrument", "none"],
+                    help="cpu: cProfile on CPU time (co-located parties waiting for a core are not charged)")
+    ap.add_argument("--launch", default="exec", choices=["exec", "fork"],
+                    help="profile parties started as fresh interpreters (exec) or forked from the launcher")
     ap.add_argument("--keep", default=str(RESULTS / "profile"))
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--local", action="store_true", help="only the in-process local-step breakdown")
@@ -170,11 +173,15 @@ def main(argv=None) -> int:
     for old in keep.glob("party_*"):
         old.unlink()
     t = time.perf_counter()
-    prof = jobs.run_job(text, files, profile=f"{args.profiler}:{keep}")
+    if args.launch == "fork":  # the profiling launcher's first job (its start-up is not the party's)
+        jobs.run_job(text, files, profile=f"{args.profiler}:{keep}", launch="fork")
+        for old in keep.glob("party_*"):
+            old.unlink()
+    prof = jobs.run_job(text, files, profile=f"{args.profiler}:{keep}", launch=args.launch)
     print(f"\n== the same job under {args.profiler} ({time.perf_counter() - t:.1f}s; profiles in {keep})")
     print(phase_table(prof))
     first = sorted(keep.glob("party_1-*"))
-    if args.profiler == "cprofile" and first:
+    if args.profiler in ("cprofile", "cpu") and first:
         for sort in ("cumulative", "tottime"):
             buf = io.StringIO()
             pstats.Stats(str(first[0]), stream=buf).strip_dirs().sort_stats(sort).print_stats(args.top)
