@@ -112,6 +112,10 @@ class Plan:
         """A readable summary: what is computed locally, shared and revealed."""
         lines = [f"plan {self.sha256[:16]} for {self.protocol!r} on dataset {self.dataset!r}, "
                  f"{len(self.parties)} parties ({', '.join(self.parties)}), mode {self.mode}"]
+        if len(self.parties) == 2:
+            lines.append("  note: with 2 parties MPyC's threshold is 0, so each party sees the other's "
+                         "partial aggregates (not its rows) and every intermediate value; "
+                         "secrecy between parties takes at least 3")
         for s in self.statistics:
             local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
                      f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")

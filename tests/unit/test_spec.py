@@ -102,3 +102,16 @@ def test_every_protocol_file_validates(path):
     ensure_demo_data(ROOT / "parties" / "demo")
     description = validate(path, configs)
     assert "plan" in description
+
+
+def test_two_party_plans_say_the_parties_see_each_others_aggregates():
+    """MPyC's threshold for 2 parties is 0 (a share is the value): the plan says so plainly."""
+    from jointstats.plan import make_plan
+    from mpyc import thresha, finfields
+    import numpy as np
+    spec = parse_spec((ROOT / "protocols" / "cohort-summary.yaml").read_text())
+    assert "threshold is 0" in make_plan(spec, ["a", "b"]).describe()
+    assert "threshold is 0" not in make_plan(spec, ["a", "b", "c"]).describe()
+    field = finfields.GF(2 ** 61 - 1)
+    shares = thresha.np_random_split(field, field.array(np.array([7, 11], dtype=object)), (2 - 1) // 2, 2)
+    assert (shares == np.array([[7, 11], [7, 11]])).all()  # why: degree-0 shares are the secret
