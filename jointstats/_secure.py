@@ -200,10 +200,17 @@ def _take(matrix, pairs: list[tuple[int, int]], d: int):
 
 
 class _FieldRun:
-    """One prime field's share of the exact regression (see ``_regression``)."""
+    """One prime field's share of the exact regression (see ``_regression``).
+
+    Three steps, each started for every field before any field's next one is awaited:
+    ``__init__`` shares the partials and starts the reveal of R A; ``solve`` inverts the
+    revealed R A, forms the coefficients and residual sum of squares, and starts the reveal
+    of the masked total sum of squares; ``finish`` forms the squared standard errors and
+    R^2 and starts the final reveal. Six rounds in all.
+    """
 
     def __init__(self, rt, stat: StatPlan, partial: list[int], prime: int):
-        """Share the partials and start the two masked reveals (R A and the total sum of squares)."""
+        """Share the partials; start revealing R A; form R b and the masked sum of squares."""
         self.rt, self.stat, self.prime = rt, stat, prime
         self.secfld = secfld = rt.SecFld(modulus=prime)  # (order= would factor it first)
         field = secfld.field
@@ -217,7 +224,6 @@ class _FieldRun:
         self.gzy = total[idx[z, y]]
         self.yty = total[idx[y, y]:idx[y, y] + 1]
         self.n = total[0:1]
-        sy = total[idx[0, y]:idx[0, y] + 1]
         self.q = q = stat.ridge.denominator
         if stat.ridge:
             penalty = np.zeros((d, d), dtype=object)
@@ -230,13 +236,20 @@ class _FieldRun:
             a_mat = self.gram
         self.rand = rt._np_randoms(secfld, d * d).reshape((d, d))
         self.masked = rt.output(self.rand @ a_mat)  # uniform over GL_d(p): hides A
-        tss = self.n * self.yty - sy * sy if stat.intercept else self.yty
-        self.tss_mask, self.tss_masked = issue_masked(rt, tss)
+        # A^-1 b = (R A)^-1 (R b): with R b formed now, the coefficients cost no round later
+        self.rand_b = self.rand @ (self.gzy * q if stat.ridge else self.gzy)
+        if stat.intercept:
+            # n / tss = (G2^-1)[1][1] for G2 = [[n, sum y], [sum y, y'y]] (det G2 = tss): masked
+            # like A, R2 G2 is uniform over GL_2(p); when tss = 0 (y constant) it shows the
+            # mean of y, which the intercept reveals anyway (it is revealed only if A is regular)
+            self.rand2 = rt._np_randoms(secfld, 4).reshape((2, 2))
+            self.tss_secret = self.rand2 @ total[idx[np.ix_([0, y], [0, y])]]
+        else:
+            self.rand2 = rt._np_randoms(secfld, 1)
+            self.tss_secret = self.yty * self.rand2  # 1 / y'y = r / (y'y r)
 
-    def finish(self, u, n_value: int, tss_opened):
-        """From the revealed R A: solve inside the MPC and start the final reveal.
-
-        Returns (pending reveal, has standard errors, has R^2)."""
+    def solve(self, u, n_value: int) -> None:
+        """From the revealed R A: the coefficients and rss (secret); start the masked tss reveal."""
         rt, stat, prime, d, q = self.rt, self.stat, self.prime, self.d, self.q
         field = self.secfld.field
         u = np.array(_residues(u, prime), dtype=object).reshape((d, d)).tolist()
@@ -244,26 +257,45 @@ class _FieldRun:
         if u_inv is None:
             raise SingularError(f"statistics.{stat.name}: the regression is singular "
                                 "(collinear terms, or fewer rows than terms)")
-        a_inv = field.array(np.array(u_inv, dtype=object)) @ self.rand
+        u_inv = field.array(np.array(u_inv, dtype=object))
+        self.a_inv = u_inv @ self.rand
+        self.beta = beta = u_inv @ self.rand_b
         gzy, gram, yty = self.gzy, self.gram, self.yty
-        beta = a_inv @ (gzy * q) if stat.ridge else a_inv @ gzy
         if stat.ridge:
-            rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
+            self.rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
         else:
-            rss = yty - (beta * gzy).sum()
-        out = [beta]
+            self.rss = yty - (beta * gzy).sum()
+        self.n_value = n_value
+        self.tss_masked = rt.output(self.tss_secret)
+
+    def finish(self, tss_opened):
+        """The squared standard errors and R^2; start the final reveal.
+
+        Returns (pending reveal, has standard errors, has R^2)."""
+        rt, stat, prime, d, q = self.rt, self.stat, self.prime, self.d, self.q
+        field = self.secfld.field
+        a_inv, rss, n_value = self.a_inv, self.rss, self.n_value
+        out = [self.beta]
         dof = (n_value - d) % prime
         has_se = n_value - d > 0
         if has_se:
             if stat.ridge:
-                diag = ((a_inv @ gram) * a_inv.T).sum(axis=1) * (q * q)
+                diag = ((a_inv @ self.gram) * a_inv.T).sum(axis=1) * (q * q)
             else:
                 diag = _diag(a_inv, d)
             out.append(diag * rss * pow(dof, -1, prime))
-        inv, zero = finish_masked(self.tss_mask, tss_opened, field)
-        has_r2 = not zero[0]
-        if has_r2:
-            out.append(1 - rss * inv * (n_value if stat.intercept else 1))
+        if stat.intercept:
+            g2 = np.array(_residues(tss_opened, prime), dtype=object).reshape((2, 2)).tolist()
+            g2_inv = inverse_mod(g2, prime)
+            has_r2 = g2_inv is not None
+            if has_r2:
+                n_over_tss = (field.array(np.array(g2_inv, dtype=object)) @ self.rand2)[1, 1:2]
+                out.append(1 - rss * n_over_tss)
+        else:
+            inv, zero = finish_masked(self.rand2, tss_opened, field)
+            has_r2 = not zero[0]
+            if has_r2:
+                out.append(1 - rss * inv)
         flat = np.concatenate([o.reshape((-1,)) for o in out]) if len(out) > 1 else out[0]
         return rt.output(flat), has_se, has_r2
 
@@ -278,16 +310,17 @@ async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:
 
     The fields that any n needs are issued at once, together with the reveal of n (which
     is part of the result); the plan's bound applied to that n decides how many more, if
-    any. Every field's work is issued before any of it is awaited, so the fields share
-    their round trips: two rounds of reveals after n, whatever the number of primes.
+    any. Every field's step is issued before any field's next step is awaited, so the
+    fields share their round trips: six rounds, whatever the number of primes.
     """
     primes = regression_primes(stat.primes)
     fields = [_FieldRun(rt, stat, partial, p) for p in primes[:regression_fields(stat, 1)]]
     n_value = int(_residues(await rt.output(fields[0].n), primes[0])[0])
     fields += [_FieldRun(rt, stat, partial, p) for p in primes[len(fields):regression_fields(stat, n_value)]]
     primes = [f.prime for f in fields]
-    opened = [(await f.masked, await f.tss_masked) for f in fields]
-    finals = [f.finish(u, n_value, t) for f, (u, t) in zip(fields, opened)]
+    for f, u in zip(fields, [await f.masked for f in fields]):
+        f.solve(u, n_value)
+    finals = [f.finish(t) for f, t in zip(fields, [await f.tss_masked for f in fields])]
     # n, d and whether there are standard errors and R^2 are the same in every field
     d, (_, has_se, has_r2) = fields[0].d, finals[0]
     residues = [_residues(await pending, f.prime) for f, (pending, _, _) in zip(fields, finals)]

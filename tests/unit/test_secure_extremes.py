@@ -30,6 +30,7 @@ statistics:
   c:   {kind: correlation, columns: [x1, x2, y]}
   ols: {kind: regression, target: y, features: [x1, x2, x3, g]}
   rdg: {kind: regression, target: y, features: [x1, x2, x3, g], ridge: 0.75}
+  noint: {kind: regression, target: y, features: [x1, x2, x3], intercept: false}
 """
 
 
@@ -89,16 +90,49 @@ def run_stat(stat, partial, min_count=None):
 def exact_ols(g, stat):
     """Coefficients, squared standard errors and R^2 of OLS as Fractions (grid units)."""
     k = len(stat.terms)
-    z = list(range(k - 1))
+    z = list(range(0 if stat.intercept else 1, k - 1))
     a = [[Fraction(g[i][j]) for j in z] for i in z]
     b = [Fraction(g[i][k - 1]) for i in z]
     beta = solve_fraction(a, b)
     n, d = g[0][0], len(z)
     rss = g[k - 1][k - 1] - sum(bj * bi for bj, bi in zip(beta, b))
-    inv_diag = [solve_fraction(a, [Fraction(int(i == j)) for i in z])[j] for j in z]
+    inv_diag = [solve_fraction(a, [Fraction(int(i == j)) for i in range(d)])[j] for j in range(d)]
     se2 = [v * rss / (n - d) for v in inv_diag]
-    tss = n * g[k - 1][k - 1] - Fraction(g[0][k - 1]) ** 2
-    return beta, se2, 1 - rss * n / tss
+    if stat.intercept:
+        tss = n * g[k - 1][k - 1] - Fraction(g[0][k - 1]) ** 2
+        return beta, se2, 1 - rss * n / tss
+    return beta, se2, 1 - rss / g[k - 1][k - 1]
+
+
+def test_regression_without_intercept_is_exact(extreme):
+    plan, n_max, rng = extreme
+    stat = next(s for s in plan.statistics if s.name == "noint")
+    rows = corner_rows(stat, 9, rng)
+    weights = [rng.randrange(1, 50_000) for _ in rows]
+    g, partial = gram_partial(rows, weights)
+    res = run_stat(stat, partial)
+    beta, se2, r2 = exact_ols(g, stat)
+    fy = stat.terms[-1].frac_bits
+    scale = [Fraction(2) ** (stat.terms[j + 1].frac_bits - fy) for j in range(len(beta))]
+    assert res["terms"] == ["x1", "x2", "x3"]
+    assert res["coefficients"] == [float(b * s) for b, s in zip(beta, scale)]
+    assert res["std_errors"] == pytest.approx([math.sqrt(v) * float(s) for v, s in zip(se2, scale)], rel=1e-12)
+    assert res["r_squared"] == float(r2)
+
+
+def test_constant_target_has_no_r_squared(extreme):
+    """y the same on every row: tss = 0, so R^2 is undefined (None); the fit is y = c exactly."""
+    plan, _, rng = extreme
+    stat = next(s for s in plan.statistics if s.name == "ols")
+    rows = corner_rows(stat, 14, rng)
+    c = stat.terms[-1].grid_bounds[1]
+    for row in rows:
+        row[-1] = c
+    g, partial = gram_partial(rows, [rng.randrange(1, 1000) for _ in rows])
+    res = run_stat(stat, partial)
+    assert res["r_squared"] is None
+    assert res["coefficients"][0] == pytest.approx(c / 2 ** stat.terms[-1].frac_bits, rel=1e-12)
+    assert res["coefficients"][1:] == [0.0] * (len(res["coefficients"]) - 1)
 
 
 @pytest.mark.parametrize("rows_in_all", ["row limit", 300_000])
