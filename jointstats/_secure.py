@@ -250,23 +250,19 @@ class _FieldRun:
 
     def solve(self, u, n_value: int) -> None:
         """From the revealed R A: the coefficients and rss (secret); start the masked tss reveal."""
-        rt, stat, prime, d, q = self.rt, self.stat, self.prime, self.d, self.q
-        field = self.secfld.field
-        u = np.array(_residues(u, prime), dtype=object).reshape((d, d)).tolist()
-        u_inv = inverse_mod(u, prime)
+        u_inv = _opened_inverse(u, self.secfld.field, self.d)
         if u_inv is None:
-            raise SingularError(f"statistics.{stat.name}: the regression is singular "
+            raise SingularError(f"statistics.{self.stat.name}: the regression is singular "
                                 "(collinear terms, or fewer rows than terms)")
-        u_inv = field.array(np.array(u_inv, dtype=object))
         self.a_inv = u_inv @ self.rand
         self.beta = beta = u_inv @ self.rand_b
         gzy, gram, yty = self.gzy, self.gram, self.yty
-        if stat.ridge:
+        if self.stat.ridge:
             self.rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
         else:
             self.rss = yty - (beta * gzy).sum()
         self.n_value = n_value
-        self.tss_masked = rt.output(self.tss_secret)
+        self.tss_masked = self.rt.output(self.tss_secret)
 
     def finish(self, tss_opened):
         """The squared standard errors and R^2; start the final reveal.
@@ -285,11 +281,10 @@ class _FieldRun:
                 diag = _diag(a_inv, d)
             out.append(diag * rss * pow(dof, -1, prime))
         if stat.intercept:
-            g2 = np.array(_residues(tss_opened, prime), dtype=object).reshape((2, 2)).tolist()
-            g2_inv = inverse_mod(g2, prime)
+            g2_inv = _opened_inverse(tss_opened, field, 2)
             has_r2 = g2_inv is not None
             if has_r2:
-                n_over_tss = (field.array(np.array(g2_inv, dtype=object)) @ self.rand2)[1, 1:2]
+                n_over_tss = (g2_inv @ self.rand2)[1, 1:2]
                 out.append(1 - rss * n_over_tss)
         else:
             inv, zero = finish_masked(self.rand2, tss_opened, field)
@@ -298,6 +293,15 @@ class _FieldRun:
                 out.append(1 - rss * inv)
         flat = np.concatenate([o.reshape((-1,)) for o in out]) if len(out) > 1 else out[0]
         return rt.output(flat), has_se, has_r2
+
+
+def _opened_inverse(opened, field, k: int):
+    """(R M)^-1 of a revealed k x k product R M, as a public field array; None if singular.
+
+    Times the secret mask R it is the secret M^-1 = (R M)^-1 R, at no extra round."""
+    values = np.array(_residues(opened, field.order), dtype=object).reshape((k, k)).tolist()
+    inv = inverse_mod(values, field.order)
+    return None if inv is None else field.array(np.array(inv, dtype=object))
 
 
 def _diag(matrix, d: int):
