@@ -77,11 +77,14 @@ def local_breakdown(spec_text: str, files: list[Path], party: int = 0) -> str:
     t_raw = time.perf_counter() - t
     n = table.num_rows
     numeric = [c.name for c in spec.schema if c.type != "categorical"]
-    X = np.column_stack([arrays[c] for c in numeric]).astype(np.float64)
-    t = time.perf_counter()
-    X.T @ X
-    t_blas = time.perf_counter() - t
-    del table, arrays, X
+    t_blas = 0.0
+    if numeric:
+        X = np.column_stack([arrays[c] for c in numeric]).astype(np.float64)
+        t = time.perf_counter()
+        X.T @ X
+        t_blas = time.perf_counter() - t
+        del X
+    del table, arrays
     from jointstats import _party
     chunk_rows = getattr(_party, "CHUNK_ROWS", 1 << 20)
     source = open_source(str(path), path.parent)

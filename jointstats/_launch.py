@@ -128,7 +128,8 @@ def _get_launcher(env: dict[str, str]) -> _Launcher:
 
 class ForkedParty:
     """A party process forked by the launcher, with the part of ``subprocess.Popen``'s
-    interface the runner uses (``stderr``, ``poll``, ``wait``, ``kill``, ``returncode``)."""
+    interface the runner uses (``stderr``, ``poll``, ``wait``, ``terminate``, ``kill``,
+    ``returncode``)."""
 
     def __init__(self, argv: list[str], env: dict[str, str]):
         self._launcher = _get_launcher(env)
@@ -155,12 +156,18 @@ class ForkedParty:
             raise subprocess.TimeoutExpired("party", timeout)
         return self.returncode
 
-    def kill(self) -> None:
+    def _signal(self, signum: int) -> None:
         if self.poll() is None:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, signum)
             except ProcessLookupError:
                 pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
 
 
 def start_party(argv: list[str], env: dict[str, str]):

@@ -207,7 +207,7 @@ class JointRuntime(Runtime):
         deadline = loop.time() + timeout
 
         async def connect(peer):
-            pause = 0.005  # a peer listens once its own local step is done: poll it briskly
+            pause = 0.002  # a peer listens as soon as its process is up: poll it briskly
             while True:
                 try:
                     await loop.create_connection(lambda: _Exchanger(self, peer.pid), peer.host,
@@ -222,7 +222,7 @@ class JointRuntime(Runtime):
                         raise PartyError(f"could not connect to party {self.name_of(peer.pid)!r} at "
                                          f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
                     await asyncio.sleep(pause)
-                    pause = min(2 * pause, 0.1)
+                    pause = min(1.25 * pause, 0.1)
 
         try:
             await self.guard(asyncio.gather(*(connect(p) for p in self.parties[self.pid + 1:])),

@@ -57,10 +57,16 @@ class PartyJob:
         check_job(self.config, self.spec, plan)
         source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir)
         started = time.perf_counter()
-        partials = compute_partials(plan, source.iter_chunks(list(self.spec.schema), self.config.party,
-                                                             chunk_rows=CHUNK_ROWS))
+        chunks = source.iter_chunks(list(self.spec.schema), self.config.party, chunk_rows=CHUNK_ROWS)
+        _fault_point(self.config.party, "local_step")
+        partials = compute_partials(plan, chunks)
         self.metrics["local_seconds"] = time.perf_counter() - started
         return partials
+
+    def _refusal(self, exc: JointStatsError) -> str:
+        """The one-line refusal this party sends its peers, naming itself."""
+        reason = str(exc)
+        return reason if reason.startswith("party ") else f"party {self.config.party!r} refused: {reason}"
 
     async def _each_statistic(self, rt, plan: Plan, step, what: str, report: bool = False) -> dict:
         """Run ``step(stat)`` for every statistic concurrently; their results by name.
@@ -84,24 +90,35 @@ class PartyJob:
         from .output import secure_statistic
         cfg = self.config
         plan = self.plan()
-        refusal = None
-        partials = None
-        try:
-            if self.hooks:
-                self.hooks.before_data(plan)
-            partials = self.local_step(plan)
-        except JointStatsError as exc:
-            refusal = str(exc)
-            if not refusal.startswith("party "):
-                refusal = f"party {cfg.party!r} refused: {refusal}"
-        self.progress("local step done" if refusal is None else "refusing")
         names = [p.name for p in cfg.peers]
         rt = _mpc.make_party_runtime(cfg.index, names, [(p.host, p.port) for p in cfg.peers])
         if cfg.tls is not None:
             from .tls import configure_tls
             configure_tls(rt, cfg)
+        refusal = None
+        partials = None
+        try:
+            if self.hooks:
+                self.hooks.before_data(plan)
+        except JointStatsError as exc:
+            refusal = self._refusal(exc)
+        # Connect while the local step runs in a thread (Arrow and numpy release the GIL):
+        # the connections are up when the slowest peer's data are read, and no party polls
+        # for a peer that is still reading. Nothing about the data is sent before the
+        # status exchange below.
+        connecting = asyncio.ensure_future(rt.start(self.connect_timeout))
+        if refusal is None:
+            try:
+                partials = await _in_thread(self.local_step, plan)
+            except JointStatsError as exc:
+                refusal = self._refusal(exc)
+            except BaseException:
+                connecting.cancel()
+                rt.abort()
+                raise
+        self.progress("local step done" if refusal is None else "refusing")
         started = time.perf_counter()
-        await rt.start(self.connect_timeout)
+        await connecting
         self.progress("connected")
         _fault_point(cfg.party, "after_connect")
         try:
@@ -147,6 +164,24 @@ class PartyJob:
         from .output import privacy_block
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
                 "parties": names, "privacy": privacy_block(self.spec, plan), "results": results}
+
+
+async def _in_thread(fn, *args):
+    """``fn(*args)`` in a daemon thread, awaited without blocking the event loop.
+
+    Not ``asyncio.to_thread``: its executor's threads are joined when the loop ends, so a job
+    that fails while a large file is still being read would wait for the read to finish."""
+    import concurrent.futures
+    import threading
+    done: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work():
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting coroutine
+            done.set_exception(exc)
+    threading.Thread(target=work, daemon=True, name="jointstats-local-step").start()
+    return await asyncio.wrap_future(done)
 
 
 def _peak_rss_kb() -> int:
@@ -199,11 +234,25 @@ def die_with_parent(parent: int) -> None:
         os._exit(137)
 
 
+def _stop_on_sigterm(party: str) -> None:
+    """SIGTERM (sent by a runner whose other party died) fails the job like any error: the
+    failure is recorded in this party's ledger and audit log, and its result file says so."""
+    import signal
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
+        raise PartyError(f"party {party!r} was stopped before the job finished")
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _fault_point(party: str, point: str) -> None:
-    """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there."""
+    """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there;
+    ``party:point:pause=S`` makes it pause S seconds there instead."""
     fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
     if fault == f"{party}:{point}":
         os._exit(137)
+    if fault.startswith(f"{party}:{point}:pause="):
+        time.sleep(float(fault.rsplit("=", 1)[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_party_config(args.config)
         name = config.party
+        _stop_on_sigterm(name)
         spec = load_spec(args.spec)
         job = PartyJob(config, spec, args.job_id, connect_timeout=args.connect_timeout,
                        progress=lambda msg: print(f"progress {name}: {msg}", file=sys.stderr, flush=True))

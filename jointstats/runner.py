@@ -21,6 +21,8 @@ from .spec import Spec, load_spec
 
 #: Seconds a whole local job may take before every party process is stopped.
 JOB_TIMEOUT = 4 * 3600.0
+#: Seconds the other parties get to fail on their own once one party process has failed.
+STOP_GRACE = 2.0
 
 
 def _as_spec(spec: Spec | str | Path) -> Spec:
@@ -84,12 +86,7 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
         for reader in readers:
             reader.start()
         try:
-            for cfg, proc, _ in procs:
-                remaining = max(deadline - time.monotonic(), 0.1)
-                try:
-                    proc.wait(timeout=remaining)
-                except subprocess.TimeoutExpired:
-                    raise PartyError(f"party {cfg.party!r} did not finish within {timeout:.0f} s") from None
+            _wait_for_parties(procs, deadline, timeout)
         finally:
             for _, proc, _ in procs:
                 if proc.poll() is None:
@@ -123,6 +120,39 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
     if out is not None:
         Path(out).write_text(result.to_json())
     return result
+
+
+def _wait_for_parties(procs: list, deadline: float, timeout: float) -> None:
+    """Wait until every party process has ended.
+
+    Once one has failed, the others get STOP_GRACE seconds to fail on their own (a refusal
+    or a lost connection reaches them at once, and their own reasons name the culprit);
+    then they are sent SIGTERM, which each party records as a failure in its ledger and
+    audit log, and SIGKILL STOP_GRACE seconds later. Without this, a party that died
+    before it had connected would keep the others waiting for their connect timeout.
+    """
+    first_failure = None
+    terminated = None
+    while True:
+        running = [(cfg, proc) for cfg, proc, _ in procs if proc.poll() is None]
+        if not running:
+            return
+        now = time.monotonic()
+        if now > deadline:
+            raise PartyError(f"party {running[0][0].party!r} did not finish within {timeout:.0f} s")
+        if first_failure is None and any(proc.returncode not in (None, 0) for _, proc, _ in procs):
+            first_failure = now
+        if first_failure is not None and terminated is None and now - first_failure > STOP_GRACE:
+            terminated = now
+            for _, proc in running:
+                proc.terminate()
+        if terminated is not None and now - terminated > STOP_GRACE:
+            for _, proc in running:
+                proc.kill()
+        try:
+            running[0][1].wait(timeout=0.05 if first_failure is None else 0.01)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def party_environment(local_parties: int) -> dict[str, str]:

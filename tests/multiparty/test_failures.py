@@ -37,6 +37,26 @@ def test_party_dying_mid_job_is_named_quickly(consortium, tmp_path, monkeypatch)
         state.close()
 
 
+def test_party_dying_in_its_local_step_is_named(consortium, tmp_path, monkeypatch):
+    # the parties connect while their local steps run: a party lost while reading its data
+    # is reported by name at once, not after a connect timeout
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(40, i) for i in range(3)])
+    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_c:local_step")
+    started = time.monotonic()
+    with pytest.raises(PartyError, match=r"party 'party_c' died \(exit status 137\)"):
+        run(spec, configs)
+    assert time.monotonic() - started < 30
+    for cfg in configs:
+        state = NodeState(load_party_config(cfg).state)
+        ok, why = state.verify_audit()
+        assert ok, why
+        events = [rec["event"] for rec in state.audit_records()]
+        assert events[-1] == ("start" if cfg.stem == "party_c" else "failure"), events
+        state.close()
+
+
 def test_party_never_starting_times_out_naming_it(consortium, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(EXACT)
@@ -55,6 +75,31 @@ def test_party_never_starting_times_out_naming_it(consortium, tmp_path):
         assert proc.wait(timeout=60) == 1
         err = json.loads(out.read_text())["error"]
         assert "party_c" in err and ("did not connect" in err or "could not connect" in err)
+
+
+def test_slow_local_step_does_not_hit_the_connect_timeout(consortium, tmp_path):
+    # parties listen and connect while they read their data: a peer whose local step
+    # outlasts the connect timeout is waited for (up to the local-step timeout), not failed
+    import json
+    import os
+    import subprocess
+    import sys
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(40, i) for i in range(3)])
+    env = {**os.environ, "JOINTSTATS_TEST_FAULT": "party_b:local_step:pause=3"}
+    procs = []
+    for cfg in configs:
+        out = tmp_path / f"{cfg.stem}.json"
+        procs.append((subprocess.Popen([sys.executable, "-m", "jointstats._party", "--config", str(cfg),
+                                        "--spec", str(spec), "--job-id", "j1", "--out", str(out),
+                                        "--connect-timeout", "1"], env=env), out))
+    results = []
+    for proc, out in procs:
+        assert proc.wait(timeout=60) == 0, out.read_text() if out.exists() else "no result"
+        results.append(json.loads(out.read_text())["result"]["results"])
+    assert results[0] == results[1] == results[2]
+    assert results[0]["n"]["value"] == 120
 
 
 def test_inconsistent_party_lists_rejected(consortium, tmp_path):
