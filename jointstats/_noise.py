@@ -151,51 +151,90 @@ def _round_half_even(num: int, den: int) -> int:
     return int(q)
 
 
-def _coin_frontier(lo: Fraction, hi: Fraction) -> list[Coin]:
-    """Coins for a bias in [lo, hi]: increasing k, strictly decreasing error bound.
+@dataclass(frozen=True)
+class _Frontier:
+    """Coins for one bias, increasing k, errors ``half + e / scale`` strictly decreasing.
 
-    Exact rational arithmetic in gmpy2 (C) rather than ``Fraction`` (Python): the same
-    coins, about 20x faster; a job's noise plans are built by every party before any data
-    moves, so this is on the critical path of every DP job."""
-    lo_q, hi_q = _mpq(lo), _mpq(hi)
-    mid = (lo_q + hi_q) / 2
-    mid_num, mid_den = gmpy2.mpz(mid.numerator), gmpy2.mpz(mid.denominator)
-    best: dict[int, tuple[int, int, "gmpy2.mpq"]] = {}
+    The errors share ``half`` (half the width of the bias interval) and ``scale``, so the
+    search compares and subtracts plain integers ``e``; ``coins()`` gives the Fractions."""
+    ks: tuple[int, ...]
+    cs: tuple[int, ...]
+    es: tuple[int, ...]
+    half: Fraction
+    scale: int
+
+    def __len__(self) -> int:
+        return len(self.ks)
+
+    def coin(self, j: int) -> Coin:
+        return Coin(self.ks[j], self.cs[j], self.half + Fraction(self.es[j], self.scale))
+
+    def coins(self) -> list[Coin]:
+        return [self.coin(j) for j in range(len(self.ks))]
+
+
+def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
+    """The coin frontier for a bias in [lo, hi], in integer arithmetic.
+
+    For each k the coin is c = round(mid 2^k) (ties to even), mid = (lo + hi) / 2; its error
+    bound max(|c/2^k - lo|, |hi - c/2^k|) is half + |c/2^k - mid|, with half = (hi - lo) / 2,
+    i.e. half + e / (den(mid) 2^KMAX) for the integer e = |c den(mid) - num(mid) 2^k| 2^(KMAX-k).
+    A job's noise plans are built by every party before any data moves, so this is on the
+    critical path of every DP job: no rational arithmetic inside the loop."""
+    mid = (lo + hi) / 2
+    mn, md = mid.numerator, mid.denominator
+    best: dict[int, tuple[int, int]] = {}  # reduced k -> (c, e), the first best per k
     for k in range(_KMAX + 1):
-        c = _round_half_even(mid_num << k, mid_den)
-        c = min(max(c, 0), 1 << k)
-        v = gmpy2.mpq(c, 1 << k)
-        err = max(abs(v - lo_q), abs(hi_q - v))
-        if c == 0 or c == 1 << k:
+        q, r = divmod(mn << k, md)
+        if 2 * r > md or (2 * r == md and q & 1):
+            q += 1
+        full = 1 << k
+        c = min(max(q, 0), full)
+        e = abs(c * md - (mn << k)) << (_KMAX - k)
+        if c == 0 or c == full:
             kk, cc = 0, 1 if c else 0
         else:
             tz = (c & -c).bit_length() - 1
             kk, cc = k - tz, c >> tz
-        if kk not in best or err < best[kk][2]:
-            best[kk] = (kk, cc, err)
-    out: list[tuple[int, int, "gmpy2.mpq"]] = []
-    for k in sorted(best):
-        if not out or best[k][2] < out[-1][2]:
-            out.append(best[k])
-    return [Coin(k, c, _fraction(err)) for k, c, err in out]
+        if kk not in best or e < best[kk][1]:
+            best[kk] = (cc, e)
+    ks, cs, es = [], [], []
+    for kk in sorted(best):
+        cc, e = best[kk]
+        if not es or e < es[-1]:
+            ks.append(kk)
+            cs.append(cc)
+            es.append(e)
+    return _Frontier(tuple(ks), tuple(cs), tuple(es), (hi - lo) / 2, md << _KMAX)
 
 
-def _choose_coins(frontiers: list[list[Coin]], budget: Fraction) -> list[Coin]:
+def _coin_frontier(lo: Fraction, hi: Fraction) -> list[Coin]:
+    """Coins for a bias in [lo, hi]: increasing k, strictly decreasing error bound."""
+    return _frontier(lo, hi).coins()
+
+
+def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     """Greedy search: total error <= budget with few random bits (= ANDs) in total.
 
     Each step moves the frontier whose next coin buys the most error per extra random bit
-    (the first such frontier on ties); the error gains and ratios are computed once each,
-    in gmpy2 rationals, and the best is kept in a heap."""
+    (the first such frontier on ties), kept in a heap. Within a frontier the gain of a step
+    is an integer over the frontier's scale, so the ratios are exact gmpy2 rationals made
+    from integers and the running total is one rational."""
     import heapq
-    errs = [[_mpq(c.err) for c in f] for f in frontiers]
-    budget_q = _mpq(budget)
     idx = [0] * len(frontiers)
-    total = sum((e[0] for e in errs), gmpy2.mpq(0))
+    total = sum((f.half for f in frontiers), Fraction(0))
+    total = gmpy2.mpq(total.numerator, total.denominator)
+    total += sum((gmpy2.mpq(f.es[0], f.scale) for f in frontiers), gmpy2.mpq(0))
+    budget_q = _mpq(budget)
+
+    def gain(i: int, j: int) -> "gmpy2.mpq":  # error saved by moving frontier i from j to j + 1
+        f = frontiers[i]
+        return gmpy2.mpq(f.es[j] - f.es[j + 1], f.scale)
 
     def entry(i: int):
         j = idx[i]
         f = frontiers[i]
-        return (-(errs[i][j] - errs[i][j + 1]) / (f[j + 1].k - f[j].k), i)
+        return (-gain(i, j) / (f.ks[j + 1] - f.ks[j]), i)
 
     heap = [entry(i) for i, f in enumerate(frontiers) if len(f) > 1]
     heapq.heapify(heap)
@@ -205,7 +244,7 @@ def _choose_coins(frontiers: list[list[Coin]], budget: Fraction) -> list[Coin]:
                              f"{_KMAX}-bit coins")
         _, best = heapq.heappop(heap)
         j = idx[best]
-        total -= errs[best][j] - errs[best][j + 1]
+        total -= gain(best, j)
         idx[best] = j + 1
         if j + 2 < len(frontiers[best]):
             heapq.heappush(heap, entry(best))
@@ -215,11 +254,11 @@ def _choose_coins(frontiers: list[list[Coin]], budget: Fraction) -> list[Coin]:
         improved = False
         for i in range(len(frontiers)):
             j = idx[i]
-            if j > 0 and total + errs[i][j - 1] - errs[i][j] <= budget_q:
-                total += errs[i][j - 1] - errs[i][j]
+            if j > 0 and total + gain(i, j - 1) <= budget_q:
+                total += gain(i, j - 1)
                 idx[i] = j - 1
                 improved = True
-    return [f[j] for f, j in zip(frontiers, idx)]
+    return [f.coin(j) for f, j in zip(frontiers, idx)]
 
 
 def _bias_sigmoid(x: Fraction) -> tuple[Fraction, Fraction]:
@@ -254,7 +293,7 @@ def dl_plan(scale: Fraction, budget: Fraction = DELTA_TARGET) -> DLPlan:
     scale = _as_fraction(scale, "scale")
     a_lo, a_hi = exp_neg_bounds(1 / scale, _BIAS_PREC)
     z_lo, z_hi = (1 - a_hi) / (1 + a_hi), (1 - a_lo) / (1 + a_lo)
-    frontiers = [_coin_frontier(z_lo, z_hi)]
+    frontiers = [_frontier(z_lo, z_hi)]
     i = 0
     while True:
         e_lo, e_hi = exp_neg_bounds(Fraction(1 << i) / scale, _BIAS_PREC)
@@ -262,7 +301,7 @@ def dl_plan(scale: Fraction, budget: Fraction = DELTA_TARGET) -> DLPlan:
             # digits >= i: sum of biases <= sum_j e_j <= 2 e_i (e_{j+1} = e_j^2)
             tail = 2 * e_hi
             break
-        frontiers.append(_coin_frontier(e_lo / (1 + e_lo), e_hi / (1 + e_hi)))
+        frontiers.append(_frontier(e_lo / (1 + e_lo), e_hi / (1 + e_hi)))
         i += 1
     coins = _choose_coins(frontiers, budget - tail)
     delta = sum((c.err for c in coins), tail)
@@ -387,9 +426,9 @@ def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
         big_err = exp_neg_bounds((1 << (2 * hsq)) * kappa, 80)[1]
     else:
         hsq = width
-    frontiers = [_coin_frontier(*exp_neg_bounds(C * C * kappa, _BIAS_PREC))]
+    frontiers = [_frontier(*exp_neg_bounds(C * C * kappa, _BIAS_PREC))]
     for p in range(2 * hsq):
-        frontiers.append(_coin_frontier(*exp_neg_bounds((1 << p) * kappa, _BIAS_PREC)))
+        frontiers.append(_frontier(*exp_neg_bounds((1 << p) * kappa, _BIAS_PREC)))
     coins = _choose_coins(frontiers, per - big_err)
     e_acc = sum((c.err for c in coins), big_err)
     fail = (1 - alpha) ** trials

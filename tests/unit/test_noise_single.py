@@ -312,7 +312,7 @@ def test_speedup_split_is_a_valid_sharing(rt):
 
 
 def test_noise_plans_are_those_of_the_plain_fraction_search():
-    # _coin_frontier and _choose_coins run in gmpy2 rationals with a heap; the coins they
+    # _frontier works in integers and _choose_coins in gmpy2 rationals with a heap; the coins they
     # choose must be exactly those of the straightforward Fraction scan (first best on ties)
     from fractions import Fraction as _F
 
@@ -365,7 +365,12 @@ def test_noise_plans_are_those_of_the_plain_fraction_search():
     from jointstats._accounting import exp_neg_bounds
     for scale in [_F(1), _F(3, 2), _F(1000), _F(2 ** 40, 3)]:
         bounds = [exp_neg_bounds(_F(1 << i) / scale, _noise._BIAS_PREC) for i in range(12)]
-        fast = [_noise._coin_frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
+        fast = [_noise._frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
         slow = [frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
-        assert fast == slow
+        assert [f.coins() for f in fast] == slow
+        assert [_noise._coin_frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds] == slow
         assert _noise._choose_coins(fast, _noise.DELTA_TARGET / 3) == choose(slow, _noise.DELTA_TARGET / 3)
+    # intervals at the edges: biases near 0, near 1 and exactly dyadic (ties to even)
+    for lo, hi in [(_F(0), _F(1, 1 << 85)), (_F(1) - _F(1, 1 << 85), _F(1)), (_F(1, 2), _F(1, 2)),
+                   (_F(3, 8), _F(3, 8)), (_F(5, 1 << 81), _F(5, 1 << 81)), (_F(1, 3), _F(1, 3) + _F(1, 1 << 100))]:
+        assert _noise._coin_frontier(lo, hi) == frontier(lo, hi), (lo, hi)
