@@ -10,7 +10,8 @@ nothing else: no data, no keys, no event loop, no threads. A fork costs millisec
 
 The launcher forks one child per request, hands it its stderr and environment, reports
 its exit status, and dies with the process that started it. ``JOINTSTATS_LAUNCH=exec``
-starts every party with a fresh interpreter instead (a node's workers always are).
+starts every party with a fresh interpreter instead. A node forks its job workers the same
+way, from a launcher of its own started with the node.
 
 BLAS thread counts are fixed when numpy is loaded, so forked parties get the launcher's:
 one thread each unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS were set
@@ -93,9 +94,10 @@ class _Launcher:
             self.gone = True
             self.reply_ready.notify_all()
 
-    def start(self, argv: list[str], env: dict[str, str], stderr_fd: int) -> int:
+    def start(self, argv: list[str], env: dict[str, str], stderr_fd: int, new_session: bool = False) -> int:
         with self.lock:
-            payload = (json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}) + "\n").encode()
+            payload = (json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(),
+                                   "new_session": new_session}) + "\n").encode()
             socket.send_fds(self.sock, [payload], [stderr_fd])
             with self.reply_ready:
                 if not self.reply_ready.wait_for(lambda: self.replies or self.gone, timeout=30) or not self.replies:
@@ -126,16 +128,27 @@ def _get_launcher(env: dict[str, str]) -> _Launcher:
         return launcher
 
 
+def start_launcher(env: dict[str, str]) -> None:
+    """Start the launcher for parties with this environment now, if parties are forked
+    (a long-running caller, such as a node, so that its first job does not wait for it).
+    A launcher that cannot start is left to ``start_party``, which then execs."""
+    if use_launcher():
+        try:
+            _get_launcher(env)
+        except OSError:
+            pass
+
+
 class ForkedParty:
     """A party process forked by the launcher, with the part of ``subprocess.Popen``'s
     interface the runner uses (``stderr``, ``poll``, ``wait``, ``terminate``, ``kill``,
     ``returncode``)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]):
+    def __init__(self, argv: list[str], env: dict[str, str], new_session: bool = False):
         self._launcher = _get_launcher(env)
         read_fd, write_fd = os.pipe()
         try:
-            self.pid = self._launcher.start(argv, env, write_fd)
+            self.pid = self._launcher.start(argv, env, write_fd, new_session)
         except BaseException:
             os.close(read_fd)
             raise
@@ -170,30 +183,38 @@ class ForkedParty:
         self._signal(signal.SIGKILL)
 
 
-def start_party(argv: list[str], env: dict[str, str]):
+def start_party(argv: list[str], env: dict[str, str], *, new_session: bool = False,
+                exec_command: list[str] | None = None):
     """Start one party process running ``jointstats._party`` with ``argv``; Popen-like.
 
-    A launcher that cannot be started or does not answer is reported on stderr once and the
-    party is exec'd instead: the job never depends on the launcher working."""
+    ``new_session`` puts it in a session of its own (a terminal's Ctrl-C then reaches only
+    its caller, which stops it in order); ``exec_command`` is what runs it when it is exec'd
+    (default ``python -m jointstats._party ARGV``). A launcher that cannot be started or does
+    not answer is reported on stderr and the party is exec'd instead: the job never depends
+    on the launcher working."""
     if use_launcher():
         try:
-            return ForkedParty(argv, env)
+            return ForkedParty(argv, env, new_session)
         except OSError as exc:
             print(f"jointstats: starting the party in a fresh interpreter ({exc})", file=sys.stderr)
-    return subprocess.Popen([sys.executable, "-m", "jointstats._party", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    command = exec_command or [sys.executable, "-m", "jointstats._party", *argv]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=new_session)
 
 
 # ----------------------------------------------------------------------------- launcher side
 
 
 def _child(argv: list[str], env: dict[str, str], cwd: str, stderr_fd: int, sock: socket.socket,
-           launcher: int, from_imports: dict[str, str]) -> None:
+           launcher: int, from_imports: dict[str, str], new_session: bool = False) -> None:
     """In the forked child: its own stdio, environment and working directory (the caller's
     at the time of the request, as an exec'd party would have), then the party's job."""
     sock.close()
+    if new_session:
+        os.setsid()
     os.chdir(cwd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.set_wakeup_fd(-1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -224,6 +245,7 @@ def serve(fd: int) -> None:
     import selectors
     from ._party import die_with_parent
     die_with_parent(os.getppid())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for its caller, with which it dies
     launcher = os.getpid()
     before = dict(os.environ)
     for name in PRELOAD:
@@ -273,7 +295,8 @@ def serve(fd: int) -> None:
                     sock.sendall((json.dumps({"error": str(exc)}) + "\n").encode())
                     continue
                 if pid == 0:
-                    _child(request["argv"], request["env"], request["cwd"], stderr_fd, sock, launcher, from_imports)
+                    _child(request["argv"], request["env"], request["cwd"], stderr_fd, sock, launcher,
+                           from_imports, bool(request.get("new_session")))
                 os.close(stderr_fd)
                 sock.sendall((json.dumps({"pid": pid}) + "\n").encode())
 

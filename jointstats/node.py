@@ -44,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ._launch import start_launcher, start_party
 from .config import PartyConfig, load_party_config
 from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, PartyError,
                      PolicyError, SpecError)
@@ -222,7 +223,7 @@ class Node:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._proc: subprocess.Popen | None = None
+        self._proc: Any = None  # the running worker (subprocess.Popen or _launch.ForkedParty)
         self._running: str | None = None
         self.started = time.time()
         self.jobs: dict[str, NodeJob] = {}
@@ -471,8 +472,14 @@ class Node:
     # ------------------------------------------------------------------ scheduling
 
     def start(self) -> None:
-        """Start the scheduler thread (the API is served separately)."""
+        """Start the scheduler thread (the API is served separately) and the launcher the
+        workers are forked from, so that the first job does not wait for it."""
+        start_launcher(self._worker_env())
         self._scheduler.start()
+
+    @staticmethod
+    def _worker_env() -> dict[str, str]:
+        return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop scheduling; a running worker is terminated and its job failed."""
@@ -600,18 +607,20 @@ class Node:
             self._running = job.job_id
         self._log(f"running job {job.job_id} (#{job.order})")
         out = self.store.result_path(job.job_id)
-        cmd = [sys.executable, "-m", "jointstats.node", "worker", "--parent", str(os.getpid()),
-               "--config", str(cfg.path), "--spec", str(self.store.spec_path(job.job_id)),
-               "--job-id", job.job_id, "--out", str(out), "--analyst", job.analyst,
-               "--connect-timeout", str(self.connect_timeout)]
+        argv = ["--config", str(cfg.path), "--spec", str(self.store.spec_path(job.job_id)),
+                "--job-id", job.job_id, "--out", str(out), "--analyst", job.analyst,
+                "--connect-timeout", str(self.connect_timeout)]
         lines: list[str] = []
         error = None
         try:
             with open(self.store.log_path(job.job_id), "a") as log:
-                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                # forked from the node's launcher (a clean interpreter, never a fork of the
+                # node: no keys, no state); exec'd as a worker that dies with the node otherwise
+                proc = start_party(argv, self._worker_env(), new_session=True,
+                                   exec_command=[sys.executable, "-m", "jointstats.node", "worker",
+                                                 "--parent", str(os.getpid()), *argv])
                 self._proc = proc
+                self._log(f"job {job.job_id}: worker process {proc.pid}")
                 reader = threading.Thread(target=self._read_worker, args=(proc, job, log, lines),
                                           daemon=True)
                 reader.start()

@@ -119,3 +119,23 @@ def test_a_broken_launcher_falls_back_to_fresh_interpreters(consortium, tmp_path
     assert result.results["n"]["value"] == 90
     assert {m["ppid"] for m in metrics.values()} == {os.getpid()}  # exec'd by the caller
     assert "fresh interpreter" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("launch", ["fork", "exec"])
+def test_a_party_in_a_session_of_its_own(monkeypatch, tmp_path, launch):
+    # a node's workers: forked with new_session, or exec'd with the node's own worker command
+    from jointstats import _launch
+    monkeypatch.setenv("JOINTSTATS_LAUNCH", launch)
+    out = tmp_path / "out.json"
+    probe = ("import os, sys; sys.stderr.write(f'{os.getsid(0) == os.getpid()} "
+             "{os.getppid()}\\n')")
+    argv = ["--config", str(tmp_path / "missing.yaml"), "--spec", "x", "--job-id", "j", "--out", str(out)]
+    proc = _launch.start_party(argv, dict(os.environ), new_session=True,
+                               exec_command=[sys.executable, "-c", probe])
+    assert proc.wait(timeout=60) is not None
+    err = proc.stderr.read()
+    if launch == "exec":
+        own_session, parent = err.split()
+        assert own_session == "True" and int(parent) == os.getpid()
+    else:  # the launcher ran jointstats._party: a one-line error about the missing config
+        assert proc.returncode == 1 and "missing.yaml" in out.read_text()

@@ -65,6 +65,17 @@ if _dir:
         except OSError:
             return False
 
+    def _node_pid():
+        # the nearest ancestor that is a node (a worker is forked from the node's launcher)
+        pid = os.getppid()
+        while pid > 1:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if b"serve" in fh.read().split(b"\\0"):  # ... jointstats.cli node serve --config ...
+                    return pid
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        raise RuntimeError("no node among the ancestors")
+
     import jointstats._party as _party
     _fault_point = _party._fault_point
 
@@ -84,7 +95,7 @@ if _dir:
         if _take("kill_in_commit"):
             with self._tx() as conn:
                 conn.execute("UPDATE jobs SET status = 'committed' WHERE job_id = ?", (job_id,))
-                os.kill(os.getppid(), signal.SIGKILL)   # the node, mid-transaction
+                os.kill(_node_pid(), signal.SIGKILL)   # the node, mid-transaction
                 os._exit(137)
         return _commit(self, job_id)
     _state.NodeState.commit = commit
@@ -253,16 +264,19 @@ def _all_up(request):
             hook.unlink()
 
 
-def _workers_of(job_id: str) -> list[int]:
-    """PIDs of live processes whose command line mentions ``job_id``."""
+def _workers_of(c: "Cluster", job_id: str) -> list[int]:
+    """PIDs of the live worker processes of ``job_id``, as the nodes' logs name them
+    (workers are forked from each node's launcher, so their command lines do not say)."""
+    import re
     pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
+    for i in range(3):
+        for pid in re.findall(rf"job {job_id}: worker process (\d+)", c.log(i).read_text()):
             try:
-                if job_id.encode() in (d / "cmdline").read_bytes():
-                    pids.append(int(d.name))
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except OSError:
-                pass
+                continue
+            if state != "Z":
+                pids.append(int(pid))
     return pids
 
 
@@ -473,8 +487,13 @@ def test_node_killed_mid_job_and_restarted(cluster):
                 job_id = j
         time.sleep(0.1)
     assert job_id, cluster.logs()
-    workers = _workers_of(job_id)
+    workers = _workers_of(cluster, job_id)
     assert len(workers) == 3  # one worker per node
+    nodes = {p.pid for p in cluster.procs}
+    for pid in workers:
+        assert os.getsid(pid) == pid  # a session of its own: a terminal's Ctrl-C is the node's
+        with open(f"/proc/{pid}/stat") as fh:
+            assert int(fh.read().rsplit(")", 1)[1].split()[1]) not in nodes  # forked by a launcher
     killed = time.monotonic()
     cluster.procs[1].kill()
     cluster.procs[1].wait(timeout=10)
@@ -488,7 +507,7 @@ def test_node_killed_mid_job_and_restarted(cluster):
         assert st["status"] == "failed" and " disconnected" in st["error"], st
     assert any("party 'party_b' disconnected" in st["error"] for st in survivors), survivors
     time.sleep(0.5)
-    assert _workers_of(job_id) == []  # party_b's worker died with its node
+    assert _workers_of(cluster, job_id) == []  # party_b's worker died with its node
     cluster.start(1)  # restart: recover
     st = cluster.status(1, job_id)
     assert st["status"] == "failed" and "stopped during the job" in st["error"]
