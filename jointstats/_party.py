@@ -108,8 +108,13 @@ class PartyJob:
         # status exchange below.
         connecting = asyncio.ensure_future(rt.start(self.connect_timeout))
         if refusal is None:
+            local = asyncio.ensure_future(_in_thread(self.local_step, plan))
+            await asyncio.wait({local, connecting}, return_when=asyncio.FIRST_EXCEPTION)
+            if not local.done():  # connecting failed (say, the port is taken): say so now
+                local.cancel()
+                raise connecting.exception()
             try:
-                partials = await _in_thread(self.local_step, plan)
+                partials = local.result()
             except JointStatsError as exc:
                 refusal = self._refusal(exc)
             except BaseException:

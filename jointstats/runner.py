@@ -179,7 +179,7 @@ def _root_cause(errors: list[tuple[str, str]]) -> str:
         if "refuse" in msg or "column" in msg:
             return msg
     for _, msg in errors:
-        if "disconnected" not in msg and "did not connect" not in msg:
+        if "disconnected" not in msg and "did not connect" not in msg and " was stopped " not in msg:
             return msg
     return errors[0][1]
 

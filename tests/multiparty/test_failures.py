@@ -21,31 +21,16 @@ statistics:
 """
 
 
-def test_party_dying_mid_job_is_named_quickly(consortium, tmp_path, monkeypatch):
-    spec = tmp_path / "s.yaml"
-    spec.write_text(EXACT)
-    configs = consortium([cohort_frame(40, i) for i in range(3)])
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_b:after_connect")
-    started = time.monotonic()
-    with pytest.raises(PartyError, match=r"party 'party_b' died \(exit status 137\)"):
-        run(spec, configs)
-    assert time.monotonic() - started < 30
-    for cfg in configs:
-        state = NodeState(load_party_config(cfg).state)
-        ok, why = state.verify_audit()
-        assert ok, why
-        state.close()
-
-
-def test_party_dying_in_its_local_step_is_named(consortium, tmp_path, monkeypatch):
+@pytest.mark.parametrize("party,point", [("party_b", "after_connect"), ("party_c", "local_step")])
+def test_party_dying_mid_job_is_named_quickly(consortium, tmp_path, monkeypatch, party, point):
     # the parties connect while their local steps run: a party lost while reading its data
-    # is reported by name at once, not after a connect timeout
+    # is named at once too, not after a connect timeout
     spec = tmp_path / "s.yaml"
     spec.write_text(EXACT)
     configs = consortium([cohort_frame(40, i) for i in range(3)])
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_c:local_step")
+    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", f"{party}:{point}")
     started = time.monotonic()
-    with pytest.raises(PartyError, match=r"party 'party_c' died \(exit status 137\)"):
+    with pytest.raises(PartyError, match=rf"party '{party}' died \(exit status 137\)"):
         run(spec, configs)
     assert time.monotonic() - started < 30
     for cfg in configs:
@@ -53,7 +38,7 @@ def test_party_dying_in_its_local_step_is_named(consortium, tmp_path, monkeypatc
         ok, why = state.verify_audit()
         assert ok, why
         events = [rec["event"] for rec in state.audit_records()]
-        assert events[-1] == ("start" if cfg.stem == "party_c" else "failure"), events
+        assert events[-1] == ("start" if cfg.stem == party else "failure"), events
         state.close()
 
 
@@ -100,6 +85,33 @@ def test_slow_local_step_does_not_hit_the_connect_timeout(consortium, tmp_path):
         results.append(json.loads(out.read_text())["result"]["results"])
     assert results[0] == results[1] == results[2]
     assert results[0]["n"]["value"] == 120
+
+
+def test_port_taken_is_named_at_once_even_during_a_long_local_step(consortium, tmp_path, monkeypatch):
+    import socket
+
+    import yaml
+    spec = tmp_path / "s.yaml"
+    spec.write_text(EXACT)
+    configs = consortium([cohort_frame(40, i) for i in range(3)])
+    port = yaml.safe_load(configs[1].read_text())["mpc"]["parties"][1]["port"]
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
+    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_b:local_step:pause=20")
+    started = time.monotonic()
+    try:
+        with pytest.raises(PartyError, match=rf"party 'party_b' cannot listen on 127.0.0.1:{port}"):
+            run(spec, configs)
+    finally:
+        squatter.close()
+    assert time.monotonic() - started < 15  # not after the 20 s local step
+    for cfg in configs:
+        state = NodeState(load_party_config(cfg).state)
+        ok, why = state.verify_audit()
+        assert ok, why
+        assert [rec["event"] for rec in state.audit_records()][-1] == "failure"
+        state.close()
 
 
 def test_inconsistent_party_lists_rejected(consortium, tmp_path):
