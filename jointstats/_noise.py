@@ -208,11 +208,6 @@ def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
     return _Frontier(tuple(ks), tuple(cs), tuple(es), (hi - lo) / 2, md << _KMAX)
 
 
-def _coin_frontier(lo: Fraction, hi: Fraction) -> list[Coin]:
-    """Coins for a bias in [lo, hi]: increasing k, strictly decreasing error bound."""
-    return _frontier(lo, hi).coins()
-
-
 def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     """Greedy search: total error <= budget with few random bits (= ANDs) in total.
 

@@ -368,9 +368,8 @@ def test_noise_plans_are_those_of_the_plain_fraction_search():
         fast = [_noise._frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
         slow = [frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]
         assert [f.coins() for f in fast] == slow
-        assert [_noise._coin_frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds] == slow
         assert _noise._choose_coins(fast, _noise.DELTA_TARGET / 3) == choose(slow, _noise.DELTA_TARGET / 3)
     # intervals at the edges: biases near 0, near 1 and exactly dyadic (ties to even)
     for lo, hi in [(_F(0), _F(1, 1 << 85)), (_F(1) - _F(1, 1 << 85), _F(1)), (_F(1, 2), _F(1, 2)),
                    (_F(3, 8), _F(3, 8)), (_F(5, 1 << 81), _F(5, 1 << 81)), (_F(1, 3), _F(1, 3) + _F(1, 1 << 100))]:
-        assert _noise._coin_frontier(lo, hi) == frontier(lo, hi), (lo, hi)
+        assert _noise._frontier(lo, hi).coins() == frontier(lo, hi), (lo, hi)

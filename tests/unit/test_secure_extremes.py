@@ -104,6 +104,16 @@ def exact_ols(g, stat):
     return beta, se2, 1 - rss / g[k - 1][k - 1]
 
 
+def assert_exact_ols(res, stat, beta, se2, r2):
+    """The revealed OLS result is the exact one (grid units scaled to the columns' units)."""
+    fy = stat.terms[-1].frac_bits
+    coef_terms = stat.terms[0 if stat.intercept else 1:-1]  # as exact_ols's columns z
+    scale = [Fraction(2) ** (t.frac_bits - fy) for t in coef_terms]
+    assert res["coefficients"] == [float(b * s) for b, s in zip(beta, scale, strict=True)]
+    assert res["std_errors"] == pytest.approx([math.sqrt(v) * float(s) for v, s in zip(se2, scale)], rel=1e-12)
+    assert res["r_squared"] == float(r2)
+
+
 def test_regression_without_intercept_is_exact(extreme):
     plan, n_max, rng = extreme
     stat = next(s for s in plan.statistics if s.name == "noint")
@@ -111,13 +121,8 @@ def test_regression_without_intercept_is_exact(extreme):
     weights = [rng.randrange(1, 50_000) for _ in rows]
     g, partial = gram_partial(rows, weights)
     res = run_stat(stat, partial)
-    beta, se2, r2 = exact_ols(g, stat)
-    fy = stat.terms[-1].frac_bits
-    scale = [Fraction(2) ** (stat.terms[j + 1].frac_bits - fy) for j in range(len(beta))]
     assert res["terms"] == ["x1", "x2", "x3"]
-    assert res["coefficients"] == [float(b * s) for b, s in zip(beta, scale)]
-    assert res["std_errors"] == pytest.approx([math.sqrt(v) * float(s) for v, s in zip(se2, scale)], rel=1e-12)
-    assert res["r_squared"] == float(r2)
+    assert_exact_ols(res, stat, *exact_ols(g, stat))
 
 
 def test_constant_target_has_no_r_squared(extreme):
@@ -152,12 +157,8 @@ def test_regression_at_largest_case(extreme, rows_in_all):
     largest = (regression_sizes(stat.terms, stat.ridge, stat.intercept, n)[3] - 64) // 2
     for q in beta + se2 + [r2]:
         assert max(abs(q.numerator).bit_length(), q.denominator.bit_length()) <= largest
-    fy = stat.terms[-1].frac_bits
-    scale = [Fraction(2) ** (stat.terms[j].frac_bits - fy) for j in range(len(beta))]
     assert res["n"] == n
-    assert res["coefficients"] == [float(b * s) for b, s in zip(beta, scale)]
-    assert res["std_errors"] == pytest.approx([math.sqrt(v) * float(s) for v, s in zip(se2, scale)], rel=1e-12)
-    assert res["r_squared"] == float(r2)
+    assert_exact_ols(res, stat, beta, se2, r2)
 
 
 def test_ridge_at_largest_case(extreme):
