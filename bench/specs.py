@@ -7,12 +7,14 @@ COHORT_BOUNDS = {"x": (-8, 8), "y": (-400, 400), "visits": (0, 50)}
 HIST_BINS = [-8, -3, -1.5, 0, 1.5, 3, 8]
 
 
-def _schema(d: int) -> str:
+def _schema(d: int, *, only_regression: bool = False) -> str:
+    """The cohort's columns; ``only_regression``: just x1..xd and y, what a regression reads."""
     lines = [f"  x{j}: {{type: real, bounds: [-8, 8]}}" for j in range(1, d + 1)]
-    lines += ["  y: {type: real, bounds: [-400, 400]}",
-              "  visits: {type: integer, bounds: [0, 50]}",
-              '  smoker: {type: categorical, levels: ["no", "yes"]}',
-              "  region: {type: categorical, levels: [north, south, east, west]}"]
+    lines += ["  y: {type: real, bounds: [-400, 400]}"]
+    if not only_regression:
+        lines += ["  visits: {type: integer, bounds: [0, 50]}",
+                  '  smoker: {type: categorical, levels: ["no", "yes"]}',
+                  "  region: {type: categorical, levels: [north, south, east, west]}"]
     return "\n".join(lines)
 
 
@@ -50,7 +52,7 @@ def regression(d: int = 10, dp: dict | None = None) -> str:
 dataset: cohort
 partition: horizontal
 schema:
-{_schema(d)}
+{_schema(d, only_regression=True)}
 {_privacy(dp)}statistics:
   model: {{kind: regression, target: y, features: [{feats}]}}
 """

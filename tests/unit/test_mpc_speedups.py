@@ -54,10 +54,86 @@ def test_array_constructor_equals_mpycs(copy):
 
 
 def test_install_exact_is_reversible():
-    from mpyc import finfields
-    original = (finfields.FiniteFieldArray.__init__, finfields.FiniteFieldArray.__matmul__)
+    from mpyc import finfields, thresha
+
+    def current():
+        return (finfields.FiniteFieldArray.__init__, finfields.FiniteFieldArray.__matmul__,
+                thresha.np_recombine, thresha.np_pseudorandom_share)
+    original = current()
     _mpc_speedups.install_exact()
-    assert finfields.FiniteFieldArray.__init__ is not original[0]
-    assert finfields.FiniteFieldArray.__matmul__ is not original[1]
+    assert all(now is not before for now, before in zip(current(), original))
     _mpc_speedups.uninstall_exact()
-    assert (finfields.FiniteFieldArray.__init__, finfields.FiniteFieldArray.__matmul__) == original
+    assert current() == original
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4)])
+def test_big_field_reduction_equals_mpycs(shape):
+    """Big prime fields are reduced by gmpy2: same ints, same shape, in place as MPyC's."""
+    from mpyc import finfields
+    field = finfields.GF(regression_primes(1)[0])
+    p = field.modulus
+    rng = random.Random(7)
+    specials = [0, 1, p - 1, p, p + 1, -1, -p, 2 * p, -(1 << 4100)]
+    count = int(np.prod(shape))
+    values = [specials[i] if i < len(specials) else rng.getrandbits(4200) * rng.choice([1, -1])
+              for i in range(count)]
+    source = np.array(values, dtype=object).reshape(shape)
+    results = []
+    for install in (_mpc_speedups.install_array_init, _mpc_speedups.uninstall_array_init):
+        install()
+        mine = source.copy()
+        arr = field.array(mine)
+        results.append((arr.value.copy(), arr.value.shape, mine.copy()))
+    _mpc_speedups.uninstall_array_init()
+    (fast, shape_f, passed_f), (slow, shape_s, passed_s) = results
+    assert shape_f == shape_s == shape
+    assert fast.tolist() == slow.tolist()
+    assert np.ravel(fast).tolist() == [v % p for v in values]
+    assert np.array_equal(passed_f, passed_s)  # the caller's array changed alike
+    assert all(type(x) is int for x in np.ravel(fast))
+
+
+def _shares_case(modulus):
+    from mpyc import finfields, thresha
+    field = finfields.GF(modulus)
+    rng = random.Random(modulus % 997)
+    secrets_ = [rng.randrange(modulus) for _ in range(9)]
+    shares = thresha.np_random_split(field, np.array(secrets_, dtype=object), 1, 3)
+    return field, secrets_, shares
+
+
+@pytest.mark.parametrize("modulus", [regression_primes(2)[1], 2 ** 61 - 1])
+def test_recombine_equals_mpycs(modulus):
+    from mpyc import thresha
+    field, secrets_, shares = _shares_case(modulus)
+    out = []
+    for install in (_mpc_speedups.install_shares, _mpc_speedups.uninstall_shares):
+        install()
+        points = [(j + 1, shares[j]) for j in (2, 0)]  # raw values, as MPyC passes them
+        one = thresha.np_recombine(field, points)
+        several = thresha.np_recombine(field, points, [0, 5])
+        out.append((one.value.tolist(), several.value.tolist()))
+    assert out[0] == out[1]
+    assert out[0][0] == secrets_
+
+
+@pytest.mark.parametrize("modulus", [regression_primes(1)[0], 2 ** 61 - 1])
+def test_pseudorandom_shares_equal_mpycs(modulus):
+    """PRSS over the same keys gives MPyC's shares, and they reconstruct one random array."""
+    from mpyc import finfields, thresha
+    field = finfields.GF(modulus)
+    m, t, n = 3, 1, 6
+    keys = {frozenset(S): bytes([17 * i + 3]) * 16
+            for i, S in enumerate([(0, 1), (0, 2), (1, 2)])}
+    outs = []
+    for install in (_mpc_speedups.install_shares, _mpc_speedups.uninstall_shares):
+        install()
+        per_party = []
+        for i in range(m):
+            prfs = {S: thresha.PRF(k, modulus) for S, k in keys.items() if i in S}
+            per_party.append(thresha.np_pseudorandom_share(field, m, i, prfs, b"uci", n).value.tolist())
+        outs.append(per_party)
+    assert outs[0] == outs[1]
+    points = [(i + 1, np.array(outs[0][i], dtype=object)) for i in (0, 1)]
+    other = [(i + 1, np.array(outs[0][i], dtype=object)) for i in (1, 2)]
+    assert thresha.np_recombine(field, points).value.tolist() == thresha.np_recombine(field, other).value.tolist()
