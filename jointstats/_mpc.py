@@ -321,6 +321,7 @@ def make_party_runtime(pid: int, names: list[str], addresses: list[tuple[str, in
     """Build the runtime of party ``pid`` (call inside the running asyncio loop)."""
     from . import _mpc_speedups
     _mpc_speedups.install_exact()  # same values, and the same on every party
+    _mpc_speedups.install()  # random splits drawn in bulk (the same distribution)
     rt = make_runtime(pid, addresses, runtime_class=JointRuntime)
     rt.names = list(names)
     return rt

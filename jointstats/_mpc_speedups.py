@@ -1,7 +1,7 @@
 """Explicit speed-ups of MPyC 0.11 internals.
 
 ``install_exact()`` (on in every party runtime, see ``jointstats._mpc.make_party_runtime``)
-installs the three below; none changes a single value.
+installs the four below; none changes a single value.
 
 ``install_matmul()``: matrix products of prime-field arrays with a large modulus (over 256 bits: the exact
 regression's 2048-bit fields) are computed on gmpy2 integers instead of Python's, about
@@ -16,22 +16,25 @@ decision once, at import, and reduces the values of big prime fields (over 256 b
 with gmpy2, about 3x faster at 2048 bits (a fifth of the regression's secure step was
 this reduction); the values are the same.
 
+``install_mul()``: elementwise products of big prime-field arrays (MPyC's secure
+multiplication multiplies the shares so) on gmpy2 integers, as ``install_matmul`` does
+for matrix products.
+
 ``install_shares()``: MPyC's ``np_recombine`` (every reveal and every resharing after a
 secure multiplication) and ``np_pseudorandom_share`` (random shares without
 communication) multiply 2048-bit shares with Python's integers. For big prime fields the
 replacements do the same sums of products on gmpy2 integers; the PRF outputs, and so
 every share, are exactly MPyC's.
 
-``install()`` / ``uninstall()`` (optional, used by ``bench/bench_noise.py``): one function is
-replaced, ``mpyc.thresha.np_random_split``, used by every
-secure multiplication of arrays (resharing a la GRR98) and by array inputs.  MPyC
-draws the random polynomial coefficients with one ``secrets.randbelow`` call per
-element, which dominated the cost of multiplying large secure arrays.  The
-replacement draws all coefficients at once from ``os.urandom`` (the same CSPRNG):
-each coefficient is a (bit_length(order) + 64)-bit integer reduced modulo the field
-order, i.e. uniform up to statistical distance 2**-64 per coefficient.  Shares are
-computed exactly as MPyC does (Vandermonde product modulo p), so patched and
-unpatched parties interoperate.  Extension fields fall back to MPyC's original.
+``install()`` / ``uninstall()`` (on in every party runtime too): one function is
+replaced, ``mpyc.thresha.np_random_split``, used by every secure multiplication of
+arrays (resharing a la GRR98) and by array inputs. MPyC draws the random polynomial
+coefficients with one ``secrets.randbelow`` call per element. The replacement draws them
+all at once from ``os.urandom`` (the CSPRNG behind ``secrets``) by rejection sampling,
+as ``randbelow`` does: exactly uniform below the field order. Different random draws,
+the same distribution; shares are computed exactly as MPyC does (Vandermonde product
+modulo p), so patched and unpatched parties interoperate. Extension fields fall back
+to MPyC's original.
 """
 from __future__ import annotations
 
@@ -44,20 +47,33 @@ from jointstats import _mpc
 
 __all__ = ["install", "uninstall", "installed", "install_exact", "uninstall_exact",
            "install_matmul", "uninstall_matmul", "install_array_init", "uninstall_array_init",
-           "install_shares", "uninstall_shares"]
+           "install_shares", "uninstall_shares", "install_mul", "uninstall_mul"]
 
 _thresha = _mpc._mpyc_runtime.thresha
 _original = _thresha.np_random_split
 
 
 def _uniform_below(order: int, k: int) -> np.ndarray:
-    """k integers, uniform in [0, order) up to statistical distance 2**-64 each."""
-    words = (order.bit_length() + 64 + 63) // 64
-    raw = np.frombuffer(os.urandom(8 * words * k), dtype="<u8").reshape(k, words)
-    acc = raw[:, 0].astype(object)
-    for j in range(1, words):
-        acc = acc + (raw[:, j].astype(object) << (64 * j))
-    return acc % order
+    """k integers, exactly uniform in [0, order): rejection sampling on ``os.urandom``.
+
+    Each candidate takes the top bit_length(order - 1) bits of its bytes, as
+    ``secrets.randbelow`` does with ``getrandbits``; one below ``order`` is kept."""
+    out = np.zeros(k, dtype=object)
+    bits = (order - 1).bit_length()
+    if bits == 0:
+        return out
+    size = (bits + 7) // 8
+    excess = 8 * size - bits
+    from_bytes = int.from_bytes
+    filled = 0
+    while filled < k:
+        raw = os.urandom(size * (k - filled))
+        for start in range(0, len(raw), size):
+            value = from_bytes(raw[start:start + size], "little") >> excess
+            if value < order:
+                out[filled] = value
+                filled += 1
+    return out
 
 
 def np_random_split(field, s, t, m):
@@ -199,6 +215,39 @@ def uninstall_array_init() -> None:
     _FFArray.__init__ = _original_init
 
 
+# ----------------------------------------------------------------------------- elementwise product
+
+_original_mul = _FFArray.__mul__
+_original_rmul = _FFArray.__rmul__
+
+
+def _mul(self, other):
+    """``FiniteFieldArray.__mul__`` (and ``__rmul__``) on gmpy2 integers for big prime fields."""
+    cls = type(self)
+    modulus = _big_modulus(cls)
+    if modulus is None:
+        return _original_mul(self, other)
+    other = cls._coerce(other)
+    if other is NotImplemented:
+        return NotImplemented
+    if not (isinstance(other, int) or (isinstance(other, np.ndarray) and other.dtype == object)):
+        return _original_mul(self, other)  # what MPyC does with anything else
+    product = _to_mpz(self.value) * _to_mpz(np.asarray(other, dtype=object))
+    return cls(_reduce(product, modulus), check=False)
+
+
+def install_mul() -> None:
+    """Multiply big prime-field arrays elementwise on gmpy2 integers (idempotent)."""
+    _FFArray.__mul__ = _mul
+    _FFArray.__rmul__ = _mul
+
+
+def uninstall_mul() -> None:
+    """Restore MPyC's own elementwise products."""
+    _FFArray.__mul__ = _original_mul
+    _FFArray.__rmul__ = _original_rmul
+
+
 # ----------------------------------------------------------------------------- shares
 
 _original_recombine = _thresha.np_recombine
@@ -263,6 +312,7 @@ def uninstall_shares() -> None:
 def install_exact() -> None:
     """Every speed-up that leaves each value exactly as MPyC computes it (idempotent)."""
     install_matmul()
+    install_mul()
     install_array_init()
     install_shares()
 
@@ -270,5 +320,6 @@ def install_exact() -> None:
 def uninstall_exact() -> None:
     """Undo ``install_exact``."""
     uninstall_matmul()
+    uninstall_mul()
     uninstall_array_init()
     uninstall_shares()

@@ -254,7 +254,7 @@ class _FieldRun:
         if u_inv is None:
             raise SingularError(f"statistics.{self.stat.name}: the regression is singular "
                                 "(collinear terms, or fewer rows than terms)")
-        self.a_inv = u_inv @ self.rand
+        self.u_inv = u_inv
         self.beta = beta = u_inv @ self.rand_b
         gzy, gram, yty = self.gzy, self.gram, self.yty
         if self.stat.ridge:
@@ -270,15 +270,16 @@ class _FieldRun:
         Returns (pending reveal, has standard errors, has R^2)."""
         rt, stat, prime, d, q = self.rt, self.stat, self.prime, self.d, self.q
         field = self.secfld.field
-        a_inv, rss, n_value = self.a_inv, self.rss, self.n_value
+        u_inv, rss, n_value = self.u_inv, self.rss, self.n_value
         out = [self.beta]
         dof = (n_value - d) % prime
         has_se = n_value - d > 0
         if has_se:
             if stat.ridge:
+                a_inv = u_inv @ self.rand
                 diag = ((a_inv @ self.gram) * a_inv.T).sum(axis=1) * (q * q)
-            else:
-                diag = _diag(a_inv, d)
+            else:  # only the diagonal of A^-1 = U^-1 R: d^2 products, not d^3
+                diag = (self.rand.T * u_inv).sum(axis=1)
             out.append(diag * rss * pow(dof, -1, prime))
         if stat.intercept:
             g2_inv = _opened_inverse(tss_opened, field, 2)
@@ -302,11 +303,6 @@ def _opened_inverse(opened, field, k: int):
     values = np.array(_residues(opened, field.order), dtype=object).reshape((k, k)).tolist()
     inv = inverse_mod(values, field.order)
     return None if inv is None else field.array(np.array(inv, dtype=object))
-
-
-def _diag(matrix, d: int):
-    flat = matrix.reshape((d * d,))
-    return flat[np.array([i * d + i for i in range(d)], dtype=int)]
 
 
 async def _regression(rt, stat: StatPlan, partial: list[int]) -> dict:

@@ -137,3 +137,57 @@ def test_pseudorandom_shares_equal_mpycs(modulus):
     points = [(i + 1, np.array(outs[0][i], dtype=object)) for i in (0, 1)]
     other = [(i + 1, np.array(outs[0][i], dtype=object)) for i in (1, 2)]
     assert thresha.np_recombine(field, points).value.tolist() == thresha.np_recombine(field, other).value.tolist()
+
+
+@pytest.mark.parametrize("modulus", [regression_primes(1)[0], 2 ** 61 - 1])
+def test_elementwise_products_equal_mpycs(modulus):
+    from mpyc import finfields
+    field = finfields.GF(modulus)
+    rng = random.Random(modulus % 991)
+    a = field.array(np.array([rng.randrange(modulus) for _ in range(6)], dtype=object).reshape(2, 3))
+    b = np.array([rng.randrange(modulus) for _ in range(3)], dtype=object)
+    scalar = field.array(np.array(rng.randrange(modulus), dtype=object))
+
+    def products():
+        return [(a * a).value, (a * b).value, (b * a).value, (a * 5).value, (5 * a).value,
+                (a * field(7)).value, (scalar * a).value, (scalar * scalar).value,
+                (a * np.arange(3)).value]
+    _mpc_speedups.install_mul()
+    fast = products()
+    _mpc_speedups.uninstall_mul()
+    slow = products()
+    for f, s in zip(fast, slow):
+        assert np.asarray(f, dtype=object).tolist() == np.asarray(s, dtype=object).tolist()
+        assert np.asarray(f).shape == np.asarray(s).shape
+        assert all(type(x) is int for x in np.ravel(np.asarray(f, dtype=object)))
+
+
+@pytest.mark.parametrize("order", [1, 2, 5, 6, 8, 257, 1000])
+def test_bulk_random_coefficients_are_uniform(order):
+    """The random splits' coefficients: exactly uniform below the order (chi-square)."""
+    from scipy import stats
+    draws = _mpc_speedups._uniform_below(order, 20_000 if order > 1 else 10)
+    assert all(type(v) is int and 0 <= v < order for v in draws)
+    if order > 1:
+        counts = np.bincount(draws.astype(np.int64), minlength=order)
+        assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_party_runtimes_install_every_speed_up():
+    """A party runtime runs with the exact speed-ups and the bulk random splits (checked in
+    a fresh interpreter: building a runtime takes over the process's event loop)."""
+    import subprocess
+    import sys
+    probe = (
+        "import asyncio\n"
+        "from jointstats import _mpc, _mpc_speedups as s\n"
+        "from mpyc import finfields, thresha\n"
+        "assert not s.installed()\n"
+        "async def build():\n"
+        "    return _mpc.make_party_runtime(0, ['solo'], [('127.0.0.1', 0)])\n"
+        "asyncio.run(build())\n"
+        "print(s.installed(), thresha.np_recombine is s.np_recombine,\n"
+        "      finfields.FiniteFieldArray.__mul__ is s._mul)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "True"]
