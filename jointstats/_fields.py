@@ -8,7 +8,9 @@ not enough.
 """
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
+from typing import Any, Callable
 
 import gmpy2
 
@@ -85,6 +87,31 @@ def rationals(values: list[int], p: int, num_bits: int, den_bits: int) -> list[F
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def residue_function(p: int) -> Callable[[Any], Any]:
+    """x -> x mod p (a gmpy2 integer in [0, p)), for any integer x.
+
+    For p = 2**k - c with a small c (every fixed regression prime: c < 2**17) it folds,
+    since 2**k = c (mod p): x = hi * 2**k + lo is replaced by hi * c + lo until x is in
+    [0, 2**k), then p is subtracted once if needed. That is a shift, a mask and a small
+    product instead of a division: about 3x faster than gmpy2's % at 4096 by 2048 bits,
+    and it is most of the exact regression's arithmetic. Any other p: gmpy2's %.
+    """
+    pm = gmpy2.mpz(p)
+    k = p.bit_length()
+    c = (1 << k) - p
+    if p < 3 or c.bit_length() > 32:
+        return lambda x: gmpy2.mpz(x) % pm
+    cm, mask = gmpy2.mpz(c), (gmpy2.mpz(1) << k) - 1
+
+    def residue(x):
+        x = gmpy2.mpz(x)
+        while x >> k:  # nonzero while x >= 2**k or x < 0 (an arithmetic shift)
+            x = (x >> k) * cm + (x & mask)
+        return x - pm if x >= pm else x
+    return residue
+
+
 def inverse_mod(matrix: list[list[int]], p: int) -> list[list[int]] | None:
     """Inverse of a square matrix over GF(p) by Gauss-Jordan elimination; None if singular.
 
@@ -94,8 +121,9 @@ def inverse_mod(matrix: list[list[int]], p: int) -> list[list[int]] | None:
     by swapping the same columns in reverse order.
     """
     n = len(matrix)
+    red = residue_function(p)
     p = gmpy2.mpz(p)  # gmpy2 integers: about 3x faster than Python's at 2048 bits
-    a = [[gmpy2.mpz(v) % p for v in row] for row in matrix]
+    a = [[red(v) for v in row] for row in matrix]
     swaps = []
     for k in range(n):
         pivot = next((r for r in range(k, n) if a[r][k]), None)
@@ -107,13 +135,13 @@ def inverse_mod(matrix: list[list[int]], p: int) -> list[list[int]] | None:
         row = a[k]
         inv = gmpy2.invert(row[k], p)
         row[k] = gmpy2.mpz(1)
-        row = a[k] = [(v * inv) % p for v in row]
+        row = a[k] = [red(v * inv) for v in row]
         for r in range(n):
             f = a[r][k]
             if r != k and f:
                 other = a[r]
                 other[k] = gmpy2.mpz(0)
-                a[r] = [(x - f * y) % p for x, y in zip(other, row)]
+                a[r] = [red(x - f * y) for x, y in zip(other, row)]
     for k, pivot in reversed(swaps):
         for row in a:
             row[k], row[pivot] = row[pivot], row[k]

@@ -44,6 +44,7 @@ import gmpy2
 import numpy as np
 
 from jointstats import _mpc
+from jointstats._fields import residue_function
 
 __all__ = ["install", "uninstall", "installed", "install_exact", "uninstall_exact",
            "install_matmul", "uninstall_matmul", "install_array_init", "uninstall_array_init",
@@ -115,9 +116,9 @@ _to_mpz = np.frompyfunc(gmpy2.mpz, 1, 1)
 
 
 def _reduce(values, modulus) -> np.ndarray:
-    """gmpy2 integers reduced modulo ``modulus``, as Python ints (what MPyC's arrays hold)."""
-    m = gmpy2.mpz(modulus)
-    return np.frompyfunc(lambda v: int(v % m), 1, 1)(values)
+    """Integers reduced modulo ``modulus``, as Python ints (what MPyC's arrays hold)."""
+    residue = residue_function(modulus)
+    return np.frompyfunc(lambda v: int(residue(v)), 1, 1)(values)
 
 
 def _big_prime_field(cls) -> bool:
@@ -182,8 +183,8 @@ def _reducer(modulus: int):
     Python's own division is about 3x slower than gmpy2's at 4096 by 2048 bits, and the
     products that MPyC reduces on building an array are that big. Values already in
     [0, modulus) are kept as they are (the common case for received shares)."""
-    m = gmpy2.mpz(modulus)
-    return np.frompyfunc(lambda v: v if 0 <= v < modulus else int(gmpy2.mpz(v) % m), 1, 1)
+    residue = residue_function(modulus)
+    return np.frompyfunc(lambda v: v if 0 <= v < modulus else int(residue(v)), 1, 1)
 
 
 _REDUCERS: dict = {}
@@ -252,6 +253,7 @@ def uninstall_mul() -> None:
 
 _original_recombine = _thresha.np_recombine
 _original_prss = _thresha.np_pseudorandom_share
+_original_przs = _thresha.np_pseudorandom_share_0
 _BIG_FIELDS: dict = {}
 
 
@@ -297,16 +299,33 @@ def np_pseudorandom_share(field, m, i, prfs, uci, n):
     return field.array(_reduce(total, field.modulus), check=False)
 
 
+def np_pseudorandom_share_0(field, m, i, prfs, uci, n):
+    """MPyC's ``np_pseudorandom_share_0`` (PRZS: pseudorandom shares of zero, degree 2t),
+    its sums of products on gmpy2 integers for big prime fields; exactly MPyC's shares."""
+    if not _big_field(field):
+        return _original_przs(field, m, i, prfs, uci, n)
+    d = m - len(next(iter(prfs.keys())))  # subsets all of the same size m - t
+    powers = np.array([gmpy2.mpz(i + 1) ** j for j in range(1, d + 1)], dtype=object)
+    total = None
+    for subset, prf in prfs.items():
+        f_s_i = gmpy2.mpz(int(_thresha._f_S_i(field, m, i, subset)))
+        term = (_to_mpz(prf(uci, (n, d))) @ powers) * f_s_i
+        total = term if total is None else total + term
+    return field.array(_reduce(total, field.modulus), check=False)
+
+
 def install_shares() -> None:
     """Recombine and draw pseudorandom shares of big prime fields on gmpy2 (idempotent)."""
     _thresha.np_recombine = np_recombine
     _thresha.np_pseudorandom_share = np_pseudorandom_share
+    _thresha.np_pseudorandom_share_0 = np_pseudorandom_share_0
 
 
 def uninstall_shares() -> None:
-    """Restore MPyC's own recombination and PRSS."""
+    """Restore MPyC's own recombination, PRSS and PRZS."""
     _thresha.np_recombine = _original_recombine
     _thresha.np_pseudorandom_share = _original_prss
+    _thresha.np_pseudorandom_share_0 = _original_przs
 
 
 def install_exact() -> None:

@@ -1,7 +1,7 @@
 """The secure step: combine the parties' secret-shared partials and reveal only the statistic.
 
-Written against the MPyC runtime object ``rt`` passed in (this module does not import
-MPyC). Exact mode reveals each statistic as an exact rational (see ``_fields``); the
+Written against the MPyC runtime object ``rt`` passed in and the helpers of ``_mpc``
+(this module does not import MPyC itself). Exact mode reveals each statistic as an exact rational (see ``_fields``); the
 cost depends on the number of partials, never on the number of rows.
 """
 from __future__ import annotations
@@ -203,14 +203,17 @@ class _FieldRun:
     """One prime field's share of the exact regression (see ``_regression``).
 
     Three steps, each started for every field before any field's next one is awaited:
-    ``__init__`` shares the partials and starts the reveal of R A; ``solve`` inverts the
-    revealed R A, forms the coefficients and residual sum of squares, and starts the reveal
-    of the masked total sum of squares; ``finish`` forms the squared standard errors and
-    R^2 and starts the final reveal. Six rounds in all.
+    ``__init__`` shares the partials, opens R A and forms R b; ``solve`` inverts the
+    revealed R A, forms the coefficients and the residual sum of squares, and opens the
+    masked total sum of squares; ``finish`` opens the coefficients, squared standard errors
+    and R^2 together. Products that are only opened are opened from the local products of
+    the shares (``_mpc.open_local``: no resharing). Four rounds in all: the input, R A,
+    rss with the masked tss, the result.
     """
 
     def __init__(self, rt, stat: StatPlan, partial: list[int], prime: int):
-        """Share the partials; start revealing R A; form R b and the masked sum of squares."""
+        """Share the partials; start opening R A; form R b."""
+        from ._mpc import open_local
         self.rt, self.stat, self.prime = rt, stat, prime
         self.secfld = secfld = rt.SecFld(modulus=prime)  # (order= would factor it first)
         field = secfld.field
@@ -235,44 +238,47 @@ class _FieldRun:
         else:
             a_mat = self.gram
         self.rand = rt._np_randoms(secfld, d * d).reshape((d, d))
-        self.masked = rt.output(self.rand @ a_mat)  # uniform over GL_d(p): hides A
+        self.masked = open_local(rt, _matmul, [self.rand, a_mat])  # uniform over GL_d(p): hides A
         # A^-1 b = (R A)^-1 (R b): with R b formed now, the coefficients cost no round later
         self.rand_b = self.rand @ (self.gzy * q if stat.ridge else self.gzy)
         if stat.intercept:
             # n / tss = (G2^-1)[1][1] for G2 = [[n, sum y], [sum y, y'y]] (det G2 = tss): masked
             # like A, R2 G2 is uniform over GL_2(p); when tss = 0 (y constant) it shows the
-            # mean of y, which the intercept reveals anyway (it is revealed only if A is regular)
+            # mean of y, which the intercept reveals anyway (it is opened only if A is regular)
             self.rand2 = rt._np_randoms(secfld, 4).reshape((2, 2))
-            self.tss_secret = self.rand2 @ total[idx[np.ix_([0, y], [0, y])]]
+            self.g2 = total[idx[np.ix_([0, y], [0, y])]]
         else:
-            self.rand2 = rt._np_randoms(secfld, 1)
-            self.tss_secret = self.yty * self.rand2  # 1 / y'y = r / (y'y r)
+            self.rand2 = rt._np_randoms(secfld, 1)  # 1 / y'y = r / (y'y r)
 
     def solve(self, u, n_value: int) -> None:
-        """From the revealed R A: the coefficients and rss (secret); start the masked tss reveal."""
+        """From the revealed R A: the coefficients and rss (secret); start opening the masked tss."""
+        from ._mpc import open_local
         u_inv = _opened_inverse(u, self.secfld.field, self.d)
         if u_inv is None:
             raise SingularError(f"statistics.{self.stat.name}: the regression is singular "
                                 "(collinear terms, or fewer rows than terms)")
         self.u_inv = u_inv
         self.beta = beta = u_inv @ self.rand_b
-        gzy, gram, yty = self.gzy, self.gram, self.yty
+        d, gzy, gram, yty = self.d, self.gzy, self.gram, self.yty
         if self.stat.ridge:
             self.rss = yty - 2 * (beta * gzy).sum() + (beta * (gram @ beta)).sum()
-        else:
-            self.rss = yty - (beta * gzy).sum()
+        else:  # one inner product: one value reshared
+            self.rss = yty - (beta.reshape((1, d)) @ gzy.reshape((d, 1))).reshape((1,))
         self.n_value = n_value
-        self.tss_masked = self.rt.output(self.tss_secret)
+        if self.stat.intercept:
+            self.tss_masked = open_local(self.rt, _matmul, [self.rand2, self.g2])
+        else:
+            self.tss_masked = open_local(self.rt, _multiply, [self.yty, self.rand2])
 
     def finish(self, tss_opened):
-        """The squared standard errors and R^2; start the final reveal.
+        """Start opening the coefficients, the squared standard errors and R^2.
 
-        Returns (pending reveal, has standard errors, has R^2)."""
+        Returns (pending opening, has standard errors, has R^2)."""
+        from ._mpc import open_local
         rt, stat, prime, d, q = self.rt, self.stat, self.prime, self.d, self.q
         field = self.secfld.field
         u_inv, rss, n_value = self.u_inv, self.rss, self.n_value
-        out = [self.beta]
-        dof = (n_value - d) % prime
+        operands = [self.beta]
         has_se = n_value - d > 0
         if has_se:
             if stat.ridge:
@@ -280,20 +286,34 @@ class _FieldRun:
                 diag = ((a_inv @ self.gram) * a_inv.T).sum(axis=1) * (q * q)
             else:  # only the diagonal of A^-1 = U^-1 R: d^2 products, not d^3
                 diag = (self.rand.T * u_inv).sum(axis=1)
-            out.append(diag * rss * pow(dof, -1, prime))
+            operands += [diag * pow((n_value - d) % prime, -1, prime), rss]
         if stat.intercept:
             g2_inv = _opened_inverse(tss_opened, field, 2)
             has_r2 = g2_inv is not None
             if has_r2:
-                n_over_tss = (g2_inv @ self.rand2)[1, 1:2]
-                out.append(1 - rss * n_over_tss)
+                operands += [rss, (g2_inv @ self.rand2)[1, 1:2]]  # rss * n / tss
         else:
             inv, zero = finish_masked(self.rand2, tss_opened, field)
             has_r2 = not zero[0]
             if has_r2:
-                out.append(1 - rss * inv)
-        flat = np.concatenate([o.reshape((-1,)) for o in out]) if len(out) > 1 else out[0]
-        return rt.output(flat), has_se, has_r2
+                operands += [rss, inv]  # rss / y'y
+
+        def result(beta, *rest):
+            parts = [beta.value]
+            if has_se:
+                parts.append((rest[0] * rest[1]).value)  # diag(A^-1) rss / dof
+            if has_r2:
+                parts.append((1 - rest[-2] * rest[-1]).value)
+            return field.array(np.concatenate(parts), check=False)
+        return open_local(rt, result, operands), has_se, has_r2
+
+
+def _matmul(a, b):
+    return a @ b
+
+
+def _multiply(a, b):
+    return a * b
 
 
 def _opened_inverse(opened, field, k: int):

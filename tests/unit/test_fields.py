@@ -5,6 +5,7 @@ import random
 from fractions import Fraction
 
 import gmpy2
+import pytest
 
 from jointstats import _fields
 
@@ -86,3 +87,16 @@ def test_rationals_with_shared_denominators_match_one_at_a_time():
     assert _fields.rationals(encoded, modulus, 1000, 1000) == wanted
     assert _fields.rationals(encoded, modulus, 1000, 1000) == [_fields.rational(x, modulus, 1000, 1000)
                                                                for x in encoded]
+
+
+@pytest.mark.parametrize("p", _fields.regression_primes(3) + [2 ** 61 - 1, 2 ** 127 - 1, 10007, 3])
+def test_residue_function_equals_python_mod(p):
+    """The folding reduction for p = 2**k - c is x % p for every integer, whatever its size or sign."""
+    residue = _fields.residue_function(p)
+    rng = random.Random(p % 1000)
+    k = p.bit_length()
+    cases = [0, 1, -1, p - 1, p, p + 1, -p, 2 * p, 1 << k, (1 << k) - 1, -(1 << k), -(1 << 5000)]
+    cases += [rng.getrandbits(bits) * rng.choice([1, -1])
+              for bits in (1, 11, k - 1, k, k + 1, 2 * k, 2 * k + 100, 3 * k) for _ in range(50)]
+    for x in cases:
+        assert residue(x) == x % p

@@ -191,3 +191,25 @@ def test_party_runtimes_install_every_speed_up():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+@pytest.mark.parametrize("modulus", [regression_primes(1)[0], 2 ** 61 - 1])
+def test_pseudorandom_zero_shares_equal_mpycs(modulus):
+    """PRZS (degree-2t sharings of zero, used by _mpc.open_local) gives MPyC's shares, and
+    the three shares of a degree-2 sharing reconstruct zero."""
+    from mpyc import finfields, thresha
+    field = finfields.GF(modulus)
+    m, n = 3, 5
+    keys = {frozenset(S): bytes([29 * i + 1]) * 16 for i, S in enumerate([(0, 1), (0, 2), (1, 2)])}
+    outs = []
+    for install in (_mpc_speedups.install_shares, _mpc_speedups.uninstall_shares):
+        install()
+        per_party = []
+        for i in range(m):
+            prfs = {S: thresha.PRF(k, modulus) for S, k in keys.items() if i in S}
+            per_party.append(thresha.np_pseudorandom_share_0(field, m, i, prfs, b"uci", n).value.tolist())
+        outs.append(per_party)
+    assert outs[0] == outs[1]
+    assert any(v for share in outs[0] for v in share)  # not trivially zero
+    points = [(i + 1, np.array(outs[0][i], dtype=object)) for i in range(m)]
+    assert thresha.np_recombine(field, points).value.tolist() == [0] * n
