@@ -662,9 +662,12 @@ class ParquetSource(Source):
             names = [c.name for c in cols]
             # One row group at a time: a single iter_batches over the file keeps every row
             # group it has read, so memory would grow with the file.
+            # Arrow's thread pool only when it has more than one thread (co-located parties get
+            # one each, see runner.party_environment): handing a single thread the work costs more
+            threads = pa.cpu_count() > 1
             for group in range(pf.num_row_groups):
                 for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=names,
-                                             row_groups=[group]):
+                                             row_groups=[group], use_threads=threads):
                     yield batch.num_rows, {c.name: batch.column(c.name) for c in cols}
         except (pa.ArrowException, OSError):
             raise _ReadError("its data could not be read as Parquet") from None

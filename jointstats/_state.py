@@ -254,15 +254,17 @@ class NodeState:
                 raise ConfigError(f"state: {self.path} cannot use WAL journal mode (got {mode!r})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            with self._tx():
-                version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, _SCHEMA_VERSION):
-                    raise ConfigError(f"state: {self.path} has schema version {version}, "
-                                      f"this jointstats expects {_SCHEMA_VERSION}")
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != _SCHEMA_VERSION:  # a new file (an existing one costs no write, no fsync)
+                with self._tx():
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version not in (0, _SCHEMA_VERSION):
+                        raise ConfigError(f"state: {self.path} has schema version {version}, "
+                                          f"this jointstats expects {_SCHEMA_VERSION}")
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            conn.execute(stmt)
+                    conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ConfigError(f"state: {self.path} is not a jointstats state file: {exc}") from exc
