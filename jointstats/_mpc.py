@@ -181,6 +181,21 @@ class JointRuntime(Runtime):
         if not self.failed.done():
             self.failed.set_result((pid, reason))
 
+    def _send_message(self, peer_pid, data):
+        """MPyC's, except that a message to a peer already lost is dropped: the loss has been
+        reported (``failed``) and ends every guarded wait, where MPyC would raise
+        AttributeError inside one of its tasks and stop the event loop, hiding the reason."""
+        protocol = self.parties[peer_pid].protocol
+        if protocol is not None:
+            protocol.send(self._program_counter[0], data)
+
+    def _receive_message(self, peer_pid):
+        """MPyC's, except that a message from a peer already lost never arrives (as above)."""
+        protocol = self.parties[peer_pid].protocol
+        if protocol is None:
+            return self._loop.create_future()
+        return protocol.receive(self._program_counter[0])
+
     def unset_protocol(self, peer_pid):
         """Deregister a peer, tolerating a connection that closes before it registered."""
         if self.parties[self.pid].protocol is None or self.parties[self.pid].protocol.done():
