@@ -97,20 +97,18 @@ class PartyJob:
             configure_tls(rt, cfg)
         refusal = None
         partials = None
-        # The local step runs in a thread (Arrow and numpy release the GIL) from now on, while
-        # this party audits the job's start and reserves its budget (a durable write) and
-        # connects: the connections are up when the slowest peer's data are read, and no party
-        # polls for a peer that is still reading. Nothing about the data is sent before the
-        # status exchange below, which waits for both.
-        local = _in_thread(self.local_step, plan)
-        local.add_done_callback(_consume)  # its outcome is not wanted if this party refuses
         try:
             if self.hooks:
                 self.hooks.before_data(plan)
         except JointStatsError as exc:
             refusal = self._refusal(exc)
+        # Connect while the local step runs in a thread (Arrow and numpy release the GIL):
+        # the connections are up when the slowest peer's data are read, and no party polls
+        # for a peer that is still reading. Nothing about the data is sent before the
+        # status exchange below.
         connecting = asyncio.ensure_future(rt.start(self.connect_timeout))
         if refusal is None:
+            local = asyncio.ensure_future(_in_thread(self.local_step, plan))
             await asyncio.wait({local, connecting}, return_when=asyncio.FIRST_EXCEPTION)
             if not local.done():  # connecting failed (say, the port is taken): say so now
                 local.cancel()
@@ -173,8 +171,8 @@ class PartyJob:
                 "parties": names, "privacy": privacy_block(self.spec, plan), "results": results}
 
 
-def _in_thread(fn, *args) -> asyncio.Future:
-    """Start ``fn(*args)`` in a daemon thread now; an asyncio future of its result.
+async def _in_thread(fn, *args):
+    """``fn(*args)`` in a daemon thread, awaited without blocking the event loop.
 
     Not ``asyncio.to_thread``: its executor's threads are joined when the loop ends, so a job
     that fails while a large file is still being read would wait for the read to finish."""
@@ -188,13 +186,7 @@ def _in_thread(fn, *args) -> asyncio.Future:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting coroutine
             done.set_exception(exc)
     threading.Thread(target=work, daemon=True, name="jointstats-local-step").start()
-    return asyncio.wrap_future(done)
-
-
-def _consume(future: asyncio.Future) -> None:
-    """Retrieve a future's exception, so that one nobody awaits is not reported as lost."""
-    if not future.cancelled():
-        future.exception()
+    return await asyncio.wrap_future(done)
 
 
 def _peak_rss_kb() -> int:
