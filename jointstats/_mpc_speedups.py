@@ -38,6 +38,7 @@ to MPyC's original.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import gmpy2
@@ -121,10 +122,16 @@ def _reduce(values, modulus) -> np.ndarray:
     return np.frompyfunc(lambda v: int(residue(v)), 1, 1)(values)
 
 
+@functools.lru_cache(maxsize=None)
+def _big_field(field) -> bool:
+    """True for a prime field of over 256 bits (the exact regression's)."""
+    modulus = field.modulus
+    return isinstance(modulus, int) and field.order == modulus and modulus.bit_length() > _BIG_MODULUS_BITS
+
+
 def _big_prime_field(cls) -> bool:
-    field = cls.field
-    return (issubclass(cls, _finfields.PrimeFieldArray) and isinstance(field.modulus, int)
-            and field.modulus.bit_length() > _BIG_MODULUS_BITS)
+    """True for the array class of a big prime field."""
+    return issubclass(cls, _finfields.PrimeFieldArray) and _big_field(cls.field)
 
 
 def _big_field_product(original, reflected: bool):
@@ -166,17 +173,11 @@ _NUMPY_2 = np.lib.NumpyVersion(np.__version__) >= "2.0.0b1"
 
 
 def _big_modulus(cls) -> int | None:
-    """The modulus of a big prime field's array class (None for any other field); cached."""
-    try:
-        return _BIG_MODULI[cls]
-    except KeyError:
-        _BIG_MODULI[cls] = modulus = cls.field.modulus if _big_prime_field(cls) else None
-        return modulus
+    """The modulus of a big prime field's array class (None for any other field)."""
+    return cls.field.modulus if _big_prime_field(cls) else None
 
 
-_BIG_MODULI: dict = {}
-
-
+@functools.lru_cache(maxsize=64)
 def _reducer(modulus: int):
     """Elementwise ``v % modulus`` (as a Python int) computed by gmpy2 where it is needed.
 
@@ -185,9 +186,6 @@ def _reducer(modulus: int):
     [0, modulus) are kept as they are (the common case for received shares)."""
     residue = residue_function(modulus)
     return np.frompyfunc(lambda v: v if 0 <= v < modulus else int(residue(v)), 1, 1)
-
-
-_REDUCERS: dict = {}
 
 
 def _array_init(self, value, check=True, copy=False):
@@ -201,8 +199,7 @@ def _array_init(self, value, check=True, copy=False):
         if modulus is None:
             value %= self.field.modulus  # in place, as MPyC: keeps the shape
         else:
-            reducer = _REDUCERS.get(modulus) or _REDUCERS.setdefault(modulus, _reducer(modulus))
-            value[...] = reducer(value)  # in place too
+            value[...] = _reducer(modulus)(value)  # in place too
     self.value = value
 
 
@@ -254,18 +251,6 @@ def uninstall_mul() -> None:
 _original_recombine = _thresha.np_recombine
 _original_prss = _thresha.np_pseudorandom_share
 _original_przs = _thresha.np_pseudorandom_share_0
-_BIG_FIELDS: dict = {}
-
-
-def _big_field(field) -> bool:
-    """True for a prime field of over 256 bits (the exact regression's); cached."""
-    try:
-        return _BIG_FIELDS[field]
-    except KeyError:
-        modulus = field.modulus
-        _BIG_FIELDS[field] = big = (isinstance(modulus, int) and field.order == modulus
-                                    and modulus.bit_length() > _BIG_MODULUS_BITS)
-        return big
 
 
 def np_recombine(field, points, x_rs=0):
@@ -285,18 +270,23 @@ def np_recombine(field, points, x_rs=0):
     return sums
 
 
+def _prss_sum(field, m, i, prfs, draw):
+    """Party i's share: the sum over its subsets S of draw(PRF_S) * f_S(i) (MPyC's formula),
+    on gmpy2 integers, reduced into a field array."""
+    total = None
+    for subset, prf in prfs.items():
+        term = draw(prf) * gmpy2.mpz(int(_thresha._f_S_i(field, m, i, subset)))
+        total = term if total is None else total + term
+    return field.array(_reduce(total, field.modulus), check=False)
+
+
 def np_pseudorandom_share(field, m, i, prfs, uci, n):
     """MPyC's ``np_pseudorandom_share`` (PRSS: random shares without communication), its
     sum of products on gmpy2 integers for big prime fields. The PRF outputs, and so the
     shares, are exactly MPyC's."""
     if not _big_field(field):
         return _original_prss(field, m, i, prfs, uci, n)
-    total = None
-    for subset, prf in prfs.items():
-        f_s_i = gmpy2.mpz(int(_thresha._f_S_i(field, m, i, subset)))
-        term = _to_mpz(prf(uci, (n,))) * f_s_i
-        total = term if total is None else total + term
-    return field.array(_reduce(total, field.modulus), check=False)
+    return _prss_sum(field, m, i, prfs, lambda prf: _to_mpz(prf(uci, (n,))))
 
 
 def np_pseudorandom_share_0(field, m, i, prfs, uci, n):
@@ -306,12 +296,7 @@ def np_pseudorandom_share_0(field, m, i, prfs, uci, n):
         return _original_przs(field, m, i, prfs, uci, n)
     d = m - len(next(iter(prfs.keys())))  # subsets all of the same size m - t
     powers = np.array([gmpy2.mpz(i + 1) ** j for j in range(1, d + 1)], dtype=object)
-    total = None
-    for subset, prf in prfs.items():
-        f_s_i = gmpy2.mpz(int(_thresha._f_S_i(field, m, i, subset)))
-        term = (_to_mpz(prf(uci, (n, d))) @ powers) * f_s_i
-        total = term if total is None else total + term
-    return field.array(_reduce(total, field.modulus), check=False)
+    return _prss_sum(field, m, i, prfs, lambda prf: _to_mpz(prf(uci, (n, d))) @ powers)
 
 
 def install_shares() -> None:

@@ -117,25 +117,32 @@ def test_recombine_equals_mpycs(modulus):
     assert out[0][0] == secrets_
 
 
+def _per_party_shares(name: str, field, keys: dict, n: int) -> tuple[list, list]:
+    """Every party's shares from thresha.``name`` (PRSS or PRZS) over the same keys: with our
+    replacements installed, and with MPyC's own."""
+    from mpyc import thresha
+    outs = []
+    for install in (_mpc_speedups.install_shares, _mpc_speedups.uninstall_shares):
+        install()
+        per_party = []
+        for i in range(3):
+            prfs = {S: thresha.PRF(k, field.modulus) for S, k in keys.items() if i in S}
+            per_party.append(getattr(thresha, name)(field, 3, i, prfs, b"uci", n).value.tolist())
+        outs.append(per_party)
+    return outs[0], outs[1]
+
+
 @pytest.mark.parametrize("modulus", [regression_primes(1)[0], 2 ** 61 - 1])
 def test_pseudorandom_shares_equal_mpycs(modulus):
     """PRSS over the same keys gives MPyC's shares, and they reconstruct one random array."""
     from mpyc import finfields, thresha
     field = finfields.GF(modulus)
-    m, t, n = 3, 1, 6
     keys = {frozenset(S): bytes([17 * i + 3]) * 16
             for i, S in enumerate([(0, 1), (0, 2), (1, 2)])}
-    outs = []
-    for install in (_mpc_speedups.install_shares, _mpc_speedups.uninstall_shares):
-        install()
-        per_party = []
-        for i in range(m):
-            prfs = {S: thresha.PRF(k, modulus) for S, k in keys.items() if i in S}
-            per_party.append(thresha.np_pseudorandom_share(field, m, i, prfs, b"uci", n).value.tolist())
-        outs.append(per_party)
-    assert outs[0] == outs[1]
-    points = [(i + 1, np.array(outs[0][i], dtype=object)) for i in (0, 1)]
-    other = [(i + 1, np.array(outs[0][i], dtype=object)) for i in (1, 2)]
+    ours, mpycs = _per_party_shares("np_pseudorandom_share", field, keys, 6)
+    assert ours == mpycs
+    points = [(i + 1, np.array(ours[i], dtype=object)) for i in (0, 1)]
+    other = [(i + 1, np.array(ours[i], dtype=object)) for i in (1, 2)]
     assert thresha.np_recombine(field, points).value.tolist() == thresha.np_recombine(field, other).value.tolist()
 
 
@@ -199,17 +206,10 @@ def test_pseudorandom_zero_shares_equal_mpycs(modulus):
     the three shares of a degree-2 sharing reconstruct zero."""
     from mpyc import finfields, thresha
     field = finfields.GF(modulus)
-    m, n = 3, 5
+    n = 5
     keys = {frozenset(S): bytes([29 * i + 1]) * 16 for i, S in enumerate([(0, 1), (0, 2), (1, 2)])}
-    outs = []
-    for install in (_mpc_speedups.install_shares, _mpc_speedups.uninstall_shares):
-        install()
-        per_party = []
-        for i in range(m):
-            prfs = {S: thresha.PRF(k, modulus) for S, k in keys.items() if i in S}
-            per_party.append(thresha.np_pseudorandom_share_0(field, m, i, prfs, b"uci", n).value.tolist())
-        outs.append(per_party)
-    assert outs[0] == outs[1]
-    assert any(v for share in outs[0] for v in share)  # not trivially zero
-    points = [(i + 1, np.array(outs[0][i], dtype=object)) for i in range(m)]
+    ours, mpycs = _per_party_shares("np_pseudorandom_share_0", field, keys, n)
+    assert ours == mpycs
+    assert any(v for share in ours for v in share)  # not trivially zero
+    points = [(i + 1, np.array(ours[i], dtype=object)) for i in range(3)]
     assert thresha.np_recombine(field, points).value.tolist() == [0] * n
