@@ -4,7 +4,8 @@ A party configuration maps a logical dataset to a *source* string:
 
 - ``path/to/file.csv`` -- comma-separated, UTF-8, double quotes for quoting, first
   line is the header, blank lines skipped (as by pandas); a row with the wrong
-  number of fields is counted and reported like a wrong-type value;
+  number of fields is counted like a wrong-type value (strict reading: reported;
+  lenient reading: read as a row whose every value is missing);
 - ``path/to/file.parquet`` (or ``.pq``);
 - ``sqlite:///path/to.db?table=name`` -- ``sqlite:////abs/path.db?table=t`` for an
   absolute path (one slash more, as in SQLAlchemy URLs).
@@ -28,11 +29,19 @@ Missing values -- never an error; NaN in ``numeric``, -1 in ``codes``:
 - Parquet and SQLite: NULL (and a floating-point NaN); text values follow the CSV
   rules.
 
-Type rules -- a violation is counted per column, and once *every* chunk has been
-read the iterator raises one :class:`~jointstats.errors.DataError` that names the
-party, each offending column and its number of rows, never a value. (Chunks
-yielded before that error must be discarded by the caller: iterate to the end
-before using any aggregate.)
+Type rules -- a violation is counted per column. Strict reading (``strict=True``,
+the default; exact mode): once *every* chunk has been read the iterator raises one
+:class:`~jointstats.errors.DataError` that names the party, each offending column
+and its number of rows, never a value. (Chunks yielded before that error must be
+discarded by the caller: iterate to the end before using any aggregate.)
+Lenient reading (``strict=False``; DP mode, where a failure or a count that depends
+on the data would bypass the noise): every violation is read as a missing value,
+nothing is raised, and the counts go only to this process's own log (WARNING on the
+``jointstats.sources`` logger). Lenient reading also reads CSV text that is not
+valid UTF-8 as wrong-type values (strict reading fails on it), and both readings
+retry a CSV with a larger read block when one row is longer than the block.
+Errors that do not depend on the rows (the header lacks a schema column, the file
+cannot be read at all) are raised in both modes.
 
 - ``real``: a number. CSV text is parsed as a decimal number (``12``, ``-0.5``,
   ``1e3``, surrounding blanks allowed); integer, floating-point and decimal
@@ -78,6 +87,7 @@ from .spec import Column
 
 __all__ = [
     "MISSING_TOKENS",
+    "MISFIT_RULE_DP",
     "EncodedChunk",
     "Source",
     "CsvSource",
@@ -91,6 +101,12 @@ log = logging.getLogger("jointstats.sources")
 #: Text meaning "missing" (compared case-insensitively, after trimming blanks).
 MISSING_TOKENS: tuple[str, ...] = ("", "na", "nan", "null", "none")
 
+#: The rule for values that misfit the schema in DP mode (lenient reading), as stated in
+#: every DP result's privacy block: fixed text, never a count.
+MISFIT_RULE_DP = ("values outside the declared levels or of the wrong type, and rows with the "
+                  "wrong number of fields, count as missing (each owner logs how many, locally); "
+                  "numeric values outside the bounds are clipped")
+
 _NUMERIC_KINDS = ("real", "integer")
 _KINDS = ("real", "integer", "categorical")
 
@@ -103,6 +119,9 @@ _NUMBER = re.compile(_NUMBER_RE)
 _SQLITE_FETCH_ROWS = 1 << 16
 _PARQUET_BATCH_ROWS = 1 << 18  # = the party's chunk size: no re-chunking copies
 _CSV_MIN_BLOCK = 1 << 20  # pyarrow's streaming CSV reader is fastest around 1 MiB
+_CSV_MAX_BLOCK = 1 << 28  # a row longer than this cannot be read
+# Text standing for a value that is not valid UTF-8: never a number, a level or a missing token.
+_NOT_TEXT = "\x00<binary>"
 
 # Sentinel codes used while mapping categorical values.
 _MISSING = -1
@@ -148,9 +167,11 @@ class EncodedChunk:
 
 
 class _Tally:
-    """Problems found while reading, accumulated over every chunk."""
+    """Problems found while reading, accumulated over every chunk; ``strict`` says how
+    the reader treats them (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = True) -> None:
+        self.strict = strict
         self.invalid: dict[str, dict[str, int]] = {}
         self.malformed_rows = 0
         self.rows = 0
@@ -455,13 +476,16 @@ class Source(abc.ABC):
         """Raw Arrow arrays of the schema's columns, a bounded number of rows at a time."""
 
     def iter_chunks(
-        self, schema: Sequence[Column], party: str, chunk_rows: int = 1 << 20
+        self, schema: Sequence[Column], party: str, chunk_rows: int = 1 << 20, *,
+        strict: bool = True,
     ) -> Iterator[EncodedChunk]:
         """Encoded chunks of at most ``chunk_rows`` rows (all but the last exactly).
 
-        The header is checked at once (DataError if a schema column is missing);
-        wrong-type values are counted while reading and raise one DataError after
-        the last chunk. An empty source yields no chunk.
+        The header is checked at once (DataError if a schema column is missing).
+        Wrong-type values, unknown levels and malformed CSV rows are counted while
+        reading; with ``strict`` they raise one DataError after the last chunk,
+        otherwise they are read as missing values and only logged here (WARNING).
+        An empty source yields no chunk.
         """
         if not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError("chunk_rows must be a positive integer")
@@ -478,10 +502,11 @@ class Source(abc.ABC):
                     f"party {party!r}: column {c.name!r} appears {header.count(c.name)} times "
                     f"in its data (source {self.spec})"
                 )
-        return self._iter(cols, party, chunk_rows)
+        return self._iter(cols, party, chunk_rows, strict)
 
-    def _iter(self, cols: list[Column], party: str, chunk_rows: int) -> Iterator[EncodedChunk]:
-        tally = _Tally()
+    def _iter(self, cols: list[Column], party: str, chunk_rows: int,
+              strict: bool = True) -> Iterator[EncodedChunk]:
+        tally = _Tally(strict)
         cat = {c.name: _CategoricalEncoder(c) for c in cols if c.type == "categorical"}
 
         def pieces() -> Iterator[_Piece]:
@@ -521,8 +546,11 @@ class Source(abc.ABC):
                     problems.append(f"column {c.name!r} has {per[reason]} rows with {text}")
         if problems:
             msg = f"party {party!r}: " + "; ".join(problems)
-            log.warning("%s (source %s)", msg, self.spec)
-            raise DataError(msg)
+            if strict:
+                log.warning("%s (source %s)", msg, self.spec)
+                raise DataError(msg)
+            # the owner's own log only: never raised, never sent to a peer or the analyst
+            log.warning("%s; read as missing values (source %s)", msg, self.spec)
         clipped = {k: v for k, v in tally.clipped.items() if v}
         log.info(
             "party %r: read %d rows from %s; clipped to bounds: %s; missing: %s",
@@ -582,14 +610,15 @@ class CsvSource(Source):
             self._block = max(_CSV_MIN_BLOCK, 64 * longest)
         return list(self._header)
 
-    def _open(self, cols: list[Column], numeric_as_text: bool, tally: _Tally):
+    def _open(self, cols: list[Column], numeric_as_text: bool, tally: _Tally, as_bytes: bool = False):
         def on_bad_row(row) -> str:
             tally.malformed_rows += 1
             return "skip"
 
-        text = pa.dictionary(pa.int32(), pa.string())
+        text = pa.dictionary(pa.int32(), pa.binary() if as_bytes else pa.string())
         types = {
-            c.name: (text if (c.type == "categorical" or numeric_as_text) else pa.float64()) for c in cols
+            c.name: (text if (c.type == "categorical" or numeric_as_text or as_bytes) else pa.float64())
+            for c in cols
         }
         return pacsv.open_csv(
             self.path,
@@ -607,12 +636,22 @@ class CsvSource(Source):
     def _batches(self, cols: list[Column], tally: _Tally) -> Iterator[tuple[int, dict[str, pa.Array]]]:
         self.columns()
         emitted = 0
+        blank_rows = 0  # lenient reading: all-missing rows handed out for malformed rows
         numeric_as_text = False
+        as_bytes = False
+
+        def malformed_as_missing() -> Iterator[tuple[int, dict[str, pa.Array]]]:
+            nonlocal blank_rows
+            extra = tally.malformed_rows - blank_rows
+            if not tally.strict and extra > 0:
+                blank_rows += extra
+                yield extra, {c.name: pa.nulls(extra, pa.string()) for c in cols}
+
         while True:
-            skip = emitted  # rows already handed out by a previous (fast) pass
-            tally.malformed_rows = 0
+            skip = emitted  # rows already handed out by a previous pass
+            tally.malformed_rows = 0  # counted anew by every pass (over the whole file)
             try:
-                reader = self._open(cols, numeric_as_text, tally)
+                reader = self._open(cols, numeric_as_text, tally, as_bytes)
                 for batch in reader:
                     n = batch.num_rows
                     if skip >= n:
@@ -623,7 +662,12 @@ class CsvSource(Source):
                         n -= skip
                         skip = 0
                     emitted += n
-                    yield n, {c.name: batch.column(c.name) for c in cols}
+                    arrays = {c.name: batch.column(c.name) for c in cols}
+                    if as_bytes:
+                        arrays = {k: _utf8_or_not_text(v) for k, v in arrays.items()}
+                    yield n, arrays
+                    yield from malformed_as_missing()
+                yield from malformed_as_missing()
                 return
             except pa.ArrowInvalid as exc:
                 msg = str(exc)
@@ -635,12 +679,34 @@ class CsvSource(Source):
                     numeric_as_text = True
                     continue
                 if "straddl" in msg:
+                    if self._block < _CSV_MAX_BLOCK:
+                        self._block = min(8 * self._block, _CSV_MAX_BLOCK)
+                        continue
                     raise _ReadError("a row of its data is longer than the read block") from None
                 if "UTF8" in msg or "utf8" in msg.lower():
+                    if not tally.strict and not as_bytes:
+                        # some field is not UTF-8 text: re-read as bytes from where we
+                        # stopped; such a value is then a wrong-type value like any other
+                        as_bytes = True
+                        continue
                     raise _ReadError("its data is not valid UTF-8 text") from None
                 raise _ReadError("its data could not be parsed as CSV") from None
             except OSError:
                 raise _ReadError("its data could not be read") from None
+
+
+def _utf8_or_not_text(arr: pa.Array) -> pa.Array:
+    """A dictionary<binary> CSV column as dictionary<string>: each distinct value decoded,
+    one that is not UTF-8 replaced by a text that matches no number, level or missing token."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    words = []
+    for value in arr.dictionary.to_pylist():
+        try:
+            words.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            words.append(_NOT_TEXT)
+    return pa.DictionaryArray.from_arrays(arr.indices, pa.array(words, pa.string()))
 
 
 class ParquetSource(Source):
@@ -689,7 +755,7 @@ def _py_column(values: tuple) -> pa.Array:
             try:
                 return v.decode("utf-8")
             except UnicodeDecodeError:
-                return "\x00<binary>"  # never a number, a level or a missing token
+                return _NOT_TEXT
         return "\x00<other>"
 
     return pa.array([text(v) for v in values], type=pa.string())
