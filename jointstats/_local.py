@@ -150,14 +150,33 @@ def _chunk_partial(stat: StatPlan, chunk) -> list[int]:
     return _gram_partials([stat], chunk)[stat.name]
 
 
+def _first_rows(chunk, n: int):
+    """The first ``n`` rows of an encoded chunk."""
+    import dataclasses
+    return dataclasses.replace(chunk, n_rows=n, numeric={k: v[:n] for k, v in chunk.numeric.items()},
+                               codes={k: v[:n] for k, v in chunk.codes.items()})
+
+
 def compute_partials(plan: Plan, chunks: Iterable) -> dict[str, list[int]]:
-    """Stream the owner's chunks once and return each statistic's exact partial vector."""
+    """Stream the owner's chunks once and return each statistic's exact partial vector.
+
+    The plan's numbers are sized for at most ``plan.max_rows_per_party`` rows (2**31). A
+    party with more refuses in exact mode (PolicyError). In DP mode a refusal that depends
+    on the data would bypass the noise: the party uses its first ``max_rows_per_party``
+    rows, leaves out the rest and says how many only in its own log.
+    """
     totals = {stat.name: _zero_partial(stat) for stat in plan.statistics}
     gram_stats = [stat for stat in plan.statistics if stat.kind in _GRAM_KINDS]
     other_stats = [stat for stat in plan.statistics if stat.kind not in _GRAM_KINDS]
+    limit = plan.max_rows_per_party
     rows = 0
     for chunk in chunks:
         rows += chunk.n_rows
+        if plan.mode == "dp" and rows > limit:  # only the first `limit` rows are used
+            keep = chunk.n_rows - (rows - limit)
+            if keep <= 0:
+                continue
+            chunk = _first_rows(chunk, keep)
         parts = _gram_partials(gram_stats, chunk) if gram_stats else {}
         for stat in other_stats:
             parts[stat.name] = _chunk_partial(stat, chunk)
@@ -165,9 +184,15 @@ def compute_partials(plan: Plan, chunks: Iterable) -> dict[str, list[int]]:
             acc = totals[name]
             for i, v in enumerate(part):
                 acc[i] += v
-    if rows > plan.max_rows_per_party:
+    if rows > limit:
+        if plan.mode == "dp":  # the owner's own log only
+            import logging
+            logging.getLogger("jointstats.local").warning(
+                "%d rows, more than the plan's limit of %d per party: the last %d rows are left out",
+                rows, limit, rows - limit)
+            return totals
         from .errors import PolicyError
-        raise PolicyError(f"has {rows} rows, more than the plan's limit of {plan.max_rows_per_party} per party")
+        raise PolicyError(f"has {rows} rows, more than the plan's limit of {limit} per party")
     return totals
 
 

@@ -135,3 +135,25 @@ def test_empty_chunk_gives_zero_partials():
     empty = make_chunk(rng, 0, 0.0)
     partials = _local.compute_partials(plan, [empty])
     assert all(v == 0 for part in partials.values() for v in part)
+
+
+def test_row_limit_exact_refuses_dp_uses_the_first_rows(caplog):
+    """Over the plan's row limit, exact mode refuses; DP mode never refuses on the data (that
+    would be an un-noised bit): it uses the first max_rows_per_party rows, logging only locally."""
+    import dataclasses
+
+    from jointstats.errors import PolicyError
+    plan = dataclasses.replace(make_plan(parse_spec(SPEC), ["a"]), max_rows_per_party=25)
+    rng = np.random.default_rng(5)
+    chunks = [make_chunk(rng, 10, 0.1) for _ in range(4)]  # 40 rows
+    with pytest.raises(PolicyError, match="has 40 rows, more than the plan's limit of 25"):
+        _local.compute_partials(plan, chunks)
+    dp = dataclasses.replace(plan, mode="dp")
+    with caplog.at_level("WARNING", logger="jointstats.local"):
+        got = _local.compute_partials(dp, chunks)
+    first = chunks[:2] + [Chunk(5, {k: v[:5] for k, v in chunks[2].numeric.items()},
+                                {k: v[:5] for k, v in chunks[2].codes.items()})]
+    assert got == _local.compute_partials(plan, first)
+    assert got["n"] == [25]
+    assert "the last 15 rows are left out" in caplog.text
+    assert _local.compute_partials(dp, chunks[:2]) == _local.compute_partials(plan, chunks[:2])
