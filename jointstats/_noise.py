@@ -282,27 +282,88 @@ class DLPlan:
         return 1 << self.nbits
 
 
-@lru_cache(maxsize=256)
-def dl_plan(scale: Fraction, budget: Fraction = DELTA_TARGET) -> DLPlan:
-    """Plan (coins and delta) for discrete Laplace with the given scale."""
-    scale = _as_fraction(scale, "scale")
-    a_lo, a_hi = exp_neg_bounds(1 / scale, _BIAS_PREC)
+def _to_fixed(x: Fraction, P: int, up: bool) -> int:
+    """floor(x * 2**P), or its ceiling if ``up``."""
+    n = x.numerator << P
+    return -((-n) // x.denominator) if up else n // x.denominator
+
+
+def _exp_neg_fixed(y: Fraction, P: int) -> tuple[int, int]:
+    """(lo, hi) integers with lo / 2**P <= exp(-y) <= hi / 2**P, for any rational y."""
+    if y >= 0:
+        lo, hi = exp_neg_bounds(y, P)
+        return _to_fixed(lo, P, False), _to_fixed(hi, P, True)
+    lo, hi = exp_neg_bounds(-y, P)  # exp(-y) = 1 / exp(y)
+    return (1 << (2 * P)) // _to_fixed(hi, P, True), -((-(1 << (2 * P))) // _to_fixed(lo, P, False))
+
+
+def _exp_doubling(x0: Fraction, count: int, prec: int) -> list[tuple[Fraction, Fraction]]:
+    """Bounds (lo, hi) of exp(-2**j x0) for j = 0 .. count-1, each with hi - lo < 2**(1 - prec).
+
+    One Taylor evaluation for j = 0 (``exp_neg_bounds``), then exact squarings rounded outward
+    in fixed point with P = prec + count + 3 bits: exp(-2**(j+1) x0) = exp(-2**j x0)**2, and an
+    interval's width at most doubles, plus two units, per squaring (its ends are <= 1), so
+    after j squarings it is below 5 * 2**j units <= 2**(prec - P + j + 3) <= 2**-prec; each
+    bound is then rounded outward to prec + 2 bits (width still < 2**(1 - prec)).
+    Every digit and acceptance coin of a plan has an exponent of this form: one Taylor series
+    per plan instead of one per coin."""
+    P = prec + count + 3
+    one = 1 << P
+    shift = count + 1
+    out_one = 1 << (prec + 2)
+    lo, hi = _exp_neg_fixed(x0, P)
+    out = []
+    for j in range(count):
+        if j:
+            lo = (lo * lo) >> P
+            hi = min(-((-(hi * hi)) >> P), one)
+        if (hi - lo) << prec > one:  # pragma: no cover - excluded by the bound above
+            raise AssertionError("exp chain lost its precision")
+        # rounded outward to prec + 2 bits: small denominators for the coin search
+        out.append((Fraction(lo >> shift, out_one), Fraction(-((-hi) >> shift), out_one)))
+    return out
+
+
+def _doublings_to(x0: Fraction, target: int) -> int:
+    """Number of terms of the chain exp(-2**j x0) that reaches exp(-2**j x0) < 2**-target
+    (2**j x0 >= target ln 2, with ln 2 > 0.69), plus one."""
+    need = Fraction(target * 70, 100) / x0        # 2**j >= need
+    return max(1, math.ceil(need).bit_length() + 1)
+
+
+def _dl_digit_bounds(scale: Fraction) -> tuple[list[tuple[Fraction, Fraction]], int, Fraction]:
+    """Bounds of exp(-2**i / scale) for i = 0, 1, ..., the number of digits kept, and the
+    bound of the dropped tail.
+
+    Digits stop at the first i with exp(-2**i / scale) <= 2**-90 (upper bound): the digits
+    >= i then have biases summing to at most 2 exp(-2**i / scale)."""
+    count = _doublings_to(1 / scale, 90) + 2
+    while True:
+        chain = _exp_doubling(1 / scale, count, _BIAS_PREC)
+        for i, (_, e_hi) in enumerate(chain):
+            if e_hi <= _TAIL_CUT:
+                return chain, i, 2 * e_hi
+        count += 8  # pragma: no cover - the count above reaches the cut
+
+
+def _build_dl_plan(scale: Fraction, budget: Fraction) -> DLPlan:
+    chain, ndigits, tail = _dl_digit_bounds(scale)
+    a_lo, a_hi = chain[0]
     z_lo, z_hi = (1 - a_hi) / (1 + a_hi), (1 - a_lo) / (1 + a_lo)
     frontiers = [_frontier(z_lo, z_hi)]
-    i = 0
-    while True:
-        e_lo, e_hi = exp_neg_bounds(Fraction(1 << i) / scale, _BIAS_PREC)
-        if e_hi <= _TAIL_CUT:
-            # digits >= i: sum of biases <= sum_j e_j <= 2 e_i (e_{j+1} = e_j^2)
-            tail = 2 * e_hi
-            break
-        frontiers.append(_frontier(e_lo / (1 + e_lo), e_hi / (1 + e_hi)))
-        i += 1
+    frontiers += [_frontier(e_lo / (1 + e_lo), e_hi / (1 + e_hi)) for e_lo, e_hi in chain[:ndigits]]
     coins = _choose_coins(frontiers, budget - tail)
     delta = sum((c.err for c in coins), tail)
     bits = tuple((j, c) for j, c in enumerate(coins[1:]) if not (c.k == 0 and c.c == 0))
     nbits = max((j + 1 for j, _ in bits), default=0)
     return DLPlan(scale, coins[0], bits, delta, nbits)
+
+
+@lru_cache(maxsize=256)
+def dl_plan(scale: Fraction, budget: Fraction = DELTA_TARGET) -> DLPlan:
+    """Plan (coins and delta) for discrete Laplace with the given scale."""
+    scale = _as_fraction(scale, "scale")
+    return _build_dl_plan(scale, budget)
 
 
 def discrete_laplace_delta(scale) -> Fraction:
@@ -337,8 +398,18 @@ def _isqrt_floor(x: Fraction) -> int:
 
 
 def _alpha_lower(sigma2: Fraction, t: Fraction, C: int, D: int) -> Fraction:
-    """Rigorous lower bound of the ideal per-trial acceptance probability."""
+    """Rigorous lower bound of the ideal per-trial acceptance probability.
+
+    alpha = P(Y = 0) acc(0) + sum_{g >= 0} P(|Y| = g + 1) acc(g) with acc(g) = exp(-n(g)^2 kappa),
+    n(g) = D (g + 1) - C (unimodal in g). The sum is cut at gmax = C/D + 9 sigma and bounded from
+    below block by block (about 400 blocks of bs values): P(|Y| - 1 in [g0, g1]) is
+    P(|Y| > g0) - P(|Y| > g1 + 1) = pnz (exp(-g0/t) - exp(-(g1+1)/t)), times the smaller acc
+    at the block's ends. The exponentials at the block ends are products along the blocks,
+    exp(-(b+1) bs/t) = exp(-b bs/t) exp(-bs/t) and exp(-n_{b+1}^2 kappa) = exp(-n_b^2 kappa)
+    exp(-(2 n_b + Delta) Delta kappa) (n_{b+1} = n_b + Delta), in fixed point with 128 bits,
+    every product rounded outward: a few thousand integer products, not 1600 series."""
     prec = 64
+    P = 128
     kappa = 1 / (2 * sigma2 * D * D)
     a_lo, a_hi = exp_neg_bounds(1 / t, prec)
     pz_lo = (1 - a_hi) / (1 + a_hi)
@@ -346,24 +417,37 @@ def _alpha_lower(sigma2: Fraction, t: Fraction, C: int, D: int) -> Fraction:
     total = pz_lo * exp_neg_bounds(C * C * kappa, prec)[0]
     sigma = _isqrt_floor(sigma2) + 1
     gmax = C // D + 9 * sigma
-    nblocks = 400
-    bs = max(1, gmax // nblocks)
-    s = Fraction(0)
-    cache: dict[int, Fraction] = {}
+    bs = max(1, gmax // 400)
+    nb = gmax // bs + 1                      # blocks g0 = b bs, b = 0 .. nb - 1
+    delta_n = D * bs
 
-    def acc_lo(g: int) -> Fraction:
-        if g not in cache:
-            n = D * (g + 1) - C
-            cache[g] = exp_neg_bounds(n * n * kappa, prec)[0]
-        return cache[g]
+    def acc_walk(n0: int):
+        """Lower bounds of exp(-(n0 + b Delta)^2 kappa), b = 0, 1, ... (fixed point, P bits)."""
+        f = _exp_neg_fixed(n0 * n0 * kappa, P)[0]
+        r = _exp_neg_fixed((2 * n0 + delta_n) * delta_n * kappa, P)[0]
+        q = _exp_neg_fixed(2 * delta_n * delta_n * kappa, P)[0]
+        while True:
+            yield f
+            f = (f * r) >> P
+            r = (r * q) >> P
 
-    for g0 in range(0, gmax + 1, bs):
-        g1 = min(g0 + bs - 1, gmax)
-        w = exp_neg_bounds(g0 / t, prec)[0] - exp_neg_bounds((g1 + 1) / t, prec)[1]
-        if w <= 0:
-            continue
-        s += w * min(acc_lo(g0), acc_lo(g1))
-    total += pnz_lo * s
+    e_lo, e_hi = _exp_neg_fixed(Fraction(bs) / t, P)
+    starts = acc_walk(D - C)                 # g0 = b bs:          n = D (b bs + 1) - C
+    ends = acc_walk(delta_n - C)             # g1 = (b + 1) bs - 1: n = D (b + 1) bs - C
+    lo_b = 1 << P                            # exp(-b bs / t), lower bound
+    hi_next = e_hi                           # exp(-(b + 1) bs / t), upper bound
+    s = 0                                    # scale 2**(2P)
+    for b in range(nb):
+        a0, a1 = next(starts), next(ends)
+        if b == nb - 1:                      # last block: g1 = gmax
+            a1 = _exp_neg_fixed((D * (gmax + 1) - C) ** 2 * kappa, P)[0]
+            hi_next = _exp_neg_fixed((gmax + 1) / t, P)[1]
+        w = lo_b - hi_next
+        if w > 0:
+            s += w * min(a0, a1)
+        lo_b = (lo_b * e_lo) >> P
+        hi_next = -((-(hi_next * e_hi)) >> P)
+    total += pnz_lo * Fraction(s, 1 << (2 * P))
     return Fraction(math.floor(total * (1 << 64)), 1 << 64)
 
 
@@ -392,10 +476,7 @@ def _default_trials(alpha_lo: Fraction, fail_budget: Fraction) -> int:
     return k
 
 
-@lru_cache(maxsize=64)
-def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
-    """Plan (coins, trials and delta) for the discrete Gaussian with variance parameter sigma2."""
-    sigma2 = _as_fraction(sigma2, "sigma2")
+def _build_dg_plan(sigma2: Fraction, trials: int | None) -> DGPlan:
     C, D, t = _dg_params(sigma2)
     alpha = _dg_alpha(sigma2)
     if alpha <= 0:  # pragma: no cover - cannot happen for sane parameters
@@ -412,18 +493,23 @@ def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
     width = 2
     while not (-(1 << (width - 1)) <= nmin and nmax < (1 << (width - 1))):
         width += 1
+    # acceptance coins: bit p of N^2 is weighted by exp(-2**p kappa), all from one chain;
     # |N| <= 2**(width-1): squares of |N| >= 2**hsq are rejected outright
-    hsq = 1
-    while exp_neg_bounds((1 << (2 * hsq)) * kappa, 80)[1] > Fraction(1, 1 << 70):
-        hsq += 1
+    count = _doublings_to(kappa, 70) + 2
+    while True:
+        chain = _exp_doubling(kappa, count, _BIAS_PREC)
+        hsq = next((h for h in range(1, (count + 1) // 2) if chain[2 * h][1] <= Fraction(1, 1 << 70)),
+                   None)
+        if hsq is not None:
+            break
+        count += 8  # pragma: no cover - the count above reaches the cut
     big_err = Fraction(0)
     if hsq < width:
-        big_err = exp_neg_bounds((1 << (2 * hsq)) * kappa, 80)[1]
+        big_err = chain[2 * hsq][1]
     else:
         hsq = width
     frontiers = [_frontier(*exp_neg_bounds(C * C * kappa, _BIAS_PREC))]
-    for p in range(2 * hsq):
-        frontiers.append(_frontier(*exp_neg_bounds((1 << p) * kappa, _BIAS_PREC)))
+    frontiers += [_frontier(*chain[p]) for p in range(2 * hsq)]
     coins = _choose_coins(frontiers, per - big_err)
     e_acc = sum((c.err for c in coins), big_err)
     fail = (1 - alpha) ** trials
@@ -431,6 +517,13 @@ def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
     delta = Fraction(math.ceil(delta * (1 << 96)), 1 << 96)
     return DGPlan(sigma2, C, D, t, dl, width, hsq, tuple(coins[1:]), coins[0], trials,
                   alpha, delta)
+
+
+@lru_cache(maxsize=64)
+def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
+    """Plan (coins, trials and delta) for the discrete Gaussian with variance parameter sigma2."""
+    sigma2 = _as_fraction(sigma2, "sigma2")
+    return _build_dg_plan(sigma2, trials)
 
 
 def discrete_gaussian_delta(sigma2, trials: int | None = None) -> Fraction:
