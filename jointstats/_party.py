@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import resource
 import sys
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from .config import PartyConfig, load_party_config
-from .errors import JointStatsError, PartyError, PlanMismatchError
+from .errors import DataError, JointStatsError, PartyError, PlanMismatchError
 from .plan import Plan, make_plan
 from .policy import check_job, effective_min_count
 from .spec import Spec, load_spec
@@ -29,6 +30,14 @@ LOCAL_STEP_TIMEOUT = 3600.0
 CHUNK_ROWS = 1 << 18
 #: Seconds any single secure-step wait may take before the job fails.
 SECURE_STEP_TIMEOUT = 600.0
+
+log = logging.getLogger("jointstats.party")
+
+
+def local_step_failure(party: str) -> str:
+    """The fixed reason a party gives its peers and the analyst when its local step fails in
+    DP mode: it names the party only (what went wrong, with any count, is in its own log)."""
+    return f"party {party!r} could not read and aggregate its data; the reason is in its own log only"
 
 
 class PartyJob:
@@ -51,15 +60,34 @@ class PartyJob:
         return add_noise_plans(self.spec, plan)
 
     def local_step(self, plan: Plan) -> dict[str, list[int]]:
-        """Policy check, then read, validate, clip and aggregate this party's own rows."""
+        """Policy check, then read, validate, clip and aggregate this party's own rows.
+
+        The policy check, the data source and its header do not depend on the rows: their
+        errors are precise in both modes. Exact mode reads strictly (a value outside the
+        schema fails the job, naming column and count). In DP mode nothing another party or
+        the analyst sees may depend on the data except through the noise: values outside
+        the schema are read as missing (counted only in this party's own log), and any
+        failure while reading or aggregating becomes one fixed reason naming this party
+        (``local_step_failure``), the details logged here only.
+        """
         from ._local import compute_partials
         from ._sources import open_source
+        party = self.config.party
         check_job(self.config, self.spec, plan)
         source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir)
         started = time.perf_counter()
-        chunks = source.iter_chunks(list(self.spec.schema), self.config.party, chunk_rows=CHUNK_ROWS)
-        _fault_point(self.config.party, "local_step")
-        partials = compute_partials(plan, chunks)
+        dp = plan.mode == "dp"
+        chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS, strict=not dp)
+        _fault_point(party, "local_step")
+        if not dp:
+            partials = compute_partials(plan, chunks)
+        else:
+            try:
+                partials = compute_partials(plan, chunks)
+            except Exception as exc:  # noqa: BLE001 - whatever it was, its text stays here
+                log.warning("party %r: local step failed: %s: %s", party, type(exc).__name__, exc,
+                            exc_info=not isinstance(exc, JointStatsError))
+                raise DataError(local_step_failure(party)) from None
         self.metrics["local_seconds"] = time.perf_counter() - started
         return partials
 
@@ -250,6 +278,20 @@ def _stop_on_sigterm(party: str) -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def _log_to_stderr() -> None:
+    """This party's own log: the ``jointstats`` loggers (INFO and up) on the process's stderr,
+    which a node keeps in the job's worker log and a local runner keeps to itself (MPyC's
+    root handler may write to stdout, which a party process discards)."""
+    logger = logging.getLogger("jointstats")
+    if not any(getattr(h, "_jointstats_party", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._jointstats_party = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _fault_point(party: str, point: str) -> None:
     """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there;
     ``party:point:pause=S`` makes it pause S seconds there instead."""
@@ -271,13 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyst", default="local")
     args = parser.parse_args(argv)
     _configure_arrow()
+    _log_to_stderr()
     out = Path(args.out)
     name = "?"
+    dp = True  # until the spec says otherwise: an unexpected error's text is not passed on
     try:
         config = load_party_config(args.config)
         name = config.party
         _stop_on_sigterm(name)
         spec = load_spec(args.spec)
+        dp = not spec.exact
         job = PartyJob(config, spec, args.job_id, connect_timeout=args.connect_timeout,
                        progress=lambda msg: print(f"progress {name}: {msg}", file=sys.stderr, flush=True))
         from ._hooks import LedgerHooks
@@ -297,10 +342,14 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"ok": True, "result": result, "metrics": job.metrics}
         status = 0
     except JointStatsError as exc:
-        payload = {"ok": False, "error": str(exc), "party": name}
+        payload = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "party": name}
         status = 1
     except Exception as exc:  # a bug: still one line, naming the party
-        payload = {"ok": False, "error": f"party {name!r} failed: {type(exc).__name__}: {exc}", "party": name}
+        # in DP mode its text (which might quote data) goes to this party's own log only
+        log.warning("party %r failed", name, exc_info=True)
+        detail = "" if dp else f": {exc}"
+        payload = {"ok": False, "error": f"party {name!r} failed: {type(exc).__name__}{detail}",
+                   "kind": "InternalError", "party": name}
         status = 1
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(payload))

@@ -89,6 +89,7 @@ class NodeJob:
     order: int | None = None
     error: str | None = None
     progress: str | None = field(default=None)
+    error_kind: str | None = None
 
     def entry(self) -> tuple:
         """The job as exchanged in the rendezvous: it sorts by (timestamp, job id)."""
@@ -101,7 +102,8 @@ class NodeJob:
                 "mode": self.mode, "epsilon": self.epsilon, "spec_sha256": self.spec_sha256,
                 "timestamp": self.timestamp, "received": _iso(self.received),
                 "started": _iso(self.started), "finished": _iso(self.finished),
-                "order": self.order, "progress": self.progress, "error": self.error}
+                "order": self.order, "progress": self.progress, "error": self.error,
+                "error_kind": self.error_kind}
 
 
 def _iso(t: float | None) -> str | None:
@@ -258,12 +260,14 @@ class Node:
         if entry is None or entry.status in ("reserved", "committed"):
             self.state.fail(job_id, reason)
 
-    def _end(self, job: NodeJob, status: str, error: str | None, settle: bool = True) -> None:
+    def _end(self, job: NodeJob, status: str, error: str | None, settle: bool = True,
+             kind: str | None = None) -> None:
         """Finish ``job`` with ``status``; a failed or cancelled job's ledger is settled
         (``settle=False`` when its worker has already done so and audited the failure)."""
         with self._lock:
             job.status = status
             job.error = error
+            job.error_kind = (kind or "PartyError") if error else None
             job.finished = time.time()
             self.store.save(job)
         if settle and status in ("failed", "cancelled"):
@@ -438,7 +442,7 @@ class Node:
         if job.status != "done":
             msg = (f"job {job_id!r} is {job.status}" + (f": {job.error}" if job.error else ""))
             raise ApiError(409, msg, "NotReady" if job.status in ("queued", "running")
-                           else "PartyError")
+                           else job.error_kind or "PartyError")
         payload = self.store.read_result(job_id)
         if not payload or not payload.get("ok"):
             raise ApiError(500, f"result of job {job_id!r} is missing on party "
@@ -612,6 +616,7 @@ class Node:
                 "--connect-timeout", str(self.connect_timeout)]
         lines: list[str] = []
         error = None
+        kind = "PartyError"
         try:
             with open(self.store.log_path(job.job_id), "a") as log:
                 # forked from the node's launcher (a clean interpreter, never a fork of the
@@ -647,13 +652,18 @@ class Node:
                 self._log(f"job {job.job_id} done")
                 return
             error = payload.get("error") or "failed"
+            kind = payload.get("kind") or kind
         elif error is None:
+            # The worker's stderr is this party's own log (it may count rows or quote a
+            # traceback): it stays in the job's worker log and the node's log, never in the
+            # error shown to the analyst.
             rc = proc.returncode if proc is not None else None
             how = (f"signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}")
+            error = f"party {cfg.party!r} died ({how}) in its worker process"
             tail = [ln for ln in lines if not ln.startswith("progress ")]
-            error = f"party {cfg.party!r} died ({how}) in its worker process" + (
-                f": {tail[-1]}" if tail else "")
-        self._end(job, "failed", error, settle=not worker_settled)
+            if tail:
+                self._log(f"job {job.job_id}: last line of its worker log: {tail[-1]}")
+        self._end(job, "failed", error, settle=not worker_settled, kind=kind)
         with self._lock:
             self._running = None
         self._log(f"job {job.job_id} failed: {error}")
@@ -760,7 +770,10 @@ def openapi(node: Node | None = None) -> dict:
                 "order": {"type": "integer", "nullable": True,
                           "description": "position among the jobs this node has run"},
                 "progress": {"type": "string", "nullable": True},
-                "error": {"type": "string", "nullable": True}}},
+                "error": {"type": "string", "nullable": True,
+                          "description": "one line naming the party; never a data value or count"},
+                "error_kind": {"type": "string", "nullable": True,
+                               "description": "the error's class (PartyError, DataError, ...)"}}},
             "Result": {"type": "object", "required": ["protocol", "job_id", "spec_sha256", "parties",
                                                       "privacy", "results"],
                        "properties": {"protocol": {"type": "string"}, "job_id": {"type": "string"},
