@@ -10,6 +10,11 @@ Conventions
   rounds down, ``eps_from_rho`` rounds up, noise interval widths round up.
 * Pure DP composes additively in epsilon (basic composition), zCDP composes
   additively in rho.
+* A job with delta > 0 is accounted in zCDP: its (epsilon, delta), less the sampler's
+  total-variation charge, is converted to rho once with the Canonne-Kamath-Steinke
+  conversion (:func:`rho_from_eps_delta_cks`); :func:`job_charge` gives the whole
+  charge of a job (:class:`JobCharge`) and :func:`lifetime_spend` the rule a party's
+  lifetime ledger applies to the sums of the charges.
 
 Neighbouring datasets differ by adding or removing one row.
 """
@@ -18,14 +23,17 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from numbers import Rational
-from typing import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
 
 import gmpy2
 
 __all__ = [
     "to_fraction", "split_budget", "laplace_scale", "rho_from_eps_delta",
     "gaussian_sigma2", "eps_from_rho", "noise_interval_95", "compose_pure",
-    "compose_zcdp", "exp_neg_bounds", "ln_bounds",
+    "compose_zcdp", "exp_neg_bounds", "ln_bounds", "rho_from_eps_delta_cks",
+    "eps_from_rho_cks", "delta_from_rho_eps_cks", "SAMPLER_TV_PER_SAMPLE", "JobCharge",
+    "job_charge", "LedgerTotals", "LifetimeSpend", "lifetime_spend", "exp_hi",
 ]
 
 _PREC = 96  # bits of precision for transcendental bounds
@@ -362,3 +370,294 @@ def noise_interval_95(mechanism: str, scale_or_sigma2) -> int:
         else:
             hi = mid
     return hi
+
+
+# ---------------------------------------------------------------------------
+# Canonne-Kamath-Steinke conversion between zCDP and (epsilon, delta)-DP
+#
+# CKS 2020 ("The Discrete Gaussian for Differential Privacy", Corollary 13): a
+# rho-zCDP mechanism is (eps, delta)-DP for
+#     delta = inf_{alpha > 1} exp((alpha - 1)(alpha rho - eps)) / (alpha - 1) * (1 - 1/alpha)^alpha.
+# For ANY fixed alpha > 1 the expression bounds that infimum from above, so in logs
+#     log delta <= (alpha - 1)(alpha rho - eps) + h(alpha),
+#     h(alpha) = alpha ln(1 - 1/alpha) - ln(alpha - 1).
+# alpha is chosen with floats (a grid, then a golden-section search, in t = ln(alpha - 1));
+# alpha - 1 is then held as the exact dyadic rational e^t rounds to, and every quantity is
+# bounded with the rigorous rational bounds of ln and exp (``ln_bounds``/``exp_neg_bounds``),
+# rounded in the direction that keeps the privacy statement valid.  A sub-optimal alpha
+# can only make the result less tight, never invalid.
+
+_T_LO, _T_HI, _T_STEP = -40.0, 120.0, 0.1
+
+
+def _float_log(x: Fraction) -> float:
+    """ln(x) in floats for a positive Fraction of any size (no underflow to 0)."""
+    return math.log(x.numerator) - math.log(x.denominator)
+
+
+def _float_h(t: float) -> tuple[float, float]:
+    """(alpha - 1, h(alpha)) in floats for alpha = 1 + e^t, without cancellation."""
+    am1 = math.exp(t)
+    # ln(1 - 1/alpha) = ln(am1 / (1 + am1)) = t - log1p(e^t) = -log1p(e^-t)
+    lg = -math.log1p(math.exp(-t)) if t > 0 else t - math.log1p(am1)
+    return am1, (1.0 + am1) * lg - t
+
+
+def _argmin_t(fun: Callable[[float], float]) -> float:
+    """A t in [_T_LO, _T_HI] (nearly) minimising fun: a 0.1-step grid, then golden section."""
+    def f(t: float) -> float:
+        try:
+            v = fun(t)
+        except (OverflowError, ZeroDivisionError, ValueError):
+            return math.inf
+        return v if math.isfinite(v) else math.inf
+    n = int(round((_T_HI - _T_LO) / _T_STEP)) + 1
+    best_i, best_v = 0, math.inf
+    for i in range(n):
+        v = f(_T_LO + i * _T_STEP)
+        if v < best_v:
+            best_i, best_v = i, v
+    best_t = _T_LO + best_i * _T_STEP
+    a, b = best_t - _T_STEP, best_t + _T_STEP
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(80):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = f(d)
+    for t, v in ((c, fc), (d, fd)):
+        if v < best_v:
+            best_t, best_v = t, v
+    return best_t
+
+
+def _alpha_from_t(t: float) -> tuple[Fraction, Fraction]:
+    """(alpha - 1, alpha) as exact rationals: alpha - 1 is the float e^t, read exactly."""
+    am1 = Fraction(math.exp(t))
+    return am1, 1 + am1
+
+
+def _h_bounds(am1: Fraction) -> tuple[Fraction, Fraction]:
+    """Rigorous lo <= h(alpha) = alpha ln(1 - 1/alpha) - ln(alpha - 1) <= hi, alpha = 1 + am1."""
+    alpha = 1 + am1
+    prec = _PREC + 16 + max(0, alpha.numerator.bit_length() - alpha.denominator.bit_length())
+    a_lo, a_hi = ln_bounds(am1 / alpha, prec)  # ln(1 - 1/alpha) < 0
+    b_lo, b_hi = ln_bounds(am1, prec)
+    return alpha * a_lo - b_hi, alpha * a_hi - b_lo
+
+
+def _check_delta(delta: Fraction) -> None:
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must be in (0, 1) for a zCDP conversion, found {delta}")
+
+
+def rho_from_eps_delta_cks(epsilon, delta) -> Fraction:
+    """Largest rho (rounded down) such that rho-zCDP implies (epsilon, delta)-DP by CKS.
+
+    Canonne-Kamath-Steinke 2020, Corollary 13 (the tightest general zCDP -> (eps, delta)
+    conversion; Bun-Steinke's ``rho + 2 sqrt(rho ln(1/delta)) <= eps``, used by
+    :func:`rho_from_eps_delta`, buys 2x-12x more noise variance).  For a fixed alpha
+    the condition ``delta(alpha) <= delta`` solves to
+    ``rho <= (eps + (ln delta - h(alpha)) / (alpha - 1)) / alpha``; alpha is chosen to
+    maximise that with floats, then the right-hand side is bounded from below with
+    rational bounds of ln and rounded down, so the returned rho is always valid.
+    """
+    eps = to_fraction(epsilon, "epsilon")
+    dlt = to_fraction(delta, "delta")
+    if eps <= 0:
+        raise ValueError(f"epsilon must be > 0, found {eps}")
+    _check_delta(dlt)
+    e, ld = float(eps), _float_log(dlt)
+
+    def neg_rho(t: float) -> float:
+        am1, h = _float_h(t)
+        return -(e + (ld - h) / am1) / (1.0 + am1)
+
+    am1, alpha = _alpha_from_t(_argmin_t(neg_rho))
+    _, h_hi = _h_bounds(am1)
+    ld_lo, _ = ln_bounds(dlt, _PREC + 16)
+    rho = (eps + (ld_lo - h_hi) / am1) / alpha
+    if rho <= 0:
+        raise ValueError(f"epsilon {eps} too small for delta {dlt}")
+    rho = _round_down(rho, _rel_bits(rho))
+    # the bound at this alpha, from above, is at most the lower bound of ln(delta)
+    assert am1 * (alpha * rho - eps) + h_hi <= ld_lo
+    return rho
+
+
+def eps_from_rho_cks(rho, delta) -> Fraction:
+    """Smallest epsilon (rounded up) such that rho-zCDP implies (epsilon, delta)-DP by CKS.
+
+    For a fixed alpha, CKS Corollary 13 gives
+    ``eps = alpha rho + (h(alpha) - ln delta) / (alpha - 1)``; alpha is chosen to minimise
+    it with floats, the expression is bounded from above with rational bounds of ln and
+    rounded up (never below 0).  ``rho = 0`` gives 0.
+    """
+    r = to_fraction(rho, "rho")
+    dlt = to_fraction(delta, "delta")
+    if r < 0:
+        raise ValueError("rho must be >= 0")
+    _check_delta(dlt)
+    if r == 0:
+        return Fraction(0)
+    rf, ld = float(r), _float_log(dlt)
+
+    def eps_at(t: float) -> float:
+        am1, h = _float_h(t)
+        return (1.0 + am1) * rf + (h - ld) / am1
+
+    am1, alpha = _alpha_from_t(_argmin_t(eps_at))
+    _, h_hi = _h_bounds(am1)
+    ld_lo, _ = ln_bounds(dlt, _PREC + 16)
+    eps = alpha * r + (h_hi - ld_lo) / am1
+    if eps <= 0:
+        return Fraction(0)
+    return _round_up(eps, _rel_bits(eps))
+
+
+def delta_from_rho_eps_cks(rho, epsilon) -> Fraction:
+    """Smallest delta (rounded up, at most 1) such that rho-zCDP implies (epsilon, delta)-DP by CKS.
+
+    The log of CKS Corollary 13's bound at one alpha, ``(alpha-1)(alpha rho - eps) + h(alpha)``,
+    is minimised over alpha with floats, bounded from above with rational bounds of ln, and
+    exponentiated with a rational upper bound of exp.  ``rho = 0`` gives 0.
+    """
+    r = to_fraction(rho, "rho")
+    eps = to_fraction(epsilon, "epsilon")
+    if r < 0 or eps < 0:
+        raise ValueError("rho and epsilon must be >= 0")
+    if r == 0:
+        return Fraction(0)
+    rf, e = float(r), float(eps)
+
+    def log_delta(t: float) -> float:
+        am1, h = _float_h(t)
+        return am1 * ((1.0 + am1) * rf - e) + h
+
+    am1, alpha = _alpha_from_t(_argmin_t(log_delta))
+    _, h_hi = _h_bounds(am1)
+    log_hi = am1 * (alpha * r - eps) + h_hi
+    if log_hi >= 0:
+        return Fraction(1)
+    x = _round_down(-log_hi, _PREC + 16)  # smaller x: larger exp(-x), still an upper bound
+    _, hi = exp_neg_bounds(x, _PREC + 16 + math.ceil(float(x) / math.log(2)))
+    return min(Fraction(1), _round_up(hi, _rel_bits(hi)))
+
+
+def exp_hi(x) -> Fraction:
+    """A rational upper bound of exp(x), x >= 0, within about 2**-64 relative."""
+    x = to_fraction(x, "x")
+    if x < 0:
+        raise ValueError("exp_hi needs x >= 0")
+    if x == 0:
+        return Fraction(1)
+    lo, _ = exp_neg_bounds(x, _PREC + 16 + math.ceil(float(x) / math.log(2)))
+    v = 1 / lo
+    return _round_up(v, _rel_bits(v))
+
+
+# ---------------------------------------------------------------------------
+# the charge of one job
+
+#: Total-variation distance of one noise sample drawn inside the MPC to its exact law, at
+#: most (``jointstats._noise.DELTA_TARGET``; a test checks that the two agree).
+SAMPLER_TV_PER_SAMPLE = Fraction(1, 1 << 40)
+
+
+def _frac_field(value: Any, name: str) -> Fraction:
+    f = to_fraction(value, name)
+    if f < 0:
+        raise ValueError(f"{name} must be >= 0, found {f}")
+    return f
+
+
+@dataclass(frozen=True)
+class JobCharge:
+    """What one DP job costs, exactly: the guarantee it claims and how the ledger composes it.
+
+    ``epsilon``, ``delta``: the job's claimed (epsilon, delta)-DP guarantee, sampler
+    error included. ``rho``: the zCDP parameter of its ideal noise (``None`` for a pure
+    job, whose noise is pure ``epsilon``-DP). ``tv``: a bound on the total-variation
+    distance between the noise the job draws inside the MPC and the exact laws
+    (``samples * SAMPLER_TV_PER_SAMPLE``).  A charge with ``rho None`` and ``tv 0`` and
+    ``delta > 0`` is a legacy charge (ledger rows from before this accounting).
+    """
+
+    epsilon: Fraction
+    delta: Fraction
+    rho: Fraction | None
+    tv: Fraction
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", _frac_field(self.epsilon, "epsilon"))
+        object.__setattr__(self, "delta", _frac_field(self.delta, "delta"))
+        object.__setattr__(self, "tv", _frac_field(self.tv, "tv"))
+        if self.rho is not None:
+            rho = _frac_field(self.rho, "rho")
+            if rho == 0:
+                raise ValueError("rho must be > 0 (None for a pure charge)")
+            object.__setattr__(self, "rho", rho)
+        if self.delta >= 1:
+            raise ValueError(f"delta must be < 1, found {self.delta}")
+
+    @property
+    def pure(self) -> bool:
+        """Whether the job's ideal noise is pure epsilon-DP (no rho)."""
+        return self.rho is None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Exact fraction strings, e.g. ``{"epsilon": "1", "delta": "1/1000000", "rho": ..., "tv": ...}``."""
+        return {"epsilon": str(self.epsilon), "delta": str(self.delta),
+                "rho": None if self.rho is None else str(self.rho), "tv": str(self.tv)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "JobCharge":
+        """Read back :meth:`to_dict` (fraction strings; ``rho`` may be None or absent)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a job charge must be a mapping, found {type(data).__name__}")
+        unknown = set(data) - {"epsilon", "delta", "rho", "tv"}
+        if unknown:
+            raise ValueError(f"unknown job charge fields: {', '.join(sorted(unknown))}")
+        try:
+            return cls(data["epsilon"], data["delta"], data.get("rho"), data["tv"])
+        except KeyError as exc:
+            raise ValueError(f"job charge without {exc.args[0]!r}") from None
+
+
+def job_charge(epsilon, delta, samples: int) -> JobCharge:
+    """The charge of a job asking (epsilon, delta) that draws ``samples`` noise samples.
+
+    The samples are within total variation ``tv = samples * SAMPLER_TV_PER_SAMPLE`` of
+    their exact laws, and a mechanism within TV eta of an (eps, d)-DP one is
+    (eps, d + (1 + e^eps) eta)-DP.  So:
+
+    * ``delta == 0`` (pure): the noise is epsilon-DP; the job claims
+      ``(epsilon, (1 + e^epsilon) tv)``, the second rounded up; ``rho`` is None.
+    * ``delta > 0`` (zCDP): ``rho = rho_from_eps_delta_cks(epsilon, delta - (1 + e^epsilon) tv)``
+      (with an upper bound of e^epsilon), so the job's real guarantee is the requested
+      (epsilon, delta); ValueError if the TV charge leaves no delta.
+    """
+    eps = to_fraction(epsilon, "epsilon")
+    dlt = to_fraction(delta, "delta")
+    if eps <= 0:
+        raise ValueError(f"epsilon must be > 0, found {eps}")
+    if not 0 <= dlt < 1:
+        raise ValueError(f"delta must be in [0, 1), found {dlt}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"samples must be an int >= 0, found {samples!r}")
+    tv = samples * SAMPLER_TV_PER_SAMPLE
+    tv_delta = (1 + exp_hi(eps)) * tv
+    if dlt == 0:
+        d = _round_up(tv_delta, _rel_bits(tv_delta)) if tv_delta else Fraction(0)
+        return JobCharge(eps, d, None, tv)
+    rest = dlt - tv_delta
+    if rest <= 0:
+        raise ValueError(f"delta {dlt} does not cover the sampler's charge (1 + e^epsilon) * tv "
+                         f"= {float(tv_delta):.3g} for {samples} noise samples")
+    return JobCharge(eps, dlt, rho_from_eps_delta_cks(eps, rest), tv)
