@@ -179,23 +179,30 @@ def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
     For each k the coin is c = round(mid 2^k) (ties to even), mid = (lo + hi) / 2; its error
     bound max(|c/2^k - lo|, |hi - c/2^k|) is half + |c/2^k - mid|, with half = (hi - lo) / 2,
     i.e. half + e / (den(mid) 2^KMAX) for the integer e = |c den(mid) - num(mid) 2^k| 2^(KMAX-k).
-    A job's noise plans are built by every party before any data moves, so this is on the
-    critical path of every DP job: no rational arithmetic inside the loop."""
+    One division gives every k: num(mid) 2^KMAX = q den(mid) + r, floor(mid 2^k) = q >> (KMAX-k)
+    and rounding down or up leaves e_down = (q mod 2^(KMAX-k)) den(mid) + r or
+    den(mid) 2^(KMAX-k) - e_down. A job's noise plans are built by every party before any data
+    moves, so this is on the critical path of every DP job: no rational arithmetic inside
+    the loop."""
     mid = (lo + hi) / 2
     mn, md = mid.numerator, mid.denominator
+    qK, rK = divmod(mn << _KMAX, md)
     best: dict[int, tuple[int, int]] = {}  # reduced k -> (c, e), the first best per k
     for k in range(_KMAX + 1):
-        q, r = divmod(mn << k, md)
-        if 2 * r > md or (2 * r == md and q & 1):
-            q += 1
+        s = _KMAX - k
+        q = qK >> s
+        e = (qK - (q << s)) * md + rK
+        up = (md << s) - e
+        if up < e or (up == e and q & 1):
+            q, e = q + 1, up
         full = 1 << k
-        c = min(max(q, 0), full)
-        e = abs(c * md - (mn << k)) << (_KMAX - k)
-        if c == 0 or c == full:
-            kk, cc = 0, 1 if c else 0
+        if q > full:  # pragma: no cover - mid <= 1
+            q, e = full, abs(full * md - (mn << k)) << s
+        if q == 0 or q == full:
+            kk, cc = 0, 1 if q else 0
         else:
-            tz = (c & -c).bit_length() - 1
-            kk, cc = k - tz, c >> tz
+            tz = (q & -q).bit_length() - 1
+            kk, cc = k - tz, q >> tz
         if kk not in best or e < best[kk][1]:
             best[kk] = (cc, e)
     ks, cs, es = [], [], []
@@ -212,34 +219,36 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     """Greedy search: total error <= budget with few random bits (= ANDs) in total.
 
     Each step moves the frontier whose next coin buys the most error per extra random bit
-    (the first such frontier on ties), kept in a heap. Within a frontier the gain of a step
-    is an integer over the frontier's scale, so the ratios are exact gmpy2 rationals made
-    from integers and the running total is one rational."""
+    (the first such frontier on ties), kept in a heap. All in integers: a coin's error
+    ``half + e / scale`` is counted rounded up to a multiple of 2**-256 (so the running total
+    bounds the exact one from above and the coins chosen meet the budget exactly; the caller
+    sums their exact errors), and a step's gain per bit is compared as the integer
+    floor(2**256 gain / (scale bits)), the exact ratio to 2**-256 relative."""
     import heapq
-    idx = [0] * len(frontiers)
-    total = sum((f.half for f in frontiers), Fraction(0))
-    total = gmpy2.mpq(total.numerator, total.denominator)
-    total += sum((gmpy2.mpq(f.es[0], f.scale) for f in frontiers), gmpy2.mpq(0))
-    budget_q = _mpq(budget)
+    R = 256
+    halves = [_to_fixed(f.half, R, True) for f in frontiers]
 
-    def gain(i: int, j: int) -> "gmpy2.mpq":  # error saved by moving frontier i from j to j + 1
+    def err(i: int, j: int) -> int:  # coin j of frontier i's error, rounded up, scale 2**R
         f = frontiers[i]
-        return gmpy2.mpq(f.es[j] - f.es[j + 1], f.scale)
+        return halves[i] + -((-(f.es[j] << R)) // f.scale)
 
     def entry(i: int):
         j = idx[i]
         f = frontiers[i]
-        return (-gain(i, j) / (f.ks[j + 1] - f.ks[j]), i)
+        return (-(((f.es[j] - f.es[j + 1]) << R) // (f.scale * (f.ks[j + 1] - f.ks[j]))), i)
 
+    idx = [0] * len(frontiers)
+    total = sum(err(i, 0) for i in range(len(frontiers)))
+    cap = _to_fixed(budget, R, False)
     heap = [entry(i) for i, f in enumerate(frontiers) if len(f) > 1]
     heapq.heapify(heap)
-    while total > budget_q:
+    while total > cap:
         if not heap:
             raise ValueError("cannot reach the requested precision with "
                              f"{_KMAX}-bit coins")
         _, best = heapq.heappop(heap)
         j = idx[best]
-        total -= gain(best, j)
+        total += err(best, j + 1) - err(best, j)
         idx[best] = j + 1
         if j + 2 < len(frontiers[best]):
             heapq.heappush(heap, entry(best))
@@ -249,8 +258,8 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
         improved = False
         for i in range(len(frontiers)):
             j = idx[i]
-            if j > 0 and total + gain(i, j - 1) <= budget_q:
-                total += gain(i, j - 1)
+            if j > 0 and total + err(i, j - 1) - err(i, j) <= cap:
+                total += err(i, j - 1) - err(i, j)
                 idx[i] = j - 1
                 improved = True
     return [f.coin(j) for f, j in zip(frontiers, idx)]
