@@ -355,24 +355,80 @@ def _dl_digit_bounds(scale: Fraction) -> tuple[list[tuple[Fraction, Fraction]], 
         count += 8  # pragma: no cover - the count above reaches the cut
 
 
-def _build_dl_plan(scale: Fraction, budget: Fraction) -> DLPlan:
+class _BadChoice(ValueError):
+    """Coins given for a plan (from the plan cache) that do not fit it."""
+
+
+def _pick_coins(intervals: list[tuple[Fraction, Fraction]], budget: Fraction,
+                choices=None) -> tuple[list[Coin], Fraction]:
+    """Coins for biases in the given intervals, total error <= budget, and that total.
+
+    ``choices`` None: the search (frontiers, greedy). Otherwise the (k, c) of every coin, as a
+    search chose them before (``jointstats._plan_cache``): each coin's error bound is computed
+    afresh from its interval, exactly as the search does (half + |c/2^k - mid| =
+    max(c/2^k - lo, hi - c/2^k)), and the total is checked against the budget, so the plan is
+    rigorous whatever the choices; for the search's own choices it is the search's plan."""
+    if choices is None:
+        coins = _choose_coins([_frontier(lo, hi) for lo, hi in intervals], budget)
+    else:
+        if len(choices) != len(intervals):
+            raise _BadChoice("wrong number of coins")
+        coins = []
+        for (lo, hi), (k, c) in zip(intervals, choices):
+            if not (0 <= k <= _KMAX and (c in (0, 1) if k == 0 else c % 2 == 1 and 0 < c < 1 << k)):
+                raise _BadChoice("not a coin")
+            v = Fraction(c, 1 << k)
+            coins.append(Coin(k, c, max(v - lo, hi - v)))
+    total = sum((c.err for c in coins), Fraction(0))
+    if total > budget:
+        raise _BadChoice("coins over budget")  # never for the search's own choices
+    return coins, total
+
+
+#: What a cached plan's key depends on besides its parameters (see ``_plan_cache.key``).
+_CACHE_CONSTANTS = {"DELTA_TARGET": DELTA_TARGET, "KMAX": _KMAX, "BIAS_PREC": _BIAS_PREC,
+                    "TAIL_CUT": _TAIL_CUT}
+
+
+def _cached_plan(mechanism: str, param: Fraction, budget, trials, build):
+    """``build(None)`` -> (plan, choices), or ``build(choices)`` from the on-disk plan cache
+    when it holds this plan (a file that fails any check is removed and the plan rebuilt)."""
+    from . import _plan_cache as cache
+    if cache.directory() is None:
+        return build(None)[0]
+    key = cache.key(mechanism, param, budget, trials, _CACHE_CONSTANTS)
+    choices = cache.load(mechanism, key)
+    if choices is not None:
+        try:
+            return build(choices)[0]
+        except _BadChoice:
+            cache.stats["rejected"] += 1
+            cache.discard(mechanism, key)
+    plan, choices = build(None)
+    cache.store(mechanism, key, choices)
+    return plan
+
+
+def _build_dl_plan(scale: Fraction, budget: Fraction, choices=None) -> tuple[DLPlan, dict]:
+    """The plan and the coins it chose ({"coins": ((k, c), ...)}: zero coin, then digits)."""
     chain, ndigits, tail = _dl_digit_bounds(scale)
     a_lo, a_hi = chain[0]
-    z_lo, z_hi = (1 - a_hi) / (1 + a_hi), (1 - a_lo) / (1 + a_lo)
-    frontiers = [_frontier(z_lo, z_hi)]
-    frontiers += [_frontier(e_lo / (1 + e_lo), e_hi / (1 + e_hi)) for e_lo, e_hi in chain[:ndigits]]
-    coins = _choose_coins(frontiers, budget - tail)
-    delta = sum((c.err for c in coins), tail)
+    intervals = [((1 - a_hi) / (1 + a_hi), (1 - a_lo) / (1 + a_lo))]
+    intervals += [(e_lo / (1 + e_lo), e_hi / (1 + e_hi)) for e_lo, e_hi in chain[:ndigits]]
+    coins, err = _pick_coins(intervals, budget - tail, None if choices is None else choices["coins"])
+    delta = err + tail
     bits = tuple((j, c) for j, c in enumerate(coins[1:]) if not (c.k == 0 and c.c == 0))
     nbits = max((j + 1 for j, _ in bits), default=0)
-    return DLPlan(scale, coins[0], bits, delta, nbits)
+    return DLPlan(scale, coins[0], bits, delta, nbits), {"coins": tuple((c.k, c.c) for c in coins)}
 
 
 @lru_cache(maxsize=256)
 def dl_plan(scale: Fraction, budget: Fraction = DELTA_TARGET) -> DLPlan:
-    """Plan (coins and delta) for discrete Laplace with the given scale."""
+    """Plan (coins and delta) for discrete Laplace with the given scale (kept in the on-disk
+    plan cache when one is set, see ``jointstats._plan_cache``)."""
     scale = _as_fraction(scale, "scale")
-    return _build_dl_plan(scale, budget)
+    budget = _as_fraction(budget, "budget")
+    return _cached_plan("dl", scale, budget, None, lambda ch: _build_dl_plan(scale, budget, ch))
 
 
 def discrete_laplace_delta(scale) -> Fraction:
@@ -485,7 +541,9 @@ def _default_trials(alpha_lo: Fraction, fail_budget: Fraction) -> int:
     return k
 
 
-def _build_dg_plan(sigma2: Fraction, trials: int | None) -> DGPlan:
+def _build_dg_plan(sigma2: Fraction, trials: int | None, choices=None) -> tuple[DGPlan, dict]:
+    """The plan and the coins it chose ({"coins": acceptance coins (coin0 first),
+    "dl": the proposal's coins})."""
     C, D, t = _dg_params(sigma2)
     alpha = _dg_alpha(sigma2)
     if alpha <= 0:  # pragma: no cover - cannot happen for sane parameters
@@ -495,7 +553,9 @@ def _build_dg_plan(sigma2: Fraction, trials: int | None) -> DGPlan:
     if not isinstance(trials, int) or trials < 1:
         raise ValueError("trials must be a positive int")
     per = DELTA_TARGET / 4 / trials
-    dl = dl_plan(t, per)
+    if choices is not None and "dl" not in choices:
+        raise _BadChoice("no proposal coins")
+    dl, dl_choices = _build_dl_plan(t, per, None if choices is None else {"coins": choices["dl"]})
     kappa = 1 / (2 * sigma2 * D * D)
     # N = D*(G+1) - C with 0 <= G < 2**L
     nmin, nmax = D - C, D * (1 << dl.nbits) - C
@@ -517,22 +577,24 @@ def _build_dg_plan(sigma2: Fraction, trials: int | None) -> DGPlan:
         big_err = chain[2 * hsq][1]
     else:
         hsq = width
-    frontiers = [_frontier(*exp_neg_bounds(C * C * kappa, _BIAS_PREC))]
-    frontiers += [_frontier(*chain[p]) for p in range(2 * hsq)]
-    coins = _choose_coins(frontiers, per - big_err)
-    e_acc = sum((c.err for c in coins), big_err)
+    intervals = [exp_neg_bounds(C * C * kappa, _BIAS_PREC)] + chain[:2 * hsq]
+    coins, e_acc = _pick_coins(intervals, per - big_err, None if choices is None else choices["coins"])
+    e_acc += big_err
     fail = (1 - alpha) ** trials
     delta = fail + trials * (dl.delta + e_acc)
     delta = Fraction(math.ceil(delta * (1 << 96)), 1 << 96)
-    return DGPlan(sigma2, C, D, t, dl, width, hsq, tuple(coins[1:]), coins[0], trials,
-                  alpha, delta)
+    plan = DGPlan(sigma2, C, D, t, dl, width, hsq, tuple(coins[1:]), coins[0], trials, alpha, delta)
+    return plan, {"coins": tuple((c.k, c.c) for c in coins), "dl": dl_choices["coins"]}
 
 
 @lru_cache(maxsize=64)
 def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
-    """Plan (coins, trials and delta) for the discrete Gaussian with variance parameter sigma2."""
+    """Plan (coins, trials and delta) for the discrete Gaussian with variance parameter sigma2
+    (kept in the on-disk plan cache when one is set, see ``jointstats._plan_cache``)."""
     sigma2 = _as_fraction(sigma2, "sigma2")
-    return _build_dg_plan(sigma2, trials)
+    if trials is not None and (not isinstance(trials, int) or trials < 1):
+        raise ValueError("trials must be a positive int")
+    return _cached_plan("dg", sigma2, None, trials, lambda ch: _build_dg_plan(sigma2, trials, ch))
 
 
 def discrete_gaussian_delta(sigma2, trials: int | None = None) -> Fraction:
