@@ -405,6 +405,9 @@ def _as_text(arr: pa.Array) -> pa.Array | None:
     try:
         return pc.cast(arr, pa.string())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            # some value is not UTF-8: only that value misfits, not the whole batch
+            return _utf8_or_not_text(pc.dictionary_encode(arr))
         return None
 
 

@@ -462,6 +462,33 @@ def test_worker_dying_mid_job(cluster):
     assert cluster.submit(EXACT).results["n"]["value"] == 3 * ROWS  # the nodes keep serving
 
 
+@needs_dp
+def test_worker_failure_error_carries_no_local_step_text(cluster):
+    """A DP worker that read misfitting values (and logged how many) and then died: the job's
+    error at GET /jobs/{id} names the party only; the count stays in its own worker log."""
+    import re
+    csv = cluster.root / "party_b" / "data" / "cohort.csv"
+    original = csv.read_text()
+    frame = cluster.frames[1].copy()
+    frame["age"] = frame["age"].astype(object)
+    frame.loc[:6, "age"] = "SECRET-AGE"  # 7 rows of text in a real column
+    frame.to_csv(csv, index=False)
+    try:
+        cluster.trigger(1, "exit_after_connect")
+        with pytest.raises(PartyError) as info:
+            cluster.submit(DP.format(dataset="cohort"))
+    finally:
+        csv.write_text(original)
+    job_id = str(info.value).split()[1]
+    statuses = [cluster.status(i, job_id) for i in range(3)]
+    assert statuses[1]["error"] == "party 'party_b' died (exit status 137) in its worker process"
+    assert statuses[1]["error_kind"] == "PartyError"
+    for text in [str(info.value)] + [st["error"] for st in statuses]:
+        assert not re.search(r"\b7\b|rows|SECRET|missing|clipped", text), text
+    log = (cluster.root / "party_b" / "state" / "party_b.jobs" / job_id / "worker.log").read_text()
+    assert "column 'age' has 7 rows with non-numeric values" in log
+
+
 def test_node_killed_mid_job_and_restarted(cluster):
     spec = DP.format(dataset="cohort") if DP_READY else EXACT
     cluster.trigger(1, "sleep_after_connect")

@@ -506,3 +506,92 @@ def test_reading_does_not_import_pandas(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- lenient reading (DP mode)
+
+
+def test_lenient_reading_makes_every_misfit_missing_and_logs_the_counts(tmp_path, caplog):
+    (tmp_path / "d.csv").write_bytes(
+        b"age,visits,region\n"
+        b"30,1,north\n"
+        b"old,2,south\n"           # non-numeric real
+        b"inf,3,east\n"            # infinite
+        b"31,2.5,west\n"           # non-integral integer
+        b"32,4,Narnia\n"           # unknown level
+        b"33,5,north,EXTRA\n"      # too many fields
+        b"34\n"                    # too few fields
+        b"35,6,SECRET\xffVALUE\n"  # not UTF-8 (categorical)
+        b"3\xff6,7,south\n"        # not UTF-8 (real)
+        b"37,8,east\n"
+    )
+    schema = SCHEMA[:3]
+    with caplog.at_level("INFO", logger="jointstats.sources"):
+        chunks = list(open_source("d.csv", tmp_path).iter_chunks(schema, "p", chunk_rows=4, strict=False))
+    got = combine(chunks, schema)
+    assert sum(c.n_rows for c in chunks) == 10  # the 2 malformed rows are rows with every value missing
+    nan = np.nan
+    np.testing.assert_array_equal(got["age"], [30, nan, nan, 31, 32, 35, nan, 37, nan, nan])
+    np.testing.assert_array_equal(got["visits"], [1, 2, 3, nan, 4, 6, 7, 8, nan, nan])
+    np.testing.assert_array_equal(got["region"], [0, 1, 2, 3, -1, -1, 1, 2, -1, -1])
+    # the counts go to this process's own log, never into an exception
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == ["party 'p': 2 rows have the wrong number of fields; "
+                       "column 'age' has 2 rows with non-numeric values; "
+                       "column 'age' has 1 rows with infinite values; "
+                       "column 'visits' has 1 rows with non-integral values; "
+                       "column 'region' has 2 rows with values outside the declared levels; "
+                       "read as missing values (source d.csv)"]
+    assert "read 10 rows" in caplog.text
+    assert "SECRET" not in caplog.text and "Narnia" not in caplog.text
+    # strict reading of the same file fails (exact mode)
+    with pytest.raises(DataError):
+        list(open_source("d.csv", tmp_path).iter_chunks(schema, "p"))
+
+
+def test_lenient_reading_of_a_big_csv_switching_readers(tmp_path):
+    bad = {10: ("region", "Atlantis"), 95_000: ("age", "SECRET"), 99_999: ("visits", "1.5")}
+    _big_csv_with(tmp_path, bad)
+    chunks = list(open_source("big.csv", tmp_path).iter_chunks(SCHEMA[:3], "p", chunk_rows=10_000,
+                                                                strict=False))
+    got = combine(chunks, SCHEMA[:3])
+    assert len(got["age"]) == 100_000
+    assert got["region"][10] == -1 and np.isnan(got["age"][95_000]) and np.isnan(got["visits"][99_999])
+    assert np.isfinite(got["age"][:95_000]).all()
+
+
+def test_lenient_reading_of_parquet_and_sqlite(tmp_path, caplog):
+    pq.write_table(pa.table({"age": pa.array(["31", "thirty-two", None, "1e400"]),
+                             "visits": pa.array([True, False, None, True]),
+                             "region": pa.array([["north"], ["south"], None, []])}), tmp_path / "w.parquet")
+    with caplog.at_level("WARNING", logger="jointstats.sources"):
+        got = combine(list(open_source("w.parquet", tmp_path).iter_chunks(SCHEMA[:3], "p", strict=False)),
+                      SCHEMA[:3])
+    np.testing.assert_array_equal(got["age"], [31, np.nan, np.nan, np.nan])
+    assert np.isnan(got["visits"]).all() and (got["region"] == -1).all()
+    assert "column 'visits' has 3 rows with non-numeric values" in caplog.text
+    con = sqlite3.connect(tmp_path / "w.db")
+    con.execute("CREATE TABLE t (age REAL, region TEXT)")
+    con.executemany("INSERT INTO t VALUES (?, ?)", [(30.0, "north"), ("forty-two", b"\xff"), (b"\x00", "mars")])
+    con.commit()
+    con.close()
+    got = combine(list(open_source("sqlite:///w.db?table=t", tmp_path).iter_chunks(
+        [SCHEMA[0], SCHEMA[2]], "p", strict=False)), [SCHEMA[0], SCHEMA[2]])
+    np.testing.assert_array_equal(got["age"], [30, np.nan, np.nan])
+    np.testing.assert_array_equal(got["region"], [0, -1, -1])
+
+
+def test_a_row_longer_than_the_read_block_is_read(tmp_path):
+    lines = ["age,visits,region"] + [f"{20 + i % 50},{i % 10},north" for i in range(2000)]
+    lines[1000] = "40,3," + "x" * (3 << 20)  # one 3 MiB field, read as an unknown level
+    write_text(tmp_path / "long.csv", "\n".join(lines) + "\n")
+    got = combine(list(open_source("long.csv", tmp_path).iter_chunks(SCHEMA[:3], "p", strict=False)),
+                  SCHEMA[:3])
+    assert len(got["age"]) == 2000 and got["region"][999] == -1 and got["age"][999] == 40
+    with pytest.raises(DataError, match="column 'region' has 1 rows with values outside"):
+        list(open_source("long.csv", tmp_path).iter_chunks(SCHEMA[:3], "p"))
+
+
+def test_misfit_rule_is_fixed_text():
+    from jointstats._sources import MISFIT_RULE_DP
+    assert "missing" in MISFIT_RULE_DP and not any(ch.isdigit() for ch in MISFIT_RULE_DP)
