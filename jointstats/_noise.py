@@ -400,7 +400,9 @@ def _cached_plan(mechanism: str, param: Fraction, budget, trials, build):
     choices = cache.load(mechanism, key)
     if choices is not None:
         try:
-            return build(choices)[0]
+            plan = build(choices)[0]
+            cache.stats["hits"] += 1
+            return plan
         except _BadChoice:
             cache.stats["rejected"] += 1
             cache.discard(mechanism, key)

@@ -123,3 +123,152 @@ def test_dl_plan_coins_are_within_their_error_bounds(scale):
         assert abs(mpmath.mpf(z.c) / 2 ** z.k - exact) <= _mp(z.err)
         # dropped digits: their biases are below the tail term of delta
         assert 1 / (1 + mpmath.exp(2 ** plan.nbits / s)) < _mp(DELTA_TARGET)
+
+
+# --------------------------------------------------------------------------- the on-disk plan cache
+
+
+from jointstats import _plan_cache  # noqa: E402
+
+
+def _clear_memory():
+    _noise.dl_plan.cache_clear()
+    _noise.dg_plan.cache_clear()
+    _noise._dg_alpha.cache_clear()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv(_plan_cache.ENV, raising=False)
+    _plan_cache.set_directory(tmp_path / "noise-plans")
+    _clear_memory()
+    yield tmp_path / "noise-plans"
+    _plan_cache.set_directory(None)
+    _clear_memory()
+
+
+def _fresh(kind, param, *args):
+    """The plan built from scratch, with no cache at all."""
+    saved = _plan_cache._directory
+    _plan_cache.set_directory(None)
+    _clear_memory()
+    try:
+        return (dl_plan if kind == "dl" else dg_plan)(param, *args)
+    finally:
+        _plan_cache.set_directory(saved)
+        _clear_memory()
+
+
+CACHED = [("dl", F(1, 5)), ("dl", F(7, 2)), ("dl", F(2**60) / 3), ("dg", F(1, 3)), ("dg", F(50)),
+          ("dg", F(827353453453453453453453453453453453451, 7)), ("dg", F(10**6) + F(1, 3))]
+
+
+@pytest.mark.parametrize("kind,param", CACHED)
+def test_cached_plan_is_the_fresh_plan(cache_dir, kind, param):
+    fresh = _fresh(kind, param)
+    build = dl_plan if kind == "dl" else dg_plan
+    first = build(param)                       # cold: built and written
+    assert first == fresh
+    assert len(list(cache_dir.glob(f"{kind}-*.json"))) == 1
+    _clear_memory()
+    before = dict(_plan_cache.stats)
+    again = build(param)                       # warm: rebuilt from the file's coins
+    assert _plan_cache.stats["hits"] == before["hits"] + 1
+    assert _plan_cache.stats["writes"] == before["writes"]
+    assert again == fresh
+    assert again.delta == fresh.delta <= DELTA_TARGET
+
+
+def test_cache_keys_separate_parameters(cache_dir):
+    dg_plan(F(50))
+    dg_plan(F(50), 5)
+    dl_plan(F(50))
+    dl_plan(F(50), DELTA_TARGET / 8)
+    assert len(list(cache_dir.glob("*.json"))) == 4
+    _clear_memory()
+    assert dg_plan(F(50), 5) == _fresh("dg", F(50), 5)
+    assert dl_plan(F(50), DELTA_TARGET / 8) == _fresh("dl", F(50), DELTA_TARGET / 8)
+
+
+def _corruptions(data: bytes):
+    """Damaged versions of a good cache file."""
+    import json
+    doc = json.loads(data)
+    yield "truncated", data[: len(data) // 2]
+    yield "empty", b""
+    yield "not utf-8", b"\xff\xfe" + data
+    flipped = bytearray(data)
+    pos = data.index(b'"coins":[[') + 10
+    flipped[pos] = ord("3") if flipped[pos] != ord("3") else ord("5")
+    yield "digit changed", bytes(flipped)
+    yield "a float", data.replace(b'"coins":[[', b'"coins":[[1.0,1],[', 1)
+    yield "huge", b" " * (_plan_cache.MAX_FILE_BYTES + 1)
+    yield "a list", b"[]"
+    other = dict(doc, key="0" * 64)
+    yield "another key", json.dumps(other).encode()
+    # well-formed, digest recomputed, but the coins are not this plan's: coin 0 set to a
+    # constant (error about 1/2): over budget, so rejected by the exact check
+    coins = [list(p) for p in doc["choices"]["coins"]]
+    coins[1] = [0, 0] if coins[1] != [0, 0] else [0, 1]
+    forged = _plan_cache.encode(doc["key"], {**{k: v for k, v in doc["choices"].items()}, "coins": coins})
+    yield "valid digest, coins over budget", forged
+    short = _plan_cache.encode(doc["key"], {**doc["choices"], "coins": doc["choices"]["coins"][:-1]})
+    yield "valid digest, one coin missing", short
+    even = [list(p) for p in doc["choices"]["coins"]]
+    k = next(i for i, p in enumerate(even) if p[0] > 1)
+    even[k][1] += 1
+    yield "valid digest, even c", _plan_cache.encode(doc["key"], {**doc["choices"], "coins": even})
+
+
+@pytest.mark.parametrize("kind,param", [("dl", F(7, 2)), ("dg", F(10**6) + F(1, 3))])
+def test_corrupted_cache_file_is_rebuilt_never_trusted(cache_dir, kind, param):
+    build = dl_plan if kind == "dl" else dg_plan
+    fresh = _fresh(kind, param)
+    build(param)
+    (path,) = cache_dir.glob(f"{kind}-*.json")
+    good = path.read_bytes()
+    for what, bad in _corruptions(good):
+        path.write_bytes(bad)
+        _clear_memory()
+        before = dict(_plan_cache.stats)
+        assert build(param) == fresh, what
+        assert _plan_cache.stats["rejected"] == before["rejected"] + 1, what
+        assert _plan_cache.stats["hits"] == before["hits"], what
+        assert path.read_bytes() == good, what  # replaced by the rebuilt plan's file
+
+
+def test_cache_directory_setting_and_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv(_plan_cache.ENV, raising=False)
+    _plan_cache.set_directory(None)
+    assert _plan_cache.directory() is None
+    state = tmp_path / "state" / "party_1.sqlite"
+    assert _plan_cache.directory_for_state(state) == (tmp_path / "state" / "noise-plans").resolve()
+    _plan_cache.set_directory(tmp_path / "a")
+    assert _plan_cache.directory() == tmp_path / "a"
+    monkeypatch.setenv(_plan_cache.ENV, str(tmp_path / "b"))
+    assert _plan_cache.directory() == tmp_path / "b"  # the environment wins
+    monkeypatch.setenv(_plan_cache.ENV, "off")
+    assert _plan_cache.directory() is None
+    _plan_cache.set_directory(None)
+
+
+def test_cache_write_failures_do_not_fail_the_plan(tmp_path, monkeypatch):
+    monkeypatch.delenv(_plan_cache.ENV, raising=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _plan_cache.set_directory(blocker / "noise-plans")
+    _clear_memory()
+    try:
+        assert dl_plan(F(3)) == _fresh("dl", F(3))
+    finally:
+        _plan_cache.set_directory(None)
+        _clear_memory()
+
+
+def test_cache_size_is_bounded(cache_dir, monkeypatch):
+    monkeypatch.setattr(_plan_cache, "MAX_FILES", 8)
+    for i in range(20):
+        dl_plan(F(3 + i, 7))
+    files = list(cache_dir.glob("*.json"))
+    assert 6 <= len(files) <= 8
+    assert not list(cache_dir.glob(".tmp-*"))
