@@ -222,8 +222,8 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     (the first such frontier on ties), kept in a heap. All in integers: a coin's error
     ``half + e / scale`` is counted rounded up to a multiple of 2**-256 (so the running total
     bounds the exact one from above and the coins chosen meet the budget exactly; the caller
-    sums their exact errors), and a step's gain per bit is compared as the integer
-    floor(2**256 gain / (scale bits)), the exact ratio to 2**-256 relative."""
+    bounds their sum with ``_error_sum``), and a step's gain per bit is compared as the
+    integer floor(2**256 gain / (scale bits)), the exact ratio to 2**-256 relative."""
     import heapq
     R = 256
     halves = [_to_fixed(f.half, R, True) for f in frontiers]
@@ -239,7 +239,7 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
 
     idx = [0] * len(frontiers)
     total = sum(err(i, 0) for i in range(len(frontiers)))
-    cap = _to_fixed(budget, R, False)
+    cap = _to_fixed(budget, R, False) - (1 << (R - _DELTA_PREC))  # room for _error_sum's rounding
     heap = [entry(i) for i, f in enumerate(frontiers) if len(f) > 1]
     heapq.heapify(heap)
     while total > cap:
@@ -379,10 +379,24 @@ def _pick_coins(intervals: list[tuple[Fraction, Fraction]], budget: Fraction,
                 raise _BadChoice("not a coin")
             v = Fraction(c, 1 << k)
             coins.append(Coin(k, c, max(v - lo, hi - v)))
-    total = sum((c.err for c in coins), Fraction(0))
+    total = _error_sum(coins)
     if total > budget:
         raise _BadChoice("coins over budget")  # never for the search's own choices
     return coins, total
+
+
+#: Coin error sums (and so every plan's delta) are rounded up to multiples of 2**-_DELTA_PREC.
+_DELTA_PREC = 128
+
+
+def _error_sum(coins: list[Coin]) -> Fraction:
+    """An upper bound of the coins' total error, a multiple of 2**-128: each error rounded up
+    to 2**-256, the sum rounded up to 2**-128. Dyadic, so that deltas add up cheaply (the exact
+    sum of a plan's errors has a denominator of thousands of bits); at most 2**-128 above the
+    exact sum, and within the budget for the search's choices (it leaves that room)."""
+    R = 256
+    up = sum(-((-(c.err.numerator << R)) // c.err.denominator) for c in coins)
+    return Fraction(-((-up) >> (R - _DELTA_PREC)), 1 << _DELTA_PREC)
 
 
 #: What a cached plan's key depends on besides its parameters (see ``_plan_cache.key``).

@@ -26,7 +26,7 @@ from fractions import Fraction
 from pathlib import Path
 
 #: Bump whenever the plan construction changes what it chooses or how it bounds errors.
-CODE_VERSION = "noise-plans-2026-12-04.1"
+CODE_VERSION = "noise-plans-2026-12-04.2"
 ENV = "JOINTSTATS_NOISE_PLAN_CACHE"
 #: Default folder name beside a party's state file.
 FOLDER = "noise-plans"
