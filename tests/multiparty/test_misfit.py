@@ -18,6 +18,7 @@ import yaml
 pytest.importorskip("jointstats._noise")
 from jointstats import PartyError, run  # noqa: E402
 from jointstats._party import local_step_failure  # noqa: E402
+from jointstats._sources import MISFIT_RULE_DP  # noqa: E402
 from jointstats._state import NodeState  # noqa: E402
 from jointstats.config import load_party_config  # noqa: E402
 from tests.conftest import cohort_frame  # noqa: E402
@@ -110,8 +111,10 @@ def test_misfits_are_missing_in_dp_mode_and_precise_errors_in_exact_mode(consort
         exact_error, extra_rows = misfit(kind, data, configs)
     result = run(write_spec(tmp_path, dp=True), configs)
     texts = strings(result.to_dict())
-    assert not [s for s in texts if re.search(rf"\b{BAD}\b|rows with|number of fields", s)], texts
+    assert not [s for s in texts if re.search(rf"\b{BAD}\b|\d+ rows", s)], texts
     assert set(result.results) == {"n", "mean_bmi", "visits", "smoking"}
+    if "misfit" in result.privacy:  # the rule, stated in the privacy block (wired in by _dp)
+        assert result.privacy["misfit"] == MISFIT_RULE_DP
     # the job ran on all rows: the misfitting values are missing, the rows are still rows
     n = sum(len(f) for f in data) + extra_rows
     assert abs(result["n"]["value"] - n) < 20  # discrete Laplace of scale 2: P(|X| >= 20) ~ 1e-4
