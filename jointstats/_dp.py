@@ -1,12 +1,25 @@
-"""Differential privacy inside the secure computation: noise plans and noisy reveals.
+"""Differential privacy inside the secure computation: noise plans, noisy reveals, post-processing.
 
 Neighbouring datasets differ by adding or removing one row (one person at one party).
-Each statistic releases a vector of integer partial aggregates on the plan's grid;
-every entry gets discrete Laplace (pure epsilon) or discrete Gaussian (zCDP) noise
-sampled inside the MPC, calibrated to that entry's sensitivity from the public
-bounds, so that no party ever sees an exact joint value or the noise. Small crosstab
-cells are suppressed by a comparison inside the MPC. Everything after the reveal
-(division, clamping, solving, positive-definite repair) is post-processing in the clear.
+
+Every statistic releases a vector of integers computed from the parties' summed partial
+aggregates; each entry gets discrete Laplace (pure epsilon) or discrete Gaussian (zCDP)
+noise sampled inside the MPC, so nobody sees an exact joint value or the noise.
+
+Moments, correlations and regressions use *sufficient-statistics perturbation on centred,
+scaled columns*: in DP mode each owner encodes a numeric column as
+``r = (x - mid) / half`` (public midpoint and half-range of its bounds, so ``|r| <= 1``) on
+the grid ``round(r * 2**30)``; indicators stay 0/1. The released vector is the upper
+triangle of the Gram matrix of ``[1, r_1, ..., r_k]``. One row changes that vector by
+``c_ij = r_i r_j`` (in the entries' units), and the whole vector shares one budget under its
+joint sensitivity: ``sum |c_ij| <= M`` and ``sum c_ij**2 <= M``, with ``M`` the number of
+released entries a row can touch (a categorical column has at most one indicator set).
+The noise therefore has the same law in every entry once expressed in units of ``c``: that
+law is what the uncertainty of each result is computed from. Noising the uncentred Gram of
+raw columns instead makes the noise cancel catastrophically against large means.
+
+Everything after the reveal (division, solving, the data-adaptive ridge, correlation
+repair, confidence intervals) is post-processing of public values.
 """
 from __future__ import annotations
 
@@ -17,98 +30,166 @@ from fractions import Fraction
 import numpy as np
 
 from . import _accounting as acc
-from ._secure import share_total, upper_index
+from ._secure import share_total
 from .errors import SpecError
-from .plan import NoisePlan, Plan, StatPlan, seal
+from .plan import NoisePlan, Plan, StatPlan, Term, seal
 from .spec import Spec
 
 NEIGHBOURS = "add/remove one row (one person at one party)"
+#: Grid of the centred, scaled columns in DP mode: r in [-1, 1] is held as round(r * 2**DP_GRID_BITS).
+DP_GRID_BITS = 30
+_UNIT = 1 << DP_GRID_BITS
+#: Statistics released as (part of) the Gram matrix of centred, scaled columns.
+_GRAM_DP = ("mean", "variance", "correlation", "regression")
+#: Parametric-bootstrap draws for the uncertainty of derived statistics.
+BOOTSTRAP_DRAWS = 400
+#: Data-adaptive ridge (post-processing): lambda = max(0, RIDGE_TAU * sd * sqrt(p) - lambda_min).
+RIDGE_TAU = 2.0
+_Z95 = 1.959963984540054
 
 
-# ----------------------------------------------------------------------------- release vectors
+# ----------------------------------------------------------------------------- the plan
 
 
-def _centre(stat: StatPlan, j: int) -> tuple[int, int]:
-    """(midpoint, half-range) of term j on the grid; the constant term is (0, 1)."""
-    term = stat.terms[j]
+def _dp_term(term: Term) -> Term:
+    """A numeric term re-encoded for DP: centred at its midpoint, scaled by its half-range."""
     if term.kind != "num":
-        return 0, 1
-    lo, hi = term.grid_bounds
-    mid = (lo + hi) // 2
-    return mid, max(hi - mid, mid - lo, 1)
+        return term
+    lo, hi = term.col_lo, term.col_hi
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    return replace(term, bound=_UNIT, grid_lo=-_UNIT, grid_hi=_UNIT, offset=mid,
+                   mult=_UNIT / half if half > 0 else float(_UNIT))
 
 
-def release_sensitivities(stat: StatPlan) -> list[int]:
-    """L-infinity sensitivity of each released entry under add/remove of one row."""
-    if stat.kind == "count":
-        return [1]
-    if stat.kind in ("crosstab", "histogram"):
-        return [1] * stat.partial_size
+def _unit(term: Term) -> int:
+    return _UNIT if term.kind == "num" else 1
+
+
+def release_slice(stat: StatPlan) -> slice:
+    """Which entries of the statistic's partial vector are released (noised and revealed)."""
     if stat.kind == "sum":
-        lo, hi = stat.terms[1].grid_bounds
-        return [max(abs(lo), abs(hi), 1)]
-    k = len(stat.terms)
-    if stat.kind in ("mean", "variance", "correlation"):
-        halves = [_centre(stat, j)[1] for j in range(k)]
-        out = [halves[i] * halves[j] for i in range(k) for j in range(i, k)]
-        if stat.kind == "mean":
-            return out[:2]  # n, centred sum
-        if stat.kind == "variance":
-            return out[:3]  # n, centred sum, centred sum of squares
-        return out
-    bounds = [t.bound for t in stat.terms]
-    return [bounds[i] * bounds[j] for i in range(k) for j in range(i, k)]
+        return slice(1, 2)  # sum of the grid values
+    if stat.kind == "mean":
+        return slice(0, 2)  # n, sum of r
+    if stat.kind == "variance":
+        return slice(0, 3)  # n, sum of r, sum of r^2
+    return slice(0, stat.partial_size)
 
 
-def _joint_l1(stat: StatPlan) -> bool:
-    """True when one row touches only one entry (cells, bins): the whole vector shares the budget."""
-    return stat.kind in ("crosstab", "histogram")
+def _pairs(k: int) -> list[tuple[int, int]]:
+    """(i, j), i <= j, in the row-major upper-triangle order of the partial vectors."""
+    return [(i, j) for i in range(k) for j in range(i, k)]
+
+
+def release_units(stat: StatPlan) -> tuple[int, ...]:
+    """Per released entry: the integer u such that one row changes the entry by u * c, |c| <= 1."""
+    if stat.kind in ("count", "crosstab", "histogram"):
+        return (1,) * stat.partial_size
+    if stat.kind == "sum":
+        return (stat.terms[1].bound,)
+    units = [_unit(t) for t in stat.terms]
+    pairs = _pairs(len(stat.terms))[release_slice(stat)]
+    return tuple(units[i] * units[j] for i, j in pairs)
+
+
+def release_bound(stat: StatPlan) -> int:
+    """Joint sensitivity M of the released vector in units of c: sum |c| <= M and sum c^2 <= M.
+
+    Counts, sums: one entry. Crosstabs and histograms: a row falls in one cell. Gram
+    statistics: every |c_ij| = |r_i r_j| <= 1, and a row has at most one indicator of each
+    categorical column set, so M is the number of released pairs among the constant, every
+    numeric term and one indicator per categorical column.
+    """
+    if stat.kind not in _GRAM_DP:
+        return 1
+    active, seen = [], set()
+    for i, t in enumerate(stat.terms):
+        if t.kind == "ind":
+            if t.column in seen:
+                continue
+            seen.add(t.column)
+        active.append(i)
+    chosen = set(active)
+    pairs = _pairs(len(stat.terms))[release_slice(stat)]
+    return sum(1 for i, j in pairs if i in chosen and j in chosen)
+
+
+def _with_dp_terms(stat: StatPlan) -> StatPlan:
+    if stat.kind not in _GRAM_DP:
+        return stat
+    return replace(stat, terms=tuple(_dp_term(t) for t in stat.terms))
 
 
 def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
-    """Split the spec's budget over its statistics and give every released entry its noise scale."""
+    """Split the job's budget over its statistics and give every released entry its noise.
+
+    Pure DP (delta 0): epsilon split by weight (basic composition). zCDP (delta > 0): the
+    job's (epsilon, delta) is converted to rho once, after the sampler's total-variation
+    allowance is set aside (``_accounting.job_charge``), and rho is split by weight.
+    """
+    from ._sources import MISFIT_RULE_DP
     privacy = spec.privacy
     if privacy.noise != "joint":
         raise SpecError("privacy.noise: only 'joint' noise (sampled inside the MPC) is supported "
                         "by this version")
-    weights = {s.name: s.weight for s in spec.statistics}
-    shares = acc.split_budget(privacy.epsilon, privacy.delta, weights)
+    stats = [_with_dp_terms(s) for s in plan.statistics]
+    samples = sum(len(release_units(s)) for s in stats)
+    try:
+        charge = acc.job_charge(privacy.epsilon, privacy.delta, samples)
+    except ValueError as exc:  # a delta too small for the samplers' total-variation allowance
+        raise SpecError(f"privacy.delta: {exc}") from None
     pure = privacy.delta == 0
     mechanism = "discrete_laplace" if pure else "discrete_gaussian"
-    stats = []
-    sampler_delta = Fraction(0)
-    rho_total = Fraction(0)
-    for stat in plan.statistics:
-        eps_i, delta_i = shares[stat.name]
-        sens = release_sensitivities(stat)
-        count = 1 if _joint_l1(stat) else len(sens)
-        rho = None
+    weights = {s.name: s.weight for s in spec.statistics}
+    total_weight = sum(weights.values())
+    out = []
+    sampler_tv = Fraction(0)
+    for stat in stats:
+        share = weights[stat.name] / total_weight
+        bound = Fraction(release_bound(stat))
+        units = release_units(stat)
         if pure:
-            scales = tuple(acc.laplace_scale(Fraction(s), eps_i / count) for s in sens)
-            sampler_delta += sum(acc_delta_laplace(sc) for sc in scales)
+            eps_i = privacy.epsilon * share
+            noise = NoisePlan(mechanism, eps_i, None, bound, bound / eps_i, units)
         else:
-            rho = acc.rho_from_eps_delta(eps_i, delta_i)
-            rho_total += rho
-            scales = tuple(acc.gaussian_sigma2(Fraction(s), rho / count) for s in sens)
-            sampler_delta += sum(acc_delta_gaussian(sc) for sc in scales)
-        noise = NoisePlan(mechanism, eps_i, delta_i, rho, scales, tuple(Fraction(s) for s in sens))
-        stats.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, scales, pure)))
+            rho_i = charge.rho * share
+            noise = NoisePlan(mechanism, None, rho_i, bound, bound / (2 * rho_i), units)
+        sampler_tv += _sampler_tv(noise)
+        out.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, noise.scales, pure)))
+    if sampler_tv > charge.tv:  # the per-sample bound is DELTA_TARGET; checked, never assumed
+        raise AssertionError("sampler total variation exceeds the charged allowance")
     block = {"epsilon": float(privacy.epsilon), "delta": float(privacy.delta), "mechanism": mechanism,
-             "noise": "joint", "neighbours": NEIGHBOURS}
-    block["sampler_delta"] = float(sampler_delta)
+             "noise": "joint", "neighbours": NEIGHBOURS,
+             "accounting": ("pure DP, epsilon split over the statistics (basic composition)" if pure else
+                            "zCDP: the job's (epsilon, delta) converted to rho once (Canonne-Kamath-"
+                            "Steinke), rho split over the statistics"),
+             "guarantee": {"epsilon": float(charge.epsilon), "delta": float(charge.delta)},
+             "sampler_tv": float(sampler_tv), "charge": charge.to_dict(), "misfit": MISFIT_RULE_DP}
     if not pure:
-        block["rho"] = float(rho_total)
-    return seal(replace(plan, statistics=tuple(stats), privacy=block))
+        block["rho"] = float(charge.rho)
+    return seal(replace(plan, statistics=tuple(out), privacy=block))
+
+
+def _sampler_tv(noise: NoisePlan) -> Fraction:
+    """Total-variation distance of all of a statistic's samples to their exact laws (a bound)."""
+    per = acc_delta_laplace if noise.mechanism == "discrete_laplace" else acc_delta_gaussian
+    cache: dict[Fraction, Fraction] = {}
+    total = Fraction(0)
+    for s in noise.scales:
+        if s not in cache:
+            cache[s] = per(s)
+        total += cache[s]
+    return total
 
 
 def acc_delta_laplace(scale: Fraction) -> Fraction:
-    """Per-sample delta of the discrete Laplace sampler's truncation and finite precision."""
+    """Per-sample TV distance of the discrete Laplace sampler (truncation, finite precision)."""
     from ._noise import discrete_laplace_delta
     return discrete_laplace_delta(scale)
 
 
 def acc_delta_gaussian(sigma2: Fraction) -> Fraction:
-    """Per-sample delta of the discrete Gaussian sampler (all trials rejected, coin precision)."""
+    """Per-sample TV distance of the discrete Gaussian sampler (all trials rejected, precision)."""
     from ._noise import discrete_gaussian_delta
     return discrete_gaussian_delta(sigma2)
 
@@ -133,54 +214,28 @@ def _sample(rt, secint, noise: NoisePlan):
     groups: dict[Fraction, list[int]] = {}
     for i, s in enumerate(scales):
         groups.setdefault(s, []).append(i)
-    pieces = {}
-    for s, idx in groups.items():
-        if noise.mechanism == "discrete_laplace":
-            pieces[s] = discrete_laplace(rt, secint, s, len(idx))
-        else:
-            pieces[s] = discrete_gaussian(rt, secint, s, len(idx))
-    order = []
-    for s, idx in groups.items():
-        order.extend(idx)
-    stacked = np.concatenate([pieces[s] for s in groups]) if len(groups) > 1 else pieces[next(iter(groups))]
-    inverse = np.argsort(np.array(order))
-    return stacked[inverse] if len(groups) > 1 else stacked
+    sampler = discrete_laplace if noise.mechanism == "discrete_laplace" else discrete_gaussian
+    pieces = [sampler(rt, secint, s, len(idx)) for s, idx in groups.items()]
+    if len(pieces) == 1:
+        return pieces[0]
+    order = [i for idx in groups.values() for i in idx]
+    return np.concatenate(pieces)[np.argsort(np.array(order))]
 
 
-def _release_vector(stat: StatPlan, total):
-    """The secret released entries computed from the summed partials (centred where planned)."""
-    if stat.kind in ("count", "crosstab", "histogram"):
-        return total
-    if stat.kind == "sum":
-        return total[1:2]
-    k = len(stat.terms)
-    if stat.kind == "regression":
-        return total
-    # centred moments: G_c = T^T G T with T the public shift x -> x - mid (linear, no interaction)
-    idx = upper_index(k)
-    mids = [_centre(stat, j)[0] for j in range(k)]
-    entries = []
-    for i in range(k):
-        for j in range(i, k):
-            # sum (x_i - m_i)(x_j - m_j) = G_ij - m_j G_i0 - m_i G_0j + m_i m_j G_00 (x_0 = 1, m_0 = 0)
-            e = total[idx[i, j]:idx[i, j] + 1]
-            if mids[j]:
-                e = e - mids[j] * total[idx[i, 0]:idx[i, 0] + 1]
-            if mids[i]:
-                e = e - mids[i] * total[idx[0, j]:idx[0, j] + 1]
-            if mids[i] and mids[j]:
-                e = e + mids[i] * mids[j] * total[0:1]
-            entries.append(e)
-    size = len(stat.noise.scales)
-    return np.concatenate(entries[:size])
+def release_clear(stat: StatPlan, partial) -> list[int]:
+    """The released entries (before noise) from summed partials in the clear.
+
+    The secure step slices the secret sum the same way (``prepare``); offline simulations of
+    the mechanism (the utility benchmark) use this to get the engine's exact release vector.
+    """
+    return [int(v) for v in list(partial)[release_slice(stat)]]
 
 
 async def prepare(rt, stat: StatPlan, partial: list[int], min_count: int | None):
-    """Secure step up to (not including) the reveal: the noisy secret values and a keep mask."""
+    """Secure step up to (not including) the reveal: the noisy secret values."""
     secint = rt.SecInt(stat.secure_bits)
     total = share_total(rt, secint, partial)
-    values = _release_vector(stat, total)
-    noisy = values + _sample(rt, secint, stat.noise)
+    noisy = total[release_slice(stat)] + _sample(rt, secint, stat.noise)
     if stat.kind == "crosstab" and min_count:
         noisy = noisy * (noisy >= min_count)  # suppression decided inside the MPC
     await rt.gather(noisy)  # finish the secure computation before the budget is committed
@@ -202,84 +257,186 @@ async def dp_statistic(rt, stat: StatPlan, partial: list[int], min_count: int | 
 # ----------------------------------------------------------------------------- post-processing
 
 
-def _noise_info(stat: StatPlan, unit: float = 1.0, entry: int = 0) -> dict:
-    noise = stat.noise
-    scale = noise.scales[entry]
-    half = acc.noise_interval_95(noise.mechanism, scale)
-    info = {"mechanism": noise.mechanism, "epsilon": float(noise.epsilon),
-            "scale": float(scale) * unit if noise.mechanism == "discrete_laplace"
-            else math.sqrt(float(scale)) * unit,
-            "ci95_halfwidth": half * unit}
+def _share_info(noise: NoisePlan) -> dict:
+    info = {"mechanism": noise.mechanism}
+    if noise.epsilon is not None:
+        info["epsilon"] = float(noise.epsilon)
     if noise.rho is not None:
         info["rho"] = float(noise.rho)
-        info["delta"] = float(noise.delta)
     return info
 
 
+def _count_noise(stat: StatPlan, unit: float = 1.0) -> dict:
+    """Noise of a directly released entry (count, cell, bin, sum), in the statistic's units."""
+    noise = stat.noise
+    scale = noise.scales[0]
+    info = _share_info(noise)
+    laplace = noise.mechanism == "discrete_laplace"
+    info["scale"] = (float(scale) if laplace else math.sqrt(float(scale))) * unit
+    info["sd"] = (math.sqrt(2.0) * float(scale) if laplace else math.sqrt(float(scale))) * unit
+    info["ci95_halfwidth"] = acc.noise_interval_95(noise.mechanism, scale) * unit
+    return info
+
+
+def _rng(stat: StatPlan, values: list[int]) -> np.random.Generator:
+    """A generator seeded by the revealed values: every party computes the same intervals."""
+    return np.random.default_rng([len(stat.name)] + [v % (1 << 32) for v in values])
+
+
+def _draws(noise: NoisePlan, rng: np.random.Generator, size: int) -> np.ndarray:
+    """BOOTSTRAP_DRAWS fresh draws of the released vector's noise, in units of c."""
+    shape = (BOOTSTRAP_DRAWS, size)
+    if noise.mechanism == "discrete_laplace":
+        return rng.laplace(0.0, float(noise.base), shape)
+    return rng.standard_normal(shape) * math.sqrt(float(noise.base))
+
+
+def _scaled(stat: StatPlan, values: list[int]) -> np.ndarray:
+    """Released entries in units of c (floats)."""
+    return np.array([v / u for v, u in zip(values, stat.noise.units)], dtype=float)
+
+
+def _halfwidths(estimate: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """95% quantile of |draw - estimate| per output (NaN where a draw has no value)."""
+    dev = np.abs(draws - estimate)
+    return np.nanquantile(dev, 0.95, axis=0) if np.isfinite(dev).any() else np.full(estimate.shape, np.nan)
+
+
 def postprocess(stat: StatPlan, values: list[int], min_count: int | None) -> dict:
-    """Turn revealed noisy integers into the statistic (free post-processing)."""
+    """Turn revealed noisy integers into the statistic and its uncertainty (free post-processing)."""
     kind = stat.kind
     if kind == "count":
-        return {"kind": "count", "value": max(values[0], 0), "noise": _noise_info(stat)}
+        info = _count_noise(stat)
+        value = max(values[0], 0)
+        info["dominates"] = info["ci95_halfwidth"] >= max(value, 1)
+        return {"kind": "count", "value": value, "noise": info}
     if kind == "histogram":
-        return {"kind": "histogram", "edges": list(stat.edges), "counts": [max(v, 0) for v in values],
-                "noise": _noise_info(stat)}
+        info = _count_noise(stat)
+        counts = [max(v, 0) for v in values]
+        info["dominates"] = info["ci95_halfwidth"] >= max(counts + [1])
+        return {"kind": "histogram", "edges": list(stat.edges), "counts": counts, "noise": info}
     if kind == "crosstab":
         nr, nc = stat.shape
         cells = [None if (min_count and v == 0) else max(v, 0) for v in values]
+        info = _count_noise(stat)
+        info["dominates"] = info["ci95_halfwidth"] >= max([c for c in cells if c is not None] + [1])
         return {"kind": "crosstab", "rows": list(stat.labels[0]), "cols": list(stat.labels[1]),
                 "counts": [cells[i * nc:(i + 1) * nc] for i in range(nr)], "min_count": min_count or 0,
-                "noise": _noise_info(stat)}
+                "noise": info}
     if kind == "sum":
-        f = stat.terms[1].frac_bits
-        return {"kind": "sum", "value": math.ldexp(values[0], -f),
-                "noise": _noise_info(stat, 2.0 ** -f)}
-    if kind in ("mean", "variance", "correlation"):
-        return _moments(stat, values)
-    return _regression(stat, values)
+        unit = 2.0 ** -stat.terms[1].frac_bits
+        info = _count_noise(stat, unit)
+        value = math.ldexp(values[0], -stat.terms[1].frac_bits)
+        info["dominates"] = info["ci95_halfwidth"] >= abs(value)
+        return {"kind": "sum", "value": value, "noise": info}
+    vec = _scaled(stat, values)
+    draws = vec + _draws(stat.noise, _rng(stat, values), len(vec))
+    if kind == "mean":
+        return _mean(stat, vec, draws)
+    if kind == "variance":
+        return _variance(stat, vec, draws)
+    if kind == "correlation":
+        return _correlation(stat, vec, draws)
+    return _regression(stat, vec, draws)
 
 
-def _moments(stat: StatPlan, values: list[int]) -> dict:
+def _derived_noise(stat: StatPlan, estimate, draws: np.ndarray, wide: float) -> dict:
+    """Noise info of a derived statistic from bootstrap draws, in the statistic's units.
+
+    ``wide``: an interval wider than this (the statistic's possible range) means the noise
+    dominates the statistic.
+    """
+    info = _share_info(stat.noise)
+    est = np.asarray(estimate, dtype=float)
+    half = _halfwidths(est, draws)
+    sd = np.nanstd(draws, axis=0)
+    as_out = (lambda a: float(a)) if est.ndim == 0 else (lambda a: a.tolist())
+    info["scale"] = as_out(sd)
+    info["sd"] = as_out(sd)
+    info["ci95_halfwidth"] = as_out(half)
+    info["dominates"] = bool(np.any(~np.isfinite(half)) or np.any(2 * half > wide))
+    return info
+
+
+def _mean_of(stat: StatPlan, v: np.ndarray):
+    """Mean in the column's units from [n, sum r] (vectorised over leading axes); NaN if n < 1."""
+    lo, hi = stat.terms[1].column_bounds
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    n = v[..., 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.where(n >= 1, mid + half * v[..., 1] / np.where(n >= 1, n, 1), np.nan)
+    return np.clip(m, lo, hi)
+
+
+def _mean(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
+    lo, hi = stat.terms[1].column_bounds
+    value = _mean_of(stat, vec)
+    if not np.isfinite(value):
+        return {"kind": "mean", "value": None, "noise": {**_share_info(stat.noise), "dominates": True}}
+    info = _derived_noise(stat, value, _mean_of(stat, draws), hi - lo)
+    return {"kind": "mean", "value": float(value), "noise": info}
+
+
+def _variance_of(stat: StatPlan, v: np.ndarray):
+    """Sample variance in squared column units from [n, sum r, sum r^2]; NaN if n < 2."""
+    lo, hi = stat.terms[1].column_bounds
+    half = (hi - lo) / 2
+    n = v[..., 0]
+    ok = n >= 2
+    safe = np.where(ok, n, 2)
+    var = (v[..., 2] - v[..., 1] ** 2 / safe) / (safe - 1) * half * half
+    top = (hi - lo) ** 2 / 4 * safe / (safe - 1)
+    return np.where(ok, np.clip(var, 0.0, top), np.nan)
+
+
+def _variance(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
+    lo, hi = stat.terms[1].column_bounds
+    value = _variance_of(stat, vec)
+    if not np.isfinite(value):
+        return {"kind": "variance", "value": None, "noise": {**_share_info(stat.noise), "dominates": True}}
+    info = _derived_noise(stat, value, _variance_of(stat, draws), (hi - lo) ** 2 / 4)
+    return {"kind": "variance", "value": float(value), "noise": info}
+
+
+def _gram(k: int, vec: np.ndarray) -> np.ndarray:
+    """Symmetric k x k matrix from its row-major upper triangle."""
+    g = np.empty((k, k))
+    iu = np.triu_indices(k)
+    g[iu] = vec
+    g.T[iu] = vec
+    return g
+
+
+def _correlation_of(stat: StatPlan, vec: np.ndarray) -> np.ndarray | None:
     k = len(stat.terms)
-    n = max(values[0], 0)
-    term = stat.terms[1]
-    f = term.frac_bits
-    unit = 2.0 ** -f
-    if stat.kind == "mean":
-        mid = _centre(stat, 1)[0]
-        lo, hi = term.column_bounds
-        if n < 1:
-            return {"kind": "mean", "value": None, "noise": _noise_info(stat, unit, 1)}
-        value = (mid + values[1] / n) * unit
-        return {"kind": "mean", "value": min(max(value, lo), hi), "noise": _noise_info(stat, unit, 1)}
-    if stat.kind == "variance":
-        lo, hi = term.column_bounds
-        if n < 2:
-            return {"kind": "variance", "value": None, "noise": _noise_info(stat, unit * unit, 2)}
-        s, ss = values[1], values[2]
-        var = (ss - s * s / n) / (n - 1) * unit * unit
-        top = (hi - lo) ** 2 / 4 * n / (n - 1)
-        return {"kind": "variance", "value": min(max(var, 0.0), top), "noise": _noise_info(stat, unit * unit, 2)}
-    idx = upper_index(k)
-    g = np.array([[values[idx[i, j]] for j in range(k)] for i in range(k)], dtype=float)
-    d = k - 1
-    matrix = [[None] * d for _ in range(d)]
-    if n >= 2:
-        s = g[0, 1:]
-        cov = (g[1:, 1:] - np.outer(s, s) / n) / (n - 1)
-        sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
-        corr = np.clip(cov / np.outer(sd, sd), -1.0, 1.0)
-        corr = _nearest_correlation(corr)
-        matrix = [[float(corr[i, j]) for j in range(d)] for i in range(d)]
-    return {"kind": "correlation", "columns": list(stat.columns), "matrix": matrix,
-            "noise": _noise_info(stat, 1.0, len(values) - 1)}
+    g = _gram(k, vec)
+    n = g[0, 0]
+    if not n >= 2:
+        return None
+    s = g[0, 1:]
+    cov = (g[1:, 1:] - np.outer(s, s) / n) / (n - 1)
+    sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
+    return _nearest_correlation(np.clip(cov / np.outer(sd, sd), -1.0, 1.0))
+
+
+def _correlation(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
+    d = len(stat.terms) - 1
+    corr = _correlation_of(stat, vec)
+    if corr is None:
+        return {"kind": "correlation", "columns": list(stat.columns), "matrix": [[None] * d for _ in range(d)],
+                "noise": {**_share_info(stat.noise), "dominates": True}}
+    boot = np.array([c if c is not None else np.full((d, d), np.nan)
+                     for c in (_correlation_of(stat, row) for row in draws)])
+    info = _derived_noise(stat, corr, boot, 2.0)
+    return {"kind": "correlation", "columns": list(stat.columns),
+            "matrix": [[float(corr[i, j]) for j in range(d)] for i in range(d)], "noise": info}
 
 
 def _nearest_correlation(c: np.ndarray) -> np.ndarray:
     """Repair a noisy correlation matrix to positive semi-definite with unit diagonal."""
     w, v = np.linalg.eigh((c + c.T) / 2)
     if w.min() >= 0:
-        out = c
+        out = (c + c.T) / 2
     else:
         out = v @ np.diag(np.clip(w, 1e-9, None)) @ v.T
         dd = np.sqrt(np.diag(out))
@@ -288,57 +445,91 @@ def _nearest_correlation(c: np.ndarray) -> np.ndarray:
     return np.clip(out, -1.0, 1.0)
 
 
-def _solve(stat: StatPlan, g: np.ndarray):
-    """Ridge/OLS from a (noisy) Gram matrix of [1, terms..., y] on the grid; returns the fit."""
-    k = len(stat.terms)
+def _fit(stat: StatPlan, vecs: np.ndarray, noise_sd: float) -> dict:
+    """Ridge/OLS fits from (noisy) Gram vectors of [1, scaled terms..., scaled target].
+
+    ``vecs`` has shape (B, entries): B fits at once (the estimate, or bootstrap draws).
+    Returns arrays: beta (B, p), sampling standard errors (B, p), r2 (B,), n (B,), ridge (B,).
+    """
+    terms = stat.terms
+    k = len(terms)
+    c = np.empty((len(vecs), k, k))
+    iu = np.triu_indices(k)
+    c[:, iu[0], iu[1]] = vecs
+    c[:, iu[1], iu[0]] = vecs
+    # back to the original units: x = mid + half * r for numeric terms, x = r otherwise
+    t = np.eye(k)
+    halves = np.ones(k)
+    for i, term in enumerate(terms):
+        if term.kind == "num":
+            lo, hi = term.column_bounds
+            t[i, 0], t[i, i] = (lo + hi) / 2, (hi - lo) / 2
+            halves[i] = t[i, i]
+    g = t @ c @ t.T
     y = k - 1
     z = list(range(0 if stat.intercept else 1, k - 1))
-    scale = np.array([2.0 ** -stat.terms[j].frac_bits for j in range(k)])
-    g = g * np.outer(scale, scale)  # back to original units
-    a = g[np.ix_(z, z)].copy()
-    b = g[z, y]
-    n = max(g[0, 0], 1.0)
-    for pos, j in enumerate(z):
-        if stat.terms[j].kind != "one":
-            a[pos, pos] += float(stat.ridge)
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    floor = 1e-8 * max(abs(w).max(), 1.0)
-    if w.min() < floor:  # positive definite repair after noise
-        a = v @ np.diag(np.clip(w, floor, None)) @ v.T
-    a_inv = np.linalg.inv(a)
-    beta = a_inv @ b
-    gzz = g[np.ix_(z, z)]
-    rss = g[y, y] - 2 * beta @ b + beta @ gzz @ beta
-    dof = max(n - len(z), 1.0)
-    sigma2 = max(rss / dof, 0.0)
-    cov = sigma2 * (a_inv @ gzz @ a_inv) if stat.ridge else sigma2 * a_inv
-    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    tss = g[y, y] - (g[0, y] ** 2 / n if stat.intercept else 0.0)
-    r2 = float(min(max(1 - rss / tss, 0.0), 1.0)) if tss > 0 else None
-    return beta, se, r2, n
+    feats = [i for i in z if terms[i].kind != "one"]
+    n = c[:, 0, 0]
+    # Data-adaptive ridge in the scaled units (in the spirit of AdaSSP, Wang 2018): when the
+    # smallest eigenvalue of the noisy centred Gram is not well above the noise level, add the
+    # difference. It depends only on released values: post-processing, no budget.
+    lam = np.zeros(len(vecs))
+    if feats:
+        sf = c[:, feats][:, :, feats]
+        if stat.intercept:
+            s0 = c[:, 0, feats]
+            sf = sf - s0[:, :, None] * s0[:, None, :] / np.where(n > 0, n, np.inf)[:, None, None]
+        lam_min = np.linalg.eigvalsh(sf)[:, 0]
+        lam = np.maximum(0.0, RIDGE_TAU * noise_sd * math.sqrt(len(feats)) - lam_min)
+    penalty = np.array([0.0 if terms[i].kind == "one" else halves[i] ** 2 for i in z])
+    user = np.array([0.0 if terms[i].kind == "one" else float(stat.ridge) for i in z])
+    gzz = g[:, z][:, :, z]
+    a = gzz + np.eye(len(z)) * (user + lam[:, None] * penalty)[:, None, :]
+    w, v = np.linalg.eigh(a)
+    floor = 1e-10 * np.maximum(np.abs(w).max(axis=1), 1.0)
+    w = np.maximum(w, floor[:, None])  # positive definite repair (a no-op where it already is)
+    a_inv = (v / w[:, None, :]) @ np.swapaxes(v, 1, 2)
+    b = g[:, z, y]
+    beta = np.einsum("bij,bj->bi", a_inv, b)
+    rss = g[:, y, y] - 2 * np.einsum("bi,bi->b", beta, b) + np.einsum("bi,bij,bj->b", beta, gzz, beta)
+    dof = np.maximum(n - len(z), 1.0)
+    sigma2 = np.maximum(rss / dof, 0.0)
+    cov_diag = np.einsum("bij,bjk,bki->bi", a_inv, gzz, a_inv) * sigma2[:, None]
+    tss = g[:, y, y] - (g[:, 0, y] ** 2 / np.where(n > 0, n, np.inf) if stat.intercept else 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # a residual sum of squares at or below zero is the noise's, not a perfect fit
+        r2 = np.where((tss > 0) & (rss > 0), np.clip(1 - rss / tss, 0.0, 1.0), np.nan)
+    return {"beta": beta, "se": np.sqrt(np.clip(cov_diag, 0.0, None)), "r2": r2, "n": n, "ridge": lam}
 
 
-def _regression(stat: StatPlan, values: list[int]) -> dict:
-    k = len(stat.terms)
-    idx = upper_index(k)
-    g = np.array([[values[idx[i, j]] for j in range(k)] for i in range(k)], dtype=float)
-    beta, se, r2, n = _solve(stat, g)
-    # Noise scale of the coefficients, by propagating fresh draws of the same (public)
-    # noise distribution through the solve: post-processing of public values only.
-    # Seeded from the revealed values so every party computes the identical result.
-    rng = np.random.default_rng([v % (1 << 32) for v in values])
-    scales = np.array([float(s) for s in stat.noise.scales])
-    sd = scales * math.sqrt(2) if stat.noise.mechanism == "discrete_laplace" else np.sqrt(scales)
-    draws = []
-    for _ in range(100):
-        e = rng.normal(0.0, 1.0, len(values)) * sd
-        ge = np.array([[values[idx[i, j]] + e[idx[i, j]] for j in range(k)] for i in range(k)])
-        draws.append(_solve(stat, ge)[0])
-    coef_sd = np.std(np.array(draws), axis=0)
-    terms = [t.name if t.kind != "one" else "intercept" for t in stat.terms[:-1]
-             if stat.intercept or t.kind != "one"]
-    noise = _noise_info(stat, 1.0, 0)
-    noise["coefficient_noise_sd"] = [float(v) for v in coef_sd]
-    return {"kind": "regression", "terms": terms, "coefficients": [float(v) for v in beta],
-            "std_errors": [float(v) for v in se], "n": int(round(n)), "r_squared": r2,
-            "ridge": float(stat.ridge), "noise": noise}
+def _regression(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
+    sd = stat.noise.sd
+    fit = {key: v[0] for key, v in _fit(stat, vec[None, :], sd).items()}
+    boot = _fit(stat, draws, sd)["beta"]
+    z_terms = [t for t in stat.terms[:-1] if stat.intercept or t.kind != "one"]
+    names = ["intercept" if t.kind == "one" else t.name for t in z_terms]
+    # the widest plausible coefficient: the target's range over the term's range
+    ylo, yhi = stat.terms[-1].column_bounds
+    wide = np.array([np.inf if t.kind == "one" else
+                     (yhi - ylo) / max(t.column_bounds[1] - t.column_bounds[0], 1e-300) if t.kind == "num"
+                     else (yhi - ylo) for t in z_terms]) * 2
+    info = _share_info(stat.noise)
+    # The spread of re-noised fits around this fit, plus their mean shift: where the adaptive
+    # ridge is on, it shrinks the coefficients, and the shift estimates that bias.
+    bias = np.abs(boot.mean(axis=0) - fit["beta"])
+    noise_half = _halfwidths(fit["beta"], boot) + bias
+    noise_sd = np.sqrt(np.var(boot, axis=0) + bias ** 2)
+    info["scale"] = noise_sd.tolist()
+    info["sd"] = noise_sd.tolist()
+    info["ci95_halfwidth"] = noise_half.tolist()
+    info["coefficient_noise_sd"] = noise_sd.tolist()
+    info["sampling_std_errors"] = fit["se"].tolist()
+    info["dominates"] = bool(np.any(2 * noise_half > wide))
+    info["adaptive_ridge"] = float(fit["ridge"])
+    se = np.sqrt(fit["se"] ** 2 + noise_sd ** 2)
+    half = np.sqrt((_Z95 * fit["se"]) ** 2 + noise_half ** 2)
+    conf = [[float(b - h), float(b + h)] for b, h in zip(fit["beta"], half)]
+    r2 = float(fit["r2"]) if np.isfinite(fit["r2"]) else None
+    return {"kind": "regression", "terms": names, "coefficients": fit["beta"].tolist(),
+            "std_errors": se.tolist(), "conf_int": conf, "n": max(int(round(float(fit["n"]))), 0),
+            "r_squared": r2, "ridge": float(stat.ridge), "noise": info}

@@ -29,6 +29,23 @@ def _limbs_of(term: Term) -> tuple[int, ...]:
     return (0,) if term.bound <= (1 << _LIMB) else (_LIMB, 0)
 
 
+def _grid_values(col: np.ndarray, term: Term, out: np.ndarray) -> None:
+    """``out = round((col - offset) * multiplier)``, within the term's grid bounds.
+
+    Exact mode: offset 0 and multiplier 2**frac_bits (a power of two: no rounding of the
+    product). DP mode: the column centred at its public midpoint and scaled by its public
+    half-range onto [-2**30, 2**30]; the clip keeps float rounding from ever leaving it.
+    """
+    if term.offset:
+        np.subtract(col, term.offset, out=out)
+        np.multiply(out, term.multiplier, out=out)
+    else:
+        np.multiply(col, term.multiplier, out=out)
+    np.rint(out, out=out)
+    if term.mult:
+        np.clip(out, term.grid_lo, term.grid_hi, out=out)
+
+
 def _fill_limbs(out: np.ndarray, terms: list[Term], columns: list[np.ndarray | None]) -> np.ndarray:
     """Write the limbs of the design into ``out``, one row per limb (contiguous writes)."""
     scale, inv_scale = float(1 << _LIMB), 1.0 / (1 << _LIMB)
@@ -40,12 +57,10 @@ def _fill_limbs(out: np.ndarray, terms: list[Term], columns: list[np.ndarray | N
         elif term.kind == "ind":
             np.equal(col, term.level, out=out[pos], casting="unsafe")
         elif len(shift) == 1:
-            np.multiply(col, 2.0 ** term.frac_bits, out=out[pos])
-            np.rint(out[pos], out=out[pos])
+            _grid_values(col, term, out[pos])
         else:
             hi, lo = out[pos], out[pos + 1]
-            np.multiply(col, 2.0 ** term.frac_bits, out=lo)
-            np.rint(lo, out=lo)  # the grid value v, exact
+            _grid_values(col, term, lo)  # the grid value v, exact
             np.multiply(lo, inv_scale, out=hi)
             np.floor(hi, out=hi)
             lo -= hi * scale

@@ -37,6 +37,13 @@ class Term:
     grid_hi: int = 1
     col_lo: float = 0.0  # the declared bounds, in the column's units
     col_hi: float = 1.0
+    offset: float = 0.0  # DP encoding of a numeric term: value = round((x - offset) * mult)
+    mult: float = 0.0  # 0: the exact grid, value = round(x * 2**frac_bits)
+
+    @property
+    def multiplier(self) -> float:
+        """What the owner multiplies ``x - offset`` by before rounding to the grid."""
+        return self.mult if self.mult else 2.0 ** self.frac_bits
 
     @property
     def grid_bounds(self) -> tuple[int, int]:
@@ -51,14 +58,36 @@ class Term:
 
 @dataclass(frozen=True)
 class NoisePlan:
-    """Where DP noise goes for one statistic (filled in by the output layer; None in exact mode)."""
+    """Where DP noise goes for one statistic (filled in by the output layer; None in exact mode).
 
-    mechanism: str
-    epsilon: Fraction
-    delta: Fraction
-    rho: Fraction | None
-    scales: tuple[Fraction, ...]  # per released entry: Laplace scale or Gaussian sigma^2 (grid units)
-    sensitivities: tuple[Fraction, ...] = ()
+    Every released entry i is an integer whose change, when one row is added or removed, is
+    ``units[i] * c_i`` with ``|c_i| <= 1`` and, over the whole vector, ``sum |c_i| <= bound``
+    (pure DP) or ``sum c_i**2 <= bound`` (zCDP). Entry i gets discrete Laplace noise of scale
+    ``units[i] * base`` (``base = bound / epsilon``) or discrete Gaussian noise of variance
+    ``units[i]**2 * base`` (``base = bound / (2 rho)``): in units of ``c`` every entry has the
+    same noise law, which is what post-processing and uncertainty use.
+    """
+
+    mechanism: str  # 'discrete_laplace' | 'discrete_gaussian'
+    epsilon: Fraction | None  # this statistic's share (pure DP)
+    rho: Fraction | None  # this statistic's share (zCDP)
+    bound: Fraction  # joint L1 (pure) or squared L2 (zCDP) sensitivity in units of c
+    base: Fraction  # Laplace scale or Gaussian sigma^2 in units of c
+    units: tuple[int, ...]  # per released entry
+
+    @property
+    def scales(self) -> tuple[Fraction, ...]:
+        """Per released entry: Laplace scale or Gaussian sigma^2, in the entry's integer units."""
+        if self.mechanism == "discrete_laplace":
+            return tuple(u * self.base for u in self.units)
+        return tuple(u * u * self.base for u in self.units)
+
+    @property
+    def sd(self) -> float:
+        """Standard deviation of every entry's noise in units of c (continuous approximation)."""
+        if self.mechanism == "discrete_laplace":
+            return math.sqrt(2.0) * float(self.base)
+        return math.sqrt(float(self.base))
 
 
 @dataclass(frozen=True)

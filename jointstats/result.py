@@ -64,11 +64,30 @@ def _num(v: Any, digits: int = 6) -> str:
 
 
 def _noise_note(res: dict) -> str:
+    """'+/- h (95% DP noise)' for a scalar statistic, in its own units, and a plain warning
+    when the noise dominates it."""
     noise = res.get("noise")
     if not noise:
         return ""
     half = noise.get("ci95_halfwidth")
-    return f"   (noise: {noise.get('mechanism')}, 95% of noise within +/-{_num(half, 4)})" if half is not None else ""
+    note = ""
+    if isinstance(half, (int, float)):
+        note = f"   +/- {_num(half, 3)} (95% of the DP noise, {noise.get('mechanism')})"
+    elif half is not None:
+        flat = [v for v in _flatten(half) if isinstance(v, (int, float)) and math.isfinite(v)]
+        if flat:
+            note = f"   +/- {_num(max(flat), 3)} at most (95% of the DP noise, {noise.get('mechanism')})"
+    if noise.get("dominates"):
+        note += "\n  WARNING: the DP noise dominates this statistic; do not read it as a finding"
+    return note
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _flatten(v)
+    else:
+        yield x
 
 
 def _format(name: str, res: dict) -> list[str]:
@@ -99,13 +118,26 @@ def _format(name: str, res: dict) -> list[str]:
         return out
     if kind == "regression":
         head = (f"{name} [regression{' ridge=' + _num(res.get('ridge')) if res.get('ridge') else ''}]  "
-                f"n={res.get('n')}  R-squared={_num(res.get('r_squared'), 4)}{_noise_note(res)}")
+                f"n={res.get('n')}  R-squared={_num(res.get('r_squared'), 4)}")
         width = max(12, *(len(t) for t in res["terms"])) + 2
-        out = [head, "=" * (width + 42),
-               "".ljust(width) + "coef".rjust(14) + "std err".rjust(14) + "t".rjust(14), "-" * (width + 42)]
-        for t, c, s in zip(res["terms"], res["coefficients"], res["std_errors"]):
-            tval = c / s if (s not in (None, 0) and c is not None) else None
-            out.append(t.ljust(width) + _num(c, 6).rjust(14) + _num(s, 6).rjust(14) + _num(tval, 4).rjust(14))
-        out.append("=" * (width + 42))
+        conf = res.get("conf_int")
+        cols = ["coef", "std err"] + (["[0.025", "0.975]"] if conf else ["t"])
+        rule = width + 14 * len(cols)
+        out = [head, "=" * rule, "".ljust(width) + "".join(c.rjust(14) for c in cols), "-" * rule]
+        for i, (t, c, s) in enumerate(zip(res["terms"], res["coefficients"], res["std_errors"])):
+            if conf:
+                extra = [_num(conf[i][0], 6), _num(conf[i][1], 6)]
+            else:
+                extra = [_num(c / s if (s not in (None, 0) and c is not None) else None, 4)]
+            out.append(t.ljust(width) + "".join(v.rjust(14) for v in [_num(c, 6), _num(s, 6)] + extra))
+        out.append("=" * rule)
+        noise = res.get("noise")
+        if noise:
+            out.append("std errors and intervals include the sampling error and the DP noise "
+                       f"({noise.get('mechanism')}"
+                       + (f", adaptive ridge {_num(noise['adaptive_ridge'], 3)}" if noise.get("adaptive_ridge") else "")
+                       + ")")
+            if noise.get("dominates"):
+                out.append("WARNING: the DP noise dominates some coefficients; do not read them as findings")
         return out
     return [f"{name}: {json.dumps(res)}"]

@@ -71,11 +71,14 @@ def test_privacy_loss_of_every_mechanism_on_neighbours(delta):
         p0 = compute_partials(plan, [base])
         p1 = compute_partials(plan, [base, row])
         for stat in plan.statistics:
-            f0 = _dp._release_vector(stat, np.array(p0[stat.name], dtype=object))
-            f1 = _dp._release_vector(stat, np.array(p1[stat.name], dtype=object))
-            diff = [abs(int(a) - int(b)) for a, b in zip(f0, f1)]
-            sens = _dp.release_sensitivities(stat)
-            assert all(dv <= s for dv, s in zip(diff, sens)), stat.name
+            f0 = _dp.release_clear(stat, p0[stat.name])
+            f1 = _dp.release_clear(stat, p1[stat.name])
+            diff = [abs(a - b) for a, b in zip(f0, f1)]
+            units = stat.noise.units
+            assert all(dv <= u for dv, u in zip(diff, units)), stat.name
+            # the joint bound in units of c = diff / unit
+            c = [Fraction(dv, u) for dv, u in zip(diff, units)]
+            assert sum(c) <= stat.noise.bound and sum(x * x for x in c) <= stat.noise.bound, stat.name
             noise = stat.noise
             if noise.mechanism == "discrete_laplace":
                 loss = sum(Fraction(dv) / b for dv, b in zip(diff, noise.scales))
