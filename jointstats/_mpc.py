@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import sys
 
+from . import _codec
+from .errors import AuthError, PartyError
+
 _saved_argv = sys.argv
 sys.argv = [_saved_argv[0] if _saved_argv else "jointstats"]
 try:
@@ -19,6 +22,44 @@ finally:
 
 Runtime = _mpyc_runtime.Runtime
 MPYC_VERSION: str = mpyc.__version__
+#: The one MPyC version whose private API this module and ``_mpc_speedups`` replace (the
+#: runtime's message handling, its exchanger, thresha's share functions): checked here only.
+SUPPORTED_MPYC = "0.11"
+if MPYC_VERSION != SUPPORTED_MPYC:
+    raise ImportError(f"jointstats needs MPyC {SUPPORTED_MPYC} exactly (it replaces parts of its "
+                      f"runtime, so that no peer message is ever unpickled), found MPyC {MPYC_VERSION}")
+
+
+class _Kept:
+    """An object handed from MPyC's runtime to itself, in this process, without pickling."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
+class _NoPickle:
+    """Stands in for ``pickle`` inside ``mpyc.runtime``: nothing there is ever pickled again.
+
+    The party runtime (:class:`JointRuntime`) sends and receives every message with the typed
+    codec (``jointstats._codec``) and never reaches MPyC's pickling paths. What is left of them
+    (the single-process runtime handing a value to itself) gets the object back as it was;
+    bytes from anywhere else are refused, so a path overlooked here fails instead of
+    unpickling a peer's message."""
+
+    @staticmethod
+    def dumps(obj, *args, **kwargs):
+        return _Kept(obj)
+
+    @staticmethod
+    def loads(data, *args, **kwargs):
+        if type(data) is _Kept:
+            return data.obj
+        raise PartyError("refused to unpickle a message (MPyC's pickling path is disabled)")
+
+
+_mpyc_runtime.pickle = _NoPickle
 
 
 def _trust_fixed_primes() -> None:
@@ -85,7 +126,8 @@ def make_runtime(pid: int, addresses: list[tuple[str, int]], threshold: int | No
     options.sec_param = options.sec_param or 30
     options.bit_length = options.bit_length or 32
     parties = [_mpyc_runtime.Party(i, host, int(port)) for i, (host, port) in enumerate(addresses)]
-    cls = runtime_class or Runtime
+    # every runtime with peers is a JointRuntime: typed messages, never MPyC's pickles
+    cls = runtime_class or (JointRuntime if m > 1 else Runtime)
     rt = cls(pid, parties, options)
     _install(rt)
     return rt
@@ -94,11 +136,14 @@ def make_runtime(pid: int, addresses: list[tuple[str, int]], threshold: int | No
 # ----------------------------------------------------------------------------- real parties
 
 import asyncio  # noqa: E402
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
 import socket  # noqa: E402
+import struct  # noqa: E402
 import ssl as _ssl  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
 
-from .errors import AuthError, PartyError  # noqa: E402
 
 
 def _keepalive(transport) -> None:
@@ -117,13 +162,26 @@ def _keepalive(transport) -> None:
         pass
 
 
+#: Program counter of a notice frame: an honest party telling the others why it stops.
+#: (MPyC's program counters are small integers or 64-bit hashes; this one is reserved.)
+NOTICE_PC = -(1 << 63)
+_FRAME = struct.Struct("<qI")
+
+
 class _Exchanger(_asyncoro.MessageExchanger):
-    """MPyC's message exchanger plus peer identity checks and loss reporting."""
+    """MPyC's message exchanger with peer identity checks, loss reporting and bounded frames.
+
+    Frames are MPyC's (8-byte program counter, 4-byte length, payload); a frame longer than
+    ``_codec.MAX_MESSAGE`` is malformed (the peer is dropped and named), and a connection
+    from a client claiming an index it cannot have is closed. Payloads are handed
+    over as bytes; the runtime decodes each with the codec of what it expects.
+    """
 
     def connection_made(self, transport):
         _keepalive(transport)
         rt = self.runtime
         self.identity = None
+        self.dropped = False
         if rt.verify_peer is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             cert = ssl_object.getpeercert(binary_form=True) if ssl_object else None
@@ -142,13 +200,86 @@ class _Exchanger(_asyncoro.MessageExchanger):
             return False
         return True
 
+    def _hello(self, buf: bytearray) -> bool:
+        """The first bytes from a client: its index and its PRSS keys (MPyC's handshake)."""
+        rt = self.runtime
+        if len(buf) < 2:
+            return False
+        pid = int.from_bytes(buf[:2], "little")
+        if not 0 <= pid < rt.pid or rt.parties[pid].protocol is not None:
+            # only lower indices connect to us, each once: this is no party of the job
+            self.dropped = True
+            self.transport.close()
+            return False
+        if rt.verify_peer is not None and not self._check(pid, self.transport):
+            self.dropped = True
+            return False
+        size = rt._prss_keys_from_peer(pid)
+        if len(buf) < 2 + size:
+            return False
+        rt._prss_keys_from_peer(pid, bytes(buf[2:2 + size]))
+        del buf[:2 + size]
+        self.peer_pid = pid
+        rt.set_protocol(pid, self)
+        return True
+
+    def _malformed(self, what: str) -> None:
+        self.dropped = True
+        self.runtime.drop_peer(self.peer_pid, what)
+
     def data_received(self, data):
-        known = self.peer_pid
-        if known is None and self.runtime.verify_peer is not None and len(self.bytes) + len(data) >= 2:
-            pid = int.from_bytes((bytes(self.bytes) + bytes(data))[:2], "little")
-            if not self._check(pid, self.transport):
+        if self.dropped:
+            return
+        buf = self.bytes
+        buf.extend(data)
+        if self.peer_pid is None and not self._hello(buf):
+            return
+        while len(buf) >= 12:
+            pc, size = _FRAME.unpack_from(buf)
+            if size > _codec.MAX_MESSAGE:
+                self._malformed(f"a message of {size} bytes, over the limit of {_codec.MAX_MESSAGE}")
                 return
-        super().data_received(data)
+            if len(buf) < 12 + size:
+                break
+            payload = bytes(buf[12:12 + size])
+            del buf[:12 + size]
+            if pc == NOTICE_PC:
+                self._notice(payload)
+                return
+            held = self.buffers.get(pc)
+            if held is None:
+                self.buffers[pc] = payload
+            elif isinstance(held, asyncio.Future):
+                del self.buffers[pc]
+                if not held.done():
+                    held.set_result(payload)
+            elif isinstance(held, list):
+                held.append(payload)
+            else:  # a step that sends at a program counter whose last message is unread
+                self.buffers[pc] = [held, payload]
+
+    def receive(self, pc):
+        """The payload for ``pc`` (or a future of it); messages for one program counter are
+        handed out in the order they came (MPyC's own code can send a second one, e.g. its
+        shutdown after a step at the same top-level counter, before the first is read)."""
+        held = self.buffers.pop(pc, None)
+        if held is None:
+            held = self.buffers[pc] = self.runtime._loop.create_future()
+        elif isinstance(held, list):
+            first = held.pop(0)
+            self.buffers[pc] = held if len(held) > 1 else held[0]
+            return first
+        return held
+
+    def _notice(self, payload: bytes) -> None:
+        """A peer says why it stops: the job fails with its reason, relayed and named."""
+        rt = self.runtime
+        try:
+            text = _codec.decode_notice(payload)
+        except _codec.CodecError as exc:
+            self._malformed(f"a malformed notice ({exc})")
+            return
+        rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} stopped the job: {text}")
 
     def connection_lost(self, exc):
         rt = self.runtime
@@ -157,6 +288,36 @@ class _Exchanger(_asyncoro.MessageExchanger):
                               + (f" ({exc})" if exc else ""))
         if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
             rt.unset_protocol(self.peer_pid)
+
+
+_MALFORMED = object()
+
+
+def _field_decoder(order: int, count: int) -> Callable:
+    """Decoder of exactly ``count`` elements of the field of ``order`` elements."""
+    return lambda data: _codec.decode_field_values(data, order, count)
+
+
+def _values(row):
+    """A row of shares (a list or numpy array of ints) as a flat numpy object array."""
+    return np.asarray(row, dtype=object).reshape(-1)
+
+
+def _field_values(x: list):
+    """The field, shape (None for scalars) and flat share values of gathered output operands:
+    a list of field elements, or a field array (only the first, as MPyC)."""
+    if isinstance(x[0], _mpyc_runtime.finfields.FiniteFieldElement):
+        return type(x[0]), None, _values([a.value for a in x])
+    return x[0].field, x[0].value.shape, x[0].value.reshape(-1)
+
+
+def _recombined(field, shape, points: list) -> list:
+    """Lagrange recombination of the received and own shares: field elements for scalars,
+    one field array of ``shape`` otherwise (MPyC's thresha, speed-ups included)."""
+    thresha = _mpyc_runtime.thresha
+    if shape is None:
+        return [field(int(a)) for a in thresha.recombine(field, [(i, list(s)) for i, s in points])]
+    return [thresha.np_recombine(field, points).reshape(shape)]
 
 
 class JointRuntime(Runtime):
@@ -195,6 +356,228 @@ class JointRuntime(Runtime):
         if protocol is None:
             return self._loop.create_future()
         return protocol.receive(self._program_counter[0])
+
+    # -- typed messages: every payload from a peer is decoded as what this step expects ------
+
+    def _receive_typed(self, peer_pid: int, decode: Callable):
+        """The message of ``peer_pid`` for the current step, decoded by ``decode`` (a function
+        of ``_codec`` bound to what is expected): the value, or a future of it.
+
+        A message that does not decode drops the peer (:meth:`drop_peer`); its future then
+        never completes, and every guarded wait fails naming the peer (an exception inside
+        an MPyC coroutine would stop the event loop instead)."""
+        raw = self._receive_message(peer_pid)
+        if not isinstance(raw, asyncio.Future):
+            value = self._decode(peer_pid, decode, raw)
+            return self._loop.create_future() if value is _MALFORMED else value
+        out = self._loop.create_future()
+
+        def arrived(fut):
+            if fut.cancelled() or out.done():
+                return
+            value = self._decode(peer_pid, decode, fut.result())
+            if value is not _MALFORMED:
+                out.set_result(value)
+        raw.add_done_callback(arrived)
+        return out
+
+    def _decode(self, peer_pid: int, decode: Callable, data):
+        try:
+            return decode(data)
+        except _codec.CodecError as exc:
+            why = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a peer sent, it never raises here
+            why = f"{type(exc).__name__}: {exc}"
+        self.drop_peer(peer_pid, why)
+        return _MALFORMED
+
+    def drop_peer(self, peer_pid: int, why: str) -> None:
+        """Fail the job naming ``peer_pid``, which sent a malformed message; tell the other
+        parties why (so that they name it too) and drop its connection."""
+        reason = f"party {self.name_of(peer_pid)!r} sent a malformed message ({why}); dropped"
+        if not self.failed.done():
+            self.report_failure(peer_pid, reason)
+            notice = _codec.encode_notice(reason)
+            for peer in self.parties:
+                proto = peer.protocol
+                if peer.pid not in (self.pid, peer_pid) and proto is not None \
+                        and not isinstance(proto, asyncio.Future):
+                    proto.send(NOTICE_PC, notice)
+        proto = self.parties[peer_pid].protocol if peer_pid is not None else None
+        if proto is not None and not isinstance(proto, asyncio.Future):
+            proto.dropped = True
+            proto.transport.close()
+
+    def receive_array(self, peer_pid: int, dtype, shape):
+        """A numpy integer array of ``dtype`` and ``shape`` from ``peer_pid`` (a future, or
+        the array); see :meth:`_receive_typed`."""
+        return self._receive_typed(peer_pid, lambda data: _codec.decode_array(data, dtype, shape))
+
+    async def transfer(self, obj, senders=None, receivers=None, sender_receivers=None, *,
+                       codec: _codec.Codec | None = None):
+        """MPyC's ``transfer`` (send ``obj`` from every sender to every receiver), with the
+        typed ``codec`` (an int or a short text by default) instead of pickle."""
+        if sender_receivers is not None:
+            raise NotImplementedError("transfer with sender_receivers is not used by jointstats")
+        m = len(self.parties)
+        one_sender = isinstance(senders, int)
+        senders = list(range(m)) if senders is None else [senders] if one_sender else list(senders)
+        receivers = (list(range(m)) if receivers is None else
+                     [receivers] if isinstance(receivers, int) else list(receivers))
+        codec = codec or _codec.codec_for(obj)
+        payload = codec.encode(obj) if self.pid in senders else None
+        if payload is not None:
+            for peer in receivers:
+                if peer != self.pid:
+                    self._send_message(peer, payload)
+        if self.pid not in receivers:
+            return None if one_sender else []
+        got = [codec.decode(payload) if peer == self.pid else self._receive_typed(peer, codec.decode)
+               for peer in senders]
+        got = await self.gather(got)
+        return got[0] if one_sender else got
+
+    @_asyncoro.mpc_coro
+    async def _distribute(self, x, senders):
+        """MPyC's input step (each sender secret-shares its x), shares sent as fixed-width
+        field elements and decoded as the receiver's own x prescribes (field and shape)."""
+        if not x:
+            return [[] for _ in senders]
+        sftype = type(x[0])
+        if issubclass(sftype, self.SecureObject) and hasattr(sftype, "_input"):
+            return sftype._input(x, senders)
+        finfields = _mpyc_runtime.finfields
+        if issubclass(sftype, self.SecureArray):
+            field, shape = sftype.sectype.field, x[0].shape
+        elif issubclass(sftype, self.SecureObject):
+            field, shape = sftype.field, None
+        elif issubclass(sftype, finfields.FiniteFieldElement):
+            field, shape = sftype, None
+        else:
+            field, shape = sftype.field, x[0].shape
+        if issubclass(sftype, self.SecureObject):
+            extra = (x[0].integral,) if sftype.frac_length else ()
+            rettype = ((sftype, *extra, shape) if shape is not None else
+                       (sftype, *extra) if extra else sftype)
+            await self.returnType(rettype, len(senders), len(x))
+        else:
+            await self.returnType(asyncio.Future)
+        order = field.order
+        count = len(x) if shape is None else math.prod(shape)
+        decode = _field_decoder(order, count)
+        thresha = _mpyc_runtime.thresha
+        t, m = self.threshold, len(self.parties)
+        shares = [None] * len(senders)
+        for i, peer in enumerate(senders):
+            if peer != self.pid:
+                shares[i] = self._receive_typed(peer, decode)
+                continue
+            if issubclass(sftype, self.SecureObject):
+                x = await self.gather(x)
+            if shape is None:
+                split = thresha.random_split(field, x, t, m)
+            else:
+                split = thresha.np_random_split(field, x[0].reshape(-1), t, m)
+            for other, row in enumerate(split):
+                if other == self.pid:
+                    shares[i] = _values(row)
+                else:
+                    self._send_message(other, _codec.encode_field_values(row, order))
+        shares = await self.gather(shares)
+        if shape is None:
+            return [[field(int(a)) for a in s] for s in shares]
+        return [[field.array(s, check=False).reshape(shape)] for s in shares]
+
+    @_asyncoro.mpc_coro
+    async def output(self, x, receivers=None, threshold=None, raw=False):
+        """MPyC's ``output`` (open x to the receivers from shares of degree ``threshold``),
+        shares sent as fixed-width field elements and decoded as this party's own share of
+        x prescribes (field and number of elements)."""
+        x_is_list = isinstance(x, list)
+        x = x[:] if x_is_list else [x]
+        await self.returnType(asyncio.Future)
+        if not x:
+            return []
+        n = len(x)
+        t = self.threshold if threshold is None else threshold
+        m = len(self.parties)
+        receivers = (list(range(m)) if receivers is None else
+                     [receivers] if isinstance(receivers, int) else list(receivers))
+        sftype = type(x[0])
+        if issubclass(sftype, self.SecureObject):
+            if hasattr(sftype, "_output"):
+                y = await sftype._output(x, receivers, threshold)
+                return y if x_is_list else y[0]
+            x = await self.gather(x)
+        field, shape, values = _field_values(x)
+        order = field.order
+        payload = None
+        for peer in receivers:
+            if 0 < (peer - self.pid) % m <= t:
+                if payload is None:
+                    payload = _codec.encode_field_values(values, order)
+                self._send_message(peer, payload)
+        if self.pid not in receivers:
+            return [None] * n if x_is_list else None
+        senders = [(self.pid - t + j) % m for j in range(t)]
+        decode = _field_decoder(order, len(values))
+        got = await self.gather([self._receive_typed(peer, decode) for peer in senders])
+        points = [(peer + 1, s) for peer, s in zip(senders, got)] + [(self.pid + 1, values)]
+        y = _recombined(field, shape, points)
+        if issubclass(sftype, self.SecureObject):
+            convert = sftype._output_conversion
+            if not raw and convert is not None:
+                y = [convert(a) for a in y]
+        return y if x_is_list else y[0]
+
+    @_asyncoro.mpc_coro
+    async def _reshare(self, x):
+        """MPyC's resharing (degree 2t to t, a la GRR98), shares sent as fixed-width field
+        elements and decoded as this party's own share prescribes."""
+        x_is_list = isinstance(x, list)
+        x = x if x_is_list else [x]
+        if not x:
+            return []
+        sftype = type(x[0])
+        if issubclass(sftype, self.SecureObject):
+            extra = (x[0].integral,) if sftype.frac_length else ()
+            if issubclass(sftype, self.SecureArray):
+                rettype = (sftype, *extra, x[0].shape)
+            else:
+                rettype = (sftype, *extra) if extra else sftype
+            if x_is_list:
+                await self.returnType(rettype, len(x))
+            else:
+                await self.returnType(rettype)
+            x = await self.gather(x)
+        else:
+            await self.returnType(asyncio.Future)
+        t = self.threshold
+        if t == 0:
+            return x if x_is_list else x[0]
+        field, shape, values = _field_values(x)
+        order = field.order
+        thresha = _mpyc_runtime.thresha
+        m = len(self.parties)
+        first = self._program_counter[0] % m  # the 2t + 1 dealers, as MPyC balances them
+        own = None
+        if (self.pid - first) % m <= 2 * t:
+            split = (thresha.random_split(field, values, t, m) if shape is None else
+                     thresha.np_random_split(field, values, t, m))
+            for peer, row in enumerate(split):
+                if peer == self.pid:
+                    own = _values(row)
+                else:
+                    self._send_message(peer, _codec.encode_field_values(row, order))
+        decode = _field_decoder(order, len(values))
+        dealers = [(first + j) % m for j in range(2 * t + 1)]
+        got = await self.gather([self._receive_typed(peer, decode) for peer in dealers
+                                 if peer != self.pid])
+        points = [(peer + 1, s) for peer, s in zip([d for d in dealers if d != self.pid], got)]
+        if own is not None:
+            points.append((self.pid + 1, own))
+        y = _recombined(field, shape, points)
+        return y if x_is_list else y[0]
 
     def unset_protocol(self, peer_pid):
         """Deregister a peer, tolerating a connection that closes before it registered."""
@@ -282,7 +665,7 @@ class JointRuntime(Runtime):
         even if the reveals completed without it (an honest majority of shares suffices),
         so that no party reports success for a job that another party did not finish.
         """
-        await self.guard(self.transfer("end"), timeout, "the end of the job")
+        await self.guard(self.transfer("end", codec=_codec.TEXT), timeout, "the end of the job")
         self.closing = True  # from here on, connections closing are expected
         try:
             await asyncio.wait_for(self.shutdown(), timeout)

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import _codec
 from .config import PartyConfig, load_party_config
 from .errors import DataError, JointStatsError, PartyError, PlanMismatchError
 from .plan import Plan, make_plan
@@ -157,7 +158,8 @@ class PartyJob:
         try:
             status = {"party": cfg.party, "plan": plan.sha256, "job": self.job_id,
                       "refusal": refusal, "min_count_floor": cfg.policy.min_count}
-            statuses = await rt.guard(rt.transfer(status), LOCAL_STEP_TIMEOUT, "the local step")
+            statuses = await rt.guard(rt.transfer(status, codec=_codec.RECORD), LOCAL_STEP_TIMEOUT,
+                                      "the local step")
             for st in statuses:
                 if st["refusal"]:
                     raise PartyError(st["refusal"])
@@ -176,7 +178,7 @@ class PartyJob:
                 noisy = await self._each_statistic(rt, plan, lambda stat: _dp.prepare(
                     rt, stat, partials[stat.name], effective_min_count(stat, floors)), "statistic")
                 _fault_point(cfg.party, "before_commit")
-                await rt.guard(rt.transfer("ready"), SECURE_STEP_TIMEOUT, "the noise step")
+                await rt.guard(rt.transfer("ready", codec=_codec.TEXT), SECURE_STEP_TIMEOUT, "the noise step")
                 if self.hooks:
                     self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
                 results = await self._each_statistic(rt, plan, lambda stat: _dp.reveal(

@@ -563,21 +563,24 @@ class Node:
 
     async def _rendezvous(self, entries: list[tuple]) -> dict[str, list]:
         """Exchange job queues with every other party over the MPC channels (TLS if configured)."""
-        from . import _mpc
+        from . import _codec, _mpc
         logging.getLogger().setLevel(logging.WARNING)  # MPyC logs every shutdown at INFO
         cfg = self.config
         rt = _mpc.make_party_runtime(cfg.index, self.names, [(p.host, p.port) for p in cfg.peers])
         if cfg.tls is not None:
             from .tls import configure_tls
             configure_tls(rt, cfg)
-        message = {"type": _RDV, "party": cfg.party, "queue": [list(e) for e in entries],
+        # a typed record (jointstats._codec), never a pickle: at most MAX_QUEUE entries, the
+        # earliest (entries come sorted); a peer's malformed record fails naming it
+        message = {"type": _RDV, "party": cfg.party,
+                   "queue": [list(e) for e in entries[:_codec.MAX_QUEUE]],
                    # what a worker that meets this message by mistake reports and stops on:
                    "refusal": f"party {cfg.party!r} is between jobs (its worker for this job "
                               f"ended or never started)",
                    "job": None, "plan": None, "min_count_floor": 0}
         try:
             await rt.start(self.attempt_timeout)
-            got = await rt.guard(rt.transfer(message), self.attempt_timeout,
+            got = await rt.guard(rt.transfer(message, codec=_codec.RECORD), self.attempt_timeout,
                                  "agreeing on the next job")
         except BaseException:
             rt.abort()
