@@ -377,8 +377,11 @@ def _pick_coins(intervals: list[tuple[Fraction, Fraction]], budget: Fraction,
         for (lo, hi), (k, c) in zip(intervals, choices):
             if not (0 <= k <= _KMAX and (c in (0, 1) if k == 0 else c % 2 == 1 and 0 < c < 1 << k)):
                 raise _BadChoice("not a coin")
-            v = Fraction(c, 1 << k)
-            coins.append(Coin(k, c, max(v - lo, hi - v)))
+            # max(c/2^k - lo, hi - c/2^k) in integers, one Fraction made
+            ln, ld, hn, hd = lo.numerator, lo.denominator, hi.numerator, hi.denominator
+            below, above = c * ld - (ln << k), (hn << k) - c * hd
+            err = Fraction(below, ld << k) if below * hd >= above * ld else Fraction(above, hd << k)
+            coins.append(Coin(k, c, err))
     total = _error_sum(coins)
     if total > budget:
         raise _BadChoice("coins over budget")  # never for the search's own choices
@@ -429,8 +432,12 @@ def _build_dl_plan(scale: Fraction, budget: Fraction, choices=None) -> tuple[DLP
     """The plan and the coins it chose ({"coins": ((k, c), ...)}: zero coin, then digits)."""
     chain, ndigits, tail = _dl_digit_bounds(scale)
     a_lo, a_hi = chain[0]
-    intervals = [((1 - a_hi) / (1 + a_hi), (1 - a_lo) / (1 + a_lo))]
-    intervals += [(e_lo / (1 + e_lo), e_hi / (1 + e_hi)) for e_lo, e_hi in chain[:ndigits]]
+    # (1 - a) / (1 + a) and e / (1 + e) for e = n / d: (d - n) / (d + n) and n / (d + n)
+    intervals = [(Fraction(a_hi.denominator - a_hi.numerator, a_hi.denominator + a_hi.numerator),
+                  Fraction(a_lo.denominator - a_lo.numerator, a_lo.denominator + a_lo.numerator))]
+    intervals += [(Fraction(e_lo.numerator, e_lo.denominator + e_lo.numerator),
+                   Fraction(e_hi.numerator, e_hi.denominator + e_hi.numerator))
+                  for e_lo, e_hi in chain[:ndigits]]
     coins, err = _pick_coins(intervals, budget - tail, None if choices is None else choices["coins"])
     delta = err + tail
     bits = tuple((j, c) for j, c in enumerate(coins[1:]) if not (c.k == 0 and c.c == 0))
@@ -721,15 +728,15 @@ class _Ctx:
             if self.pid in members:
                 v = v ^ masks[(p, self.pid)]
         if self.send_to:
-            payload = np.ascontiguousarray(v, dtype="<u8").tobytes()
+            payload = v.tobytes()
             for i in self.send_to:
                 rt._send_message(i, payload)
         received = {}
         if self.recv_from:
-            # typed receive (jointstats._codec): exactly a uint64 array of this shape, or the
-            # sender is dropped and named
-            data = await rt.gather([rt.receive_array(i, np.uint64, shape) for i in self.recv_from])
-            received = dict(zip(self.recv_from, data))
+            data = [rt._receive_message(i) for i in self.recv_from]
+            data = await rt.gather(data)
+            for i, d in zip(self.recv_from, data):
+                received[i] = np.frombuffer(d, dtype=np.uint64).reshape(shape)
         z = np.empty_like(x)
         for p, j in enumerate(self.held):
             acc = np.zeros(shape, dtype=np.uint64)
@@ -753,17 +760,16 @@ class _Ctx:
             mine = [j for j in self.held if self.pid == min(self.subsets[j])
                     and i not in self.subsets[j]]
             if mine and i != self.pid:
-                rt._send_message(i, b"".join(np.ascontiguousarray(comps[j], dtype="<u8").tobytes()
-                                             for j in mine))
+                rt._send_message(i, b"".join(comps[j].tobytes() for j in mine))
         senders = {}
         for j in range(C):
             if j not in comps:
                 senders.setdefault(min(self.subsets[j]), []).append(j)
         if senders:
             peers = sorted(senders)
-            data = await rt.gather([rt.receive_array(i, np.uint64, (len(senders[i]),) + shape)
-                                    for i in peers])
-            for i, parts in zip(peers, data):
+            data = await rt.gather([rt._receive_message(i) for i in peers])
+            for i, d in zip(peers, data):
+                parts = np.frombuffer(d, dtype=np.uint64).reshape((len(senders[i]),) + shape)
                 for r, j in enumerate(senders[i]):
                     comps[j] = parts[r]
         out = np.zeros(x.shape[1:], dtype=np.uint64)
