@@ -13,6 +13,7 @@ the probe on at interpreter start):
 * ``read`` / ``aggregate``: time inside the chunk reader (Arrow read + schema encoding)
   and in the partial-aggregate code (``jointstats._local``), which together are the local step;
 * ``connect``: ``JointRuntime.start`` (includes waiting for the slowest peer's local step);
+* ``plan``: the party's own plan, DP noise plans included (``PartyJob.plan``);
 * ``sync``: the status exchange right after connecting (plan hash, refusals);
 * ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP); with
   JOINTSTATS_BENCH_SECURE_REPEATS=k each exact secure step runs k times and each run is
@@ -209,12 +210,20 @@ def _patch_hooks(mod):
             setattr(cls, name, _timed("ledger")(getattr(cls, name)))
 
 
+def _patch_party(mod):
+    """``plan``: the party's own plan, noise plans included (``PartyJob.plan``)."""
+    cls = getattr(mod, "PartyJob", None)
+    if cls is not None and hasattr(cls, "plan"):
+        cls.plan = _timed("plan")(cls.plan)
+
+
 PATCHES = set(filter(None, os.environ.get("JOINTSTATS_BENCH_PATCH", "").split(",")))
 
 _PATCHES = {"jointstats.config": _patch_config, "jointstats._local": _patch_local,
             "jointstats._sources": _patch_sources,
             "jointstats._mpc": _patch_mpc, "jointstats.output": _patch_output,
-            "jointstats._dp": _patch_dp, "jointstats._hooks": _patch_hooks}
+            "jointstats._dp": _patch_dp, "jointstats._hooks": _patch_hooks,
+            "jointstats._party": _patch_party}
 
 
 class _Finder(importlib.abc.MetaPathFinder):

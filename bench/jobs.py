@@ -140,6 +140,7 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
             "spawn_seconds": probe["t_site"] - t_call,
             "import_seconds": probe.get("t_main", probe["t_site"]) - probe["t_site"],
             "read_seconds": probe["read"],
+            "plan_seconds": probe.get("plan"),
             "read_cpu_seconds": probe.get("read_cpu"),
             "aggregate_seconds": probe["aggregate"],
             "connect_seconds": probe.get("connect"),
@@ -203,7 +204,7 @@ def summarize(rec: dict) -> dict:
     def mx(key):
         vals = [p.get(key) for p in ps if p.get(key) is not None]
         return max(vals) if vals else None
-    return {k: mx(k) for k in ("local_seconds", "read_seconds", "read_cpu_seconds", "aggregate_seconds", "import_seconds",
+    return {k: mx(k) for k in ("plan_seconds", "local_seconds", "read_seconds", "read_cpu_seconds", "aggregate_seconds", "import_seconds",
                                "spawn_seconds", "connect_seconds", "sync_seconds", "secure_seconds",
                                "secure_bytes", "bytes_sent", "peak_rss_kb", "cpu_seconds",
                                "close_seconds", "ledger_seconds", "engine_secure_seconds")} | {

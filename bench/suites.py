@@ -391,9 +391,15 @@ def bench_flat(rec: Recorder, full: bool) -> None:
         measure_ours(rec, "flat", "regression", n=n, secure_repeats=FLAT_SECURE_REPEATS)
 
 
+def bench_dpcost(rec: Recorder, full: bool) -> None:
+    """DP job against the same job exact, cold and warm noise-plan cache (bench/dpcost.py)."""
+    from .dpcost import bench_dpcost as run_it
+    run_it(rec, full)
+
+
 BENCHES = {"overhead": bench_overhead, "rows": bench_rows, "crosstab": bench_crosstab,
            "parties": bench_parties, "features": bench_features, "dp": bench_dp, "tls": bench_tls,
-           "flat": bench_flat, "format": bench_format}
+           "flat": bench_flat, "format": bench_format, "dpcost": bench_dpcost}
 QUICK = ["overhead", "rows", "crosstab", "parties", "features", "dp", "tls", "flat"]
 FULL = list(BENCHES)
 
