@@ -728,15 +728,15 @@ class _Ctx:
             if self.pid in members:
                 v = v ^ masks[(p, self.pid)]
         if self.send_to:
-            payload = v.tobytes()
+            payload = np.ascontiguousarray(v, dtype="<u8").tobytes()
             for i in self.send_to:
                 rt._send_message(i, payload)
         received = {}
         if self.recv_from:
-            data = [rt._receive_message(i) for i in self.recv_from]
-            data = await rt.gather(data)
-            for i, d in zip(self.recv_from, data):
-                received[i] = np.frombuffer(d, dtype=np.uint64).reshape(shape)
+            # typed receive (jointstats._codec): exactly a uint64 array of this shape, or the
+            # sender is dropped and named
+            data = await rt.gather([rt.receive_array(i, np.uint64, shape) for i in self.recv_from])
+            received = dict(zip(self.recv_from, data))
         z = np.empty_like(x)
         for p, j in enumerate(self.held):
             acc = np.zeros(shape, dtype=np.uint64)
@@ -760,16 +760,17 @@ class _Ctx:
             mine = [j for j in self.held if self.pid == min(self.subsets[j])
                     and i not in self.subsets[j]]
             if mine and i != self.pid:
-                rt._send_message(i, b"".join(comps[j].tobytes() for j in mine))
+                rt._send_message(i, b"".join(np.ascontiguousarray(comps[j], dtype="<u8").tobytes()
+                                             for j in mine))
         senders = {}
         for j in range(C):
             if j not in comps:
                 senders.setdefault(min(self.subsets[j]), []).append(j)
         if senders:
             peers = sorted(senders)
-            data = await rt.gather([rt._receive_message(i) for i in peers])
-            for i, d in zip(peers, data):
-                parts = np.frombuffer(d, dtype=np.uint64).reshape((len(senders[i]),) + shape)
+            data = await rt.gather([rt.receive_array(i, np.uint64, (len(senders[i]),) + shape)
+                                    for i in peers])
+            for i, parts in zip(peers, data):
                 for r, j in enumerate(senders[i]):
                     comps[j] = parts[r]
         out = np.zeros(x.shape[1:], dtype=np.uint64)
