@@ -82,6 +82,15 @@ def _noise_note(res: dict) -> str:
     return note
 
 
+def _value_text(res: dict) -> str:
+    """A scalar value; under DP with as many decimals as its noise leaves meaningful."""
+    value = res.get("value")
+    half = (res.get("noise") or {}).get("ci95_halfwidth")
+    if isinstance(value, float) and isinstance(half, (int, float)) and half > 0 and math.isfinite(half):
+        return f"{value:.{max(0, 1 - math.floor(math.log10(half)))}f}"
+    return _num(value, 10)
+
+
 def _flatten(x):
     if isinstance(x, (list, tuple)):
         for v in x:
@@ -93,7 +102,7 @@ def _flatten(x):
 def _format(name: str, res: dict) -> list[str]:
     kind = res.get("kind")
     if kind in ("count", "sum", "mean", "variance"):
-        return [f"{name} [{kind}] = {_num(res.get('value'), 10)}{_noise_note(res)}"]
+        return [f"{name} [{kind}] = {_value_text(res)}{_noise_note(res)}"]
     if kind == "correlation":
         cols = res["columns"]
         width = max(8, *(len(c) for c in cols)) + 2
