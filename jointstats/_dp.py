@@ -350,12 +350,20 @@ def _derived_noise(stat: StatPlan, estimate, draws: np.ndarray, wide: float) -> 
     est = np.asarray(estimate, dtype=float)
     half = _halfwidths(est, draws)
     sd = np.nanstd(draws, axis=0)
-    as_out = (lambda a: float(a)) if est.ndim == 0 else (lambda a: a.tolist())
+    as_out = _json_floats
     info["scale"] = as_out(sd)
     info["sd"] = as_out(sd)
     info["ci95_halfwidth"] = as_out(half)
     info["dominates"] = bool(np.any(~np.isfinite(half)) or np.any(2 * half > wide))
     return info
+
+
+def _json_floats(a):
+    """Floats (or nested lists of them) for JSON: NaN and infinities become None."""
+    a = np.asarray(a, dtype=float)
+    if a.ndim == 0:
+        return float(a) if np.isfinite(a) else None
+    return [_json_floats(v) for v in a]
 
 
 def _mean_of(stat: StatPlan, v: np.ndarray):
@@ -519,17 +527,17 @@ def _regression(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     bias = np.abs(boot.mean(axis=0) - fit["beta"])
     noise_half = _halfwidths(fit["beta"], boot) + bias
     noise_sd = np.sqrt(np.var(boot, axis=0) + bias ** 2)
-    info["scale"] = noise_sd.tolist()
-    info["sd"] = noise_sd.tolist()
-    info["ci95_halfwidth"] = noise_half.tolist()
-    info["coefficient_noise_sd"] = noise_sd.tolist()
-    info["sampling_std_errors"] = fit["se"].tolist()
+    info["scale"] = _json_floats(noise_sd)
+    info["sd"] = _json_floats(noise_sd)
+    info["ci95_halfwidth"] = _json_floats(noise_half)
+    info["coefficient_noise_sd"] = _json_floats(noise_sd)
+    info["sampling_std_errors"] = _json_floats(fit["se"])
     info["dominates"] = bool(np.any(2 * noise_half > wide))
     info["adaptive_ridge"] = float(fit["ridge"])
     se = np.sqrt(fit["se"] ** 2 + noise_sd ** 2)
     half = np.sqrt((_Z95 * fit["se"]) ** 2 + noise_half ** 2)
-    conf = [[float(b - h), float(b + h)] for b, h in zip(fit["beta"], half)]
+    conf = _json_floats(np.column_stack([fit["beta"] - half, fit["beta"] + half]))
     r2 = float(fit["r2"]) if np.isfinite(fit["r2"]) else None
-    return {"kind": "regression", "terms": names, "coefficients": fit["beta"].tolist(),
-            "std_errors": se.tolist(), "conf_int": conf, "n": max(int(round(float(fit["n"]))), 0),
+    return {"kind": "regression", "terms": names, "coefficients": _json_floats(fit["beta"]),
+            "std_errors": _json_floats(se), "conf_int": conf, "n": max(int(round(float(fit["n"]))), 0),
             "r_squared": r2, "ridge": float(stat.ridge), "noise": info}

@@ -6,11 +6,14 @@ for checking estimators and intervals; the samplers inside the MPC are tested el
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jointstats import _dp
 from jointstats._local import compute_partials
@@ -174,3 +177,18 @@ def test_every_party_computes_the_same_intervals():
     chunk, _ = cohort(np.random.default_rng(8), 1000)
     values = noisy(stat, _dp.release_clear(stat, compute_partials(plan, [chunk])["corr"]), np.random.default_rng(9))
     assert _dp.postprocess(stat, values, None) == _dp.postprocess(stat, list(values), None)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_post_processing_never_fails_whatever_the_noise(data):
+    """A failure after the reveal would depend on the data: post-processing must be total, and
+    its output strict JSON (no NaN or infinity), for any revealed integers."""
+    plan = plan_for("1.0", data.draw(st.sampled_from(["0", "1.0e-6"])))
+    for stat in plan.statistics:
+        size = len(stat.noise.units)
+        scale = data.draw(st.sampled_from([1, 1 << 20, 1 << 60, 1 << 90]))
+        values = data.draw(st.lists(st.integers(-scale, scale), min_size=size, max_size=size))
+        res = _dp.postprocess(stat, values, None)
+        json.dumps(res, allow_nan=False)
+        assert res["noise"]["dominates"] in (True, False)
