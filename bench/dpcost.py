@@ -157,8 +157,8 @@ def measure(rec, *, n: int = N_ROWS, repeats: int = 5) -> list[dict]:
 def table(records: list[dict]) -> str:
     """Markdown table of the dpcost records."""
     lines = ["| job (3 x 1e5 rows) | plan cache | wall (median) | DP / exact | plans per party | "
-             "secure step | local step |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "secure step | local step | CPU per party |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def f(x):
         return "–" if x is None else (f"{x:.3g} s" if x >= 0.01 else f"{x * 1000:.2g} ms")
@@ -168,7 +168,8 @@ def table(records: list[dict]) -> str:
         p, ph = r["params"], r["median_phases"]
         lines.append(f"| {p['mechanism']} | {p['plan_cache']} | {f(r['wall_seconds'])} | "
                      f"{r['ratio_to_exact']:.2f}x | {f(ph.get('plan_seconds'))} | "
-                     f"{f(ph.get('secure_seconds'))} | {f(ph.get('local_seconds'))} |")
+                     f"{f(ph.get('secure_seconds'))} | {f(ph.get('local_seconds'))} | "
+                     f"{f(ph.get('cpu_seconds'))} |")
     alone = [(r["params"]["mechanism"], r["plan_building_alone"]) for r in records
              if "plan_building_alone" in r]
     if alone:
@@ -176,9 +177,9 @@ def table(records: list[dict]) -> str:
                   "(build + write) | warm cache |", "| --- | --- | --- | --- | --- |"]
         for name, a in alone:
             k = a["distinct_scales"]
-            lines.append(f"| {name} | {k} ({a['samples']} samples) | {f(a['none_cpu_seconds'])} "
-                         f"({f(a['none_cpu_seconds'] / k)} per scale) | {f(a['cold_cpu_seconds'])} | "
-                         f"{f(a['warm_cpu_seconds'])} ({f(a['warm_cpu_seconds'] / k)} per scale) |")
+            none, cold, warm = (a.get(f"{x}_cpu_seconds", a[f"{x}_seconds"]) for x in ("none", "cold", "warm"))
+            lines.append(f"| {name} | {k} ({a['samples']} samples) | {f(none)} ({f(none / k)} per scale) | "
+                         f"{f(cold)} | {f(warm)} ({f(warm / k)} per scale) |")
     return "\n".join(lines)
 
 

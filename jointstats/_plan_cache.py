@@ -212,11 +212,19 @@ def store(mechanism: str, k: str, choices: dict) -> None:
 
 
 def _trim(d: Path) -> None:
-    """Keep at most MAX_FILES plans: beyond that, remove the least recently used quarter."""
+    """Keep at most MAX_FILES plans: beyond that, remove the least recently used quarter.
+    Temporary files left by a writer that died (older than an hour) are removed too."""
+    import time
     entries = []
     with os.scandir(d) as it:
         for e in it:
-            if e.name.endswith(".json") and not e.name.startswith(".tmp-"):
+            if e.name.startswith(".tmp-"):
+                try:
+                    if e.stat().st_mtime < time.time() - 3600:
+                        os.unlink(e.path)
+                except OSError:
+                    pass
+            elif e.name.endswith(".json"):
                 entries.append(e)
     if len(entries) <= MAX_FILES:
         return

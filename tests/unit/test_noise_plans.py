@@ -272,3 +272,18 @@ def test_cache_size_is_bounded(cache_dir, monkeypatch):
     files = list(cache_dir.glob("*.json"))
     assert 6 <= len(files) <= 8
     assert not list(cache_dir.glob(".tmp-*"))
+
+
+def test_stale_temporary_files_are_removed(cache_dir):
+    import os
+    import time
+    dl_plan(F(5, 3))
+    stale, fresh = cache_dir / ".tmp-dead.json", cache_dir / ".tmp-writing.json"
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    dl_plan(F(7, 3))  # a write trims
+    assert not stale.exists() and fresh.exists()
+    _clear_memory()
+    assert dl_plan(F(5, 3)) == _fresh("dl", F(5, 3))
