@@ -45,6 +45,12 @@ class Result:
             lines.append(f"privacy: epsilon={_num(p.get('epsilon'))} delta={_num(p.get('delta'))} "
                          f"mechanism={p.get('mechanism')} noise={p.get('noise', 'joint')}"
                          + (f"; {p['neighbours']}" if p.get("neighbours") else ""))
+            g = p.get("guarantee")
+            if g:
+                lines.append(f"guarantee: ({_num(g.get('epsilon'))}, {_num(g.get('delta'), 3)})-DP, the samplers' "
+                             "finite precision included" + (f"; rho={_num(p['rho'], 4)}" if p.get("rho") else ""))
+            lines.append("+/- figures: 95% of the DP noise, in each statistic's units; a regression's std err "
+                         "and interval include the sampling error too")
         else:
             lines.append("privacy: none (exact mode, consented by every party)")
         for name, res in self.results.items():
