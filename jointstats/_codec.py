@@ -142,7 +142,7 @@ def decode_field_values(data, order: int, count: int) -> np.ndarray:
     r = width(order)
     if count < 0 or count * r > MAX_MESSAGE:
         raise _fail(f"{count} elements of {r} bytes exceed the message limit")
-    _exact(view, count * r, f"{count} field elements of {r} bytes")
+    _exact(view, count * r, f"{count} field element{'s' if count != 1 else ''} of {r} bytes")
     if count == 0:
         return np.empty(0, dtype=object)
     if r <= 16:

@@ -1,0 +1,118 @@
+"""A certified but malicious party sends pickles to the others: nobody runs its code.
+
+Three real party processes over TCP on loopback. Party ``party_b`` runs
+``tests/multiparty/hostile_party.py``, which replaces every message of one kind (the status
+exchange, input shares, output/open shares, resharing, the DP noise's AND exchange, the
+nodes' rendezvous) by a pickle whose ``__reduce__`` would create a sentinel file. The
+sentinel must never appear, the honest parties must fail naming ``party_b``, and every
+party's ledger and audit log must stay consistent (``jointstats audit verify``).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jointstats._state import NodeState
+from jointstats.config import load_party_config
+from tests.conftest import cohort_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTILE = "party_b"
+
+EXACT = """
+dataset: cohort
+schema:
+  age:    {type: real, bounds: [18, 100]}
+  smoker: {type: categorical, levels: ["no", "yes"]}
+  region: {type: categorical, levels: [north, south, east, west]}
+statistics:
+  n:     {kind: count}
+  m:     {kind: mean, column: age}
+  cells: {kind: crosstab, rows: smoker, cols: region, min_count: 3}
+"""
+
+DP = """
+dataset: cohort
+schema:
+  age: {type: real, bounds: [18, 100]}
+privacy: {epsilon: 1.0, delta: 0}
+statistics:
+  n: {kind: count}
+"""
+
+
+def _start(tmp_path: Path, configs: list[Path], kind: str, command: str, args) -> dict:
+    """Start one process per party (``party_b`` attacking with ``kind``); wait for all."""
+    sentinel, marker = tmp_path / "PWNED", tmp_path / f"attacked-{kind}"
+    procs = {}
+    for cfg in configs:
+        out = tmp_path / f"{cfg.stem}.json"
+        attack = ["--attack", kind, str(sentinel), str(marker)] if cfg.stem == HOSTILE else []
+        argv = [sys.executable, "-m", "tests.multiparty.hostile_party", *attack, command, *args(cfg, out)]
+        procs[cfg.stem] = (subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, text=True), out)
+    outcomes = {}
+    for name, (proc, out) in procs.items():
+        try:
+            _, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{name} did not finish")
+        outcomes[name] = json.loads(out.read_text()) if out.exists() else {"ok": False, "error": err}
+    assert marker.exists(), f"the hostile party never sent a {kind} message"
+    assert not sentinel.exists(), "a party unpickled a peer's message and ran its code"
+    return outcomes
+
+
+def _assert_named(outcomes: dict) -> None:
+    """Every honest party failed with one line naming the hostile party; one of them saw
+    the malformed message itself."""
+    honest = {name: o for name, o in outcomes.items() if name != HOSTILE}
+    for name, outcome in honest.items():
+        assert not outcome["ok"], name
+        error = outcome["error"]
+        assert "\n" not in error.strip(), error
+        assert f"'{HOSTILE}'" in error, (name, error)
+    assert any(f"party '{HOSTILE}' sent a malformed message" in o["error"] for o in honest.values()), honest
+
+
+def _audit_verify(config: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", "from jointstats.cli import main; raise SystemExit(main())",
+                           "audit", "verify", "--config", str(config)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind,spec", [("status", EXACT), ("input", EXACT), ("output", EXACT),
+                                       ("reshare", EXACT), ("noise", DP)])
+def test_pickle_from_a_certified_party_never_runs(consortium, tmp_path, kind, spec):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(spec)
+    configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+
+    def args(cfg, out):
+        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", f"hostile-{kind}",
+                "--out", str(out), "--connect-timeout", "20"]
+    outcomes = _start(tmp_path, configs, kind, "party", args)
+    _assert_named(outcomes)
+    for cfg in configs:
+        _audit_verify(cfg)
+        state = NodeState(load_party_config(cfg).state)
+        try:
+            events = [rec["event"] for rec in state.audit_records()]
+            if cfg.stem != HOSTILE:
+                assert events[-1] == "failure", (cfg.stem, events)
+            assert state.spent("cohort")[0] == 0  # nothing committed: nothing was revealed
+        finally:
+            state.close()
+
+
+def test_pickle_in_the_node_rendezvous_never_runs(consortium, tmp_path):
+    configs = consortium([cohort_frame(10, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+    outcomes = _start(tmp_path, configs, "rendezvous", "rendezvous", lambda cfg, out: [str(cfg), str(out)])
+    _assert_named(outcomes)
