@@ -155,7 +155,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
             rho_i = charge.rho * share
             noise = NoisePlan(mechanism, None, rho_i, bound, bound / (2 * rho_i), units)
         sampler_tv += _sampler_tv(noise)
-        out.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, noise.scales, pure)))
+        out.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, noise)))
     if sampler_tv > charge.tv:  # the per-sample bound is DELTA_TARGET; checked, never assumed
         raise AssertionError("sampler total variation exceeds the charged allowance")
     block = {"epsilon": float(privacy.epsilon), "delta": float(privacy.delta), "mechanism": mechanism,
@@ -194,14 +194,18 @@ def acc_delta_gaussian(sigma2: Fraction) -> Fraction:
     return discrete_gaussian_delta(sigma2)
 
 
-def _noisy_bits(stat: StatPlan, scales, pure: bool) -> int:
-    """Bit length of the SecInt holding partials plus noise (noise tails cut at 2**-40 or so)."""
-    biggest = max(scales)
-    spread = biggest if pure else Fraction(math.isqrt(int(biggest) + 1) + 1)
-    noise_bits = max(int(spread).bit_length(), 1) + 8
-    n_max = 1 << 40
-    bound = max([t.bound for t in stat.terms] or [1]) ** 2
-    return (n_max * bound).bit_length() + noise_bits + 4
+def _noisy_bits(stat: StatPlan, noise: NoisePlan) -> int:
+    """Bit length of the SecInt holding the summed partials plus noise, proven from the plan.
+
+    Every released entry is at most (rows) * (largest |term value|)^2 in magnitude, rows below
+    2**40 for any number of parties, and every noise sample is at most its sampler's hard bound
+    ``max_abs``; two bits spare (sign and the sum).
+    """
+    from ._noise import dg_plan, dl_plan
+    plan_of = dl_plan if noise.mechanism == "discrete_laplace" else dg_plan
+    noise_max = max(plan_of(s).max_abs for s in set(noise.scales))
+    entry_max = (1 << 40) * max([t.bound for t in stat.terms] or [1]) ** 2
+    return (entry_max + noise_max).bit_length() + 2
 
 
 # ----------------------------------------------------------------------------- secure step
