@@ -4,6 +4,7 @@ Relative paths are resolved against the directory of the config file.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -93,6 +94,17 @@ class PartyConfig:
         return sources[dataset]
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); host names other than
+    ``localhost`` are not resolved (a name can point anywhere), so they are not loopback."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _fail(path: Path, field: str, message: str) -> ConfigError:
     return ConfigError(f"{path.name}: {field}: {message}")
 
@@ -144,8 +156,10 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
             raise _fail(path, "mpc.tls", "expected {cert, key, ca}")
         tls = Tls(*(base / str(t[k]) for k in ("cert", "key", "ca")))
     else:
+        # without TLS a peer is not authenticated and the MPC ports are open to whoever can
+        # reach them: only a consortium on one machine's loopback may go without it
         for peer in peers:
-            if peer.host not in ("127.0.0.1", "localhost", "::1"):
+            if not is_loopback(peer.host):
                 raise _fail(path, "mpc.tls", f"required: party {peer.name!r} is not on loopback ({peer.host})")
     api = data.get("api") or {}
     if not isinstance(api, dict):
