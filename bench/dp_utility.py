@@ -66,7 +66,7 @@ STATS = {
     "regression": "{kind: regression, target: sbp, features: [age, bmi, smoker]}",
 }
 FULL = {"sizes": (5_000, 50_000, 500_000), "epsilons": (0.5, 1.0, 4.0), "deltas": (0.0, 1e-6),
-        "runs": 200, "real_runs": 10, "real_n": 5_000, "real_points": ((1.0, 0.0), (1.0, 1e-6))}
+        "runs": 500, "real_runs": 20, "real_n": 5_000, "real_points": ((1.0, 0.0), (1.0, 1e-6))}
 QUICK = {"sizes": (5_000,), "epsilons": (1.0,), "deltas": (0.0, 1e-6), "runs": 30, "real_runs": 1,
          "real_n": 3_000, "real_points": ((1.0, 0.0),), "real_kinds": ("count", "mean")}
 RATIO_TARGET = {"correlation": 1.5, "regression": 1.5}  # 1.1 for the others

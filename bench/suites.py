@@ -397,9 +397,26 @@ def bench_dpcost(rec: Recorder, full: bool) -> None:
     run_it(rec, full)
 
 
+def bench_dp_utility(rec: Recorder, full: bool) -> None:
+    """DP utility against a central curator (bench/dp_utility.py), its quick points in either mode.
+
+    The full sweep (8 kinds x 3 n x 6 budgets x 500 runs, plus real 3-party runs) takes about
+    half an hour: ``python -m bench.dp_utility``. One record per point (system ``dp-utility``).
+    """
+    from . import dp_utility
+    out = dp_utility.run(dp_utility.QUICK, quiet=rec.quiet, mode="quick", out_dir=None,
+                         real_kinds=dp_utility.QUICK.get("real_kinds"))
+    for real, rows in ((False, out["summary"]), (True, out["real"])):
+        for s in rows:
+            params = {"kind": s["kind"], "n": s["n"], "epsilon": s["epsilon"], "delta": s["delta"], "real": real}
+            rec.emit({"bench": "dp_utility", "system": "dp-utility", "params": params,
+                      **{k: v for k, v in s.items() if k not in params}})
+
+
 BENCHES = {"overhead": bench_overhead, "rows": bench_rows, "crosstab": bench_crosstab,
            "parties": bench_parties, "features": bench_features, "dp": bench_dp, "tls": bench_tls,
-           "flat": bench_flat, "format": bench_format, "dpcost": bench_dpcost}
+           "flat": bench_flat, "format": bench_format, "dpcost": bench_dpcost,
+           "dp_utility": bench_dp_utility}
 QUICK = ["overhead", "rows", "crosstab", "parties", "features", "dp", "tls", "flat"]
 FULL = list(BENCHES)
 
