@@ -48,15 +48,19 @@ def _make_tls(root: Path, names: list[str]) -> dict[str, dict]:
     return out
 
 
-def write_configs(root: Path, files: list[Path], *, tls: bool = False) -> list[Path]:
-    """One party config per data file (absolute source paths, free loopback ports, exact allowed)."""
+def write_configs(root: Path, files: list[Path], *, tls: bool = False, peers_of=None) -> list[Path]:
+    """One party config per data file (absolute source paths, free loopback ports, exact allowed).
+
+    ``peers_of(peers)``, if given, maps the real listening addresses to each party's own
+    ``mpc.parties`` list (bench/netem.py: the emulated links' proxies)."""
     names = [f"party_{i + 1}" for i in range(len(files))]
     ports = free_ports(len(files))
     peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(names, ports)]
+    lists = peers_of(peers) if peers_of is not None else [peers] * len(files)
     tls_files = _make_tls(root, names) if tls else {}
     paths = []
-    for name, f in zip(names, files):
-        mpc = {"parties": peers}
+    for name, f, own in zip(names, files, lists):
+        mpc = {"parties": own}
         if tls:
             mpc["tls"] = tls_files[name]
         cfg = {"party": name, "mpc": mpc, "api": {"host": "127.0.0.1", "port": 0},
@@ -160,19 +164,20 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
 
 def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool = True,
             profile: str | None = None, keep: Path | None = None, patch: str | None = None,
-            secure_repeats: int = 1, launch: str | None = None) -> dict:
+            secure_repeats: int = 1, launch: str | None = None, peers_of=None) -> dict:
     """Run one job with ``jointstats.runner.run``; return wall time, per-party metrics and phases.
 
     ``profile`` is ``cprofile:DIR`` or ``pyinstrument:DIR`` to profile every party process;
     ``patch`` tries proposed engine changes (see bench/_probe.py); ``secure_repeats`` runs each
     exact secure step that many times inside the job (``secure_repeat_seconds`` per party);
-    ``launch`` is ``fork`` or ``exec`` (JOINTSTATS_LAUNCH) for this job.
+    ``launch`` is ``fork`` or ``exec`` (JOINTSTATS_LAUNCH) for this job; ``peers_of``: see
+    ``write_configs`` (the caller relaxes the runner's same-list check, bench/netem.py).
     """
     from jointstats import runner
     from jointstats.spec import parse_spec
     root = Path(tempfile.mkdtemp(prefix="jsbench-"))
     try:
-        configs = write_configs(root, files, tls=tls)
+        configs = write_configs(root, files, tls=tls, peers_of=peers_of)
         probe_dir = root / "probe"
         probe_dir.mkdir()
         metrics: dict = {}
