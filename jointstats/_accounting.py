@@ -603,8 +603,8 @@ class JobCharge:
             if rho == 0:
                 raise ValueError("rho must be > 0 (None for a pure charge)")
             object.__setattr__(self, "rho", rho)
-        if self.delta >= 1:
-            raise ValueError(f"delta must be < 1, found {self.delta}")
+        if self.delta > 1:
+            raise ValueError(f"delta must be <= 1, found {self.delta}")
 
     @property
     def pure(self) -> bool:
@@ -638,10 +638,13 @@ def job_charge(epsilon, delta, samples: int) -> JobCharge:
     (eps, d + (1 + e^eps) eta)-DP.  So:
 
     * ``delta == 0`` (pure): the noise is epsilon-DP; the job claims
-      ``(epsilon, (1 + e^epsilon) tv)``, the second rounded up; ``rho`` is None.
+      ``(epsilon, min(1, (1 + e^epsilon) tv))``, the second rounded up; ``rho`` is None.
     * ``delta > 0`` (zCDP): ``rho = rho_from_eps_delta_cks(epsilon, delta - (1 + e^epsilon) tv)``
       (with an upper bound of e^epsilon), so the job's real guarantee is the requested
-      (epsilon, delta); ValueError if the TV charge leaves no delta.
+      (epsilon, delta). When that TV term exceeds delta / 1000 (a large epsilon), the TV is
+      also tried at smaller eps' (spending delta/2, delta/4, ... on it; (eps', delta)-DP
+      implies (eps, delta)-DP) and the largest rho is kept. ValueError if no eps' leaves
+      any delta.
     """
     eps = to_fraction(epsilon, "epsilon")
     dlt = to_fraction(delta, "delta")
@@ -653,11 +656,178 @@ def job_charge(epsilon, delta, samples: int) -> JobCharge:
         raise ValueError(f"samples must be an int >= 0, found {samples!r}")
     tv = samples * SAMPLER_TV_PER_SAMPLE
     tv_delta = (1 + exp_hi(eps)) * tv
-    if dlt == 0:
-        d = _round_up(tv_delta, _rel_bits(tv_delta)) if tv_delta else Fraction(0)
+    if dlt == 0:  # (a delta of 1 is vacuous but true: huge epsilons only)
+        d = min(Fraction(1), _round_up(tv_delta, _rel_bits(tv_delta))) if tv_delta else Fraction(0)
         return JobCharge(eps, d, None, tv)
     rest = dlt - tv_delta
-    if rest <= 0:
-        raise ValueError(f"delta {dlt} does not cover the sampler's charge (1 + e^epsilon) * tv "
-                         f"= {float(tv_delta):.3g} for {samples} noise samples")
-    return JobCharge(eps, dlt, rho_from_eps_delta_cks(eps, rest), tv)
+    if rest * _TV_SHARE_FAST >= dlt:  # the usual case: the TV term is at most 1/1000 of delta
+        return JobCharge(eps, dlt, rho_from_eps_delta_cks(eps, rest), tv)
+    # The TV term eats much of delta because epsilon is large: (1 + e^eps) tv. Charging the TV
+    # at a smaller eps' <= eps is just as valid ((eps', delta)-DP implies (eps, delta)-DP) and
+    # can give a larger rho; try eps' spending a fraction f of delta on the TV, keep the best.
+    best: Fraction | None = rho_from_eps_delta_cks(eps, rest) if rest > 0 else None
+    for k in _TV_SHARES:
+        f = Fraction(1, k)
+        lo, _ = ln_bounds(f * dlt / tv - 1) if f * dlt > tv else (Fraction(-1), None)
+        eps_tv = _round_down(lo, 20)
+        if not 0 < eps_tv < eps:
+            continue
+        left = dlt - (1 + exp_hi(eps_tv)) * tv
+        if left > 0:
+            rho = rho_from_eps_delta_cks(eps_tv, left)
+            if best is None or rho > best:
+                best = rho
+    if best is None:
+        raise ValueError(f"delta {dlt} does not cover the charge of the samplers' total "
+                         f"variation, (1 + e^epsilon) * {samples} * 2^-40, at any epsilon")
+    return JobCharge(eps, dlt, best, tv)
+
+
+_TV_SHARE_FAST = Fraction(1000, 999)
+_TV_SHARES = (2, 4, 8, 16, 64, 256, 1024)
+
+
+# ---------------------------------------------------------------------------
+# a party's lifetime budget: the sums of the charges and the one rule applied to them
+
+
+@dataclass(frozen=True)
+class LedgerTotals:
+    """Exact sums over a set of job charges (one dataset's ledger), as the lifetime rule reads them.
+
+    ``pure_epsilon`` E: sum of epsilon over charges without rho. ``rho`` R: sum of rho
+    over zCDP charges. ``tv`` T: sum of every charge's sampler TV. ``legacy_delta`` D:
+    sum of delta over legacy charges (no rho, no tv, delta > 0: ledger rows from before
+    this accounting), which the rule treats like a total-variation term. ``jobs``: how
+    many charges were summed.
+    """
+
+    pure_epsilon: Fraction = Fraction(0)
+    rho: Fraction = Fraction(0)
+    tv: Fraction = Fraction(0)
+    legacy_delta: Fraction = Fraction(0)
+    jobs: int = 0
+
+    def add(self, charge: JobCharge) -> "LedgerTotals":
+        """These totals with one more charge."""
+        if charge.rho is not None:
+            return LedgerTotals(self.pure_epsilon, self.rho + charge.rho, self.tv + charge.tv,
+                                self.legacy_delta, self.jobs + 1)
+        legacy = charge.delta if charge.tv == 0 else Fraction(0)
+        return LedgerTotals(self.pure_epsilon + charge.epsilon, self.rho, self.tv + charge.tv,
+                            self.legacy_delta + legacy, self.jobs + 1)
+
+    def __add__(self, other: "LedgerTotals") -> "LedgerTotals":
+        return LedgerTotals(self.pure_epsilon + other.pure_epsilon, self.rho + other.rho,
+                            self.tv + other.tv, self.legacy_delta + other.legacy_delta,
+                            self.jobs + other.jobs)
+
+    @classmethod
+    def of(cls, charges: Iterable[JobCharge]) -> "LedgerTotals":
+        """The totals of ``charges``."""
+        out = cls()
+        for c in charges:
+            out = out.add(c)
+        return out
+
+
+#: Grid of the epsilon at which the lifetime rule charges the TV terms (see lifetime_spend).
+LIFETIME_GRID = Fraction(1, 1 << 32)
+_FIXED_POINT_STEPS = 64
+
+
+@dataclass(frozen=True)
+class LifetimeSpend:
+    """What :func:`lifetime_spend` concludes for some totals under a lifetime budget.
+
+    ``epsilon``, ``delta``: the (epsilon, delta)-DP guarantee the totals amount to under
+    the rule (``epsilon`` is None when no valid epsilon was found within the budget;
+    when ``fits`` is False, ``epsilon`` is only a lower bound of what the rule needs).
+    ``tv_epsilon``: the epsilon c at which the TV terms are charged, (1 + e^c)(T + D).
+    ``free_delta``: the delta left for the zCDP conversion, ``budget_delta - (1 + e^c)(T + D)``.
+    """
+
+    totals: LedgerTotals
+    budget_epsilon: Fraction
+    budget_delta: Fraction
+    epsilon: Fraction | None
+    delta: Fraction
+    tv_epsilon: Fraction
+    free_delta: Fraction
+    fits: bool
+
+    @property
+    def remaining_epsilon(self) -> Fraction:
+        """Budget epsilon minus spent epsilon (0 when it does not fit)."""
+        if not self.fits or self.epsilon is None:
+            return Fraction(0)
+        return self.budget_epsilon - self.epsilon
+
+    @property
+    def remaining_delta(self) -> Fraction:
+        """Delta not used up by the TV (and legacy) terms: ``free_delta``, never negative."""
+        return max(self.free_delta, Fraction(0))
+
+
+def _ceil_grid(x: Fraction) -> Fraction:
+    return Fraction(math.ceil(x / LIFETIME_GRID)) * LIFETIME_GRID
+
+
+def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> LifetimeSpend:
+    """The lifetime rule: which (epsilon, delta) the totals amount to and whether they fit.
+
+    With E, R, T, D the totals (:class:`LedgerTotals`), (eps_B, delta_B) the budget,
+    ``K(c) = 1 + exp_hi(c)`` (a rational upper bound of 1 + e^c) and
+    ``free(c) = delta_B - K(c) (T + D)``:
+
+    * R = 0: spent = (E, K(E) (T + D)); fits iff E <= eps_B and K(E) (T + D) <= delta_B.
+    * R > 0: let ``g(c) = E + eps_from_rho_cks(R, free(c))`` (infinite if free(c) <= 0) and
+      c* the least multiple of ``LIFETIME_GRID`` (2^-32) with g(c*) <= c*.  spent =
+      (g(c*), delta_B); fits iff c* exists and g(c*) <= eps_B.  (c* is found by iterating
+      c <- ceil_grid(g(c)) from ceil_grid(E), which never overshoots it because g is
+      increasing; at most 64 steps, and a search that does not settle means "does not fit".)
+
+    Sound (when it fits, the jobs in any order, each chosen adaptively, are (spent epsilon,
+    spent delta)-DP): replace every job's noise by its exact law. The ideal pure parts have
+    privacy loss at most E pointwise and the ideal zCDP parts compose to R-zCDP; CKS's
+    bound holds for the zCDP loss plus a loss bounded by E, so the ideal sequence is
+    (E + eps_z, free)-DP with eps_z = eps_from_rho_cks(R, free) (R = 0: (E, 0)-DP). For each
+    pair of neighbours, each (eps_i, delta_i)-DP legacy job's outputs are within TV delta_i
+    of outputs eps_i-indistinguishable from each other (Dwork-Roth, Lemma 3.17), and the
+    samplers' TV distances add over the sequence, so the real outputs are within TV T + D
+    of the ideal ones: delta grows by (1 + e^spent_eps) (T + D) <= K(c) (T + D) since
+    spent_eps <= c. Monotone: g grows with E, R, T and D, hence so do c* and g(c*).
+    The TV term is charged at the epsilon spent, not at eps_B: (1 + e^eps_B) T with a
+    lifetime eps_B of 50 would exceed any delta after one job.
+    """
+    b_eps = to_fraction(budget_epsilon, "budget epsilon")
+    b_dlt = to_fraction(budget_delta, "budget delta")
+    if b_eps < 0 or b_dlt < 0:
+        raise ValueError("the budget must be >= 0")
+    E, R, tvd = totals.pure_epsilon, totals.rho, totals.tv + totals.legacy_delta
+    if R == 0:
+        d = (1 + exp_hi(E)) * tvd if tvd else Fraction(0)
+        return LifetimeSpend(totals, b_eps, b_dlt, E, d, E, b_dlt - d, E <= b_eps and d <= b_dlt)
+
+    def free(c: Fraction) -> Fraction:
+        return b_dlt - (1 + exp_hi(c)) * tvd if tvd else b_dlt
+
+    def g(c: Fraction) -> Fraction | None:
+        f = free(c)
+        if f <= 0:
+            return None
+        # a delta >= 1 says nothing; converting at 1/2 instead is valid (absurd budgets only)
+        return E + eps_from_rho_cks(R, f if f < 1 else Fraction(1, 2))
+
+    limit = _ceil_grid(b_eps)
+    c = _ceil_grid(E)
+    for _ in range(_FIXED_POINT_STEPS):
+        v = g(c)
+        if v is None:
+            return LifetimeSpend(totals, b_eps, b_dlt, None, b_dlt, c, free(c), False)
+        if v <= c:
+            return LifetimeSpend(totals, b_eps, b_dlt, v, b_dlt, c, free(c), v <= b_eps)
+        c = _ceil_grid(v)
+        if c > limit:  # then c* >= c, and g(c*) > c* - grid >= eps_B: does not fit
+            break
+    return LifetimeSpend(totals, b_eps, b_dlt, v, b_dlt, c, free(c), False)

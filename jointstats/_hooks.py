@@ -1,11 +1,22 @@
 """A party's ledger and audit around one job: reserve before data moves, commit before the reveal."""
 from __future__ import annotations
 
-from fractions import Fraction
-
+from ._accounting import JobCharge
 from .config import PartyConfig
 from .plan import Plan
 from .spec import Spec
+
+
+def job_charge_of(spec: Spec, plan: Plan) -> JobCharge:
+    """The privacy charge of a DP job: the plan's ``privacy["charge"]`` (exact fraction strings).
+
+    A plan without one (made before the plan carried its charge) is charged the spec's
+    (epsilon, delta) as a legacy charge, which the lifetime rule treats conservatively.
+    """
+    block = plan.privacy or {}
+    if block.get("charge") is not None:
+        return JobCharge.from_dict(block["charge"])
+    return JobCharge(spec.privacy.epsilon, spec.privacy.delta, None, 0)
 
 
 class LedgerHooks:
@@ -32,9 +43,7 @@ class LedgerHooks:
                          spec_sha256=spec.sha256, plan_sha256=plan.sha256, mode=plan.mode,
                          dataset=spec.dataset)
         if spec.privacy is not None:
-            self.state.reserve(self.job_id, spec.dataset, spec.privacy.epsilon,
-                               Fraction(plan.privacy.get("delta_total", spec.privacy.delta))
-                               if plan.privacy else spec.privacy.delta,
+            self.state.reserve(self.job_id, spec.dataset, job_charge_of(spec, plan),
                                pol.budget_epsilon, pol.budget_delta,
                                analyst=self.analyst, spec_sha256=spec.sha256)
             self.reserved = True

@@ -22,6 +22,13 @@ Job life cycle::
 Budget is *spent* for committed, done and failed jobs (commit precedes the reveal, so
 a committed job may have revealed), *reserved* for reserved jobs, and free again for
 released ones.
+
+Each job row stores its charge (``_accounting.JobCharge``): the claimed epsilon and
+delta, rho (zCDP jobs; NULL for pure ones) and the sampler's total-variation bound tv,
+all as exact "p/q" text. A reservation fits when the lifetime rule
+(``_accounting.lifetime_spend``) accepts the exact totals of the committed and reserved
+charges plus the new one. Schema 1 files (no rho, no tv) are migrated in place when
+opened: their rows read as legacy charges (rho NULL, tv 0).
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from ._accounting import JobCharge, LedgerTotals, LifetimeSpend, lifetime_spend
 from .errors import AuthError, BudgetError, ConfigError, JointStatsError
 
 __all__ = [
@@ -46,15 +54,16 @@ __all__ = [
     "AUDIT_EVENTS",
     "LEDGER_EVENTS",
     "record_hash",
+    "BudgetUsage",
 ]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 GENESIS_HASH = "0" * 64
 
 #: Every audit event name in use.
 AUDIT_EVENTS = frozenset({
     "submission", "refusal", "start", "reserve", "commit", "release",
-    "reveal", "failure", "done", "recover",
+    "reveal", "failure", "done", "recover", "migration",
 })
 #: Events that change the ledger; only NodeState's ledger methods may write them.
 LEDGER_EVENTS = frozenset({"reserve", "commit", "release", "done", "recover"})
@@ -75,7 +84,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created     TEXT NOT NULL,
     updated     TEXT NOT NULL,
     reason      TEXT,
-    revealed    TEXT
+    revealed    TEXT,
+    rho         TEXT,
+    tv          TEXT NOT NULL DEFAULT '0/1'
 );
 CREATE INDEX IF NOT EXISTS jobs_dataset ON jobs(dataset, status);
 CREATE TABLE IF NOT EXISTS nonces (
@@ -98,6 +109,9 @@ CREATE TABLE IF NOT EXISTS audit_head (
 );
 INSERT OR IGNORE INTO audit_head (id, count, hash) VALUES (1, 0, '""" + GENESIS_HASH + """');
 """
+#: Schema 1 -> 2: every job's charge gains rho (NULL: not a zCDP charge) and tv (0 for old rows).
+_MIGRATE_1_2 = ("ALTER TABLE jobs ADD COLUMN rho TEXT",
+                "ALTER TABLE jobs ADD COLUMN tv TEXT NOT NULL DEFAULT '0/1'")
 
 
 class ReplayError(AuthError):
@@ -123,6 +137,13 @@ class Job:
     updated: str
     reason: str | None
     revealed: dict[str, str] | None
+    rho: Fraction | None = None
+    tv: Fraction = Fraction(0)
+
+    @property
+    def charge(self) -> JobCharge:
+        """The job's privacy charge (claimed epsilon and delta, rho or None, sampler tv)."""
+        return JobCharge(self.epsilon, self.delta, self.rho, self.tv)
 
     @property
     def charged(self) -> bool:
@@ -134,10 +155,27 @@ class Job:
         return {
             "job_id": self.job_id, "dataset": self.dataset,
             "epsilon": _frac_text(self.epsilon), "delta": _frac_text(self.delta),
+            "rho": None if self.rho is None else _frac_text(self.rho), "tv": _frac_text(self.tv),
             "status": self.status, "analyst": self.analyst, "spec_sha256": self.spec_sha256,
             "created": self.created, "updated": self.updated, "reason": self.reason,
             "revealed": self.revealed,
         }
+
+
+@dataclass(frozen=True)
+class BudgetUsage:
+    """One dataset's budget: exact totals of spent and reserved charges and the rule's figures.
+
+    ``spent``/``reserved``: totals of committed (done, failed) and of reserved jobs.
+    ``spent_rule``: the lifetime rule over the spent jobs (what the dataset has given away).
+    ``held``: the rule over spent plus reserved jobs (what new reservations are checked against).
+    """
+
+    dataset: str
+    spent: LedgerTotals
+    reserved: LedgerTotals
+    spent_rule: LifetimeSpend
+    held: LifetimeSpend
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,6 +225,32 @@ def _fmt(f: Fraction) -> str:
     except ValueError:  # pragma: no cover - inf/nan cannot come from a Fraction here
         pass
     return f"{f.numerator}/{f.denominator} (~{float(f):.6g})"
+
+
+def _fmt_opt(f: Fraction | None) -> str:
+    """_fmt, or "none" for a missing value."""
+    return "none" if f is None else _fmt(f)
+
+
+def _charge_fields(charge: JobCharge) -> dict[str, str | None]:
+    """A charge as audit fields: exact "p/q" texts, rho None for a pure (or legacy) charge."""
+    return {"epsilon": _frac_text(charge.epsilon), "delta": _frac_text(charge.delta),
+            "rho": None if charge.rho is None else _frac_text(charge.rho),
+            "tv": _frac_text(charge.tv)}
+
+
+def _charge_text(charge: JobCharge) -> str:
+    """A charge for a one-line message."""
+    rho = "" if charge.rho is None else f", rho {_fmt(charge.rho)}"
+    return f"epsilon {_fmt(charge.epsilon)}, delta {_fmt(charge.delta)}{rho}, tv {_fmt(charge.tv)}"
+
+
+def _need_text(rule: LifetimeSpend) -> str:
+    """What a lifetime rule outcome that does not fit would need, for a one-line message."""
+    if rule.epsilon is None:
+        return (f"more delta than its budget {_fmt(rule.budget_delta)} (the sampler TV terms "
+                f"leave {_fmt(rule.free_delta)})")
+    return f"epsilon {_fmt(rule.epsilon)}, delta {_fmt(rule.delta)}"
 
 
 def _now() -> str:
@@ -258,13 +322,21 @@ class NodeState:
             if version != _SCHEMA_VERSION:  # a new file (an existing one costs no write, no fsync)
                 with self._tx():
                     version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version not in (0, _SCHEMA_VERSION):
+                    if version not in (0, 1, _SCHEMA_VERSION):
                         raise ConfigError(f"state: {self.path} has schema version {version}, "
                                           f"this jointstats expects {_SCHEMA_VERSION}")
+                    if version == 1:  # same transaction: migrated completely or not at all
+                        for stmt in _MIGRATE_1_2:
+                            conn.execute(stmt)
                     for stmt in _SCHEMA.split(";"):
                         if stmt.strip():
                             conn.execute(stmt)
                     conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+                    if version == 1:
+                        self._append(conn, "migration", {
+                            "from_version": 1, "to_version": _SCHEMA_VERSION,
+                            "detail": "jobs gained rho and tv; existing rows read as legacy "
+                                      "charges (rho none, tv 0)"})
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ConfigError(f"state: {self.path} is not a jointstats state file: {exc}") from exc
@@ -331,12 +403,14 @@ class NodeState:
     @staticmethod
     def _row_job(row: tuple) -> Job:
         """Build a Job from a jobs-table row."""
-        (job_id, dataset, eps, delta, status, analyst, sha, created, updated, reason, rev) = row
+        (job_id, dataset, eps, delta, status, analyst, sha, created, updated, reason, rev,
+         rho, tv) = row
         return Job(job_id, dataset, _parse_frac(eps), _parse_frac(delta), status, analyst, sha,
-                   created, updated, reason, json.loads(rev) if rev else None)
+                   created, updated, reason, json.loads(rev) if rev else None,
+                   None if rho is None else _parse_frac(rho), _parse_frac(tv))
 
     _JOB_COLS = ("job_id, dataset, epsilon, delta, status, analyst, spec_sha256, created, "
-                 "updated, reason, revealed")
+                 "updated, reason, revealed, rho, tv")
 
     def _get(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
         """The job row for ``job_id`` within the current connection, or None."""
@@ -344,16 +418,29 @@ class NodeState:
                            (job_id,)).fetchone()
         return self._row_job(row) if row else None
 
+    def _charges(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
+                 ) -> list[JobCharge]:
+        """The charges of ``dataset``'s jobs in ``statuses``."""
+        marks = ",".join("?" * len(statuses))
+        return [JobCharge(_parse_frac(e), _parse_frac(d), None if r is None else _parse_frac(r),
+                          _parse_frac(t))
+                for e, d, r, t in conn.execute(
+                    f"SELECT epsilon, delta, rho, tv FROM jobs WHERE dataset = ? "
+                    f"AND status IN ({marks})", (dataset, *statuses))]
+
     def _sums(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
               ) -> tuple[Fraction, Fraction]:
-        """Exact sums of epsilon and delta over ``dataset``'s jobs in ``statuses``."""
-        marks = ",".join("?" * len(statuses))
+        """Basic composition of the claimed guarantees: exact sums of epsilon and delta."""
         eps, delta = Fraction(0), Fraction(0)
-        for e, d in conn.execute(f"SELECT epsilon, delta FROM jobs WHERE dataset = ? "
-                                 f"AND status IN ({marks})", (dataset, *statuses)):
-            eps += _parse_frac(e)
-            delta += _parse_frac(d)
+        for c in self._charges(conn, dataset, statuses):
+            eps += c.epsilon
+            delta += c.delta
         return eps, delta
+
+    def _totals(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
+                ) -> LedgerTotals:
+        """Exact totals (E, R, T, D) of ``dataset``'s jobs in ``statuses``, for the lifetime rule."""
+        return LedgerTotals.of(self._charges(conn, dataset, statuses))
 
     def _transition(self, job_id: str, expected: tuple[str, ...], new: str, event: str,
                     fields: Mapping[str, Any], *, reason: str | None = None,
@@ -379,22 +466,27 @@ class NodeState:
     def _ledger_entry(job: Job, status: str) -> dict[str, str]:
         """The self-contained ledger state carried by a ledger audit record."""
         return {"dataset": job.dataset, "epsilon": _frac_text(job.epsilon),
-                "delta": _frac_text(job.delta), "status": status}
+                "delta": _frac_text(job.delta),
+                "rho": None if job.rho is None else _frac_text(job.rho),
+                "tv": _frac_text(job.tv), "status": status}
 
     # ------------------------------------------------------------------ ledger
 
-    def reserve(self, job_id: str, dataset: str, epsilon: Fraction, delta: Fraction,
-                budget_epsilon: Fraction, budget_delta: Fraction, *, analyst: str,
-                spec_sha256: str) -> None:
-        """Atomically check that ``dataset``'s budget covers this job and reserve it.
+    def reserve(self, job_id: str, dataset: str, charge: JobCharge, budget_epsilon: Fraction,
+                budget_delta: Fraction, *, analyst: str, spec_sha256: str) -> None:
+        """Atomically check that ``dataset``'s budget covers this job's charge and reserve it.
 
-        Raises ReplayError if the job id was reserved before and BudgetError if
-        spent + reserved + this would exceed the budget; both refusals are audited.
+        The job fits when ``_accounting.lifetime_spend`` accepts the exact totals of the
+        committed, done, failed and reserved charges plus ``charge`` under the budget
+        (``budget_epsilon``, ``budget_delta``). Raises ReplayError if the job id was
+        reserved before and BudgetError (one line: dataset, remaining, budget, the job's
+        charge) if it does not fit; both refusals are audited and change nothing else.
+        The decision reads only public charges, never data.
         """
         if not isinstance(job_id, str) or not job_id:
             raise ValueError("job_id must be a non-empty string")
-        eps = _to_frac(epsilon, "epsilon")
-        dlt = _to_frac(delta, "delta")
+        if not isinstance(charge, JobCharge):
+            raise TypeError(f"charge must be a JobCharge, found {type(charge).__name__}")
         b_eps = _to_frac(budget_epsilon, "budget epsilon")
         b_dlt = _to_frac(budget_delta, "budget delta")
         refusal: JointStatsError | None = None
@@ -406,30 +498,36 @@ class NodeState:
                 refusal = ReplayError(f"job {job_id!r} was already submitted to this node "
                                       f"(replayed job id)")
             else:
-                s_eps, s_dlt = self._sums(conn, dataset, _CHARGED + ("reserved",))
-                rem_eps, rem_dlt = b_eps - s_eps, b_dlt - s_dlt
-                if eps > rem_eps or dlt > rem_dlt:
+                held = self._totals(conn, dataset, _CHARGED + ("reserved",))
+                before = lifetime_spend(held, b_eps, b_dlt)
+                after = lifetime_spend(held.add(charge), b_eps, b_dlt)
+                if not after.fits:
                     self._append(conn, "refusal", {
                         "job_id": job_id, "analyst": analyst, "dataset": dataset,
-                        "reason": "budget", "epsilon": eps, "delta": dlt,
-                        "remaining_epsilon": max(rem_eps, Fraction(0)),
-                        "remaining_delta": max(rem_dlt, Fraction(0))})
+                        "reason": "budget", "charge": _charge_fields(charge),
+                        "remaining_epsilon": before.remaining_epsilon,
+                        "remaining_delta": before.remaining_delta,
+                        "needed_epsilon": after.epsilon})
                     refusal = BudgetError(
-                        f"privacy budget of dataset {dataset!r} exceeded: remaining "
-                        f"epsilon {_fmt(max(rem_eps, Fraction(0)))}, delta "
-                        f"{_fmt(max(rem_dlt, Fraction(0)))} (of epsilon {_fmt(b_eps)}, delta "
-                        f"{_fmt(b_dlt)}); job {job_id!r} asked epsilon {_fmt(eps)}, delta {_fmt(dlt)}")
+                        f"privacy budget of dataset {dataset!r} exceeded: remaining epsilon "
+                        f"{_fmt(before.remaining_epsilon)}, delta {_fmt(before.remaining_delta)} "
+                        f"(of epsilon {_fmt(b_eps)}, delta {_fmt(b_dlt)}); job {job_id!r} asked "
+                        f"{_charge_text(charge)}; with it the ledger would need "
+                        f"{_need_text(after)}")
                 else:
                     now = _now()
                     conn.execute(f"INSERT INTO jobs ({self._JOB_COLS}) VALUES "
-                                 "(?, ?, ?, ?, 'reserved', ?, ?, ?, ?, NULL, NULL)",
-                                 (job_id, dataset, _frac_text(eps), _frac_text(dlt), analyst,
-                                  spec_sha256, now, now))
+                                 "(?, ?, ?, ?, 'reserved', ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                                 (job_id, dataset, _frac_text(charge.epsilon),
+                                  _frac_text(charge.delta), analyst, spec_sha256, now, now,
+                                  None if charge.rho is None else _frac_text(charge.rho),
+                                  _frac_text(charge.tv)))
                     job = self._get(conn, job_id)
                     assert job is not None
                     self._append(conn, "reserve", {
                         "job_id": job_id, "analyst": analyst, "spec_sha256": spec_sha256,
-                        "remaining_epsilon": rem_eps - eps, "remaining_delta": rem_dlt - dlt,
+                        "remaining_epsilon": after.remaining_epsilon,
+                        "remaining_delta": after.remaining_delta,
                         "ledger": self._ledger_entry(job, "reserved")})
         if refusal is not None:
             raise refusal
@@ -447,7 +545,7 @@ class NodeState:
         """Close a committed job; the audit records the kinds revealed and epsilon spent, never values."""
         kinds = _kinds(revealed)
         job = self.job(job_id)
-        spent = {"epsilon": job.epsilon, "delta": job.delta} if job else {}
+        spent = _charge_fields(job.charge) if job else {}
         self._transition(job_id, ("committed",), "done", "done", {"revealed": kinds, **spent},
                          revealed=kinds)
 
@@ -499,24 +597,58 @@ class NodeState:
 
     # ------------------------------------------------------------------ queries
 
-    def spent(self, dataset: str) -> tuple[Fraction, Fraction]:
-        """(epsilon, delta) spent on ``dataset``: committed, done and failed-after-commit jobs."""
+    def spent(self, dataset: str, budget_epsilon: Fraction | None = None,
+              budget_delta: Fraction | None = None) -> tuple[Fraction, Fraction]:
+        """(epsilon, delta) spent on ``dataset``: committed, done and failed-after-commit jobs.
+
+        With the budget: the lifetime rule's (epsilon, delta) of their exact totals
+        (``_accounting.lifetime_spend``; its epsilon if the rule finds none within the
+        budget falls back to the sum). Without: basic composition of the jobs' claimed
+        guarantees (the sums of their epsilon and of their delta), sound but looser for
+        zCDP jobs.
+        """
         with self._lock:
-            return self._sums(self._conn, dataset, _CHARGED)
+            if budget_epsilon is None or budget_delta is None:
+                return self._sums(self._conn, dataset, _CHARGED)
+            totals = self._totals(self._conn, dataset, _CHARGED)
+            basic = self._sums(self._conn, dataset, _CHARGED)
+        rule = lifetime_spend(totals, _to_frac(budget_epsilon, "budget epsilon"),
+                              _to_frac(budget_delta, "budget delta"))
+        return basic if rule.epsilon is None else (rule.epsilon, rule.delta)
 
     def reserved(self, dataset: str) -> tuple[Fraction, Fraction]:
-        """(epsilon, delta) held by jobs on ``dataset`` that are reserved but not committed."""
+        """Sums of the claimed (epsilon, delta) of jobs on ``dataset`` reserved but not committed."""
         with self._lock:
             return self._sums(self._conn, dataset, ("reserved",))
 
+    def totals(self, dataset: str, statuses: tuple[str, ...] = _CHARGED) -> LedgerTotals:
+        """Exact totals (pure epsilon E, rho R, tv T, legacy delta D) of ``dataset``'s jobs in ``statuses``."""
+        bad = set(statuses) - set(_STATUSES)
+        if bad:
+            raise ValueError(f"unknown status {sorted(bad)[0]!r}")
+        with self._lock:
+            return self._totals(self._conn, dataset, tuple(statuses))
+
     def remaining(self, dataset: str, budget_eps: Fraction, budget_delta: Fraction
                   ) -> tuple[Fraction, Fraction]:
-        """(epsilon, delta) still available to new reservations on ``dataset`` (never negative)."""
-        b_eps = _to_frac(budget_eps, "budget epsilon")
+        """(epsilon, delta) still available on ``dataset`` under the lifetime rule (never negative).
+
+        Over committed and reserved jobs: epsilon = budget - the rule's spent epsilon (0 if
+        over); delta = the delta not used up by sampler TV (and legacy) terms, which is what
+        the zCDP conversion still has (``LifetimeSpend.remaining_delta``).
+        """
+        use = self.usage(dataset, budget_eps, budget_delta)
+        return use.held.remaining_epsilon, use.held.remaining_delta
+
+    def usage(self, dataset: str, budget_epsilon: Fraction, budget_delta: Fraction) -> "BudgetUsage":
+        """Everything about ``dataset``'s budget: exact totals and the lifetime rule's figures."""
+        b_eps = _to_frac(budget_epsilon, "budget epsilon")
         b_dlt = _to_frac(budget_delta, "budget delta")
         with self._lock:
-            s_eps, s_dlt = self._sums(self._conn, dataset, _CHARGED + ("reserved",))
-        return max(b_eps - s_eps, Fraction(0)), max(b_dlt - s_dlt, Fraction(0))
+            spent = self._totals(self._conn, dataset, _CHARGED)
+            reserved = self._totals(self._conn, dataset, ("reserved",))
+        return BudgetUsage(dataset, spent, reserved, lifetime_spend(spent, b_eps, b_dlt),
+                           lifetime_spend(spent + reserved, b_eps, b_dlt))
 
     def datasets(self) -> list[str]:
         """Every dataset that has a ledger entry, sorted."""
@@ -656,17 +788,19 @@ def _verify_chain(rows: list[tuple], head: tuple | None) -> tuple[bool, str]:
 
 def _verify_ledger(rows: list[tuple], jobs: list[Job]) -> str | None:
     """Replay the ledger records of the chain and compare with the jobs table; a message or None."""
-    replay: dict[str, tuple[str, Fraction, Fraction, str, int]] = {}
+    replay: dict[str, tuple] = {}
     for seq, _ts, event, fj, _p, _h in rows:
         fields = json.loads(fj)
         led = fields.get("ledger")
         if not led:
             continue
         jid = fields.get("job_id")
-        try:
+        try:  # records written before schema 2 carry no rho and no tv: a legacy charge
+            rho = led.get("rho")
             entry = (led["dataset"], Fraction(led["epsilon"]), Fraction(led["delta"]),
+                     None if rho is None else Fraction(rho), Fraction(led.get("tv", "0")),
                      led["status"], seq)
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, ZeroDivisionError):
             return f"record {seq}: malformed ledger entry"
         if event == "reserve":
             if jid in replay:
@@ -675,21 +809,22 @@ def _verify_ledger(rows: list[tuple], jobs: list[Job]) -> str | None:
             return f"record {seq}: {event} of job {jid!r} that was never reserved"
         else:
             before = replay[jid]
-            if before[:3] != entry[:3]:
-                return f"record {seq}: job {jid!r} changed its dataset or budget"
+            if before[:5] != entry[:5]:
+                return f"record {seq}: job {jid!r} changed its dataset or charge"
         replay[jid] = entry
     table = {j.job_id: j for j in jobs}
     for jid in sorted(set(replay) | set(table)):
         if jid not in table:
-            return f"ledger: job {jid!r} is in the audit log (record {replay[jid][4]}) but missing from the ledger"
+            return f"ledger: job {jid!r} is in the audit log (record {replay[jid][-1]}) but missing from the ledger"
         j = table[jid]
         if jid not in replay:
             return f"ledger: job {jid!r} ({j.status}) has no reserve record in the audit log"
-        ds, eps, dlt, status, seq = replay[jid]
-        if (j.dataset, j.epsilon, j.delta) != (ds, eps, dlt):
-            return (f"ledger: job {jid!r} has dataset/epsilon/delta {j.dataset!r}/"
-                    f"{_fmt(j.epsilon)}/{_fmt(j.delta)}, the audit log (record {seq}) says "
-                    f"{ds!r}/{_fmt(eps)}/{_fmt(dlt)}")
+        ds, eps, dlt, rho, tv, status, seq = replay[jid]
+        if (j.dataset, j.epsilon, j.delta, j.rho, j.tv) != (ds, eps, dlt, rho, tv):
+            return (f"ledger: job {jid!r} has dataset/epsilon/delta/rho/tv {j.dataset!r}/"
+                    f"{_fmt(j.epsilon)}/{_fmt(j.delta)}/{_fmt_opt(j.rho)}/{_fmt(j.tv)}, the audit "
+                    f"log (record {seq}) says {ds!r}/{_fmt(eps)}/{_fmt(dlt)}/{_fmt_opt(rho)}/"
+                    f"{_fmt(tv)}")
         if j.status != status:
             return (f"ledger: job {jid!r} is {j.status!r} but the audit log (record {seq}) "
                     f"says {status!r}")

@@ -7,7 +7,12 @@ from .config import load_party_config
 
 
 def budget_lines(config_path: str | Path) -> list[str]:
-    """What one party has spent and what remains, per dataset it offers."""
+    """What one party has spent and what remains, per dataset it offers.
+
+    Spent (epsilon, delta) is the lifetime rule's (``_accounting.lifetime_spend``) over the
+    committed jobs, shown with the exact totals it is derived from: the pure jobs' epsilon,
+    the zCDP jobs' rho and every job's sampler total variation.
+    """
     from ._state import NodeState
     cfg = load_party_config(config_path)
     lines = [f"party {cfg.party}: lifetime budget epsilon {float(cfg.policy.budget_epsilon):g}, "
@@ -17,15 +22,32 @@ def budget_lines(config_path: str | Path) -> list[str]:
     state = NodeState(cfg.state)
     try:
         for dataset, _ in cfg.datasets:
-            s_eps, s_delta = state.spent(dataset)
-            r_eps, r_delta = state.reserved(dataset)
-            rem_eps, rem_delta = state.remaining(dataset, cfg.policy.budget_epsilon, cfg.policy.budget_delta)
-            lines.append(f"  {dataset}: spent epsilon {float(s_eps):.6g} delta {float(s_delta):.3g}; "
-                         f"reserved epsilon {float(r_eps):.6g}; remaining epsilon {float(rem_eps):.6g} "
-                         f"delta {float(rem_delta):.3g}")
+            use = state.usage(dataset, cfg.policy.budget_epsilon, cfg.policy.budget_delta)
+            lines.append(f"  {dataset}: spent {_guarantee(use.spent_rule)} "
+                         f"(pure epsilon {_num(use.spent.pure_epsilon)}, rho {_num(use.spent.rho)}, "
+                         f"tv {_num(use.spent.tv)}{_legacy(use.spent.legacy_delta)}; "
+                         f"{use.spent.jobs} jobs); reserved {use.reserved.jobs} jobs "
+                         f"(epsilon {_num(use.reserved.pure_epsilon)}, rho {_num(use.reserved.rho)}); "
+                         f"remaining epsilon {_num(use.held.remaining_epsilon)} "
+                         f"delta {_num(use.held.remaining_delta, 3)}")
     finally:
         state.close()
     return lines
+
+
+def _num(x, digits: int = 6) -> str:
+    """A Fraction for people: a short float form (exact figures are in the ledger)."""
+    return f"{float(x):.{digits}g}"
+
+
+def _guarantee(rule) -> str:
+    """The lifetime rule's (epsilon, delta) as text."""
+    eps = "over budget" if rule.epsilon is None else _num(rule.epsilon)
+    return f"epsilon {eps} delta {_num(rule.delta, 3)}" + ("" if rule.fits else " (over budget)")
+
+
+def _legacy(d) -> str:
+    return f", legacy delta {_num(d, 3)}" if d else ""
 
 
 def spent_lines(config_paths: list) -> list[str]:

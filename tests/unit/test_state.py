@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from jointstats._accounting import JobCharge, exp_hi, job_charge
 from jointstats._state import Job, NodeState, ReplayError, StateError
 from jointstats.errors import AuthError, BudgetError, JointStatsError
 
@@ -33,7 +34,9 @@ def state(tmp_path: Path) -> NodeState:
 
 
 def reserve(s: NodeState, job: str, eps, delta=0, b_eps=1, b_delta=0, dataset: str = "cohort") -> None:
-    s.reserve(job, dataset, eps, delta, b_eps, b_delta, analyst="alice", spec_sha256=SHA)
+    """Reserve a legacy-style charge (epsilon, delta, no rho, no sampler tv)."""
+    s.reserve(job, dataset, JobCharge(eps, delta, None, 0), b_eps, b_delta, analyst="alice",
+              spec_sha256=SHA)
 
 
 def records(s: NodeState) -> list[dict]:
@@ -109,12 +112,30 @@ def test_exact_fractions_point_one_three_times(state: NodeState) -> None:
     assert stored == "1/10"
 
 
-def test_delta_budget_is_enforced_separately(state: NodeState) -> None:
-    reserve(state, "a", F(1, 10), F(1, 10**5), b_eps=10, b_delta=F(2, 10**5))
-    reserve(state, "b", F(1, 10), F(1, 10**5), b_eps=10, b_delta=F(2, 10**5))
-    with pytest.raises(BudgetError, match=r"remaining epsilon 9\.8, delta 0 .*asked epsilon 0\.1, delta 1e-09"):
-        reserve(state, "c", F(1, 10), F(1, 10**9), b_eps=10, b_delta=F(2, 10**5))
-    reserve(state, "d", F(1, 10), 0, b_eps=10, b_delta=F(2, 10**5))
+def test_legacy_delta_counts_like_a_tv_term(state: NodeState) -> None:
+    # a legacy (epsilon, delta) charge needs (1 + e^spent_epsilon) delta of the delta budget
+    b = dict(b_eps=10, b_delta=F(3, 10**5))
+    reserve(state, "a", F(1, 10), F(1, 10**5), **b)      # (1 + e^0.1) 1e-5 = 2.1e-5 fits
+    with pytest.raises(BudgetError, match=r"remaining epsilon 9\.9, delta .*asked epsilon 0\.1, "
+                                          r"delta 1e-05, tv 0; with it the ledger would need "
+                                          r"epsilon 0\.2, delta "):
+        reserve(state, "b", F(1, 10), F(1, 10**5), **b)   # (1 + e^0.2) 2e-5 = 4.4e-5 does not
+    reserve(state, "d", F(1, 10), 0, **b)                  # no delta: fits
+    assert state.verify_audit()[0]
+
+
+def test_sampler_tv_of_pure_jobs_is_charged_against_delta(state: NodeState) -> None:
+    charge = job_charge(1, 0, 1000)                        # tv = 1000 / 2^40
+    assert charge.rho is None and charge.delta >= (1 + exp_hi(1)) * charge.tv > 0
+    b_delta = (1 + exp_hi(2)) * 2 * charge.tv              # exactly two such jobs' TV at epsilon 2
+    for job in ("a", "b"):
+        state.reserve(job, "cohort", charge, 10, b_delta, analyst="alice", spec_sha256=SHA)
+    with pytest.raises(BudgetError, match=r"remaining epsilon 8, delta 0 "):
+        state.reserve("c", "cohort", charge, 10, b_delta, analyst="alice", spec_sha256=SHA)
+    # a pure-DP policy (delta budget 0) cannot take a job whose samplers are only 2^-40-close
+    with pytest.raises(BudgetError, match="'other' exceeded"):
+        state.reserve("d", "other", charge, 10, 0, analyst="alice", spec_sha256=SHA)
+    assert state.usage("cohort", 10, b_delta).held.totals.tv == 2 * charge.tv
 
 
 def test_datasets_have_independent_budgets(state: NodeState) -> None:
@@ -416,12 +437,12 @@ def test_ledger_never_exceeds_budget(ops, budget) -> None:
                             if dd == ds and st_ in ("reserved", "committed", "done", "failed")), F(0))
                 if job in model:
                     with pytest.raises(ReplayError):
-                        s.reserve(job, ds, eps, 0, budget, 0, analyst="a", spec_sha256=SHA)
+                        s.reserve(job, ds, JobCharge(eps, 0, None, 0), budget, 0, analyst="a", spec_sha256=SHA)
                 elif used + eps > budget:
                     with pytest.raises(BudgetError):
-                        s.reserve(job, ds, eps, 0, budget, 0, analyst="a", spec_sha256=SHA)
+                        s.reserve(job, ds, JobCharge(eps, 0, None, 0), budget, 0, analyst="a", spec_sha256=SHA)
                 else:
-                    s.reserve(job, ds, eps, 0, budget, 0, analyst="a", spec_sha256=SHA)
+                    s.reserve(job, ds, JobCharge(eps, 0, None, 0), budget, 0, analyst="a", spec_sha256=SHA)
                     model[job] = (ds, eps, "reserved")
                 continue
             cur = model.get(job, (None, None, None))[2]
@@ -457,8 +478,10 @@ def test_ledger_never_exceeds_budget(ops, budget) -> None:
 _CHILD = textwrap.dedent("""
     import os, signal, sys
     from fractions import Fraction as F
+    from jointstats._accounting import job_charge
     from jointstats._state import NodeState
     path, start, kill_on = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    charge = job_charge(F(1, 7), F(1, 10**9), 3)   # a zCDP charge: epsilon, delta, rho and tv
     s = NodeState(path)
     s.recover()
     if kill_on != "random":
@@ -474,7 +497,7 @@ _CHILD = textwrap.dedent("""
     while True:
         job = f"job{i}"
         s.audit("submission", job_id=job, analyst="alice")
-        s.reserve(job, "cohort", F(1, 7), F(1, 10**9), 10**6, 1, analyst="alice", spec_sha256="x")
+        s.reserve(job, "cohort", charge, 10**6, 1, analyst="alice", spec_sha256="x")
         if kill_on != "random":
             armed.append(1)
         s.commit(job)
@@ -562,12 +585,14 @@ def test_concurrent_processes_never_overspend(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys
         from fractions import Fraction as F
+        from jointstats._accounting import JobCharge
         from jointstats._state import NodeState
         from jointstats.errors import BudgetError
         s = NodeState(sys.argv[1]); ok = 0
         for i in range(15):
             try:
-                s.reserve(f"{sys.argv[2]}-{i}", "cohort", F(1, 10), 0, 1, 0, analyst="a", spec_sha256="x")
+                s.reserve(f"{sys.argv[2]}-{i}", "cohort", JobCharge(F(1, 10), 0, None, 0), 1, 0,
+                          analyst="a", spec_sha256="x")
                 s.commit(f"{sys.argv[2]}-{i}"); ok += 1
             except BudgetError:
                 pass
