@@ -33,7 +33,11 @@ package, to measure them (``python -m bench.profile --whatif``):
 * ``rowgroup_reader``: Parquet is read with one ``iter_batches`` per row group, so the
   decoded row groups already consumed are released;
 * ``fast_exit``: the party process ends with ``os._exit`` once its result file is written,
-  skipping interpreter teardown.
+  skipping interpreter teardown;
+* ``log_coins``: the DP samplers' biased coins [R < c] by a log-depth comparator (one AND
+  round per level of a prefix tree, twice the ANDs) instead of bit by bit (one round per
+  bit): the same coins, a discrete Laplace batch in 7 AND rounds instead of up to 46
+  (``log_depth_coins``; tests/unit/test_noise_plans.py checks it against the engine's).
 """
 from __future__ import annotations
 
@@ -210,6 +214,55 @@ def _patch_hooks(mod):
             setattr(cls, name, _timed("ledger")(getattr(cls, name)))
 
 
+async def log_depth_coins(ctx, coins, W):
+    """What-if for ``jointstats._noise._coins``: shared outcomes of independent coins [R < c]
+    (k uniform bits R, public c), shape (h, len(coins), W), by a comparison tree.
+
+    Bit b of a coin gives lt_b = [r_b < c_b] = c_b and not r_b and eq_b = [r_b == c_b] (local;
+    public 0 and 1 beyond the coin's k bits); adjacent (hi, lo) pairs merge into
+    (lt_hi xor (eq_hi and lt_lo), eq_hi and eq_lo) (lt_hi and eq_hi exclude each other, so xor
+    is or): ceil(log2 k) AND rounds for all coins at once, every coin's bits in one draw."""
+    import numpy as np
+    from jointstats._noise import _ONES, _cmask
+    out = ctx.zeros(len(coins), W)
+    const = [i for i, c in enumerate(coins) if c.k == 0]
+    if const:
+        masks = np.broadcast_to(_cmask([coins[i].c for i in const]), (len(const), W))
+        out[:, const] = ctx.public(np.ascontiguousarray(masks))
+    live = [i for i, c in enumerate(coins) if c.k > 0]
+    if not live:
+        return out
+    ks = np.array([coins[i].k for i in live])
+    cs = [coins[i].c for i in live]
+    K, n = int(ks.max()), len(live)
+    cbit = np.array([[(c >> b) & 1 for c in cs] for b in range(K)], dtype=bool)   # (K, n)
+    valid = np.arange(K)[:, None] < ks[None, :]
+    r = ctx.rand(K * n, W).reshape(ctx.h, K, n, W)
+    m_lt = np.where(valid & cbit, _ONES, np.uint64(0))[..., None]
+    m_valid = np.where(valid, _ONES, np.uint64(0))[..., None]
+    m_notc = np.where(cbit, np.uint64(0), _ONES)[..., None]
+    lt = ctx.not_(r) & m_lt
+    eq = ctx.xor_public(ctx.xor_public(r, m_notc) & m_valid, ~m_valid)
+    while lt.shape[1] > 1:
+        p = lt.shape[1] // 2
+        hi_eq = eq[:, 1:2 * p:2]
+        prod = await ctx.and_(np.ascontiguousarray(np.concatenate([hi_eq, hi_eq], axis=1)),
+                              np.ascontiguousarray(np.concatenate([lt[:, 0:2 * p:2], eq[:, 0:2 * p:2]],
+                                                                  axis=1)))
+        nlt, neq = lt[:, 1:2 * p:2] ^ prod[:, :p], prod[:, p:]
+        if lt.shape[1] % 2:
+            nlt = np.concatenate([nlt, lt[:, -1:]], axis=1)
+            neq = np.concatenate([neq, eq[:, -1:]], axis=1)
+        lt, eq = nlt, neq
+    out[:, live] = lt[:, 0]
+    return out
+
+
+def _patch_noise(mod):
+    if "log_coins" in PATCHES and hasattr(mod, "_coins"):
+        mod._coins = log_depth_coins
+
+
 def _patch_party(mod):
     """``plan``: the party's own plan, noise plans included (``PartyJob.plan``)."""
     cls = getattr(mod, "PartyJob", None)
@@ -223,7 +276,7 @@ _PATCHES = {"jointstats.config": _patch_config, "jointstats._local": _patch_loca
             "jointstats._sources": _patch_sources,
             "jointstats._mpc": _patch_mpc, "jointstats.output": _patch_output,
             "jointstats._dp": _patch_dp, "jointstats._hooks": _patch_hooks,
-            "jointstats._party": _patch_party}
+            "jointstats._party": _patch_party, "jointstats._noise": _patch_noise}
 
 
 class _Finder(importlib.abc.MetaPathFinder):

@@ -105,13 +105,19 @@ def plan_building(dp: dict) -> dict:
     return out
 
 
-def measure(rec, *, n: int = N_ROWS, repeats: int = 5) -> list[dict]:
-    """Interleaved repeats of every (mode, cache) case; one record per case, with medians."""
+def measure(rec, *, n: int = N_ROWS, repeats: int = 5, patch: str | None = None,
+            launch: str | None = None, mechanisms: tuple[str, ...] | None = None) -> list[dict]:
+    """Interleaved repeats of every (mode, cache) case; one record per case, with medians.
+
+    ``patch``: a what-if of bench/_probe.py (e.g. ``log_coins``) in every job (which then
+    starts fresh interpreters, as ``launch="exec"``); ``mechanisms``: only these DP modes."""
     from .suites import _files
     files = _files("cohort", n, 3, 10, 2)
     cases = [("exact", None, "-")]
     for name, dp in MODES[1:]:
-        cases += [(name, dp, "cold"), (name, dp, "warm")]
+        if mechanisms is None or name in mechanisms:
+            cases += [(name, dp, "cold"), (name, dp, "warm")]
+    run_opts = {"patch": patch, "launch": launch}
     runs: dict[tuple, list[dict]] = {(m, c): [] for m, _, c in cases}
     root = Path(tempfile.mkdtemp(prefix="jsbench-dpcost-"))
     try:
@@ -120,12 +126,12 @@ def measure(rec, *, n: int = N_ROWS, repeats: int = 5) -> list[dict]:
             if cache == "warm":
                 warm_dirs[name] = root / f"warm-{name}"
                 with plan_cache(warm_dirs[name]):
-                    jobs.run_job(spec(dp), files)
+                    jobs.run_job(spec(dp), files, **run_opts)
         for r in range(repeats):
             for name, dp, cache in cases:
                 path = warm_dirs.get(name) if cache == "warm" else root / f"cold-{name}-{r}"
                 with plan_cache(path if dp else None):
-                    runs[(name, cache)].append(jobs.run_job(spec(dp), files))
+                    runs[(name, cache)].append(jobs.run_job(spec(dp), files, **run_opts))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     exact = statistics.median(r["wall_seconds"] for r in runs[("exact", "-")])
@@ -140,7 +146,8 @@ def measure(rec, *, n: int = N_ROWS, repeats: int = 5) -> list[dict]:
             vals = [p[key] for p in phases if p.get(key) is not None]
             return statistics.median(vals) if vals else None
         params = {"spec": "dpcost", "rows_per_party": n, "parties": 3, "features": 10,
-                  "mode": "exact" if dp is None else "dp", "mechanism": name, "plan_cache": cache}
+                  "mode": "exact" if dp is None else "dp", "mechanism": name, "plan_cache": cache,
+                  "patch": patch or "", "launch": launch or ""}
         if dp:
             params["privacy"] = dict(dp)
         out = {"bench": "dpcost", "system": "jointstats", "params": params,
@@ -199,11 +206,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, default=N_ROWS)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", default=str(RESULTS / "latest.jsonl"))
+    ap.add_argument("--patch", help="a what-if of bench/_probe.py in every job, e.g. log_coins")
+    ap.add_argument("--launch", choices=["fork", "exec"], help="JOINTSTATS_LAUNCH for every job")
+    ap.add_argument("--mechanism", action="append", choices=[m for m, _ in MODES[1:]],
+                    help="only this DP mode (repeatable)")
     args = ap.parse_args(argv)
     precompile()
     rec = Recorder(Path(args.out), "dpcost")
     print(f"bench dpcost run {rec.run_id} on {one_line()}", file=sys.stderr)
-    records = measure(rec, n=args.rows, repeats=args.repeats)
+    records = measure(rec, n=args.rows, repeats=args.repeats, patch=args.patch, launch=args.launch,
+                      mechanisms=tuple(args.mechanism) if args.mechanism else None)
     print(table(records))
     return 0
 

@@ -287,3 +287,51 @@ def test_stale_temporary_files_are_removed(cache_dir):
     assert not stale.exists() and fresh.exists()
     _clear_memory()
     assert dl_plan(F(5, 3)) == _fresh("dl", F(5, 3))
+
+
+# --------------------------------------------------------------------------- what-if: log-depth coins
+
+
+def test_log_depth_coins_what_if_is_exact():
+    """bench/_probe.py's log_depth_coins (a proposal measured with JOINTSTATS_BENCH_PATCH=log_coins)
+    computes exactly [R < c] for the random bits it draws, in ceil(log2 k) AND rounds."""
+    import numpy as np
+
+    from bench._probe import log_depth_coins
+    from jointstats._mpc import local_runtime
+    from jointstats._noise import Coin, _ctx
+
+    rt = local_runtime()
+    ctx = _ctx(rt)
+    coins = [Coin(5, 11, F(0)), Coin(1, 1, F(0)), Coin(0, 1, F(0)), Coin(7, 101, F(0)), Coin(3, 3, F(0)),
+             Coin(0, 0, F(0)), Coin(80, (1 << 79) + 12345, F(0)), Coin(80, 1, F(0)), Coin(2, 3, F(0))]
+    drawn, rounds = [], [0]
+    rand, and_ = ctx.rand, ctx.and_
+
+    def recording_rand(rows, W):
+        x = rand(rows, W)
+        drawn.append(x.copy())
+        return x
+
+    async def counting_and(x, y):
+        rounds[0] += 1
+        return await and_(x, y)
+
+    ctx.rand, ctx.and_ = recording_rand, counting_and
+    try:
+        W = 3
+        out = rt.run(log_depth_coins(ctx, coins, W))
+    finally:
+        del ctx.rand, ctx.and_
+    assert rounds[0] == math.ceil(math.log2(80))
+    live = [i for i, c in enumerate(coins) if c.k > 0]
+    (r,) = drawn
+    bits = np.unpackbits(r.reshape(80, len(live), W).view(np.uint8), axis=-1, bitorder="little")
+    for j, i in enumerate(live):
+        k, c = coins[i].k, coins[i].c
+        value = [sum(int(bits[b, j, s]) << b for b in range(k)) for s in range(64 * W)]
+        got = np.unpackbits(out[0, i].view(np.uint8), bitorder="little")
+        assert [int(v < c) for v in value] == got.tolist(), coins[i]
+    for i, c in enumerate(coins):
+        if c.k == 0:
+            assert (np.unpackbits(out[0, i].view(np.uint8)) == c.c).all()
