@@ -13,7 +13,7 @@ the probe on at interpreter start):
 * ``read`` / ``aggregate``: time inside the chunk reader (Arrow read + schema encoding)
   and in the partial-aggregate code (``jointstats._local``), which together are the local step;
 * ``connect``: ``JointRuntime.start`` (includes waiting for the slowest peer's local step);
-* ``plan``: the party's own plan, DP noise plans included (``PartyJob.plan``);
+* ``plan``: the party's DP noise plans (``jointstats.output.add_noise_plans``);
 * ``sync``: the status exchange right after connecting (plan hash, refusals);
 * ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP); with
   JOINTSTATS_BENCH_SECURE_REPEATS=k each exact secure step runs k times and each run is
@@ -199,6 +199,10 @@ def _stat_wrapper(fn, phase):
 
 def _patch_output(mod):
     mod.secure_statistic = _stat_wrapper(mod.secure_statistic, "secure")
+    # ``plan``: the party's DP noise plans (``PartyJob.plan`` imports this at call time; the
+    # party module itself is not patched: run as ``python -m`` it must keep its own loader)
+    if hasattr(mod, "add_noise_plans"):
+        mod.add_noise_plans = _timed("plan")(mod.add_noise_plans)
 
 
 def _patch_dp(mod):
@@ -263,20 +267,13 @@ def _patch_noise(mod):
         mod._coins = log_depth_coins
 
 
-def _patch_party(mod):
-    """``plan``: the party's own plan, noise plans included (``PartyJob.plan``)."""
-    cls = getattr(mod, "PartyJob", None)
-    if cls is not None and hasattr(cls, "plan"):
-        cls.plan = _timed("plan")(cls.plan)
-
-
 PATCHES = set(filter(None, os.environ.get("JOINTSTATS_BENCH_PATCH", "").split(",")))
 
 _PATCHES = {"jointstats.config": _patch_config, "jointstats._local": _patch_local,
             "jointstats._sources": _patch_sources,
             "jointstats._mpc": _patch_mpc, "jointstats.output": _patch_output,
             "jointstats._dp": _patch_dp, "jointstats._hooks": _patch_hooks,
-            "jointstats._party": _patch_party, "jointstats._noise": _patch_noise}
+            "jointstats._noise": _patch_noise}
 
 
 class _Finder(importlib.abc.MetaPathFinder):
