@@ -75,6 +75,10 @@ class PartyJob:
         from ._sources import open_source
         party = self.config.party
         check_job(self.config, self.spec, plan)
+        if self.config.compute_only:
+            # a compute-only party holds no data: zero partials of the plan's shape, nothing read
+            self.metrics["local_seconds"] = 0.0
+            return compute_partials(plan, ())
         source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir)
         started = time.perf_counter()
         dp = plan.mode == "dp"
@@ -196,9 +200,14 @@ class PartyJob:
         except BaseException:
             rt.abort()
             raise
+        from ._roles import mpc_block, two_party_scope
         from .output import privacy_block
+        privacy = privacy_block(self.spec, plan)
+        if privacy is not None and len(cfg.peers) == 2:
+            privacy = {**privacy, "two_party": two_party_scope(cfg.peers)}
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
-                "parties": names, "privacy": privacy_block(self.spec, plan), "results": results}
+                "parties": names, "mpc": mpc_block(cfg.peers, plan.mode == "dp"), "privacy": privacy,
+                "results": results}
 
 
 async def _in_thread(fn, *args):
@@ -327,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         dp = not spec.exact
         job = PartyJob(config, spec, args.job_id, connect_timeout=args.connect_timeout,
                        progress=lambda msg: print(f"progress {name}: {msg}", file=sys.stderr, flush=True))
-        from ._hooks import LedgerHooks
-        job.hooks = LedgerHooks(config, spec, args.job_id, analyst=args.analyst)
+        from ._roles import job_hooks
+        job.hooks = job_hooks(config, spec, args.job_id, analyst=args.analyst)
         try:
             try:
                 result = asyncio.run(job.run())

@@ -19,11 +19,17 @@ from .spec import yaml_load
 
 @dataclass(frozen=True)
 class Peer:
-    """One entry of ``mpc.parties``: a party's name and MPC address; index = position."""
+    """One entry of ``mpc.parties``: a party's name and MPC address; index = position.
+
+    ``role`` is ``data`` (the default: it holds data and contributes its partial aggregates)
+    or ``compute`` (a compute-only party: it holds no data, contributes zero partials and
+    only takes part in the MPC, so that two data holders can have a third party).
+    """
 
     name: str
     host: str
     port: int
+    role: str = "data"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class Policy:
     min_count: int
     allow_exact: bool
     analysts: tuple[tuple[str, Path], ...]
+    allow_two_party: bool = False  # jobs with exactly 2 parties (threshold 0) need every party's opt-in
 
     def analyst_key(self, name: str) -> Path | None:
         """Public key path of analyst ``name``, or None if not listed."""
@@ -57,6 +64,7 @@ class Policy:
             "max_epsilon_per_job": None if self.max_epsilon_per_job is None else float(self.max_epsilon_per_job),
             "min_count": self.min_count,
             "allow_exact": self.allow_exact,
+            "allow_two_party": self.allow_two_party,
             "analysts": [name for name, _ in self.analysts],
         }
 
@@ -81,12 +89,25 @@ class PartyConfig:
         return [p.name for p in self.peers].index(self.party)
 
     @property
+    def role(self) -> str:
+        """This party's role, from its own entry in ``mpc.parties``: ``data`` or ``compute``."""
+        return self.peers[self.index].role
+
+    @property
+    def compute_only(self) -> bool:
+        """True for a compute-only party: it holds no data and never opens a data source."""
+        return self.role == "compute"
+
+    @property
     def base_dir(self) -> Path:
         """Directory that relative paths in this config are relative to."""
         return self.path.parent
 
     def dataset_source(self, dataset: str) -> str:
         """The source string of ``dataset``; ConfigError naming the party if not offered."""
+        if self.compute_only:
+            raise ConfigError(f"party {self.party!r} is compute-only (mpc.parties role: compute) "
+                              f"and holds no data")
         sources = dict(self.datasets)
         if dataset not in sources:
             offered = ", ".join(sorted(sources)) or "none"
@@ -144,11 +165,16 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
             raise _fail(path, f"{field}.port", f"expected a TCP port, found {port!r}")
         if entry["name"] in [p.name for p in peers]:
             raise _fail(path, f"{field}.name", f"duplicate party {entry['name']!r}")
-        peers.append(Peer(str(entry["name"]), str(entry["host"]), port))
+        role = entry.get("role", "data")
+        if role not in ("data", "compute"):
+            raise _fail(path, f"{field}.role", f"expected data or compute, found {role!r}")
+        peers.append(Peer(str(entry["name"]), str(entry["host"]), port, role))
     if len(peers) < 2:
         raise _fail(path, "mpc.parties", f"expected at least 2 parties, found {len(peers)}")
     if party not in [p.name for p in peers]:
         raise _fail(path, "party", f"{party!r} is not in mpc.parties")
+    if all(p.role == "compute" for p in peers):
+        raise _fail(path, "mpc.parties", "every party is compute-only (role: compute); at least one must hold data")
     tls = None
     if mpc.get("tls") is not None:
         t = mpc["tls"]
@@ -175,6 +201,10 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
         if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
             raise _fail(path, f"datasets.{name}.source", "expected a source path or sqlite:/// URL")
         datasets.append((str(name), entry["source"]))
+    own_role = next(p.role for p in peers if p.name == party)
+    if own_role == "compute" and datasets:
+        raise _fail(path, "datasets", f"party {party!r} is compute-only (its mpc.parties entry has "
+                                      "role: compute) and holds no data; remove its datasets")
     pol = data.get("policy") or {}
     if not isinstance(pol, dict):
         raise _fail(path, "policy", "expected a mapping")
@@ -195,7 +225,10 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     if not isinstance(analysts_in, dict):
         raise _fail(path, "policy.analysts", "expected a mapping of analyst name to public key file")
     analysts = tuple((str(k), base / str(v)) for k, v in analysts_in.items())
-    policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts)
+    allow_two_party = pol.get("allow_two_party", False)
+    if not isinstance(allow_two_party, bool):
+        raise _fail(path, "policy.allow_two_party", f"expected true or false, found {allow_two_party!r}")
+    policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts, allow_two_party)
     state = base / str(data.get("state", f"state/{party}.sqlite"))
     return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
                        tuple(datasets), policy, state, path)

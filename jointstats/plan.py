@@ -137,14 +137,25 @@ class Plan:
         data.pop("sha256")
         return json.loads(json.dumps(data, default=str))
 
-    def describe(self) -> str:
-        """A readable summary: what is computed locally, shared and revealed."""
+    def describe(self, compute: tuple[str, ...] | list[str] = ()) -> str:
+        """A readable summary: what is computed locally, shared and revealed.
+
+        ``compute`` names the compute-only parties (``role: compute`` in ``mpc.parties``):
+        they hold no data and contribute zero partials."""
         lines = [f"plan {self.sha256[:16]} for {self.protocol!r} on dataset {self.dataset!r}, "
                  f"{len(self.parties)} parties ({', '.join(self.parties)}), mode {self.mode}"]
+        if compute:
+            t = (len(self.parties) - 1) // 2
+            lines.append(f"  parties holding data: {', '.join(p for p in self.parties if p not in compute)}; "
+                         f"compute only (no data, zero partials): {', '.join(compute)}"
+                         + (f"; threshold {t}: " + ("no single party sees" if t == 1 else
+                                                       f"no {t} parties together see")
+                            + " another's partial aggregates or the DP noise" if t else ""))
         if len(self.parties) == 2:
             lines.append("  note: with 2 parties MPyC's threshold is 0, so each party sees the other's "
-                         "partial aggregates (not its rows) and every intermediate value; "
-                         "secrecy between parties takes at least 3")
+                         "partial aggregates (not its rows) and every intermediate value, DP noise "
+                         "included; the job runs only if every party's policy.allow_two_party is "
+                         "true; secrecy between parties takes at least 3 (a compute-only third will do)")
         for s in self.statistics:
             local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
                      f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")

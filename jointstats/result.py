@@ -18,11 +18,13 @@ class Result:
     privacy: dict | None
     results: dict[str, dict]
     extra: dict = field(default_factory=dict, compare=False)
+    mpc: dict | None = None  # roles, threshold and who could see what (jointstats._roles.mpc_block)
 
     def to_dict(self) -> dict:
         """The contract's result object (CONTRACT.md section 4)."""
         return {"protocol": self.protocol, "job_id": self.job_id, "spec_sha256": self.spec_sha256,
-                "parties": list(self.parties), "privacy": self.privacy, "results": self.results}
+                "parties": list(self.parties), **({"mpc": self.mpc} if self.mpc is not None else {}),
+                "privacy": self.privacy, "results": self.results}
 
     def to_json(self, indent: int | None = 2) -> str:
         """The contract's result JSON."""
@@ -32,7 +34,7 @@ class Result:
     def from_dict(cls, data: dict) -> "Result":
         """Rebuild a Result from its JSON object."""
         return cls(data["protocol"], data["job_id"], data["spec_sha256"], tuple(data["parties"]),
-                   data.get("privacy"), data["results"])
+                   data.get("privacy"), data["results"], mpc=data.get("mpc"))
 
     def __getitem__(self, name: str) -> dict:
         return self.results[name]
@@ -53,10 +55,27 @@ class Result:
                          "and interval include the sampling error too")
         else:
             lines.append("privacy: none (exact mode, consented by every party)")
+        lines.extend(_mpc_lines(self.mpc))
         for name, res in self.results.items():
             lines.append("")
             lines.extend(_format(name, res))
         return "\n".join(lines)
+
+
+def _mpc_lines(mpc: dict | None) -> list[str]:
+    """Who held data and who only computed (when some party only computed), and what each
+    party could see in a 2-party job (threshold 0)."""
+    if not mpc:
+        return []
+    out = []
+    if mpc.get("compute_parties"):
+        out.append(f"parties holding data: {', '.join(mpc.get('data_parties', []))}; compute only "
+                   f"(no data): {', '.join(mpc['compute_parties'])}; threshold {mpc.get('threshold')}")
+    if mpc.get("threshold") == 0:
+        out.append("WARNING: 2-party job (threshold 0, every party opted in): the parties are not "
+                   "kept secret from each other")
+        out.extend(f"  {who} could see: {what}" for who, what in (mpc.get("sees") or {}).items())
+    return out
 
 
 def _num(v: Any, digits: int = 6) -> str:

@@ -50,12 +50,15 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
     plan = add_noise_plans(spec, make_plan(spec, names))
     for cfg in configs:
         check_job(cfg, spec, plan)
+        if cfg.compute_only:  # holds no data: nothing to read
+            continue
         header = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir).columns()
         missing = [c.name for c in spec.schema if c.name not in header]
         if missing:
             raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
                                   f"{', '.join(map(repr, missing))} missing from its data")
-    return plan.describe()
+    compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
+    return plan.describe(compute)
 
 
 def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None,

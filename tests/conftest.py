@@ -24,11 +24,17 @@ def free_ports(count: int) -> list[int]:
 
 
 def write_consortium(root: Path, frames: list[pd.DataFrame], *, allow_exact: bool = True,
-                     policy: dict | None = None, fmt: str = "csv", names: list[str] | None = None) -> list[Path]:
-    """Write one data file and one party config per frame; return the config paths."""
+                     policy: dict | None = None, fmt: str = "csv", names: list[str] | None = None,
+                     compute: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """Write one data file and one party config per frame; return the config paths.
+
+    ``compute`` names compute-only parties (``role: compute``) listed after the data
+    holders: their configs have no datasets and no data directory."""
     names = names or [f"party_{chr(97 + i)}" for i in range(len(frames))]
-    ports = free_ports(len(frames))
+    ports = free_ports(len(frames) + len(compute))
     peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(names, ports)]
+    peers += [{"name": n, "host": "127.0.0.1", "port": p, "role": "compute"}
+              for n, p in zip(compute, ports[len(frames):])]
     paths = []
     for name, frame in zip(names, frames):
         d = root / name
@@ -44,6 +50,17 @@ def write_consortium(root: Path, frames: list[pd.DataFrame], *, allow_exact: boo
         pol.update(policy or {})
         cfg = {"party": name, "mpc": {"parties": peers}, "api": {"host": "127.0.0.1", "port": 0},
                "datasets": {"cohort": {"source": source}}, "policy": pol, "state": f"state/{name}.sqlite"}
+        path = d / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        paths.append(path)
+    for name in compute:
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        pol = {"budget": {"epsilon": 0, "delta": 0}, "max_epsilon_per_job": 10.0,
+               "min_count": 0, "allow_exact": allow_exact, "analysts": {}}
+        pol.update(policy or {})
+        cfg = {"party": name, "mpc": {"parties": peers}, "api": {"host": "127.0.0.1", "port": 0},
+               "policy": pol, "state": f"state/{name}.sqlite"}
         path = d / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         paths.append(path)

@@ -128,7 +128,7 @@ def test_three_parties_unequal_sizes_missing_and_out_of_bounds(consortium, spec_
 
 def test_two_parties_one_with_zero_rows(consortium, spec_file):
     frames = [cohort_frame(700, 4), cohort_frame(0, 5)]
-    result = run(spec_file, consortium(frames, fmt="parquet"))
+    result = run(spec_file, consortium(frames, fmt="parquet", policy={"allow_two_party": True}))
     check_against_pooled(result, frames)
 
 
@@ -178,4 +178,4 @@ def test_singular_regression_is_a_clear_error(consortium, tmp_path):
 """)
     frames = [cohort_frame(1, 1), cohort_frame(1, 2)]  # 2 rows, 3 terms
     with pytest.raises(PartyError, match="singular"):
-        run(spec, consortium(frames))
+        run(spec, consortium(frames, policy={"allow_two_party": True}))

@@ -672,7 +672,7 @@ def test_foreign_and_mismatched_certificates_between_workers(tmp_path):
                        "cert": f"../keys/{name}.crt", "key": f"../keys/{name}.key",
                        "ca": str(tmp_path / "ca" / "ca.crt")}},
                    "datasets": {"cohort": {"source": "d.csv"}},
-                   "policy": {"allow_exact": True}, "state": "state.sqlite"}
+                   "policy": {"allow_exact": True, "allow_two_party": True}, "state": "state.sqlite"}
             path = root / name / "c.yaml"
             path.write_text(yaml.safe_dump(cfg))
             configs.append(path)
