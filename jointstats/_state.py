@@ -239,18 +239,24 @@ def _charge_fields(charge: JobCharge) -> dict[str, str | None]:
             "tv": _frac_text(charge.tv)}
 
 
+def _approx(f: Fraction) -> str:
+    """A derived Fraction for a message: 6 significant digits (the exact value is in the audit)."""
+    return f"{float(f):.6g}"
+
+
 def _charge_text(charge: JobCharge) -> str:
-    """A charge for a one-line message."""
-    rho = "" if charge.rho is None else f", rho {_fmt(charge.rho)}"
-    return f"epsilon {_fmt(charge.epsilon)}, delta {_fmt(charge.delta)}{rho}, tv {_fmt(charge.tv)}"
+    """A charge for a one-line message (exact figures are in the refusal's audit record)."""
+    rho = "" if charge.rho is None else f", rho {_approx(charge.rho)}"
+    return (f"epsilon {_fmt(charge.epsilon)}, delta {_approx(charge.delta)}{rho}, "
+            f"tv {_approx(charge.tv)}")
 
 
 def _need_text(rule: LifetimeSpend) -> str:
     """What a lifetime rule outcome that does not fit would need, for a one-line message."""
     if rule.epsilon is None:
         return (f"more delta than its budget {_fmt(rule.budget_delta)} (the sampler TV terms "
-                f"leave {_fmt(rule.free_delta)})")
-    return f"epsilon {_fmt(rule.epsilon)}, delta {_fmt(rule.delta)}"
+                f"leave {_approx(rule.free_delta)})")
+    return f"epsilon {_approx(rule.epsilon)}, delta {_approx(rule.delta)}"
 
 
 def _now() -> str:
@@ -510,10 +516,10 @@ class NodeState:
                         "needed_epsilon": after.epsilon})
                     refusal = BudgetError(
                         f"privacy budget of dataset {dataset!r} exceeded: remaining epsilon "
-                        f"{_fmt(before.remaining_epsilon)}, delta {_fmt(before.remaining_delta)} "
-                        f"(of epsilon {_fmt(b_eps)}, delta {_fmt(b_dlt)}); job {job_id!r} asked "
-                        f"{_charge_text(charge)}; with it the ledger would need "
-                        f"{_need_text(after)}")
+                        f"{_approx(before.remaining_epsilon)}, delta "
+                        f"{_approx(before.remaining_delta)} (of epsilon {_fmt(b_eps)}, delta "
+                        f"{_fmt(b_dlt)}); job {job_id!r} asked {_charge_text(charge)}; with it "
+                        f"the ledger would need {_need_text(after)}")
                 else:
                     now = _now()
                     conn.execute(f"INSERT INTO jobs ({self._JOB_COLS}) VALUES "
