@@ -503,7 +503,7 @@ class LinkEmulator:
 def per_party_addresses():
     """Let ``jointstats.runner`` run a consortium whose configs list different addresses for
     the same parties (each party its proxies): its consistency check is made on the names and
-    their order only, for the duration (in this process; party processes are untouched)."""
+    their order (and roles) only, for the duration (in this process; party processes are untouched)."""
     from jointstats import runner
     from jointstats.errors import ConfigError
     original = runner.check_consortium
@@ -511,9 +511,10 @@ def per_party_addresses():
     def names_only(configs):
         if not configs:
             return original(configs)
-        names = [p.name for p in configs[0].peers]
+        def who(cfg):
+            return [(p.name, getattr(p, "role", "data")) for p in cfg.peers]
         for cfg in configs[1:]:
-            if [p.name for p in cfg.peers] != names:
+            if who(cfg) != who(configs[0]):
                 raise ConfigError(f"party {cfg.party!r}: mpc.parties names differ from those of "
                                   f"{configs[0].party!r}")
         canon = configs[0].peers
