@@ -413,10 +413,16 @@ def bench_dp_utility(rec: Recorder, full: bool) -> None:
                       **{k: v for k, v in s.items() if k not in params}})
 
 
+def bench_wan(rec: Recorder, full: bool) -> None:
+    """Every job kind over emulated wide-area links, 0-100 ms RTT, 100 Mbit/s (bench/wan.py)."""
+    from .wan import bench_wan as run_it
+    run_it(rec, full)
+
+
 BENCHES = {"overhead": bench_overhead, "rows": bench_rows, "crosstab": bench_crosstab,
            "parties": bench_parties, "features": bench_features, "dp": bench_dp, "tls": bench_tls,
            "flat": bench_flat, "format": bench_format, "dpcost": bench_dpcost,
-           "dp_utility": bench_dp_utility}
+           "dp_utility": bench_dp_utility, "wan": bench_wan}
 QUICK = ["overhead", "rows", "crosstab", "parties", "features", "dp", "tls", "flat"]
 FULL = list(BENCHES)
 
