@@ -89,13 +89,15 @@ def _free_ports(k: int) -> list[int]:
     return ports
 
 
-def _run_parties(tmp: Path, m: int, n_dl: int, n_dg: int, timeout: float = 90) -> list[dict]:
+def _run_parties(tmp: Path, m: int, n_dl: int, n_dg: int, timeout: float = 90,
+                 party_env: list[dict] | None = None) -> list[dict]:
     ports = _free_ports(m)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outs = [tmp / f"party{i}.json" for i in range(m)]
     procs = [subprocess.Popen([sys.executable, __file__, str(i), ",".join(map(str, ports)),
                                str(outs[i]), str(n_dl), str(n_dg)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**env, **(party_env[i] if party_env else {})}, cwd=tmp)
              for i in range(m)]
     failures = []
     deadline = time.monotonic() + timeout
@@ -160,6 +162,26 @@ def test_three_parties_discrete_laplace_and_gaussian(tmp_path):
     assert _chisquare(dl, _dl_pmf) > P_MIN
     assert _chisquare(dg, _dg_pmf) > P_MIN
     assert len(set(dl[:100].tolist())) > 3
+
+
+def test_three_parties_with_cold_warm_and_no_plan_cache(tmp_path):
+    """Noise plans from a warm on-disk cache, a cold one and none at all are the same plans:
+    the three parties' samples agree and follow the exact laws."""
+    var = "JOINTSTATS_NOISE_PLAN_CACHE"
+    warm, cold = tmp_path / "warm", tmp_path / "cold"
+    _run_parties(tmp_path, 3, 64, 64, party_env=[{var: str(warm)}, {var: "off"}, {var: "off"}])
+    assert len(list(warm.glob("*.json"))) == 2  # one Laplace plan, one Gaussian plan
+    res = _run_parties(tmp_path, 3, 1000, 1000,
+                       party_env=[{var: str(warm)}, {var: str(cold)}, {var: "off"}])
+    assert len(list(cold.glob("*.json"))) == 2
+    assert sorted(f.read_bytes() for f in cold.glob("*.json")) == \
+        sorted(f.read_bytes() for f in warm.glob("*.json"))
+    for r in res:
+        assert r["errors"] == []
+    assert res[0]["dl"] == res[1]["dl"] == res[2]["dl"]
+    assert res[0]["dg"] == res[1]["dg"] == res[2]["dg"]
+    assert _chisquare(np.array(res[0]["dl"]), _dl_pmf) > P_MIN
+    assert _chisquare(np.array(res[0]["dg"]), _dg_pmf) > P_MIN
 
 
 def test_five_parties_threshold_two(tmp_path):
