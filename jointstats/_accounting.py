@@ -695,14 +695,16 @@ _TV_SHARES = (2, 4, 8, 16, 64, 256, 1024)
 class LedgerTotals:
     """Exact sums over a set of job charges (one dataset's ledger), as the lifetime rule reads them.
 
-    ``pure_epsilon`` E: sum of epsilon over charges without rho. ``rho`` R: sum of rho
-    over zCDP charges. ``tv`` T: sum of every charge's sampler TV. ``legacy_delta`` D:
-    sum of delta over legacy charges (no rho, no tv, delta > 0: ledger rows from before
-    this accounting), which the rule treats like a total-variation term. ``jobs``: how
-    many charges were summed.
+    ``pure_epsilon`` E and ``pure_delta``: sums of the claimed epsilon and delta over
+    charges without rho (pure jobs, whose delta is their sampler's TV term, and legacy
+    ones). ``rho`` R: sum of rho over zCDP charges. ``tv`` T: sum of every charge's
+    sampler TV. ``legacy_delta`` D: sum of delta over legacy charges (no rho, no tv,
+    delta > 0: ledger rows from before this accounting), which the zCDP rule treats like a
+    total-variation term. ``jobs``: how many charges were summed.
     """
 
     pure_epsilon: Fraction = Fraction(0)
+    pure_delta: Fraction = Fraction(0)
     rho: Fraction = Fraction(0)
     tv: Fraction = Fraction(0)
     legacy_delta: Fraction = Fraction(0)
@@ -711,14 +713,16 @@ class LedgerTotals:
     def add(self, charge: JobCharge) -> "LedgerTotals":
         """These totals with one more charge."""
         if charge.rho is not None:
-            return LedgerTotals(self.pure_epsilon, self.rho + charge.rho, self.tv + charge.tv,
-                                self.legacy_delta, self.jobs + 1)
+            return LedgerTotals(self.pure_epsilon, self.pure_delta, self.rho + charge.rho,
+                                self.tv + charge.tv, self.legacy_delta, self.jobs + 1)
         legacy = charge.delta if charge.tv == 0 else Fraction(0)
-        return LedgerTotals(self.pure_epsilon + charge.epsilon, self.rho, self.tv + charge.tv,
-                            self.legacy_delta + legacy, self.jobs + 1)
+        return LedgerTotals(self.pure_epsilon + charge.epsilon, self.pure_delta + charge.delta,
+                            self.rho, self.tv + charge.tv, self.legacy_delta + legacy,
+                            self.jobs + 1)
 
     def __add__(self, other: "LedgerTotals") -> "LedgerTotals":
-        return LedgerTotals(self.pure_epsilon + other.pure_epsilon, self.rho + other.rho,
+        return LedgerTotals(self.pure_epsilon + other.pure_epsilon,
+                            self.pure_delta + other.pure_delta, self.rho + other.rho,
                             self.tv + other.tv, self.legacy_delta + other.legacy_delta,
                             self.jobs + other.jobs)
 
@@ -743,8 +747,9 @@ class LifetimeSpend:
     ``epsilon``, ``delta``: the (epsilon, delta)-DP guarantee the totals amount to under
     the rule (``epsilon`` is None when no valid epsilon was found within the budget;
     when ``fits`` is False, ``epsilon`` is only a lower bound of what the rule needs).
-    ``tv_epsilon``: the epsilon c at which the TV terms are charged, (1 + e^c)(T + D).
-    ``free_delta``: the delta left for the zCDP conversion, ``budget_delta - (1 + e^c)(T + D)``.
+    ``tv_epsilon``: the epsilon c at which the TV terms are charged, (1 + e^c)(T + D)
+    (R = 0: E). ``free_delta``: the delta left for the zCDP conversion,
+    ``budget_delta - (1 + e^c)(T + D)`` (R = 0: ``budget_delta - P``).
     """
 
     totals: LedgerTotals
@@ -776,11 +781,13 @@ def _ceil_grid(x: Fraction) -> Fraction:
 def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> LifetimeSpend:
     """The lifetime rule: which (epsilon, delta) the totals amount to and whether they fit.
 
-    With E, R, T, D the totals (:class:`LedgerTotals`), (eps_B, delta_B) the budget,
-    ``K(c) = 1 + exp_hi(c)`` (a rational upper bound of 1 + e^c) and
-    ``free(c) = delta_B - K(c) (T + D)``:
+    With E, P, R, T, D the totals (:class:`LedgerTotals`: pure epsilon, pure delta, rho,
+    tv, legacy delta), (eps_B, delta_B) the budget, ``K(c) = 1 + exp_hi(c)`` (a rational
+    upper bound of 1 + e^c) and ``free(c) = delta_B - K(c) (T + D)``:
 
-    * R = 0: spent = (E, K(E) (T + D)); fits iff E <= eps_B and K(E) (T + D) <= delta_B.
+    * R = 0 (no zCDP job): spent = (E, P), basic composition of the jobs' claimed
+      guarantees (each pure job claims (eps_i, (1 + e^eps_i) tv_i)); fits iff E <= eps_B
+      and P <= delta_B.
     * R > 0: let ``g(c) = E + eps_from_rho_cks(R, free(c))`` (infinite if free(c) <= 0) and
       c* the least multiple of ``LIFETIME_GRID`` (2^-32) with g(c*) <= c*.  spent =
       (g(c*), delta_B); fits iff c* exists and g(c*) <= eps_B.  (c* is found by iterating
@@ -788,7 +795,9 @@ def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> Lifeti
       increasing; at most 64 steps, and a search that does not settle means "does not fit".)
 
     Sound (when it fits, the jobs in any order, each chosen adaptively, are (spent epsilon,
-    spent delta)-DP): replace every job's noise by its exact law. The ideal pure parts have
+    spent delta)-DP). R = 0: each job is (eps_i, delta_i)-DP as run, and basic composition
+    of (eps_i, delta_i)-DP mechanisms, adaptively chosen, is (sum eps_i, sum delta_i)-DP.
+    R > 0: replace every job's noise by its exact law. The ideal pure parts have
     privacy loss at most E pointwise and the ideal zCDP parts compose to R-zCDP; CKS's
     bound holds for the zCDP loss plus a loss bounded by E, so the ideal sequence is
     (E + eps_z, free)-DP with eps_z = eps_from_rho_cks(R, free) (R = 0: (E, 0)-DP). For each
@@ -806,8 +815,8 @@ def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> Lifeti
         raise ValueError("the budget must be >= 0")
     E, R, tvd = totals.pure_epsilon, totals.rho, totals.tv + totals.legacy_delta
     if R == 0:
-        d = (1 + exp_hi(E)) * tvd if tvd else Fraction(0)
-        return LifetimeSpend(totals, b_eps, b_dlt, E, d, E, b_dlt - d, E <= b_eps and d <= b_dlt)
+        P = totals.pure_delta
+        return LifetimeSpend(totals, b_eps, b_dlt, E, P, E, b_dlt - P, E <= b_eps and P <= b_dlt)
 
     def free(c: Fraction) -> Fraction:
         return b_dlt - (1 + exp_hi(c)) * tvd if tvd else b_dlt

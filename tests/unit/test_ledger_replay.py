@@ -181,7 +181,7 @@ def test_schema_1_files_open_migrated_with_legacy_charges(tmp_path: Path) -> Non
         assert pure.charge == JobCharge(F(1, 2), 0, None, 0)
         assert old.charge == JobCharge(1, F(1, 10**6), None, 0)
         # old rows: pure epsilon, no rho, no tv; the old (eps, delta) job's delta is a legacy term
-        assert s.totals("cohort") == LedgerTotals(F(3, 2), F(0), F(0), F(1, 10**6), 2)
+        assert s.totals("cohort") == LedgerTotals(F(3, 2), F(1, 10**6), F(0), F(0), F(1, 10**6), 2)
         rule = lifetime_spend(s.totals("cohort"), 10, F(1, 10**5))
         assert rule.fits and rule.epsilon == F(3, 2)
         # new jobs compose with the old ones; the legacy delta is charged at (1 + e^spent eps)
@@ -203,3 +203,28 @@ def test_schema_1_files_open_migrated_with_legacy_charges(tmp_path: Path) -> Non
         assert [r["event"] for r in s.audit_records()].count("migration") == 1
     finally:
         s.close()
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_a_zero_delta_budget_refuses_dp_jobs_before_any_data(tmp_path: Path) -> None:
+    import yaml
+
+    from jointstats.config import load_party_config
+    from jointstats.errors import PolicyError
+    from jointstats.plan import make_plan
+    from jointstats.policy import check_job
+    from jointstats.spec import parse_spec
+
+    cfg = {"party": "a", "mpc": {"parties": [{"name": n, "host": "127.0.0.1", "port": 9000 + i}
+                                             for i, n in enumerate("abc")]},
+           "datasets": {"cohort": {"source": "data/a.csv"}},
+           "policy": {"budget": {"epsilon": 10, "delta": 0}, "min_count": 0}}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    spec = parse_spec("name: t\ndataset: cohort\nschema:\n  age: {type: real, bounds: [0, 100]}\n"
+                      "privacy: {epsilon: 1.0, delta: 0}\nstatistics:\n  n: {kind: count}\n")
+    with pytest.raises(PolicyError, match=r"^party 'a' refuses: its lifetime delta budget is 0, "
+                                          r"and no DP job fits that: .*total variation 2\^-40"):
+        check_job(load_party_config(path), spec, make_plan(spec, ["a", "b", "c"]))

@@ -112,22 +112,19 @@ def test_exact_fractions_point_one_three_times(state: NodeState) -> None:
     assert stored == "1/10"
 
 
-def test_legacy_delta_counts_like_a_tv_term(state: NodeState) -> None:
-    # a legacy (epsilon, delta) charge needs (1 + e^spent_epsilon) delta of the delta budget
-    b = dict(b_eps=10, b_delta=F(3, 10**5))
-    reserve(state, "a", F(1, 10), F(1, 10**5), **b)      # (1 + e^0.1) 1e-5 = 2.1e-5 fits
-    with pytest.raises(BudgetError, match=r"remaining epsilon 9\.9, delta .*asked epsilon 0\.1, "
-                                          r"delta 1e-05, tv 0; with it the ledger would need "
-                                          r"epsilon 0\.2, delta "):
-        reserve(state, "b", F(1, 10), F(1, 10**5), **b)   # (1 + e^0.2) 2e-5 = 4.4e-5 does not
-    reserve(state, "d", F(1, 10), 0, **b)                  # no delta: fits
-    assert state.verify_audit()[0]
+def test_delta_budget_is_enforced_separately(state: NodeState) -> None:
+    # without zCDP jobs the deltas add up (basic composition)
+    reserve(state, "a", F(1, 10), F(1, 10**5), b_eps=10, b_delta=F(2, 10**5))
+    reserve(state, "b", F(1, 10), F(1, 10**5), b_eps=10, b_delta=F(2, 10**5))
+    with pytest.raises(BudgetError, match=r"remaining epsilon 9\.8, delta 0 .*asked epsilon 0\.1, delta 1e-09"):
+        reserve(state, "c", F(1, 10), F(1, 10**9), b_eps=10, b_delta=F(2, 10**5))
+    reserve(state, "d", F(1, 10), 0, b_eps=10, b_delta=F(2, 10**5))
 
 
 def test_sampler_tv_of_pure_jobs_is_charged_against_delta(state: NodeState) -> None:
     charge = job_charge(1, 0, 1000)                        # tv = 1000 / 2^40
     assert charge.rho is None and charge.delta >= (1 + exp_hi(1)) * charge.tv > 0
-    b_delta = (1 + exp_hi(2)) * 2 * charge.tv              # exactly two such jobs' TV at epsilon 2
+    b_delta = 2 * charge.delta                             # exactly two such jobs' TV terms
     for job in ("a", "b"):
         state.reserve(job, "cohort", charge, 10, b_delta, analyst="alice", spec_sha256=SHA)
     with pytest.raises(BudgetError, match=r"remaining epsilon 8, delta 0 "):
