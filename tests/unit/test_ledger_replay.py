@@ -228,3 +228,33 @@ def test_a_zero_delta_budget_refuses_dp_jobs_before_any_data(tmp_path: Path) -> 
     with pytest.raises(PolicyError, match=r"^party 'a' refuses: its lifetime delta budget is 0, "
                                           r"and no DP job fits that: .*total variation 2\^-40"):
         check_job(load_party_config(path), spec, make_plan(spec, ["a", "b", "c"]))
+
+
+def test_budget_view_shows_rho_and_tv(tmp_path: Path) -> None:
+    import yaml
+
+    from jointstats.ledger_view import budget_lines
+
+    cfg = {"party": "a", "mpc": {"parties": [{"name": n, "host": "127.0.0.1", "port": 9000 + i}
+                                             for i, n in enumerate("abc")]},
+           "datasets": {"cohort": {"source": "data/a.csv"}, "registry": {"source": "data/b.csv"}},
+           "policy": {"budget": {"epsilon": 3, "delta": 1.0e-5}}, "state": "state/a.sqlite"}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert budget_lines(path)[-1] == "  no jobs yet"
+    s = NodeState(tmp_path / "state" / "a.sqlite")
+    for job, name in (("p", "pure-one"), ("z", "zcdp-one")):
+        s.reserve(job, "cohort", CHARGES[name], *BUDGET, analyst="alice", spec_sha256=SHA)
+        s.commit(job)
+    s.reserve("r", "cohort", CHARGES["zcdp-half"], *BUDGET, analyst="alice", spec_sha256=SHA)
+    rule = s.usage("cohort", *BUDGET).spent_rule
+    s.close()
+    lines = budget_lines(path)
+    assert lines[0] == "party a: lifetime budget epsilon 3, delta 1e-05 per dataset"
+    cohort = next(line for line in lines if line.startswith("  cohort:"))
+    tv = CHARGES["pure-one"].tv + CHARGES["zcdp-one"].tv
+    assert cohort.startswith(f"  cohort: spent epsilon {float(rule.epsilon):.6g} delta 1e-05 "
+                             f"(pure epsilon 1, rho {float(CHARGES['zcdp-one'].rho):.6g}, "
+                             f"tv {float(tv):.6g}; 2 jobs); reserved 1 jobs")
+    assert "remaining epsilon" in cohort and "\n" not in cohort
+    assert any(line.startswith("  registry: spent epsilon 0 delta 0 ") for line in lines)
