@@ -149,6 +149,18 @@ class _Pipe:
             self.reader.transport.resume_reading()
         self._schedule()
 
+    def end(self) -> None:
+        """The sender closed its socket (a FIN): its queued bytes are still delivered, then the
+        receiver sees the connection closed, one delay after the last byte left, as over TCP."""
+        fin = max(self.loop.time() + self.link.delay, self.last_arrival)
+        self.loop.call_at(fin, self._fin)
+
+    def _fin(self) -> None:
+        if self.queue and not self.conn.closed:
+            self.loop.call_at(max(self.queue[-1][0], self.loop.time() + 0.001), self._fin)
+            return
+        self.conn.close()
+
 
 class _Side(asyncio.Protocol):
     """One socket of a proxied connection (the accepted client side, or the upstream side)."""
@@ -168,7 +180,10 @@ class _Side(asyncio.Protocol):
             self.out.push(data)
 
     def connection_lost(self, exc):
-        self.conn.close()
+        if exc is None and self.out is not None and not self.conn.closed:
+            self.out.end()  # an orderly close: what was sent before it still arrives
+        else:
+            self.conn.close(abort=exc is not None)
 
     def pause_writing(self):
         if self.into is not None:
@@ -222,6 +237,7 @@ class _Accept(asyncio.Protocol):
         self.held: list[bytes] = []
         self.transport = None
         self.lost = False
+        self.ready = False  # the upstream leg is up and the held bytes are on their way
 
     def connection_made(self, transport):
         self.transport = transport
@@ -243,8 +259,7 @@ class _Accept(asyncio.Protocol):
         deadline = self.net.loop.time() + CONNECT_PATIENCE
         pause = 0.002
         while True:
-            if self.lost or conn.closed:
-                conn.close()
+            if conn.closed:
                 return
             try:
                 await self.net.loop.create_connection(lambda: conn.server_side, HOST, self.port)
@@ -255,27 +270,32 @@ class _Accept(asyncio.Protocol):
                     return
                 await asyncio.sleep(pause)
                 pause = min(1.5 * pause, 0.05)
-        if self.lost:
-            conn.close()
-            return
         for data in self.held:
             conn.up.push(data)
         self.held = []
-        self.net.check_triggers(conn)
+        self.ready = True
+        if self.lost:  # the client has already closed: its bytes, then its FIN
+            conn.up.end()
 
     def data_received(self, data):
         conn = self.conn
         if conn is None or conn.closed:
             return
-        if conn.server_side.transport is None:
+        if not self.ready:
             self.held.append(data)
         else:
             conn.up.push(data)
 
     def connection_lost(self, exc):
         self.lost = True
-        if self.conn is not None:
-            self.conn.close()
+        conn = self.conn
+        if conn is None:
+            return
+        if exc is not None:
+            conn.close(abort=True)
+        elif self.ready and not conn.closed:
+            conn.up.end()  # an orderly close: what was sent before it still arrives
+        # not ready: _upstream delivers the held bytes, then the FIN
 
     def pause_writing(self):
         if self.conn is not None:
@@ -432,9 +452,6 @@ class LinkEmulator:
             self.triggers.append({"a": a, "b": b, "depth": depth, "nbytes": nbytes, "mode": mode,
                                   "bytes": 0})
         self._call(add)
-
-    def check_triggers(self, conn: _Connection) -> None:
-        pass  # triggers are checked as chunks are recorded (``record``)
 
     # ------------------------------------------------------------------ counting
 

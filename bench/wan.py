@@ -78,6 +78,36 @@ def run_once(text: str, files: list[Path], rtt_ms: float | None, mbit: float | N
     return out
 
 
+def step_seconds(run: dict) -> dict[str, float]:
+    """The slowest party's seconds per step of one job: each statistic's secure step
+    (``name/secure``, or ``name/prepare`` and ``name/reveal`` in DP mode: they run
+    concurrently, each timed from its own start), the status exchange (``sync``) and the
+    closing barrier (``close``)."""
+    out: dict[str, float] = {}
+    for party in run["parties"]:
+        for st in party.get("stats") or []:
+            key = f"{st['name']}/{st['phase']}"
+            out[key] = max(out.get(key, 0.0), st["seconds"])
+        for key in ("sync_seconds", "close_seconds"):
+            if party.get(key) is not None:
+                out[key[:-8]] = max(out.get(key[:-8], 0.0), party[key])
+    return out
+
+
+def step_rounds(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Per job kind and step, the latency slope of the step's seconds over the one-way delay
+    of the emulated links: how many one-way latencies (rounds) the step waits for."""
+    out: dict[str, dict[str, float]] = {}
+    for r in records:
+        if r.get("params", {}).get("link") != "emulated" or not r.get("steps_all"):
+            continue
+        pts = out.setdefault(r["params"]["kind"], {})
+        for steps in r["steps_all"]:
+            for key, secs in steps.items():
+                pts.setdefault(key, []).append((r["params"]["rtt_ms"] / 2000.0, secs))
+    return {kind: {k: _slope(v) for k, v in steps.items()} for kind, steps in out.items()}
+
+
 def _slope(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of y over x."""
     if len({x for x, _ in points}) < 2:
@@ -133,7 +163,8 @@ def measure(rec, *, names: list[str] | None = None, n: int = N_ROWS, repeats: in
                    "rounds_at_max_rtt": rounds_top,
                    "secure_slope_per_oneway_second": _slope(secure_pts),
                    "wall_slope_per_oneway_second": _slope(wall_pts),
-                   "summary": jobs.summarize(median_run)}
+                   "summary": jobs.summarize(median_run),
+                   "steps_all": [step_seconds(r) for r in rs]}
             if link is not None:
                 out["rounds"] = [r["net"]["rounds"] for r in rs]
                 out["wire_bytes"] = median_run["net"]["bytes"]
@@ -168,6 +199,16 @@ def table(records: list[dict]) -> str:
         cells += [f"{base['rounds_at_max_rtt']:g}", "–" if slope is None else f"{slope:.0f}",
                   "–" if top is None else f"{top['wire_bytes'] / 1e6:.2f} MB"]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def steps_table(records: list[dict]) -> str:
+    """Markdown: per job kind, the rounds of each step (latency slopes, see ``step_rounds``)."""
+    lines = ["| job kind | step | rounds (latency slope) |", "| --- | --- | --- |"]
+    for kind, steps in step_rounds(records).items():
+        for key, slope in sorted(steps.items()):
+            if slope is not None:
+                lines.append(f"| {kind} | {key} | {slope:.1f} |")
     return "\n".join(lines)
 
 
@@ -219,6 +260,7 @@ def main(argv=None) -> int:
     t = target(records)
     if t:
         print(t)
+    print(steps_table(records))
     return 0
 
 

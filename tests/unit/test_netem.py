@@ -160,3 +160,32 @@ def test_peer_lists_route_each_party_to_higher_indices_through_proxies():
         assert len({lists[0][1]["port"], lists[0][2]["port"], lists[1][2]["port"]}) == 3
         with pytest.raises(ValueError, match="loopback only"):
             net.peer_lists([{"name": "a", "host": "10.0.0.1", "port": 1}, peers[1]])
+
+
+def test_orderly_close_delivers_what_was_sent_before_it():
+    # a FIN follows the data: bytes still in flight when the sender closes arrive, then EOF
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    got = []
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            data = b""
+            while True:
+                chunk = conn.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+            got.append(data)
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with netem.LinkEmulator(rtt=0.1) as net:
+            with _client(net.proxy("a", "b", srv.getsockname()[1])) as s:
+                s.sendall(b"last words")
+            thread.join(3)
+    finally:
+        srv.close()
+    assert got == [b"last words"]
