@@ -166,6 +166,8 @@ def _keepalive(transport) -> None:
 #: (MPyC's program counters are small integers or 64-bit hashes; this one is reserved.)
 NOTICE_PC = -(1 << 63)
 _FRAME = struct.Struct("<qI")
+#: Seconds a party that told the others of a malformed message waits for them to hang up.
+NOTICE_WAIT = 2.0
 
 
 class _Exchanger(_asyncoro.MessageExchanger):
@@ -329,6 +331,7 @@ class JointRuntime(Runtime):
 
     names: list[str] = []
     closing = False
+    _notified: tuple | list = ()  # peers told of a malformed message (drop_peer), not yet gone
     verify_peer: Callable[[bytes | None, int], None] | None = None
     ssl_server: _ssl.SSLContext | None = None
     ssl_client: _ssl.SSLContext | None = None
@@ -398,11 +401,13 @@ class JointRuntime(Runtime):
         if not self.failed.done():
             self.report_failure(peer_pid, reason)
             notice = _codec.encode_notice(reason)
+            self._notified = []
             for peer in self.parties:
                 proto = peer.protocol
                 if peer.pid not in (self.pid, peer_pid) and proto is not None \
                         and not isinstance(proto, asyncio.Future):
                     proto.send(NOTICE_PC, notice)
+                    self._notified.append(peer.pid)
         proto = self.parties[peer_pid].protocol if peer_pid is not None else None
         if proto is not None and not isinstance(proto, asyncio.Future):
             proto.dropped = True
@@ -651,12 +656,23 @@ class JointRuntime(Runtime):
         task.cancel()
         if self.failed.done():
             pid, reason = self.failed.result()
+            await self._deliver_notices()
             raise PartyError(f"{reason} during {what}")
         waiting = [self.name_of(p.pid) for p in self.parties if p.pid != self.pid
                    and p.protocol is not None and not isinstance(p.protocol, asyncio.Future)
                    and any(isinstance(b, asyncio.Future) for b in p.protocol.buffers.values())]
         who = f" from part{'ies' if len(waiting) > 1 else 'y'} {', '.join(map(repr, waiting))}" if waiting else ""
         raise PartyError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
+
+    async def _deliver_notices(self, timeout: float = NOTICE_WAIT) -> None:
+        """Keep the connections to the parties told of a malformed message open (and read)
+        until they close them, for at most ``timeout`` seconds: closing a socket at once can
+        reset the connection and discard the notice before the peer reads it."""
+        told, self._notified = self._notified, []
+        deadline = self._loop.time() + timeout
+        while self._loop.time() < deadline and any(
+                self.parties[pid].protocol is not None for pid in told):
+            await asyncio.sleep(0.01)
 
     async def close(self, timeout: float = 30.0) -> None:
         """Synchronise with all peers, then close the connections.
