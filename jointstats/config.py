@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .spec import yaml_load
+from .spec import clip_error, shorten, yaml_load
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,29 @@ def is_loopback(host: str) -> bool:
 
 
 def _fail(path: Path, field: str, message: str) -> ConfigError:
-    return ConfigError(f"{path.name}: {field}: {message}")
+    return ConfigError(clip_error(f"{path.name}: {field}: {message}"))
+
+
+def _address_key(host: str, port: int) -> tuple[str, int]:
+    """What makes two MPC addresses the same: case-insensitive host names, one spelling per
+    IP address, localhost as 127.0.0.1."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        host = ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    return host, port
+
+
+def _text(value: Any, path: Path, field: str, what: str) -> str:
+    """A non-empty one-line string of at most 128 characters (names and hosts)."""
+    if not isinstance(value, str) or not value or len(value) > 128 or not value.isprintable() \
+            or value != value.strip():
+        raise _fail(path, field, f"expected {what} (1-128 printable characters, no surrounding "
+                                 f"spaces), found {shorten(value)}")
+    return value
 
 
 def _num(value: Any, path: Path, field: str, positive: bool = False) -> Fraction:
@@ -156,23 +178,32 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     if not isinstance(mpc, dict) or not isinstance(mpc.get("parties"), list):
         raise _fail(path, "mpc.parties", "expected a list of {name, host, port}")
     peers = []
+    addresses: dict[tuple[str, int], str] = {}
     for i, entry in enumerate(mpc["parties"]):
         field = f"mpc.parties[{i}]"
         if not isinstance(entry, dict) or not {"name", "host", "port"} <= set(entry):
             raise _fail(path, field, "expected {name, host, port}")
+        name = _text(entry["name"], path, f"{field}.name", "a party name")
+        host = _text(entry["host"], path, f"{field}.host", "a host name or IP address")
         port = entry["port"]
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise _fail(path, f"{field}.port", f"expected a TCP port, found {port!r}")
-        if entry["name"] in [p.name for p in peers]:
-            raise _fail(path, f"{field}.name", f"duplicate party {entry['name']!r}")
+            raise _fail(path, f"{field}.port", f"expected a TCP port from 1 to 65535, found {shorten(port)}")
+        if name in [p.name for p in peers]:
+            raise _fail(path, f"{field}.name", f"duplicate party {name!r}")
+        address = _address_key(host, port)
+        if address in addresses:
+            raise _fail(path, f"{field}.port", f"party {name!r} has the same address {host}:{port} "
+                                               f"as party {addresses[address]!r}; each party needs "
+                                               f"its own host:port")
+        addresses[address] = name
         role = entry.get("role", "data")
         if role not in ("data", "compute"):
-            raise _fail(path, f"{field}.role", f"expected data or compute, found {role!r}")
-        peers.append(Peer(str(entry["name"]), str(entry["host"]), port, role))
+            raise _fail(path, f"{field}.role", f"expected data or compute, found {shorten(role)}")
+        peers.append(Peer(name, host, port, role))
     if len(peers) < 2:
         raise _fail(path, "mpc.parties", f"expected at least 2 parties, found {len(peers)}")
     if party not in [p.name for p in peers]:
-        raise _fail(path, "party", f"{party!r} is not in mpc.parties")
+        raise _fail(path, "party", f"{shorten(party)} is not in mpc.parties")
     if all(p.role == "compute" for p in peers):
         raise _fail(path, "mpc.parties", "every party is compute-only (role: compute); at least one must hold data")
     tls = None
@@ -242,7 +273,13 @@ def load_party_config(path: str | Path) -> PartyConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read party config: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path.name}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        # duplicate keys, aliases, nesting too deep, unreadable values: one line naming the line
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        if not problem.startswith("not valid YAML"):
+            problem = f"not valid YAML ({problem})"
+        raise ConfigError(clip_error(f"{path.name}:{where} {problem}")) from None
     return parse_party_config(data, path)
 
 
