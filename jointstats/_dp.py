@@ -428,7 +428,9 @@ def _correlation_of(stat: StatPlan, vec: np.ndarray) -> np.ndarray | None:
     s = g[0, 1:]
     cov = (g[1:, 1:] - np.outer(s, s) / n) / (n - 1)
     sd = np.sqrt(np.clip(np.diag(cov), 1e-300, None))
-    return _nearest_correlation(np.clip(cov / np.outer(sd, sd), -1.0, 1.0))
+    with np.errstate(over="ignore", invalid="ignore"):  # a variance the noise made ~0
+        corr = np.nan_to_num(cov / np.outer(sd, sd), nan=0.0)
+    return _nearest_correlation(np.clip(corr, -1.0, 1.0))
 
 
 def _correlation(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
