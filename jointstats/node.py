@@ -30,9 +30,11 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -48,15 +50,25 @@ from ._launch import start_launcher, start_party
 from .config import PartyConfig, load_party_config
 from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, PartyError,
                      PolicyError, SpecError)
+from .spec import clip_error, shorten
 
 __all__ = ["Node", "serve", "openapi", "JOB_ID_RE", "MAX_SKEW"]
 
-#: Job ids: 1-128 letters, digits, '_', '.', '-' (they name a folder).
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Job ids: 1-128 letters, digits, '_', '.', '-' (they name a folder). Always matched with
+#: ``fullmatch``: ``match`` with ``$`` would accept a trailing newline.
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Largest clock difference accepted between an analyst's timestamp and the node (seconds).
 MAX_SKEW = 300
 #: Largest request body accepted (bytes).
 MAX_BODY = 1 << 20
+#: Seconds a client has to send its whole request (line, headers and body), from its connection.
+REQUEST_DEADLINE = 20.0
+#: Seconds a connection may last in all, the node's answer included.
+CONNECTION_DEADLINE = 120.0
+#: Connections served at once, in total and per client address (more are turned away at once
+#: with 503, never queued on a thread).
+MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_CLIENT = 16
 #: Rendezvous message tag.
 _RDV = "jointstats-rendezvous/1"
 #: Job states as the API reports them.
@@ -167,6 +179,22 @@ class JobStore:
 
 
 # ----------------------------------------------------------------------------- errors
+
+def _is_utf8(text: str) -> bool:
+    """False for strings UTF-8 cannot encode (lone surrogates, which JSON escapes can make)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _safe_text(value: Any, limit: int) -> str:
+    """``value`` as a string of at most ``limit`` characters that UTF-8 (and so SQLite and
+    the log) can take."""
+    text = value if isinstance(value, str) else shorten(value, limit)
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 class ApiError(Exception):
     """An HTTP error answer: status, one-line message and the error class name."""
@@ -279,10 +307,12 @@ class Node:
     # ------------------------------------------------------------------ submissions
 
     def _refuse(self, job_id: Any, analyst: Any, reason: str, exc: JointStatsError | ApiError) -> None:
-        """Audit a refused submission (never any data value)."""
-        self.state.audit("refusal", job_id=str(job_id)[:128], analyst=str(analyst)[:64],
-                         reason=reason, detail=str(exc)[:500])
-        self._log(f"refused submission {str(job_id)[:40]!r} from {str(analyst)[:40]!r}: {exc}")
+        """Audit a refused submission (never any data value; fields shortened, made UTF-8)."""
+        job_id, analyst = _safe_text(job_id, 128), _safe_text(analyst, 64)
+        self.state.audit("refusal", job_id=job_id, analyst=analyst,
+                         reason=reason, detail=_safe_text(clip_error(str(exc)), 500))
+        self._log(f"refused submission {job_id[:40]!r} from {analyst[:40]!r}: "
+                  f"{_safe_text(clip_error(str(exc)), 500)}")
 
     def submit(self, body: Any) -> dict:
         """Check and queue a signed submission; ApiError with a one-line reason otherwise."""
@@ -305,8 +335,17 @@ class Node:
                                 "strings, timestamp an integer (seconds since the epoch)")
             self._refuse(job_id, analyst, "malformed", err)
             raise err
-        if not JOB_ID_RE.match(job_id):
-            err = ApiError(400, f"job id {job_id[:40]!r} must be 1-128 letters, digits, '_', '.', '-'")
+        for key in ("spec", "job_id", "analyst", "signature"):
+            if not _is_utf8(body[key]):  # JSON escapes can make lone surrogates
+                err = ApiError(400, f"submission field {key} is not valid Unicode text")
+                self._refuse(job_id, analyst, "malformed", err)
+                raise err
+        if not JOB_ID_RE.fullmatch(job_id):
+            err = ApiError(400, f"job id {shorten(job_id)} must be 1-128 letters, digits, '_', '.', '-'")
+            self._refuse(job_id, analyst, "malformed", err)
+            raise err
+        if len(analyst) > 64:
+            err = ApiError(400, "analyst: longer than the limit of 64 characters", "AuthError")
             self._refuse(job_id, analyst, "malformed", err)
             raise err
         pub = cfg.policy.analyst_key(analyst)
@@ -381,7 +420,9 @@ class Node:
         job = self._job(job_id)
         if not isinstance(body, dict) or not all(isinstance(body.get(k), t) for k, t in
                                                  (("analyst", str), ("timestamp", int),
-                                                  ("signature", str))):
+                                                  ("signature", str))) \
+                or isinstance(body["timestamp"], bool) \
+                or not (_is_utf8(body["analyst"]) and _is_utf8(body["signature"])):
             raise ApiError(400, "cancel body must be {analyst, timestamp, signature}")
         if body["analyst"] != job.analyst:
             raise ApiError(403, f"job {job_id!r} was submitted by {job.analyst!r}, not "
@@ -406,9 +447,9 @@ class Node:
 
     def _job(self, job_id: str) -> NodeJob:
         with self._lock:
-            job = self.jobs.get(job_id)
+            job = self.jobs.get(job_id) if JOB_ID_RE.fullmatch(job_id) else None
         if job is None:
-            raise ApiError(404, f"party {self.config.party!r} has no job {job_id[:64]!r}",
+            raise ApiError(404, f"party {self.config.party!r} has no job {shorten(job_id)}",
                            "NotFound")
         return job
 
@@ -693,7 +734,7 @@ def openapi(node: Node | None = None) -> dict:
     job = {"description": "the job's status",
            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
     jid = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string",
-                                                                         "pattern": JOB_ID_RE.pattern}}
+                                                                         "pattern": f"^{JOB_ID_RE.pattern}$"}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "jointstats party node", "version": __version__,
@@ -753,7 +794,7 @@ def openapi(node: Node | None = None) -> dict:
                            "required": ["spec", "job_id", "timestamp", "analyst", "signature"],
                            "properties": {
                                "spec": {"type": "string", "description": "protocol spec YAML text"},
-                               "job_id": {"type": "string", "pattern": JOB_ID_RE.pattern},
+                               "job_id": {"type": "string", "pattern": f"^{JOB_ID_RE.pattern}$"},
                                "timestamp": {"type": "integer", "description": "seconds since the epoch"},
                                "analyst": {"type": "string"},
                                "signature": {"type": "string", "format": "byte"}}},
@@ -796,12 +837,16 @@ def openapi(node: Node | None = None) -> dict:
 
 # ----------------------------------------------------------------------------- HTTP
 
-_JOB_PATH = re.compile(r"^/jobs/([^/]+)(/result|/cancel)?$")
+_JOB_PATH = re.compile(r"/jobs/([^/]+)(/result|/cancel)?")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One connection, one request (HTTP/1.0). Every answer is JSON ``{"error", "kind"}`` on
+    failure, one line of at most 300 characters; nothing a client sends yields a 500."""
+
     server_version = "jointstats-node"
-    timeout = 30  # seconds a client may take to send its request
+    timeout = 10  # seconds any one read or write may wait (the server bounds the totals)
     node: Node  # set on the subclass made by make_server
 
     def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
@@ -813,26 +858,59 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
-    def _body(self) -> Any:
+    def _send_error(self, status: int, message: str, kind: str) -> None:
+        self.close_connection = True
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise ApiError(400, "bad Content-Length") from None
+            self._send(status, {"error": _safe_text(clip_error(message), 300), "kind": kind})
+        except OSError:  # the client hung up, or its deadline passed
+            pass
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (bad request line, headers too long or too many, unknown
+        method) as one-line JSON; an unknown method is 405, never a 5xx."""
+        self.close_connection = True
+        if code == 501:
+            code = 405
+        text = {400: "malformed HTTP request", 405: f"method not allowed: {shorten(self.command)}",
+                408: "request timed out", 414: "request line too long",
+                431: "request headers too large or too many"}.get(code, message or "bad request")
+        self._send_error(code, text, "HTTPError")
+
+    def _read_done(self) -> None:
+        """The request has been read: from now only the connection's total deadline applies."""
+        self.server.request_read(self.request)
+
+    def _body(self) -> Any:
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise ApiError(411, "send the body with a Content-Length, not a Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(set(lengths)) > 1 or not all(_CONTENT_LENGTH.fullmatch(v.strip()) for v in lengths):
+            raise ApiError(400, "bad Content-Length (one non-negative integer)")
+        length = int(lengths[0]) if lengths else 0
         if length > MAX_BODY:
             raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise ApiError(400, f"request body shorter than its Content-Length ({len(raw)} of "
+                                f"{length} bytes)")
+        self._read_done()
         try:
             return json.loads(raw or b"null")
-        except ValueError:
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply") from None
+        except ValueError:  # not JSON, not UTF-8, or an integer of more than 4300 digits
             raise ApiError(400, "request body is not valid JSON") from None
 
     def _dispatch(self, method: str) -> None:
         node = self.node
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
+            if method == "GET":
+                self._read_done()
             if method == "GET" and path == "/health":
                 return self._send(200, node.health())
             if method == "GET" and path == "/policy":
@@ -841,7 +919,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, openapi(node))
             if method == "POST" and path == "/jobs":
                 return self._send(202, node.submit(self._body()))
-            m = _JOB_PATH.match(path)
+            m = _JOB_PATH.fullmatch(path)
             if m:
                 job_id, tail = m.group(1), m.group(2)
                 if method == "GET" and tail is None:
@@ -850,16 +928,18 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(200, node.job_result(job_id, self.headers))
                 if method == "POST" and tail == "/cancel":
                     return self._send(200, node.cancel(job_id, self._body()))
-            raise ApiError(404 if method == "GET" else 405, f"no such endpoint: {method} {path}",
-                           "NotFound")
+            raise ApiError(404 if method == "GET" else 405,
+                           f"no such endpoint: {method} {shorten(path, 80)}", "NotFound")
         except ApiError as exc:
-            self._send(exc.status, {"error": str(exc), "kind": exc.kind})
+            self._send_error(exc.status, str(exc), exc.kind)
         except JointStatsError as exc:
             err = _api_error(exc)
-            self._send(err.status, {"error": str(err), "kind": err.kind})
+            self._send_error(err.status, str(err), err.kind)
+        except OSError:  # the client hung up, or its deadline passed
+            self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - the node keeps serving
             node._log("API bug: " + "".join(traceback.format_exception(exc)).strip())
-            self._send(500, {"error": f"internal error: {type(exc).__name__}", "kind": "InternalError"})
+            self._send_error(500, f"internal error: {type(exc).__name__}", "InternalError")
 
     def do_GET(self):  # noqa: N802 - http.server naming
         self._dispatch("GET")
@@ -868,10 +948,36 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
+_BUSY = json.dumps({"error": "too many connections; try again later", "kind": "Busy"}).encode()
+
+
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, within bounds: at most ``max_connections`` at once and
+    ``max_per_client`` per client address (others are answered 503 at once and closed, never
+    given a thread); a client must send its whole request within ``request_deadline`` seconds
+    and a connection lasts at most ``connection_deadline`` seconds, however slowly the client
+    trickles its bytes (a reaper thread shuts down the connections past their deadlines)."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128
     tls: ssl.SSLContext | None = None
+
+    def __init__(self, address, handler, *, request_deadline: float = REQUEST_DEADLINE,
+                 connection_deadline: float = CONNECTION_DEADLINE,
+                 max_connections: int = MAX_CONNECTIONS,
+                 max_per_client: int = MAX_CONNECTIONS_PER_CLIENT):
+        self.request_deadline = request_deadline
+        self.connection_deadline = connection_deadline
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self._conn_lock = threading.Lock()
+        self._conns: dict[Any, list] = {}  # socket -> [client, request deadline, total deadline]
+        self._per_client: dict[str, int] = {}
+        self._closing = threading.Event()
+        super().__init__(address, handler)
+        self._reaper = threading.Thread(target=self._reap, name="api-deadlines", daemon=True)
+        self._reaper.start()
 
     def get_request(self):
         sock, addr = super().get_request()
@@ -879,18 +985,93 @@ class _Server(ThreadingHTTPServer):
             sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
+    def process_request(self, request, client_address):
+        client = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        now = time.monotonic()
+        with self._conn_lock:
+            busy = (len(self._conns) >= self.max_connections
+                    or self._per_client.get(client, 0) >= self.max_per_client)
+            if not busy:
+                self._conns[request] = [client, now + self.request_deadline,
+                                        now + self.connection_deadline]
+                self._per_client[client] = self._per_client.get(client, 0) + 1
+        if busy:
+            self._turn_away(request)
+            return
+        try:
+            super().process_request(request, client_address)  # a thread for this connection
+        except Exception:  # noqa: BLE001 - e.g. no thread could be started
+            self.shutdown_request(request)
+
+    def _turn_away(self, request) -> None:
+        """503 without reading the request (plain HTTP; a TLS client just sees the close)."""
+        if self.tls is None:
+            try:
+                request.setblocking(False)
+                request.send(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json"
+                             b"\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: "
+                             + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
+            except OSError:
+                pass
+        self.shutdown_request(request)
+
+    def request_read(self, request) -> None:
+        with self._conn_lock:
+            entry = self._conns.get(request)
+            if entry is not None:
+                entry[1] = math.inf
+
+    def shutdown_request(self, request):
+        with self._conn_lock:
+            entry = self._conns.pop(request, None)
+            if entry is not None:
+                left = self._per_client[entry[0]] - 1
+                if left:
+                    self._per_client[entry[0]] = left
+                else:
+                    del self._per_client[entry[0]]
+        super().shutdown_request(request)
+
+    def _reap(self) -> None:
+        """Shut down (not close: the handler thread still owns the socket) every connection
+        past a deadline; its blocked read or write then fails and its thread ends."""
+        while not self._closing.wait(0.25):
+            now = time.monotonic()
+            with self._conn_lock:
+                late = [sock for sock, (_, read_by, done_by) in self._conns.items()
+                        if now > read_by or now > done_by]
+                for sock in late:
+                    self._conns[sock][1] = self._conns[sock][2] = math.inf
+            for sock in late:
+                try:
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # bypasses SSLSocket's
+                except OSError:
+                    pass
+
+    def server_close(self):
+        self._closing.set()
+        super().server_close()
+
+    def connections(self) -> int:
+        """Connections being served now."""
+        with self._conn_lock:
+            return len(self._conns)
+
     def handle_error(self, request, client_address):
         pass  # a client that hangs up or fails the TLS handshake is not the node's problem
 
 
 def make_server(node: Node, host: str | None = None, port: int | None = None,
-                api_cert: str | Path | None = None, api_key: str | Path | None = None) -> _Server:
-    """An HTTP(S) server for ``node`` bound to ``host:port`` (default: the config's ``api``)."""
+                api_cert: str | Path | None = None, api_key: str | Path | None = None,
+                **limits) -> _Server:
+    """An HTTP(S) server for ``node`` bound to ``host:port`` (default: the config's ``api``).
+    ``limits``: request_deadline, connection_deadline, max_connections, max_per_client (the
+    module's constants by default)."""
     handler = type("Handler", (_Handler,), {"node": node})
     host = node.config.api_host if host is None else host
     port = node.config.api_port if port is None else port
     try:
-        server = _Server((host, port), handler)
+        server = _Server((host, port), handler, **limits)
     except OSError as exc:
         raise ConfigError(f"party {node.config.party!r}: cannot listen for analysts on "
                           f"{host}:{port} ({exc.strerror})") from None
