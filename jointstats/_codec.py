@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import struct
+from itertools import repeat
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -92,37 +93,36 @@ def encode_field_values(values, order: int) -> bytes:
 
     Values outside [0, order) are reduced first (a share is defined modulo the order)."""
     r = width(order)
-    vals = np.asarray(values, dtype=object).reshape(-1)
-    n = vals.size
-    if n and r <= 16:
-        limbs = np.empty((n, 2), dtype="<u8")
-        try:
-            if r <= 8:
-                limbs[:, 0] = vals.astype(np.uint64)
-                limbs[:, 1] = 0
-            else:
-                limbs[:, 0] = (vals & _MASK64).astype(np.uint64)
-                limbs[:, 1] = (vals >> 64).astype(np.uint64)  # OverflowError if negative
-            if _above(limbs[:, 0], limbs[:, 1], vals, order):
-                raise OverflowError
-        except (OverflowError, TypeError, ValueError):
-            vals = np.asarray([int(v) % order for v in vals.tolist()], dtype=object)
-            limbs[:, 0] = (vals & _MASK64).astype(np.uint64)
-            limbs[:, 1] = (vals >> 64).astype(np.uint64)
-        return limbs.view(np.uint8)[:, :r].tobytes()
-    to_bytes = int.to_bytes
-    out = []
-    for v in vals.tolist():
-        v = int(v)
-        if not 0 <= v < order:
-            v %= order
-        out.append(to_bytes(v, r, "little"))
-    return b"".join(out)
+    values = np.asarray(values, dtype=object).reshape(-1).tolist()
+    try:
+        data = b"".join(map(int.to_bytes, values, repeat(r), repeat("little")))
+        if not values or not _bytes_above(data, r, order, values):
+            return data
+    except (OverflowError, TypeError):  # negative, too large, or not a Python int
+        pass
+    values = [int(v) % order for v in values]
+    return b"".join(map(int.to_bytes, values, repeat(r), repeat("little")))
 
 
-def _above(lo: np.ndarray, hi: np.ndarray, values, order: int) -> bool:
-    """True if any value (lo + 2**64 hi, both uint64 limbs) is at least ``order`` < 2**128;
-    ``values`` (the same as Python ints, or None to build them) settles ties of the top limb."""
+def _bytes_above(data, r: int, order: int, values) -> bool:
+    """True if any of the fixed-width elements in ``data`` is at least ``order``."""
+    if r <= 16:
+        lo, hi = _limbs(data, r)
+        return _above(lo, hi, order)
+    return max(values) >= order
+
+
+def _limbs(data, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Elements of r <= 16 bytes as two uint64 limbs (low, high)."""
+    raw = np.frombuffer(data, dtype=np.uint8).reshape(-1, r)
+    padded = np.zeros((raw.shape[0], 16), dtype=np.uint8)
+    padded[:, :r] = raw
+    limbs = padded.view("<u8")
+    return limbs[:, 0], limbs[:, 1]
+
+
+def _above(lo: np.ndarray, hi: np.ndarray, order: int) -> bool:
+    """True if any value lo + 2**64 hi (uint64 limbs) is at least ``order`` (< 2**128)."""
     top = np.uint64(order >> 64)
     if bool((hi > top).any()):
         return True
@@ -131,8 +131,8 @@ def _above(lo: np.ndarray, hi: np.ndarray, values, order: int) -> bool:
         return False
     if top == 0:
         return bool((lo[ties] >= np.uint64(order)).any())
-    tied = values[ties] if values is not None else (lo[ties].astype(object) + (hi[ties].astype(object) << 64))
-    return max(tied.tolist()) >= order
+    low = order & _MASK64
+    return bool((lo[ties] >= np.uint64(low)).any())
 
 
 def decode_field_values(data, order: int, count: int) -> np.ndarray:
@@ -145,21 +145,13 @@ def decode_field_values(data, order: int, count: int) -> np.ndarray:
     _exact(view, count * r, f"{count} field element{'s' if count != 1 else ''} of {r} bytes")
     if count == 0:
         return np.empty(0, dtype=object)
-    if r <= 16:
-        padded = np.zeros((count, 16), dtype=np.uint8)
-        padded[:, :r] = np.frombuffer(view, dtype=np.uint8).reshape(count, r)
-        limbs = padded.view("<u8")
-        lo, hi = limbs[:, 0], limbs[:, 1]
-        if _above(lo, hi, None, order):
-            raise _fail(f"a field element is not below the field's order {order}")
-        if r <= 8:
-            return lo.astype(object)
-        return lo.astype(object) + (hi.astype(object) << 64)
-    from_bytes = int.from_bytes
-    out = np.empty(count, dtype=object)
-    out[:] = [from_bytes(view[i:i + r], "little") for i in range(0, count * r, r)]
-    if max(out.tolist()) >= order:
+    if r <= 16 and _bytes_above(view, r, order, None):
+        raise _fail(f"a field element is not below the field's order {order}")
+    values = list(map(int.from_bytes, np.frombuffer(view, dtype=f"V{r}").tolist(), repeat("little")))
+    if r > 16 and max(values) >= order:
         raise _fail("a field element is not below the field's order")
+    out = np.empty(count, dtype=object)
+    out[:] = values
     return out
 
 
