@@ -2,6 +2,12 @@
 
 MPyC parses ``sys.argv`` when it is imported (and eats abbreviations such as ``--l``),
 so the import is shielded here; runtimes for real parties are built explicitly.
+
+MPyC 0.11 pickles the messages it exchanges, so a peer could run code on the receiver. Every
+runtime with peers built here is a :class:`JointRuntime`, whose transfer, input, output and
+resharing steps send and receive with the typed codec of ``jointstats._codec`` instead: each
+receiving step decodes exactly what it expects, and a peer sending anything else is dropped
+and named. MPyC's own ``pickle`` is replaced by a stand-in that never unpickles.
 """
 from __future__ import annotations
 
@@ -143,7 +149,6 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import ssl as _ssl  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
-
 
 
 def _keepalive(transport) -> None:
