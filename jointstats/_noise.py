@@ -183,12 +183,19 @@ def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
     and rounding down or up leaves e_down = (q mod 2^(KMAX-k)) den(mid) + r or
     den(mid) 2^(KMAX-k) - e_down. A job's noise plans are built by every party before any data
     moves, so this is on the critical path of every DP job: no rational arithmetic inside
-    the loop."""
+    the loop. The loop stops at the reduced k of the last coin, c_KMAX = c' 2^(KMAX-k'): for
+    k > k', mid 2^k is within 1/4 of c' 2^(k-k'), the same coin again (biases within 2^-81 of
+    0, 1/2 or 1 take one or two steps, not 81)."""
     mid = (lo + hi) / 2
     mn, md = mid.numerator, mid.denominator
     qK, rK = divmod(mn << _KMAX, md)
+    last = qK + (2 * rK > md or (2 * rK == md and qK & 1))  # c_KMAX = round(mid 2^KMAX)
+    if last <= 0 or last >= 1 << _KMAX:
+        kmax = 0
+    else:
+        kmax = _KMAX - ((last & -last).bit_length() - 1)
     best: dict[int, tuple[int, int]] = {}  # reduced k -> (c, e), the first best per k
-    for k in range(_KMAX + 1):
+    for k in range(kmax + 1):
         s = _KMAX - k
         q = qK >> s
         e = (qK - (q << s)) * md + rK

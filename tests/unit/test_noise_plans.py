@@ -335,3 +335,42 @@ def test_log_depth_coins_what_if_is_exact():
     for i, c in enumerate(coins):
         if c.k == 0:
             assert (np.unpackbits(out[0, i].view(np.uint8)) == c.c).all()
+
+
+def _frontier_reference(lo, hi):
+    """The plain Fraction scan over every k (first best per reduced k, strictly decreasing)."""
+    mid = (lo + hi) / 2
+    best = {}
+    for k in range(_noise._KMAX + 1):
+        c = min(max(round(mid * (1 << k)), 0), 1 << k)
+        v = F(c, 1 << k)
+        err = max(abs(v - lo), abs(hi - v))
+        if c == 0 or c == 1 << k:
+            coin = _noise.Coin(0, 1 if c else 0, err)
+        else:
+            tz = (c & -c).bit_length() - 1
+            coin = _noise.Coin(k - tz, c >> tz, err)
+        if coin.k not in best or err < best[coin.k].err:
+            best[coin.k] = coin
+    out = []
+    for k in sorted(best):
+        if not out or best[k].err < out[-1].err:
+            out.append(best[k])
+    return out
+
+
+def test_frontier_stops_early_only_where_nothing_changes():
+    """The scan stops at the last coin's reduced k: biases within 2^-81 of 0, 1/2 or 1 (tiny
+    acceptance exponents, digits of huge scales) and dyadic ones take a few steps; the
+    frontier is still the full scan's."""
+    s2 = F(8513936497542435) * 10**24 + F(1, 3)
+    C, D, t = _noise._dg_params(s2)
+    kappa = 1 / (2 * s2 * D * D)
+    chain = _noise._exp_doubling(kappa, 150, _noise._BIAS_PREC)[::7] + _noise._exp_doubling(1 / t, 80, _noise._BIAS_PREC)[::5]
+    intervals = chain + [(F(lo.numerator, lo.denominator + lo.numerator),
+                          F(hi.numerator, hi.denominator + hi.numerator)) for lo, hi in chain]
+    intervals += [(F(1, 2) - F(1, 1 << 82), F(1, 2) + F(1, 1 << 83)), (F(1, 1 << 81), F(1, 1 << 81)),
+                  (F(3, 1 << 82), F(3, 1 << 82)), (F(1) - F(1, 1 << 82), F(1)), (F(5, 8), F(5, 8)),
+                  (F(1, 3), F(1, 3)), (F(0), F(0)), (F(1), F(1))]
+    for lo, hi in intervals:
+        assert _noise._frontier(lo, hi).coins() == _frontier_reference(lo, hi), (lo, hi)
