@@ -846,6 +846,7 @@ class _Handler(BaseHTTPRequestHandler):
     failure, one line of at most 300 characters; nothing a client sends yields a 500."""
 
     server_version = "jointstats-node"
+    default_request_version = "HTTP/1.0"  # so that even a garbage request line gets a status line
     timeout = 10  # seconds any one read or write may wait (the server bounds the totals)
     node: Node  # set on the subclass made by make_server
 
@@ -871,10 +872,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code, message=None, explain=None):
         """http.server's own refusals (bad request line, headers too long or too many, unknown
-        method) as one-line JSON; an unknown method is 405, never a 5xx."""
+        method, HTTP version) as one-line JSON; an unknown method is 405, a bad version 400:
+        nothing a client sends gets a 5xx."""
         self.close_connection = True
         if code == 501:
             code = 405
+        elif code >= 500:  # 505: an HTTP version other than 1.x
+            code = 400
         text = {400: "malformed HTTP request", 405: f"method not allowed: {shorten(self.command)}",
                 408: "request timed out", 414: "request line too long",
                 431: "request headers too large or too many"}.get(code, message or "bad request")
