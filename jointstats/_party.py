@@ -79,16 +79,34 @@ class PartyJob:
             # a compute-only party holds no data: zero partials of the plan's shape, nothing read
             self.metrics["local_seconds"] = 0.0
             return compute_partials(plan, ())
-        source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir)
+        source = open_source(self.config.dataset_source(self.spec.dataset), self.config.base_dir,
+                             self.config.dataset_options(self.spec.dataset))
         started = time.perf_counter()
         dp = plan.mode == "dp"
-        chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS, strict=not dp)
-        _fault_point(party, "local_step")
+
+        def aggregate():
+            # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
+            # (jointstats._sql_sources); None: stream its rows through the numpy path
+            _fault_point(party, "local_step")
+            pushed = getattr(source, "aggregate", None)
+            if pushed is not None:
+                try:
+                    partials = pushed(plan, list(self.spec.schema), party, strict=not dp)
+                finally:
+                    source.close()
+                if partials is not None:
+                    return partials
+            chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS, strict=not dp)
+            try:
+                return compute_partials(plan, chunks)
+            finally:
+                getattr(source, "close", lambda: None)()
+
         if not dp:
-            partials = compute_partials(plan, chunks)
+            partials = aggregate()
         else:
             try:
-                partials = compute_partials(plan, chunks)
+                partials = aggregate()
             except Exception as exc:  # noqa: BLE001 - whatever it was, its text stays here
                 log.warning("party %r: local step failed: %s: %s", party, type(exc).__name__, exc,
                             exc_info=not isinstance(exc, JointStatsError))

@@ -811,8 +811,12 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def open_source(source: str, base_dir: Path) -> Source:
+def open_source(source: str, base_dir: Path, options: dict | None = None) -> Source:
     """Open a party's data source (see the module docstring for the forms).
+
+    ``options`` are the dataset entry's other fields (``query``, ``password_file``, ``spark``,
+    ``format``): PostgreSQL, DuckDB, Spark and DuckDB-read files (``.csv.gz``, globs,
+    directories) are opened by :mod:`jointstats._sql_sources`.
 
     Raises ConfigError, naming the source, for a missing file, an unknown
     extension, an unreadable file or a missing SQLite table.
@@ -820,6 +824,10 @@ def open_source(source: str, base_dir: Path) -> Source:
     if not isinstance(source, str) or not source.strip():
         raise ConfigError("data source: expected a path or a sqlite:/// URL")
     base_dir = Path(base_dir)
+    from ._sql_sources import open_sql_source
+    engine = open_sql_source(source, base_dir, options)
+    if engine is not None:
+        return engine
     if source.startswith("sqlite:"):
         if not source.startswith("sqlite:///"):
             raise ConfigError(
@@ -841,7 +849,8 @@ def open_source(source: str, base_dir: Path) -> Source:
     if suffix not in (".csv", ".parquet", ".pq"):
         raise ConfigError(
             f"data source {source!r}: unknown kind {suffix or '(no extension)'}; "
-            "expected .csv, .parquet or sqlite:///path.db?table=name"
+            "expected .csv, .csv.gz, .parquet, a glob or directory of them, sqlite:///path.db?table=name, "
+            "postgresql://host/db?table=name, duckdb:///path.duckdb?table=name or spark:table"
         )
     _check_file(source, path)
     if suffix == ".csv":

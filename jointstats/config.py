@@ -5,6 +5,7 @@ Relative paths are resolved against the directory of the config file.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -82,6 +83,12 @@ class PartyConfig:
     policy: Policy
     state: Path
     path: Path
+    #: per dataset, the entry's fields other than ``source`` (query, password_file, spark, format)
+    dataset_fields: tuple[tuple[str, str], ...] = ()  # (dataset, JSON of those fields)
+
+    def dataset_options(self, dataset: str) -> dict:
+        """The dataset entry's fields other than ``source`` (see jointstats._sql_sources)."""
+        return json.loads(dict(self.dataset_fields).get(dataset, "{}"))
 
     @property
     def index(self) -> int:
@@ -228,10 +235,19 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     if not isinstance(datasets_in, dict):
         raise _fail(path, "datasets", "expected a mapping of dataset name to {source}")
     datasets = []
+    dataset_fields = []
     for name, entry in datasets_in.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
             raise _fail(path, f"datasets.{name}.source", "expected a source path or sqlite:/// URL")
         datasets.append((str(name), entry["source"]))
+        extra = {k: entry[k] for k in ("query", "password_file", "format", "spark") if k in entry}
+        for key, value in extra.items():
+            if key != "spark" and not isinstance(value, str):
+                raise _fail(path, f"datasets.{name}.{key}", "expected a string")
+            if key == "spark" and not isinstance(value, dict):
+                raise _fail(path, f"datasets.{name}.spark", "expected {master, conf}")
+        if extra:
+            dataset_fields.append((str(name), json.dumps(extra, sort_keys=True, default=str)))
     own_role = next(p.role for p in peers if p.name == party)
     if own_role == "compute" and datasets:
         raise _fail(path, "datasets", f"party {party!r} is compute-only (its mpc.parties entry has "
@@ -262,7 +278,7 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts, allow_two_party)
     state = base / str(data.get("state", f"state/{party}.sqlite"))
     return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
-                       tuple(datasets), policy, state, path)
+                       tuple(datasets), policy, state, path, tuple(dataset_fields))
 
 
 def load_party_config(path: str | Path) -> PartyConfig:

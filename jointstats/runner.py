@@ -52,7 +52,9 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         check_job(cfg, spec, plan)
         if cfg.compute_only:  # holds no data: nothing to read
             continue
-        header = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir).columns()
+        src = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir, cfg.dataset_options(spec.dataset))
+        header = src.columns()
+        getattr(src, "close", lambda: None)()
         missing = [c.name for c in spec.schema if c.name not in header]
         if missing:
             raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
