@@ -298,6 +298,10 @@ def markdown(recs) -> str:
     bt = baselines_table(recs)
     if bt:
         parts += ["", "**Row-sharing baseline details**", ""] + bt
+    dpcost = [r for r in recs if r.get("bench") == "dpcost" and "wall_seconds" in r]
+    if dpcost:
+        from .dpcost import table as dpcost_table
+        parts += ["", "**Cost of a DP job** (bench/dpcost.py)", "", dpcost_table(dpcost)]
     return "\n".join(parts) + "\n"
 
 
