@@ -285,9 +285,11 @@ def load_party_config(path: str | Path) -> PartyConfig:
     """Load and validate a party config file."""
     path = Path(path).resolve()
     try:
-        data = yaml_load(path.read_text())
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read party config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path.name}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         # duplicate keys, aliases, nesting too deep, unreadable values: one line naming the line
         mark = getattr(exc, "problem_mark", None)

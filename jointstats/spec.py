@@ -555,7 +555,9 @@ def load_spec(source: str | Path) -> Spec:
         return parse_spec(source)
     path = Path(source)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SpecError(f"spec: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec: {path} is not UTF-8 text (byte {exc.start})") from None
     return parse_spec(text)
