@@ -236,11 +236,12 @@ class Curator:
         v = (q_t - s_t * s_t / n_t) / (n_t - 1) * half * half
         return float(np.clip(v, 0.0, (hi - lo) ** 2 / 4 * n_t / (n_t - 1)))
 
-    def correlation(self, cols: list[np.ndarray], bounds: list[tuple[float, float]]) -> np.ndarray:
-        rs = [(x - (lo + hi) / 2) / ((hi - lo) / 2) for x, (lo, hi) in zip(cols, bounds)]
-        v = np.column_stack([np.ones(len(cols[0]))] + rs)
-        k = v.shape[1]
-        gram = v.T @ v
+    def correlation(self, cols: list[np.ndarray], bounds: list[tuple[float, float]],
+                    gram: np.ndarray | None = None) -> np.ndarray:
+        """``gram``: ``correlation_gram(cols, bounds)`` if already computed (the same data)."""
+        if gram is None:
+            gram = correlation_gram(cols, bounds)
+        k = gram.shape[0]
         iu = np.triu_indices(k)
         m = len(iu[0])  # joint sensitivity: m entries, each |change| <= 1
         noisy = gram[iu] + self.noise(m, float(m), grid=True)
@@ -254,7 +255,7 @@ class Curator:
         return nearest_correlation(np.clip(cov / np.outer(sd, sd), -1, 1))
 
     def regression(self, x: np.ndarray, y: np.ndarray, x_bounds: list[tuple[float, float] | None],
-                   y_bounds: tuple[float, float]) -> np.ndarray:
+                   y_bounds: tuple[float, float], moments: tuple | None = None) -> np.ndarray:
         """AdaSSP (Wang 2018, "Revisiting differentially private linear regression", Alg. 2).
 
         Features: numeric columns centred at their midpoint and scaled by their half range
@@ -270,27 +271,15 @@ class Curator:
         lambda = max(0, sigma sqrt(p log(2 p^2 / beta)) - lambda~),
         theta = (X'X~ + lambda I)^-1 X'y~, mapped back to the original units.
         Returns the coefficients [intercept, features...] in the original units.
+        ``moments``: ``regression_moments(x, y, x_bounds, y_bounds)`` if already computed.
         """
-        n, d = x.shape
-        p = d + 1
-        z = np.empty((n, p))
-        z[:, 0] = 1.0
-        for j, b in enumerate(x_bounds):
-            if b is None:
-                z[:, j + 1] = x[:, j]
-            else:
-                lo, hi = b
-                z[:, j + 1] = (x[:, j] - (lo + hi) / 2) / ((hi - lo) / 2)
-        z /= math.sqrt(p)
+        xtx, xty, lam_min = moments or regression_moments(x, y, x_bounds, y_bounds)
+        p = xtx.shape[0]
         ylo, yhi = y_bounds
         ymid, yhalf = (ylo + yhi) / 2, (yhi - ylo) / 2
-        t = (y - ymid) / yhalf
         beta = self.delta if not self.pure else ADASSP_FAILURE
         third = 1.0 / 3.0
-        xtx = z.T @ z
-        xty = z.T @ t
         # 1. lambda_min, privately
-        lam_min = float(np.linalg.eigvalsh(xtx).min())
         sd_lam = self.sd(1.0, third)
         margin = sd_lam * math.sqrt(math.log(6 / beta))
         lam_t = max(0.0, lam_min + self.noise(1, 1.0, third, grid=True)[0] - margin)
@@ -319,6 +308,33 @@ class Curator:
                 intercept -= out[j + 1] * (lo + hi) / 2
         out[0] = intercept
         return out
+
+
+def correlation_gram(cols: list[np.ndarray], bounds: list[tuple[float, float]]) -> np.ndarray:
+    """Gram matrix of [1, r_1, ..., r_k], r = (x - mid) / half (the curator's exact moments)."""
+    rs = [(x - (lo + hi) / 2) / ((hi - lo) / 2) for x, (lo, hi) in zip(cols, bounds)]
+    v = np.column_stack([np.ones(len(cols[0]))] + rs)
+    return v.T @ v
+
+
+def regression_moments(x: np.ndarray, y: np.ndarray, x_bounds: list[tuple[float, float] | None],
+                       y_bounds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, float]:
+    """AdaSSP's exact X'X, X'y and lambda_min(X'X) on the scaled rows (see Curator.regression)."""
+    n, d = x.shape
+    p = d + 1
+    z = np.empty((n, p))
+    z[:, 0] = 1.0
+    for j, b in enumerate(x_bounds):
+        if b is None:
+            z[:, j + 1] = x[:, j]
+        else:
+            lo, hi = b
+            z[:, j + 1] = (x[:, j] - (lo + hi) / 2) / ((hi - lo) / 2)
+    z /= math.sqrt(p)
+    ylo, yhi = y_bounds
+    t = (y - (ylo + yhi) / 2) / ((yhi - ylo) / 2)
+    xtx = z.T @ z
+    return xtx, z.T @ t, float(np.linalg.eigvalsh(xtx).min())
 
 
 def nearest_correlation(c: np.ndarray) -> np.ndarray:

@@ -155,7 +155,17 @@ def ours_value(kind: str, res: dict) -> np.ndarray:
     return np.array(res["coefficients"], dtype=float)
 
 
-def curator_value(kind: str, cur: dp_sim.Curator, data: dict[str, np.ndarray], exact: np.ndarray) -> np.ndarray:
+def curator_moments(data: dict[str, np.ndarray]) -> dict:
+    """The curator's exact moments of one dataset (computed once for all its budgets)."""
+    x = np.column_stack([data["age"], data["bmi"], data["smoker"].astype(float)])
+    return {"correlation": dp_sim.correlation_gram([data[k] for k in CORR_COLUMNS], [BOUNDS[k] for k in CORR_COLUMNS]),
+            "regression": dp_sim.regression_moments(x, data["sbp"], [BOUNDS["age"], BOUNDS["bmi"], None],
+                                                    BOUNDS["sbp"])}
+
+
+def curator_value(kind: str, cur: dp_sim.Curator, data: dict[str, np.ndarray], exact: np.ndarray,
+                  moments: dict | None = None) -> np.ndarray:
+    moments = moments or {}
     if kind == "count":
         return np.array([cur.count(len(data["age"]))])
     if kind == "sum":
@@ -165,12 +175,14 @@ def curator_value(kind: str, cur: dp_sim.Curator, data: dict[str, np.ndarray], e
     if kind == "variance":
         return np.array([cur.variance(data["bmi"], *BOUNDS["bmi"])])
     if kind == "correlation":
-        c = cur.correlation([data[k] for k in CORR_COLUMNS], [BOUNDS[k] for k in CORR_COLUMNS])
+        c = cur.correlation([data[k] for k in CORR_COLUMNS], [BOUNDS[k] for k in CORR_COLUMNS],
+                            gram=moments.get("correlation"))
         return c[np.triu_indices(len(CORR_COLUMNS), 1)]
     if kind in ("crosstab", "histogram"):
         return cur.cells(exact)  # the exact counts, noised cell by cell
     x = np.column_stack([data["age"], data["bmi"], data["smoker"].astype(float)])
-    return cur.regression(x, data["sbp"], [BOUNDS["age"], BOUNDS["bmi"], None], BOUNDS["sbp"])
+    return cur.regression(x, data["sbp"], [BOUNDS["age"], BOUNDS["bmi"], None], BOUNDS["sbp"],
+                          moments=moments.get("regression"))
 
 
 # ----------------------------------------------------------------------------- the engine, offline
@@ -282,6 +294,7 @@ def simulate(n: int, runs: range, cfg: dict, kinds=KINDS, seed: int = 0) -> dict
         chunk = encoded(data)
         exact = {k: truth(k, data) for k in kinds}
         partials = {k: engine_partial(k, chunk) for k in kinds}
+        moments = curator_moments(data)
         for si, (eps, delta) in enumerate(_settings(cfg)):
             rng_ours = np.random.default_rng([seed, n, run, si, 1])
             cur = dp_sim.Curator(eps, delta, np.random.default_rng([seed, n, run, si, 2]),
@@ -289,7 +302,7 @@ def simulate(n: int, runs: range, cfg: dict, kinds=KINDS, seed: int = 0) -> dict
             for kind in kinds:
                 p = points[(kind, n, eps, delta)]
                 res = ours_offline(kind, partials[kind], eps, delta, rng_ours)
-                record(p, kind, res, curator_value(kind, cur, data, exact[kind]), exact[kind])
+                record(p, kind, res, curator_value(kind, cur, data, exact[kind], moments), exact[kind])
     return {k: p.__dict__ for k, p in points.items()}
 
 
