@@ -112,6 +112,7 @@ def _quote(name: str, q: str = '"') -> str:
 
 class _Dialect:
     name = "sql"
+    fence = ""  # what keeps a subquery from being flattened into its parent
     double = "DOUBLE"
     bigint = "BIGINT"
     ident_quote = '"'
@@ -157,6 +158,7 @@ class _DuckDB(_Dialect):
 
 class _Postgres(_Dialect):
     name = "postgresql"
+    fence = " OFFSET 0"
     double = "DOUBLE PRECISION"
 
     def isnan(self, x: str) -> str:
@@ -291,14 +293,6 @@ class SqlSource(Source):
                 codes[c.name] = mapping
         d = self.dialect
         limit = plan.max_rows_per_party
-        rows = int(self._query(f"SELECT COUNT(*) FROM {self._relation()}")[0][0])
-        if rows > limit and plan.mode != "dp":
-            raise PolicyError(f"has {rows} rows, more than the plan's limit of {limit} per party")
-        relation = self._relation()
-        if rows > limit:  # DP: use `limit` of the rows, say so only here
-            log.warning("%d rows, more than the plan's limit of %d per party: %d rows are left out",
-                        rows, limit, rows - limit)
-            relation = f"(SELECT * FROM {relation} LIMIT {limit}) AS lim"
         # value expressions: v_i (DOUBLE, NULL if missing or misfit, clipped) / k_i (level code)
         raw, flags, enc = [], [], []
         for i, c in enumerate(cols):
@@ -391,43 +385,71 @@ class SqlSource(Source):
                 aggs.append(f"COUNT(*) FILTER (WHERE _js_clip{i})")
             miss_slots.append((c.name, len(aggs)))
             aggs.append(f"COUNT(*) FILTER (WHERE NOT ({present(c.name)}))")
-        layers = [
-            f"s AS (SELECT *{''.join(', ' + r for r in raw)} FROM {relation})",
-            f"e AS (SELECT *{''.join(', ' + r for r in enc)} FROM s)",
-            f"g AS (SELECT *{''.join(', ' + r for r in grid_sql)} FROM e)",
-        ]
-        main = f"WITH {', '.join(layers)} SELECT {', '.join(aggs)} FROM g"
-        values = self._query(main)[0]
+        # nested subqueries, each computing its columns once per row; PostgreSQL would otherwise
+        # flatten them and evaluate every expression as often as it is referenced
+        fence = d.fence
+        # crosstab cells and histogram bins: one GROUP BY GROUPING SETS over every such statistic
+        keys: dict[str, tuple[str, ...]] = {}
+        bins = []
+        for stat in plan.statistics:
+            if stat.kind == "crosstab":
+                keys[stat.name] = tuple(f"_js_k{index[n]}" for n in stat.columns)
+            elif stat.kind == "histogram":
+                i = index[stat.columns[0]]
+                edges = [d.flt(e) for e in stat.edges]
+                nb = len(edges) - 1
+                case = " ".join(f"WHEN _js_v{i} < {edges[b + 1]} THEN {b}" for b in range(nb - 1))
+                name = f"_js_b{len(bins)}"
+                bins.append(f"CASE WHEN _js_v{i} IS NULL OR _js_v{i} < {edges[0]} OR _js_v{i} > {edges[-1]} "
+                            f"THEN NULL {case} ELSE {nb - 1} END AS {name}")
+                keys[stat.name] = (name,)
+        key_cols = list(dict.fromkeys(k for ks in keys.values() for k in ks))
+        sets = list(dict.fromkeys(keys.values()))
+
+        def scan(relation: str):
+            s_sql = f"(SELECT *{''.join(', ' + r for r in raw)} FROM {relation}{fence}) AS s"
+            e_sql = f"(SELECT *{''.join(', ' + r for r in enc)} FROM {s_sql}{fence}) AS e"
+            g_sql = f"(SELECT *{''.join(', ' + r for r in grid_sql)} FROM {e_sql}{fence}) AS g"
+            values = self._query(f"SELECT {', '.join(aggs)} FROM {g_sql}")[0]
+            if int(values[0]) > limit or not sets:
+                return values, []
+            # the crosstab keys pass through, the histogram bins are computed here
+            h_sql = (f"(SELECT {', '.join([k for k in key_cols if not k.startswith('_js_b')] + bins)} "
+                     f"FROM {e_sql}) AS h")
+            grouping = ", ".join("(" + ", ".join(st) + ")" for st in sets)
+            grouped = self._query(f"SELECT {', '.join(key_cols)}, COUNT(*) FROM {h_sql} "
+                                  f"GROUP BY GROUPING SETS ({grouping})")
+            return values, grouped
+
+        values, grouped = scan(self._relation())
         n_rows = int(values[0])
+        if n_rows > limit:
+            if plan.mode != "dp":
+                raise PolicyError(f"has {n_rows} rows, more than the plan's limit of {limit} per party")
+            # DP: use `limit` of the rows, say how many were left out only here
+            log.warning("%d rows, more than the plan's limit of %d per party: %d rows are left out",
+                        n_rows, limit, n_rows - limit)
+            values, grouped = scan(f"(SELECT * FROM {self._relation()} LIMIT {limit}) AS lim")
         for reason, name, pos in problem_slots:
             probs.add(name, reason, int(values[pos] or 0))
         out: dict[str, list[int]] = {}
         for stat in plan.statistics:
             if stat.name in slots:
                 out[stat.name] = [int(values[p] or 0) for p in slots[stat.name]]
-        enc_cte = f"WITH {', '.join(layers[:2])} "
-        for stat in plan.statistics:
-            if stat.kind == "crosstab":
-                r, c = (index[n] for n in stat.columns)
-                nr, nc = stat.shape
-                cells = [0] * (nr * nc)
-                for kr, kc, cnt in self._query(
-                        f"{enc_cte}SELECT _js_k{r}, _js_k{c}, COUNT(*) FROM e WHERE _js_k{r} IS NOT NULL "
-                        f"AND _js_k{c} IS NOT NULL GROUP BY _js_k{r}, _js_k{c}"):
-                    cells[int(kr) * nc + int(kc)] = int(cnt)
-                out[stat.name] = cells
-            elif stat.kind == "histogram":
-                i = index[stat.columns[0]]
-                edges = [d.flt(e) for e in stat.edges]
-                nb = len(edges) - 1
-                case = " ".join(f"WHEN _js_v{i} < {edges[b + 1]} THEN {b}" for b in range(nb - 1))
-                binx = (f"CASE WHEN _js_v{i} IS NULL OR _js_v{i} < {edges[0]} OR _js_v{i} > {edges[-1]} THEN NULL "
-                        f"{case} ELSE {nb - 1} END")
-                counts = [0] * nb
-                for b, cnt in self._query(f"{enc_cte}SELECT bin, COUNT(*) FROM (SELECT {binx} AS bin "
-                                          f"FROM e) AS h WHERE bin IS NOT NULL GROUP BY bin"):
-                    counts[int(b)] = int(cnt)
-                out[stat.name] = counts
+            elif stat.name in keys:
+                out[stat.name] = [0] * stat.partial_size
+        for row in grouped:
+            got = dict(zip(key_cols, row[:-1]))
+            for stat_name, ks in keys.items():
+                # a row of grouping set ks has every key of ks (and none other) present
+                if all(got[k] is not None for k in ks) and all(
+                        got[k] is None for k in key_cols if k not in ks):
+                    stat = next(st for st in plan.statistics if st.name == stat_name)
+                    if stat.kind == "crosstab":
+                        pos = int(got[ks[0]]) * stat.shape[1] + int(got[ks[1]])
+                    else:
+                        pos = int(got[ks[0]])
+                    out[stat_name][pos] = int(row[-1])
         self._report(cols, probs, party, strict, n_rows,
                      {n: int(values[p]) for n, p in clip_slots},
                      {n: int(values[p]) for n, p in miss_slots})
@@ -752,6 +774,8 @@ def _pg_error(spec: str, exc: Exception) -> ConfigError:
         what = "the database does not exist"
     elif sqlstate == "25006":
         what = "its query tried to write (the connection is read-only)"
+    elif "authentication failed" in str(exc) or "no password supplied" in str(exc):
+        what = "the server refused the credentials"
     elif type(exc).__name__ == "OperationalError":
         what = "the server could not be reached or refused the connection"
     else:
