@@ -787,7 +787,8 @@ def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> Lifeti
 
     * R = 0 (no zCDP job): spent = (E, P), basic composition of the jobs' claimed
       guarantees (each pure job claims (eps_i, (1 + e^eps_i) tv_i)); fits iff E <= eps_B
-      and P <= delta_B.
+      and P <= delta_B, or delta_B = 0 (pure DP only: the sampler deltas P are recorded
+      and stated, not held against a zero delta budget).
     * R > 0: let ``g(c) = E + eps_from_rho_cks(R, free(c))`` (infinite if free(c) <= 0) and
       c* the least multiple of ``LIFETIME_GRID`` (2^-32) with g(c*) <= c*.  spent =
       (g(c*), delta_B); fits iff c* exists and g(c*) <= eps_B.  (c* is found by iterating
@@ -816,7 +817,11 @@ def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> Lifeti
     E, R, tvd = totals.pure_epsilon, totals.rho, totals.tv + totals.legacy_delta
     if R == 0:
         P = totals.pure_delta
-        return LifetimeSpend(totals, b_eps, b_dlt, E, P, E, b_dlt - P, E <= b_eps and P <= b_dlt)
+        # A delta budget of 0 is the operator's "pure DP only": no zCDP job fits it (the party's
+        # policy refuses any delta > 0), and the pure jobs' sampler deltas (about 1e-10 each,
+        # from 2^-40 per sample) are recorded and stated in every result but not held against it.
+        fits = E <= b_eps and (P <= b_dlt or (b_dlt == 0 and not totals.legacy_delta))
+        return LifetimeSpend(totals, b_eps, b_dlt, E, P, E, b_dlt - P, fits)
 
     def free(c: Fraction) -> Fraction:
         return b_dlt - (1 + exp_hi(c)) * tvd if tvd else b_dlt

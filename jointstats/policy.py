@@ -30,11 +30,6 @@ def check_job(config: PartyConfig, spec: Spec, plan: Plan) -> None:
         if not config.compute_only and spec.privacy.delta > pol.budget_delta:
             raise PolicyError(f"{who}: privacy.delta {float(spec.privacy.delta):g} exceeds its "
                               f"lifetime delta budget {float(pol.budget_delta):g}")
-        if not config.compute_only and pol.budget_delta == 0:
-            # the ledger would refuse it too (_accounting.lifetime_spend); say why, before the plan
-            raise PolicyError(f"{who}: its lifetime delta budget is 0, and no DP job fits that: "
-                              "each noise sample is within total variation 2^-40 of its exact law, "
-                              "charged to delta as (1 + e^epsilon) * tv; set policy.budget.delta > 0")
     for stat in spec.statistics:
         if stat.kind == "crosstab" and stat.min_count is not None and stat.min_count < pol.min_count:
             raise PolicyError(f"{who}: statistics.{stat.name}.min_count {stat.min_count} is below "

@@ -482,7 +482,8 @@ def _check_rule(totals: LedgerTotals, b_eps: F, b_dlt: F):
     E, R, TD = totals.pure_epsilon, totals.rho, totals.tv + totals.legacy_delta
     if R == 0:   # basic composition of the claims
         assert (s.epsilon, s.delta) == (E, totals.pure_delta)
-        assert s.fits == (E <= b_eps and totals.pure_delta <= b_dlt)
+        pure_only = b_dlt == 0 and not totals.legacy_delta  # sampler deltas stated, not held
+        assert s.fits == (E <= b_eps and (totals.pure_delta <= b_dlt or pure_only))
     elif s.epsilon is not None and s.fits:
         # the rule's formula at its fixed point c: spent = E + eps_cks(R, delta_B - K(c)(T + D))
         c = s.tv_epsilon
@@ -519,7 +520,9 @@ def test_lifetime_rule_examples():
     pure = LedgerTotals.of([job_charge(1, 0, 100)] * 3)
     s = lifetime_spend(pure, 3, F(1, 10**6))
     assert s.fits and s.epsilon == 3 and s.delta == 3 * job_charge(1, 0, 100).delta
-    assert not lifetime_spend(pure, 3, 0).fits             # the samplers are not exactly pure
+    assert lifetime_spend(pure, 3, 0).fits                 # delta budget 0: pure DP only, sampler
+    assert lifetime_spend(pure, 3, 0).delta > 0            # deltas recorded and stated, not held
+    assert not lifetime_spend(pure, F(29, 10), 0).fits
     z = LedgerTotals.of([job_charge(1, F(1, 10**6), 100)] * 4)
     s = lifetime_spend(z, 10, F(1, 10**5))
     assert s.fits and s.delta == F(1, 10**5)

@@ -208,9 +208,12 @@ def test_schema_1_files_open_migrated_with_legacy_charges(tmp_path: Path) -> Non
 # --------------------------------------------------------------------------- policy
 
 
-def test_a_zero_delta_budget_refuses_dp_jobs_before_any_data(tmp_path: Path) -> None:
+def test_a_zero_delta_budget_means_pure_dp_only(tmp_path: Path) -> None:
+    """delta 0 in a policy: pure jobs run (their sampler deltas, ~1e-10, are recorded and
+    stated, not held against it); any job asking delta > 0 is refused before any data."""
     import yaml
 
+    from jointstats._accounting import LedgerTotals, job_charge, lifetime_spend
     from jointstats.config import load_party_config
     from jointstats.errors import PolicyError
     from jointstats.plan import make_plan
@@ -223,11 +226,17 @@ def test_a_zero_delta_budget_refuses_dp_jobs_before_any_data(tmp_path: Path) -> 
            "policy": {"budget": {"epsilon": 10, "delta": 0}, "min_count": 0}}
     path = tmp_path / "a.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    spec = parse_spec("name: t\ndataset: cohort\nschema:\n  age: {type: real, bounds: [0, 100]}\n"
-                      "privacy: {epsilon: 1.0, delta: 0}\nstatistics:\n  n: {kind: count}\n")
-    with pytest.raises(PolicyError, match=r"^party 'a' refuses: its lifetime delta budget is 0, "
-                                          r"and no DP job fits that: .*total variation 2\^-40"):
-        check_job(load_party_config(path), spec, make_plan(spec, ["a", "b", "c"]))
+    head = "name: t\ndataset: cohort\nschema:\n  age: {type: real, bounds: [0, 100]}\n"
+    pure = parse_spec(head + "privacy: {epsilon: 1.0, delta: 0}\nstatistics:\n  n: {kind: count}\n")
+    check_job(load_party_config(path), pure, make_plan(pure, ["a", "b", "c"]))
+    gauss = parse_spec(head + "privacy: {epsilon: 1.0, delta: 1.0e-9}\nstatistics:\n  n: {kind: count}\n")
+    with pytest.raises(PolicyError, match=r"^party 'a' refuses: privacy.delta 1e-09 exceeds its lifetime "
+                                          r"delta budget 0"):
+        check_job(load_party_config(path), gauss, make_plan(gauss, ["a", "b", "c"]))
+    totals = LedgerTotals.of([job_charge(1, 0, 40)] * 10)
+    spend = lifetime_spend(totals, 10, 0)
+    assert spend.fits and spend.epsilon == 10 and 0 < spend.delta < 1e-8
+    assert not lifetime_spend(totals.add(job_charge(1, 0, 40)), 10, 0).fits
 
 
 def test_budget_view_shows_rho_and_tv(tmp_path: Path) -> None:

@@ -129,9 +129,10 @@ def test_sampler_tv_of_pure_jobs_is_charged_against_delta(state: NodeState) -> N
         state.reserve(job, "cohort", charge, 10, b_delta, analyst="alice", spec_sha256=SHA)
     with pytest.raises(BudgetError, match=r"remaining epsilon 8, delta 0 "):
         state.reserve("c", "cohort", charge, 10, b_delta, analyst="alice", spec_sha256=SHA)
-    # a pure-DP policy (delta budget 0) cannot take a job whose samplers are only 2^-40-close
-    with pytest.raises(BudgetError, match="'other' exceeded"):
-        state.reserve("d", "other", charge, 10, 0, analyst="alice", spec_sha256=SHA)
+    # a pure-DP policy (delta budget 0) takes pure jobs: their sampler deltas are recorded and
+    # stated, not held against a zero delta budget
+    state.reserve("d", "other", charge, 10, 0, analyst="alice", spec_sha256=SHA)
+    assert state.usage("other", 10, 0).held.totals.tv == charge.tv
     assert state.usage("cohort", 10, b_delta).held.totals.tv == 2 * charge.tv
 
 
