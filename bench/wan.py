@@ -65,15 +65,17 @@ QUICK_KINDS = ("count", "crosstab", "means", "correlation", "regression",
                "headline dp delta 0", "headline dp delta 1e-6")
 
 
-def run_once(text: str, files: list[Path], rtt_ms: float | None, mbit: float | None = MBIT) -> dict:
-    """One job: plain loopback (``rtt_ms`` None) or through emulated links; adds ``net``."""
+def run_once(text: str, files: list[Path], rtt_ms: float | None, mbit: float | None = MBIT,
+             patch: str | None = None) -> dict:
+    """One job: plain loopback (``rtt_ms`` None) or through emulated links; adds ``net``.
+    ``patch``: a what-if of bench/_probe.py (its parties then start in fresh interpreters)."""
     if rtt_ms is None:
-        out = jobs.run_job(text, files)
+        out = jobs.run_job(text, files, patch=patch)
         out["net"] = None
         return out
     with netem.LinkEmulator(rtt=rtt_ms / 1000.0, mbit=mbit) as net:
         with netem.per_party_addresses():
-            out = jobs.run_job(text, files, peers_of=net.peer_lists)
+            out = jobs.run_job(text, files, peers_of=net.peer_lists, patch=patch)
         out["net"] = net.stats()
     return out
 
@@ -119,7 +121,7 @@ def _slope(points: list[tuple[float, float]]) -> float | None:
 
 
 def measure(rec, *, names: list[str] | None = None, n: int = N_ROWS, repeats: int = 3,
-            rtts_ms=RTTS_MS, mbit: float = MBIT) -> list[dict]:
+            rtts_ms=RTTS_MS, mbit: float = MBIT, patch: str | None = None) -> list[dict]:
     """Every kind: one unmeasured warm-up, then ``repeats`` rounds over the links (loopback
     first, then each RTT), medians; one record per (kind, link)."""
     from .suites import _files
@@ -131,11 +133,11 @@ def measure(rec, *, names: list[str] | None = None, n: int = N_ROWS, repeats: in
     for name in names:
         text = table[name]
         try:
-            run_once(text, files, None)  # warm-up: launcher, page cache, noise-plan cache
+            run_once(text, files, None, patch=patch)  # warm-up: launcher, page cache, plan cache
             runs: dict = {link: [] for link in links}
             for _ in range(repeats):
                 for link in links:
-                    runs[link].append(run_once(text, files, link, mbit))
+                    runs[link].append(run_once(text, files, link, mbit, patch))
         except Exception as exc:  # noqa: BLE001 - record it, go on with the next kind
             records.append(rec.emit({"bench": "wan", "system": "jointstats",
                                      "params": {"kind": name, "rows_per_party": n, "parties": 3},
@@ -152,7 +154,7 @@ def measure(rec, *, names: list[str] | None = None, n: int = N_ROWS, repeats: in
             walls = [r["wall_seconds"] for r in rs]
             median_run = sorted(rs, key=lambda r: r["wall_seconds"])[len(rs) // 2]
             secure = [jobs.summarize(r)["secure_seconds"] for r in rs]
-            params = {"kind": name, "rows_per_party": n, "parties": 3,
+            params = {"kind": name + (f" [{patch}]" if patch else ""), "rows_per_party": n, "parties": 3,
                       "link": "loopback" if link is None else "emulated",
                       "rtt_ms": 0 if link is None else link, "mbit": None if link is None else mbit}
             out = {"bench": "wan", "system": "jointstats", "params": params,
@@ -247,6 +249,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rtt", default=",".join(map(str, RTTS_MS)), help="RTTs in ms, comma-separated")
     ap.add_argument("--mbit", type=float, default=MBIT)
     ap.add_argument("--kinds", default=None, help=f"comma-separated, of: {', '.join(kinds())}")
+    ap.add_argument("--patch", default=None, help="a what-if of bench/_probe.py, e.g. log_coins")
     ap.add_argument("--out", default=str(RESULTS / "latest.jsonl"))
     args = ap.parse_args(argv)
     precompile()
@@ -255,7 +258,7 @@ def main(argv=None) -> int:
     names = [k.strip() for k in args.kinds.split(",")] if args.kinds else None
     records = measure(rec, names=names, n=args.rows, repeats=args.repeats,
                       rtts_ms=[float(x) if "." in x else int(x) for x in args.rtt.split(",")],
-                      mbit=args.mbit)
+                      mbit=args.mbit, patch=args.patch)
     print(table(records))
     t = target(records)
     if t:
