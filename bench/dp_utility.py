@@ -349,16 +349,25 @@ def real(kind: str, n: int, eps: float, delta: float, runs: int, seed: int = 0) 
     from . import jobs
     p = Point(kind, n, eps, delta)
     text = spec_text(kind, eps, delta)
-    walls = []
+    walls, errors = [], []
     for run in range(runs):
         data = cohort(n, np.random.default_rng([seed, n, 10_000 + run, 0]))
         exact = truth(kind, data)
-        with tempfile.TemporaryDirectory(prefix="jsdputil-") as tmp:
-            files = write_party_files(data, Path(tmp))
-            out = jobs.run_job(text, files, probe=False)
+        out = None
+        for attempt in range(3):  # the working tree may be mid-edit: a failed job is retried
+            try:
+                with tempfile.TemporaryDirectory(prefix="jsdputil-") as tmp:
+                    files = write_party_files(data, Path(tmp))
+                    out = jobs.run_job(text, files, probe=False)
+                break
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                time.sleep(10)
+        if out is None:
+            continue
         walls.append(out["wall_seconds"])
         record(p, kind, out["result"]["results"]["s"], None, exact)
-    return {**p.__dict__, "walls": walls}
+    return {**p.__dict__, "walls": walls, "errors": errors}
 
 
 # ----------------------------------------------------------------------------- summary
@@ -495,15 +504,17 @@ def markdown(summary: list[dict], real_summary: list[dict], meta: dict) -> str:
         lines += ["", "Real 3-party runs (`jointstats.runner.run`, three party processes), against the "
                   "offline simulation of the same point:", "",
                   "| kind | n | epsilon | delta | runs | MSE ours (real) | MSE ours (offline) | MSE central | "
-                  "real / central | real / offline | coverage (real) | seconds per job |",
+                  "real / central | real / offline [95% CI, real runs resampled] | coverage (real) | seconds per job |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in real_summary:
             cov = _pct(s["coverage"]) if "coverage" in s else ""
+            ci = s.get("ratio_offline_ci") or (None, None)
             if s["kind"] == "regression" and "coverage_dgp" in s:
                 cov = f"noise {_pct(s['coverage'])}; conf_int {_pct(s['coverage_dgp'])}"
             lines.append(f"| {s['kind']} | {s['n']:.0e} | {s['epsilon']:g} | {s['delta']:g} | {s['runs']} | "
                          f"{_g(s['mse_ours'])} | {_g(s.get('mse_offline'))} | {_g(s.get('mse_central'))} | "
-                         f"{_g(s.get('ratio'))} | {_g(s.get('ratio_offline'))} | {cov} | {_g(s.get('seconds'))} |")
+                         f"{_g(s.get('ratio'))} | {_g(s.get('ratio_offline'))} [{_g(ci[0])}, {_g(ci[1])}] | {cov} | "
+                         f"{_g(s.get('seconds'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -561,13 +572,17 @@ def run(cfg: dict, *, workers: int = 1, kinds=KINDS, real_kinds=None, seed: int 
             t = time.perf_counter()
             p = real(kind, cfg["real_n"], eps, delta, cfg["real_runs"], seed)
             s = summarize(p, rng)
-            s["seconds"] = float(np.median(p["walls"]))
+            s["seconds"] = float(np.median(p["walls"])) if p["walls"] else float("nan")
+            s["errors"] = p["errors"]
             off = next((o for o in summary if o["kind"] == kind and o["n"] == cfg["real_n"]
                         and o["epsilon"] == eps and o["delta"] == delta), None)
             if off:
                 s["mse_offline"], s["mse_central"] = off["mse_ours"], off["mse_central"]
                 s["ratio"] = s["mse_ours"] / off["mse_central"]
                 s["ratio_offline"] = s["mse_ours"] / off["mse_ours"]
+                se = np.asarray(p["se_ours"])
+                boot = se[rng.integers(0, len(se), (1000, len(se)))].mean(axis=1) / off["mse_ours"]
+                s["ratio_offline_ci"] = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
             real_summary.append(s)
             if not quiet:
                 print(f"dp_utility: real {kind} eps={eps} delta={delta}: {cfg['real_runs']} runs "
