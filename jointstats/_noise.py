@@ -151,26 +151,71 @@ def _round_half_even(num: int, den: int) -> int:
     return int(q)
 
 
-@dataclass(frozen=True)
 class _Frontier:
     """Coins for one bias, increasing k, errors ``half + e / scale`` strictly decreasing.
 
     The errors share ``half`` (half the width of the bias interval) and ``scale``, so the
-    search compares and subtracts plain integers ``e``; ``coins()`` gives the Fractions."""
-    ks: tuple[int, ...]
-    cs: tuple[int, ...]
-    es: tuple[int, ...]
-    half: Fraction
-    scale: int
+    search compares and subtracts plain integers ``e``; ``coins()`` gives the Fractions.
+    Built lazily: the scan over k goes only as far as the search asks (``has(j)``), usually
+    to k of about 50 of the 80 (``len`` and ``coins`` finish it)."""
+
+    __slots__ = ("ks", "cs", "es", "half", "scale", "_mn", "_md", "_q", "_r", "_k", "_kmax")
+
+    def __init__(self, mn: int, md: int, half: Fraction, kmax: int):
+        self.ks: list[int] = []
+        self.cs: list[int] = []
+        self.es: list[int] = []
+        self.half, self.scale = half, md << _KMAX
+        self._mn, self._md = mn, md
+        self._q, self._r = divmod(mn << _KMAX, md)
+        self._k, self._kmax = 0, kmax
+        self._more()  # the coin of k = 0 (a constant) is always the first
+
+    def _more(self) -> bool:
+        """Scan k until one more coin joins the frontier; False once the scan is over.
+
+        The coin of k is c = round(mid 2^k); for k >= 1 only an odd c is new (an even one
+        reduces to the coin of a smaller k, with the same error), and a new coin joins if its
+        error is below the last one's: exactly the first best per reduced k, in order."""
+        md, qK, rK = self._md, self._q, self._r
+        while self._k <= self._kmax:
+            k = self._k
+            self._k = k + 1
+            s = _KMAX - k
+            q = qK >> s
+            e = (qK - (q << s)) * md + rK
+            up = (md << s) - e
+            if up < e or (up == e and q & 1):
+                q, e = q + 1, up
+            full = 1 << k
+            if q > full:  # pragma: no cover - mid <= 1
+                q, e = full, abs(full * md - (self._mn << k)) << s
+            if k and not q & 1:
+                continue
+            if not self.es or e < self.es[-1]:
+                self.ks.append(k)
+                self.cs.append(q)
+                self.es.append(e)
+                return True
+        return False
+
+    def has(self, j: int) -> bool:
+        """True if the frontier has a coin j (scanning as far as needed)."""
+        while len(self.ks) <= j:
+            if not self._more():
+                return False
+        return True
 
     def __len__(self) -> int:
+        while self._more():
+            pass
         return len(self.ks)
 
     def coin(self, j: int) -> Coin:
         return Coin(self.ks[j], self.cs[j], self.half + Fraction(self.es[j], self.scale))
 
     def coins(self) -> list[Coin]:
-        return [self.coin(j) for j in range(len(self.ks))]
+        return [self.coin(j) for j in range(len(self))]
 
 
 def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
@@ -183,7 +228,7 @@ def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
     and rounding down or up leaves e_down = (q mod 2^(KMAX-k)) den(mid) + r or
     den(mid) 2^(KMAX-k) - e_down. A job's noise plans are built by every party before any data
     moves, so this is on the critical path of every DP job: no rational arithmetic inside
-    the loop. The loop stops at the reduced k of the last coin, c_KMAX = c' 2^(KMAX-k'): for
+    the loop. The scan stops at the reduced k of the last coin, c_KMAX = c' 2^(KMAX-k'): for
     k > k', mid 2^k is within 1/4 of c' 2^(k-k'), the same coin again (biases within 2^-81 of
     0, 1/2 or 1 take one or two steps, not 81)."""
     mid = (lo + hi) / 2
@@ -194,32 +239,7 @@ def _frontier(lo: Fraction, hi: Fraction) -> _Frontier:
         kmax = 0
     else:
         kmax = _KMAX - ((last & -last).bit_length() - 1)
-    best: dict[int, tuple[int, int]] = {}  # reduced k -> (c, e), the first best per k
-    for k in range(kmax + 1):
-        s = _KMAX - k
-        q = qK >> s
-        e = (qK - (q << s)) * md + rK
-        up = (md << s) - e
-        if up < e or (up == e and q & 1):
-            q, e = q + 1, up
-        full = 1 << k
-        if q > full:  # pragma: no cover - mid <= 1
-            q, e = full, abs(full * md - (mn << k)) << s
-        if q == 0 or q == full:
-            kk, cc = 0, 1 if q else 0
-        else:
-            tz = (q & -q).bit_length() - 1
-            kk, cc = k - tz, q >> tz
-        if kk not in best or e < best[kk][1]:
-            best[kk] = (cc, e)
-    ks, cs, es = [], [], []
-    for kk in sorted(best):
-        cc, e = best[kk]
-        if not es or e < es[-1]:
-            ks.append(kk)
-            cs.append(cc)
-            es.append(e)
-    return _Frontier(tuple(ks), tuple(cs), tuple(es), (hi - lo) / 2, md << _KMAX)
+    return _Frontier(mn, md, (hi - lo) / 2, kmax)
 
 
 def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
@@ -247,7 +267,7 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     idx = [0] * len(frontiers)
     total = sum(err(i, 0) for i in range(len(frontiers)))
     cap = _to_fixed(budget, R, False) - (1 << (R - _DELTA_PREC))  # room for _error_sum's rounding
-    heap = [entry(i) for i, f in enumerate(frontiers) if len(f) > 1]
+    heap = [entry(i) for i, f in enumerate(frontiers) if f.has(1)]
     heapq.heapify(heap)
     while total > cap:
         if not heap:
@@ -257,7 +277,7 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
         j = idx[best]
         total += err(best, j + 1) - err(best, j)
         idx[best] = j + 1
-        if j + 2 < len(frontiers[best]):
+        if frontiers[best].has(j + 2):
             heapq.heappush(heap, entry(best))
     # give back precision that is not needed (cheapest first)
     improved = True
