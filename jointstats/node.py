@@ -374,13 +374,17 @@ class Node:
             plan = self._plan(spec)
             from .policy import check_job
             check_job(cfg, spec, plan)
-            if spec.privacy is not None:
-                rem_eps, rem_dlt = self.state.remaining(spec.dataset, cfg.policy.budget_epsilon,
-                                                        cfg.policy.budget_delta)
-                if spec.privacy.epsilon > rem_eps or spec.privacy.delta > rem_dlt:
+            if spec.privacy is not None and not cfg.compute_only:
+                # the job's exact charge against the lifetime rule, as the worker will reserve it
+                from ._accounting import JobCharge, lifetime_spend
+                charge = JobCharge.from_dict(plan.privacy["charge"])
+                usage = self.state.usage(spec.dataset, cfg.policy.budget_epsilon, cfg.policy.budget_delta)
+                if not lifetime_spend(usage.held.totals.add(charge), cfg.policy.budget_epsilon,
+                                      cfg.policy.budget_delta).fits:
                     raise BudgetError(f"party {cfg.party!r}: privacy budget of dataset "
                                       f"{spec.dataset!r} exceeded: remaining epsilon "
-                                      f"{float(rem_eps):g}, delta {float(rem_dlt):g}; the job asks "
+                                      f"{float(usage.held.remaining_epsilon):g}, delta "
+                                      f"{float(usage.held.remaining_delta):g}; the job asks "
                                       f"epsilon {float(spec.privacy.epsilon):g}, delta "
                                       f"{float(spec.privacy.delta):g}")
         except JointStatsError as exc:
@@ -453,33 +457,50 @@ class Node:
                            "NotFound")
         return job
 
-    def job_status(self, job_id: str) -> dict:
-        return self._job(job_id).public(self.config.party)
+    def _authenticate(self, headers: Any, text: str, nonce: str) -> str:
+        """The analyst whose fresh signature over ``text`` the request headers carry.
 
-    def job_result(self, job_id: str, headers: Any = None) -> dict:
-        """The revealed result; only for the job's analyst (signature over ``result:<id>``)."""
+        ``X-Jointstats-Analyst``, ``X-Jointstats-Timestamp`` and ``X-Jointstats-Signature``
+        (the analyst's Ed25519 signature, as for a submission, over ``text`` with ``nonce``
+        in the job-id slot); the analyst must be in this party's policy. Raises ApiError 401.
+        """
         from .keys import verify_submission
-        job = self._job(job_id)
         headers = headers or {}
         analyst, stamp, signature = (headers.get(f"X-Jointstats-{h}") for h in
                                      ("Analyst", "Timestamp", "Signature"))
         if not (analyst and stamp and signature):
-            raise ApiError(401, "a result is given only to its analyst: send X-Jointstats-Analyst, "
+            raise ApiError(401, "authentication required: send X-Jointstats-Analyst, "
                                 "X-Jointstats-Timestamp and X-Jointstats-Signature (over "
-                                "'result:<job id>')", "AuthError")
-        if analyst != job.analyst:
-            raise ApiError(403, f"job {job_id!r} was submitted by {job.analyst!r}, not "
-                                f"{analyst!r}", "AuthError")
+                                f"{text.split(':')[0] + ':...' if ':' in text else text!r})", "AuthError")
         pub = self.config.policy.analyst_key(analyst)
         if pub is None:
-            raise ApiError(401, f"analyst {analyst!r} is no longer listed", "AuthError")
+            raise ApiError(401, f"analyst {analyst[:64]!r} is not listed by party "
+                                f"{self.config.party!r}", "AuthError")
         try:
-            verify_submission(pub, f"result:{job_id}", job_id, int(stamp), analyst, signature,
+            verify_submission(pub, text, nonce, int(stamp), analyst, signature,
                               now=int(time.time()), max_skew=MAX_SKEW)
         except ValueError:
-            raise ApiError(400, "X-Jointstats-Timestamp must be an integer") from None
+            raise ApiError(400, "X-Jointstats-Timestamp must be an integer", "SpecError") from None
         except AuthError as exc:
             raise _api_error(exc) from None
+        return analyst
+
+    def _job_for(self, job_id: str, analyst: str) -> NodeJob:
+        """The job, if ``analyst`` submitted it (403 otherwise, without saying more)."""
+        job = self._job(job_id)
+        if analyst != job.analyst:
+            raise ApiError(403, f"job {job_id!r} was not submitted by {analyst!r}", "AuthError")
+        return job
+
+    def job_status(self, job_id: str, headers: Any = None) -> dict:
+        """A job's status; only for its analyst (signature over ``GET /jobs/<id>``)."""
+        analyst = self._authenticate(headers, f"GET /jobs/{job_id}", job_id)
+        return self._job_for(job_id, analyst).public(self.config.party)
+
+    def job_result(self, job_id: str, headers: Any = None) -> dict:
+        """The revealed result; only for the job's analyst (signature over ``result:<id>``)."""
+        analyst = self._authenticate(headers, f"result:{job_id}", job_id)
+        job = self._job_for(job_id, analyst)
         if job.status != "done":
             msg = (f"job {job_id!r} is {job.status}" + (f": {job.error}" if job.error else ""))
             raise ApiError(409, msg, "NotReady" if job.status in ("queued", "running")
@@ -495,12 +516,14 @@ class Node:
         pol = cfg.policy
         datasets = {}
         for name, _source in cfg.datasets:
-            s_eps, s_dlt = self.state.spent(name)
-            r_eps, r_dlt = self.state.reserved(name)
-            rem_eps, rem_dlt = self.state.remaining(name, pol.budget_epsilon, pol.budget_delta)
-            datasets[name] = {"spent": {"epsilon": float(s_eps), "delta": float(s_dlt)},
-                              "reserved": {"epsilon": float(r_eps), "delta": float(r_dlt)},
-                              "remaining": {"epsilon": float(rem_eps), "delta": float(rem_dlt)}}
+            use = self.state.usage(name, pol.budget_epsilon, pol.budget_delta)
+            spent, held = use.spent_rule, use.held
+            datasets[name] = {"spent": {"epsilon": float(spent.epsilon or 0), "delta": float(spent.delta),
+                                        "rho": float(use.spent.rho), "jobs": use.spent.jobs},
+                              "reserved": {"epsilon": float(use.reserved.pure_epsilon),
+                                           "rho": float(use.reserved.rho), "jobs": use.reserved.jobs},
+                              "remaining": {"epsilon": float(held.remaining_epsilon),
+                                            "delta": float(held.remaining_delta)}}
         return {"party": cfg.party, "parties": self.names, "policy": pol.public(),
                 "datasets": datasets}
 
@@ -757,7 +780,12 @@ def openapi(node: Node | None = None) -> dict:
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": "#/components/schemas/Submission"}}}},
                 "responses": {"202": {**job, "description": "queued"}, "400": err, "401": err,
-                              "403": err, "409": err}}},
+                              "403": err, "409": err,
+                              "411": {**err, "description": "a Transfer-Encoding instead of a "
+                                                           "Content-Length"},
+                              "413": {**err, "description": f"body over {MAX_BODY} bytes"},
+                              "503": {**err, "description": "too many connections (from this "
+                                                            "client address); try again"}}}},
             "/jobs/{job_id}": {"get": {"summary": "Status of a job", "parameters": [jid],
                                        "responses": {"200": job, "404": err}}},
             "/jobs/{job_id}/result": {"get": {
@@ -918,8 +946,10 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET" and path == "/health":
                 return self._send(200, node.health())
             if method == "GET" and path == "/policy":
+                node._authenticate(self.headers, "GET /policy", "policy")
                 return self._send(200, node.policy())
             if method == "GET" and path == "/openapi.json":
+                node._authenticate(self.headers, "GET /openapi.json", "openapi.json")
                 return self._send(200, openapi(node))
             if method == "POST" and path == "/jobs":
                 return self._send(202, node.submit(self._body()))
@@ -927,7 +957,7 @@ class _Handler(BaseHTTPRequestHandler):
             if m:
                 job_id, tail = m.group(1), m.group(2)
                 if method == "GET" and tail is None:
-                    return self._send(200, node.job_status(job_id))
+                    return self._send(200, node.job_status(job_id, self.headers))
                 if method == "GET" and tail == "/result":
                     return self._send(200, node.job_result(job_id, self.headers))
                 if method == "POST" and tail == "/cancel":

@@ -21,7 +21,7 @@ from jointstats import spec as spec_module
 from jointstats.keys import make_analyst_key, sign_submission
 from jointstats.node import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
-from tests.unit.test_node_api import SPEC, body, call, node  # noqa: F401 - node is a fixture
+from tests.unit.test_node_api import SPEC, body, call, get, node  # noqa: F401 - node is a fixture
 
 HEAD = """name: t
 dataset: cohort
@@ -349,7 +349,7 @@ def test_job_id_with_a_trailing_newline_is_refused(node):  # noqa: F811
         code, payload = call(node, "POST", "/jobs", body(node, job_id=bad))
         assert code == 400, bad
     assert call(node, "POST", "/jobs", body(node, job_id="job-1"))[0] == 202
-    assert call(node, "GET", "/jobs/job-1%0A")[0] == 404
+    assert get(node, "/jobs/job-1%0A")[0] == 404
 
 
 def test_lone_surrogates_and_huge_fields_are_400(node):  # noqa: F811
@@ -525,7 +525,7 @@ def test_unknown_methods_and_garbage_request_lines_are_not_5xx(node):  # noqa: F
 def test_uuid_job_ids_still_accepted(node):  # noqa: F811
     job_id = str(uuid.uuid4())
     assert call(node, "POST", "/jobs", body(node, job_id=job_id))[0] == 202
-    assert call(node, "GET", f"/jobs/{job_id}")[1]["status"] == "queued"
+    assert get(node, f"/jobs/{job_id}")[1]["status"] == "queued"
 
 
 def test_sign_submission_still_covers_a_spec_at_the_size_limit(node):  # noqa: F811
@@ -535,3 +535,22 @@ def test_sign_submission_still_covers_a_spec_at_the_size_limit(node):  # noqa: F
     b = {"spec": spec, "job_id": "big-1", "timestamp": ts, "analyst": "alice",
          "signature": sign_submission(node.keys / "alice.key", spec, "big-1", ts, "alice")}
     assert call(node, "POST", "/jobs", b)[0] == 202
+
+
+def test_100k_levels_and_duplicate_statistics_submitted_to_a_node(logged_node):
+    """Through the API as an analyst would: 100,000 levels took over 60 s of the node's CPU;
+    a duplicate statistic name ran silently with only one of the two."""
+    levels = ", ".join(f"l{i}" for i in range(100_000))
+    spec = HEAD + f"  big: {{type: categorical, levels: [{levels}]}}\nstatistics: {{n: {{kind: count}}}}\n"
+    started = time.monotonic()
+    code, payload = call(logged_node, "POST", "/jobs", body(logged_node, spec=spec, job_id="levels"))
+    assert time.monotonic() - started < 5
+    assert code == 400 and payload["error"].startswith("spec: larger than the limit of 524288 characters")
+    levels = ", ".join(str(i) for i in range(10_001))
+    spec = HEAD + f"  big: {{type: categorical, levels: [{levels}]}}\nstatistics: {{n: {{kind: count}}}}\n"
+    code, payload = call(logged_node, "POST", "/jobs", body(logged_node, spec=spec, job_id="levels-2"))
+    assert code == 400 and payload["error"] == "schema.big.levels: 10001 levels, above the limit of 10000"
+    spec = HEAD + "statistics:\n  n: {kind: count}\n  n: {kind: mean, column: age}\n"
+    code, payload = call(logged_node, "POST", "/jobs", body(logged_node, spec=spec, job_id="dup"))
+    assert code == 400 and payload == {"error": "line 9: duplicate key 'n'", "kind": "SpecError"}
+    assert call(logged_node, "GET", "/health")[1]["queued"] == 0
