@@ -40,7 +40,11 @@ class _Unreachable(JointStatsError):
 class NodeClient:
     """A thin JSON client for one node's API."""
 
-    def __init__(self, url: str, ca: str | Path | None = None, timeout: float = REQUEST_TIMEOUT):
+    def __init__(self, url: str, ca: str | Path | None = None, timeout: float = REQUEST_TIMEOUT,
+                 signer: tuple[str | Path, str] | None = None):
+        """``signer``: (analyst key file, analyst name): GET requests other than ``/health``
+        are then signed (the node answers them only to a listed analyst)."""
+        self.signer = signer
         url = url.strip().rstrip("/")
         if "://" not in url:
             url = "http://" + url
@@ -64,6 +68,9 @@ class NodeClient:
                 headers: dict | None = None) -> tuple[int, Any]:
         """(HTTP status, decoded JSON); _Unreachable if the node does not answer."""
         data = None if body is None else json.dumps(body).encode()
+        if method == "GET" and self.signer and headers is None and path != "/health":
+            headers = signed_headers(self.signer[0], f"GET {path}", path.rsplit("/", 1)[-1]
+                                     if path.startswith("/jobs/") else path.strip("/"), self.signer[1])
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json",
                                               "Accept": "application/json", **(headers or {})})
@@ -106,12 +113,17 @@ def _sign(key_path, text: str, job_id: str, analyst: str) -> tuple[int, str]:
     return ts, sign_submission(key_path, text, job_id, ts, analyst)
 
 
+def signed_headers(key_path, text: str, nonce: str, analyst: str) -> dict[str, str]:
+    """The headers that authenticate a read: the analyst's fresh signature over ``text``."""
+    ts, sig = _sign(key_path, text, nonce, analyst)
+    return {"X-Jointstats-Analyst": analyst, "X-Jointstats-Timestamp": str(ts),
+            "X-Jointstats-Signature": sig}
+
+
 def fetch_result(node: NodeClient, job_id: str, key_path, analyst: str) -> dict:
     """A finished job's result from one node (signed: results go only to their analyst)."""
-    ts, sig = _sign(key_path, f"result:{job_id}", job_id, analyst)
-    return node.get(f"/jobs/{job_id}/result", headers={
-        "X-Jointstats-Analyst": analyst, "X-Jointstats-Timestamp": str(ts),
-        "X-Jointstats-Signature": sig})
+    return node.get(f"/jobs/{job_id}/result",
+                    headers=signed_headers(key_path, f"result:{job_id}", job_id, analyst))
 
 
 def _cancel(nodes: list[NodeClient], job_id: str, key_path, analyst: str) -> None:
@@ -173,7 +185,7 @@ def submit(spec_path: str | Path, nodes: list[str], key_path: str | Path,
     analyst = analyst or key_path.stem
     if not nodes:
         raise ConfigError("no nodes given: pass every party's node URL")
-    clients = [NodeClient(u, ca) for u in nodes]
+    clients = [NodeClient(u, ca, signer=(key_path, analyst)) for u in nodes]
     if progress is None:
         progress = sys.stderr.isatty()
 

@@ -209,11 +209,12 @@ class Cluster:
                 proc.kill()
                 proc.wait(timeout=10)
 
-    def client(self, i: int) -> NodeClient:
-        return NodeClient(self.urls[i], ca=self.ca, timeout=5)
+    def client(self, i: int, analyst: str = "alice") -> NodeClient:
+        return NodeClient(self.urls[i], ca=self.ca, timeout=5,
+                          signer=(self.root / "analysts" / f"{analyst}.key", analyst))
 
-    def status(self, i: int, job_id: str) -> dict:
-        return self.client(i).get(f"/jobs/{job_id}")
+    def status(self, i: int, job_id: str, analyst: str = "alice") -> dict:
+        return self.client(i, analyst).get(f"/jobs/{job_id}")
 
     def trigger(self, i: int, hook: str) -> None:
         (self.hooks[i] / hook).write_text("")
@@ -424,10 +425,10 @@ def test_two_analysts_submitting_at_once(cluster):
         t.join(timeout=150)
     assert not errors, "\n".join(errors) + cluster.logs()
     assert len(results) == 4 and time.monotonic() - started < 120
-    ids = {r.job_id for r in results.values()}
+    ids = {r.job_id: analyst for (analyst, _), r in results.items()}
     orders = []
     for i in range(3):
-        jobs = [cluster.status(i, j) for j in ids]
+        jobs = [cluster.status(i, j, analyst) for j, analyst in ids.items()]
         assert all(j["status"] == "done" for j in jobs)
         orders.append([j["job_id"] for j in sorted(jobs, key=lambda j: j["order"])])
     assert orders[0] == orders[1] == orders[2], orders

@@ -71,6 +71,19 @@ def result_headers(node, analyst="alice", job_id="job-1", key=None, ts=None):
             "X-Jointstats-Signature": sig}
 
 
+def read_headers(node, path, analyst="alice", key=None, ts=None):
+    """Signed headers for an authenticated read of ``path`` (every route but /health)."""
+    ts = int(time.time()) if ts is None else ts
+    nonce = path.rsplit("/", 1)[-1] if path.startswith("/jobs/") else path.strip("/")
+    sig = sign_submission(node.keys / f"{key or analyst}.key", f"GET {path}", nonce, ts, analyst)
+    return {"X-Jointstats-Analyst": analyst, "X-Jointstats-Timestamp": str(ts),
+            "X-Jointstats-Signature": sig}
+
+
+def get(node, path, **kw):
+    return call(node, "GET", path, headers=read_headers(node, path, **kw))
+
+
 def refusals(node):
     return [r["fields"] for r in node.state.audit_records() if r["event"] == "refusal"]
 
@@ -79,12 +92,17 @@ def test_health_policy_openapi(node):
     status, h = call(node, "GET", "/health")
     assert status == 200 and h["ok"] and h["party"] == "party_a" and h["index"] == 0
     assert h["parties"] == ["party_a", "party_b", "party_c"] and h["queued"] == 0
-    status, p = call(node, "GET", "/policy")
+    for path in ("/policy", "/openapi.json", "/jobs/job-1"):  # only /health is public
+        status, p = call(node, "GET", path)
+        assert status == 401 and p["kind"] == "AuthError" and "authentication required" in p["error"]
+        assert get(node, path, key="bob")[0] == 401  # signed with another analyst's key
+    assert call(node, "GET", "/policy", headers=read_headers(node, "/openapi.json"))[0] == 401
+    status, p = get(node, "/policy")
     assert status == 200 and p["party"] == "party_a"
     assert p["policy"]["analysts"] == ["alice", "bob"] and p["policy"]["allow_exact"] is True
     assert p["datasets"]["cohort"]["remaining"]["epsilon"] == 100.0
     assert "source" not in json.dumps(p)  # where the data lives is not published
-    status, doc = call(node, "GET", "/openapi.json")
+    status, doc = get(node, "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
     for path in ("/jobs", "/jobs/{job_id}", "/jobs/{job_id}/result", "/policy", "/health"):
         assert path in doc["paths"]
@@ -97,21 +115,25 @@ def test_accepted_submission_is_queued_and_audited(node):
     status, job = call(node, "POST", "/jobs", body(node))
     assert status == 202, job
     assert job["status"] == "queued" and job["analyst"] == "alice" and job["mode"] == "exact"
-    status, again = call(node, "GET", "/jobs/job-1")
+    status, again = get(node, "/jobs/job-1")
     assert status == 200 and again["status"] == "queued"
+    # a job's status goes only to its analyst
+    assert call(node, "GET", "/jobs/job-1")[0] == 401
+    status, other = get(node, "/jobs/job-1", analyst="bob")
+    assert status == 403 and "not submitted by 'bob'" in other["error"]
     status, res = call(node, "GET", "/jobs/job-1/result", headers=result_headers(node))
     assert status == 409 and "queued" in res["error"]
     # results go only to the job's analyst, with a fresh signature
     status, res = call(node, "GET", "/jobs/job-1/result")
-    assert status == 401 and "only to its analyst" in res["error"]
+    assert status == 401 and "authentication required" in res["error"]
     status, res = call(node, "GET", "/jobs/job-1/result", headers=result_headers(node, "bob"))
-    assert status == 403 and "submitted by 'alice'" in res["error"]
+    assert status == 403 and "not submitted by 'bob'" in res["error"]
     status, res = call(node, "GET", "/jobs/job-1/result", headers=result_headers(node, key="bob"))
     assert status == 401 and "invalid signature" in res["error"]
     status, res = call(node, "GET", "/jobs/job-1/result",
                        headers=result_headers(node, ts=int(time.time()) - 400))
     assert status == 401 and "stale" in res["error"]
-    assert call(node, "GET", "/jobs/unknown")[0] == 404
+    assert get(node, "/jobs/unknown")[0] == 404
     subs = [r["fields"] for r in node.state.audit_records() if r["event"] == "submission"]
     assert subs[-1]["job_id"] == "job-1" and subs[-1]["analyst"] == "alice"
     assert subs[-1]["spec_sha256"] == job["spec_sha256"]
@@ -140,7 +162,7 @@ def test_refused_submissions_are_audited(node, case, status, match, reason):
     assert payload["kind"] == "AuthError"
     last = refusals(node)[-1]
     assert last["reason"] == reason and last["job_id"] == "job-1"
-    assert call(node, "GET", "/jobs/job-1")[0] == 404  # nothing queued
+    assert get(node, "/jobs/job-1")[0] == 404  # nothing queued
     # a refused (unauthenticated) submission does not use up the job id
     assert call(node, "POST", "/jobs", body(node))[0] == 202
 
