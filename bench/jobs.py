@@ -171,8 +171,17 @@ def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool
     ``patch`` tries proposed engine changes (see bench/_probe.py); ``secure_repeats`` runs each
     exact secure step that many times inside the job (``secure_repeat_seconds`` per party);
     ``launch`` is ``fork`` or ``exec`` (JOINTSTATS_LAUNCH) for this job; ``peers_of``: see
-    ``write_configs`` (the caller relaxes the runner's same-list check, bench/netem.py).
+    ``write_configs`` (the caller relaxes the runner's same-list check, bench/netem.py). With
+    ``JOINTSTATS_BENCH_NETEM`` set (``rtt=50,mbit=100``) and no ``peers_of``, the job runs
+    through emulated links of those settings and its result carries ``net`` (rounds, bytes).
     """
+    if peers_of is None and os.environ.get("JOINTSTATS_BENCH_NETEM"):
+        from . import netem  # every job over emulated links (bench/netem.py)
+        with netem.LinkEmulator.from_spec(os.environ[netem.ENV]) as net, netem.per_party_addresses():
+            out = run_job(spec_text, files, tls=tls, probe=probe, profile=profile, keep=keep, patch=patch,
+                          secure_repeats=secure_repeats, launch=launch, peers_of=net.peer_lists)
+            out["net"] = net.stats()
+            return out
     from jointstats import runner
     from jointstats.spec import parse_spec
     root = Path(tempfile.mkdtemp(prefix="jsbench-"))

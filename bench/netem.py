@@ -42,7 +42,9 @@ reported by ``bench/wan.py``.
 
 Loopback only: every listener and every connection of this module is on 127.0.0.1.
 
-Usage (see ``bench/wan.py`` and ``tests/multiparty/test_link_cut.py``)::
+Every benchmark of the harness runs over emulated links with ``JOINTSTATS_BENCH_NETEM=rtt=50,mbit=100``
+(``python -m bench ...``: each job of ours through its own emulator; the baselines' programs
+are not routed). Usage (see ``bench/wan.py`` and ``tests/multiparty/test_link_cut.py``)::
 
     with LinkEmulator(rtt=0.05, mbit=100) as net:
         configs = write_configs(root, files, peers_of=net.peer_lists)   # bench.jobs
@@ -67,6 +69,9 @@ HOST = "127.0.0.1"
 SEGMENT = 1448  # bytes of payload per TCP segment (MSS on a 1500-byte MTU)
 MIN_RTO = 0.2  # Linux's minimum retransmission timeout
 DEFAULT_BUFFER = 4 << 20
+#: ``rtt=50,mbit=100`` (RTT in ms; also ``loss``, ``buffer``): every job the harness runs
+#: (bench/jobs.py ``run_job``) goes through emulated links with these settings.
+ENV = "JOINTSTATS_BENCH_NETEM"
 CONNECT_PATIENCE = 60.0  # seconds a proxy retries a party that does not listen yet
 
 
@@ -328,6 +333,23 @@ class LinkEmulator:
         self.triggers: list[dict] = []
         self.max_events = max_events
         self.reset_counts()
+
+    @classmethod
+    def from_spec(cls, text: str) -> "LinkEmulator":
+        """An emulator from ``rtt=MS,mbit=M,loss=P,buffer=BYTES`` (any subset; RTT in ms),
+        the format of ``JOINTSTATS_BENCH_NETEM``."""
+        kw: dict = {}
+        for item in filter(None, (x.strip() for x in text.split(","))):
+            key, _, value = item.partition("=")
+            if key == "rtt":
+                kw["rtt"] = float(value) / 1000.0
+            elif key in ("mbit", "loss"):
+                kw[key] = float(value)
+            elif key == "buffer":
+                kw["buffer"] = int(value)
+            else:
+                raise ValueError(f"{ENV}: unknown setting {key!r} (rtt, mbit, loss, buffer)")
+        return cls(**kw)
 
     # ------------------------------------------------------------------ set-up
 

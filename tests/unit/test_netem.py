@@ -189,3 +189,11 @@ def test_orderly_close_delivers_what_was_sent_before_it():
     finally:
         srv.close()
     assert got == [b"last words"]
+
+
+def test_settings_from_the_environment_format():
+    net = netem.LinkEmulator.from_spec("rtt=50, mbit=100,loss=0.001,buffer=65536")
+    assert net.default == netem.Link(delay=0.025, mbit=100.0, loss=0.001, buffer=65536)
+    assert netem.LinkEmulator.from_spec("").default == netem.Link()
+    with pytest.raises(ValueError, match="unknown setting 'latency'"):
+        netem.LinkEmulator.from_spec("latency=5")
