@@ -281,8 +281,6 @@ class SqlSource(Source):
             k = kinds[c.name]
             if k == "other" and c.type == "categorical":
                 return None
-            if k == "text" and c.type != "categorical" and self.dialect.name == "spark":
-                return None
         probs = _Problems()
         codes = {}
         for c in cols:
@@ -326,9 +324,9 @@ class SqlSource(Source):
                 flags.append(("non_numeric", c.name, f"_js_bad{i}"))
                 valid = "FALSE"
             if c.type == "integer" and kind in ("num", "text"):
-                nonint = f"({valid} AND {x} <> trunc({x}))"
+                nonint = f"({valid} AND {x} <> {d.rint(x)})"
                 flags.append(("non_integral", c.name, nonint))
-                valid = f"({valid} AND {x} = trunc({x}))"
+                valid = f"({valid} AND {x} = {d.rint(x)})"
             v = f"CASE WHEN {valid} THEN {x} END"
             if c.bounds is not None:
                 lo, hi = d.flt(c.bounds[0]), d.flt(c.bounds[1])
