@@ -881,6 +881,10 @@ def open_sql_source(source: str, base_dir: Path, options: dict | None = None) ->
     if unknown:
         raise ConfigError(f"data source {redact(source)!r}: unknown dataset field "
                           f"{', '.join(sorted(unknown))}; expected {', '.join(_OPTION_KEYS)}")
+    if source.startswith("sqlite:"):
+        if options.get("query") is not None:
+            raise ConfigError(f"data source {source!r}: query: is for postgresql://, duckdb: and spark: sources")
+        return None
     if re.match(r"^postgres(ql)?://", source):
         return _postgres(source, base_dir, options)
     if source.startswith("duckdb:"):
