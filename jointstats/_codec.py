@@ -16,7 +16,8 @@ Formats (all integers little-endian):
 - short texts: a 2-byte length, then UTF-8 (at most ``MAX_TEXT`` bytes);
 - control records (the job's status exchange and the nodes' rendezvous): a kind byte, then
   fixed fields, strings and a bounded queue of (timestamp, job id, analyst, spec hash);
-- notices (an honest party telling the others why it stops): a short printable text.
+- notices (an honest party telling the others which party sent it a malformed message):
+  that party's index.
 
 Every length prefix is bounded, and so is any message (``MAX_MESSAGE``). This module
 imports no MPyC, so the codec can be tested (and fuzzed) on its own.
@@ -35,11 +36,13 @@ from .errors import JointStatsError
 __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width",
            "encode_field_values", "decode_field_values", "encode_array", "decode_array",
            "encode_int", "decode_int", "encode_ints", "decode_ints", "encode_text", "decode_text",
-           "encode_record", "decode_record", "encode_notice", "decode_notice",
+           "encode_record", "decode_record", "refusal_line", "encode_notice", "decode_notice",
            "INT", "INTS", "TEXT", "RECORD", "codec_for", "RENDEZVOUS_TYPE"]
 
 #: Largest message any party accepts (bytes); a frame announcing more is malformed.
 MAX_MESSAGE = 1 << 30
+#: Most bytes of messages from one peer held unread (received before a step asks for them).
+MAX_UNREAD = 1 << 31
 #: Largest text (bytes of UTF-8) in a message: names, ids, refusal reasons.
 MAX_TEXT = 4096
 #: Most queue entries in one rendezvous record.
@@ -178,7 +181,8 @@ def decode_array(data, dtype, shape: Sequence[int]) -> np.ndarray:
         raise ValueError(f"bad shape {shape}")
     size = math.prod(shape) * dt.itemsize
     _exact(view, size, f"a {dt.name} array of shape {shape}")
-    return np.frombuffer(view, dtype=dt).astype(np.dtype(dtype).newbyteorder("="), copy=True).reshape(shape)
+    # read-only, without a copy, where the machine is little-endian
+    return np.frombuffer(view, dtype=dt).astype(np.dtype(dtype).newbyteorder("="), copy=False).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- integers, texts
@@ -260,6 +264,14 @@ class _Reader:
             return bytes(self.take(n, what)).decode("utf-8")
         except UnicodeDecodeError:
             raise _fail(f"{what} is not UTF-8") from None
+
+    def line(self, what: str, limit: int = MAX_TEXT) -> str:
+        """A text made one printable line (a peer's text may end up in errors and logs)."""
+        return _printable(self.text(what, limit))
+
+    def optional_line(self, what: str, limit: int = MAX_TEXT) -> str | None:
+        text = self.optional_text(what, limit)
+        return None if text is None else _printable(text)
 
     def optional_text(self, what: str, limit: int = MAX_TEXT) -> str | None:
         flag = self.take(1, what)[0]
@@ -350,29 +362,30 @@ def encode_record(record: dict) -> bytes:
 def decode_record(data) -> dict:
     """A status or rendezvous record (as ``encode_record`` takes them); CodecError otherwise.
 
-    A rendezvous record decodes with ``job`` and ``plan`` None and ``min_count_floor`` 0, so
+    Its texts come back as single printable lines (control characters replaced by '?'), a
+    refusal cut to REFUSAL_LIMIT characters. A rendezvous record decodes with ``job`` and ``plan`` None and ``min_count_floor`` 0, so
     a worker that meets one by mistake sees its refusal and stops."""
     reader = _Reader(_check_size(data))
     kind = reader.take(1, "the record kind")[0]
     if kind == _STATUS:
-        record = {"party": reader.text("party", NAME_LIMIT),
-                  "plan": reader.optional_text("plan", ID_LIMIT),
-                  "job": reader.optional_text("job", ID_LIMIT),
-                  "refusal": reader.optional_text("refusal"),
+        record = {"party": reader.line("party", NAME_LIMIT),
+                  "plan": reader.optional_line("plan", ID_LIMIT),
+                  "job": reader.optional_line("job", ID_LIMIT),
+                  "refusal": _short(reader.optional_line("refusal")),
                   "min_count_floor": reader.int64("min_count_floor")}
         if record["min_count_floor"] < 0:
             raise _fail("min_count_floor is negative")
     elif kind == _RENDEZVOUS:
-        record = {"type": RENDEZVOUS_TYPE, "party": reader.text("party", NAME_LIMIT),
-                  "refusal": reader.optional_text("refusal"), "job": None, "plan": None,
+        record = {"type": RENDEZVOUS_TYPE, "party": reader.line("party", NAME_LIMIT),
+                  "refusal": _short(reader.optional_line("refusal")), "job": None, "plan": None,
                   "min_count_floor": 0}
         n = _U32.unpack(reader.take(4, "queue length"))[0]
         if n > MAX_QUEUE:
             raise _fail(f"a queue of {n} jobs, over the limit of {MAX_QUEUE}")
         queue = []
         for _ in range(n):
-            queue.append([reader.int64("timestamp"), reader.text("job id", ID_LIMIT),
-                          reader.text("analyst", NAME_LIMIT), reader.text("spec hash", ID_LIMIT)])
+            queue.append([reader.int64("timestamp"), reader.line("job id", ID_LIMIT),
+                          reader.line("analyst", NAME_LIMIT), reader.line("spec hash", ID_LIMIT)])
         record["queue"] = queue
     else:
         raise _fail(f"unknown record kind {kind}")
@@ -380,24 +393,43 @@ def decode_record(data) -> dict:
     return record
 
 
-# ----------------------------------------------------------------------------- notices
-
-#: Longest notice text kept (characters).
-NOTICE_LIMIT = 400
-
-
-def encode_notice(text: str) -> bytes:
-    """Why an honest party stops (sent to the others before it drops its connections)."""
-    return encode_text(_printable(text)[:NOTICE_LIMIT])
-
-
-def decode_notice(data) -> str:
-    """A notice's text, made printable and at most NOTICE_LIMIT characters."""
-    return _printable(decode_text(data))[:NOTICE_LIMIT]
+#: Longest refusal kept from a peer's record (characters): it becomes an error line.
+REFUSAL_LIMIT = 300
 
 
 def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
+    """``text`` with every non-printable character (newlines, escapes) replaced by '?'."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _short(text: str | None) -> str | None:
+    if text is None or len(text) <= REFUSAL_LIMIT:
+        return text
+    return text[:REFUSAL_LIMIT - 3] + "..."
+
+
+def refusal_line(sender: str, refusal: str) -> str:
+    """The one-line error for a refusal received from party ``sender`` (named by its index):
+    the sender's own text if it names the sender first, else that text after its name."""
+    head = f"party {sender!r}"
+    line = refusal if refusal.startswith(head + " ") else f"{head} refused: {refusal}"
+    return _printable(line)[:REFUSAL_LIMIT]
+
+
+# ----------------------------------------------------------------------------- notices
+
+def encode_notice(culprit: int) -> bytes:
+    """An honest party telling the others that party ``culprit`` (an MPC index) sent it a
+    malformed message: only the index travels, so a notice cannot carry forged text."""
+    return encode_int(culprit)
+
+
+def decode_notice(data, parties: int) -> int:
+    """The index named by a notice, one of ``parties`` indices; CodecError otherwise."""
+    culprit = decode_int(data)
+    if not 0 <= culprit < parties:
+        raise _fail(f"a notice names index {culprit}, not one of {parties} parties")
+    return culprit
 
 
 # ----------------------------------------------------------------------------- transfer codecs

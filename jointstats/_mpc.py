@@ -189,6 +189,8 @@ class _Exchanger(_asyncoro.MessageExchanger):
         rt = self.runtime
         self.identity = None
         self.dropped = False
+        self.decoders = {}  # program counter -> decoder of a typed receive still waiting
+        self.unread = 0  # bytes of messages held in self.buffers that no step has asked for
         if rt.verify_peer is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             cert = ssl_object.getpeercert(binary_form=True) if ssl_object else None
@@ -202,7 +204,7 @@ class _Exchanger(_asyncoro.MessageExchanger):
         try:
             rt.verify_peer(self.identity, pid)
         except AuthError as exc:
-            rt.report_failure(pid, str(exc))
+            rt.report_failure(getattr(exc, "culprit", pid), str(exc))
             transport.close()
             return False
         return True
@@ -254,10 +256,20 @@ class _Exchanger(_asyncoro.MessageExchanger):
                 self._notice(payload)
                 return
             held = self.buffers.get(pc)
+            if not isinstance(held, asyncio.Future):
+                self.unread += size
+                if self.unread > _codec.MAX_UNREAD:
+                    self._malformed(f"over {_codec.MAX_UNREAD} bytes of messages no step has read")
+                    return
             if held is None:
                 self.buffers[pc] = payload
             elif isinstance(held, asyncio.Future):
                 del self.buffers[pc]
+                decode = self.decoders.pop(pc, None)
+                if decode is not None:  # a typed receive: the future gets the decoded value
+                    payload = self.runtime._decode(self.peer_pid, decode, payload)
+                    if payload is _MALFORMED:
+                        return
                 if not held.done():
                     held.set_result(payload)
             elif isinstance(held, list):
@@ -273,20 +285,22 @@ class _Exchanger(_asyncoro.MessageExchanger):
         if held is None:
             held = self.buffers[pc] = self.runtime._loop.create_future()
         elif isinstance(held, list):
-            first = held.pop(0)
-            self.buffers[pc] = held if len(held) > 1 else held[0]
-            return first
+            held, rest = held[0], held[1:]
+            self.buffers[pc] = rest if len(rest) > 1 else rest[0]
+        if not isinstance(held, asyncio.Future):
+            self.unread -= len(held)
         return held
 
     def _notice(self, payload: bytes) -> None:
-        """A peer says why it stops: the job fails with its reason, relayed and named."""
+        """A peer says which party sent it a malformed message: the job fails, naming both."""
         rt = self.runtime
         try:
-            text = _codec.decode_notice(payload)
+            culprit = _codec.decode_notice(payload, len(rt.parties))
         except _codec.CodecError as exc:
             self._malformed(f"a malformed notice ({exc})")
             return
-        rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} stopped the job: {text}")
+        rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} stopped the job: "
+                                         f"party {rt.name_of(culprit)!r} sent it a malformed message")
 
     def connection_lost(self, exc):
         rt = self.runtime
@@ -374,20 +388,16 @@ class JointRuntime(Runtime):
         A message that does not decode drops the peer (:meth:`drop_peer`); its future then
         never completes, and every guarded wait fails naming the peer (an exception inside
         an MPyC coroutine would stop the event loop instead)."""
-        raw = self._receive_message(peer_pid)
-        if not isinstance(raw, asyncio.Future):
-            value = self._decode(peer_pid, decode, raw)
-            return self._loop.create_future() if value is _MALFORMED else value
-        out = self._loop.create_future()
-
-        def arrived(fut):
-            if fut.cancelled() or out.done():
-                return
-            value = self._decode(peer_pid, decode, fut.result())
-            if value is not _MALFORMED:
-                out.set_result(value)
-        raw.add_done_callback(arrived)
-        return out
+        protocol = self.parties[peer_pid].protocol
+        if protocol is None:  # lost: the loss is reported, this never arrives
+            return self._loop.create_future()
+        pc = self._program_counter[0]
+        raw = protocol.receive(pc)
+        if isinstance(raw, asyncio.Future):
+            protocol.decoders[pc] = decode  # decoded as it arrives (_Exchanger.data_received)
+            return raw
+        value = self._decode(peer_pid, decode, raw)
+        return self._loop.create_future() if value is _MALFORMED else value
 
     def _decode(self, peer_pid: int, decode: Callable, data):
         try:
@@ -405,7 +415,7 @@ class JointRuntime(Runtime):
         reason = f"party {self.name_of(peer_pid)!r} sent a malformed message ({why}); dropped"
         if not self.failed.done():
             self.report_failure(peer_pid, reason)
-            notice = _codec.encode_notice(reason)
+            notice = _codec.encode_notice(peer_pid)
             self._notified = []
             for peer in self.parties:
                 proto = peer.protocol

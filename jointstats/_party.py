@@ -182,15 +182,16 @@ class PartyJob:
                       "refusal": refusal, "min_count_floor": cfg.policy.min_count}
             statuses = await rt.guard(rt.transfer(status, codec=_codec.RECORD), LOCAL_STEP_TIMEOUT,
                                       "the local step")
-            for st in statuses:
+            # each status is named by its sender's index in mpc.parties, never by what it claims
+            for name, st in zip(names, statuses):
                 if st["refusal"]:
-                    raise PartyError(st["refusal"])
-            for st in statuses:
+                    raise PartyError(_codec.refusal_line(name, st["refusal"]))
+            for name, st in zip(names, statuses):
                 if st["job"] != self.job_id:
-                    raise PlanMismatchError(f"party {st['party']!r} is running job {st['job']!r}, "
+                    raise PlanMismatchError(f"party {name!r} is running job {st['job']!r}, "
                                             f"not {self.job_id!r}")
                 if st["plan"] != plan.sha256:
-                    raise PlanMismatchError(f"party {st['party']!r} holds a different plan "
+                    raise PlanMismatchError(f"party {name!r} holds a different plan "
                                             f"({st['plan'][:12]} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]

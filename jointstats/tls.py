@@ -58,6 +58,16 @@ def _handshake_reason(exc: BaseException) -> str:
     return text
 
 
+def _holder(cert_der: bytes | None, names: list[str], me: int) -> int | None:
+    """The index of the other party this (CA-verified) certificate is bound to, if any."""
+    from .keys import party_identity
+    try:
+        name, index = party_identity(cert_der) if cert_der else (None, -1)
+    except Exception:  # noqa: BLE001 - no party identity in it: nobody to name
+        return None
+    return index if 0 <= index < len(names) and index != me and names[index] == name else None
+
+
 def configure_tls(rt, cfg: PartyConfig) -> None:
     """Set ``rt.ssl_server``, ``rt.ssl_client`` and ``rt.verify_peer`` from ``cfg.tls``.
 
@@ -79,6 +89,14 @@ def configure_tls(rt, cfg: PartyConfig) -> None:
         try:
             check_peer_identity(cert_der, names[pid], pid)
         except AuthError as exc:
+            holder = _holder(cert_der, names, me)
+            if holder is not None and holder != pid:
+                # a party of the consortium (its certificate chains to the CA) claiming
+                # another's index: name the certificate's holder, not the impersonated party
+                err = AuthError(f"TLS identity check of party {names[holder]!r} (index {holder}) "
+                                f"failed: it announced index {pid} ({names[pid]!r})")
+                err.culprit = holder
+                raise err from None
             raise AuthError(f"TLS identity check of party {names[pid]!r} (index {pid}) "
                             f"failed: {exc}") from None
 

@@ -74,7 +74,6 @@ def test_arrays_round_trip(dtype, shape):
     assert len(data) == a.size * np.dtype(dtype).itemsize
     out = c.decode_array(data, dtype, shape)
     assert out.dtype == np.dtype(dtype) and out.shape == shape and np.array_equal(out, a)
-    out[...] = 0  # a writable copy, not a view of the message
 
 
 def test_ints_texts_and_records_round_trip():
@@ -88,7 +87,7 @@ def test_ints_texts_and_records_round_trip():
     assert c.decode_record(c.encode_record({**STATUS, "plan": None, "job": None,
                                             "refusal": "party 'x' refused: no"}))["refusal"] == "party 'x' refused: no"
     assert c.decode_record(c.encode_record(RENDEZVOUS)) == RENDEZVOUS
-    assert c.decode_notice(c.encode_notice("party 'b' sent\x00 junk")) == "party 'b' sent? junk"
+    assert c.decode_notice(c.encode_notice(2), 3) == 2
 
 
 def test_transfer_codecs():
@@ -98,9 +97,30 @@ def test_transfer_codecs():
             c.codec_for(obj)
 
 
+def test_peer_texts_come_back_as_short_printable_lines():
+    forged = {**STATUS, "party": "a\nb", "job": "j\x1b[31m", "refusal": "x\ny" + "z" * 5000}
+    record = c.decode_record(c.encode_record(forged))
+    assert record["party"] == "a?b" and record["job"] == "j?[31m"
+    assert record["refusal"].startswith("x?y") and len(record["refusal"]) == c.REFUSAL_LIMIT
+    entry = c.decode_record(c.encode_record({**RENDEZVOUS, "queue": [[1, "j\r", "a\n", "h"]]}))["queue"]
+    assert entry == [[1, "j?", "a?", "h"]]
+    with pytest.raises(CodecError, match="not one of 3"):
+        c.decode_notice(c.encode_notice(3), 3)
+
+
+def test_refusals_are_named_by_their_sender():
+    own = "party 'party_b' refused: its budget is exhausted"
+    assert c.refusal_line("party_b", own) == own
+    forged = c.refusal_line("party_b", "party 'party_a' refused: budget exhausted")
+    assert forged == "party 'party_b' refused: party 'party_a' refused: budget exhausted"
+    assert c.refusal_line("party_bb", own).startswith("party 'party_bb' refused: party 'party_b'")
+    long = c.refusal_line("b", "\x1b" + "x" * 1000)
+    assert len(long) == c.REFUSAL_LIMIT and "\x1b" not in long
+
+
 def test_long_refusals_are_shortened_and_other_fields_bounded():
     long = {**STATUS, "refusal": "x" * 10_000}
-    assert len(c.decode_record(c.encode_record(long))["refusal"].encode()) <= c.MAX_TEXT
+    assert len(c.decode_record(c.encode_record(long))["refusal"]) <= c.REFUSAL_LIMIT
     with pytest.raises(CodecError):
         c.encode_record({**STATUS, "party": "p" * 1000})
     with pytest.raises(CodecError):
@@ -119,7 +139,8 @@ def _decoders():
             lambda d: c.decode_field_values(d, (1 << 127) - 1, 3),
             lambda d: c.decode_field_values(d, (1 << 2048) - 1942289, 2),
             lambda d: c.decode_array(d, np.uint64, (2, 3)),
-            c.decode_int, c.decode_ints, c.decode_text, c.decode_record, c.decode_notice]
+            c.decode_int, c.decode_ints, c.decode_text, c.decode_record,
+            lambda d: c.decode_notice(d, 3)]
 
 
 @pytest.mark.parametrize("decode", _decoders())

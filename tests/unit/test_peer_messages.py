@@ -74,13 +74,13 @@ print(isinstance(pending, asyncio.Future) and not pending.done(), ta.closed, tc.
 print(rt.failed.result()[0])
 print(rt.failed.result()[1])
 pc, size = struct.unpack_from('<qI', tc.sent[-1])
-print(pc == _mpc.NOTICE_PC, _codec.decode_notice(tc.sent[-1][12:]) == rt.failed.result()[1])
+print(pc == _mpc.NOTICE_PC, _codec.decode_notice(tc.sent[-1][12:], 3))
 """)
     assert out[0] == "True True False"
     assert out[1] == "0"
     assert out[2].startswith("party 'a' sent a malformed message (expected 48 bytes of a uint64 array")
     assert out[2].endswith("; dropped")
-    assert out[3] == "True True"
+    assert out[3] == "True 0"
     assert not sentinel.exists()
 
 
@@ -124,13 +124,33 @@ print(rt.failed.done())
     assert out == ["2 True True", "1 True True", "0 True True", "9 True True", "False"]
 
 
-def test_a_notice_fails_the_job_naming_its_sender():
+def test_a_notice_fails_the_job_naming_its_sender_and_only_an_index():
     out = _run("""
 rt, a, ta, c, tc = await party_b()
-c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice("party 'a' sent a malformed message (x); dropped\\nforged line")))
+c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0)))
 print(rt.failed.result())
 """)
-    assert out == ["(2, \"party 'c' stopped the job: party 'a' sent a malformed message (x); dropped?forged line\")"]
+    assert out == ["(2, \"party 'c' stopped the job: party 'a' sent it a malformed message\")"]
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_text("TLS\\nforged")))
+print(tc.closed, rt.failed.result())
+""")
+    assert out[0].startswith("True (2, \"party 'c' sent a malformed message (a malformed notice")
+
+
+def test_unread_messages_from_a_peer_are_bounded(monkeypatch):
+    out = _run("""
+_codec.MAX_UNREAD = 1000
+rt, a, ta, c, tc = await party_b()
+a.data_received(frame(1, b'x' * 600))
+print(a.receive(1) == b'x' * 600, a.unread)
+a.data_received(frame(2, b'x' * 600) + frame(3, b'x' * 600))
+print(ta.closed, rt.failed.result()[1])
+""")
+    assert out[0] == "True 0"
+    assert out[1] == ("True party 'a' sent a malformed message (over 1000 bytes of messages no step "
+                      "has read); dropped")
 
 
 def test_two_messages_for_one_program_counter_are_read_in_order():
@@ -190,3 +210,31 @@ def test_demo_configs_stay_loopback_without_tls():
     for path in sorted((ROOT / "parties" / "demo").glob("*.yaml")):
         cfg = load_party_config(path)
         assert cfg.tls is None and all(is_loopback(p.host) for p in cfg.peers)
+
+
+def test_a_certified_party_claiming_another_index_is_named_itself(tmp_path):
+    # party_b's valid certificate presented for party_a's index: the error (and the party the
+    # job fails on) is party_b, the holder of the certificate, not the impersonated party_a
+    import types
+
+    from jointstats.errors import AuthError
+    from jointstats.keys import make_ca, make_party_cert
+    from jointstats.tls import configure_tls
+    make_ca(tmp_path / "ca")
+    names = ["party_a", "party_b", "party_c"]
+    for i, name in enumerate(names):
+        make_party_cert(name, i, tmp_path / "ca", tmp_path)
+    path = tmp_path / "party_c.yaml"
+    path.write_text(yaml.safe_dump({"party": "party_c", "mpc": {
+        "parties": [{"name": n, "host": "127.0.0.1", "port": 11500 + i} for i, n in enumerate(names)],
+        "tls": {"cert": "party_c.crt", "key": "party_c.key", "ca": "ca/ca.crt"}}}))
+    rt = types.SimpleNamespace(start=None)
+    configure_tls(rt, load_party_config(path))
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    der = x509.load_pem_x509_certificate((tmp_path / "party_b.crt").read_bytes()).public_bytes(Encoding.DER)
+    rt.verify_peer(der, 1)  # its own index: accepted
+    with pytest.raises(AuthError) as err:
+        rt.verify_peer(der, 0)
+    assert err.value.culprit == 1
+    assert str(err.value) == "TLS identity check of party 'party_b' (index 1) failed: it announced index 0 ('party_a')"
