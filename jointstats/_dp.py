@@ -384,7 +384,8 @@ def _mean(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     lo, hi = stat.terms[1].column_bounds
     value = _mean_of(stat, vec)
     if not np.isfinite(value):
-        return {"kind": "mean", "value": None, "noise": {**_share_info(stat.noise), "dominates": True}}
+        return {"kind": "mean", "value": None, "noise": {**_share_info(stat.noise), "scale": None, "sd": None,
+                                                        "ci95_halfwidth": None, "dominates": True}}
     info = _derived_noise(stat, value, _mean_of(stat, draws), hi - lo)
     return {"kind": "mean", "value": float(value), "noise": info}
 
@@ -405,8 +406,14 @@ def _variance(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     lo, hi = stat.terms[1].column_bounds
     value = _variance_of(stat, vec)
     if not np.isfinite(value):
-        return {"kind": "variance", "value": None, "noise": {**_share_info(stat.noise), "dominates": True}}
-    info = _derived_noise(stat, value, _variance_of(stat, draws), (hi - lo) ** 2 / 4)
+        return {"kind": "variance", "value": None, "noise": {**_share_info(stat.noise), "scale": None, "sd": None,
+                                                        "ci95_halfwidth": None, "dominates": True}}
+    boot = _variance_of(stat, draws)
+    info = _derived_noise(stat, value, boot, (hi - lo) ** 2 / 4)
+    # a variance pushed to 0 by the noise is clipped there, which biases it upwards: when that
+    # happens to more than a few re-noised draws, the value is the noise's, not the data's
+    if value <= 0 or np.mean(boot <= 0) > 0.05:
+        info["dominates"] = True
     return {"kind": "variance", "value": float(value), "noise": info}
 
 
@@ -438,7 +445,8 @@ def _correlation(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     corr = _correlation_of(stat, vec)
     if corr is None:
         return {"kind": "correlation", "columns": list(stat.columns), "matrix": [[None] * d for _ in range(d)],
-                "noise": {**_share_info(stat.noise), "dominates": True}}
+                "noise": {**_share_info(stat.noise), "scale": None, "sd": None, "ci95_halfwidth": None,
+                          "dominates": True}}
     boot = np.array([c if c is not None else np.full((d, d), np.nan)
                      for c in (_correlation_of(stat, row) for row in draws)])
     info = _derived_noise(stat, corr, boot, 2.0)
@@ -498,13 +506,20 @@ def _fit(stat: StatPlan, vecs: np.ndarray, noise_sd: float) -> dict:
     penalty = np.array([0.0 if terms[i].kind == "one" else halves[i] ** 2 for i in z])
     user = np.array([0.0 if terms[i].kind == "one" else float(stat.ridge) for i in z])
     gzz = g[:, z][:, :, z]
-    a = gzz + np.eye(len(z)) * (user + lam[:, None] * penalty)[:, None, :]
-    w, v = np.linalg.eigh(a)
-    floor = 1e-10 * np.maximum(np.abs(w).max(axis=1), 1.0)
-    w = np.maximum(w, floor[:, None])  # positive definite repair (a no-op where it already is)
-    a_inv = (v / w[:, None, :]) @ np.swapaxes(v, 1, 2)
     b = g[:, z, y]
-    beta = np.einsum("bij,bj->bi", a_inv, b)
+
+    def solve(extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = gzz + np.eye(len(z)) * (user + extra[:, None] * penalty)[:, None, :]
+        w, v = np.linalg.eigh(a)
+        floor = 1e-10 * np.maximum(np.abs(w).max(axis=1), 1.0)
+        w = np.maximum(w, floor[:, None])  # positive definite repair (a no-op where it already is)
+        a_inv = (v / w[:, None, :]) @ np.swapaxes(v, 1, 2)
+        return a_inv, np.einsum("bij,bj->bi", a_inv, b)
+
+    a_inv, beta = solve(lam)
+    # what the adaptive ridge did: the fit without it, minus the fit with it (the plug-in
+    # estimate of the ridge's shrinkage bias; zero where the ridge is off)
+    shrink = np.where((lam > 0)[:, None], solve(np.zeros_like(lam))[1] - beta, 0.0)
     rss = g[:, y, y] - 2 * np.einsum("bi,bi->b", beta, b) + np.einsum("bi,bij,bj->b", beta, gzz, beta)
     dof = np.maximum(n - len(z), 1.0)
     sigma2 = np.maximum(rss / dof, 0.0)
@@ -513,13 +528,15 @@ def _fit(stat: StatPlan, vecs: np.ndarray, noise_sd: float) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         # a residual sum of squares at or below zero is the noise's, not a perfect fit
         r2 = np.where((tss > 0) & (rss > 0), np.clip(1 - rss / tss, 0.0, 1.0), np.nan)
-    return {"beta": beta, "se": np.sqrt(np.clip(cov_diag, 0.0, None)), "r2": r2, "n": n, "ridge": lam}
+    return {"beta": beta, "se": np.sqrt(np.clip(cov_diag, 0.0, None)), "r2": r2, "n": n, "ridge": lam,
+            "shrink": shrink}
 
 
 def _regression(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     sd = stat.noise.sd
     fit = {key: v[0] for key, v in _fit(stat, vec[None, :], sd).items()}
-    boot = _fit(stat, draws, sd)["beta"]
+    boot_fit = _fit(stat, draws, sd)
+    boot = boot_fit["beta"]
     z_terms = [t for t in stat.terms[:-1] if stat.intercept or t.kind != "one"]
     names = ["intercept" if t.kind == "one" else t.name for t in z_terms]
     # the widest plausible coefficient: the target's range over the term's range
@@ -528,9 +545,10 @@ def _regression(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
                      (yhi - ylo) / max(t.column_bounds[1] - t.column_bounds[0], 1e-300) if t.kind == "num"
                      else (yhi - ylo) for t in z_terms]) * 2
     info = _share_info(stat.noise)
-    # The spread of re-noised fits around this fit, plus their mean shift: where the adaptive
-    # ridge is on, it shrinks the coefficients, and the shift estimates that bias.
-    bias = np.abs(boot.mean(axis=0) - fit["beta"])
+    # The spread of re-noised fits around this fit, plus, where the adaptive ridge is on, the
+    # shrinkage it caused (the fit without it minus the fit with it): the ridge trades noise
+    # for bias, and an interval that left the bias out would not cover.
+    bias = np.maximum(np.abs(boot.mean(axis=0) - fit["beta"]), np.abs(fit["shrink"]))
     noise_half = _halfwidths(fit["beta"], boot) + bias
     noise_sd = np.sqrt(np.var(boot, axis=0) + bias ** 2)
     info["scale"] = _json_floats(noise_sd)
@@ -544,6 +562,8 @@ def _regression(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     half = np.sqrt((_Z95 * fit["se"]) ** 2 + noise_half ** 2)
     conf = _json_floats(np.column_stack([fit["beta"] - half, fit["beta"] + half]))
     r2 = float(fit["r2"]) if np.isfinite(fit["r2"]) else None
+    if r2 is not None:  # the noise moves R^2 too: its 95% half-width from the same draws
+        info["r_squared_ci95_halfwidth"] = _json_floats(_halfwidths(np.asarray(r2), boot_fit["r2"]))
     return {"kind": "regression", "terms": names, "coefficients": _json_floats(fit["beta"]),
             "std_errors": _json_floats(se), "conf_int": conf, "n": max(int(round(float(fit["n"]))), 0),
             "r_squared": r2, "ridge": float(stat.ridge), "noise": info}

@@ -151,8 +151,11 @@ def _format(name: str, res: dict) -> list[str]:
             out.append(f"  [{_num(edges[i])}, {_num(edges[i + 1])}{close}  {c}")
         return out
     if kind == "regression":
+        noise = res.get("noise") or {}
+        r2_half = noise.get("r_squared_ci95_halfwidth")
         head = (f"{name} [regression{' ridge=' + _num(res.get('ridge')) if res.get('ridge') else ''}]  "
-                f"n={res.get('n')}  R-squared={_num(res.get('r_squared'), 4)}")
+                f"n{'~' if noise else '='}{res.get('n')}  R-squared={_num(res.get('r_squared'), 4)}"
+                + (f" +/- {_num(r2_half, 2)}" if r2_half is not None else ""))
         width = max(12, *(len(t) for t in res["terms"])) + 2
         conf = res.get("conf_int")
         cols = ["coef", "std err"] + (["[0.025", "0.975]"] if conf else ["t"])
@@ -165,7 +168,6 @@ def _format(name: str, res: dict) -> list[str]:
                 extra = [_num(c / s if (s not in (None, 0) and c is not None) else None, 4)]
             out.append(t.ljust(width) + "".join(v.rjust(14) for v in [_num(c, 6), _num(s, 6)] + extra))
         out.append("=" * rule)
-        noise = res.get("noise")
         if noise:
             out.append("std errors and intervals include the sampling error and the DP noise "
                        f"({noise.get('mechanism')}"
