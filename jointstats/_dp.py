@@ -30,7 +30,7 @@ from fractions import Fraction
 import numpy as np
 
 from . import _accounting as acc
-from ._secure import share_total
+from ._secure import share_total, suppression_threshold
 from .errors import SpecError
 from .plan import NoisePlan, Plan, StatPlan, Term, seal
 from .spec import Spec
@@ -241,7 +241,7 @@ async def prepare(rt, stat: StatPlan, partial: list[int], min_count: int | None)
     total = share_total(rt, secint, partial)
     noisy = total[release_slice(stat)] + _sample(rt, secint, stat.noise)
     if stat.kind == "crosstab" and min_count:
-        noisy = noisy * (noisy >= min_count)  # suppression decided inside the MPC
+        noisy = noisy * (noisy >= suppression_threshold(stat, min_count))  # inside the MPC
     await rt.gather(noisy)  # finish the secure computation before the budget is committed
     return noisy
 

@@ -101,10 +101,21 @@ async def exact_statistic(rt, stat: StatPlan, partial: list[int], min_count: int
     raise ValueError(f"unknown statistic kind {stat.kind}")
 
 
+def suppression_threshold(stat: StatPlan, min_count: int) -> int:
+    """``min_count`` as the secure comparison may use it: at most 2**(secure_bits - 2).
+
+    MPyC's comparison in SecInt(l) is right only while both sides are below 2**(l - 2) (their
+    difference must fit); every cell (plus its noise) is, by the plan. A larger min_count, from
+    a spec or a peer's floor, would make the comparison return garbage and open every cell;
+    clamped, it suppresses every cell, which is what it means.
+    """
+    return min(int(min_count), 1 << (stat.secure_bits - 2))
+
+
 async def _crosstab(rt, stat: StatPlan, total, min_count: int | None) -> dict:
     nr, nc = stat.shape
     if min_count:
-        keep = total >= min_count  # one vectorized secure comparison over all cells
+        keep = total >= suppression_threshold(stat, min_count)  # one vectorized comparison
         shown = await rt.output(total * keep)
         cells = [int(v) if int(v) != 0 else None for v in shown]
     else:
