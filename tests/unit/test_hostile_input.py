@@ -476,8 +476,10 @@ def test_400_slow_clients_hold_few_threads_briefly(limited_node):
                 answers.append(type(exc).__name__.encode())
         assert time.monotonic() - started < 9
         busy = sum(a.startswith(b"HTTP/1.0 503") for a in answers)
-        cut = sum(a in (b"", b"ConnectionResetError") or a.startswith(b"HTTP/1.0 408") for a in answers)
-        assert busy >= 400 - 16 and busy + cut == 400, set(answers)
+        reset = sum(a == b"ConnectionResetError" for a in answers)  # a 503 lost to the close's RST
+        cut = sum(a == b"" or a.startswith(b"HTTP/1.0 408") for a in answers)
+        assert busy + reset >= 400 - 16 and busy + reset + cut == 400, set(answers)
+        assert busy >= 200  # most turned-away clients do read their 503
     finally:
         stop.set()
         trickler.join()
