@@ -31,7 +31,7 @@ from tests.conftest import cohort_frame, free_ports, write_consortium
 
 #: Examples per property; raise it for a long run (docs/node.md, "Fuzzing").
 EXAMPLES = int(os.environ.get("JOINTSTATS_FUZZ_EXAMPLES", "25"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=10), database=None,
+FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=30), database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
