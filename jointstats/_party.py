@@ -56,7 +56,10 @@ class PartyJob:
 
     def plan(self) -> Plan:
         """The plan this party derives on its own from the spec and the public party list."""
+        from . import _plan_cache
         from .output import add_noise_plans
+        # noise plans (the samplers' coins) cached beside this party's state file
+        _plan_cache.set_directory(_plan_cache.directory_for_state(self.config.state))
         plan = make_plan(self.spec, [p.name for p in self.config.peers])
         return add_noise_plans(self.spec, plan)
 
@@ -202,8 +205,14 @@ class PartyJob:
                     rt, stat, partials[stat.name], effective_min_count(stat, floors)), "statistic")
                 _fault_point(cfg.party, "before_commit")
                 await rt.guard(rt.transfer("ready", codec=_codec.TEXT), SECURE_STEP_TIMEOUT, "the noise step")
+                _fault_point(cfg.party, "commit")
                 if self.hooks:
                     self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
+                # and reveal only once every party has committed: an opening needs only t + 1
+                # shares, so without this barrier the others could open while one party's
+                # commit failed, and its ledger would not have charged the release
+                await rt.guard(rt.transfer("committed", codec=_codec.TEXT), SECURE_STEP_TIMEOUT,
+                               "the budget commit")
                 results = await self._each_statistic(rt, plan, lambda stat: _dp.reveal(
                     rt, stat, noisy[stat.name], effective_min_count(stat, floors)), "revealing",
                     report=True)

@@ -232,6 +232,8 @@ class Node:
         from ._state import NodeState
         self.config = config if isinstance(config, PartyConfig) else load_party_config(config)
         cfg = self.config
+        from . import _plan_cache  # noise plans built while planning submissions, kept for workers
+        _plan_cache.set_directory(_plan_cache.directory_for_state(cfg.state))
         self.names = [p.name for p in cfg.peers]
         self.connect_timeout = connect_timeout
         self.peer_wait = peer_wait

@@ -132,3 +132,23 @@ def test_party_dying_before_commit_spends_nothing(consortium, data, tmp_path, mo
         state = NodeState(load_party_config(c).state)
         assert state.reserved("cohort")[0] == 0 and state.verify_audit()[0]
         state.close()
+
+
+def test_party_dying_at_its_commit_stops_every_reveal(consortium, data, tmp_path, monkeypatch):
+    """Parties reveal only after every party has committed its budget: one that dies before its
+    commit leaves nothing revealed anywhere (the others fail naming it; it spent nothing)."""
+    configs = consortium(data)
+    spec = write_spec(tmp_path, "{epsilon: 1.0, delta: 0}", stats="statistics:\n  n: {kind: count}\n")
+    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_c:commit")
+    with pytest.raises(PartyError, match="party 'party_c'"):
+        run(spec, configs)
+    for c in configs:
+        state = NodeState(load_party_config(c).state)
+        try:
+            assert state.verify_audit()[0]
+            assert not [r for r in state.audit_records() if r["event"] in ("reveal", "done")]
+        finally:
+            state.close()
+    # the two that committed keep it spent (fail safe); the dead one's reservation is
+    # given back when it next starts a job
+    assert [spent(c) for c in configs[:2]] == [1, 1]
