@@ -826,7 +826,11 @@ def _postgres(source: str, base_dir: Path, options: dict) -> PostgresSource:
             info["password"] = p.read_text().strip("\r\n")
         except OSError:
             raise ConfigError(f"data source {redact(source)!r}: its password_file could not be read") from None
-    return PostgresSource(source, conninfo=info, table=table, query=query)
+    src = PostgresSource(source, conninfo=info, table=table, query=query)
+    # connect and read the header now: a failure here (unreachable, credentials, permissions,
+    # no such table) does not depend on the rows and is reported precisely in both modes
+    src.columns()
+    return src
 
 
 def _duckdb(source: str, base_dir: Path, options: dict) -> DuckDBSource:

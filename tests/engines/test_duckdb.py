@@ -104,3 +104,23 @@ def test_source_errors_name_the_source(tmp_path):
         pushed_partials("duckdb:///d.duckdb", tmp_path, DP)
     with pytest.raises(ConfigError, match="no file matches"):
         pushed_partials("nothing/*.parquet", tmp_path, DP)
+
+
+def test_config_dataset_fields(tmp_path):
+    import yaml
+
+    from jointstats.config import parse_party_config
+    base = {"party": "a", "mpc": {"parties": [{"name": "a", "host": "127.0.0.1", "port": 1},
+                                              {"name": "b", "host": "127.0.0.1", "port": 2}]}}
+    cfg = parse_party_config({**base, "datasets": {
+        "pg": {"source": "postgresql://r@h/db", "query": "SELECT 1", "password_file": "pw"},
+        "sp": {"source": "spark:t", "spark": {"master": "local[2]", "conf": {"a.b": 1}}},
+        "plain": {"source": "d.csv"}}}, tmp_path / "a.yaml")
+    assert cfg.dataset_options("pg") == {"query": "SELECT 1", "password_file": "pw"}
+    assert cfg.dataset_options("sp") == {"spark": {"master": "local[2]", "conf": {"a.b": 1}}}
+    assert cfg.dataset_options("plain") == {}
+    hash(cfg)
+    with pytest.raises(ConfigError, match=r"datasets.pg.query: expected a string"):
+        parse_party_config({**base, "datasets": {"pg": {"source": "postgresql://h/db", "query": 3}}},
+                           tmp_path / "a.yaml")
+    assert yaml  # noqa

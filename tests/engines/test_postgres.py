@@ -101,3 +101,28 @@ def test_postgres_query_cannot_write(pg_server, tmp_path):
                         {"query": "SELECT * FROM ro; DELETE FROM ro"})
     with pg_server.connect("cohort") as con:
         assert con.execute("SELECT count(*) FROM ro").fetchone()[0] == 20
+
+
+def test_party_refusal_names_party_and_source_not_password(pg_server, consortium, tmp_path, monkeypatch):
+    """Through the party's own job: the refusal its peers and the analyst see is one line."""
+    import yaml
+
+    from jointstats import load_party_config, parse_spec
+    from jointstats._party import PartyJob
+    from jointstats.errors import JointStatsError
+    from tests.conftest import cohort_frame
+    from tests.multiparty.test_exact import SPEC
+    paths = consortium([cohort_frame(20, 1), cohort_frame(20, 2), cohort_frame(20, 3)])
+    load_frame(pg_server, "hidden", cohort_frame(20, 1), grant=False)
+    cfg = yaml.safe_load(paths[0].read_text())
+    (paths[0].parent / "pw").write_text(PASSWORD)
+    cfg["datasets"]["cohort"] = {"source": pg_server.url(table="hidden"), "password_file": "pw"}
+    paths[0].write_text(yaml.safe_dump(cfg))
+    monkeypatch.delenv("PGPASSWORD")
+    for spec_text in (SPEC, SPEC.replace("statistics:", "privacy: {epsilon: 1.0, delta: 0}\nstatistics:", 1)):
+        job = PartyJob(load_party_config(paths[0]), parse_spec(spec_text), "j")
+        with pytest.raises(JointStatsError) as exc:
+            job.local_step(job.plan())
+        line = job._refusal(exc.value)
+        assert line.startswith("party 'party_a'") and "permission denied" in line
+        assert pg_server.url(table="hidden") in line and PASSWORD not in line and "\n" not in line
