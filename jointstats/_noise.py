@@ -917,50 +917,58 @@ async def _and_tree(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
     return x
 
 
-async def _add_public(ctx: _Ctx, xrows: list, k: int, width: int, W: int) -> np.ndarray:
-    """(x + k) mod 2**width, ripple carry: one AND per secret position.
+async def _prefix_sum(ctx: _Ctx, p: np.ndarray, g: np.ndarray, cin: np.ndarray | None = None) -> np.ndarray:
+    """Sum bits of a two-operand addition, its carries by a Kogge-Stone prefix.
 
-    ``xrows[i]`` is a shared row (h, W), or None for a public 0 bit; k is public.
+    ``p`` and ``g`` (h, w, W): each position's propagate (a XOR b) and generate (a AND b), never
+    both set; ``cin`` (h, W): an optional shared carry-in. Returns the w sum bits (the carry
+    out is dropped: the sum is modulo 2**w). Carry i is the generate of the span [0, i): spans
+    double every round, so the carries take ceil(log2(w + 1)) AND rounds, not w (ripple carry).
+    A span's generate and propagate are disjoint too, so OR is XOR throughout.
     """
-    out = []
-    carry = 0  # public 0/1 or a shared row
-    for i in range(width):
-        ki = (k >> i) & 1
-        x = xrows[i] if i < len(xrows) else None
-        last = i + 1 == width
-        if x is None:
-            if isinstance(carry, int):
-                out.append(ctx.public(np.full(W, _ONES if ki ^ carry else 0, np.uint64)))
-                carry = ki & carry
-            else:
-                out.append(ctx.not_(carry) if ki else carry)
-                carry = carry if ki else 0      # maj(0, k, c) = k and c
-        elif isinstance(carry, int):
-            out.append(ctx.not_(x) if ki ^ carry else x)
-            carry = 1 if ki & carry else (x if ki | carry else 0)   # maj(x, k, c)
+    h, w, W = p.shape
+    G = np.concatenate([ctx.zeros(1, W) if cin is None else cin[:, None], g], axis=1)
+    P = np.concatenate([ctx.zeros(1, W), p], axis=1)
+    n = w + 1
+    d = 1
+    while d < n:
+        m = n - d
+        if 2 * d < n:  # spans of the next round still need this round's propagates
+            prod = await ctx.and_(np.concatenate([P[:, d:], P[:, d:]], axis=1),
+                                  np.concatenate([G[:, :m], P[:, :m]], axis=1))
+            G = np.concatenate([G[:, :d], G[:, d:] ^ prod[:, :m]], axis=1)
+            P = np.concatenate([P[:, :d], prod[:, m:]], axis=1)
         else:
-            s = x ^ carry
-            out.append(ctx.not_(s) if ki else s)
-            if not last:
-                if ki:   # x or c = not(not x and not c)
-                    nc = await ctx.and_(ctx.not_(x)[:, None], ctx.not_(carry)[:, None])
-                    carry = ctx.not_(nc[:, 0])
-                else:
-                    carry = (await ctx.and_(x[:, None], carry[:, None]))[:, 0]
-    return np.stack(out, axis=1)
+            prod = await ctx.and_(np.ascontiguousarray(P[:, d:]), np.ascontiguousarray(G[:, :m]))
+            G = np.concatenate([G[:, :d], G[:, d:] ^ prod], axis=1)
+        d *= 2
+    return p ^ G[:, :w]
+
+
+async def _add_public(ctx: _Ctx, xrows: list, k: int, width: int, W: int) -> np.ndarray:
+    """(x + k) mod 2**width for a public k, by a prefix adder (log depth).
+
+    ``xrows[i]`` is a shared row (h, W), or None for a public 0 bit. With b = k public, a
+    position's generate x AND k_i is x or 0 and its propagate x XOR k_i: no AND before the
+    prefix.
+    """
+    x = ctx.zeros(width, W)
+    for i, row in enumerate(xrows[:width]):
+        if row is not None:
+            x[:, i] = row
+    kb = _cmask([(k >> i) & 1 for i in range(width)])
+    p = ctx.xor_public(x, kb)
+    g = x & kb  # x where k has a 1, else 0 (a public AND: local)
+    return await _prefix_sum(ctx, p, g)
 
 
 async def _conditional_negate(ctx: _Ctx, x: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """(x XOR s) + s for a w-bit x (h, w, W) and a sign row s (h, 1, W): |x| if s = sign."""
+    """(x XOR s) + s for a w-bit x (h, w, W) and a sign row s (h, 1, W): |x| if s = sign.
+
+    Adding 0 with carry-in s: every position propagates its own bit and generates nothing.
+    """
     y = x ^ s
-    out = np.empty_like(y)
-    carry = s[:, 0]
-    w = x.shape[1]
-    for i in range(w):
-        out[:, i] = y[:, i] ^ carry
-        if i + 1 < w:
-            carry = (await ctx.and_(y[:, i:i + 1], carry[:, None]))[:, 0]
-    return out
+    return await _prefix_sum(ctx, y, ctx.zeros(*y.shape[1:]), s[:, 0])
 
 
 async def _square(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
@@ -997,26 +1005,15 @@ async def _square(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
             if p + 1 < 2 * w:
                 new[p + 1].append(carry[:, r])
         cols = new
-    out = ctx.zeros(2 * w, W)
-    carry = None
-    for p in range(2 * w):
-        ops = list(cols[p]) + ([carry] if carry is not None else [])
-        if not ops:
-            carry = None
-            continue
-        s = ops[0].copy()
-        for o in ops[1:]:
-            s ^= o
-        out[:, p] = s
-        if p + 1 == 2 * w or len(ops) == 1:
-            carry = None
-            continue
-        if len(ops) == 2:
-            carry = (await ctx.and_(ops[0][:, None], ops[1][:, None]))[:, 0]
-        else:
-            a, b, c = ops
-            carry = a ^ (await ctx.and_((a ^ b)[:, None], (a ^ c)[:, None]))[:, 0]
-    return out
+    # at most two bits per column: add the two rows with a prefix adder
+    a = ctx.zeros(2 * w, W)
+    b = ctx.zeros(2 * w, W)
+    for p, c in enumerate(cols):
+        if c:
+            a[:, p] = c[0]
+        if len(c) > 1:
+            b[:, p] = c[1]
+    return await _prefix_sum(ctx, a ^ b, await ctx.and_(a, b))
 
 
 async def _dl_bits(ctx: _Ctx, plan: DLPlan, W: int, extra: list[Coin] = ()):

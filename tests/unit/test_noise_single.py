@@ -244,25 +244,25 @@ def test_pack_unpack_roundtrip():
     assert np.array_equal(_noise.unpack(_noise.pack(bits), 130), bits)
 
 
-def test_circuits_exact(rt):
-    """Adder, conditional negation and squaring against integer arithmetic (all lanes)."""
+@pytest.mark.parametrize("w,k", [(1, 0), (1, 1), (2, 3), (9, 77), (9, 0), (9, 1023), (16, 40000), (33, 5 ** 14)])
+def test_circuits_exact(rt, w, k):
+    """Prefix adder, conditional negation and squaring against integer arithmetic (all lanes)."""
     ctx = _ctx(rt)
-    w, n = 9, 640
+    n = 640
     W = n // 64
 
     async def run():
         x = ctx.rand(w, W)
-        k = 77
         s = await _noise._add_public(ctx, [x[:, i] for i in range(w)], k, w + 1, W)
         neg = await _noise._conditional_negate(ctx, s, s[:, -1:])
         sq = await _noise._square(ctx, x)
         return [await ctx.reveal(v) for v in (x, s, neg, sq)]
 
-    xv, sv, nv, qv = (_noise.unpack(v, n).astype(np.int64) for v in rt.run(run()))
-    weights = lambda r: (1 << np.arange(r.shape[0]))[:, None]  # noqa: E731
+    xv, sv, nv, qv = (_noise.unpack(v, n).astype(object) for v in rt.run(run()))  # exact ints
+    weights = lambda r: np.array([1 << i for i in range(r.shape[0])], dtype=object)[:, None]  # noqa: E731
     X = (xv * weights(xv)).sum(0)
     S = (sv * weights(sv)).sum(0)
-    assert np.array_equal(S, (X + 77) % (1 << (w + 1)))
+    assert np.array_equal(S, (X + k) % (1 << (w + 1)))
     signed = np.where(S >= 1 << w, S - (1 << (w + 1)), S)
     assert np.array_equal((nv * weights(nv)).sum(0), np.abs(signed))
     assert np.array_equal((qv * weights(qv)).sum(0), X * X)
