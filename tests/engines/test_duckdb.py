@@ -124,3 +124,27 @@ def test_config_dataset_fields(tmp_path):
         parse_party_config({**base, "datasets": {"pg": {"source": "postgresql://h/db", "query": 3}}},
                            tmp_path / "a.yaml")
     assert yaml  # noqa
+
+
+def test_row_limit_exact_refuses_dp_uses_the_limit(tmp_path):
+    from jointstats._local import compute_partials
+    from jointstats._sources import open_source
+    from jointstats.errors import PolicyError
+    from jointstats.output import add_noise_plans
+    from jointstats.plan import make_plan
+    df = frame(500, 5, misfits=False)
+    _duckdb_table(tmp_path / "d.duckdb", df)
+    df.to_parquet(tmp_path / "d.parquet", index=False)
+    for spec in (EXACT, DP):
+        plan = add_noise_plans(spec, make_plan(spec, ["a", "b", "c"], max_rows_per_party=300))
+        src = open_source("duckdb:///d.duckdb?table=cohort", tmp_path)
+        if spec is EXACT:
+            with pytest.raises(PolicyError) as got:
+                src.aggregate(plan, list(spec.schema), "p", strict=True)
+            with pytest.raises(PolicyError) as want:
+                compute_partials(plan, open_source("d.parquet", tmp_path).iter_chunks(list(spec.schema), "p"))
+            assert str(got.value) == str(want.value)
+        else:
+            out = src.aggregate(plan, list(spec.schema), "p", strict=False)
+            assert out["n"] == [300]
+        src.close()
