@@ -435,10 +435,19 @@ class SqlSource(Source):
             values, grouped = scan(f"(SELECT * FROM {self._relation()} LIMIT {limit}) AS lim")
         for reason, name, pos in problem_slots:
             probs.add(name, reason, int(values[pos] or 0))
+        # CSV rows DuckDB could not split into the header's fields (or decode): strict reading
+        # reports them; lenient reading counts each as a row whose every value is missing
+        malformed, undecodable = self._rejected()
+        if undecodable and strict:
+            log.warning("party %r: its data is not valid UTF-8 text (source %s)", party, redact(self.spec))
+            raise DataError(f"party {party!r}: its data is not valid UTF-8 text (source {redact(self.spec)})")
+        blank = 0 if strict else malformed + undecodable
         out: dict[str, list[int]] = {}
         for stat in plan.statistics:
             if stat.name in slots:
                 out[stat.name] = [int(values[p] or 0) for p in slots[stat.name]]
+                if stat.kind == "count" and not stat.columns:
+                    out[stat.name][0] += blank
             elif stat.name in keys:
                 out[stat.name] = [0] * stat.partial_size
         for row in grouped:
@@ -453,9 +462,9 @@ class SqlSource(Source):
                     else:
                         pos = int(got[ks[0]])
                     out[stat_name][pos] = int(row[-1])
-        self._report(cols, probs, party, strict, n_rows,
+        self._report(cols, probs, party, strict, n_rows + blank,
                      {n: int(values[p]) for n, p in clip_slots},
-                     {n: int(values[p]) for n, p in miss_slots})
+                     {n: int(values[p]) + blank for n, p in miss_slots}, malformed + undecodable)
         return {stat.name: out[stat.name] for stat in plan.statistics}
 
     def _level_mapping(self, c: Column, kind: str, probs: _Problems) -> dict[int, list] | None:
@@ -486,9 +495,15 @@ class SqlSource(Source):
                 mapping.setdefault(code, []).append(raw)
         return mapping
 
+    def _rejected(self) -> tuple[int, int]:
+        """(rows with the wrong number of fields, rows not valid UTF-8) skipped by the last scan."""
+        return 0, 0
+
     def _report(self, cols, probs: _Problems, party: str, strict: bool, rows: int,
-                clipped: dict[str, int], missing: dict[str, int]) -> None:
+                clipped: dict[str, int], missing: dict[str, int], malformed: int = 0) -> None:
         problems = []
+        if malformed:
+            problems.append(f"{malformed} rows have the wrong number of fields")
         for c in cols:
             per = probs.invalid.get(c.name, {})
             for reason, text in _REASONS.items():
@@ -567,6 +582,7 @@ class DuckDBSource(SqlSource):
         self.database, self.table, self.query, self.files, self.file_format = (
             database, table, query, files, file_format)
         self._con = None
+        self.same_headers = False
 
     def _connect(self):
         if self._con is None:
@@ -595,8 +611,19 @@ class DuckDBSource(SqlSource):
         files = _lit_str(self.files)
         if self.file_format == "parquet":
             return f"read_parquet({files}, hive_partitioning = true, union_by_name = true)"
+        per_file = "store_rejects = true" if self.same_headers else "union_by_name = true"
         return (f"read_csv({files}, header = true, all_varchar = true, hive_partitioning = true, "
-                f"union_by_name = true)")
+                f"{per_file})")
+
+    def _rejected(self) -> tuple[int, int]:
+        if self.files is None or self.file_format != "csv" or not self.same_headers:
+            return 0, 0
+        rows = self._query(
+            "SELECT error_type, COUNT(DISTINCT (file_id, line)) FROM reject_errors WHERE scan_id = "
+            "(SELECT MAX(scan_id) FROM reject_scans) GROUP BY error_type")
+        bad = {str(kind).upper(): int(n) for kind, n in rows}
+        undecodable = sum(n for kind, n in bad.items() if "ENCODING" in kind or "UNICODE" in kind)
+        return sum(bad.values()) - undecodable, undecodable
 
     def _run(self, sql: str):
         import duckdb
@@ -879,8 +906,30 @@ def _files(source: str, base_dir: Path, options: dict) -> DuckDBSource:
     if fmt not in ("parquet", "csv"):
         raise ConfigError(f"data source {source!r}: format: expected parquet or csv, found {fmt!r}")
     src = DuckDBSource(source, files=pattern, file_format=fmt, path=raw)
+    if fmt == "csv":
+        # DuckDB counts rows it cannot split (store_rejects) only without union_by_name: use it
+        # when every file has the same header line, else match columns by name
+        src.same_headers = _same_csv_headers(pattern)
     src.columns()
     return src
+
+
+def _same_csv_headers(pattern: str) -> bool:
+    import glob
+    import gzip
+    headers = set()
+    for name in glob.glob(pattern, recursive=True):
+        try:
+            opener = gzip.open if name.lower().endswith(".gz") else open if name.lower().endswith(".csv") else None
+            if opener is None:
+                return False
+            with opener(name, "rb") as fh:
+                headers.add(fh.readline(1 << 20).rstrip(b"\r\n"))
+        except OSError:
+            return False
+        if len(headers) > 1:
+            return False
+    return True
 
 
 def open_sql_source(source: str, base_dir: Path, options: dict | None = None) -> Source | None:

@@ -148,3 +148,21 @@ def test_row_limit_exact_refuses_dp_uses_the_limit(tmp_path):
             out = src.aggregate(plan, list(spec.schema), "p", strict=False)
             assert out["n"] == [300]
         src.close()
+
+
+def test_csv_gz_malformed_rows_as_the_file_reader(tmp_path):
+    """Rows with the wrong number of fields: reported in exact mode, all-missing rows in DP mode."""
+    df = frame(300, 6, misfits=False)
+    df.to_csv(tmp_path / "m.csv", index=False)
+    lines = (tmp_path / "m.csv").read_text().splitlines()
+    lines[5] += ",1,2"
+    lines[9] = lines[9].split(",", 1)[0]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    with open(tmp_path / "m.csv", "rb") as fi, gzip.open(tmp_path / "m.csv.gz", "wb") as fo:
+        shutil.copyfileobj(fi, fo)
+    assert pushed_partials("m.csv.gz", tmp_path, DP) == numpy_partials("m.csv", tmp_path, DP)
+    with pytest.raises(DataError) as want:
+        numpy_partials("m.csv", tmp_path, EXACT)
+    with pytest.raises(DataError) as got:
+        pushed_partials("m.csv.gz", tmp_path, EXACT)
+    assert str(got.value) == str(want.value) and "2 rows have the wrong number of fields" in str(got.value)
