@@ -250,7 +250,7 @@ class _Exchanger(_asyncoro.MessageExchanger):
                 return
             if len(buf) < 12 + size:
                 break
-            payload = bytes(buf[12:12 + size])
+            payload = struct.unpack_from(f"{size}s", buf, 12)[0]  # one copy, as MPyC
             del buf[:12 + size]
             if pc == NOTICE_PC:
                 self._notice(payload)

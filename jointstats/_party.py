@@ -91,16 +91,14 @@ class PartyJob:
             # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
             # (jointstats._sql_sources); None: stream its rows through the numpy path
             _fault_point(party, "local_step")
-            pushed = getattr(source, "aggregate", None)
-            if pushed is not None:
-                try:
-                    partials = pushed(plan, list(self.spec.schema), party, strict=not dp)
-                finally:
-                    source.close()
+            try:
+                pushed = getattr(source, "aggregate", None)
+                partials = None if pushed is None else pushed(plan, list(self.spec.schema), party,
+                                                               strict=not dp)
                 if partials is not None:
                     return partials
-            chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS, strict=not dp)
-            try:
+                chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS,
+                                            strict=not dp)
                 return compute_partials(plan, chunks)
             finally:
                 getattr(source, "close", lambda: None)()
@@ -194,8 +192,9 @@ class PartyJob:
                     raise PlanMismatchError(f"party {name!r} is running job {st['job']!r}, "
                                             f"not {self.job_id!r}")
                 if st["plan"] != plan.sha256:
+                    theirs = (st["plan"] or "none")[:12]  # a peer may send no plan at all
                     raise PlanMismatchError(f"party {name!r} holds a different plan "
-                                            f"({st['plan'][:12]} vs {plan.sha256[:12]}): check "
+                                            f"({theirs} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
             if plan.mode == "dp":
