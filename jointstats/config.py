@@ -248,6 +248,18 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
                 raise _fail(path, f"datasets.{name}.spark", "expected {master, conf}")
         if extra:
             dataset_fields.append((str(name), json.dumps(extra, sort_keys=True, default=str)))
+    # The privacy ledger is kept per dataset: two names for the same data would give the same
+    # people two budgets. Refuse the same source (and query) offered under two names.
+    seen: dict[tuple, str] = {}
+    fields = dict(dataset_fields)
+    for name, source in datasets:
+        local = "://" not in source and not source.startswith("spark:")
+        where = str((base / source).resolve()) if local else source.strip()
+        key = (where, fields.get(name, ""))
+        if key in seen:
+            raise _fail(path, f"datasets.{name}", f"reads the same data as datasets.{seen[key]}: one "
+                                                  "dataset per set of people (each has its own budget)")
+        seen[key] = name
     own_role = next(p.role for p in peers if p.name == party)
     if own_role == "compute" and datasets:
         raise _fail(path, "datasets", f"party {party!r} is compute-only (its mpc.parties entry has "

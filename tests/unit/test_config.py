@@ -75,3 +75,18 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     bad.write_text("party: [a\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_party_config(bad)
+
+
+@pytest.mark.parametrize("second,refused", [
+    ({"source": "data/a.csv"}, True),
+    ({"source": "./data/../data/a.csv"}, True),
+    ({"source": "data/b.csv"}, False),
+])
+def test_one_dataset_per_source(tmp_path, second, refused):
+    """Each dataset has its own budget: the same data under two names would give its people two."""
+    cfg = {**GOOD, "datasets": {"cohort": {"source": "data/a.csv"}, "copy": second}}
+    if refused:
+        with pytest.raises(ConfigError, match=r"datasets.copy: reads the same data as datasets.cohort"):
+            load_party_config(write(tmp_path, cfg))
+    else:
+        assert len(load_party_config(write(tmp_path, cfg)).datasets) == 2
