@@ -166,3 +166,24 @@ def test_csv_gz_malformed_rows_as_the_file_reader(tmp_path):
     with pytest.raises(DataError) as got:
         pushed_partials("m.csv.gz", tmp_path, EXACT)
     assert str(got.value) == str(want.value) and "2 rows have the wrong number of fields" in str(got.value)
+
+
+def test_unhandled_type_streams_through_the_numpy_path(tmp_path):
+    """A categorical column of dates: the pushdown declines, the rows stream through the
+    file readers' encoder, with the Parquet reader's result."""
+    from jointstats._local import compute_partials
+    from jointstats._sources import open_source
+
+    from .common import plan_of
+    df = frame(400, 8, misfits=False)
+    con = duckdb.connect(str(tmp_path / "d.duckdb"))
+    con.register("df", df)
+    con.execute("CREATE TABLE cohort AS SELECT * REPLACE (DATE '2020-01-01' + CAST(visits AS INTEGER) AS region) FROM df")
+    con.execute(f"COPY cohort TO '{tmp_path / 'd.parquet'}' (FORMAT parquet)")
+    con.close()
+    plan = plan_of(DP)
+    src = open_source("duckdb:///d.duckdb?table=cohort", tmp_path)
+    assert src.aggregate(plan, list(DP.schema), "p", strict=False) is None
+    got = compute_partials(plan, src.iter_chunks(list(DP.schema), "p", strict=False))
+    src.close()
+    assert got == numpy_partials("d.parquet", tmp_path, DP)
