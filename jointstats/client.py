@@ -69,8 +69,7 @@ class NodeClient:
         """(HTTP status, decoded JSON); _Unreachable if the node does not answer."""
         data = None if body is None else json.dumps(body).encode()
         if method == "GET" and self.signer and headers is None and path != "/health":
-            headers = signed_headers(self.signer[0], f"GET {path}", path.rsplit("/", 1)[-1]
-                                     if path.startswith("/jobs/") else path.strip("/"), self.signer[1])
+            headers = signed_headers(self.signer[0], f"GET {path}", f"GET {path}", self.signer[1])
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json",
                                               "Accept": "application/json", **(headers or {})})

@@ -464,7 +464,9 @@ class Node:
 
         ``X-Jointstats-Analyst``, ``X-Jointstats-Timestamp`` and ``X-Jointstats-Signature``
         (the analyst's Ed25519 signature, as for a submission, over ``text`` with ``nonce``
-        in the job-id slot); the analyst must be in this party's policy. Raises ApiError 401.
+        in the job-id slot: for reads ``GET <path>``, which is never a valid job id, so a read's
+        signature can never pass for a submission); the analyst must be in this party's
+        policy. Raises ApiError 401.
         """
         from .keys import verify_submission
         headers = headers or {}
@@ -496,7 +498,7 @@ class Node:
 
     def job_status(self, job_id: str, headers: Any = None) -> dict:
         """A job's status; only for its analyst (signature over ``GET /jobs/<id>``)."""
-        analyst = self._authenticate(headers, f"GET /jobs/{job_id}", job_id)
+        analyst = self._authenticate(headers, f"GET /jobs/{job_id}", f"GET /jobs/{job_id}")
         return self._job_for(job_id, analyst).public(self.config.party)
 
     def job_result(self, job_id: str, headers: Any = None) -> dict:
@@ -948,10 +950,10 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET" and path == "/health":
                 return self._send(200, node.health())
             if method == "GET" and path == "/policy":
-                node._authenticate(self.headers, "GET /policy", "policy")
+                node._authenticate(self.headers, "GET /policy", "GET /policy")
                 return self._send(200, node.policy())
             if method == "GET" and path == "/openapi.json":
-                node._authenticate(self.headers, "GET /openapi.json", "openapi.json")
+                node._authenticate(self.headers, "GET /openapi.json", "GET /openapi.json")
                 return self._send(200, openapi(node))
             if method == "POST" and path == "/jobs":
                 return self._send(202, node.submit(self._body()))

@@ -74,8 +74,7 @@ def result_headers(node, analyst="alice", job_id="job-1", key=None, ts=None):
 def read_headers(node, path, analyst="alice", key=None, ts=None):
     """Signed headers for an authenticated read of ``path`` (every route but /health)."""
     ts = int(time.time()) if ts is None else ts
-    nonce = path.rsplit("/", 1)[-1] if path.startswith("/jobs/") else path.strip("/")
-    sig = sign_submission(node.keys / f"{key or analyst}.key", f"GET {path}", nonce, ts, analyst)
+    sig = sign_submission(node.keys / f"{key or analyst}.key", f"GET {path}", f"GET {path}", ts, analyst)
     return {"X-Jointstats-Analyst": analyst, "X-Jointstats-Timestamp": str(ts),
             "X-Jointstats-Signature": sig}
 
