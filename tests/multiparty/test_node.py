@@ -143,13 +143,14 @@ class Cluster:
             (d / "hooks").mkdir()
             self.hooks.append(d / "hooks")
             self.frames[i].to_csv(d / "data" / "cohort.csv", index=False)
+            self.frames[i].to_csv(d / "data" / "budgeted.csv", index=False)  # its own people, say
             cfg = {"party": name,
                    "mpc": {"parties": peers, "tls": {"cert": f"../keys/{name}.crt",
                                                      "key": f"../keys/{name}.key",
                                                      "ca": "../ca/ca.crt"}},
                    "api": {"host": "127.0.0.1", "port": api_ports[i]},
                    "datasets": {"cohort": {"source": "data/cohort.csv"},
-                                "budgeted": {"source": "data/cohort.csv"}},
+                                "budgeted": {"source": "data/budgeted.csv"}},
                    "policy": {"budget": {"epsilon": 2.5, "delta": 1.0e-6}, "max_epsilon_per_job": 1.0,
                               "min_count": 0, "allow_exact": True,
                               "analysts": {"alice": "../analysts/alice.pub",
