@@ -99,9 +99,17 @@ def _trust_fixed_primes() -> None:
 _trust_fixed_primes()
 
 
+_SINGLE = _mpyc_runtime.mpc  # MPyC's own single-process runtime, as built at its import
+
+
 def local_runtime() -> "Runtime":
-    """The single-process MPyC runtime (one party, no network): for unit tests only."""
-    return _mpyc_runtime.mpc
+    """The single-process MPyC runtime (one party, no network): for unit tests only.
+
+    Made current again each time: a party runtime built in the same process (a test's)
+    replaces MPyC's current runtime and its event loop ends with that runtime's."""
+    if _mpyc_runtime.mpc is not _SINGLE:
+        _install(_SINGLE)
+    return _SINGLE
 
 
 def _install(rt: "Runtime") -> None:
