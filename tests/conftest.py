@@ -86,3 +86,13 @@ def consortium(tmp_path):
     def make(frames, **kw):
         return write_consortium(tmp_path, frames, **kw)
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests by folder, for a fast loop: ``pytest -m "not multiparty and not engines"``."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "multiparty" in parts:
+            item.add_marker(pytest.mark.multiparty)
+        elif "engines" in parts:
+            item.add_marker(pytest.mark.engines)
