@@ -109,9 +109,16 @@ class SparkSource(SqlSource):
             raise _engine_error(self.spec, exc) from None
 
     def _query_arrow(self, sql: str) -> pa.Table:
-        rows = self._query(sql)
-        cols = list(zip(*rows)) if rows else [(), ()]
-        return pa.table({"v": _py_column(tuple(cols[0])), "n": pa.array(cols[1], pa.int64())})
+        try:
+            df = self._sql(sql)
+            width = len(df.columns)
+            rows = [tuple(r) for r in df.collect()]
+        except ConfigError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _engine_error(self.spec, exc) from None
+        cols = list(zip(*rows)) if rows else [()] * width
+        return pa.table({f"c{i}": _py_column(tuple(col)) for i, col in enumerate(cols)})
 
     def _stream(self, sql: str) -> Iterator[tuple[int, dict[str, pa.Array]]]:
         try:

@@ -20,9 +20,9 @@ docs/reference.md section 2):
 Pushdown. :meth:`SqlSource.aggregate` computes a plan's exact integer partial aggregates as
 a few aggregate queries in the engine and brings back only the aggregates:
 
-1. one ``GROUP BY`` per categorical column: its distinct values and their counts; Python maps
-   each distinct value to a level with the very rules of the file readers (same code), and the
-   engine gets the mapping as ``CASE col IN (...) THEN code``;
+1. one ``GROUP BY GROUPING SETS`` scan over the categorical columns: each one's distinct values
+   and their counts; Python maps each distinct value to a level with the very rules of the file
+   readers (same code), and the engine gets the mapping as ``CASE WHEN col IN (...) THEN code``;
 2. one scan for every count, Gram entry and problem count (wrong-type, infinite, non-integral
    values; clipped and missing values), each statistic's rows picked with ``FILTER (WHERE
    every column present)``;
@@ -59,6 +59,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from ._sources import (
     MISSING_TOKENS, Source, _CategoricalEncoder, _Tally, _ReadError, _REASONS, _as_text,
@@ -287,13 +288,9 @@ class SqlSource(Source):
             if k == "other" and c.type == "categorical":
                 return None
         probs = _Problems()
-        codes = {}
-        for c in cols:
-            if c.type == "categorical":
-                mapping = self._level_mapping(c, kinds[c.name], probs)
-                if mapping is None:
-                    return None
-                codes[c.name] = mapping
+        codes = self._level_mappings([c for c in cols if c.type == "categorical"], probs)
+        if codes is None:
+            return None
         d = self.dialect
         limit = plan.max_rows_per_party
         # value expressions: v_i (DOUBLE, NULL if missing or misfit, clipped) / k_i (level code)
@@ -467,16 +464,38 @@ class SqlSource(Source):
                      {n: int(values[p]) + blank for n, p in miss_slots}, malformed + undecodable)
         return {stat.name: out[stat.name] for stat in plan.statistics}
 
-    def _level_mapping(self, c: Column, kind: str, probs: _Problems) -> dict[int, list] | None:
-        """level code -> the distinct source values that map to it (the file readers' rules)."""
-        col = self.dialect.q(c.name)
-        table = self._query_arrow(
-            f"SELECT {col} AS v, COUNT(*) AS n FROM {self._relation()} GROUP BY {col} "
-            f"LIMIT {_MAX_DISTINCT + 1}")
-        if table.num_rows > _MAX_DISTINCT:
+    def _level_mappings(self, cats: list[Column], probs: _Problems) -> dict[str, dict[int, list]] | None:
+        """Per categorical column: level code -> the distinct source values that map to it (the
+        file readers' rules), from one GROUPING SETS scan; None if a column has too many."""
+        if not cats:
+            return {}
+        d = self.dialect
+        k = len(cats)
+        inner = ", ".join(f"{d.q(c.name)} AS _js_c{j}" for j, c in enumerate(cats))
+        outer = ", ".join([f"_js_c{j}" for j in range(k)] + [f"GROUPING(_js_c{j})" for j in range(k)])
+        sets = ", ".join(f"(_js_c{j})" for j in range(k))
+        cap = k * (_MAX_DISTINCT + 1)
+        table = self._query_arrow(f"SELECT {outer}, COUNT(*) FROM (SELECT {inner} FROM {self._relation()}) AS c "
+                                  f"GROUP BY GROUPING SETS ({sets}) LIMIT {cap}")
+        if table.num_rows >= cap:
             return None
-        values = table.column(0).combine_chunks() if table.num_rows else pa.array([], pa.string())
-        counts = table.column(1).to_pylist()
+        out = {}
+        for j, c in enumerate(cats):
+            mine = pa.compute.equal(table.column(k + j), 0)
+            if table.num_rows:
+                values = table.column(j).filter(mine).combine_chunks()
+                n = table.column(2 * k).filter(mine).to_pylist()
+            else:
+                values, n = pa.array([], pa.string()), []
+            if len(values) > _MAX_DISTINCT:
+                return None
+            mapping = self._map_levels(c, values, n, probs)
+            if mapping is None:
+                return None
+            out[c.name] = mapping
+        return out
+
+    def _map_levels(self, c: Column, values: pa.Array, counts: list, probs: _Problems) -> dict[int, list] | None:
         pyvals = values.to_pylist()
         if isinstance(values, pa.DictionaryArray):
             values = values.cast(values.type.value_type)
@@ -751,10 +770,11 @@ class PostgresSource(SqlSource):
         return self._cursor_run(sql).fetchall()
 
     def _query_arrow(self, sql: str) -> pa.Table:
-        rows = self._query(sql)
-        cols = list(zip(*rows)) if rows else [(), ()]
-        return pa.table({"v": _py_column(tuple(_pg_py(v) for v in cols[0])),
-                         "n": pa.array(cols[1], pa.int64())})
+        cur = self._cursor_run(sql)
+        rows = cur.fetchall()
+        width = len(cur.description)
+        cols = list(zip(*rows)) if rows else [()] * width
+        return pa.table({f"c{i}": _py_column(tuple(_pg_py(v) for v in col)) for i, col in enumerate(cols)})
 
     def _stream(self, sql: str) -> Iterator[tuple[int, dict[str, pa.Array]]]:
         import psycopg
