@@ -196,6 +196,11 @@ def _safe_text(value: Any, limit: int) -> str:
     return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+#: Refusals before a signature is verified that are audited one by one per minute (the rest counted).
+UNAUTHENTICATED_AUDITS_PER_MINUTE = 120
+_UNAUTHENTICATED = frozenset({"malformed", "unknown analyst", "bad signature", "stale timestamp"})
+
+
 class ApiError(Exception):
     """An HTTP error answer: status, one-line message and the error class name."""
 
@@ -253,6 +258,7 @@ class Node:
         self.state = NodeState(cfg.state)
         self.store = JobStore(cfg.state.with_name(cfg.state.stem + ".jobs"))
         self._lock = threading.RLock()
+        self._refusal_minute, self._refusals_this_minute, self._refusals_suppressed = -1, 0, 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._proc: Any = None  # the running worker (subprocess.Popen or _launch.ForkedParty)
@@ -309,10 +315,27 @@ class Node:
     # ------------------------------------------------------------------ submissions
 
     def _refuse(self, job_id: Any, analyst: Any, reason: str, exc: JointStatsError | ApiError) -> None:
-        """Audit a refused submission (never any data value; fields shortened, made UTF-8)."""
+        """Audit a refused submission (never any data value; fields shortened, made UTF-8).
+
+        Refusals before the signature is verified (malformed, unknown analyst, bad signature,
+        stale timestamp) can come from anyone: at most UNAUTHENTICATED_AUDITS_PER_MINUTE of
+        them are audited one by one, the rest only counted, and the count goes into the next
+        refusal record (``suppressed``), so an outsider cannot grow the audit log without bound.
+        """
         job_id, analyst = _safe_text(job_id, 128), _safe_text(analyst, 64)
+        fields = {}
+        if reason in _UNAUTHENTICATED:
+            with self._lock:
+                minute = int(time.monotonic() // 60)
+                if minute != self._refusal_minute:
+                    self._refusal_minute, self._refusals_this_minute = minute, 0
+                self._refusals_this_minute += 1
+                if self._refusals_this_minute > UNAUTHENTICATED_AUDITS_PER_MINUTE:
+                    self._refusals_suppressed += 1
+                    return
+                fields["suppressed"], self._refusals_suppressed = self._refusals_suppressed, 0
         self.state.audit("refusal", job_id=job_id, analyst=analyst,
-                         reason=reason, detail=_safe_text(clip_error(str(exc)), 500))
+                         reason=reason, detail=_safe_text(clip_error(str(exc)), 500), **fields)
         self._log(f"refused submission {job_id[:40]!r} from {analyst[:40]!r}: "
                   f"{_safe_text(clip_error(str(exc)), 500)}")
 

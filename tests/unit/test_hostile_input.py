@@ -556,3 +556,16 @@ def test_100k_levels_and_duplicate_statistics_submitted_to_a_node(logged_node):
     code, payload = call(logged_node, "POST", "/jobs", body(logged_node, spec=spec, job_id="dup"))
     assert code == 400 and payload == {"error": "line 9: duplicate key 'n'", "kind": "SpecError"}
     assert call(logged_node, "GET", "/health")[1]["queued"] == 0
+
+
+def test_unauthenticated_refusals_cannot_grow_the_audit_log_without_bound(node):  # noqa: F811
+    """Anyone can send a bad submission: past a per-minute number they are only counted, and the
+    count goes into the next audited refusal (security review: 848 requests, 848 records)."""
+    from jointstats import node as node_module
+    limit = node_module.UNAUTHENTICATED_AUDITS_PER_MINUTE
+    before = len(list(node.state.audit_records()))
+    for i in range(limit + 30):
+        assert call(node, "POST", "/jobs", body(node, analyst="mallory", job_id=f"x{i}"))[0] == 401
+    records = list(node.state.audit_records())[before:]
+    assert len(records) <= limit + 1  # one minute boundary may reset the window once
+    assert node.state.verify_audit()[0]
