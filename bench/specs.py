@@ -1,4 +1,4 @@
-"""The protocol specs the benchmarks run (CONTRACT.md section 1), built for a given shape."""
+"""The protocol specs the benchmarks run (docs/reference.md section 1), built for a given shape."""
 from __future__ import annotations
 
 from .data import xtab_levels

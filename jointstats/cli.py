@@ -1,4 +1,4 @@
-"""The ``jointstats`` command line (CONTRACT.md section 3).
+"""The ``jointstats`` command line (docs/reference.md section 3).
 
 Exit status 0 on success; otherwise a one-line reason on stderr and a non-zero status.
 """

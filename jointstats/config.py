@@ -1,4 +1,4 @@
-"""Party configuration: the operator's YAML (CONTRACT.md section 2), validated.
+"""Party configuration: the operator's YAML (docs/reference.md section 2), validated.
 
 Relative paths are resolved against the directory of the config file.
 """

@@ -816,7 +816,7 @@ def openapi(node: Node | None = None) -> dict:
             "/jobs/{job_id}": {"get": {"summary": "Status of a job", "parameters": [jid],
                                        "responses": {"200": job, "404": err}}},
             "/jobs/{job_id}/result": {"get": {
-                "summary": "The revealed result of a finished job (CONTRACT.md section 4)",
+                "summary": "The revealed result of a finished job (docs/reference.md section 4)",
                 "description": "Only for the job's analyst: the headers carry a signature as for "
                                "a submission, with spec text 'result:<job_id>'.",
                 "parameters": [jid] + [{"name": f"X-Jointstats-{h}", "in": "header", "required": True,

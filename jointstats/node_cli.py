@@ -1,4 +1,4 @@
-"""Subcommands for nodes, analysts, keys, ledgers and audit logs (CONTRACT.md section 3).
+"""Subcommands for nodes, analysts, keys, ledgers and audit logs (docs/reference.md section 3).
 
 Every failure raises a JointStatsError subclass, so ``jointstats.cli.main`` prints one
 line and exits with status 2.

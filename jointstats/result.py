@@ -21,7 +21,7 @@ class Result:
     mpc: dict | None = None  # roles, threshold and who could see what (jointstats._roles.mpc_block)
 
     def to_dict(self) -> dict:
-        """The contract's result object (CONTRACT.md section 4)."""
+        """The contract's result object (docs/reference.md section 4)."""
         return {"protocol": self.protocol, "job_id": self.job_id, "spec_sha256": self.spec_sha256,
                 "parties": list(self.parties), **({"mpc": self.mpc} if self.mpc is not None else {}),
                 "privacy": self.privacy, "results": self.results}

@@ -1,4 +1,4 @@
-"""Values that misfit the schema, over three real party processes (CONTRACT.md section 1).
+"""Values that misfit the schema, over three real party processes (docs/reference.md section 1).
 
 DP mode: nothing the analyst or another party sees may depend on the data except through
 the noise, so unknown levels, wrong types and malformed CSV rows are read as missing by their
