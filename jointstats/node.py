@@ -197,7 +197,7 @@ def _safe_text(value: Any, limit: int) -> str:
 
 
 #: Refusals before a signature is verified that are audited one by one per minute (the rest counted).
-UNAUTHENTICATED_AUDITS_PER_MINUTE = 120
+UNAUTHENTICATED_AUDITS_PER_MINUTE = 20
 _UNAUTHENTICATED = frozenset({"malformed", "unknown analyst", "bad signature", "stale timestamp"})
 
 
