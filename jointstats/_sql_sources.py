@@ -121,6 +121,10 @@ class _Dialect:
     def q(self, name: str) -> str:
         return _quote(name, self.ident_quote)
 
+    def text(self, value: str) -> str:
+        """A string literal of a value read from the data (quotes doubled; see the dialects)."""
+        return _lit_str(value)
+
     def flt(self, v: float) -> str:
         return f"CAST({_lit_str(repr(float(v)))} AS {self.double})"
 
@@ -182,6 +186,10 @@ class _Postgres(_Dialect):
     def trim(self, x: str) -> str:
         return f"btrim({x}, E' \\t\\n\\r\\f\\v')"
 
+    def text(self, value: str) -> str:
+        # an E'' literal means the same whatever the server's standard_conforming_strings
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
     def as_text(self, x: str) -> str:
         return f"CAST({x} AS TEXT)"
 
@@ -204,6 +212,10 @@ class _Spark(_Dialect):
 
     def sum_int(self, expr: str) -> str:
         return f"SUM(CAST({expr} AS DECIMAL(38, 0)))"
+
+    def text(self, value: str) -> str:
+        # Spark SQL string literals take backslash escapes
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     def as_text(self, x: str) -> str:
         return f"CAST({x} AS STRING)"
@@ -299,7 +311,7 @@ class SqlSource(Source):
             col = d.q(c.name)
             kind = kinds[c.name]
             if c.type == "categorical":
-                enc.append(f"{_case_codes(col, codes[c.name])} AS _js_k{i}")
+                enc.append(f"{_case_codes(col, codes[c.name], d)} AS _js_k{i}")
                 continue
             x = f"_js_x{i}"
             if kind == "num":
@@ -553,21 +565,21 @@ def _grid_sql(d: _Dialect, t: Term, v: str) -> str:
     return g
 
 
-def _sql_value(v) -> str:
+def _sql_value(v, d: _Dialect) -> str:
     """A distinct value fetched from the engine, as a literal compared with its column."""
     if isinstance(v, bool):
         return "TRUE" if v else "FALSE"
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return _lit_str(repr(v))
-    return _lit_str(str(v))
+        return d.text(repr(v))
+    return d.text(str(v))
 
 
-def _case_codes(col: str, mapping: dict[int, list]) -> str:
+def _case_codes(col: str, mapping: dict[int, list], d: _Dialect) -> str:
     if not mapping:
         return "CAST(NULL AS INTEGER)"
-    whens = " ".join(f"WHEN {col} IN ({', '.join(_sql_value(v) for v in vals)}) THEN {code}"
+    whens = " ".join(f"WHEN {col} IN ({', '.join(_sql_value(v, d) for v in vals)}) THEN {code}"
                      for code, vals in sorted(mapping.items()))
     return f"(CASE {whens} END)"
 

@@ -32,7 +32,7 @@ schema:
   visits: {type: integer, bounds: [0, 50]}
   big:    {type: integer, bounds: [-1000000, 1000000]}
   smoker: {type: categorical, levels: ["no", "yes"]}
-  region: {type: categorical, levels: [north, south, east, west, "NA"]}
+  region: {type: categorical, levels: [north, south, east, west, "NA", 'o''b\\x']}
 """
 EXACT = parse_spec("name: t\n" + SCHEMA + STATS)
 DP = parse_spec("name: t\n" + SCHEMA + "privacy: {epsilon: 1.0, delta: 1.0e-6}\n" + STATS)
@@ -57,7 +57,7 @@ def frame(n: int, seed: int, misfits: bool) -> pd.DataFrame:
     visits[rng.random(n) < 0.05] = np.nan
     big = rng.choice([-1e6, 1e6, 12345.0, 3e6], n) * (rng.random(n) < 0.7)
     smoker = rng.choice(["no", "yes", None], n, p=[0.6, 0.35, 0.05]).astype(object)
-    region = rng.choice(["north", "south", "east", "west", "NA", None], n).astype(object)
+    region = rng.choice(["north", "south", "east", "west", "NA", "o'b\\x", None], n).astype(object)
     if misfits:
         visits[rng.random(n) < 0.03] = 2.5
         age[rng.random(n) < 0.02] = np.inf
@@ -65,6 +65,8 @@ def frame(n: int, seed: int, misfits: bool) -> pd.DataFrame:
         smoker[rng.random(n) < 0.05] = " YES "
         region[rng.random(n) < 0.05] = "North"
         region[rng.random(n) < 0.02] = "mars"
+        region[rng.random(n) < 0.02] = "O'B\\X"  # a case variant of a level with a quote and a backslash
+        region[rng.random(n) < 0.02] = "x' OR '1'='1"
     return pd.DataFrame({"age": age, "tiny": tiny, "visits": visits, "big": big,
                          "smoker": smoker, "region": region, "extra": rng.random(n)})
 
