@@ -43,6 +43,7 @@ _UNIT = 1 << DP_GRID_BITS
 _GRAM_DP = ("mean", "variance", "correlation", "regression")
 #: Parametric-bootstrap draws for the uncertainty of derived statistics.
 BOOTSTRAP_DRAWS = 400
+SCALAR_BOOTSTRAP_DRAWS = 10_000
 #: Data-adaptive ridge (post-processing): lambda = max(0, RIDGE_TAU * sd * sqrt(p) - lambda_min).
 RIDGE_TAU = 2.0
 _Z95 = 1.959963984540054
@@ -287,9 +288,9 @@ def _rng(stat: StatPlan, values: list[int]) -> np.random.Generator:
     return np.random.default_rng([len(stat.name)] + [v % (1 << 32) for v in values])
 
 
-def _draws(noise: NoisePlan, rng: np.random.Generator, size: int) -> np.ndarray:
-    """BOOTSTRAP_DRAWS fresh draws of the released vector's noise, in units of c."""
-    shape = (BOOTSTRAP_DRAWS, size)
+def _draws(noise: NoisePlan, rng: np.random.Generator, size: int, count: int = BOOTSTRAP_DRAWS) -> np.ndarray:
+    """``count`` fresh draws of the released vector's noise, in units of c."""
+    shape = (count, size)
     if noise.mechanism == "discrete_laplace":
         return rng.laplace(0.0, float(noise.base), shape)
     return rng.standard_normal(shape) * math.sqrt(float(noise.base))
@@ -334,7 +335,10 @@ def postprocess(stat: StatPlan, values: list[int], min_count: int | None) -> dic
         info["dominates"] = info["ci95_halfwidth"] >= abs(value)
         return {"kind": "sum", "value": value, "noise": info}
     vec = _scaled(stat, values)
-    draws = vec + _draws(stat.noise, _rng(stat, values), len(vec))
+    # means and variances are cheap to re-evaluate: more draws, so that the interval's own
+    # Monte Carlo error does not shorten it (400 draws covered 94.3% +/- 0.5% over 2,000 runs)
+    count = SCALAR_BOOTSTRAP_DRAWS if kind in ("mean", "variance") else BOOTSTRAP_DRAWS
+    draws = vec + _draws(stat.noise, _rng(stat, values), len(vec), count)
     if kind == "mean":
         return _mean(stat, vec, draws)
     if kind == "variance":
