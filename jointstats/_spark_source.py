@@ -138,9 +138,14 @@ class SparkSource(SqlSource):
             raise _ReadError("its data could not be read by Spark") from None
 
     def close(self) -> None:
+        # the session (its JVM) lives as long as this process: a party process ends after its
+        # job; a process that opens Spark sources again reuses it instead of starting another
         if self._session is not None:
             try:
-                self._session.stop()
+                if self.files is not None:
+                    self._session.catalog.dropTempView(_VIEW)
+            except Exception:  # noqa: BLE001
+                pass
             finally:
                 self._session = None
 
