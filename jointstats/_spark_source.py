@@ -12,7 +12,6 @@ Forms of ``source`` (the dataset entry may add ``query:`` in Spark SQL over the 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 

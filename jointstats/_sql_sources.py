@@ -50,14 +50,12 @@ instead (:meth:`Source.iter_chunks`): slower, same result.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
@@ -66,7 +64,7 @@ from ._sources import (
     _check_schema, _py_column, _MISSING, _INVALID,
 )
 from .errors import ConfigError, DataError, PolicyError
-from .plan import Plan, StatPlan, Term
+from .plan import Plan, Term
 from .spec import Column
 
 log = logging.getLogger("jointstats.sources")
