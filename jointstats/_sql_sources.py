@@ -30,8 +30,9 @@ a few aggregate queries in the engine and brings back only the aggregates:
 
 Exactness: a numeric term's grid value is computed as the numpy path does it, in IEEE
 float64: ``(x - offset) * multiplier`` (two separately rounded operations, as
-``np.subtract`` then ``np.multiply``), rounded half to even (DuckDB ``round_even(v, 0)``,
-PostgreSQL ``round(float8)`` which is C ``rint``, Spark ``rint``: numpy's ``rint`` bit for bit),
+``np.subtract`` then ``np.multiply``), rounded half to even (DuckDB ``(v + 1.5 * 2**52) -
+1.5 * 2**52`` for ``|v| < 2**51``, else ``round_even(v, 0)``; PostgreSQL ``round(float8)``, which
+is C ``rint``; Spark ``rint``: numpy's ``rint`` bit for bit, tests/engines check ties),
 then in DP mode clipped to the term's grid bounds. Every grid value is an integer of magnitude
 at most 2**30 (plan.GRID_BITS; the constant and indicators are 0/1), so a product of two is
 below 2**60 and fits a 64-bit integer exactly; the sum over at most 2**31 rows (the plan's row
