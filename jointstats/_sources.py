@@ -540,14 +540,7 @@ class Source(abc.ABC):
                 tally.missing[k] = tally.missing.get(k, 0) + v
             yield chunk
 
-        problems: list[str] = []
-        if tally.malformed_rows:
-            problems.append(f"{tally.malformed_rows} rows have the wrong number of fields")
-        for c in cols:
-            per = tally.invalid.get(c.name, {})
-            for reason, text in _REASONS.items():
-                if per.get(reason):
-                    problems.append(f"column {c.name!r} has {per[reason]} rows with {text}")
+        problems = misfit_problems(cols, tally.invalid, tally.malformed_rows)
         if problems:
             msg = f"party {party!r}: " + "; ".join(problems)
             if strict:
@@ -561,6 +554,21 @@ class Source(abc.ABC):
             party, tally.rows, self.spec, clipped or "none",
             {k: v for k, v in tally.missing.items() if v} or "none",
         )
+
+
+def misfit_problems(cols: Sequence[Column], invalid: dict[str, dict[str, int]], malformed: int) -> list[str]:
+    """What misfits a read found, one phrase each, naming columns and counts (never values).
+
+    Exact mode fails with them; DP mode only logs them, locally."""
+    problems = []
+    if malformed:
+        problems.append(f"{malformed} rows have the wrong number of fields")
+    for c in cols:
+        per = invalid.get(c.name, {})
+        for reason, text in _REASONS.items():
+            if per.get(reason):
+                problems.append(f"column {c.name!r} has {per[reason]} rows with {text}")
+    return problems
 
 
 class _ReadError(Exception):

@@ -61,7 +61,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
 from ._sources import (
-    MISSING_TOKENS, Source, _CategoricalEncoder, _Tally, _ReadError, _REASONS, _as_text,
+    MISSING_TOKENS, Source, _CategoricalEncoder, _Tally, _ReadError, _as_text, misfit_problems,
     _check_schema, _py_column, _MISSING, _INVALID,
 )
 from .errors import ConfigError, DataError, PolicyError
@@ -531,14 +531,7 @@ class SqlSource(Source):
 
     def _report(self, cols, probs: _Problems, party: str, strict: bool, rows: int,
                 clipped: dict[str, int], missing: dict[str, int], malformed: int = 0) -> None:
-        problems = []
-        if malformed:
-            problems.append(f"{malformed} rows have the wrong number of fields")
-        for c in cols:
-            per = probs.invalid.get(c.name, {})
-            for reason, text in _REASONS.items():
-                if per.get(reason):
-                    problems.append(f"column {c.name!r} has {per[reason]} rows with {text}")
+        problems = misfit_problems(cols, probs.invalid, malformed)
         if problems:
             msg = f"party {party!r}: " + "; ".join(problems)
             if strict:

@@ -318,25 +318,7 @@ def test_noise_plans_are_those_of_the_plain_fraction_search():
 
     from jointstats import _noise
 
-    def frontier(lo, hi):
-        mid = (lo + hi) / 2
-        best = {}
-        for k in range(_noise._KMAX + 1):
-            c = min(max(round(mid * (1 << k)), 0), 1 << k)
-            v = _F(c, 1 << k)
-            err = max(abs(v - lo), abs(hi - v))
-            if c == 0 or c == 1 << k:
-                coin = _noise.Coin(0, 1 if c else 0, err)
-            else:
-                tz = (c & -c).bit_length() - 1
-                coin = _noise.Coin(k - tz, c >> tz, err)
-            if coin.k not in best or err < best[coin.k].err:
-                best[coin.k] = coin
-        out = []
-        for k in sorted(best):
-            if not out or best[k].err < out[-1].err:
-                out.append(best[k])
-        return out
+    from tests.unit.test_noise_plans import _frontier_reference as frontier
 
     def choose(frontiers, budget):
         idx = [0] * len(frontiers)
