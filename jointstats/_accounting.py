@@ -199,6 +199,17 @@ def _rel_bits(x: Fraction, bits: int = 64) -> int:
 # budget arithmetic
 
 
+def _job_budget(epsilon, delta) -> tuple[Fraction, Fraction]:
+    """A job's (epsilon, delta) as exact Fractions: epsilon > 0, 0 <= delta < 1 (ValueError otherwise)."""
+    eps = to_fraction(epsilon, "epsilon")
+    dlt = to_fraction(delta, "delta")
+    if eps <= 0:
+        raise ValueError(f"epsilon must be > 0, found {eps}")
+    if not 0 <= dlt < 1:
+        raise ValueError(f"delta must be in [0, 1), found {dlt}")
+    return eps, dlt
+
+
 def split_budget(epsilon, delta, weights: Mapping[str, object] | Iterable[str] | None = None
                  ) -> dict[str, tuple[Fraction, Fraction]]:
     """Split (epsilon, delta) over named statistics, exactly.
@@ -206,12 +217,7 @@ def split_budget(epsilon, delta, weights: Mapping[str, object] | Iterable[str] |
     ``weights`` maps statistic names to positive weights (``None`` means 1); an
     iterable of names means equal weights.  The parts sum exactly to the totals.
     """
-    eps = to_fraction(epsilon, "epsilon")
-    dlt = to_fraction(delta, "delta")
-    if eps <= 0:
-        raise ValueError(f"epsilon must be > 0, found {eps}")
-    if not 0 <= dlt < 1:
-        raise ValueError(f"delta must be in [0, 1), found {dlt}")
+    eps, dlt = _job_budget(epsilon, delta)
     if weights is None:
         raise ValueError("split_budget needs the names of the statistics")
     if not isinstance(weights, Mapping):
@@ -646,12 +652,7 @@ def job_charge(epsilon, delta, samples: int) -> JobCharge:
       implies (eps, delta)-DP) and the largest rho is kept. ValueError if no eps' leaves
       any delta.
     """
-    eps = to_fraction(epsilon, "epsilon")
-    dlt = to_fraction(delta, "delta")
-    if eps <= 0:
-        raise ValueError(f"epsilon must be > 0, found {eps}")
-    if not 0 <= dlt < 1:
-        raise ValueError(f"delta must be in [0, 1), found {dlt}")
+    eps, dlt = _job_budget(epsilon, delta)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ValueError(f"samples must be an int >= 0, found {samples!r}")
     tv = samples * SAMPLER_TV_PER_SAMPLE
