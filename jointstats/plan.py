@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
+from .errors import SpecError
 from .spec import Column, Spec, Statistic
 
 #: Largest number of rows a party may contribute (the plan's sizes are proven for it).
@@ -301,6 +302,14 @@ def make_plan(spec: Spec, parties: list[str] | tuple[str, ...],
     n_max = len(parties) * max_rows_per_party
     stats = tuple(_plan_statistic(spec, s, n_max) for s in spec.statistics)
     mode = "exact" if spec.exact else "dp"
+    if mode == "exact":
+        for stat in stats:
+            coarse = [t.column for t in stat.terms if t.kind == "num" and t.frac_bits < 0]
+            if stat.kind == "regression" and stat.ridge and coarse:
+                # its grid steps are powers of two above 1: the penalty would not be an integer
+                raise SpecError(f"statistics.{stat.name}.ridge: an exact ridge regression needs every "
+                                f"numeric column within +/-2^30; {coarse[0]!r} has wider bounds "
+                                "(use ridge: 0, narrower bounds, or a privacy block)")
     plan = Plan(spec.name, spec.sha256, spec.dataset, tuple(parties), mode, max_rows_per_party, stats)
     return seal(plan)
 

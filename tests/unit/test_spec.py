@@ -115,3 +115,19 @@ def test_two_party_plans_say_the_parties_see_each_others_aggregates():
     field = finfields.GF(2 ** 61 - 1)
     shares = thresha.np_random_split(field, field.array(np.array([7, 11], dtype=object)), (2 - 1) // 2, 2)
     assert (shares == np.array([[7, 11], [7, 11]])).all()  # why: degree-0 shares are the secret
+
+
+def test_exact_ridge_with_a_column_wider_than_the_grid_is_refused_at_plan_time():
+    """Bounds beyond +/-2^30 put an integer column on a grid coarser than 1, where the ridge
+    penalty is no integer: refused with one line before any party starts (was a ValueError in
+    every worker; security review); without ridge, or in DP mode, it plans."""
+    from jointstats.errors import SpecError
+    from jointstats.plan import make_plan
+    text = ("name: t\ndataset: d\nschema:\n  x: {type: integer, bounds: [-1000000000000000, 1000000000000000]}\n"
+            "  y: {type: real, bounds: [0, 10]}\n%sstatistics:\n  r: {kind: regression, target: y, "
+            "features: [x]%s}\n")
+    with pytest.raises(SpecError, match=r"^statistics.r.ridge: an exact ridge regression needs every numeric "
+                                        r"column within \+/-2\^30; 'x' has wider bounds"):
+        make_plan(parse_spec(text % ("", ", ridge: 2.0")), ["a", "b", "c"])
+    make_plan(parse_spec(text % ("", "")), ["a", "b", "c"])
+    make_plan(parse_spec(text % ("privacy: {epsilon: 1.0, delta: 0}\n", ", ridge: 2.0")), ["a", "b", "c"])
