@@ -38,8 +38,8 @@ orig = _codec.RECORD.encode
 def evil(rec):
     return orig({**rec, "min_count_floor": 1 << 50})
 _codec.RECORD.encode = evil
-from jointstats._party import main
-sys.exit(main(sys.argv[1:]))
+from jointstats._party import exit_now, main
+exit_now(main(sys.argv[1:]))  # as a party process exits: no teardown race
 """
 
 

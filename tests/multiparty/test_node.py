@@ -683,7 +683,9 @@ def test_foreign_and_mismatched_certificates_between_workers(tmp_path):
             # the impostor skips its own certificate check, as an attacker would
             pre = ("import jointstats.tls as t; t.check_own_certificate = lambda cfg: None; "
                    if i == bad and kind == "mismatch" else "")
-            code = pre + "import sys; from jointstats._party import main; sys.exit(main(sys.argv[1:]))"
+            # exit as a party process does (exit_now: no interpreter teardown racing a local-step
+            # thread still inside Arrow, which once aborted a process with SIGABRT here)
+            code = pre + "import sys; from jointstats._party import main, exit_now; exit_now(main(sys.argv[1:]))"
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", code, "--config", str(path), "--spec", str(spec),
                  "--job-id", "j", "--out", str(root / f"{i}.json"), "--connect-timeout", "5"],

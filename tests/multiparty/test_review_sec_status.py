@@ -35,8 +35,8 @@ def evil(rec):
         rec["party"], rec["plan"] = "party_a", "f" * 64
     return orig(rec)
 _codec.RECORD.encode = evil
-from jointstats._party import main
-sys.exit(main(sys.argv[1:]))
+from jointstats._party import exit_now, main
+exit_now(main(sys.argv[1:]))  # as a party process exits: no teardown race
 """
 SPEC = """dataset: cohort
 schema:
