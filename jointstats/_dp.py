@@ -24,6 +24,7 @@ repair, confidence intervals) is post-processing of public values.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import replace
 from fractions import Fraction
 
@@ -174,13 +175,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
 def _sampler_tv(noise: NoisePlan) -> Fraction:
     """Total-variation distance of all of a statistic's samples to their exact laws (a bound)."""
     per = acc_delta_laplace if noise.mechanism == "discrete_laplace" else acc_delta_gaussian
-    cache: dict[Fraction, Fraction] = {}
-    total = Fraction(0)
-    for s in noise.scales:
-        if s not in cache:
-            cache[s] = per(s)
-        total += cache[s]
-    return total
+    return sum((count * per(s) for s, count in Counter(noise.scales).items()), Fraction(0))
 
 
 def acc_delta_laplace(scale: Fraction) -> Fraction:
@@ -366,6 +361,11 @@ def _derived_noise(stat: StatPlan, estimate, draws: np.ndarray, wide: float) -> 
     return info
 
 
+def _no_value_noise(stat: StatPlan) -> dict:
+    """Noise info of a derived statistic the noise left without a value (e.g. a count below 1)."""
+    return {**_share_info(stat.noise), "scale": None, "sd": None, "ci95_halfwidth": None, "dominates": True}
+
+
 def _json_floats(a):
     """Floats (or nested lists of them) for JSON: NaN and infinities become None."""
     a = np.asarray(a, dtype=float)
@@ -388,8 +388,7 @@ def _mean(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     lo, hi = stat.terms[1].column_bounds
     value = _mean_of(stat, vec)
     if not np.isfinite(value):
-        return {"kind": "mean", "value": None, "noise": {**_share_info(stat.noise), "scale": None, "sd": None,
-                                                        "ci95_halfwidth": None, "dominates": True}}
+        return {"kind": "mean", "value": None, "noise": _no_value_noise(stat)}
     info = _derived_noise(stat, value, _mean_of(stat, draws), hi - lo)
     return {"kind": "mean", "value": float(value), "noise": info}
 
@@ -410,8 +409,7 @@ def _variance(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     lo, hi = stat.terms[1].column_bounds
     value = _variance_of(stat, vec)
     if not np.isfinite(value):
-        return {"kind": "variance", "value": None, "noise": {**_share_info(stat.noise), "scale": None, "sd": None,
-                                                        "ci95_halfwidth": None, "dominates": True}}
+        return {"kind": "variance", "value": None, "noise": _no_value_noise(stat)}
     boot = _variance_of(stat, draws)
     info = _derived_noise(stat, value, boot, (hi - lo) ** 2 / 4)
     # a variance pushed to 0 by the noise is clipped there, which biases it upwards: when that
@@ -449,8 +447,7 @@ def _correlation(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     corr = _correlation_of(stat, vec)
     if corr is None:
         return {"kind": "correlation", "columns": list(stat.columns), "matrix": [[None] * d for _ in range(d)],
-                "noise": {**_share_info(stat.noise), "scale": None, "sd": None, "ci95_halfwidth": None,
-                          "dominates": True}}
+                "noise": _no_value_noise(stat)}
     boot = np.array([c if c is not None else np.full((d, d), np.nan)
                      for c in (_correlation_of(stat, row) for row in draws)])
     info = _derived_noise(stat, corr, boot, 2.0)
