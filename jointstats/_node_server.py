@@ -30,6 +30,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -369,6 +370,13 @@ def _quiet_uvicorn() -> None:
             log.addHandler(logging.NullHandler())
 
 
+def _tls_context(config: uvicorn.Config, default) -> ssl.SSLContext:
+    """uvicorn's server context for the API certificate, TLS 1.2 at least."""
+    ctx = default()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
 class ApiServer:
     """The API of one node on uvicorn, bound at construction (so that the port is known and
     a taken port is a ConfigError at once). ``serve_forever`` runs it (in a thread of its
@@ -390,7 +398,8 @@ class ApiServer:
             limit_concurrency=2 * limits.max_connections, timeout_keep_alive=5,
             timeout_graceful_shutdown=5, h11_max_incomplete_event_size=limits.max_head,
             ssl_certfile=str(api_cert) if api_cert else None,
-            ssl_keyfile=str(api_key) if api_key else None)
+            ssl_keyfile=str(api_key) if api_key else None,
+            ssl_context_factory=_tls_context if api_cert else None)
         try:
             config.load()
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
