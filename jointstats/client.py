@@ -10,6 +10,7 @@ check that every node revealed the identical result.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import sys
 import time
@@ -104,6 +105,9 @@ class NodeClient:
                 raise ConfigError(f"--ca {ca}: cannot load: {exc}") from None
         self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout),
                                   headers={"Accept": "application/json"})
+        # httpx logs every request at INFO; MPyC's import sets the root logger to INFO: the
+        # analyst's terminal gets one progress line from jointstats instead
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
     def close(self) -> None:
         self._http.close()
