@@ -135,7 +135,7 @@ class Route:
     model: type | None
     summary: str
     status: int = 200
-    body: type | None = None  # the request body's model (documented; checked by the node)
+    body: type | None = None  # the request body's model (the node reads the body through it)
     errors: dict[int, str] = field(default_factory=dict)
     description: str | None = None
     validate: bool = True  # False: the answer is sent as the handler made it (model: docs)

@@ -1,18 +1,20 @@
 """The node API's request and response bodies as pydantic models.
 
 They generate the OpenAPI document the node serves (``GET /openapi.json``): nothing of it is
-written by hand. Responses of the status, health and policy routes are validated against
-them as they are sent; request bodies are checked by the node itself
-(``jointstats.node.Node.submit``), field by field in a fixed order, because every refusal is
-audited with the job id and analyst it names and answered with one line naming the field.
+written by hand. Request bodies are read through them (:meth:`Submission.from_body`,
+:meth:`Cancel.from_body`: strict types, the job id pattern, lengths, valid Unicode), and a
+refusal is one line naming the field, in a fixed order of checks; responses of the status,
+health and policy routes are validated against them as they are sent.
 """
 from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._node_errors import ApiError, is_utf8
 from ._node_jobs import JOB_ID_RE, STATUSES
+from .spec import shorten
 
 __all__ = ["Submission", "Cancel", "Job", "Health", "PolicyView", "Result", "Error",
            "JOB_ID_PATTERN"]
@@ -27,9 +29,30 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+def _text(value: Any) -> Any:
+    """A string field's value, refused when UTF-8 cannot encode it (JSON escapes can make lone
+    surrogates, which SQLite, the log and the signature check cannot take)."""
+    if isinstance(value, str) and not is_utf8(value):
+        raise ValueError("not valid Unicode text")
+    return value
+
+
+def _errors(exc: ValidationError) -> dict[str, list[str]]:
+    """The fields of each kind of error pydantic found (missing, type, value, pattern, length)."""
+    kinds: dict[str, list[str]] = {}
+    for err in exc.errors():
+        t = err["type"]
+        kind = ("missing" if t == "missing" else "value" if t == "value_error" else
+                "pattern" if t == "string_pattern_mismatch" else
+                "length" if t == "string_too_long" else "type")
+        kinds.setdefault(kind, []).append(str(err["loc"][0]) if err["loc"] else "?")
+    return kinds
+
+
 class Submission(_Model):
     """A signed job submission (send the same body to every node)."""
 
+    model_config = ConfigDict(frozen=True, strict=True)
     spec: str = Field(description="protocol spec YAML text (at most 512 KiB)")
     job_id: str = Field(pattern=JOB_ID_PATTERN, description="unique per analyst and node, "
                         "matched in full")
@@ -38,13 +61,49 @@ class Submission(_Model):
     signature: str = Field(description="base64 Ed25519 signature over jointstats.keys."
                            "submission_message(spec, job_id, timestamp, analyst)")
 
+    _utf8 = field_validator("spec", "job_id", "analyst", "signature", mode="before")(_text)
+
+    @classmethod
+    def from_body(cls, body: Any) -> "Submission":
+        """The submission in a request body; ApiError 400 naming the first problem, checked in
+        this order: a JSON object, fields missing, types, Unicode, job id, analyst length."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        try:
+            return cls.model_validate(body)
+        except ValidationError as exc:
+            kinds = _errors(exc)
+        if "missing" in kinds:
+            raise ApiError(400, f"submission lacks {', '.join(kinds['missing'])}") from None
+        if "type" in kinds:
+            raise ApiError(400, "submission fields: spec, job_id, analyst and signature must be "
+                                "strings, timestamp an integer (seconds since the epoch)") from None
+        if "value" in kinds:
+            raise ApiError(400, f"submission field {kinds['value'][0]} is not valid Unicode "
+                                f"text") from None
+        if "pattern" in kinds:
+            raise ApiError(400, f"job id {shorten(body['job_id'])} must be 1-128 letters, "
+                                f"digits, '_', '.', '-'") from None
+        raise ApiError(400, "analyst: longer than the limit of 64 characters", "AuthError") from None
+
 
 class Cancel(_Model):
     """A signed withdrawal of a queued job, by its analyst."""
 
+    model_config = ConfigDict(frozen=True, strict=True)
     analyst: str
     timestamp: int = Field(description="seconds since the epoch")
     signature: str = Field(description="as for a submission, over spec text 'cancel:<job_id>'")
+
+    _utf8 = field_validator("analyst", "signature", mode="before")(_text)
+
+    @classmethod
+    def from_body(cls, body: Any) -> "Cancel":
+        """The cancellation in a request body; ApiError 400 otherwise."""
+        try:
+            return cls.model_validate(body)
+        except ValidationError:
+            raise ApiError(400, "cancel body must be {analyst, timestamp, signature}") from None
 
 
 class Job(_Model):

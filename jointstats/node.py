@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ._launch import start_launcher
-from ._node_errors import ApiError, api_error, is_utf8, safe_text
+from ._node_errors import ApiError, api_error, safe_text
 from ._node_jobs import JOB_ID_RE, STATUSES, JobStore, NodeJob, iso_time
 from ._node_schedule import Scheduler
 from .config import PartyConfig, load_party_config
@@ -182,37 +182,19 @@ class Node(Scheduler):
 
     def submit(self, body: Any) -> dict:
         """Check and queue a signed submission; ApiError with a one-line reason otherwise."""
+        from ._node_models import Submission
         from .keys import verify_submission
         cfg = self.config
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
-        missing = [k for k in ("spec", "job_id", "timestamp", "analyst", "signature") if k not in body]
         job_id, analyst = body.get("job_id", "?"), body.get("analyst", "?")
-        if missing:
-            err = ApiError(400, f"submission lacks {', '.join(missing)}")
+        try:
+            sub = Submission.from_body(body)
+        except ApiError as err:
             self._refuse(job_id, analyst, "malformed", err)
-            raise err
-        spec_text, timestamp, signature = body["spec"], body["timestamp"], body["signature"]
-        if not (isinstance(spec_text, str) and isinstance(job_id, str) and isinstance(analyst, str)
-                and isinstance(signature, str) and isinstance(timestamp, int)
-                and not isinstance(timestamp, bool)):
-            err = ApiError(400, "submission fields: spec, job_id, analyst and signature must be "
-                                "strings, timestamp an integer (seconds since the epoch)")
-            self._refuse(job_id, analyst, "malformed", err)
-            raise err
-        for key in ("spec", "job_id", "analyst", "signature"):
-            if not is_utf8(body[key]):  # JSON escapes can make lone surrogates
-                err = ApiError(400, f"submission field {key} is not valid Unicode text")
-                self._refuse(job_id, analyst, "malformed", err)
-                raise err
-        if not JOB_ID_RE.fullmatch(job_id):
-            err = ApiError(400, f"job id {shorten(job_id)} must be 1-128 letters, digits, '_', '.', '-'")
-            self._refuse(job_id, analyst, "malformed", err)
-            raise err
-        if len(analyst) > 64:
-            err = ApiError(400, "analyst: longer than the limit of 64 characters", "AuthError")
-            self._refuse(job_id, analyst, "malformed", err)
-            raise err
+            raise
+        job_id, analyst, spec_text = sub.job_id, sub.analyst, sub.spec
+        timestamp, signature = sub.timestamp, sub.signature
         pub = cfg.policy.analyst_key(analyst)
         if pub is None:
             err = AuthError(f"analyst {analyst!r} is not listed in party {cfg.party!r}'s "
@@ -306,22 +288,18 @@ class Node(Scheduler):
     def cancel(self, job_id: str, body: Any) -> dict:
         """Cancel a queued job; only its analyst may, with a fresh signature over ``cancel:<id>``."""
         from .keys import verify_submission
+        from ._node_models import Cancel
         job = self._job(job_id)
-        if not isinstance(body, dict) or not all(isinstance(body.get(k), t) for k, t in
-                                                 (("analyst", str), ("timestamp", int),
-                                                  ("signature", str))) \
-                or isinstance(body["timestamp"], bool) \
-                or not (is_utf8(body["analyst"]) and is_utf8(body["signature"])):
-            raise ApiError(400, "cancel body must be {analyst, timestamp, signature}")
-        if body["analyst"] != job.analyst:
+        req = Cancel.from_body(body)
+        if req.analyst != job.analyst:
             raise ApiError(403, f"job {job_id!r} was submitted by {job.analyst!r}, not "
-                                f"{body['analyst']!r}", "AuthError")
+                                f"{req.analyst!r}", "AuthError")
         pub = self.config.policy.analyst_key(job.analyst)
         if pub is None:
             raise ApiError(401, f"analyst {job.analyst!r} is no longer listed", "AuthError")
         try:
-            verify_submission(pub, f"cancel:{job_id}", job_id, body["timestamp"], job.analyst,
-                              body["signature"], now=int(time.time()), max_skew=MAX_SKEW)
+            verify_submission(pub, f"cancel:{job_id}", job_id, req.timestamp, job.analyst,
+                              req.signature, now=int(time.time()), max_skew=MAX_SKEW)
         except AuthError as exc:
             raise api_error(exc) from None
         with self._lock:
