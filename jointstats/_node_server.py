@@ -51,6 +51,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Limits", "Connections", "Guard", "ApiServer", "make_server", "client_key"]
 
+# _Protocol overrides these methods of uvicorn's h11 protocol (uvicorn 0.30 to 0.55 have them):
+# fail at import, naming them, on a uvicorn without them
+_OVERRIDDEN = ("connection_made", "connection_lost", "eof_received", "send_400_response",
+               "handle_events")
+if not all(callable(getattr(H11Protocol, name, None)) for name in _OVERRIDDEN):
+    raise ImportError(f"jointstats' node API needs uvicorn's H11Protocol with "
+                      f"{', '.join(_OVERRIDDEN)} (written for uvicorn 0.30-0.55; this is "
+                      f"uvicorn {uvicorn.__version__})")
+
 
 @dataclass(frozen=True)
 class Limits:
