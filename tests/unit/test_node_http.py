@@ -216,7 +216,9 @@ def test_when_connections_are_full_an_idle_one_makes_room(make_node):
     try:
         for s in idle:
             s.sendall(b"GET /health HTTP/1.1\r\n")  # never finished
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while node.server.connections() < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert node.server.connections() == 8
         c = NodeClient(node.url)
         assert c.get("/health")["ok"]
