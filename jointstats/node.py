@@ -442,12 +442,13 @@ def openapi(node: Node | None = None) -> dict:
 
 def serve(config: str | Path, *, api_cert: str | Path | None = None,
           api_key: str | Path | None = None, connect_timeout: float = 60.0,
-          peer_wait: float = 120.0, orphan_grace: float = 30.0) -> int:
-    """Run a node until SIGINT or SIGTERM (``jointstats node serve``)."""
+          peer_wait: float = 120.0, orphan_grace: float = 30.0, **limits) -> int:
+    """Run a node until SIGINT or SIGTERM (``jointstats node serve``); ``limits``: fields of
+    ``jointstats._node_server.Limits`` for its API."""
     node = Node(config, connect_timeout=connect_timeout, peer_wait=peer_wait,
                 orphan_grace=orphan_grace)
     try:
-        server = make_server(node, api_cert=api_cert, api_key=api_key)
+        server = make_server(node, api_cert=api_cert, api_key=api_key, **limits)
     except BaseException:
         node.state.close()
         raise

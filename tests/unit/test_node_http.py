@@ -337,3 +337,19 @@ def test_client_does_not_retry_a_refusal(make_node, monkeypatch):
     assert c.request("POST", "/jobs", {"spec": "x"})[0] == 400
     c.close()
     assert len(sent) == 2
+
+
+def test_limits_must_be_positive_and_known(make_node, tmp_path):
+    from jointstats.errors import ConfigError
+    node = make_node()
+    with pytest.raises(ConfigError, match="api limits: max_per_client must be positive"):
+        make_server(node, port=0, max_per_client=0)
+    with pytest.raises(ConfigError, match="api limits: .*max_thing"):
+        make_server(node, port=0, max_thing=3)
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "node", "serve", "--config",
+                           str(node.config.path), "--max-connections-per-client", "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "max_per_client must be positive" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
