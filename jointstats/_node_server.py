@@ -353,6 +353,8 @@ class Guard:
         length = int(lengths[0]) if lengths else 0
         if length > limits.max_body:
             raise ApiError(413, f"request body larger than {limits.max_body} bytes", "HTTPError")
+        if not length:  # nothing to read (and no "100 Continue" for an Expect header)
+            return b""
         chunks, got = [], 0
         while True:
             message = await receive()

@@ -226,6 +226,8 @@ class RealNode:
         if not response:
             return None, b""
         head, _, body = response.partition(b"\r\n\r\n")
+        while head.startswith(b"HTTP/1.1 1") and body.startswith(b"HTTP/1."):  # 100 Continue
+            head, _, body = body.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1."), response[:200]
         return int(head.split()[1]), body
 
