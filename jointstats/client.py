@@ -10,11 +10,10 @@ check that every node revealed the identical result.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,62 @@ UNREACHABLE_LIMIT = 20.0
 FAILURE_SETTLE = 35.0
 
 
+#: Attempts of one request when the node is busy (503) or the connection fails before the
+#: request is sent (and, for reads, when it breaks before the answer), and the first pause
+#: between attempts (doubled each time; a node's Retry-After counts, at most RETRY_PAUSE_MAX).
+RETRY_ATTEMPTS = 3
+RETRY_PAUSE = 0.2
+RETRY_PAUSE_MAX = 2.0
+
+
 class _Unreachable(JointStatsError):
     """A node did not answer (connection refused, reset, timed out, TLS failure)."""
 
 
+def _caused_by(exc: BaseException, kind: type) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, kind):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def _with_retries(method: str, send):
+    """``send()`` (an httpx request) with the client's one retry policy: a 503 (the node did
+    nothing: it was busy) and a connection that failed before the request went out are tried
+    again, for any method; a read whose answer was lost is tried again too; a POST whose
+    answer was lost is not (it may have been applied). TLS failures are never retried."""
+    import httpx
+    pause = RETRY_PAUSE
+    for attempt in range(1, RETRY_ATTEMPTS + 1):
+        last = attempt == RETRY_ATTEMPTS
+        try:
+            response = send()
+        except httpx.TransportError as exc:
+            unsent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+            if last or _caused_by(exc, ssl.SSLError) or not (unsent or method == "GET"):
+                raise
+        else:
+            if response.status_code != 503 or last:
+                return response
+            try:
+                pause = max(pause, float(response.headers.get("Retry-After", 0)))
+            except ValueError:
+                pass
+        time.sleep(min(pause, RETRY_PAUSE_MAX))
+        pause *= 2
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 class NodeClient:
-    """A thin JSON client for one node's API."""
+    """A thin JSON client for one node's API (httpx)."""
 
     def __init__(self, url: str, ca: str | Path | None = None, timeout: float = REQUEST_TIMEOUT,
                  signer: tuple[str | Path, str] | None = None):
         """``signer``: (analyst key file, analyst name): GET requests other than ``/health``
         are then signed (the node answers them only to a listed analyst)."""
+        import httpx
         self.signer = signer
         url = url.strip().rstrip("/")
         if "://" not in url:
@@ -53,12 +97,26 @@ class NodeClient:
         self.url = url
         self.timeout = timeout
         self.party: str | None = None
-        self._ctx = None
+        verify: ssl.SSLContext | bool = True
         if url.startswith("https://"):
             try:
-                self._ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+                verify = ssl.create_default_context(cafile=str(ca) if ca else None)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"--ca {ca}: cannot load: {exc}") from None
+        self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout),
+                                  headers={"Accept": "application/json"})
+        # httpx logs every request at INFO; MPyC's import sets the root logger to INFO: the
+        # analyst's terminal gets one progress line from jointstats instead
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "NodeClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def label(self) -> str:
@@ -67,31 +125,39 @@ class NodeClient:
     def request(self, method: str, path: str, body: Any = None,
                 headers: dict | None = None) -> tuple[int, Any]:
         """(HTTP status, decoded JSON); _Unreachable if the node does not answer."""
+        import httpx
         data = None if body is None else json.dumps(body).encode()
         if method == "GET" and self.signer and headers is None and path != "/health":
             headers = signed_headers(self.signer[0], f"GET {path}", f"GET {path}", self.signer[1])
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json",
-                                              "Accept": "application/json", **(headers or {})})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ctx) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise _Unreachable(f"{self.label} is not reachable: {reason}") from None
+            response = _with_retries(method, lambda: self._http.request(
+                method, self.url + path, content=data,
+                headers={"Content-Type": "application/json", **(headers or {})}))
+        except httpx.HTTPError as exc:
+            raise _Unreachable(f"{self.label} is not reachable: {_reason(exc)}") from None
         try:
-            return status, json.loads(raw or b"null")
+            return response.status_code, json.loads(response.content or b"null")
         except ValueError:
-            raise _Unreachable(f"{self.label} answered {status} with something that is not "
-                               f"JSON; is it a jointstats node?") from None
+            raise _Unreachable(f"{self.label} answered {response.status_code} with something "
+                               f"that is not JSON; is it a jointstats node?") from None
 
     def get(self, path: str, headers: dict | None = None) -> Any:
         status, payload = self.request("GET", path, headers=headers)
         if status != 200:
             raise _error(self, status, payload)
         return payload
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost reason of a transport error, one line (e.g. the TLS verification failure)."""
+    text = str(exc) or type(exc).__name__
+    inner: BaseException | None = exc
+    for _ in range(20):
+        inner = inner.__cause__ or inner.__context__
+        if inner is None:
+            break
+        text = str(inner) or text
+    return " ".join(text.split())[:200]
 
 
 def _error(node: NodeClient, status: int, payload: Any, what: str = "answered") -> JointStatsError:
@@ -187,7 +253,16 @@ def submit(spec_path: str | Path, nodes: list[str], key_path: str | Path,
     clients = [NodeClient(u, ca, signer=(key_path, analyst)) for u in nodes]
     if progress is None:
         progress = sys.stderr.isatty()
+    try:
+        return _run(clients, text, key_path, analyst, out, timeout, progress, job_id)
+    finally:
+        for node in clients:
+            node.close()
 
+
+def _run(clients: list[NodeClient], text: str, key_path: Path, analyst: str,
+         out: str | Path | None, timeout: float, progress: bool, job_id: str | None) -> Result:
+    """Steps 1-4 of :func:`submit`."""
     # 1. every node must be up, and together they must be the whole consortium
     healths: dict[str, dict] = {}
     for node in clients:

@@ -1,23 +1,23 @@
 """A long-running party node: ``jointstats node serve --config A.yaml``.
 
 The node is the sole guardian of its party's data and privacy budget. It listens for
-analysts on ``api`` (HTTP/JSON, optionally HTTPS; the OpenAPI description is at
-``/openapi.json``), checks every submission (Ed25519 signature of a listed analyst,
-fresh timestamp, unused job id, its own policy and remaining budget), queues it, and
-runs each job in a worker subprocess (``jointstats._party``) that joins the MPC with
-the other nodes. A worker crash or hang never takes the node down.
+analysts on ``api`` (HTTP/JSON on uvicorn, optionally HTTPS; the OpenAPI description,
+generated from the request and response models, is at ``/openapi.json``), checks every
+submission (Ed25519 signature of a listed analyst, fresh timestamp, unused job id, its own
+policy and remaining budget), queues it, and runs each job in a worker subprocess
+(``jointstats._party``) that joins the MPC with the other nodes. A worker crash or hang
+never takes the node down.
 
-Job order. Every node runs at most one job at a time, and all nodes run the same job at
-the same time. Before each job the nodes *agree* on it, over the same mutually
-authenticated MPC channels the job will use: every node with queued jobs joins a short
-rendezvous in which each node sends its whole queue to every other node. All nodes then
-hold the same information and pick the same job: the earliest, by (timestamp, job id),
-of the jobs that every node holds. A job some node does not hold waits (it may still be
-arriving) and is failed if it is still missing there ``orphan_grace`` seconds later; if
-the other nodes do not join at all for ``peer_wait`` seconds, the queued jobs fail,
-naming the parties that did not join. Nothing is decided before all queues are
-exchanged, so two analysts submitting at once cannot deadlock the nodes or make them
-run different jobs; the worker's own plan and job-id exchange is a second check.
+The node is made of small modules, one job each:
+
+* this module: :class:`Node`, admission (checks, audit of refusals) and the queries the API
+  answers, and :func:`serve`;
+* ``jointstats._node_schedule``: agreeing on the next job with the other nodes, running it;
+* ``jointstats._node_jobs``: job records and their folders;
+* ``jointstats._node_errors``: error answers and the mapping of domain errors to statuses;
+* ``jointstats._node_models``: the API's request and response models (pydantic);
+* ``jointstats._node_http``: the ASGI app (FastAPI) and its route table;
+* ``jointstats._node_server``: the uvicorn server with its size, time and connection limits.
 
 Durable state lives beside ``state:`` of the config: the privacy ledger and audit log
 in the SQLite file itself (:class:`jointstats._state.NodeState`), and per job a folder
@@ -27,52 +27,31 @@ On startup the node resolves every job left unfinished by a crash (``NodeState.r
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import logging
-import math
-import os
-import re
 import signal
-import socket
-import ssl
-import subprocess
 import sys
 import threading
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ._launch import start_launcher, start_party
+from ._launch import start_launcher
+from ._node_errors import ApiError, api_error, safe_text
+from ._node_jobs import JOB_ID_RE, STATUSES, JobStore, NodeJob, iso_time
+from ._node_schedule import Scheduler
 from .config import PartyConfig, load_party_config
-from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, PartyError,
-                     PolicyError, SpecError)
+from .errors import AuthError, BudgetError, ConfigError, JointStatsError, PolicyError, SpecError
 from .spec import clip_error, shorten
 
-__all__ = ["Node", "serve", "openapi", "JOB_ID_RE", "MAX_SKEW"]
+__all__ = ["Node", "NodeJob", "JobStore", "ApiError", "serve", "make_server", "openapi",
+           "JOB_ID_RE", "STATUSES", "MAX_SKEW"]
 
-#: Job ids: 1-128 letters, digits, '_', '.', '-' (they name a folder). Always matched with
-#: ``fullmatch``: ``match`` with ``$`` would accept a trailing newline.
-JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Largest clock difference accepted between an analyst's timestamp and the node (seconds).
 MAX_SKEW = 300
-#: Largest request body accepted (bytes).
-MAX_BODY = 1 << 20
-#: Seconds a client has to send its whole request (line, headers and body), from its connection.
-REQUEST_DEADLINE = 20.0
-#: Seconds a connection may last in all, the node's answer included.
-CONNECTION_DEADLINE = 120.0
-#: Connections served at once, in total and per client address (more are turned away at once
-#: with 503, never queued on a thread).
-MAX_CONNECTIONS = 64
-MAX_CONNECTIONS_PER_CLIENT = 16
-#: Rendezvous message tag.
-_RDV = "jointstats-rendezvous/1"
-#: Job states as the API reports them.
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
+#: Submissions parsed and planned at once (each in a worker thread of the API, never in its
+#: event loop); more wait up to PLANNING_WAIT seconds for a turn, then get 503.
+MAX_PLANNING = 2
+PLANNING_WAIT = 30.0
 
 
 def _stamp() -> str:
@@ -80,154 +59,14 @@ def _stamp() -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
 
 
-# ----------------------------------------------------------------------------- job store
-
-@dataclass
-class NodeJob:
-    """What a node keeps about one job (``<state>.jobs/<id>/job.json``); never any data value."""
-
-    job_id: str
-    analyst: str
-    timestamp: int
-    spec_sha256: str
-    protocol: str
-    dataset: str
-    mode: str
-    epsilon: float | None
-    received: float
-    status: str = "queued"
-    started: float | None = None
-    finished: float | None = None
-    order: int | None = None
-    error: str | None = None
-    progress: str | None = field(default=None)
-    error_kind: str | None = None
-
-    def entry(self) -> tuple:
-        """The job as exchanged in the rendezvous: it sorts by (timestamp, job id)."""
-        return (self.timestamp, self.job_id, self.analyst, self.spec_sha256)
-
-    def public(self, party: str) -> dict:
-        """The job's status object of the API."""
-        return {"job_id": self.job_id, "party": party, "status": self.status,
-                "analyst": self.analyst, "protocol": self.protocol, "dataset": self.dataset,
-                "mode": self.mode, "epsilon": self.epsilon, "spec_sha256": self.spec_sha256,
-                "timestamp": self.timestamp, "received": _iso(self.received),
-                "started": _iso(self.started), "finished": _iso(self.finished),
-                "order": self.order, "progress": self.progress, "error": self.error,
-                "error_kind": self.error_kind}
-
-
-def _iso(t: float | None) -> str | None:
-    return None if t is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-class JobStore:
-    """Per-job folders beside the state file."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def folder(self, job_id: str) -> Path:
-        return self.root / job_id
-
-    def spec_path(self, job_id: str) -> Path:
-        return self.folder(job_id) / "spec.yaml"
-
-    def result_path(self, job_id: str) -> Path:
-        return self.folder(job_id) / "result.json"
-
-    def log_path(self, job_id: str) -> Path:
-        return self.folder(job_id) / "worker.log"
-
-    def create(self, job: NodeJob, spec_text: str, submission: dict) -> None:
-        d = self.folder(job.job_id)
-        d.mkdir(parents=True, exist_ok=False)
-        _write_atomic(d / "spec.yaml", spec_text)
-        _write_atomic(d / "submission.json", json.dumps(submission, indent=1))
-        self.save(job)
-
-    def save(self, job: NodeJob) -> None:
-        _write_atomic(self.folder(job.job_id) / "job.json", json.dumps(asdict(job), indent=1))
-
-    def load_all(self) -> dict[str, NodeJob]:
-        jobs = {}
-        for d in sorted(self.root.iterdir()):
-            f = d / "job.json"
-            if d.is_dir() and f.is_file():
-                try:
-                    jobs[d.name] = NodeJob(**json.loads(f.read_text()))
-                except (ValueError, TypeError):
-                    continue
-        return jobs
-
-    def read_result(self, job_id: str) -> dict | None:
-        try:
-            return json.loads(self.result_path(job_id).read_text())
-        except (OSError, ValueError):
-            return None
-
-
-# ----------------------------------------------------------------------------- errors
-
-def _is_utf8(text: str) -> bool:
-    """False for strings UTF-8 cannot encode (lone surrogates, which JSON escapes can make)."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _safe_text(value: Any, limit: int) -> str:
-    """``value`` as a string of at most ``limit`` characters that UTF-8 (and so SQLite and
-    the log) can take."""
-    text = value if isinstance(value, str) else shorten(value, limit)
-    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 #: Refusals before a signature is verified that are audited one by one per minute (the rest counted).
 UNAUTHENTICATED_AUDITS_PER_MINUTE = 20
 _UNAUTHENTICATED = frozenset({"malformed", "unknown analyst", "bad signature", "stale timestamp"})
 
 
-class ApiError(Exception):
-    """An HTTP error answer: status, one-line message and the error class name."""
-
-    def __init__(self, status: int, message: str, kind: str = "JointStatsError"):
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-
-
-def _api_error(exc: JointStatsError) -> ApiError:
-    from ._state import ReplayError
-    if isinstance(exc, ReplayError):
-        return ApiError(409, str(exc), "ReplayError")
-    if isinstance(exc, AuthError):
-        return ApiError(401, str(exc), "AuthError")
-    if isinstance(exc, BudgetError):
-        return ApiError(403, str(exc), "BudgetError")
-    if isinstance(exc, PolicyError):
-        return ApiError(403, str(exc), "PolicyError")
-    if isinstance(exc, (SpecError, ConfigError)):
-        return ApiError(400 if isinstance(exc, SpecError) else 403, str(exc), type(exc).__name__)
-    return ApiError(400, str(exc), type(exc).__name__)
-
-
 # ----------------------------------------------------------------------------- the node
 
-class Node:
+class Node(Scheduler):
     """One party's node: API handlers, job queue, rendezvous and worker processes."""
 
     def __init__(self, config: str | Path | PartyConfig, *, connect_timeout: float = 60.0,
@@ -258,6 +97,8 @@ class Node:
         self.state = NodeState(cfg.state)
         self.store = JobStore(cfg.state.with_name(cfg.state.stem + ".jobs"))
         self._lock = threading.RLock()
+        self._planning = threading.BoundedSemaphore(MAX_PLANNING)
+        self.planning_wait = PLANNING_WAIT
         self._refusal_minute, self._refusals_this_minute, self._refusals_suppressed = -1, 0, 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -322,7 +163,7 @@ class Node:
         them are audited one by one, the rest only counted, and the count goes into the next
         refusal record (``suppressed``), so an outsider cannot grow the audit log without bound.
         """
-        job_id, analyst = _safe_text(job_id, 128), _safe_text(analyst, 64)
+        job_id, analyst = safe_text(job_id, 128), safe_text(analyst, 64)
         fields = {}
         if reason in _UNAUTHENTICATED:
             with self._lock:
@@ -335,50 +176,31 @@ class Node:
                     return
                 fields["suppressed"], self._refusals_suppressed = self._refusals_suppressed, 0
         self.state.audit("refusal", job_id=job_id, analyst=analyst,
-                         reason=reason, detail=_safe_text(clip_error(str(exc)), 500), **fields)
+                         reason=reason, detail=safe_text(clip_error(str(exc)), 500), **fields)
         self._log(f"refused submission {job_id[:40]!r} from {analyst[:40]!r}: "
-                  f"{_safe_text(clip_error(str(exc)), 500)}")
+                  f"{safe_text(clip_error(str(exc)), 500)}")
 
     def submit(self, body: Any) -> dict:
         """Check and queue a signed submission; ApiError with a one-line reason otherwise."""
+        from ._node_models import Submission
         from .keys import verify_submission
-        from .spec import parse_spec
         cfg = self.config
         if not isinstance(body, dict):
             raise ApiError(400, "request body must be a JSON object")
-        missing = [k for k in ("spec", "job_id", "timestamp", "analyst", "signature") if k not in body]
         job_id, analyst = body.get("job_id", "?"), body.get("analyst", "?")
-        if missing:
-            err = ApiError(400, f"submission lacks {', '.join(missing)}")
+        try:
+            sub = Submission.from_body(body)
+        except ApiError as err:
             self._refuse(job_id, analyst, "malformed", err)
-            raise err
-        spec_text, timestamp, signature = body["spec"], body["timestamp"], body["signature"]
-        if not (isinstance(spec_text, str) and isinstance(job_id, str) and isinstance(analyst, str)
-                and isinstance(signature, str) and isinstance(timestamp, int)
-                and not isinstance(timestamp, bool)):
-            err = ApiError(400, "submission fields: spec, job_id, analyst and signature must be "
-                                "strings, timestamp an integer (seconds since the epoch)")
-            self._refuse(job_id, analyst, "malformed", err)
-            raise err
-        for key in ("spec", "job_id", "analyst", "signature"):
-            if not _is_utf8(body[key]):  # JSON escapes can make lone surrogates
-                err = ApiError(400, f"submission field {key} is not valid Unicode text")
-                self._refuse(job_id, analyst, "malformed", err)
-                raise err
-        if not JOB_ID_RE.fullmatch(job_id):
-            err = ApiError(400, f"job id {shorten(job_id)} must be 1-128 letters, digits, '_', '.', '-'")
-            self._refuse(job_id, analyst, "malformed", err)
-            raise err
-        if len(analyst) > 64:
-            err = ApiError(400, "analyst: longer than the limit of 64 characters", "AuthError")
-            self._refuse(job_id, analyst, "malformed", err)
-            raise err
+            raise
+        job_id, analyst, spec_text = sub.job_id, sub.analyst, sub.spec
+        timestamp, signature = sub.timestamp, sub.signature
         pub = cfg.policy.analyst_key(analyst)
         if pub is None:
             err = AuthError(f"analyst {analyst!r} is not listed in party {cfg.party!r}'s "
                             f"policy.analysts")
             self._refuse(job_id, analyst, "unknown analyst", err)
-            raise _api_error(err)
+            raise api_error(err)
         try:
             verify_submission(pub, spec_text, job_id, timestamp, analyst, signature,
                               now=int(time.time()), max_skew=MAX_SKEW)
@@ -387,12 +209,32 @@ class Node:
             reason = ("stale timestamp" if " stale" in text or "future" in text
                       else "bad signature")
             self._refuse(job_id, analyst, reason, exc)
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
+        with self._planning_turn():
+            return self._admit(body, job_id, analyst, spec_text, timestamp)
+
+    @contextmanager
+    def _planning_turn(self):
+        """One of MAX_PLANNING turns to parse and plan a submission (taken before the job id
+        is used up, so that a submission turned away with 503 can be sent again as it is)."""
+        if not self._planning.acquire(timeout=self.planning_wait):
+            raise ApiError(503, f"party {self.config.party!r} is busy planning other "
+                                f"submissions; try again", "Busy")
+        try:
+            yield
+        finally:
+            self._planning.release()
+
+    def _admit(self, body: dict, job_id: str, analyst: str, spec_text: str,
+               timestamp: int) -> dict:
+        """Use up the job id, parse and plan the spec, check policy and budget, queue the job."""
+        from .spec import parse_spec
+        cfg = self.config
         try:
             self.state.use_nonce(job_id, analyst=analyst)
         except AuthError as exc:
             self._refuse(job_id, analyst, "replay", exc)
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         # authenticated from here on; the job id is used up whatever happens next
         try:
             spec = parse_spec(spec_text)
@@ -416,7 +258,7 @@ class Node:
             reason = ("budget" if isinstance(exc, BudgetError) else
                       "spec" if isinstance(exc, SpecError) else "policy")
             self._refuse(job_id, analyst, reason, exc)
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         except Exception as exc:  # e.g. a missing optional layer: still one line
             err = ApiError(500, f"party {cfg.party!r} cannot plan the job: "
                                 f"{type(exc).__name__}: {exc}", "PartyError")
@@ -446,24 +288,20 @@ class Node:
     def cancel(self, job_id: str, body: Any) -> dict:
         """Cancel a queued job; only its analyst may, with a fresh signature over ``cancel:<id>``."""
         from .keys import verify_submission
+        from ._node_models import Cancel
         job = self._job(job_id)
-        if not isinstance(body, dict) or not all(isinstance(body.get(k), t) for k, t in
-                                                 (("analyst", str), ("timestamp", int),
-                                                  ("signature", str))) \
-                or isinstance(body["timestamp"], bool) \
-                or not (_is_utf8(body["analyst"]) and _is_utf8(body["signature"])):
-            raise ApiError(400, "cancel body must be {analyst, timestamp, signature}")
-        if body["analyst"] != job.analyst:
+        req = Cancel.from_body(body)
+        if req.analyst != job.analyst:
             raise ApiError(403, f"job {job_id!r} was submitted by {job.analyst!r}, not "
-                                f"{body['analyst']!r}", "AuthError")
+                                f"{req.analyst!r}", "AuthError")
         pub = self.config.policy.analyst_key(job.analyst)
         if pub is None:
             raise ApiError(401, f"analyst {job.analyst!r} is no longer listed", "AuthError")
         try:
-            verify_submission(pub, f"cancel:{job_id}", job_id, body["timestamp"], job.analyst,
-                              body["signature"], now=int(time.time()), max_skew=MAX_SKEW)
+            verify_submission(pub, f"cancel:{job_id}", job_id, req.timestamp, job.analyst,
+                              req.signature, now=int(time.time()), max_skew=MAX_SKEW)
         except AuthError as exc:
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         with self._lock:
             if job.status != "queued":
                 raise ApiError(409, f"job {job_id!r} is {job.status}; only a queued job can be "
@@ -509,7 +347,7 @@ class Node:
         except ValueError:
             raise ApiError(400, "X-Jointstats-Timestamp must be an integer", "SpecError") from None
         except AuthError as exc:
-            raise _api_error(exc) from None
+            raise api_error(exc) from None
         return analyst
 
     def _job_for(self, job_id: str, analyst: str) -> NodeJob:
@@ -562,7 +400,7 @@ class Node:
         return {"ok": True, "party": self.config.party, "index": self.config.index,
                 "parties": self.names, "version": __version__,
                 "mpc_tls": self.config.tls is not None, "queued": queued, "running": running,
-                "up_since": _iso(self.started)}
+                "up_since": iso_time(self.started)}
 
     # ------------------------------------------------------------------ scheduling
 
@@ -571,10 +409,6 @@ class Node:
         workers are forked from, so that the first job does not wait for it."""
         start_launcher(self._worker_env())
         self._scheduler.start()
-
-    @staticmethod
-    def _worker_env() -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop scheduling; a running worker is terminated and its job failed."""
@@ -587,577 +421,34 @@ class Node:
             self._scheduler.join(timeout)
         self.state.close()
 
-    def _queued(self) -> list[NodeJob]:
-        with self._lock:
-            return sorted((j for j in self.jobs.values() if j.status == "queued"),
-                          key=NodeJob.entry)
 
-    def _schedule(self) -> None:
-        """The scheduler loop: agree on the next job with the other nodes, run it, repeat."""
-        failing_since: float | None = None
-        last_error = None
-        while not self._stop.is_set():
-            queued = self._queued()
-            if not queued:
-                failing_since = None
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            try:
-                queues = asyncio.run(self._rendezvous([j.entry() for j in queued]))
-            except Exception as exc:  # noqa: BLE001 - every failure is retried or reported
-                msg = str(exc) if isinstance(exc, JointStatsError) else f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, JointStatsError):
-                    self._log("rendezvous bug: " + "".join(traceback.format_exception(exc)).strip())
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if msg != last_error:
-                    self._log(f"waiting for the other parties: {msg}")
-                    last_error = msg
-                permanent = isinstance(exc, (ConfigError, AuthError)) or "TLS" in msg
-                if permanent or now - failing_since > self.peer_wait:
-                    why = (msg if permanent else f"{msg} (waited {self.peer_wait:.0f} s for the "
-                                                 f"other parties to join)")
-                    for job in self._queued():
-                        self._end(job, "failed", f"party {self.config.party!r} could not start "
-                                                 f"the job: {why}")
-                        self._log(f"job {job.job_id} failed: {why}")
-                    failing_since = None
-                self._stop.wait(0.3)
-                continue
-            failing_since, last_error = None, None
-            chosen = self._choose(queued, queues)
-            if chosen is None:
-                self._stop.wait(0.2)
-                continue
-            self._run(chosen)
-
-    def _choose(self, queued: list[NodeJob], queues: dict[str, list]) -> NodeJob | None:
-        """The earliest job every party holds; fail own jobs missing elsewhere for too long."""
-        held = {party: {tuple(e) for e in q} for party, q in queues.items()}
-        common = set.intersection(*held.values())
-        now = time.time()
-        for job in queued:
-            missing = [p for p in self.names if job.entry() not in held.get(p, set())]
-            if missing and now - job.received > self.orphan_grace:
-                plural = "ies" if len(missing) > 1 else "y"
-                self._end(job, "failed", f"part{plural} {', '.join(map(repr, missing))} "
-                                         f"do{'' if len(missing) > 1 else 'es'} not hold job "
-                                         f"{job.job_id!r} (not submitted there, refused there, "
-                                         f"or already ended there)")
-                self._log(f"job {job.job_id} failed: missing at {', '.join(missing)}")
-        if not common:
-            return None
-        first = min(common)
-        with self._lock:
-            return self.jobs.get(first[1])
-
-    async def _rendezvous(self, entries: list[tuple]) -> dict[str, list]:
-        """Exchange job queues with every other party over the MPC channels (TLS if configured)."""
-        from . import _codec, _mpc
-        logging.getLogger().setLevel(logging.WARNING)  # MPyC logs every shutdown at INFO
-        cfg = self.config
-        rt = _mpc.make_party_runtime(cfg.index, self.names, [(p.host, p.port) for p in cfg.peers])
-        if cfg.tls is not None:
-            from .tls import configure_tls
-            configure_tls(rt, cfg)
-        # a typed record (jointstats._codec), never a pickle: at most MAX_QUEUE entries, the
-        # earliest (entries come sorted); a peer's malformed record fails naming it
-        message = {"type": _RDV, "party": cfg.party,
-                   "queue": [list(e) for e in entries[:_codec.MAX_QUEUE]],
-                   # what a worker that meets this message by mistake reports and stops on:
-                   "refusal": f"party {cfg.party!r} is between jobs (its worker for this job "
-                              f"ended or never started)",
-                   "job": None, "plan": None, "min_count_floor": 0}
-        try:
-            await rt.start(self.attempt_timeout)
-            got = await rt.guard(rt.transfer(message, codec=_codec.RECORD), self.attempt_timeout,
-                                 "agreeing on the next job")
-        except BaseException:
-            rt.abort()
-            raise
-        try:
-            await rt.close(timeout=self.attempt_timeout)
-        except Exception:  # noqa: BLE001 - everybody already has every queue
-            pass
-        queues = {}
-        for pid, msg in enumerate(got):
-            name = self.names[pid]
-            if not isinstance(msg, dict) or msg.get("type") != _RDV:
-                busy = msg.get("job") if isinstance(msg, dict) else None
-                raise PartyError(f"party {name!r} is still busy"
-                                 + (f" with job {busy!r}" if busy else ""))
-            if msg.get("party") != name:
-                raise PartyError(f"party at index {pid} calls itself {msg.get('party')!r}, "
-                                 f"expected {name!r}")
-            queues[name] = msg.get("queue") or []
-        return queues
-
-    def _run(self, job: NodeJob) -> None:
-        """Run ``job`` in a worker subprocess and record its outcome."""
-        cfg = self.config
-        with self._lock:
-            if job.status != "queued":
-                return
-            self._order += 1
-            job.status, job.started, job.order, job.progress = "running", time.time(), self._order, None
-            self.store.save(job)
-            self._running = job.job_id
-        self._log(f"running job {job.job_id} (#{job.order})")
-        out = self.store.result_path(job.job_id)
-        argv = ["--config", str(cfg.path), "--spec", str(self.store.spec_path(job.job_id)),
-                "--job-id", job.job_id, "--out", str(out), "--analyst", job.analyst,
-                "--connect-timeout", str(self.connect_timeout)]
-        lines: list[str] = []
-        error = None
-        kind = "PartyError"
-        try:
-            with open(self.store.log_path(job.job_id), "a") as log:
-                # forked from the node's launcher (a clean interpreter, never a fork of the
-                # node: no keys, no state); exec'd as a worker that dies with the node otherwise
-                proc = start_party(argv, self._worker_env(), new_session=True,
-                                   exec_command=[sys.executable, "-m", "jointstats.node", "worker",
-                                                 "--parent", str(os.getpid()), *argv])
-                self._proc = proc
-                self._log(f"job {job.job_id}: worker process {proc.pid}")
-                reader = threading.Thread(target=self._read_worker, args=(proc, job, log, lines),
-                                          daemon=True)
-                reader.start()
-                try:
-                    proc.wait(timeout=self.job_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-                    error = f"party {cfg.party!r}: the job did not finish within {self.job_timeout:.0f} s"
-                reader.join(timeout=5)
-        except OSError as exc:
-            error = f"party {cfg.party!r} cannot start its worker: {exc}"
-            proc = None
-        finally:
-            self._proc = None
-        payload = self.store.read_result(job.job_id)
-        worker_settled = error is None and payload is not None
-        if error is None and payload is not None:
-            if payload.get("ok"):
-                with self._lock:
-                    job.status, job.finished, job.error = "done", time.time(), None
-                    self.store.save(job)
-                    self._running = None
-                self._log(f"job {job.job_id} done")
-                return
-            error = payload.get("error") or "failed"
-            kind = payload.get("kind") or kind
-        elif error is None:
-            # The worker's stderr is this party's own log (it may count rows or quote a
-            # traceback): it stays in the job's worker log and the node's log, never in the
-            # error shown to the analyst.
-            rc = proc.returncode if proc is not None else None
-            how = (f"signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}")
-            error = f"party {cfg.party!r} died ({how}) in its worker process"
-            tail = [ln for ln in lines if not ln.startswith("progress ")]
-            if tail:
-                self._log(f"job {job.job_id}: last line of its worker log: {tail[-1]}")
-        self._end(job, "failed", error, settle=not worker_settled, kind=kind)
-        with self._lock:
-            self._running = None
-        self._log(f"job {job.job_id} failed: {error}")
-
-    def _read_worker(self, proc, job: NodeJob, log, lines: list[str]) -> None:
-        """Copy the worker's stderr to its log; keep its latest progress line."""
-        prefix = f"progress {self.config.party}: "
-        for line in proc.stderr:
-            log.write(line)
-            log.flush()
-            line = line.rstrip("\n")
-            lines.append(line)
-            if line.startswith(prefix):
-                job.progress = line[len(prefix):]
-
-
-# ----------------------------------------------------------------------------- OpenAPI
-
-def openapi(node: Node | None = None) -> dict:
-    """The OpenAPI 3 description of the node API."""
-    from . import __version__
-    err = {"description": "refused or failed; one-line reason",
-           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    job = {"description": "the job's status",
-           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
-    jid = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string",
-                                                                         "pattern": f"^{JOB_ID_RE.pattern}$"}}
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "jointstats party node", "version": __version__,
-                 "description": "One party's node of a jointstats consortium. Analysts submit "
-                                "signed protocol specs to every node; the nodes agree on the "
-                                "order of jobs, run them as secure multi-party computations "
-                                "and return only the revealed (differentially private, or "
-                                "consented exact) results."
-                                + (f" This node is party {node.config.party!r}." if node else "")},
-        "paths": {
-            "/jobs": {"post": {
-                "summary": "Submit a job (send the same body to every node)",
-                "description": "The signature is Ed25519 over jointstats.keys.submission_message"
-                               "(spec, job_id, timestamp, analyst): the bytes "
-                               "'jointstats-submission-v1\\n' followed by the compact sorted "
-                               "JSON of {analyst, job_id, spec_sha256, timestamp}. Refused: "
-                               "analysts not in policy.analysts, bad signatures, timestamps "
-                               f"more than {MAX_SKEW} s off the node's clock, job ids used "
-                               "before, specs the node's policy or remaining budget refuses.",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Submission"}}}},
-                "responses": {"202": {**job, "description": "queued"}, "400": err, "401": err,
-                              "403": err, "409": err,
-                              "411": {**err, "description": "a Transfer-Encoding instead of a "
-                                                           "Content-Length"},
-                              "413": {**err, "description": f"body over {MAX_BODY} bytes"},
-                              "503": {**err, "description": "too many connections (from this "
-                                                            "client address); try again"}}}},
-            "/jobs/{job_id}": {"get": {"summary": "Status of a job", "parameters": [jid],
-                                       "responses": {"200": job, "404": err}}},
-            "/jobs/{job_id}/result": {"get": {
-                "summary": "The revealed result of a finished job (docs/reference.md section 4)",
-                "description": "Only for the job's analyst: the headers carry a signature as for "
-                               "a submission, with spec text 'result:<job_id>'.",
-                "parameters": [jid] + [{"name": f"X-Jointstats-{h}", "in": "header", "required": True,
-                                        "schema": {"type": t}} for h, t in
-                                       (("Analyst", "string"), ("Timestamp", "integer"),
-                                        ("Signature", "string"))],
-                "responses": {"200": {"description": "result", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Result"}}}},
-                    "401": err, "403": err, "404": err,
-                    "409": {**err, "description": "not finished, or failed"}}}},
-            "/jobs/{job_id}/cancel": {"post": {
-                "summary": "Cancel a queued job (its analyst only)",
-                "description": "signature as for a submission, with spec text 'cancel:<job_id>'",
-                "parameters": [jid],
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Cancel"}}}},
-                "responses": {"200": job, "401": err, "403": err, "404": err, "409": err}}},
-            "/policy": {"get": {"summary": "Public policy and privacy budget per dataset",
-                                "responses": {"200": {"description": "policy", "content": {
-                                    "application/json": {"schema": {
-                                        "$ref": "#/components/schemas/Policy"}}}}}}},
-            "/health": {"get": {"summary": "Liveness, party name and index, queue length",
-                                "responses": {"200": {"description": "node is up", "content": {
-                                    "application/json": {"schema": {"type": "object"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This description",
-                                      "responses": {"200": {"description": "OpenAPI 3"}}}},
-        },
-        "components": {"schemas": {
-            "Submission": {"type": "object",
-                           "required": ["spec", "job_id", "timestamp", "analyst", "signature"],
-                           "properties": {
-                               "spec": {"type": "string", "description": "protocol spec YAML text"},
-                               "job_id": {"type": "string", "pattern": f"^{JOB_ID_RE.pattern}$"},
-                               "timestamp": {"type": "integer", "description": "seconds since the epoch"},
-                               "analyst": {"type": "string"},
-                               "signature": {"type": "string", "format": "byte"}}},
-            "Cancel": {"type": "object", "required": ["timestamp", "analyst", "signature"],
-                       "properties": {"timestamp": {"type": "integer"}, "analyst": {"type": "string"},
-                                      "signature": {"type": "string", "format": "byte"}}},
-            "Job": {"type": "object", "properties": {
-                "job_id": {"type": "string"}, "party": {"type": "string"},
-                "status": {"type": "string", "enum": list(STATUSES)},
-                "analyst": {"type": "string"}, "protocol": {"type": "string"},
-                "dataset": {"type": "string"}, "mode": {"type": "string", "enum": ["exact", "dp"]},
-                "epsilon": {"type": "number", "nullable": True},
-                "spec_sha256": {"type": "string"}, "timestamp": {"type": "integer"},
-                "received": {"type": "string", "format": "date-time"},
-                "started": {"type": "string", "format": "date-time", "nullable": True},
-                "finished": {"type": "string", "format": "date-time", "nullable": True},
-                "order": {"type": "integer", "nullable": True,
-                          "description": "position among the jobs this node has run"},
-                "progress": {"type": "string", "nullable": True},
-                "error": {"type": "string", "nullable": True,
-                          "description": "one line naming the party; never a data value or count"},
-                "error_kind": {"type": "string", "nullable": True,
-                               "description": "the error's class (PartyError, DataError, ...)"}}},
-            "Result": {"type": "object", "required": ["protocol", "job_id", "spec_sha256", "parties",
-                                                      "privacy", "results"],
-                       "properties": {"protocol": {"type": "string"}, "job_id": {"type": "string"},
-                                      "spec_sha256": {"type": "string"},
-                                      "parties": {"type": "array", "items": {"type": "string"}},
-                                      "privacy": {"type": "object", "nullable": True},
-                                      "results": {"type": "object"}}},
-            "Policy": {"type": "object", "properties": {
-                "party": {"type": "string"}, "parties": {"type": "array", "items": {"type": "string"}},
-                "policy": {"type": "object"},
-                "datasets": {"type": "object", "additionalProperties": {"type": "object"}}}},
-            "Error": {"type": "object", "required": ["error"], "properties": {
-                "error": {"type": "string"}, "kind": {"type": "string"}}},
-        }},
-    }
-
-
-# ----------------------------------------------------------------------------- HTTP
-
-_JOB_PATH = re.compile(r"/jobs/([^/]+)(/result|/cancel)?")
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """One connection, one request (HTTP/1.0). Every answer is JSON ``{"error", "kind"}`` on
-    failure, one line of at most 300 characters; nothing a client sends yields a 500."""
-
-    server_version = "jointstats-node"
-    default_request_version = "HTTP/1.0"  # so that even a garbage request line gets a status line
-    timeout = 10  # seconds any one read or write may wait (the server bounds the totals)
-    node: Node  # set on the subclass made by make_server
-
-    def log_message(self, format, *args):  # noqa: A002 - BaseHTTPRequestHandler's signature
-        pass
-
-    def _send(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload, indent=1).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_error(self, status: int, message: str, kind: str) -> None:
-        self.close_connection = True
-        try:
-            self._send(status, {"error": _safe_text(clip_error(message), 300), "kind": kind})
-        except OSError:  # the client hung up, or its deadline passed
-            pass
-
-    def send_error(self, code, message=None, explain=None):
-        """http.server's own refusals (bad request line, headers too long or too many, unknown
-        method, HTTP version) as one-line JSON; an unknown method is 405, a bad version 400:
-        nothing a client sends gets a 5xx."""
-        self.close_connection = True
-        if code == 501:
-            code = 405
-        elif code >= 500:  # 505: an HTTP version other than 1.x
-            code = 400
-        text = {400: "malformed HTTP request", 405: f"method not allowed: {shorten(self.command)}",
-                408: "request timed out", 414: "request line too long",
-                431: "request headers too large or too many"}.get(code, message or "bad request")
-        self._send_error(code, text, "HTTPError")
-
-    def _read_done(self) -> None:
-        """The request has been read: from now only the connection's total deadline applies."""
-        self.server.request_read(self.request)
-
-    def _body(self) -> Any:
-        if self.headers.get("Transfer-Encoding") is not None:
-            raise ApiError(411, "send the body with a Content-Length, not a Transfer-Encoding")
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(set(lengths)) > 1 or not all(_CONTENT_LENGTH.fullmatch(v.strip()) for v in lengths):
-            raise ApiError(400, "bad Content-Length (one non-negative integer)")
-        length = int(lengths[0]) if lengths else 0
-        if length > MAX_BODY:
-            raise ApiError(413, f"request body larger than {MAX_BODY} bytes")
-        raw = self.rfile.read(length) if length else b""
-        if len(raw) < length:
-            raise ApiError(400, f"request body shorter than its Content-Length ({len(raw)} of "
-                                f"{length} bytes)")
-        self._read_done()
-        try:
-            return json.loads(raw or b"null")
-        except RecursionError:
-            raise ApiError(400, "request body is nested too deeply") from None
-        except ValueError:  # not JSON, not UTF-8, or an integer of more than 4300 digits
-            raise ApiError(400, "request body is not valid JSON") from None
-
-    def _dispatch(self, method: str) -> None:
-        node = self.node
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
-        try:
-            if method == "GET":
-                self._read_done()
-            if method == "GET" and path == "/health":
-                return self._send(200, node.health())
-            if method == "GET" and path == "/policy":
-                node._authenticate(self.headers, "GET /policy", "GET /policy")
-                return self._send(200, node.policy())
-            if method == "GET" and path == "/openapi.json":
-                node._authenticate(self.headers, "GET /openapi.json", "GET /openapi.json")
-                return self._send(200, openapi(node))
-            if method == "POST" and path == "/jobs":
-                return self._send(202, node.submit(self._body()))
-            m = _JOB_PATH.fullmatch(path)
-            if m:
-                job_id, tail = m.group(1), m.group(2)
-                if method == "GET" and tail is None:
-                    return self._send(200, node.job_status(job_id, self.headers))
-                if method == "GET" and tail == "/result":
-                    return self._send(200, node.job_result(job_id, self.headers))
-                if method == "POST" and tail == "/cancel":
-                    return self._send(200, node.cancel(job_id, self._body()))
-            raise ApiError(404 if method == "GET" else 405,
-                           f"no such endpoint: {method} {shorten(path, 80)}", "NotFound")
-        except ApiError as exc:
-            self._send_error(exc.status, str(exc), exc.kind)
-        except JointStatsError as exc:
-            err = _api_error(exc)
-            self._send_error(err.status, str(err), err.kind)
-        except OSError:  # the client hung up, or its deadline passed
-            self.close_connection = True
-        except Exception as exc:  # noqa: BLE001 - the node keeps serving
-            node._log("API bug: " + "".join(traceback.format_exception(exc)).strip())
-            self._send_error(500, f"internal error: {type(exc).__name__}", "InternalError")
-
-    def do_GET(self):  # noqa: N802 - http.server naming
-        self._dispatch("GET")
-
-    def do_POST(self):  # noqa: N802
-        self._dispatch("POST")
-
-
-_BUSY = json.dumps({"error": "too many connections; try again later", "kind": "Busy"}).encode()
-
-
-class _Server(ThreadingHTTPServer):
-    """A thread per connection, within bounds: at most ``max_connections`` at once and
-    ``max_per_client`` per client address (others are answered 503 at once and closed, never
-    given a thread); a client must send its whole request within ``request_deadline`` seconds
-    and a connection lasts at most ``connection_deadline`` seconds, however slowly the client
-    trickles its bytes (a reaper thread shuts down the connections past their deadlines)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    tls: ssl.SSLContext | None = None
-
-    def __init__(self, address, handler, *, request_deadline: float = REQUEST_DEADLINE,
-                 connection_deadline: float = CONNECTION_DEADLINE,
-                 max_connections: int = MAX_CONNECTIONS,
-                 max_per_client: int = MAX_CONNECTIONS_PER_CLIENT):
-        self.request_deadline = request_deadline
-        self.connection_deadline = connection_deadline
-        self.max_connections = max_connections
-        self.max_per_client = max_per_client
-        self._conn_lock = threading.Lock()
-        self._conns: dict[Any, list] = {}  # socket -> [client, request deadline, total deadline]
-        self._per_client: dict[str, int] = {}
-        self._closing = threading.Event()
-        super().__init__(address, handler)
-        self._reaper = threading.Thread(target=self._reap, name="api-deadlines", daemon=True)
-        self._reaper.start()
-
-    def get_request(self):
-        sock, addr = super().get_request()
-        if self.tls is not None:  # handshake in the handler thread, on first read
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def process_request(self, request, client_address):
-        client = client_address[0] if isinstance(client_address, tuple) else str(client_address)
-        now = time.monotonic()
-        with self._conn_lock:
-            busy = (len(self._conns) >= self.max_connections
-                    or self._per_client.get(client, 0) >= self.max_per_client)
-            if not busy:
-                self._conns[request] = [client, now + self.request_deadline,
-                                        now + self.connection_deadline]
-                self._per_client[client] = self._per_client.get(client, 0) + 1
-        if busy:
-            self._turn_away(request)
-            return
-        try:
-            super().process_request(request, client_address)  # a thread for this connection
-        except Exception:  # noqa: BLE001 - e.g. no thread could be started
-            self.shutdown_request(request)
-
-    def _turn_away(self, request) -> None:
-        """503 without reading the request (plain HTTP; a TLS client just sees the close)."""
-        if self.tls is None:
-            try:
-                request.setblocking(False)
-                request.send(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json"
-                             b"\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: "
-                             + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
-            except OSError:
-                pass
-        self.shutdown_request(request)
-
-    def request_read(self, request) -> None:
-        with self._conn_lock:
-            entry = self._conns.get(request)
-            if entry is not None:
-                entry[1] = math.inf
-
-    def shutdown_request(self, request):
-        with self._conn_lock:
-            entry = self._conns.pop(request, None)
-            if entry is not None:
-                left = self._per_client[entry[0]] - 1
-                if left:
-                    self._per_client[entry[0]] = left
-                else:
-                    del self._per_client[entry[0]]
-        super().shutdown_request(request)
-
-    def _reap(self) -> None:
-        """Shut down (not close: the handler thread still owns the socket) every connection
-        past a deadline; its blocked read or write then fails and its thread ends."""
-        while not self._closing.wait(0.25):
-            now = time.monotonic()
-            with self._conn_lock:
-                late = [sock for sock, (_, read_by, done_by) in self._conns.items()
-                        if now > read_by or now > done_by]
-                for sock in late:
-                    self._conns[sock][1] = self._conns[sock][2] = math.inf
-            for sock in late:
-                try:
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # bypasses SSLSocket's
-                except OSError:
-                    pass
-
-    def server_close(self):
-        self._closing.set()
-        super().server_close()
-
-    def connections(self) -> int:
-        """Connections being served now."""
-        with self._conn_lock:
-            return len(self._conns)
-
-    def handle_error(self, request, client_address):
-        pass  # a client that hangs up or fails the TLS handshake is not the node's problem
-
+# ----------------------------------------------------------------------------- serving
 
 def make_server(node: Node, host: str | None = None, port: int | None = None,
                 api_cert: str | Path | None = None, api_key: str | Path | None = None,
-                **limits) -> _Server:
-    """An HTTP(S) server for ``node`` bound to ``host:port`` (default: the config's ``api``).
-    ``limits``: request_deadline, connection_deadline, max_connections, max_per_client (the
-    module's constants by default)."""
-    handler = type("Handler", (_Handler,), {"node": node})
-    host = node.config.api_host if host is None else host
-    port = node.config.api_port if port is None else port
-    try:
-        server = _Server((host, port), handler, **limits)
-    except OSError as exc:
-        raise ConfigError(f"party {node.config.party!r}: cannot listen for analysts on "
-                          f"{host}:{port} ({exc.strerror})") from None
-    if api_cert or api_key:
-        if not (api_cert and api_key):
-            raise ConfigError("--api-cert and --api-key must be given together")
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            ctx.load_cert_chain(str(api_cert), str(api_key))
-        except (OSError, ssl.SSLError) as exc:
-            server.server_close()
-            raise ConfigError(f"api tls: cannot load {api_cert} with key {api_key}: {exc}") from None
-        server.tls = ctx
-    return server
+                **limits):
+    """The API server of ``node`` (``jointstats._node_server.ApiServer``), bound to
+    ``host:port`` (default: the config's ``api``); HTTPS with ``api_cert``/``api_key``.
+    ``limits``: fields of ``jointstats._node_server.Limits`` (its defaults otherwise)."""
+    from ._node_server import make_server as _make
+    return _make(node, host, port, api_cert, api_key, **limits)
+
+
+def openapi(node: Node | None = None) -> dict:
+    """The OpenAPI 3 description of the node API, generated from its models and routes."""
+    from ._node_http import create_app
+    return create_app(node).openapi()
 
 
 def serve(config: str | Path, *, api_cert: str | Path | None = None,
           api_key: str | Path | None = None, connect_timeout: float = 60.0,
-          peer_wait: float = 120.0, orphan_grace: float = 30.0) -> int:
-    """Run a node until SIGINT or SIGTERM (``jointstats node serve``)."""
+          peer_wait: float = 120.0, orphan_grace: float = 30.0, **limits) -> int:
+    """Run a node until SIGINT or SIGTERM (``jointstats node serve``); ``limits``: fields of
+    ``jointstats._node_server.Limits`` for its API."""
     node = Node(config, connect_timeout=connect_timeout, peer_wait=peer_wait,
                 orphan_grace=orphan_grace)
     try:
-        server = make_server(node, api_cert=api_cert, api_key=api_key)
+        server = make_server(node, api_cert=api_cert, api_key=api_key, **limits)
     except BaseException:
         node.state.close()
         raise
@@ -1174,12 +465,13 @@ def serve(config: str | Path, *, api_cert: str | Path | None = None,
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     node.start()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                              daemon=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="api")
     thread.start()
     try:
         while not stop.wait(0.5):
-            pass
+            if not thread.is_alive():
+                node._log("the API server stopped")
+                break
     finally:
         node._log("stopping")
         server.shutdown()

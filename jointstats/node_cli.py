@@ -16,9 +16,12 @@ class AuditError(JointStatsError):
 
 def cmd_node_serve(args: argparse.Namespace) -> int:
     from .node import serve
+    limits = {k: v for k, v in (("max_per_client", args.max_connections_per_client),
+                                ("max_requests_per_client", args.max_requests_per_client))
+              if v is not None}
     return serve(args.config, api_cert=args.api_cert, api_key=args.api_key,
                  connect_timeout=args.connect_timeout, peer_wait=args.peer_wait,
-                 orphan_grace=args.orphan_grace)
+                 orphan_grace=args.orphan_grace, **limits)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -110,6 +113,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="seconds queued jobs wait for the other nodes to join before failing [120]")
     q.add_argument("--orphan-grace", type=float, default=30.0, metavar="S",
                    help="seconds a job may be missing at another node before it fails [30]")
+    q.add_argument("--max-connections-per-client", type=int, metavar="N",
+                   help="API connections at once from one client address (raise it behind a "
+                        "proxy or NAT) [16]")
+    q.add_argument("--max-requests-per-client", type=int, metavar="N",
+                   help="API requests served at once for one client address [8]")
     q.set_defaults(func=cmd_node_serve)
 
     p = sub.add_parser("submit", help="submit a spec to every party's node and wait for the result")

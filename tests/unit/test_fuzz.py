@@ -226,6 +226,8 @@ class RealNode:
         if not response:
             return None, b""
         head, _, body = response.partition(b"\r\n\r\n")
+        while head.startswith(b"HTTP/1.1 1") and body.startswith(b"HTTP/1."):  # 100 Continue
+            head, _, body = body.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1."), response[:200]
         return int(head.split()[1]), body
 
@@ -252,9 +254,11 @@ def real_node(tmp_path_factory):
     node.stop()
 
 
-def check_answer(status: int | None, body: bytes) -> None:
+def check_answer(status: int | None, body: bytes, method: str = "GET") -> None:
     assert status is not None, "no answer"
     assert status < 500, (status, body[:300])
+    if method == "HEAD" and body == b"":  # an answer to HEAD has no body (RFC 9110)
+        return
     payload = json.loads(body)
     if status >= 400:
         assert set(payload) == {"error", "kind"}, payload
@@ -293,7 +297,7 @@ def test_fuzzed_http_requests_never_500(real_node, method, path, headers, body, 
     if with_length and not any(name == "Content-Length" for name, _ in headers):
         lines.append(f"Content-Length: {len(body)}")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body
-    check_answer(*real_node.exchange(data))
+    check_answer(*real_node.exchange(data), method=method)
 
 
 @FUZZ
