@@ -77,7 +77,7 @@ class PartyJob:
         from ._local import compute_partials
         from ._sources import open_source
         party = self.config.party
-        check_job(self.config, self.spec, plan)
+        check_job(self.config, self.spec, plan, getattr(self.hooks, "analyst", "local"))
         if self.config.compute_only:
             # a compute-only party holds no data: zero partials of the plan's shape, nothing read
             self.metrics["local_seconds"] = 0.0
@@ -86,6 +86,14 @@ class PartyJob:
                              self.config.dataset_options(self.spec.dataset))
         started = time.perf_counter()
         dp = plan.mode == "dp"
+        # consent withdrawals in force when the job started (read by the hooks, or now)
+        exclusion = getattr(self.hooks, "exclusion", None)
+        if exclusion is None:
+            from ._consent import load_exclusion
+            exclusion = load_exclusion(self.config, self.spec.dataset)
+        if exclusion is not None and getattr(source, "aggregate", None) is not None:
+            raise DataError(f"party {party!r}: consent withdrawal (subject_id) is not supported "
+                            f"for engine sources; exclude withdrawn subjects in the table or query")
 
         def aggregate():
             # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
@@ -98,7 +106,7 @@ class PartyJob:
                 if partials is not None:
                     return partials
                 chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS,
-                                            strict=not dp)
+                                            strict=not dp, exclude=exclusion)
                 return compute_partials(plan, chunks)
             finally:
                 getattr(source, "close", lambda: None)()
