@@ -401,3 +401,53 @@ def explain(config: "PartyConfig", spec: "Spec", analyst: str, day: _dt.date | N
         return f"party {config.party}: NOT covered: no data-use agreement covers dataset {spec.dataset!r}"
     return (f"party {config.party}: NOT covered for analyst {analyst!r}: "
             + "; ".join(f"agreement {v.agreement.id!r}: {v.reason}" for v in verdicts))
+
+
+# ----------------------------------------------------------------------------- admission
+
+@dataclass(frozen=True)
+class Admission:
+    """What a node decides about an authenticated submission before queueing it."""
+
+    agreement: Agreement | None
+    approval_reasons: tuple[str, ...]   # non-empty: the job waits for an officer
+
+    @property
+    def waits(self) -> bool:
+        return bool(self.approval_reasons)
+
+
+def admit(config: "PartyConfig", state, spec: "Spec", plan, analyst: str) -> Admission:
+    """A node's checks of a submission: policy (``policy.check_job``: agreement included), the
+    dataset's remaining budget and the agreement's sub-budget (against the job's exact charge,
+    as the worker will reserve it), and whether it needs an officer's approval.
+
+    Raises PolicyError / BudgetError (one line naming the party, and the agreement); reads only
+    the spec, the config and the ledger, never data."""
+    from ._accounting import JobCharge, lifetime_spend
+    from .errors import BudgetError
+    from .policy import check_job
+    agreement = check_job(config, spec, plan, analyst)
+    pol = config.policy
+    if spec.privacy is not None and not config.compute_only:
+        charge = JobCharge.from_dict(plan.privacy["charge"])
+        usage = state.usage(spec.dataset, pol.budget_epsilon, pol.budget_delta)
+        if not lifetime_spend(usage.held.totals.add(charge), pol.budget_epsilon,
+                              pol.budget_delta).fits:
+            raise BudgetError(f"party {config.party!r}: privacy budget of dataset "
+                              f"{spec.dataset!r} exceeded: remaining epsilon "
+                              f"{float(usage.held.remaining_epsilon):g}, delta "
+                              f"{float(usage.held.remaining_delta):g}; the job asks "
+                              f"epsilon {float(spec.privacy.epsilon):g}, delta "
+                              f"{float(spec.privacy.delta):g}")
+        if agreement is not None:
+            a_use = state.usage(spec.dataset, agreement.budget_epsilon, agreement.budget_delta,
+                                agreement=agreement.id)
+            if not lifetime_spend(a_use.held.totals.add(charge), agreement.budget_epsilon,
+                                  agreement.budget_delta).fits:
+                raise BudgetError(f"party {config.party!r}: budget of data-use agreement "
+                                  f"{agreement.id!r} exceeded: remaining epsilon "
+                                  f"{float(a_use.held.remaining_epsilon):g}, delta "
+                                  f"{float(a_use.held.remaining_delta):g}; the job asks "
+                                  f"epsilon {float(spec.privacy.epsilon):g}")
+    return Admission(agreement, tuple(approval_reasons(config, spec, agreement)))

@@ -87,6 +87,8 @@ class DatasetMeta:
     subject_id: str | None = None
     withdrawals: Path | None = None
     description: str = ""
+    #: public column metadata for the catalog (``schema:`` as in a spec: type, bounds, levels)
+    schema: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -323,14 +325,14 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     state = base / str(data.get("state", f"state/{party}.sqlite"))
     dataset_meta = [(n, m if m.withdrawals is not None or m.subject_id is None else
                      DatasetMeta(m.subject_id, state.with_name(state.stem + ".withdrawals") / f"{n}.txt",
-                                 m.description)) for n, m in dataset_meta]
+                                 m.description, m.schema)) for n, m in dataset_meta]
     return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
                        tuple(datasets), policy, state, path, tuple(dataset_fields), tuple(dataset_meta))
 
 
 def _dataset_meta(entry: dict, name: str, path: Path) -> DatasetMeta | None:
     """The governance fields of one ``datasets`` entry (None if it has none)."""
-    if not any(k in entry for k in ("subject_id", "withdrawals", "description")):
+    if not any(k in entry for k in ("subject_id", "withdrawals", "description", "schema")):
         return None
     subject = entry.get("subject_id")
     if subject is not None and (not isinstance(subject, str) or not subject or len(subject) > 128):
@@ -350,7 +352,19 @@ def _dataset_meta(entry: dict, name: str, path: Path) -> DatasetMeta | None:
     description = entry.get("description", "")
     if not isinstance(description, str) or len(description) > 2000:
         raise _fail(path, f"datasets.{name}.description", "expected text of at most 2000 characters")
-    return DatasetMeta(subject, None if withdrawals is None else path.parent / withdrawals, description)
+    schema = []
+    if entry.get("schema") is not None:
+        from .errors import SpecError
+        from .spec import _parse_column
+        if not isinstance(entry["schema"], dict):
+            raise _fail(path, f"datasets.{name}.schema", "expected a mapping of column to {type, bounds|levels}")
+        for col, spec in entry["schema"].items():
+            try:
+                schema.append(_parse_column(str(col), spec, f"datasets.{name}.schema.{col}"))
+            except SpecError as exc:
+                raise ConfigError(clip_error(f"{path.name}: {exc}")) from None
+    return DatasetMeta(subject, None if withdrawals is None else path.parent / withdrawals, description,
+                       tuple(schema))
 
 
 def load_party_config(path: str | Path) -> PartyConfig:

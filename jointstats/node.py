@@ -72,7 +72,7 @@ MAX_CONNECTIONS_PER_CLIENT = 16
 #: Rendezvous message tag.
 _RDV = "jointstats-rendezvous/1"
 #: Job states as the API reports them.
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
+STATUSES = ("waiting", "queued", "running", "done", "failed", "cancelled")
 
 
 def _stamp() -> str:
@@ -102,6 +102,11 @@ class NodeJob:
     error: str | None = None
     progress: str | None = field(default=None)
     error_kind: str | None = None
+    # governance (jointstats._governance, _approval): the agreement admitted under, why the job
+    # waits for an officer's approval, and the officers' decisions
+    agreement: str | None = None
+    approval_reasons: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)
 
     def entry(self) -> tuple:
         """The job as exchanged in the rendezvous: it sorts by (timestamp, job id)."""
@@ -115,7 +120,8 @@ class NodeJob:
                 "timestamp": self.timestamp, "received": _iso(self.received),
                 "started": _iso(self.started), "finished": _iso(self.finished),
                 "order": self.order, "progress": self.progress, "error": self.error,
-                "error_kind": self.error_kind}
+                "error_kind": self.error_kind, "agreement": self.agreement,
+                "approval_reasons": self.approval_reasons, "decisions": self.decisions}
 
 
 def _iso(t: float | None) -> str | None:
@@ -279,7 +285,7 @@ class Node:
         self.jobs = self.store.load_all()
         self._order = max([j.order or 0 for j in self.jobs.values()] + [0])
         for job in self.jobs.values():
-            if job.status == "queued":
+            if job.status in ("queued", "waiting"):
                 self._end(job, "failed", "the node restarted before the job started")
             elif job.status == "running":
                 payload = self.store.read_result(job.job_id)
@@ -397,21 +403,8 @@ class Node:
         try:
             spec = parse_spec(spec_text)
             plan = self._plan(spec)
-            from .policy import check_job
-            check_job(cfg, spec, plan)
-            if spec.privacy is not None and not cfg.compute_only:
-                # the job's exact charge against the lifetime rule, as the worker will reserve it
-                from ._accounting import JobCharge, lifetime_spend
-                charge = JobCharge.from_dict(plan.privacy["charge"])
-                usage = self.state.usage(spec.dataset, cfg.policy.budget_epsilon, cfg.policy.budget_delta)
-                if not lifetime_spend(usage.held.totals.add(charge), cfg.policy.budget_epsilon,
-                                      cfg.policy.budget_delta).fits:
-                    raise BudgetError(f"party {cfg.party!r}: privacy budget of dataset "
-                                      f"{spec.dataset!r} exceeded: remaining epsilon "
-                                      f"{float(usage.held.remaining_epsilon):g}, delta "
-                                      f"{float(usage.held.remaining_delta):g}; the job asks "
-                                      f"epsilon {float(spec.privacy.epsilon):g}, delta "
-                                      f"{float(spec.privacy.delta):g}")
+            from ._governance import admit
+            admission = admit(cfg, self.state, spec, plan, analyst)
         except JointStatsError as exc:
             reason = ("budget" if isinstance(exc, BudgetError) else
                       "spec" if isinstance(exc, SpecError) else "policy")
@@ -426,15 +419,21 @@ class Node:
                       spec_sha256=spec.sha256, protocol=spec.name, dataset=spec.dataset,
                       mode="exact" if spec.privacy is None else "dp",
                       epsilon=None if spec.privacy is None else float(spec.privacy.epsilon),
-                      received=time.time())
+                      received=time.time(), status="waiting" if admission.waits else "queued",
+                      agreement=admission.agreement and admission.agreement.id,
+                      approval_reasons=list(admission.approval_reasons))
         with self._lock:
             self.store.create(job, spec_text, {k: body[k] for k in
                                                ("job_id", "timestamp", "analyst", "signature")})
             self.jobs[job_id] = job
         self.state.audit("submission", job_id=job_id, analyst=analyst, protocol=spec.name,
                          spec_sha256=spec.sha256, dataset=spec.dataset, mode=job.mode,
-                         epsilon=job.epsilon, timestamp=timestamp)
-        self._log(f"queued job {job_id} ({spec.name!r}, {job.mode}) from {analyst!r}")
+                         epsilon=job.epsilon, timestamp=timestamp, purpose=spec.purpose,
+                         agreement=job.agreement)
+        if admission.waits:
+            self.state.audit("waiting", job_id=job_id, analyst=analyst,
+                             reasons=list(admission.approval_reasons))
+        self._log(f"{job.status} job {job_id} ({spec.name!r}, {job.mode}) from {analyst!r}")
         self._wake.set()
         return job.public(cfg.party)
 
@@ -465,7 +464,7 @@ class Node:
         except AuthError as exc:
             raise _api_error(exc) from None
         with self._lock:
-            if job.status != "queued":
+            if job.status not in ("queued", "waiting"):
                 raise ApiError(409, f"job {job_id!r} is {job.status}; only a queued job can be "
                                     f"cancelled", "StateError")
             self._end(job, "cancelled", f"cancelled by analyst {job.analyst!r}")
@@ -597,14 +596,17 @@ class Node:
         failing_since: float | None = None
         last_error = None
         while not self._stop.is_set():
+            from . import _gov_node
+            _gov_node.expire_waiting(self)
             queued = self._queued()
-            if not queued:
+            waiting = _gov_node.waiting_jobs(self)  # take part in the rendezvous, never run
+            if not queued and not waiting:
                 failing_since = None
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
             try:
-                queues = asyncio.run(self._rendezvous([j.entry() for j in queued]))
+                queues = asyncio.run(self._rendezvous(_gov_node.rendezvous_entries(queued, waiting)))
             except Exception as exc:  # noqa: BLE001 - every failure is retried or reported
                 msg = str(exc) if isinstance(exc, JointStatsError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, JointStatsError):
@@ -634,11 +636,14 @@ class Node:
 
     def _choose(self, queued: list[NodeJob], queues: dict[str, list]) -> NodeJob | None:
         """The earliest job every party holds; fail own jobs missing elsewhere for too long."""
+        from ._approval import split_queues
+        queues, waiting_at = split_queues(queues)  # a job waiting for approval somewhere is held
         held = {party: {tuple(e) for e in q} for party, q in queues.items()}
         common = set.intersection(*held.values())
         now = time.time()
         for job in queued:
-            missing = [p for p in self.names if job.entry() not in held.get(p, set())]
+            missing = [p for p in self.names if job.entry() not in held.get(p, set())
+                       and job.entry() not in waiting_at.get(p, set())]
             if missing and now - job.received > self.orphan_grace:
                 plural = "ies" if len(missing) > 1 else "y"
                 self._end(job, "failed", f"part{plural} {', '.join(map(repr, missing))} "
@@ -980,6 +985,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, openapi(node))
             if method == "POST" and path == "/jobs":
                 return self._send(202, node.submit(self._body()))
+            from . import _gov_node  # governance routes: catalog, job list, audit, approvals
+            routed = _gov_node.route(node, method, self.path, self.headers,
+                                     self._body if method == "POST" else None)
+            if routed is not None:
+                return self._send(*routed)
             m = _JOB_PATH.fullmatch(path)
             if m:
                 job_id, tail = m.group(1), m.group(2)
@@ -1173,6 +1183,8 @@ def serve(config: str | Path, *, api_cert: str | Path | None = None,
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    from ._gov_node import reload_on_signal
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload_on_signal(node))
     node.start()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
                               daemon=True)
