@@ -147,6 +147,8 @@ def _names(value: Any, path: Path, field: str, allowed: tuple[str, ...] | None =
 
 
 def _frac(value: Any, path: Path, field: str) -> Fraction:
+    if isinstance(value, Fraction) and value >= 0:  # a default taken from the lifetime budget
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
             isinstance(value, float) and not math.isfinite(value)) or value < 0:
         raise _fail(path, field, f"expected a non-negative number, found {shorten(value)}")

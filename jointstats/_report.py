@@ -279,7 +279,9 @@ def _lines(result: dict) -> list[str]:
 def render(result: dict, fmt: str = "md") -> str:
     """The release report of ``result`` as Markdown (``md``) or HTML (``html``); it embeds the
     result (base64 of its canonical JSON) so that ``verify_file`` can check it."""
-    embedded = base64.b64encode(_canonical(result)).decode("ascii")
+    # the result as given (key order kept: the rendering follows it), compact ASCII JSON
+    embedded = base64.b64encode(json.dumps(result, separators=(",", ":"), ensure_ascii=True,
+                                           allow_nan=False).encode("ascii")).decode("ascii")
     lines = _lines(result)
     if fmt == "md":
         return "\n".join(lines) + f"\n{_BEGIN}{embedded}{_END}\n"
