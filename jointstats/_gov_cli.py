@@ -179,6 +179,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from ._crl import revoke
+    path, who = revoke(args.cert, args.ca, args.out)
+    print(f"wrote {path}: party certificate of {who} revoked; give the CRL to every party "
+          f"(mpc.tls.crl); it applies from their next connection")
+    return 0
+
+
+def cmd_keys_crl(args: argparse.Namespace) -> int:
+    from ._crl import issue_crl, revoked_serials
+    out = Path(args.out) if args.out else Path(args.ca) / "ca.crl"
+    path = issue_crl(args.ca, revoked_serials(out), out)
+    print(f"wrote {path} (reissued; valid for a year)")
+    return 0
+
+
 def _node_args(p: argparse.ArgumentParser, many: bool = False, who: str = "analyst") -> None:
     if many:
         p.add_argument("--node", required=True, action="extend", nargs="+", metavar="URL",
@@ -196,6 +212,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         validate.add_argument("--analyst", default="local",
                               help="the analyst the job would run for [local: jointstats run]")
         validate.set_defaults(func=cmd_validate)
+
+    keys = sub.choices.get("keys")
+    ksub = next((a for a in getattr(keys, "_actions", []) if isinstance(a, argparse._SubParsersAction)), None)
+    if ksub is not None:  # jointstats keys revoke / keys crl (party certificate revocation)
+        q = ksub.add_parser("revoke", help="revoke a party certificate: add it to the CA's CRL")
+        q.add_argument("cert", help="the party certificate to revoke")
+        q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
+        q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
+        q.set_defaults(func=cmd_keys_revoke)
+        q = ksub.add_parser("crl", help="issue (or reissue) the CA's CRL")
+        q.add_argument("--ca", required=True, metavar="DIR")
+        q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
+        q.set_defaults(func=cmd_keys_crl)
 
     for action in ("approve", "reject"):
         p = sub.add_parser(action, help=f"a compliance officer {action}s a job waiting for approval")

@@ -41,6 +41,7 @@ class Tls:
     cert: Path
     key: Path
     ca: Path
+    crl: Path | None = None  # the CA's revocation list, checked on every connection (_crl)
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,8 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
         t = mpc["tls"]
         if not isinstance(t, dict) or not {"cert", "key", "ca"} <= set(t):
             raise _fail(path, "mpc.tls", "expected {cert, key, ca}")
-        tls = Tls(*(base / str(t[k]) for k in ("cert", "key", "ca")))
+        tls = Tls(*(base / str(t[k]) for k in ("cert", "key", "ca")),
+                  crl=None if t.get("crl") is None else base / str(t["crl"]))
     else:
         # without TLS a peer is not authenticated and the MPC ports are open to whoever can
         # reach them: only a consortium on one machine's loopback may go without it
