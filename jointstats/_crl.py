@@ -85,3 +85,55 @@ def apply_crl(ctx: ssl.SSLContext, crl: Path | None) -> None:
     except ssl.SSLError as exc:
         raise ConfigError(f"tls crl {crl}: cannot load: {exc}") from None
     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
+# ----------------------------------------------------------------------------- rotation
+
+def _pending_path(crl_path: Path) -> Path:
+    return crl_path.with_name(crl_path.name + ".pending.json")
+
+
+def rotate(name: str, index: int, ca_dir: str | Path, out_dir: str | Path, old_cert: str | Path,
+           until: _dt.datetime, crl: str | Path | None = None) -> tuple[Path, Path]:
+    """Issue party ``name`` a new certificate in ``out_dir`` and schedule the old one
+    (``old_cert``) for revocation at ``until``: both work until then (identity is the party's
+    name and index, not the certificate), and ``issue_pending`` (``jointstats keys crl``) adds
+    the old one to the CRL once ``until`` has passed. Returns (new certificate, new key)."""
+    import json
+    from .keys import make_party_cert, party_identity
+    try:
+        data = Path(old_cert).read_bytes()
+        old = x509.load_pem_x509_certificate(data)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--old {old_cert}: cannot read a certificate ({type(exc).__name__})") from None
+    if party_identity(data) != (name, index):
+        raise ConfigError(f"--old {old_cert} is not party {name!r}'s certificate at index {index}")
+    if until.tzinfo is None:
+        raise ConfigError("--until: give a time zone, e.g. 2027-01-31T00:00:00+00:00")
+    out = Path(out_dir)
+    if (out / f"{name}.crt").resolve() == Path(old_cert).resolve():
+        raise ConfigError("--out: write the new certificate beside, not over, the old one")
+    crt, key = make_party_cert(name, index, ca_dir, out)
+    crl_path = Path(crl) if crl else Path(ca_dir) / "ca.crl"
+    pending_path = _pending_path(crl_path)
+    pending = json.loads(pending_path.read_text()) if pending_path.exists() else []
+    pending.append({"serial": old.serial_number, "party": name, "index": index,
+                    "revoke_at": until.isoformat()})
+    _write(pending_path, json.dumps(pending, indent=1).encode())
+    return crt, key
+
+
+def issue_pending(ca_dir: str | Path, out: str | Path | None = None,
+                  now: _dt.datetime | None = None) -> tuple[Path, int]:
+    """Reissue the CRL with every scheduled revocation whose time has come; (path, how many
+    scheduled revocations took effect now)."""
+    import json
+    path = Path(out) if out else Path(ca_dir) / "ca.crl"
+    pending_path = _pending_path(path)
+    pending = json.loads(pending_path.read_text()) if pending_path.exists() else []
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    due = [p for p in pending if _dt.datetime.fromisoformat(p["revoke_at"]) <= now]
+    issue_crl(ca_dir, revoked_serials(path) + [p["serial"] for p in due], path)
+    if due:
+        _write(pending_path, json.dumps([p for p in pending if p not in due], indent=1).encode())
+    return path, len(due)

@@ -188,10 +188,24 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_crl(args: argparse.Namespace) -> int:
-    from ._crl import issue_crl, revoked_serials
-    out = Path(args.out) if args.out else Path(args.ca) / "ca.crl"
-    path = issue_crl(args.ca, revoked_serials(out), out)
-    print(f"wrote {path} (reissued; valid for a year)")
+    from ._crl import issue_pending
+    path, due = issue_pending(args.ca, args.out)
+    print(f"wrote {path} (reissued, valid for a year"
+          + (f"; {due} scheduled revocation(s) took effect" if due else "") + ")")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    import datetime as dt
+    from ._crl import rotate
+    try:
+        until = dt.datetime.fromisoformat(args.until)
+    except ValueError:
+        raise ConfigError(f"--until {args.until!r}: expected an ISO time such as "
+                          f"2027-01-31T00:00:00+00:00") from None
+    crt, key = rotate(args.name, args.index, args.ca, args.out, args.old, until, args.crl)
+    print(f"wrote {crt} and {key}; the old certificate works until {until.isoformat()} (run "
+          f"jointstats keys crl --ca {args.ca} after that time to revoke it)")
     return 0
 
 
@@ -221,7 +235,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
         q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
         q.set_defaults(func=cmd_keys_revoke)
-        q = ksub.add_parser("crl", help="issue (or reissue) the CA's CRL")
+        q = ksub.add_parser("rotate", help="a party's new certificate; the old one works until --until")
+        q.add_argument("name")
+        q.add_argument("--index", required=True, type=int)
+        q.add_argument("--ca", required=True, metavar="DIR")
+        q.add_argument("--out", required=True, metavar="DIR", help="where the new certificate goes")
+        q.add_argument("--old", required=True, help="the certificate being replaced")
+        q.add_argument("--until", required=True, help="when the old one is revoked (ISO time with zone)")
+        q.add_argument("--crl", help="the CRL file [CA DIR/ca.crl]")
+        q.set_defaults(func=cmd_keys_rotate)
+        q = ksub.add_parser("crl", help="issue (or reissue) the CA's CRL, with scheduled revocations now due")
         q.add_argument("--ca", required=True, metavar="DIR")
         q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
         q.set_defaults(func=cmd_keys_crl)

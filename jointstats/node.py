@@ -629,8 +629,8 @@ class Node:
                 continue
             failing_since, last_error = None, None
             chosen = self._choose(queued, queues)
-            if chosen is None:
-                self._stop.wait(0.2)
+            if chosen is None:  # only jobs waiting for approval here: rendezvous less often
+                self._stop.wait(0.2 if queued else 1.0)
                 continue
             self._run(chosen)
 
@@ -781,6 +781,13 @@ class Node:
 
 # ----------------------------------------------------------------------------- OpenAPI
 
+def _gov_paths(paths: dict) -> dict:
+    from ._gov_node import openapi_paths  # governance routes (docs/governance.md)
+    for path, ops in openapi_paths().items():
+        paths.setdefault(path, {}).update(ops)
+    return paths
+
+
 def openapi(node: Node | None = None) -> dict:
     """The OpenAPI 3 description of the node API."""
     from . import __version__
@@ -799,7 +806,7 @@ def openapi(node: Node | None = None) -> dict:
                                 "and return only the revealed (differentially private, or "
                                 "consented exact) results."
                                 + (f" This node is party {node.config.party!r}." if node else "")},
-        "paths": {
+        "paths": _gov_paths({
             "/jobs": {"post": {
                 "summary": "Submit a job (send the same body to every node)",
                 "description": "The signature is Ed25519 over jointstats.keys.submission_message"
@@ -848,7 +855,7 @@ def openapi(node: Node | None = None) -> dict:
                                     "application/json": {"schema": {"type": "object"}}}}}}},
             "/openapi.json": {"get": {"summary": "This description",
                                       "responses": {"200": {"description": "OpenAPI 3"}}}},
-        },
+        }),
         "components": {"schemas": {
             "Submission": {"type": "object",
                            "required": ["spec", "job_id", "timestamp", "analyst", "signature"],

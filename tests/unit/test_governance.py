@@ -356,3 +356,27 @@ def test_catalog_lets_an_analyst_write_a_covered_spec(tmp_path):
             spec_template([cat, catalog_for(cfg, state, "bob")], "cohort")
     finally:
         state.close()
+
+
+# ----------------------------------------------------------------------------- certificates
+
+def test_crl_revoke_and_scheduled_rotation(tmp_path):
+    from jointstats._crl import issue_crl, issue_pending, revoke, revoked_serials, rotate
+    from jointstats.keys import make_ca, make_party_cert
+    from cryptography import x509
+    make_ca(tmp_path / "ca")
+    old, _ = make_party_cert("party_c", 2, tmp_path / "ca", tmp_path / "keys")
+    serial = x509.load_pem_x509_certificate(old.read_bytes()).serial_number
+    crl = issue_crl(tmp_path / "ca", [])
+    assert revoked_serials(crl) == []
+    new, _ = rotate("party_c", 2, tmp_path / "ca", tmp_path / "new", old,
+                    dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    assert new.exists() and new != old
+    _, due = issue_pending(tmp_path / "ca")                       # not yet: both still valid
+    assert due == 0 and revoked_serials(crl) == []
+    _, due = issue_pending(tmp_path / "ca", now=dt.datetime(2030, 1, 2, tzinfo=dt.timezone.utc))
+    assert due == 1 and revoked_serials(crl) == [serial]
+    with pytest.raises(ConfigError, match="not party 'party_a'"):
+        rotate("party_a", 0, tmp_path / "ca", tmp_path / "x", new, dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    path, who = revoke(new, tmp_path / "ca")
+    assert who == "party_c (index 2)" and len(revoked_serials(path)) == 2
