@@ -230,7 +230,9 @@ def _lines(result: dict) -> list[str]:
     privacy = result.get("privacy")
     out += ["## Privacy", ""]
     if privacy is None:
-        out += ["Exact mode: no differential privacy; every party's policy consented to exact answers.", ""]
+        out += ["Exact mode: no differential privacy; every party's policy consented to exact answers.",
+                "- clipping: numeric values outside a column's declared bounds are clipped by their "
+                "owner; values outside the declared levels or of the wrong type fail an exact job", ""]
     else:
         for key in ("epsilon", "delta", "mechanism", "noise", "neighbours", "misfit", "guarantee",
                     "rho", "two_party"):
