@@ -187,18 +187,22 @@ def openapi_paths() -> dict:
     err = {"description": "refused; one-line reason (401 unsigned or unknown caller, 403 wrong role)"}
     ok = {"description": "JSON"}
 
-    def op(summary: str, role: str) -> dict:
-        return {"summary": summary, "description": f"Signed by a caller in role: {role} "
-                                                    "(docs/governance.md)",
-                "responses": {"200": ok, "401": err, "403": err}}
+    def op(summary: str, role: str, job: bool = False) -> dict:
+        out = {"summary": summary, "description": f"Signed by a caller in role: {role} "
+                                                   "(docs/governance.md)",
+               "responses": {"200": ok, "401": err, "403": err}}
+        if job:
+            out["parameters"] = [{"name": "job_id", "in": "path", "required": True,
+                                  "schema": {"type": "string"}}]
+        return out
     return {
         "/catalog": {"get": op("Datasets and columns the caller's agreements cover", "analyst, officer")},
         "/jobs": {"get": op("Jobs: an analyst's own, every job for an officer", "analyst, officer")},
         "/jobs/{job_id}/attestation": {"get": op("This party's signed attestation of a release",
-                                                 "the job's analyst, officer")},
-        "/jobs/{job_id}/approve": {"post": op("Approve a job waiting for approval", "officer")},
+                                                 "the job's analyst, officer", True)},
+        "/jobs/{job_id}/approve": {"post": op("Approve a job waiting for approval", "officer", True)},
         "/jobs/{job_id}/reject": {"post": op("Reject a job waiting for approval (reason required)",
-                                             "officer")},
+                                             "officer", True)},
         "/audit": {"get": op("The audit log (1000 records after ?after=SEQ), head and verdict", "officer")},
         "/policy/reload": {"post": op("Re-read the node's config (revocations) without a restart",
                                       "officer")},

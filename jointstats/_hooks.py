@@ -56,6 +56,7 @@ class LedgerHooks:
             self.state.audit("refusal", job_id=self.job_id, analyst=self.analyst,
                              reason="policy", detail=str(exc)[:500])
             raise
+        self._check_approval()
         self.exclusion = load_exclusion(self.config, spec.dataset)
         if self.exclusion is not None:  # this party's own log only
             self.state.audit("consent", job_id=self.job_id, dataset=spec.dataset,
@@ -67,6 +68,21 @@ class LedgerHooks:
                                analyst=self.analyst, spec_sha256=spec.sha256,
                                agreement=None if a is None else (a.id, a.budget_epsilon, a.budget_delta))
             self.reserved = True
+
+    def _check_approval(self) -> None:
+        """A job this party's rules make wait for an officer runs only with an approval the
+        node recorded for it (``jointstats._approval``); a local run has none: refused."""
+        from ._governance import approval_reasons
+        from ._report import approvals_of
+        from .errors import PolicyError
+        wait = approval_reasons(self.config, self.spec, self.agreement)
+        if wait and not any(d.get("decision") == "approved"
+                            for d in approvals_of(self.config, self.job_id)):
+            reason = (f"party {self.config.party!r} refuses: the job needs a compliance officer's "
+                      f"approval ({'; '.join(wait)}); submit it to the nodes")
+            self.state.audit("refusal", job_id=self.job_id, analyst=self.analyst,
+                             reason="approval", detail=reason)
+            raise PolicyError(reason)
 
     def before_reveal(self, plan: Plan) -> None:
         """Commit the reserved budget: from here on the job counts as spent."""

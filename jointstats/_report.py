@@ -99,6 +99,9 @@ def fingerprint(config: "PartyConfig", dataset: str, exclusion: "Exclusion | Non
     """
     from ._consent import node_secret
     from ._sources import _resolve
+    if not config.dataset_governance(dataset).fingerprint:
+        return {"algorithm": None, "scope": f"withheld by the party (datasets.{dataset}.fingerprint: "
+                                            "false)", "value": None}
     mac = hmac.new(node_secret(config), b"jointstats-dataset-v1\0", hashlib.sha256)
     source = config.dataset_source(dataset)
     raw = source[len("sqlite:///"):].split("?", 1)[0] if source.startswith("sqlite:///") else source

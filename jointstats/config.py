@@ -90,6 +90,8 @@ class DatasetMeta:
     description: str = ""
     #: public column metadata for the catalog (``schema:`` as in a spec: type, bounds, levels)
     schema: tuple = ()
+    #: whether release reports carry a keyed fingerprint of the data (``fingerprint: false``)
+    fingerprint: bool = True
 
 
 @dataclass(frozen=True)
@@ -327,14 +329,14 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     state = base / str(data.get("state", f"state/{party}.sqlite"))
     dataset_meta = [(n, m if m.withdrawals is not None or m.subject_id is None else
                      DatasetMeta(m.subject_id, state.with_name(state.stem + ".withdrawals") / f"{n}.txt",
-                                 m.description, m.schema)) for n, m in dataset_meta]
+                                 m.description, m.schema, m.fingerprint)) for n, m in dataset_meta]
     return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
                        tuple(datasets), policy, state, path, tuple(dataset_fields), tuple(dataset_meta))
 
 
 def _dataset_meta(entry: dict, name: str, path: Path) -> DatasetMeta | None:
     """The governance fields of one ``datasets`` entry (None if it has none)."""
-    if not any(k in entry for k in ("subject_id", "withdrawals", "description", "schema")):
+    if not any(k in entry for k in ("subject_id", "withdrawals", "description", "schema", "fingerprint")):
         return None
     subject = entry.get("subject_id")
     if subject is not None and (not isinstance(subject, str) or not subject or len(subject) > 128):
@@ -365,8 +367,10 @@ def _dataset_meta(entry: dict, name: str, path: Path) -> DatasetMeta | None:
                 schema.append(_parse_column(str(col), spec, f"datasets.{name}.schema.{col}"))
             except SpecError as exc:
                 raise ConfigError(clip_error(f"{path.name}: {exc}")) from None
+    if not isinstance(entry.get("fingerprint", True), bool):
+        raise _fail(path, f"datasets.{name}.fingerprint", "expected true or false")
     return DatasetMeta(subject, None if withdrawals is None else path.parent / withdrawals, description,
-                       tuple(schema))
+                       tuple(schema), entry.get("fingerprint", True))
 
 
 def load_party_config(path: str | Path) -> PartyConfig:

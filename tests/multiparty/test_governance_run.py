@@ -14,6 +14,7 @@ from jointstats import run, validate
 from jointstats._state import NodeState
 from jointstats.config import load_party_config
 from jointstats.errors import PartyError, PolicyError
+from jointstats.keys import make_analyst_key
 from tests.conftest import cohort_frame, write_consortium
 
 ROWS = 40
@@ -149,3 +150,19 @@ def test_agreement_sub_budget_runs_out_before_the_dataset_budget(governed):
             assert state.verify_audit()[0]
         finally:
             state.close()
+
+
+def test_a_local_run_cannot_skip_an_officers_approval(governed):
+    root, frames, paths = governed
+    cfg = yaml.safe_load(paths[2].read_text())
+    make_analyst_key("carol", root / "officers")
+    cfg["policy"]["officers"] = {"carol": str(root / "officers" / "carol.pub")}
+    cfg["policy"]["approval"] = {"exact": True}
+    paths[2].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    spec = root / "spec.yaml"
+    spec.write_text(_spec())
+    assert "party party_c: covered by agreement 'dua-party_c' for analyst 'local'; waits for an " \
+           "officer's approval (exact mode)" in validate(spec, paths)
+    with pytest.raises(PartyError, match="party 'party_c' refuses: the job needs a compliance "
+                                         r"officer's approval \(exact mode\)"):
+        run(spec, paths)
