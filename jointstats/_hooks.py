@@ -35,18 +35,54 @@ class LedgerHooks:
         self.job_id = job_id
         self.analyst = analyst
         self.reserved = False
+        self.agreement = None   # the data-use agreement the job runs under (before_data)
+        self.exclusion = None   # consent withdrawals in force at the start (before_data)
 
     def before_data(self, plan: Plan) -> None:
-        """Audit the start; in DP mode reserve the job's budget (BudgetError if it does not fit)."""
+        """Audit the start; check the policy and find the data-use agreement (PolicyError,
+        audited, if none covers the job); note the consent withdrawals in force; in DP mode
+        reserve the job's budget, in the agreement's sub-budget too (BudgetError if it does
+        not fit)."""
+        from ._consent import load_exclusion
+        from .errors import PolicyError
+        from .policy import check_job
         spec, pol = self.spec, self.config.policy
         self.state.audit("start", job_id=self.job_id, analyst=self.analyst, protocol=spec.name,
                          spec_sha256=spec.sha256, plan_sha256=plan.sha256, mode=plan.mode,
-                         dataset=spec.dataset)
+                         dataset=spec.dataset, purpose=spec.purpose)
+        try:
+            self.agreement = check_job(self.config, spec, plan, self.analyst)
+        except PolicyError as exc:
+            self.state.audit("refusal", job_id=self.job_id, analyst=self.analyst,
+                             reason="policy", detail=str(exc)[:500])
+            raise
+        self._check_approval()
+        self.exclusion = load_exclusion(self.config, spec.dataset)
+        if self.exclusion is not None:  # this party's own log only
+            self.state.audit("consent", job_id=self.job_id, dataset=spec.dataset,
+                             withdrawals_in_force=len(self.exclusion.ids))
         if spec.privacy is not None:
+            a = self.agreement
             self.state.reserve(self.job_id, spec.dataset, job_charge_of(spec, plan),
                                pol.budget_epsilon, pol.budget_delta,
-                               analyst=self.analyst, spec_sha256=spec.sha256)
+                               analyst=self.analyst, spec_sha256=spec.sha256,
+                               agreement=None if a is None else (a.id, a.budget_epsilon, a.budget_delta))
             self.reserved = True
+
+    def _check_approval(self) -> None:
+        """A job this party's rules make wait for an officer runs only with an approval the
+        node recorded for it (``jointstats._approval``); a local run has none: refused."""
+        from ._governance import approval_reasons
+        from ._report import approvals_of
+        from .errors import PolicyError
+        wait = approval_reasons(self.config, self.spec, self.agreement)
+        if wait and not any(d.get("decision") == "approved"
+                            for d in approvals_of(self.config, self.job_id)):
+            reason = (f"party {self.config.party!r} refuses: the job needs a compliance officer's "
+                      f"approval ({'; '.join(wait)}); submit it to the nodes")
+            self.state.audit("refusal", job_id=self.job_id, analyst=self.analyst,
+                             reason="approval", detail=reason)
+            raise PolicyError(reason)
 
     def before_reveal(self, plan: Plan) -> None:
         """Commit the reserved budget: from here on the job counts as spent."""
@@ -59,6 +95,7 @@ class LedgerHooks:
             self.state.mark_done(self.job_id, result.get("results", {}))
         else:
             self.state.audit("reveal", job_id=self.job_id, mode="exact",
+                             agreement=None if self.agreement is None else self.agreement.id,
                              revealed={k: v.get("kind") for k, v in result.get("results", {}).items()})
 
     def failed(self, reason: str) -> None:

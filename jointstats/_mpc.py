@@ -642,8 +642,10 @@ class JointRuntime(Runtime):
                     return
                 except (OSError, _ssl.SSLError) as exc:
                     if isinstance(exc, _ssl.SSLError):
+                        why = getattr(exc, "verify_message", None) or ""
+                        why = ": certificate revoked" if "revoked" in why else ""  # by the CRL
                         raise PartyError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
-                                         f"failed ({exc.reason})") from None
+                                         f"failed ({exc.reason}{why})") from None
                     if loop.time() > deadline:
                         raise PartyError(f"could not connect to party {self.name_of(peer.pid)!r} at "
                                          f"{peer.host}:{peer.port} within {timeout:.0f} s") from None

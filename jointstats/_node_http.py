@@ -123,6 +123,43 @@ def cancel(request: Request, job_id: JobId) -> dict:
     return _node(request).cancel(job_id, _body(request))
 
 
+# governance routes (jointstats._gov_node: the caller's role is checked there, refusals audited)
+
+def catalog(request: Request, signed: SignedRead) -> dict:
+    from ._gov_node import catalog as _catalog
+    return _catalog(_node(request), signed)
+
+
+def list_jobs(request: Request, signed: SignedRead) -> dict:
+    from ._gov_node import list_jobs as _list
+    return _list(_node(request), signed)
+
+
+def audit_log(request: Request, signed: SignedRead) -> dict:
+    from ._gov_node import audit_log as _audit
+    return _audit(_node(request), signed, request.url.query)
+
+
+def reload_policy(request: Request, signed: SignedRead) -> dict:
+    from ._gov_node import reload_policy as _reload
+    return _reload(_node(request), signed)
+
+
+def attestation(request: Request, job_id: JobId, signed: SignedRead) -> dict:
+    from ._gov_node import attestation as _attestation
+    return _attestation(_node(request), job_id, signed)
+
+
+def approve(request: Request, job_id: JobId) -> dict:
+    from ._gov_node import decide
+    return decide(_node(request), job_id, _body(request), True)
+
+
+def reject(request: Request, job_id: JobId) -> dict:
+    from ._gov_node import decide
+    return decide(_node(request), job_id, _body(request), False)
+
+
 # ----------------------------------------------------------------------------- routes
 
 @dataclass(frozen=True)
@@ -143,6 +180,7 @@ class Route:
 
 _SIGNED = {401: "no, stale or bad signature, or an analyst not listed"}
 _JOB = {**_SIGNED, 403: "another analyst's job", 404: "no such job"}
+_ROLE = {**_SIGNED, 403: "the caller's role may not use this route"}
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/health", health, Health,
@@ -170,6 +208,25 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/jobs/{job_id}/cancel", cancel, Job,
           "Withdraw a queued job (its analyst only; signed over 'cancel:<job_id>')",
           body=Cancel, errors={400: "malformed body", **_JOB, 409: "the job is not queued"}),
+    # governance (docs/governance.md); the role each needs is checked by the node
+    Route("GET", "/catalog", catalog, None,
+          "Datasets and columns the caller's agreements cover (analyst, officer)", errors=_ROLE),
+    Route("GET", "/jobs", list_jobs, None,
+          "Jobs: an analyst's own, every job for an officer", errors=_ROLE),
+    Route("GET", "/audit", audit_log, None,
+          "The audit log (1000 records after ?after=SEQ), its head and verdict (officer)",
+          errors=_ROLE),
+    Route("POST", "/policy/reload", reload_policy, None,
+          "Re-read the node's config (revocations) without a restart (officer)", errors=_ROLE),
+    Route("GET", "/jobs/{job_id}/attestation", attestation, None,
+          "This party's signed attestation of a release (the job's analyst, officer)",
+          errors={**_ROLE, 404: "no such job", 409: "no signed release"}),
+    Route("POST", "/jobs/{job_id}/approve", approve, None,
+          "Approve a job waiting for approval (officer; signed decision in the body)",
+          errors={400: "malformed body", **_ROLE, 404: "no such job", 409: "not waiting"}),
+    Route("POST", "/jobs/{job_id}/reject", reject, None,
+          "Reject a job waiting for approval, with a reason (officer; signed decision)",
+          errors={400: "malformed body", **_ROLE, 404: "no such job", 409: "not waiting"}),
 )
 
 #: Answers any route may give (the server's limits).

@@ -19,7 +19,7 @@ __all__ = ["JOB_ID_RE", "STATUSES", "NodeJob", "JobStore", "iso_time"]
 #: ``fullmatch``: ``match`` with ``$`` would accept a trailing newline.
 JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Job states as the API reports them.
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
+STATUSES = ("waiting", "queued", "running", "done", "failed", "cancelled")
 
 
 def iso_time(t: float | None) -> str | None:
@@ -47,6 +47,11 @@ class NodeJob:
     error: str | None = None
     progress: str | None = field(default=None)
     error_kind: str | None = None
+    # governance (jointstats._governance, _approval): the agreement admitted under, why the job
+    # waits for an officer's approval, and the officers' decisions
+    agreement: str | None = None
+    approval_reasons: list = field(default_factory=list)
+    decisions: list = field(default_factory=list)
 
     def entry(self) -> tuple:
         """The job as exchanged in the rendezvous: it sorts by (timestamp, job id)."""
@@ -60,7 +65,8 @@ class NodeJob:
                 "timestamp": self.timestamp, "received": iso_time(self.received),
                 "started": iso_time(self.started), "finished": iso_time(self.finished),
                 "order": self.order, "progress": self.progress, "error": self.error,
-                "error_kind": self.error_kind}
+                "error_kind": self.error_kind, "agreement": self.agreement,
+                "approval_reasons": self.approval_reasons, "decisions": self.decisions}
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -128,6 +128,12 @@ class Job(_Model):
                                  "value or count")
     error_kind: Optional[str] = Field(None, description="the error's class (PartyError, "
                                       "DataError, ...)")
+    agreement: Optional[str] = Field(None, description="the data-use agreement the job was "
+                                     "admitted under (docs/governance.md)")
+    approval_reasons: list[str] = Field(default_factory=list, description="why the job waits "
+                                        "for a compliance officer's approval")
+    decisions: list[dict[str, Any]] = Field(default_factory=list, description="officers' "
+                                            "approvals and rejections")
 
 
 class Health(_Model):

@@ -54,14 +54,17 @@ class Scheduler:
         failing_since: float | None = None
         last_error = None
         while not self._stop.is_set():
+            from . import _gov_node
+            _gov_node.expire_waiting(self)
             queued = self._queued()
-            if not queued:
+            waiting = _gov_node.waiting_jobs(self)  # take part in the rendezvous, never run
+            if not queued and not waiting:
                 failing_since = None
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
             try:
-                queues = asyncio.run(self._rendezvous([j.entry() for j in queued]))
+                queues = asyncio.run(self._rendezvous(_gov_node.rendezvous_entries(queued, waiting)))
             except Exception as exc:  # noqa: BLE001 - every failure is retried or reported
                 msg = str(exc) if isinstance(exc, JointStatsError) else f"{type(exc).__name__}: {exc}"
                 if not isinstance(exc, JointStatsError):
@@ -84,18 +87,21 @@ class Scheduler:
                 continue
             failing_since, last_error = None, None
             chosen = self._choose(queued, queues)
-            if chosen is None:
-                self._stop.wait(0.2)
+            if chosen is None:  # only jobs waiting for approval here: rendezvous less often
+                self._stop.wait(0.2 if queued else 1.0)
                 continue
             self._run(chosen)
 
     def _choose(self, queued: list[NodeJob], queues: dict[str, list]) -> NodeJob | None:
         """The earliest job every party holds; fail own jobs missing elsewhere for too long."""
+        from ._approval import split_queues
+        queues, waiting_at = split_queues(queues)  # a job waiting for approval somewhere is held
         held = {party: {tuple(e) for e in q} for party, q in queues.items()}
         common = set.intersection(*held.values())
         now = time.time()
         for job in queued:
-            missing = [p for p in self.names if job.entry() not in held.get(p, set())]
+            missing = [p for p in self.names if job.entry() not in held.get(p, set())
+                       and job.entry() not in waiting_at.get(p, set())]
             if missing and now - job.received > self.orphan_grace:
                 plural = "ies" if len(missing) > 1 else "y"
                 self._end(job, "failed", f"part{plural} {', '.join(map(repr, missing))} "

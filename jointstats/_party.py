@@ -53,6 +53,7 @@ class PartyJob:
         self.progress = progress or (lambda msg: None)
         self.hooks = hooks  # ledger/audit hooks of a node (jointstats.node), or None
         self.metrics: dict = {}
+        self.fingerprint: dict | None = None  # keyed hash of the data read (jointstats._report)
 
     def plan(self) -> Plan:
         """The plan this party derives on its own from the spec and the public party list."""
@@ -77,7 +78,7 @@ class PartyJob:
         from ._local import compute_partials
         from ._sources import open_source
         party = self.config.party
-        check_job(self.config, self.spec, plan)
+        check_job(self.config, self.spec, plan, getattr(self.hooks, "analyst", "local"))
         if self.config.compute_only:
             # a compute-only party holds no data: zero partials of the plan's shape, nothing read
             self.metrics["local_seconds"] = 0.0
@@ -86,6 +87,14 @@ class PartyJob:
                              self.config.dataset_options(self.spec.dataset))
         started = time.perf_counter()
         dp = plan.mode == "dp"
+        # consent withdrawals in force when the job started (read by the hooks, or now)
+        exclusion = getattr(self.hooks, "exclusion", None)
+        if exclusion is None:
+            from ._consent import load_exclusion
+            exclusion = load_exclusion(self.config, self.spec.dataset)
+        if exclusion is not None and getattr(source, "aggregate", None) is not None:
+            raise DataError(f"party {party!r}: consent withdrawal (subject_id) is not supported "
+                            f"for engine sources; exclude withdrawn subjects in the table or query")
 
         def aggregate():
             # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
@@ -95,11 +104,13 @@ class PartyJob:
                 pushed = getattr(source, "aggregate", None)
                 partials = None if pushed is None else pushed(plan, list(self.spec.schema), party,
                                                                strict=not dp)
-                if partials is not None:
-                    return partials
-                chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS,
-                                            strict=not dp)
-                return compute_partials(plan, chunks)
+                if partials is None:
+                    chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS,
+                                                strict=not dp, exclude=exclusion)
+                    partials = compute_partials(plan, chunks)
+                from ._report import fingerprint  # the data's version, for the release report
+                self.fingerprint = fingerprint(self.config, self.spec.dataset, exclusion)
+                return partials
             finally:
                 getattr(source, "close", lambda: None)()
 
@@ -372,12 +383,18 @@ def main(argv: list[str] | None = None) -> int:
                 job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
                 raise
             job.hooks.done(result)
+            from ._report import approvals_of, attest
+            agreement = getattr(job.hooks, "agreement", None)
+            attestation = attest(config, result, analyst=args.analyst, purpose=spec.purpose,
+                                 agreement=None if agreement is None else agreement.id,
+                                 dataset_fingerprint=job.fingerprint,
+                                 approvals=approvals_of(config, args.job_id))
         finally:
             job.hooks.close()
         job.metrics["peak_rss_kb"] = _peak_rss_kb()
         job.metrics["cpu_seconds"] = time.process_time()
         job.metrics["pid"], job.metrics["ppid"] = os.getpid(), os.getppid()
-        payload = {"ok": True, "result": result, "metrics": job.metrics}
+        payload = {"ok": True, "result": result, "attestation": attestation, "metrics": job.metrics}
         status = 0
     except JointStatsError as exc:
         payload = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "party": name}

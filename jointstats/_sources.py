@@ -481,7 +481,7 @@ class Source(abc.ABC):
 
     def iter_chunks(
         self, schema: Sequence[Column], party: str, chunk_rows: int = 1 << 20, *,
-        strict: bool = True,
+        strict: bool = True, exclude=None,
     ) -> Iterator[EncodedChunk]:
         """Encoded chunks of at most ``chunk_rows`` rows (all but the last exactly).
 
@@ -490,11 +490,18 @@ class Source(abc.ABC):
         reading; with ``strict`` they raise one DataError after the last chunk,
         otherwise they are read as missing values and only logged here (WARNING).
         An empty source yields no chunk.
+
+        ``exclude`` (a ``jointstats._consent.Exclusion``): rows whose subject identifier
+        column, read as text, is one of its ids are left out before anything is encoded
+        (consent withdrawal); how many only this party's log says.
         """
         if not isinstance(chunk_rows, int) or chunk_rows < 1:
             raise ValueError("chunk_rows must be a positive integer")
         cols = _check_schema(schema)
         header = self.columns()
+        if exclude is not None and exclude.column not in header:
+            raise DataError(f"party {party!r}: column {exclude.column!r} (its subject_id for "
+                            f"consent withdrawal) is missing from its data (source {self.spec})")
         missing = [c.name for c in cols if c.name not in header]
         if missing:
             names = ", ".join(repr(m) for m in missing)
@@ -506,16 +513,39 @@ class Source(abc.ABC):
                     f"party {party!r}: column {c.name!r} appears {header.count(c.name)} times "
                     f"in its data (source {self.spec})"
                 )
-        return self._iter(cols, party, chunk_rows, strict)
+        return self._iter(cols, party, chunk_rows, strict, exclude)
 
     def _iter(self, cols: list[Column], party: str, chunk_rows: int,
-              strict: bool = True) -> Iterator[EncodedChunk]:
+              strict: bool = True, exclude=None) -> Iterator[EncodedChunk]:
         tally = _Tally(strict)
         cat = {c.name: _CategoricalEncoder(c) for c in cols if c.type == "categorical"}
+        read = cols
+        if exclude is not None and exclude.ids:
+            # the identifier column is read as text beside the schema's (never encoded)
+            if exclude.column not in [c.name for c in cols]:
+                read = cols + [Column(exclude.column, "categorical", None, ("",))]
+            withdrawn = pa.array(sorted(exclude.ids), pa.string())
+        excluded = 0
 
         def pieces() -> Iterator[_Piece]:
+            nonlocal excluded
             try:
-                for n, arrays in self._batches(cols, tally):
+                for n, arrays in self._batches(read, tally):
+                    if exclude is not None and exclude.ids:
+                        ids = _as_text(arrays[exclude.column])
+                        if ids is None:
+                            raise _ReadError(f"its subject_id column {exclude.column!r} cannot be "
+                                             "read as text")
+                        if pa.types.is_dictionary(ids.type):
+                            ids = ids.cast(ids.type.value_type)
+                        keep = pc.invert(pc.fill_null(pc.is_in(ids, value_set=withdrawn), False))
+                        kept = pc.sum(keep).as_py() or 0
+                        if kept != n:
+                            excluded += n - kept
+                            arrays = {k: pc.filter(v, keep) for k, v in arrays.items()}
+                            n = kept
+                        if not n:
+                            continue
                     numeric: dict[str, np.ndarray] = {}
                     codes: dict[str, np.ndarray] = {}
                     masks: dict[str, np.ndarray] = {}
@@ -548,6 +578,9 @@ class Source(abc.ABC):
                 raise DataError(msg)
             # the owner's own log only: never raised, never sent to a peer or the analyst
             log.warning("%s; read as missing values (source %s)", msg, self.spec)
+        if exclude is not None:  # the owner's own log only
+            log.info("party %r: %d withdrawal(s) in force; %d row(s) left out (source %s)",
+                     party, len(exclude.ids), excluded, self.spec)
         clipped = {k: v for k, v in tally.clipped.items() if v}
         log.info(
             "party %r: read %d rows from %s; clipped to bounds: %s; missing: %s",

@@ -57,13 +57,17 @@ __all__ = [
     "BudgetUsage",
 ]
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 GENESIS_HASH = "0" * 64
 
 #: Every audit event name in use.
 AUDIT_EVENTS = frozenset({
     "submission", "refusal", "start", "reserve", "commit", "release",
     "reveal", "failure", "done", "recover", "migration",
+    # governance (docs/governance.md): consent withdrawals (a salted hash, never the id) and
+    # the number in force at a job; approval waits, sign-offs, rejections and expiries;
+    # officers' reads of the audit log; policy reloads
+    "withdrawal", "consent", "waiting", "approval", "rejection", "expiry", "access", "reload",
 })
 #: Events that change the ledger; only NodeState's ledger methods may write them.
 LEDGER_EVENTS = frozenset({"reserve", "commit", "release", "done", "recover"})
@@ -86,7 +90,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason      TEXT,
     revealed    TEXT,
     rho         TEXT,
-    tv          TEXT NOT NULL DEFAULT '0/1'
+    tv          TEXT NOT NULL DEFAULT '0/1',
+    agreement   TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_dataset ON jobs(dataset, status);
 CREATE TABLE IF NOT EXISTS nonces (
@@ -112,6 +117,8 @@ INSERT OR IGNORE INTO audit_head (id, count, hash) VALUES (1, 0, '""" + GENESIS_
 #: Schema 1 -> 2: every job's charge gains rho (NULL: not a zCDP charge) and tv (0 for old rows).
 _MIGRATE_1_2 = ("ALTER TABLE jobs ADD COLUMN rho TEXT",
                 "ALTER TABLE jobs ADD COLUMN tv TEXT NOT NULL DEFAULT '0/1'")
+#: Schema 2 -> 3: every job gains the data-use agreement it ran under (NULL: none).
+_MIGRATE_2_3 = ("ALTER TABLE jobs ADD COLUMN agreement TEXT",)
 
 
 class ReplayError(AuthError):
@@ -139,6 +146,7 @@ class Job:
     revealed: dict[str, str] | None
     rho: Fraction | None = None
     tv: Fraction = Fraction(0)
+    agreement: str | None = None  # the data-use agreement whose sub-budget it spends
 
     @property
     def charge(self) -> JobCharge:
@@ -158,7 +166,7 @@ class Job:
             "rho": None if self.rho is None else _frac_text(self.rho), "tv": _frac_text(self.tv),
             "status": self.status, "analyst": self.analyst, "spec_sha256": self.spec_sha256,
             "created": self.created, "updated": self.updated, "reason": self.reason,
-            "revealed": self.revealed,
+            "revealed": self.revealed, "agreement": self.agreement,
         }
 
 
@@ -328,11 +336,14 @@ class NodeState:
             if version != _SCHEMA_VERSION:  # a new file (an existing one costs no write, no fsync)
                 with self._tx():
                     version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version not in (0, 1, _SCHEMA_VERSION):
+                    if version not in (0, 1, 2, _SCHEMA_VERSION):
                         raise ConfigError(f"state: {self.path} has schema version {version}, "
                                           f"this jointstats expects {_SCHEMA_VERSION}")
                     if version == 1:  # same transaction: migrated completely or not at all
                         for stmt in _MIGRATE_1_2:
+                            conn.execute(stmt)
+                    if version in (1, 2):
+                        for stmt in _MIGRATE_2_3:
                             conn.execute(stmt)
                     for stmt in _SCHEMA.split(";"):
                         if stmt.strip():
@@ -342,7 +353,11 @@ class NodeState:
                         self._append(conn, "migration", {
                             "from_version": 1, "to_version": _SCHEMA_VERSION,
                             "detail": "jobs gained rho and tv; existing rows read as legacy "
-                                      "charges (rho none, tv 0)"})
+                                      "charges (rho none, tv 0); jobs gained agreement (none)"})
+                    elif version == 2:
+                        self._append(conn, "migration", {
+                            "from_version": 2, "to_version": _SCHEMA_VERSION,
+                            "detail": "jobs gained agreement; existing rows ran under none"})
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ConfigError(f"state: {self.path} is not a jointstats state file: {exc}") from exc
@@ -410,13 +425,13 @@ class NodeState:
     def _row_job(row: tuple) -> Job:
         """Build a Job from a jobs-table row."""
         (job_id, dataset, eps, delta, status, analyst, sha, created, updated, reason, rev,
-         rho, tv) = row
+         rho, tv, agreement) = row
         return Job(job_id, dataset, _parse_frac(eps), _parse_frac(delta), status, analyst, sha,
                    created, updated, reason, json.loads(rev) if rev else None,
-                   None if rho is None else _parse_frac(rho), _parse_frac(tv))
+                   None if rho is None else _parse_frac(rho), _parse_frac(tv), agreement)
 
     _JOB_COLS = ("job_id, dataset, epsilon, delta, status, analyst, spec_sha256, created, "
-                 "updated, reason, revealed, rho, tv")
+                 "updated, reason, revealed, rho, tv, agreement")
 
     def _get(self, conn: sqlite3.Connection, job_id: str) -> Job | None:
         """The job row for ``job_id`` within the current connection, or None."""
@@ -424,15 +439,18 @@ class NodeState:
                            (job_id,)).fetchone()
         return self._row_job(row) if row else None
 
-    def _charges(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
-                 ) -> list[JobCharge]:
-        """The charges of ``dataset``'s jobs in ``statuses``."""
+    def _charges(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...],
+                 agreement: str | None = None) -> list[JobCharge]:
+        """The charges of ``dataset``'s jobs in ``statuses`` (only those under ``agreement``
+        if given: its sub-budget's spend)."""
         marks = ",".join("?" * len(statuses))
+        extra = "" if agreement is None else " AND agreement = ?"
+        args = (dataset, *statuses) + (() if agreement is None else (agreement,))
         return [JobCharge(_parse_frac(e), _parse_frac(d), None if r is None else _parse_frac(r),
                           _parse_frac(t))
                 for e, d, r, t in conn.execute(
                     f"SELECT epsilon, delta, rho, tv FROM jobs WHERE dataset = ? "
-                    f"AND status IN ({marks})", (dataset, *statuses))]
+                    f"AND status IN ({marks}){extra}", args)]
 
     def _sums(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
               ) -> tuple[Fraction, Fraction]:
@@ -443,10 +461,11 @@ class NodeState:
             delta += c.delta
         return eps, delta
 
-    def _totals(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...]
-                ) -> LedgerTotals:
-        """Exact totals (E, R, T, D) of ``dataset``'s jobs in ``statuses``, for the lifetime rule."""
-        return LedgerTotals.of(self._charges(conn, dataset, statuses))
+    def _totals(self, conn: sqlite3.Connection, dataset: str, statuses: tuple[str, ...],
+                agreement: str | None = None) -> LedgerTotals:
+        """Exact totals (E, R, T, D) of ``dataset``'s jobs in ``statuses`` (under ``agreement``
+        if given), for the lifetime rule."""
+        return LedgerTotals.of(self._charges(conn, dataset, statuses, agreement))
 
     def _transition(self, job_id: str, expected: tuple[str, ...], new: str, event: str,
                     fields: Mapping[str, Any], *, reason: str | None = None,
@@ -471,15 +490,19 @@ class NodeState:
     @staticmethod
     def _ledger_entry(job: Job, status: str) -> dict[str, str]:
         """The self-contained ledger state carried by a ledger audit record."""
-        return {"dataset": job.dataset, "epsilon": _frac_text(job.epsilon),
-                "delta": _frac_text(job.delta),
-                "rho": None if job.rho is None else _frac_text(job.rho),
-                "tv": _frac_text(job.tv), "status": status}
+        entry = {"dataset": job.dataset, "epsilon": _frac_text(job.epsilon),
+                 "delta": _frac_text(job.delta),
+                 "rho": None if job.rho is None else _frac_text(job.rho),
+                 "tv": _frac_text(job.tv), "status": status}
+        if job.agreement is not None:  # records of jobs without one read as before
+            entry["agreement"] = job.agreement
+        return entry
 
     # ------------------------------------------------------------------ ledger
 
     def reserve(self, job_id: str, dataset: str, charge: JobCharge, budget_epsilon: Fraction,
-                budget_delta: Fraction, *, analyst: str, spec_sha256: str) -> None:
+                budget_delta: Fraction, *, analyst: str, spec_sha256: str,
+                agreement: tuple[str, Fraction, Fraction] | None = None) -> None:
         """Atomically check that ``dataset``'s budget covers this job's charge and reserve it.
 
         The job fits when ``_accounting.lifetime_spend`` accepts the exact totals of the
@@ -488,6 +511,10 @@ class NodeState:
         reserved before and BudgetError (one line: dataset, remaining, budget, the job's
         charge) if it does not fit; both refusals are audited and change nothing else.
         The decision reads only public charges, never data.
+
+        ``agreement``: (id, epsilon, delta) of the data-use agreement the job runs under; its
+        sub-budget must also cover the charges of that agreement's jobs plus this one (the
+        same lifetime rule, in the same transaction), and the job row records the agreement.
         """
         if not isinstance(job_id, str) or not job_id:
             raise ValueError("job_id must be a non-empty string")
@@ -507,7 +534,30 @@ class NodeState:
                 held = self._totals(conn, dataset, _CHARGED + ("reserved",))
                 before = lifetime_spend(held, b_eps, b_dlt)
                 after = lifetime_spend(held.add(charge), b_eps, b_dlt)
-                if not after.fits:
+                sub = None
+                if agreement is not None:
+                    a_id, a_eps, a_dlt = agreement[0], _to_frac(agreement[1], "agreement epsilon"), \
+                        _to_frac(agreement[2], "agreement delta")
+                    a_held = self._totals(conn, dataset, _CHARGED + ("reserved",), a_id)
+                    a_before = lifetime_spend(a_held, a_eps, a_dlt)
+                    a_after = lifetime_spend(a_held.add(charge), a_eps, a_dlt)
+                    if not a_after.fits:
+                        sub = (a_id, a_eps, a_dlt, a_before, a_after)
+                if sub is not None and after.fits:
+                    a_id, a_eps, a_dlt, a_before, a_after = sub
+                    self._append(conn, "refusal", {
+                        "job_id": job_id, "analyst": analyst, "dataset": dataset,
+                        "agreement": a_id, "reason": "agreement budget",
+                        "charge": _charge_fields(charge),
+                        "remaining_epsilon": a_before.remaining_epsilon,
+                        "remaining_delta": a_before.remaining_delta,
+                        "needed_epsilon": a_after.epsilon})
+                    refusal = BudgetError(
+                        f"budget of data-use agreement {a_id!r} (dataset {dataset!r}) exceeded: "
+                        f"remaining epsilon {_approx(a_before.remaining_epsilon)}, delta "
+                        f"{_approx(a_before.remaining_delta)} (of epsilon {_fmt(a_eps)}, delta "
+                        f"{_fmt(a_dlt)}); job {job_id!r} asked {_charge_text(charge)}")
+                elif not after.fits:
                     self._append(conn, "refusal", {
                         "job_id": job_id, "analyst": analyst, "dataset": dataset,
                         "reason": "budget", "charge": _charge_fields(charge),
@@ -523,11 +573,12 @@ class NodeState:
                 else:
                     now = _now()
                     conn.execute(f"INSERT INTO jobs ({self._JOB_COLS}) VALUES "
-                                 "(?, ?, ?, ?, 'reserved', ?, ?, ?, ?, NULL, NULL, ?, ?)",
+                                 "(?, ?, ?, ?, 'reserved', ?, ?, ?, ?, NULL, NULL, ?, ?, ?)",
                                  (job_id, dataset, _frac_text(charge.epsilon),
                                   _frac_text(charge.delta), analyst, spec_sha256, now, now,
                                   None if charge.rho is None else _frac_text(charge.rho),
-                                  _frac_text(charge.tv)))
+                                  _frac_text(charge.tv),
+                                  None if agreement is None else agreement[0]))
                     job = self._get(conn, job_id)
                     assert job is not None
                     self._append(conn, "reserve", {
@@ -646,13 +697,15 @@ class NodeState:
         use = self.usage(dataset, budget_eps, budget_delta)
         return use.held.remaining_epsilon, use.held.remaining_delta
 
-    def usage(self, dataset: str, budget_epsilon: Fraction, budget_delta: Fraction) -> "BudgetUsage":
-        """Everything about ``dataset``'s budget: exact totals and the lifetime rule's figures."""
+    def usage(self, dataset: str, budget_epsilon: Fraction, budget_delta: Fraction,
+              agreement: str | None = None) -> "BudgetUsage":
+        """Everything about ``dataset``'s budget (or, given ``agreement`` and its budget, that
+        agreement's sub-budget): exact totals and the lifetime rule's figures."""
         b_eps = _to_frac(budget_epsilon, "budget epsilon")
         b_dlt = _to_frac(budget_delta, "budget delta")
         with self._lock:
-            spent = self._totals(self._conn, dataset, _CHARGED)
-            reserved = self._totals(self._conn, dataset, ("reserved",))
+            spent = self._totals(self._conn, dataset, _CHARGED, agreement)
+            reserved = self._totals(self._conn, dataset, ("reserved",), agreement)
         return BudgetUsage(dataset, spent, reserved, lifetime_spend(spent, b_eps, b_dlt),
                            lifetime_spend(spent + reserved, b_eps, b_dlt))
 
@@ -805,7 +858,7 @@ def _verify_ledger(rows: list[tuple], jobs: list[Job]) -> str | None:
             rho = led.get("rho")
             entry = (led["dataset"], Fraction(led["epsilon"]), Fraction(led["delta"]),
                      None if rho is None else Fraction(rho), Fraction(led.get("tv", "0")),
-                     led["status"], seq)
+                     led.get("agreement"), led["status"], seq)
         except (KeyError, ValueError, TypeError, ZeroDivisionError):
             return f"record {seq}: malformed ledger entry"
         if event == "reserve":
@@ -815,7 +868,7 @@ def _verify_ledger(rows: list[tuple], jobs: list[Job]) -> str | None:
             return f"record {seq}: {event} of job {jid!r} that was never reserved"
         else:
             before = replay[jid]
-            if before[:5] != entry[:5]:
+            if before[:6] != entry[:6]:
                 return f"record {seq}: job {jid!r} changed its dataset or charge"
         replay[jid] = entry
     table = {j.job_id: j for j in jobs}
@@ -825,7 +878,10 @@ def _verify_ledger(rows: list[tuple], jobs: list[Job]) -> str | None:
         j = table[jid]
         if jid not in replay:
             return f"ledger: job {jid!r} ({j.status}) has no reserve record in the audit log"
-        ds, eps, dlt, rho, tv, status, seq = replay[jid]
+        ds, eps, dlt, rho, tv, agreement, status, seq = replay[jid]
+        if j.agreement != agreement:
+            return (f"ledger: job {jid!r} is under agreement {j.agreement!r}, the audit log "
+                    f"(record {seq}) says {agreement!r}")
         if (j.dataset, j.epsilon, j.delta, j.rho, j.tv) != (ds, eps, dlt, rho, tv):
             return (f"ledger: job {jid!r} has dataset/epsilon/delta/rho/tv {j.dataset!r}/"
                     f"{_fmt(j.epsilon)}/{_fmt(j.delta)}/{_fmt_opt(j.rho)}/{_fmt(j.tv)}, the audit "

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import node_cli
     node_cli.add_commands(sub)
+    from . import _gov_cli; _gov_cli.add_commands(sub)  # noqa: E702 - governance (docs/governance.md)
     return parser
 
 

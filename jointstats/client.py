@@ -359,10 +359,25 @@ def _run(clients: list[NodeClient], text: str, key_path: Path, analyst: str,
         if results[party] != results[first_party]:
             raise PartyError(f"node of party {party!r} returned a different result from that of "
                              f"{first_party!r} for job {job_id}; the job is void")
-    result = Result.from_dict(results[first_party])
+    result = Result.from_dict(_with_provenance(results[first_party], clients, job_id, key_path, analyst))
     if out is not None:
         Path(out).write_text(result.to_json())
     return result
+
+
+def _with_provenance(result: dict, clients: list[NodeClient], job_id: str, key_path, analyst: str) -> dict:
+    """``result`` with every node's signed attestation merged in as its ``provenance``
+    (jointstats._report); unchanged if some node offers none."""
+    from ._report import merge
+    attestations = {}
+    for node in clients:
+        try:
+            attestations[node.party] = node.get(
+                f"/jobs/{job_id}/attestation",
+                headers=signed_headers(key_path, f"attestation:{job_id}", job_id, analyst))
+        except JointStatsError:
+            return result
+    return merge(result, attestations)
 
 
 def _state_text(state: dict | None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ._governance import Governance, parse_governance
 from .errors import ConfigError
 from .spec import clip_error, shorten, yaml_load
 
@@ -40,6 +41,7 @@ class Tls:
     cert: Path
     key: Path
     ca: Path
+    crl: Path | None = None  # the CA's revocation list, checked on every connection (_crl)
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,14 @@ class Policy:
     allow_exact: bool
     analysts: tuple[tuple[str, Path], ...]
     allow_two_party: bool = False  # jobs with exactly 2 parties (threshold 0) need every party's opt-in
+    #: agreements, groups, officers, approval rules, revocations (jointstats._governance)
+    governance: Governance = Governance()
 
     def analyst_key(self, name: str) -> Path | None:
-        """Public key path of analyst ``name``, or None if not listed."""
+        """Public key path of analyst ``name``, or None if not listed (or listed in
+        ``policy.revoked``)."""
+        if name in self.governance.revoked:
+            return None
         return dict(self.analysts).get(name)
 
     def public(self) -> dict:
@@ -66,8 +73,25 @@ class Policy:
             "min_count": self.min_count,
             "allow_exact": self.allow_exact,
             "allow_two_party": self.allow_two_party,
-            "analysts": [name for name, _ in self.analysts],
+            "analysts": [name for name, _ in self.analysts if name not in self.governance.revoked],
+            "officers": [name for name, _ in self.governance.officers
+                         if name not in self.governance.revoked],
+            "agreements_required": self.governance.enabled,
         }
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    """A dataset entry's governance fields: the subject id column for consent withdrawal, the
+    withdrawal list file (default ``<state>.withdrawals/<dataset>.txt``) and a description."""
+
+    subject_id: str | None = None
+    withdrawals: Path | None = None
+    description: str = ""
+    #: public column metadata for the catalog (``schema:`` as in a spec: type, bounds, levels)
+    schema: tuple = ()
+    #: whether release reports carry a keyed fingerprint of the data (``fingerprint: false``)
+    fingerprint: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,12 @@ class PartyConfig:
     path: Path
     #: per dataset, the entry's fields other than ``source`` (query, password_file, spark, format)
     dataset_fields: tuple[tuple[str, str], ...] = ()  # (dataset, JSON of those fields)
+    #: per dataset, its governance fields (subject_id, withdrawals, description)
+    dataset_meta: tuple[tuple[str, DatasetMeta], ...] = ()
+
+    def dataset_governance(self, dataset: str) -> DatasetMeta:
+        """The dataset's governance fields (all empty if it has none)."""
+        return dict(self.dataset_meta).get(dataset, DatasetMeta())
 
     def dataset_options(self, dataset: str) -> dict:
         """The dataset entry's fields other than ``source`` (see jointstats._sql_sources)."""
@@ -218,7 +248,8 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
         t = mpc["tls"]
         if not isinstance(t, dict) or not {"cert", "key", "ca"} <= set(t):
             raise _fail(path, "mpc.tls", "expected {cert, key, ca}")
-        tls = Tls(*(base / str(t[k]) for k in ("cert", "key", "ca")))
+        tls = Tls(*(base / str(t[k]) for k in ("cert", "key", "ca")),
+                  crl=None if t.get("crl") is None else base / str(t["crl"]))
     else:
         # without TLS a peer is not authenticated and the MPC ports are open to whoever can
         # reach them: only a consortium on one machine's loopback may go without it
@@ -236,6 +267,7 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
         raise _fail(path, "datasets", "expected a mapping of dataset name to {source}")
     datasets = []
     dataset_fields = []
+    dataset_meta: list[tuple[str, DatasetMeta]] = []
     for name, entry in datasets_in.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
             raise _fail(path, f"datasets.{name}.source", "expected a source path or sqlite:/// URL")
@@ -248,6 +280,9 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
                 raise _fail(path, f"datasets.{name}.spark", "expected {master, conf}")
         if extra:
             dataset_fields.append((str(name), json.dumps(extra, sort_keys=True, default=str)))
+        meta = _dataset_meta(entry, str(name), path)
+        if meta is not None:
+            dataset_meta.append((str(name), meta))
     # The privacy ledger is kept per dataset: two names for the same data would give the same
     # people two budgets. Refuse the same source (and query) offered under two names.
     seen: dict[tuple, str] = {}
@@ -287,10 +322,55 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     allow_two_party = pol.get("allow_two_party", False)
     if not isinstance(allow_two_party, bool):
         raise _fail(path, "policy.allow_two_party", f"expected true or false, found {allow_two_party!r}")
-    policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts, allow_two_party)
+    governance = parse_governance(pol, path, tuple(n for n, _ in datasets), (budget_eps, budget_delta),
+                                  tuple(n for n, _ in analysts))
+    policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts, allow_two_party,
+                    governance)
     state = base / str(data.get("state", f"state/{party}.sqlite"))
+    dataset_meta = [(n, m if m.withdrawals is not None or m.subject_id is None else
+                     DatasetMeta(m.subject_id, state.with_name(state.stem + ".withdrawals") / f"{n}.txt",
+                                 m.description, m.schema, m.fingerprint)) for n, m in dataset_meta]
     return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
-                       tuple(datasets), policy, state, path, tuple(dataset_fields))
+                       tuple(datasets), policy, state, path, tuple(dataset_fields), tuple(dataset_meta))
+
+
+def _dataset_meta(entry: dict, name: str, path: Path) -> DatasetMeta | None:
+    """The governance fields of one ``datasets`` entry (None if it has none)."""
+    if not any(k in entry for k in ("subject_id", "withdrawals", "description", "schema", "fingerprint")):
+        return None
+    subject = entry.get("subject_id")
+    if subject is not None and (not isinstance(subject, str) or not subject or len(subject) > 128):
+        raise _fail(path, f"datasets.{name}.subject_id", "expected the name of the column holding "
+                                                         "data subjects' identifiers")
+    source = entry["source"]
+    if subject is not None and ("://" in source and not source.startswith("sqlite:")
+                                or source.startswith("spark:")):
+        raise _fail(path, f"datasets.{name}.subject_id", "consent withdrawal lists are supported for "
+                                                         "CSV, Parquet and SQLite sources, not for "
+                                                         "engine sources (PostgreSQL, DuckDB, Spark): "
+                                                         "exclude withdrawn subjects in the table or "
+                                                         "query itself")
+    withdrawals = entry.get("withdrawals")
+    if withdrawals is not None and (subject is None or not isinstance(withdrawals, str)):
+        raise _fail(path, f"datasets.{name}.withdrawals", "expected a file path, with subject_id set")
+    description = entry.get("description", "")
+    if not isinstance(description, str) or len(description) > 2000:
+        raise _fail(path, f"datasets.{name}.description", "expected text of at most 2000 characters")
+    schema = []
+    if entry.get("schema") is not None:
+        from .errors import SpecError
+        from .spec import _parse_column
+        if not isinstance(entry["schema"], dict):
+            raise _fail(path, f"datasets.{name}.schema", "expected a mapping of column to {type, bounds|levels}")
+        for col, spec in entry["schema"].items():
+            try:
+                schema.append(_parse_column(str(col), spec, f"datasets.{name}.schema.{col}"))
+            except SpecError as exc:
+                raise ConfigError(clip_error(f"{path.name}: {exc}")) from None
+    if not isinstance(entry.get("fingerprint", True), bool):
+        raise _fail(path, f"datasets.{name}.fingerprint", "expected true or false")
+    return DatasetMeta(subject, None if withdrawals is None else path.parent / withdrawals, description,
+                       tuple(schema), entry.get("fingerprint", True))
 
 
 def load_party_config(path: str | Path) -> PartyConfig:

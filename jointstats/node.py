@@ -120,7 +120,7 @@ class Node(Scheduler):
         self.jobs = self.store.load_all()
         self._order = max([j.order or 0 for j in self.jobs.values()] + [0])
         for job in self.jobs.values():
-            if job.status == "queued":
+            if job.status in ("queued", "waiting"):
                 self._end(job, "failed", "the node restarted before the job started")
             elif job.status == "running":
                 payload = self.store.read_result(job.job_id)
@@ -239,21 +239,8 @@ class Node(Scheduler):
         try:
             spec = parse_spec(spec_text)
             plan = self._plan(spec)
-            from .policy import check_job
-            check_job(cfg, spec, plan)
-            if spec.privacy is not None and not cfg.compute_only:
-                # the job's exact charge against the lifetime rule, as the worker will reserve it
-                from ._accounting import JobCharge, lifetime_spend
-                charge = JobCharge.from_dict(plan.privacy["charge"])
-                usage = self.state.usage(spec.dataset, cfg.policy.budget_epsilon, cfg.policy.budget_delta)
-                if not lifetime_spend(usage.held.totals.add(charge), cfg.policy.budget_epsilon,
-                                      cfg.policy.budget_delta).fits:
-                    raise BudgetError(f"party {cfg.party!r}: privacy budget of dataset "
-                                      f"{spec.dataset!r} exceeded: remaining epsilon "
-                                      f"{float(usage.held.remaining_epsilon):g}, delta "
-                                      f"{float(usage.held.remaining_delta):g}; the job asks "
-                                      f"epsilon {float(spec.privacy.epsilon):g}, delta "
-                                      f"{float(spec.privacy.delta):g}")
+            from ._governance import admit
+            admission = admit(cfg, self.state, spec, plan, analyst)
         except JointStatsError as exc:
             reason = ("budget" if isinstance(exc, BudgetError) else
                       "spec" if isinstance(exc, SpecError) else "policy")
@@ -268,15 +255,21 @@ class Node(Scheduler):
                       spec_sha256=spec.sha256, protocol=spec.name, dataset=spec.dataset,
                       mode="exact" if spec.privacy is None else "dp",
                       epsilon=None if spec.privacy is None else float(spec.privacy.epsilon),
-                      received=time.time())
+                      received=time.time(), status="waiting" if admission.waits else "queued",
+                      agreement=admission.agreement and admission.agreement.id,
+                      approval_reasons=list(admission.approval_reasons))
         with self._lock:
             self.store.create(job, spec_text, {k: body[k] for k in
                                                ("job_id", "timestamp", "analyst", "signature")})
             self.jobs[job_id] = job
         self.state.audit("submission", job_id=job_id, analyst=analyst, protocol=spec.name,
                          spec_sha256=spec.sha256, dataset=spec.dataset, mode=job.mode,
-                         epsilon=job.epsilon, timestamp=timestamp)
-        self._log(f"queued job {job_id} ({spec.name!r}, {job.mode}) from {analyst!r}")
+                         epsilon=job.epsilon, timestamp=timestamp, purpose=spec.purpose,
+                         agreement=job.agreement)
+        if admission.waits:
+            self.state.audit("waiting", job_id=job_id, analyst=analyst,
+                             reasons=list(admission.approval_reasons))
+        self._log(f"{job.status} job {job_id} ({spec.name!r}, {job.mode}) from {analyst!r}")
         self._wake.set()
         return job.public(cfg.party)
 
@@ -303,7 +296,7 @@ class Node(Scheduler):
         except AuthError as exc:
             raise api_error(exc) from None
         with self._lock:
-            if job.status != "queued":
+            if job.status not in ("queued", "waiting"):
                 raise ApiError(409, f"job {job_id!r} is {job.status}; only a queued job can be "
                                     f"cancelled", "StateError")
             self._end(job, "cancelled", f"cancelled by analyst {job.analyst!r}")
@@ -464,6 +457,8 @@ def serve(config: str | Path, *, api_cert: str | Path | None = None,
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    from ._gov_node import reload_on_signal
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload_on_signal(node))
     node.start()
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="api")
     thread.start()

@@ -1,14 +1,20 @@
 """Each party's own policy checks, made before any data moves."""
 from __future__ import annotations
 
+from ._governance import Agreement, select_agreement
 from .config import PartyConfig
 from .errors import PolicyError
 from .plan import Plan, StatPlan
 from .spec import Spec
 
 
-def check_job(config: PartyConfig, spec: Spec, plan: Plan) -> None:
+def check_job(config: PartyConfig, spec: Spec, plan: Plan, analyst: str = "local") -> Agreement | None:
     """Raise PolicyError (naming this party and the field) if this party's policy refuses the job.
+
+    Returns the data-use agreement the job runs under at this party (the first that covers
+    dataset, ``analyst``, purpose, date, mode, kinds and columns: jointstats._governance), or
+    None when the party has no agreements. Its sub-budget is checked when the budget is
+    reserved. ``analyst`` is ``local`` for jobs started with ``jointstats run``.
 
     A compute-only party (``role: compute``) offers no dataset and is charged no budget (it
     releases nothing of its own), so the dataset and lifetime-delta checks do not apply to it;
@@ -40,6 +46,7 @@ def check_job(config: PartyConfig, spec: Spec, plan: Plan) -> None:
                           "parties each sees the other's partial aggregates and every intermediate value, DP "
                           "noise included; "
                           "add a compute-only third party (role: compute) or opt in")
+    return select_agreement(config, spec, analyst)
 
 
 def effective_min_count(stat: StatPlan, floors: list[int]) -> int | None:

@@ -19,12 +19,16 @@ class Result:
     results: dict[str, dict]
     extra: dict = field(default_factory=dict, compare=False)
     mpc: dict | None = None  # roles, threshold and who could see what (jointstats._roles.mpc_block)
+    #: purpose, analyst, each party's agreement, approvals, dataset fingerprint and signature
+    #: (jointstats._report); None for results made before provenance existed
+    provenance: dict | None = None
 
     def to_dict(self) -> dict:
         """The contract's result object (docs/reference.md section 4)."""
         return {"protocol": self.protocol, "job_id": self.job_id, "spec_sha256": self.spec_sha256,
                 "parties": list(self.parties), **({"mpc": self.mpc} if self.mpc is not None else {}),
-                "privacy": self.privacy, "results": self.results}
+                "privacy": self.privacy, "results": self.results,
+                **({"provenance": self.provenance} if self.provenance is not None else {})}
 
     def to_json(self, indent: int | None = 2) -> str:
         """The contract's result JSON."""
@@ -34,7 +38,8 @@ class Result:
     def from_dict(cls, data: dict) -> "Result":
         """Rebuild a Result from its JSON object."""
         return cls(data["protocol"], data["job_id"], data["spec_sha256"], tuple(data["parties"]),
-                   data.get("privacy"), data["results"], mpc=data.get("mpc"))
+                   data.get("privacy"), data["results"], mpc=data.get("mpc"),
+                   provenance=data.get("provenance"))
 
     def __getitem__(self, name: str) -> dict:
         return self.results[name]

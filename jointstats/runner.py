@@ -34,11 +34,14 @@ def _as_configs(parties: list) -> list[PartyConfig]:
     return check_consortium(configs)
 
 
-def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
+def validate(spec: Spec | str | Path, parties: list | None = None, analyst: str = "local") -> str:
     """Check a spec (and, given party configs, its fit to their policies and data headers).
 
-    Computes nothing and spends no budget. Returns the plan's description.
+    Computes nothing and spends no budget. Returns the plan's description, followed by one
+    line per party saying which data-use agreement covers the job for ``analyst`` (PolicyError
+    naming every party that none covers, and why).
     """
+    from ._governance import explain
     from ._sources import open_source
     spec = _as_spec(spec)
     names = ["party_1", "party_2", "party_3"]
@@ -48,8 +51,13 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         names = [p.name for p in configs[0].peers]
     from .output import add_noise_plans
     plan = add_noise_plans(spec, make_plan(spec, names))
+    verdicts = [explain(cfg, spec, analyst) for cfg in configs]
+    uncovered = [v for v in verdicts if "NOT covered" in v]
+    if uncovered:
+        from .errors import PolicyError
+        raise PolicyError("; ".join(uncovered))
     for cfg in configs:
-        check_job(cfg, spec, plan)
+        check_job(cfg, spec, plan, analyst)
         if cfg.compute_only:  # holds no data: nothing to read
             continue
         src = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir, cfg.dataset_options(spec.dataset))
@@ -60,7 +68,8 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
             raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
                                   f"{', '.join(map(repr, missing))} missing from its data")
     compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
-    return plan.describe(compute)
+    governed = [v for cfg, v in zip(configs, verdicts) if cfg.policy.governance.enabled]
+    return plan.describe(compute) + ("\n" + "\n".join(governed) if governed else "")
 
 
 def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None,
@@ -121,7 +130,12 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
         if res != results[0]:
             raise PartyError(f"party {cfg.party!r} revealed a different result from "
                              f"{configs[0].party!r}; the job is void")
-    result = Result.from_dict(results[0])
+    attestations = {cfg.party: payloads[cfg.party].get("attestation") for cfg in configs}
+    if all(attestations.values()):  # every party signed its release (jointstats._report)
+        from ._report import merge
+        result = Result.from_dict(merge(results[0], attestations))
+    else:
+        result = Result.from_dict(results[0])
     if metrics is not None:
         metrics.update({cfg.party: payloads[cfg.party].get("metrics", {}) for cfg in configs})
     if out is not None:

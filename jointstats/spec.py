@@ -248,6 +248,8 @@ class Spec:
     statistics: tuple[Statistic, ...]
     text: str = field(repr=False, compare=False, default="")
     sha256: str = ""
+    #: the purpose the job serves (``purpose:``), matched against data-use agreements
+    purpose: str | None = None
 
     def column(self, name: str) -> Column:
         """The schema entry of ``name``."""
@@ -510,7 +512,8 @@ def parse_spec(text: str) -> Spec:
         raise SpecError(clip_error(f"{where}: {getattr(exc, 'problem', None) or exc}")) from None
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
-    _check_keys(data, {"name", "dataset", "partition", "key", "schema", "privacy", "statistics"}, "spec")
+    _check_keys(data, {"name", "dataset", "partition", "key", "schema", "privacy", "statistics",
+                       "purpose"}, "spec")
     name = _string(data.get("name", "unnamed"), "name")
     dataset = _string(data.get("dataset"), "dataset") if "dataset" in data else None
     if dataset is None:
@@ -546,7 +549,8 @@ def parse_spec(text: str) -> Spec:
                 if s.kind == "crosstab") + sum(len(s.bins) - 1 for s in stats if s.kind == "histogram")
     _limit("statistics", "crosstab cells and histogram bins", cells, MAX_CELLS)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest)
+    purpose = _string(data["purpose"], "purpose") if data.get("purpose") is not None else None
+    return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest, purpose)
 
 
 def load_spec(source: str | Path) -> Spec:

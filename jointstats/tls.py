@@ -49,6 +49,8 @@ def _handshake_reason(exc: BaseException) -> str:
     """A short, operator-readable reason for a failed TLS handshake."""
     reason = getattr(exc, "reason", None) or ""
     text = getattr(exc, "verify_message", None) or reason or str(exc) or type(exc).__name__
+    if reason == "CERTIFICATE_VERIFY_FAILED" and "revoked" in text:
+        return f"the peer's certificate is revoked by the consortium CA's CRL ({text})"
     if reason == "CERTIFICATE_VERIFY_FAILED":
         return f"the peer's certificate is not issued by the consortium CA ({text})"
     if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
@@ -79,6 +81,9 @@ def configure_tls(rt, cfg: PartyConfig) -> None:
     t = cfg.tls
     rt.ssl_server = ssl_context("server", t.cert, t.key, t.ca)
     rt.ssl_client = ssl_context("client", t.cert, t.key, t.ca)
+    from ._crl import apply_crl  # revoked party certificates: re-read for every runtime
+    apply_crl(rt.ssl_server, t.crl)
+    apply_crl(rt.ssl_client, t.crl)
     names = [p.name for p in cfg.peers]
     me = cfg.index
 

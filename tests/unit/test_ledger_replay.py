@@ -173,7 +173,7 @@ def test_schema_1_files_open_migrated_with_legacy_charges(tmp_path: Path) -> Non
     _schema_1_file(path)
     s = NodeState(path)
     try:
-        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 3
         ok, why = s.verify_audit()
         assert ok, why
         assert [r["event"] for r in s.audit_records()][-1] == "migration"

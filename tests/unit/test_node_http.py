@@ -108,8 +108,8 @@ def test_served_openapi_document_is_generated_from_the_models_and_validates(make
     schemas = doc["components"]["schemas"]
     for model in ("Submission", "Cancel", "Job", "Health", "PolicyView", "Result", "Error"):
         assert model in schemas, model
-    assert schemas["Job"]["properties"]["status"]["enum"] == ["queued", "running", "done",
-                                                              "failed", "cancelled"]
+    assert schemas["Job"]["properties"]["status"]["enum"] == ["waiting", "queued", "running",
+                                                              "done", "failed", "cancelled"]
     post = doc["paths"]["/jobs"]["post"]
     assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"] == \
         "#/components/schemas/Submission"
