@@ -43,7 +43,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ._accounting import JobCharge, LedgerTotals, LifetimeSpend, lifetime_spend
+from ._accounting import JobCharge, LedgerTotals, LifetimeSpend, PrivacyBudget, lifetime_spend
 from .errors import AuthError, BudgetError, ConfigError, JointStatsError
 
 __all__ = [
@@ -176,6 +176,16 @@ class BudgetUsage:
     reserved: LedgerTotals
     spent_rule: LifetimeSpend
     held: LifetimeSpend
+
+    @property
+    def spent_budget(self) -> PrivacyBudget | None:
+        """What the dataset has given away under the lifetime rule (None: the rule finds no epsilon)."""
+        return self.spent_rule.spent
+
+    @property
+    def remaining(self) -> PrivacyBudget:
+        """What new jobs may still spend: the budget less spent and reserved jobs."""
+        return self.held.remaining
 
 
 # --------------------------------------------------------------------------- helpers
@@ -646,8 +656,14 @@ class NodeState:
         use = self.usage(dataset, budget_eps, budget_delta)
         return use.held.remaining_epsilon, use.held.remaining_delta
 
-    def usage(self, dataset: str, budget_epsilon: Fraction, budget_delta: Fraction) -> "BudgetUsage":
-        """Everything about ``dataset``'s budget: exact totals and the lifetime rule's figures."""
+    def usage(self, dataset: str, budget_epsilon: Fraction | PrivacyBudget,
+              budget_delta: Fraction | None = None) -> "BudgetUsage":
+        """Everything about ``dataset``'s budget: exact totals and the lifetime rule's figures.
+
+        The budget is a :class:`PrivacyBudget` (``usage(name, policy.budget)``) or its epsilon
+        and delta."""
+        if isinstance(budget_epsilon, PrivacyBudget):
+            budget_epsilon, budget_delta = budget_epsilon.epsilon, budget_epsilon.delta
         b_eps = _to_frac(budget_epsilon, "budget epsilon")
         b_dlt = _to_frac(budget_delta, "budget delta")
         with self._lock:

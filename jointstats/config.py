@@ -54,6 +54,12 @@ class Policy:
     analysts: tuple[tuple[str, Path], ...]
     allow_two_party: bool = False  # jobs with exactly 2 parties (threshold 0) need every party's opt-in
 
+    @property
+    def budget(self) -> "PrivacyBudget":
+        """The lifetime budget per dataset as a typed :class:`~jointstats.PrivacyBudget`."""
+        from ._accounting import PrivacyBudget
+        return PrivacyBudget(self.budget_epsilon, min(self.budget_delta, Fraction(1)))
+
     def analyst_key(self, name: str) -> Path | None:
         """Public key path of analyst ``name``, or None if not listed."""
         return dict(self.analysts).get(name)

@@ -10,14 +10,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Mapping
 
 from ._launch import THREAD_VARIABLES, start_party
 from .config import PartyConfig, check_consortium, load_party_config
-from .errors import JointStatsError, PartyError
+from .errors import DataError, JointStatsError, PartyError
 from .plan import make_plan
 from .policy import check_job
 from .result import Result
-from .spec import Spec, load_spec
+from .spec import Spec, load_spec, parse_spec
 
 #: Seconds a whole local job may take before every party process is stopped.
 JOB_TIMEOUT = 4 * 3600.0
@@ -25,7 +26,10 @@ JOB_TIMEOUT = 4 * 3600.0
 STOP_GRACE = 2.0
 
 
-def _as_spec(spec: Spec | str | Path) -> Spec:
+def _as_spec(spec: Spec | str | Path | Mapping) -> Spec:
+    """A Spec from a Spec, a YAML path or text, or the spec as Python data (a mapping)."""
+    if isinstance(spec, Mapping):
+        return parse_spec(spec)
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
@@ -57,7 +61,7 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         getattr(src, "close", lambda: None)()
         missing = [c.name for c in spec.schema if c.name not in header]
         if missing:
-            raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
+            raise DataError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
                                   f"{', '.join(map(repr, missing))} missing from its data")
     compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
     return plan.describe(compute)

@@ -206,6 +206,12 @@ class Privacy:
         """discrete_laplace for pure DP (delta 0), discrete_gaussian otherwise."""
         return "discrete_laplace" if self.delta == 0 else "discrete_gaussian"
 
+    @property
+    def budget(self) -> "PrivacyBudget":
+        """The job's (epsilon, delta) as a typed :class:`~jointstats.PrivacyBudget`."""
+        from ._accounting import PrivacyBudget
+        return PrivacyBudget(self.epsilon, self.delta)
+
 
 @dataclass(frozen=True)
 class Statistic:
@@ -499,9 +505,14 @@ def _parse_privacy(entry: Any) -> Privacy:
     return Privacy(eps, delta, noise)
 
 
-def parse_spec(text: str) -> Spec:
+def parse_spec(text: str | collections.abc.Mapping) -> Spec:
     """Parse and validate spec YAML text (within the limits above: every refusal is one line
-    naming the field, or the line of the YAML, and the limit)."""
+    naming the field, or the line of the YAML, and the limit).
+
+    A mapping (the spec as Python data, e.g. in a notebook) is written as YAML first, and
+    that text is what the spec's ``sha256`` hashes and the parties receive."""
+    if isinstance(text, collections.abc.Mapping):
+        text = _dump_spec(text)
     try:
         data = yaml_load(text)
     except yaml.YAMLError as exc:
@@ -547,6 +558,14 @@ def parse_spec(text: str) -> Spec:
     _limit("statistics", "crosstab cells and histogram bins", cells, MAX_CELLS)
     digest = hashlib.sha256(text.encode()).hexdigest()
     return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest)
+
+
+def _dump_spec(data: collections.abc.Mapping) -> str:
+    """A spec given as Python data, as YAML text (plain YAML types only)."""
+    try:
+        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:
+        raise SpecError(clip_error(f"spec: a value cannot be written as YAML ({exc})")) from None
 
 
 def load_spec(source: str | Path) -> Spec:
