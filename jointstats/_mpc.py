@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 
 from . import _codec
-from .errors import AuthError, PartyError
+from .errors import (AuthError, PartyError, PartyTimeoutError, PeerLostError, PeerTlsError,
+                     PeerUnreachableError)
 
 _saved_argv = sys.argv
 sys.argv = [_saved_argv[0] if _saved_argv else "jointstats"]
@@ -314,7 +315,7 @@ class _Exchanger(_asyncoro.MessageExchanger):
         rt = self.runtime
         if not rt.closing and self.peer_pid is not None:
             rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} disconnected"
-                              + (f" ({exc})" if exc else ""))
+                              + (f" ({exc})" if exc else ""), lost=True)
         if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
             rt.unset_protocol(self.peer_pid)
 
@@ -367,9 +368,12 @@ class JointRuntime(Runtime):
         """Name of the party with MPC index ``pid``."""
         return self.names[pid] if 0 <= pid < len(self.names) else f"#{pid}"
 
-    def report_failure(self, pid: int, reason: str) -> None:
-        """Record the first failure of a peer; wakes every guarded wait."""
+    def report_failure(self, pid: int, reason: str, lost: bool = False) -> None:
+        """Record the first failure of a peer; wakes every guarded wait. ``lost``: the peer's
+        connection dropped (guarded waits raise PeerLostError, a consequence to report only
+        if nothing better is known)."""
         if not self.failed.done():
+            self.failed_lost = lost
             self.failed.set_result((pid, reason))
 
     def _send_message(self, peer_pid, data):
@@ -642,10 +646,10 @@ class JointRuntime(Runtime):
                     return
                 except (OSError, _ssl.SSLError) as exc:
                     if isinstance(exc, _ssl.SSLError):
-                        raise PartyError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
+                        raise PeerTlsError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
                                          f"failed ({exc.reason})") from None
                     if loop.time() > deadline:
-                        raise PartyError(f"could not connect to party {self.name_of(peer.pid)!r} at "
+                        raise PeerUnreachableError(f"could not connect to party {self.name_of(peer.pid)!r} at "
                                          f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
                     await asyncio.sleep(pause)
                     pause = min(1.25 * pause, 0.1)
@@ -659,10 +663,10 @@ class JointRuntime(Runtime):
                        if p.pid != self.pid and p.protocol is None]
             names = ", ".join(map(repr, missing))
             plural = "ies" if len(missing) > 1 else "y"
-            if "timed out" in str(exc) and missing:
-                raise PartyError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
-            if missing and "could not connect" not in str(exc):
-                raise PartyError(f"{exc} (part{plural} {names} did not connect)") from None
+            if isinstance(exc, PartyTimeoutError) and missing:
+                raise PeerLostError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
+            if missing and not isinstance(exc, PeerUnreachableError):
+                raise type(exc)(f"{exc} (part{plural} {names} did not connect)") from None
             raise
         finally:
             if self._server is not None:
@@ -680,12 +684,13 @@ class JointRuntime(Runtime):
         if self.failed.done():
             pid, reason = self.failed.result()
             await self._deliver_notices()
-            raise PartyError(f"{reason} during {what}")
+            lost = getattr(self, "failed_lost", False)
+            raise (PeerLostError if lost else PartyError)(f"{reason} during {what}")
         waiting = [self.name_of(p.pid) for p in self.parties if p.pid != self.pid
                    and p.protocol is not None and not isinstance(p.protocol, asyncio.Future)
                    and any(isinstance(b, asyncio.Future) for b in p.protocol.buffers.values())]
         who = f" from part{'ies' if len(waiting) > 1 else 'y'} {', '.join(map(repr, waiting))}" if waiting else ""
-        raise PartyError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
+        raise PartyTimeoutError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
 
     async def _deliver_notices(self, timeout: float = NOTICE_WAIT) -> None:
         """Keep the connections to the parties told of a malformed message open (and read)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import _codec
 from .config import PartyConfig, load_party_config
-from .errors import DataError, JointStatsError, PartyError, PlanMismatchError
+from .errors import DataError, JointStatsError, PartyError, PeerLostError, PlanMismatchError
 from .plan import Plan, make_plan
 from .policy import check_job, effective_min_count
 from .spec import Spec, load_spec
@@ -312,7 +312,7 @@ def _stop_on_sigterm(party: str) -> None:
 
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
-        raise PartyError(f"party {party!r} was stopped before the job finished")
+        raise PeerLostError(f"party {party!r} was stopped before the job finished")
     signal.signal(signal.SIGTERM, stop)
 
 

@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from ._accounting import JobCharge, LedgerTotals, LifetimeSpend, PrivacyBudget, lifetime_spend
-from .errors import AuthError, BudgetError, ConfigError, JointStatsError
+from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, ReplayError,  # noqa: F401
+                     StateError)
 
 __all__ = [
     "NodeState",
@@ -112,14 +113,6 @@ INSERT OR IGNORE INTO audit_head (id, count, hash) VALUES (1, 0, '""" + GENESIS_
 #: Schema 1 -> 2: every job's charge gains rho (NULL: not a zCDP charge) and tv (0 for old rows).
 _MIGRATE_1_2 = ("ALTER TABLE jobs ADD COLUMN rho TEXT",
                 "ALTER TABLE jobs ADD COLUMN tv TEXT NOT NULL DEFAULT '0/1'")
-
-
-class ReplayError(AuthError):
-    """A job id (nonce) was submitted or reserved a second time."""
-
-
-class StateError(JointStatsError, RuntimeError):
-    """A ledger transition is not allowed from the job's current status (or the job is unknown)."""
 
 
 @dataclass(frozen=True)

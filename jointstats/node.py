@@ -49,7 +49,7 @@ from typing import Any
 from ._launch import start_launcher, start_party
 from .config import PartyConfig, load_party_config
 from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, PartyError,
-                     PolicyError, SpecError)
+                     PeerTlsError, PolicyError, SpecError, StaleRequestError)
 from .spec import clip_error, shorten
 
 __all__ = ["Node", "serve", "openapi", "JOB_ID_RE", "MAX_SKEW"]
@@ -383,9 +383,7 @@ class Node:
             verify_submission(pub, spec_text, job_id, timestamp, analyst, signature,
                               now=int(time.time()), max_skew=MAX_SKEW)
         except AuthError as exc:
-            text = str(exc)
-            reason = ("stale timestamp" if " stale" in text or "future" in text
-                      else "bad signature")
+            reason = "stale timestamp" if isinstance(exc, StaleRequestError) else "bad signature"
             self._refuse(job_id, analyst, reason, exc)
             raise _api_error(exc) from None
         try:
@@ -614,7 +612,7 @@ class Node:
                 if msg != last_error:
                     self._log(f"waiting for the other parties: {msg}")
                     last_error = msg
-                permanent = isinstance(exc, (ConfigError, AuthError)) or "TLS" in msg
+                permanent = isinstance(exc, (ConfigError, AuthError, PeerTlsError))
                 if permanent or now - failing_since > self.peer_wait:
                     why = (msg if permanent else f"{msg} (waited {self.peer_wait:.0f} s for the "
                                                  f"other parties to join)")
@@ -754,6 +752,7 @@ class Node:
             rc = proc.returncode if proc is not None else None
             how = (f"signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}")
             error = f"party {cfg.party!r} died ({how}) in its worker process"
+            kind = "PartyDiedError"
             tail = [ln for ln in lines if not ln.startswith("progress ")]
             if tail:
                 self._log(f"job {job.job_id}: last line of its worker log: {tail[-1]}")

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from .errors import ConfigError, JointStatsError
-
-
-class AuditError(JointStatsError):
-    """An audit log failed verification; the message names the first bad record."""
+from .errors import AuditError, ConfigError  # noqa: F401 - AuditError: raised below
 
 
 def cmd_node_serve(args: argparse.Namespace) -> int:
