@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .spec import clip_error, shorten, yaml_load
+from .spec import clip_error, did_you_mean, shorten, yaml_load
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,8 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     allowed = {"party", "mpc", "api", "datasets", "policy", "state"}
     for key in data:
         if key not in allowed:
-            raise _fail(path, key, f"unknown field; expected one of {', '.join(sorted(allowed))}")
+            raise _fail(path, key, f"unknown field{did_you_mean(key, allowed)}; expected one of "
+                                   f"{', '.join(sorted(allowed))}")
     base = path.parent
     party = data.get("party")
     if not isinstance(party, str) or not party:

@@ -91,6 +91,16 @@ def shorten(value: Any, limit: int = 40) -> str:
     return text
 
 
+def did_you_mean(name: Any, choices) -> str:
+    """`` (did you mean 'region'?)`` for the closest of ``choices`` to a misspelt ``name``
+    (difflib), or "" when none is close."""
+    import difflib
+    if not isinstance(name, str) or len(name) > 4 * MAX_NAME_CHARS:
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def clip_error(message: str, limit: int = MAX_ERROR_CHARS) -> str:
     """One line of at most ``limit`` characters."""
     message = " ".join(str(message).split())
@@ -330,7 +340,8 @@ def _mapping(value: Any, path: str) -> dict:
 def _check_keys(entry: dict, allowed: set[str], path: str) -> None:
     for key in entry:
         if key not in allowed:
-            raise _fail(f"{path}.{_key(key)}", f"unknown field; expected one of {', '.join(sorted(allowed))}")
+            raise _fail(f"{path}.{_key(key)}", f"unknown field{did_you_mean(key, allowed)}; expected one "
+                                               f"of {', '.join(sorted(allowed))}")
 
 
 def _parse_column(name: str, entry: Any, path: str) -> Column:
@@ -338,7 +349,8 @@ def _parse_column(name: str, entry: Any, path: str) -> Column:
     _check_keys(entry, {"type", "bounds", "levels"}, path)
     ctype = entry.get("type")
     if not isinstance(ctype, str) or ctype not in COLUMN_TYPES:
-        raise _fail(f"{path}.type", f"expected one of {', '.join(COLUMN_TYPES)}, found {shorten(ctype)}")
+        raise _fail(f"{path}.type", f"expected one of {', '.join(COLUMN_TYPES)}, found "
+                                    f"{shorten(ctype)}{did_you_mean(ctype, COLUMN_TYPES)}")
     if ctype == "categorical":
         levels = entry.get("levels")
         if "bounds" in entry:
@@ -389,7 +401,7 @@ _KIND_FIELDS = {
 def _column_ref(schema: dict[str, Column], value: Any, path: str, want: str | None) -> str:
     name = _string(value, path)
     if name not in schema:
-        raise _fail(path, f"unknown column {shorten(name)}")
+        raise _fail(path, f"unknown column {shorten(name)}{did_you_mean(name, schema)}")
     col = schema[name]
     if want == "numeric" and not col.numeric:
         raise _fail(path, f"column {name!r} is categorical; expected a real or integer column")
@@ -405,7 +417,8 @@ def _parse_statistic(name: Any, entry: Any, schema: dict[str, Column], path: str
     entry = _mapping(entry, path)
     kind = entry.get("kind")
     if not isinstance(kind, str) or kind not in STATISTIC_KINDS:
-        raise _fail(f"{path}.kind", f"expected one of {', '.join(STATISTIC_KINDS)}, found {shorten(kind)}")
+        raise _fail(f"{path}.kind", f"expected one of {', '.join(STATISTIC_KINDS)}, found "
+                                    f"{shorten(kind)}{did_you_mean(kind, STATISTIC_KINDS)}")
     _check_keys(entry, _KIND_FIELDS[kind] | {"kind", "weight"}, path)
     weight = Fraction(1)
     if "weight" in entry:
