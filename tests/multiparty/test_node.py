@@ -484,7 +484,7 @@ def test_worker_failure_error_carries_no_local_step_text(cluster):
     job_id = str(info.value).split()[1]
     statuses = [cluster.status(i, job_id) for i in range(3)]
     assert statuses[1]["error"] == "party 'party_b' died (exit status 137) in its worker process"
-    assert statuses[1]["error_kind"] == "PartyError"
+    assert statuses[1]["error_kind"] == "PartyDiedError"  # a PartyError: its process died
     for text in [str(info.value)] + [st["error"] for st in statuses]:
         assert not re.search(r"\b7\b|rows|SECRET|missing|clipped", text), text
     log = (cluster.root / "party_b" / "state" / "party_b.jobs" / job_id / "worker.log").read_text()
