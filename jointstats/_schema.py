@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from . import spec as _spec
 
@@ -50,7 +50,10 @@ class _Model(BaseModel):
 class Column(_Model):
     """Public metadata of one column: a type and, for numbers, bounds; for categories, levels."""
 
-    model_config = ConfigDict(extra="forbid", title="Column")
+    model_config = ConfigDict(extra="forbid", title="Column", json_schema_extra={"allOf": [
+        {"if": {"properties": {"type": {"const": "categorical"}}},
+         "then": {"required": ["levels"], "not": {"required": ["bounds"]}},
+         "else": {"required": ["bounds"], "not": {"required": ["levels"]}}}]})
 
     type: Literal["real", "integer", "categorical"] = Field(
         description="`real`, `integer` or `categorical`")
@@ -64,6 +67,15 @@ class Column(_Model):
         description="the categories of a `categorical` column (required there), as text: quote "
                     "`\"no\"`/`\"yes\"` (YAML 1.1 reads bare no/yes as booleans); at most "
                     f"{_spec.MAX_LEVEL_CHARS} characters each, no duplicates")
+
+    @model_validator(mode="after")
+    def _bounds_or_levels(self) -> "Column":
+        """Numeric columns have bounds and no levels; categorical ones levels and no bounds
+        (the JSON Schema says the same with if/then/else)."""
+        want, other = ("levels", "bounds") if self.type == "categorical" else ("bounds", "levels")
+        if getattr(self, want) is None or getattr(self, other) is not None:
+            raise ValueError(f"a {self.type} column has {want}, not {other}")
+        return self
 
 
 class Privacy(_Model):

@@ -329,3 +329,17 @@ def test_config_type_errors_are_refused_by_schema_and_parser():
             checked += 1
     assert not disagree
     assert checked > 30
+
+
+@pytest.mark.parametrize("column", [{"type": "real"}, {"type": "categorical"},
+                                    {"type": "integer", "bounds": [0, 1], "levels": ["a"]},
+                                    {"type": "categorical", "levels": ["a"], "bounds": [0, 1]}])
+def test_bounds_for_numbers_levels_for_categories_everywhere(column):
+    import pydantic
+    doc = copy.deepcopy(FULL_SPEC)
+    doc["schema"]["extra"] = column
+    assert not _validator("spec").is_valid(doc)
+    with pytest.raises(pydantic.ValidationError):
+        _schema.SpecModel.model_validate(doc)
+    with pytest.raises(SpecError, match=r"schema\.extra\.(bounds|levels)"):
+        parse_spec(_spec_text(doc))
