@@ -93,11 +93,20 @@ def shorten(value: Any, limit: int = 40) -> str:
 
 def did_you_mean(name: Any, choices) -> str:
     """`` (did you mean 'region'?)`` for the closest of ``choices`` to a misspelt ``name``
-    (difflib), or "" when none is close."""
+    (difflib), or "" when none is close.
+
+    Bounded, since names come from outsiders: names of at most 64 characters, compared with
+    at most 50 choices of similar length (difflib is quadratic in the length), those sharing
+    the most pairs of adjacent characters with it first."""
     import difflib
-    if not isinstance(name, str) or len(name) > 4 * MAX_NAME_CHARS:
+    if not isinstance(name, str) or not name or len(name) > 64:
         return ""
-    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
+    slack = max(2, len(name) // 3)
+    candidates = [c for c in map(str, choices) if c and abs(len(c) - len(name)) <= slack]
+    pairs = {name[i:i + 2] for i in range(len(name) - 1)}
+    candidates.sort(key=lambda c: -len(pairs.intersection(c[i:i + 2] for i in range(len(c) - 1))))
+    candidates = candidates[:50]
+    close = difflib.get_close_matches(name, candidates, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

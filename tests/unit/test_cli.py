@@ -144,3 +144,13 @@ def test_unknown_field_in_a_party_config_suggests_the_field(tmp_path, parties):
     spec.write_text(SPEC)
     proc = run_cli("validate", str(spec), "--parties", *map(str, parties))
     assert proc.returncode == 2 and "polcy: unknown field (did you mean 'policy'?)" in proc.stderr
+
+
+def test_did_you_mean_is_bounded_and_finds_the_closest():
+    from jointstats.spec import did_you_mean
+    wide = [f"c{i:03d}_measure" for i in range(1000)]
+    assert did_you_mean("c517_meassure", wide) == " (did you mean 'c517_measure'?)"
+    assert did_you_mean("regoin", ["age", "region", "smoker"]) == " (did you mean 'region'?)"
+    assert did_you_mean("zzzz", ["age", "region"]) == ""
+    assert did_you_mean("x" * 65, ["x" * 65]) == ""  # outsiders' long names: no search
+    assert did_you_mean(3, ["age"]) == "" and did_you_mean("", ["age"]) == ""
