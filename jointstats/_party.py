@@ -148,12 +148,13 @@ class PartyJob:
             from .tls import configure_tls
             configure_tls(rt, cfg)
         refusal = None
+        refused_by = None  # the class of this party's own refusal (the exit status follows it)
         partials = None
         try:
             if self.hooks:
                 self.hooks.before_data(plan)
         except JointStatsError as exc:
-            refusal = self._refusal(exc)
+            refusal, refused_by = self._refusal(exc), type(exc).__name__
         # Connect while the local step runs in a thread (Arrow and numpy release the GIL):
         # the connections are up when the slowest peer's data are read, and no party polls
         # for a peer that is still reading. Nothing about the data is sent before the
@@ -168,7 +169,7 @@ class PartyJob:
             try:
                 partials = local.result()
             except JointStatsError as exc:
-                refusal = self._refusal(exc)
+                refusal, refused_by = self._refusal(exc), type(exc).__name__
             except BaseException:
                 connecting.cancel()
                 rt.abort()
@@ -186,7 +187,8 @@ class PartyJob:
             # each status is named by its sender's index in mpc.parties, never by what it claims
             for name, st in zip(names, statuses):
                 if st["refusal"]:
-                    raise PartyError(_codec.refusal_line(name, st["refusal"]))
+                    raise PartyError(_codec.refusal_line(name, st["refusal"]),
+                                     cause=refused_by if name == cfg.party else None)
             for name, st in zip(names, statuses):
                 if st["job"] != self.job_id:
                     raise PlanMismatchError(f"party {name!r} is running job {st['job']!r}, "
@@ -380,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"ok": True, "result": result, "metrics": job.metrics}
         status = 0
     except JointStatsError as exc:
-        payload = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "party": name}
+        payload = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "party": name,
+                   "cause": getattr(exc, "cause", None)}
         status = 1
     except Exception as exc:  # a bug: still one line, naming the party
         # in DP mode its text (which might quote data) goes to this party's own log only

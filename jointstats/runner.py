@@ -111,7 +111,8 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
                 payload = json.loads(out_file.read_text())
                 payloads[cfg.party] = payload
                 if not payload["ok"]:
-                    errors.append((cfg.party, payload["error"], payload.get("kind")))
+                    # the class of the error where it arose (a refusal's, at the refusing party)
+                    errors.append((cfg.party, payload["error"], payload.get("cause") or payload.get("kind")))
             else:
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
                 # its stderr is the party's own log; in DP mode it may count rows, so none of
