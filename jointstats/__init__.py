@@ -9,7 +9,7 @@ Typical use::
     print(result.summary())
     result.to_json()
     result.to_frame("age_hist")          # pandas; result.plot("age_hist") with matplotlib
-    result.stat("bp_ols").conf_int()     # typed per-kind results (jointstats.results_kinds)
+    result.stat("mean_age").noise_interval  # typed per-kind results (jointstats.results_kinds)
     result.budget                        # the guarantee as a PrivacyBudget (exact fractions)
 
 Every error derives from :class:`JointStatsError` (jointstats.errors).
