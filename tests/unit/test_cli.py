@@ -50,6 +50,24 @@ def run_cli(*args, **kw):
                           text=True, timeout=120, **kw)
 
 
+class _Done:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli_main(capsys):
+    """``jointstats ARGS`` in this process (as the console script: exit status, stdout, stderr)."""
+    def call(*args):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        out = capsys.readouterr()
+        return _Done(code, out.out, out.err)
+    return call
+
+
 def test_version():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"jointstats {jointstats.__version__}"
@@ -86,35 +104,35 @@ statistics:
 """
 
 
-def test_exit_code_2_for_usage_errors_and_invalid_specs(tmp_path):
+def test_exit_code_2_for_usage_errors_and_invalid_specs(tmp_path, cli_main):
     proc = run_cli("run", "spec.yaml")  # --parties missing
     assert proc.returncode == 2 and "--parties" in proc.stderr
-    proc = run_cli("frobnicate")
+    proc = cli_main("frobnicate")
     assert proc.returncode == 2
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPEC.replace("column: age", "column: aeg"))
-    proc = run_cli("validate", str(bad))
+    proc = cli_main("validate", str(bad))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "statistics.m.column: unknown column 'aeg' (did you mean 'age'?)" in proc.stderr
     bad.write_text(SPEC.replace("kind: mean", "kind: maen"))
-    proc = run_cli("validate", str(bad))
+    proc = cli_main("validate", str(bad))
     assert proc.returncode == 2 and "found 'maen' (did you mean 'mean'?)" in proc.stderr
 
 
-def test_exit_code_3_for_a_refusal(tmp_path, parties):
+def test_exit_code_3_for_a_refusal(tmp_path, parties, cli_main):
     spec = tmp_path / "exact.yaml"
     spec.write_text(SPEC)  # exact mode; no party allows it
-    proc = run_cli("validate", str(spec), "--parties", *map(str, parties))
+    proc = cli_main("validate", str(spec), "--parties", *map(str, parties))
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1
     assert "refuses exact mode" in proc.stderr
 
 
-def test_exit_code_1_for_a_failure(tmp_path, parties):
+def test_exit_code_1_for_a_failure(tmp_path, parties, cli_main):
     spec = tmp_path / "dp.yaml"
     # DP mode (every party allows it); a column no party's data has: a DataError
     spec.write_text(SPEC.replace("statistics:", "privacy: {epsilon: 1}\nstatistics:")
                     .replace("  smoker:", "  bloodtype: {type: categorical, levels: [A, B]}\n  smoker:"))
-    proc = run_cli("validate", str(spec), "--parties", *map(str, parties))
+    proc = cli_main("validate", str(spec), "--parties", *map(str, parties))
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1
     assert "column 'bloodtype' missing from its data" in proc.stderr
 
@@ -136,13 +154,13 @@ def test_progress_option_forces_or_hides_progress(monkeypatch, tmp_path):
     assert cli.main(["run", "s.yaml", "--parties", "a.yaml", "--no-progress"]) == 0 and seen[-1] is False
 
 
-def test_unknown_field_in_a_party_config_suggests_the_field(tmp_path, parties):
+def test_unknown_field_in_a_party_config_suggests_the_field(tmp_path, parties, cli_main):
     data = yaml.safe_load(parties[0].read_text())
     data["polcy"] = data.pop("policy")
     parties[0].write_text(yaml.safe_dump(data))
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC)
-    proc = run_cli("validate", str(spec), "--parties", *map(str, parties))
+    proc = cli_main("validate", str(spec), "--parties", *map(str, parties))
     assert proc.returncode == 2 and "polcy: unknown field (did you mean 'policy'?)" in proc.stderr
 
 
