@@ -180,6 +180,18 @@ class BudgetUsage:
         """What new jobs may still spend: the budget less spent and reserved jobs."""
         return self.held.remaining
 
+    def to_dict(self) -> dict[str, dict[str, float | int]]:
+        """The dataset's figures as the node's API publishes them (floats; the exact values
+        are in the ledger): spent (the lifetime rule's epsilon and delta, the zCDP total rho,
+        jobs), reserved (pure epsilon, rho, jobs) and remaining (epsilon, delta)."""
+        spent = self.spent_rule
+        return {"spent": {"epsilon": float(spent.epsilon or 0), "delta": float(spent.delta),
+                          "rho": float(self.spent.rho), "jobs": self.spent.jobs},
+                "reserved": {"epsilon": float(self.reserved.pure_epsilon),
+                             "rho": float(self.reserved.rho), "jobs": self.reserved.jobs},
+                "remaining": {"epsilon": float(self.held.remaining_epsilon),
+                              "delta": float(self.held.remaining_delta)}}
+
 
 # --------------------------------------------------------------------------- helpers
 

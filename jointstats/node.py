@@ -541,14 +541,7 @@ class Node:
         pol = cfg.policy
         datasets = {}
         for name, _source in cfg.datasets:
-            use = self.state.usage(name, pol.budget_epsilon, pol.budget_delta)
-            spent, held = use.spent_rule, use.held
-            datasets[name] = {"spent": {"epsilon": float(spent.epsilon or 0), "delta": float(spent.delta),
-                                        "rho": float(use.spent.rho), "jobs": use.spent.jobs},
-                              "reserved": {"epsilon": float(use.reserved.pure_epsilon),
-                                           "rho": float(use.reserved.rho), "jobs": use.reserved.jobs},
-                              "remaining": {"epsilon": float(held.remaining_epsilon),
-                                            "delta": float(held.remaining_delta)}}
+            datasets[name] = self.state.usage(name, pol.budget_epsilon, pol.budget_delta).to_dict()
         return {"party": cfg.party, "parties": self.names, "policy": pol.public(),
                 "datasets": datasets}
 

@@ -124,3 +124,22 @@ def test_spec_policy_ledger_and_result_give_budgets(tmp_path):
     assert result.budget == PrivacyBudget(charge.epsilon, charge.delta)
     assert js.Result("p", "j", "s", ("a",), None, {}).budget is None
     assert js.Result("p", "j", "s", ("a",), {"epsilon": 1.0, "delta": 0.0}, {}).budget == PrivacyBudget(1)
+
+
+def test_usage_as_the_api_publishes_it(tmp_path):
+    from jointstats._state import NodeState
+    state = NodeState(tmp_path / "s.sqlite")
+    try:
+        for i, (eps, delta) in enumerate([(1, 0), (2, F(1, 10**6))]):
+            state.reserve(f"j{i}", "d", job_charge(eps, delta, 5), 50, F(1, 10**5), analyst="a",
+                          spec_sha256="x")
+        state.commit("j0")
+        use = state.usage("d", PrivacyBudget(50, F(1, 10**5)))
+        data = use.to_dict()
+        assert data["spent"] == {"epsilon": float(use.spent_rule.epsilon), "delta": float(use.spent_rule.delta),
+                                 "rho": 0.0, "jobs": 1}
+        assert data["reserved"]["jobs"] == 1 and data["reserved"]["rho"] == float(use.reserved.rho) > 0
+        assert data["remaining"] == {"epsilon": float(use.remaining.epsilon),
+                                     "delta": float(use.remaining.delta)}
+    finally:
+        state.close()
