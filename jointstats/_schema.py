@@ -97,7 +97,7 @@ def _stat(kind: str, doc: str, **fields: Any) -> type[_Model]:
     """A statistic model: ``kind`` (the discriminator), ``weight`` and the kind's fields."""
     annotations = {"kind": Literal[kind], "weight": Weight}
     namespace: dict[str, Any] = {"__doc__": doc, "__annotations__": annotations,
-                                 "model_config": ConfigDict(extra="forbid", title=f"{kind} statistic"),
+                                 "model_config": ConfigDict(extra="forbid", title=f"Statistic of kind {kind}"),
                                  "kind": Field(description=f"`{kind}`"), "weight": 1.0}
     for name, (typ, default) in fields.items():
         annotations[name] = typ
@@ -322,7 +322,7 @@ def _type_text(prop: dict, defs: dict) -> str:
         return " or ".join(kinds) + (" or null" if any(p.get("type") == "null" for p in prop["anyOf"]) else "")
     if "oneOf" in prop:
         return "a statistic (by `kind`: " + ", ".join(
-            _ref_title(p["$ref"], defs).split()[0] for p in prop["oneOf"]) + ")"
+            _ref_title(p["$ref"], defs).split()[-1] for p in prop["oneOf"]) + ")"
     t = prop.get("type", "any")
     if t == "array":
         return f"list of {_type_text(prop.get('items', {}), defs)}"
@@ -370,18 +370,28 @@ def _rows(schema: dict, defs: dict, prefix: str, required: set[str]) -> list[str
     return rows
 
 
-def _sections(title: str, model_schema: dict, note: str) -> list[str]:
+#: The reference pages' sections, in the order a reader meets them in a file, and the field
+#: path of each (as the parsers' errors name them).
+_ORDER = {"spec": {"Column": "schema.<column>.", "Privacy": "privacy.",
+                   **{m.__name__: "statistics.<name>." for m in STATISTIC_MODELS}},
+          "config": {"Mpc": "mpc.", "Peer": "mpc.parties[i].", "Tls": "mpc.tls.", "Api": "api.",
+                     "Dataset": "datasets.<name>.", "Spark": "datasets.<name>.spark.",
+                     "Policy": "policy.", "Budget": "policy.budget."}}
+
+
+def _sections(title: str, model_schema: dict, note: str, order: dict[str, str]) -> list[str]:
     defs = model_schema.get("$defs", {})
     lines = [f"# {title}", "", note, "", "## Top level", "",
              "| field | type | meaning |", "| --- | --- | --- |"]
     lines += _rows(model_schema, defs, "", set(model_schema.get("required", [])))
-    for key in sorted(defs, key=lambda k: defs[k].get("title", k)):
+    assert set(order) == set(defs), sorted(set(defs) ^ set(order))  # every model, once
+    for key in order:
         d = defs[key]
         lines += ["", f"## {d.get('title', key)}", ""]
         if d.get("description"):
             lines += [d["description"], ""]
         lines += ["| field | type | meaning |", "| --- | --- | --- |"]
-        lines += _rows(d, defs, "", set(d.get("required", [])))
+        lines += _rows(d, defs, order[key], set(d.get("required", [])))
     return lines
 
 
@@ -406,7 +416,7 @@ def reference_markdown(which: str) -> str:
                 "config file. Beyond the schema, the parser checks that `party` is in "
                 "`mpc.parties`, that addresses and dataset sources are not repeated, and that "
                 "a compute-only party offers no datasets.")
-    return "\n".join(_sections(title, json_schema(which), note)) + "\n"
+    return "\n".join(_sections(title, json_schema(which), note, _ORDER[which])) + "\n"
 
 
 def outputs() -> dict[Path, str]:
