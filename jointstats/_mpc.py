@@ -359,6 +359,7 @@ class JointRuntime(Runtime):
 
     names: list[str] = []
     closing = False
+    failed_lost = False  # whether the failure in ``failed`` is a lost peer (report_failure)
     _notified: tuple | list = ()  # peers told of a malformed message (drop_peer), not yet gone
     verify_peer: Callable[[bytes | None, int], None] | None = None
     ssl_server: _ssl.SSLContext | None = None
@@ -622,6 +623,7 @@ class JointRuntime(Runtime):
         """Listen for lower-index peers, connect to higher ones; fail naming who is missing."""
         loop = self._loop
         self.failed = loop.create_future()
+        self.failed_lost = False
         for peer in self.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == self.pid else None
         me = self.parties[self.pid]
@@ -647,10 +649,11 @@ class JointRuntime(Runtime):
                 except (OSError, _ssl.SSLError) as exc:
                     if isinstance(exc, _ssl.SSLError):
                         raise PeerTlsError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
-                                         f"failed ({exc.reason})") from None
+                                           f"failed ({exc.reason})") from None
                     if loop.time() > deadline:
-                        raise PeerUnreachableError(f"could not connect to party {self.name_of(peer.pid)!r} at "
-                                         f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
+                        raise PeerUnreachableError(
+                            f"could not connect to party {self.name_of(peer.pid)!r} at "
+                            f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
                     await asyncio.sleep(pause)
                     pause = min(1.25 * pause, 0.1)
 
@@ -684,8 +687,7 @@ class JointRuntime(Runtime):
         if self.failed.done():
             pid, reason = self.failed.result()
             await self._deliver_notices()
-            lost = getattr(self, "failed_lost", False)
-            raise (PeerLostError if lost else PartyError)(f"{reason} during {what}")
+            raise (PeerLostError if self.failed_lost else PartyError)(f"{reason} during {what}")
         waiting = [self.name_of(p.pid) for p in self.parties if p.pid != self.pid
                    and p.protocol is not None and not isinstance(p.protocol, asyncio.Future)
                    and any(isinstance(b, asyncio.Future) for b in p.protocol.buffers.values())]

@@ -63,7 +63,7 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         missing = [c.name for c in spec.schema if c.name not in header]
         if missing:
             raise DataError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
-                                  f"{', '.join(map(repr, missing))} missing from its data")
+                            f"{', '.join(map(repr, missing))} missing from its data")
     compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
     return plan.describe(compute)
 

@@ -128,7 +128,7 @@ def configure_tls(rt, cfg: PartyConfig) -> None:
         except PartyError as exc:
             if rejected:
                 raise PeerTlsError(f"{exc}; a connection to {cfg.party!r} was refused in the TLS "
-                                 f"handshake: {rejected[-1]}") from None
+                                   f"handshake: {rejected[-1]}") from None
             raise
 
     rt.start = start_with_tls_report
