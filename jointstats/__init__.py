@@ -8,19 +8,31 @@ Typical use::
                      "parties/demo/registry_c.yaml"])
     print(result.summary())
     result.to_json()
+    result.to_frame("age_hist")          # pandas; result.plot("age_hist") with matplotlib
+    result.stat("mean_age").noise_interval  # typed per-kind results (jointstats.results_kinds)
+    result.budget                        # the guarantee as a PrivacyBudget (exact fractions)
+
+Every error derives from :class:`JointStatsError` (jointstats.errors).
 """
+from ._accounting import PrivacyBudget
 from .config import PartyConfig, load_party_config
 from .errors import (AuthError, BudgetError, ConfigError, DataError, JointStatsError, PartyError,
                      PlanMismatchError, PolicyError, SpecError)
 from .plan import Plan, make_plan
 from .result import Result
+from .results_kinds import (CorrelationResult, CountResult, CrosstabResult, HistogramResult,
+                            MeanResult, RegressionResult, StatisticResult, SumResult,
+                            VarianceResult)
 from .runner import run, validate
 from .spec import Spec, load_spec, parse_spec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AuthError", "BudgetError", "ConfigError", "DataError", "JointStatsError", "PartyConfig",
-    "PartyError", "Plan", "PlanMismatchError", "PolicyError", "Result", "Spec", "SpecError",
-    "load_party_config", "load_spec", "make_plan", "parse_spec", "run", "validate",
+    "AuthError", "BudgetError", "ConfigError", "CorrelationResult", "CountResult",
+    "CrosstabResult", "DataError", "HistogramResult", "JointStatsError", "MeanResult",
+    "PartyConfig", "PartyError", "Plan", "PlanMismatchError", "PolicyError", "PrivacyBudget",
+    "RegressionResult", "Result", "Spec", "SpecError", "StatisticResult", "SumResult",
+    "VarianceResult", "load_party_config", "load_spec", "make_plan", "parse_spec", "run",
+    "validate",
 ]

@@ -33,7 +33,7 @@ __all__ = [
     "gaussian_sigma2", "eps_from_rho", "noise_interval_95", "compose_pure",
     "compose_zcdp", "exp_neg_bounds", "ln_bounds", "rho_from_eps_delta_cks",
     "eps_from_rho_cks", "delta_from_rho_eps_cks", "SAMPLER_TV_PER_SAMPLE", "JobCharge",
-    "job_charge", "LedgerTotals", "LifetimeSpend", "lifetime_spend", "exp_hi",
+    "job_charge", "LedgerTotals", "LifetimeSpend", "lifetime_spend", "exp_hi", "PrivacyBudget",
 ]
 
 _PREC = 96  # bits of precision for transcendental bounds
@@ -617,6 +617,11 @@ class JobCharge:
         """Whether the job's ideal noise is pure epsilon-DP (no rho)."""
         return self.rho is None
 
+    @property
+    def budget(self) -> "PrivacyBudget":
+        """The guarantee this charge claims, as a :class:`PrivacyBudget` (rho kept for zCDP jobs)."""
+        return PrivacyBudget(self.epsilon, self.delta, self.rho)
+
     def to_dict(self) -> dict[str, str | None]:
         """Exact fraction strings, e.g. ``{"epsilon": "1", "delta": "1/1000000", "rho": ..., "tv": ...}``."""
         return {"epsilon": str(self.epsilon), "delta": str(self.delta),
@@ -735,6 +740,10 @@ class LedgerTotals:
             out = out.add(c)
         return out
 
+    def spend(self, budget: "PrivacyBudget") -> "LifetimeSpend":
+        """The lifetime rule over these totals under ``budget`` (:func:`lifetime_spend`)."""
+        return lifetime_spend(self, budget.epsilon, budget.delta)
+
 
 #: Grid of the epsilon at which the lifetime rule charges the TV terms (see lifetime_spend).
 LIFETIME_GRID = Fraction(1, 1 << 32)
@@ -773,6 +782,24 @@ class LifetimeSpend:
     def remaining_delta(self) -> Fraction:
         """Delta not used up by the TV (and legacy) terms: ``free_delta``, never negative."""
         return max(self.free_delta, Fraction(0))
+
+    @property
+    def budget(self) -> "PrivacyBudget":
+        """The lifetime budget the rule was applied under."""
+        return PrivacyBudget(self.budget_epsilon, self.budget_delta)
+
+    @property
+    def spent(self) -> "PrivacyBudget | None":
+        """The (epsilon, delta) the totals amount to (rho: the zCDP total, if any), or None
+        when the rule finds no epsilon (the TV terms leave no delta)."""
+        if self.epsilon is None:
+            return None
+        return PrivacyBudget(self.epsilon, min(self.delta, Fraction(1)), self.totals.rho or None)
+
+    @property
+    def remaining(self) -> "PrivacyBudget":
+        """What is left: ``remaining_epsilon`` and ``remaining_delta`` (zero when over budget)."""
+        return PrivacyBudget(self.remaining_epsilon, min(self.remaining_delta, Fraction(1)))
 
 
 def _ceil_grid(x: Fraction) -> Fraction:
@@ -846,3 +873,151 @@ def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> Lifeti
         if c > limit:  # then c* >= c, and g(c*) > c* - grid >= eps_B: does not fit
             break
     return LifetimeSpend(totals, b_eps, b_dlt, v, b_dlt, c, free(c), False)
+
+
+# ---------------------------------------------------------------------------
+# the typed privacy budget every layer passes around
+
+
+def _budget_part(value: Any, name: str) -> Fraction:
+    f = to_fraction(value, name)
+    if f < 0:
+        raise ValueError(f"{name} must be >= 0, found {f}")
+    return f
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    """An (epsilon, delta)-DP guarantee or allowance in exact fractions, with the zCDP ``rho``
+    it stands for when there is one.
+
+    One value for what a spec asks (``Spec.privacy.budget``), what a job is charged
+    (``JobCharge.budget``), what a party allows (``Policy.budget``), what its ledger has spent
+    and has left (``LifetimeSpend.spent``, ``.remaining``) and what a result states
+    (``Result.budget``). Inputs go through :func:`to_fraction` (floats as the decimal they
+    print as); ``epsilon >= 0``, ``0 <= delta <= 1``, ``rho >= 0`` or None (not a zCDP value).
+
+    * ``a + b`` is basic composition: epsilons add, deltas add (capped at 1: a delta of 1 says
+      nothing); rhos add when both are zCDP values, otherwise the sum has no rho. Sound for
+      any two mechanisms, adaptively chosen; a party's lifetime ledger composes more tightly
+      (:func:`lifetime_spend`).
+    * ``a <= b`` means "a fits within b": epsilon and delta (and rho, when both have one) are
+      each at most b's. It is a partial order: neither of (1, 0) and (1/2, 1e-6) fits the other.
+    * ``b - a`` is what remains of ``b`` after ``a`` (ValueError unless ``a <= b``).
+    """
+
+    epsilon: Fraction
+    delta: Fraction = Fraction(0)
+    rho: Fraction | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilon", _budget_part(self.epsilon, "epsilon"))
+        object.__setattr__(self, "delta", _budget_part(self.delta, "delta"))
+        if self.delta > 1:
+            raise ValueError(f"delta must be <= 1, found {self.delta}")
+        if self.rho is not None:
+            object.__setattr__(self, "rho", _budget_part(self.rho, "rho"))
+
+    # -- constructors and conversions
+
+    @classmethod
+    def zero(cls) -> "PrivacyBudget":
+        """Nothing spent: (0, 0), rho 0."""
+        return cls(Fraction(0), Fraction(0), Fraction(0))
+
+    @classmethod
+    def from_rho(cls, rho, delta) -> "PrivacyBudget":
+        """The (epsilon, delta) that rho-zCDP implies at ``delta`` (Canonne-Kamath-Steinke,
+        epsilon rounded up: :func:`eps_from_rho_cks`), keeping rho."""
+        r = _budget_part(rho, "rho")
+        d = to_fraction(delta, "delta")
+        return cls(eps_from_rho_cks(r, d), d, r)
+
+    def to_rho(self) -> Fraction:
+        """The largest rho (rounded down) whose zCDP implies this (epsilon, delta) by CKS
+        (:func:`rho_from_eps_delta_cks`); this value's own rho when it has one. ValueError
+        for delta 0 (pure DP has no finite zCDP equivalent at delta 0 worth using)."""
+        if self.rho is not None:
+            return self.rho
+        if self.delta == 0:
+            raise ValueError("a pure (delta 0) budget has no rho; give a delta > 0")
+        return rho_from_eps_delta_cks(self.epsilon, self.delta)
+
+    @property
+    def pure(self) -> bool:
+        """True for pure DP (delta 0): the discrete Laplace mechanism."""
+        return self.delta == 0
+
+    @property
+    def mechanism(self) -> str:
+        """``discrete_laplace`` for pure DP, ``discrete_gaussian`` otherwise (as a spec's privacy)."""
+        return "discrete_laplace" if self.pure else "discrete_gaussian"
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Exact fraction strings: ``{"epsilon": "1", "delta": "1/100000", "rho": null}``."""
+        return {"epsilon": str(self.epsilon), "delta": str(self.delta),
+                "rho": None if self.rho is None else str(self.rho)}
+
+    def to_floats(self) -> dict[str, float | None]:
+        """Floats for display and JSON readers that want numbers (the exact values are in
+        :meth:`to_dict`)."""
+        return {"epsilon": float(self.epsilon), "delta": float(self.delta),
+                "rho": None if self.rho is None else float(self.rho)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PrivacyBudget":
+        """Read :meth:`to_dict` or :meth:`to_floats` back (``delta``, ``rho`` optional; other
+        fields, such as a charge's ``tv``, are ignored)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a privacy budget must be a mapping, found {type(data).__name__}")
+        if "epsilon" not in data:
+            raise ValueError("a privacy budget needs an epsilon")
+        return cls(data["epsilon"], data.get("delta", 0), data.get("rho"))
+
+    # -- composition and comparison
+
+    def __add__(self, other: "PrivacyBudget") -> "PrivacyBudget":
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        rho = None if self.rho is None or other.rho is None else self.rho + other.rho
+        return PrivacyBudget(self.epsilon + other.epsilon,
+                             min(self.delta + other.delta, Fraction(1)), rho)
+
+    def __radd__(self, other: Any) -> "PrivacyBudget":
+        if other == 0:  # sum() starts from 0
+            return self
+        return NotImplemented
+
+    def __sub__(self, other: "PrivacyBudget") -> "PrivacyBudget":
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        if not other <= self:
+            raise ValueError(f"{other} does not fit within {self}")
+        rho = None if self.rho is None or other.rho is None else self.rho - other.rho
+        return PrivacyBudget(self.epsilon - other.epsilon, self.delta - other.delta, rho)
+
+    def __le__(self, other: "PrivacyBudget") -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        rho_ok = self.rho is None or other.rho is None or self.rho <= other.rho
+        return self.epsilon <= other.epsilon and self.delta <= other.delta and rho_ok
+
+    def __ge__(self, other: "PrivacyBudget") -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return other <= self
+
+    def __lt__(self, other: "PrivacyBudget") -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return self <= other and self != other
+
+    def __gt__(self, other: "PrivacyBudget") -> bool:
+        if not isinstance(other, PrivacyBudget):
+            return NotImplemented
+        return other < self
+
+    def __str__(self) -> str:
+        """``(epsilon 1, delta 1e-05)`` with short decimals (exact figures: :meth:`to_dict`)."""
+        rho = "" if self.rho is None else f", rho {float(self.rho):.6g}"
+        return f"(epsilon {float(self.epsilon):.6g}, delta {float(self.delta):.3g}{rho})"

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import JointStatsError
+from .errors import CodecError
 
 __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width",
            "encode_field_values", "decode_field_values", "encode_array", "decode_array",
@@ -58,10 +58,6 @@ _MASK64 = (1 << 64) - 1
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
-
-
-class CodecError(JointStatsError, ValueError):
-    """Bytes received from a peer are not the message the receiving step expects."""
 
 
 def _fail(message: str) -> CodecError:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import sys
 
 from . import _codec
-from .errors import AuthError, PartyError
+from .errors import (AuthError, PartyError, PartyTimeoutError, PeerLostError, PeerTlsError,
+                     PeerUnreachableError)
 
 _saved_argv = sys.argv
 sys.argv = [_saved_argv[0] if _saved_argv else "jointstats"]
@@ -314,7 +315,7 @@ class _Exchanger(_asyncoro.MessageExchanger):
         rt = self.runtime
         if not rt.closing and self.peer_pid is not None:
             rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} disconnected"
-                              + (f" ({exc})" if exc else ""))
+                              + (f" ({exc})" if exc else ""), lost=True)
         if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
             rt.unset_protocol(self.peer_pid)
 
@@ -358,6 +359,7 @@ class JointRuntime(Runtime):
 
     names: list[str] = []
     closing = False
+    failed_lost = False  # whether the failure in ``failed`` is a lost peer (report_failure)
     _notified: tuple | list = ()  # peers told of a malformed message (drop_peer), not yet gone
     verify_peer: Callable[[bytes | None, int], None] | None = None
     ssl_server: _ssl.SSLContext | None = None
@@ -367,9 +369,12 @@ class JointRuntime(Runtime):
         """Name of the party with MPC index ``pid``."""
         return self.names[pid] if 0 <= pid < len(self.names) else f"#{pid}"
 
-    def report_failure(self, pid: int, reason: str) -> None:
-        """Record the first failure of a peer; wakes every guarded wait."""
+    def report_failure(self, pid: int, reason: str, lost: bool = False) -> None:
+        """Record the first failure of a peer; wakes every guarded wait. ``lost``: the peer's
+        connection dropped (guarded waits raise PeerLostError, a consequence to report only
+        if nothing better is known)."""
         if not self.failed.done():
+            self.failed_lost = lost
             self.failed.set_result((pid, reason))
 
     def _send_message(self, peer_pid, data):
@@ -618,6 +623,7 @@ class JointRuntime(Runtime):
         """Listen for lower-index peers, connect to higher ones; fail naming who is missing."""
         loop = self._loop
         self.failed = loop.create_future()
+        self.failed_lost = False
         for peer in self.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == self.pid else None
         me = self.parties[self.pid]
@@ -644,11 +650,12 @@ class JointRuntime(Runtime):
                     if isinstance(exc, _ssl.SSLError):
                         why = getattr(exc, "verify_message", None) or ""
                         why = ": certificate revoked" if "revoked" in why else ""  # by the CRL
-                        raise PartyError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
-                                         f"failed ({exc.reason}{why})") from None
+                        raise PeerTlsError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
+                                           f"failed ({exc.reason}{why})") from None
                     if loop.time() > deadline:
-                        raise PartyError(f"could not connect to party {self.name_of(peer.pid)!r} at "
-                                         f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
+                        raise PeerUnreachableError(
+                            f"could not connect to party {self.name_of(peer.pid)!r} at "
+                            f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
                     await asyncio.sleep(pause)
                     pause = min(1.25 * pause, 0.1)
 
@@ -661,10 +668,10 @@ class JointRuntime(Runtime):
                        if p.pid != self.pid and p.protocol is None]
             names = ", ".join(map(repr, missing))
             plural = "ies" if len(missing) > 1 else "y"
-            if "timed out" in str(exc) and missing:
-                raise PartyError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
-            if missing and "could not connect" not in str(exc):
-                raise PartyError(f"{exc} (part{plural} {names} did not connect)") from None
+            if isinstance(exc, PartyTimeoutError) and missing:
+                raise PeerLostError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
+            if missing and not isinstance(exc, PeerUnreachableError):
+                raise type(exc)(f"{exc} (part{plural} {names} did not connect)") from None
             raise
         finally:
             if self._server is not None:
@@ -682,12 +689,12 @@ class JointRuntime(Runtime):
         if self.failed.done():
             pid, reason = self.failed.result()
             await self._deliver_notices()
-            raise PartyError(f"{reason} during {what}")
+            raise (PeerLostError if self.failed_lost else PartyError)(f"{reason} during {what}")
         waiting = [self.name_of(p.pid) for p in self.parties if p.pid != self.pid
                    and p.protocol is not None and not isinstance(p.protocol, asyncio.Future)
                    and any(isinstance(b, asyncio.Future) for b in p.protocol.buffers.values())]
         who = f" from part{'ies' if len(waiting) > 1 else 'y'} {', '.join(map(repr, waiting))}" if waiting else ""
-        raise PartyError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
+        raise PartyTimeoutError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
 
     async def _deliver_notices(self, timeout: float = NOTICE_WAIT) -> None:
         """Keep the connections to the parties told of a malformed message open (and read)

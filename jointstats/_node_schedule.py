@@ -28,7 +28,7 @@ import traceback
 
 from ._launch import start_party
 from ._node_jobs import NodeJob
-from .errors import AuthError, ConfigError, JointStatsError, PartyError
+from .errors import AuthError, ConfigError, JointStatsError, PartyError, PeerTlsError
 
 __all__ = ["Scheduler", "RENDEZVOUS_TAG"]
 
@@ -74,7 +74,7 @@ class Scheduler:
                 if msg != last_error:
                     self._log(f"waiting for the other parties: {msg}")
                     last_error = msg
-                permanent = isinstance(exc, (ConfigError, AuthError)) or "TLS" in msg
+                permanent = isinstance(exc, (ConfigError, AuthError, PeerTlsError))
                 if permanent or now - failing_since > self.peer_wait:
                     why = (msg if permanent else f"{msg} (waited {self.peer_wait:.0f} s for the "
                                                  f"other parties to join)")
@@ -217,6 +217,7 @@ class Scheduler:
             rc = proc.returncode if proc is not None else None
             how = (f"signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}")
             error = f"party {cfg.party!r} died ({how}) in its worker process"
+            kind = "PartyDiedError"
             tail = [ln for ln in lines if not ln.startswith("progress ")]
             if tail:
                 self._log(f"job {job.job_id}: last line of its worker log: {tail[-1]}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import _codec
 from .config import PartyConfig, load_party_config
-from .errors import DataError, JointStatsError, PartyError, PlanMismatchError
+from .errors import DataError, JointStatsError, PartyError, PeerLostError, PlanMismatchError
 from .plan import Plan, make_plan
 from .policy import check_job, effective_min_count
 from .spec import Spec, load_spec
@@ -159,12 +159,13 @@ class PartyJob:
             from .tls import configure_tls
             configure_tls(rt, cfg)
         refusal = None
+        refused_by = None  # the class of this party's own refusal (the exit status follows it)
         partials = None
         try:
             if self.hooks:
                 self.hooks.before_data(plan)
         except JointStatsError as exc:
-            refusal = self._refusal(exc)
+            refusal, refused_by = self._refusal(exc), type(exc).__name__
         # Connect while the local step runs in a thread (Arrow and numpy release the GIL):
         # the connections are up when the slowest peer's data are read, and no party polls
         # for a peer that is still reading. Nothing about the data is sent before the
@@ -179,7 +180,7 @@ class PartyJob:
             try:
                 partials = local.result()
             except JointStatsError as exc:
-                refusal = self._refusal(exc)
+                refusal, refused_by = self._refusal(exc), type(exc).__name__
             except BaseException:
                 connecting.cancel()
                 rt.abort()
@@ -197,7 +198,8 @@ class PartyJob:
             # each status is named by its sender's index in mpc.parties, never by what it claims
             for name, st in zip(names, statuses):
                 if st["refusal"]:
-                    raise PartyError(_codec.refusal_line(name, st["refusal"]))
+                    raise PartyError(_codec.refusal_line(name, st["refusal"]),
+                                     cause=refused_by if name == cfg.party else None)
             for name, st in zip(names, statuses):
                 if st["job"] != self.job_id:
                     raise PlanMismatchError(f"party {name!r} is running job {st['job']!r}, "
@@ -323,7 +325,7 @@ def _stop_on_sigterm(party: str) -> None:
 
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
-        raise PartyError(f"party {party!r} was stopped before the job finished")
+        raise PeerLostError(f"party {party!r} was stopped before the job finished")
     signal.signal(signal.SIGTERM, stop)
 
 
@@ -397,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"ok": True, "result": result, "attestation": attestation, "metrics": job.metrics}
         status = 0
     except JointStatsError as exc:
-        payload = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "party": name}
+        payload = {"ok": False, "error": str(exc), "kind": type(exc).__name__, "party": name,
+                   "cause": getattr(exc, "cause", None)}
         status = 1
     except Exception as exc:  # a bug: still one line, naming the party
         # in DP mode its text (which might quote data) goes to this party's own log only

@@ -13,12 +13,8 @@ from typing import Any
 import numpy as np
 
 from ._fields import crt, inverse_mod, rational, rationals, regression_primes
-from .errors import JointStatsError
+from .errors import SingularError
 from .plan import StatPlan, regression_fields
-
-
-class SingularError(JointStatsError, ArithmeticError):
-    """A regression's normal equations are singular (collinear terms or too few rows)."""
 
 
 def upper_index(k: int) -> np.ndarray:

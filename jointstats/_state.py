@@ -43,8 +43,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ._accounting import JobCharge, LedgerTotals, LifetimeSpend, lifetime_spend
-from .errors import AuthError, BudgetError, ConfigError, JointStatsError
+from ._accounting import JobCharge, LedgerTotals, LifetimeSpend, PrivacyBudget, lifetime_spend
+from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, ReplayError,  # noqa: F401
+                     StateError)
 
 __all__ = [
     "NodeState",
@@ -121,14 +122,6 @@ _MIGRATE_1_2 = ("ALTER TABLE jobs ADD COLUMN rho TEXT",
 _MIGRATE_2_3 = ("ALTER TABLE jobs ADD COLUMN agreement TEXT",)
 
 
-class ReplayError(AuthError):
-    """A job id (nonce) was submitted or reserved a second time."""
-
-
-class StateError(JointStatsError, RuntimeError):
-    """A ledger transition is not allowed from the job's current status (or the job is unknown)."""
-
-
 @dataclass(frozen=True)
 class Job:
     """One job's ledger row: what it asked for and where it is in its life cycle."""
@@ -184,6 +177,28 @@ class BudgetUsage:
     reserved: LedgerTotals
     spent_rule: LifetimeSpend
     held: LifetimeSpend
+
+    @property
+    def spent_budget(self) -> PrivacyBudget | None:
+        """What the dataset has given away under the lifetime rule (None: the rule finds no epsilon)."""
+        return self.spent_rule.spent
+
+    @property
+    def remaining(self) -> PrivacyBudget:
+        """What new jobs may still spend: the budget less spent and reserved jobs."""
+        return self.held.remaining
+
+    def to_dict(self) -> dict[str, dict[str, float | int]]:
+        """The dataset's figures as the node's API publishes them (floats; the exact values
+        are in the ledger): spent (the lifetime rule's epsilon and delta, the zCDP total rho,
+        jobs), reserved (pure epsilon, rho, jobs) and remaining (epsilon, delta)."""
+        spent = self.spent_rule
+        return {"spent": {"epsilon": float(spent.epsilon or 0), "delta": float(spent.delta),
+                          "rho": float(self.spent.rho), "jobs": self.spent.jobs},
+                "reserved": {"epsilon": float(self.reserved.pure_epsilon),
+                             "rho": float(self.reserved.rho), "jobs": self.reserved.jobs},
+                "remaining": {"epsilon": float(self.held.remaining_epsilon),
+                              "delta": float(self.held.remaining_delta)}}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -697,10 +712,15 @@ class NodeState:
         use = self.usage(dataset, budget_eps, budget_delta)
         return use.held.remaining_epsilon, use.held.remaining_delta
 
-    def usage(self, dataset: str, budget_epsilon: Fraction, budget_delta: Fraction,
-              agreement: str | None = None) -> "BudgetUsage":
+    def usage(self, dataset: str, budget_epsilon: Fraction | PrivacyBudget,
+              budget_delta: Fraction | None = None, agreement: str | None = None) -> "BudgetUsage":
         """Everything about ``dataset``'s budget (or, given ``agreement`` and its budget, that
-        agreement's sub-budget): exact totals and the lifetime rule's figures."""
+        agreement's sub-budget): exact totals and the lifetime rule's figures.
+
+        The budget is a :class:`PrivacyBudget` (``usage(name, policy.budget)``) or its epsilon
+        and delta."""
+        if isinstance(budget_epsilon, PrivacyBudget):
+            budget_epsilon, budget_delta = budget_epsilon.epsilon, budget_epsilon.delta
         b_eps = _to_frac(budget_epsilon, "budget epsilon")
         b_dlt = _to_frac(budget_delta, "budget delta")
         with self._lock:

@@ -1,6 +1,9 @@
 """The ``jointstats`` command line (docs/reference.md section 3).
 
-Exit status 0 on success; otherwise a one-line reason on stderr and a non-zero status.
+Exit status: 0 success; 1 failure (a party failed or died, data that does not fit, an audit
+log that is not intact); 2 usage error (bad arguments, or a spec or party config that does
+not validate); 3 refusal (a party's policy or privacy budget, or an authentication check,
+refused the job). Anything but 0 comes with one line on stderr naming the field or party.
 """
 from __future__ import annotations
 
@@ -8,9 +11,41 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import JointStatsError
+from .errors import EXIT_FAILURE, EXIT_REFUSED, EXIT_USAGE, JointStatsError, exit_code_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+EXIT_CODES = f"""\
+exit status:
+  0  success
+  {EXIT_FAILURE}  failure: a party failed or died, data that does not fit the spec, an audit log
+     that is not intact
+  {EXIT_USAGE}  usage error: bad arguments, a spec or party config that does not validate
+  {EXIT_REFUSED}  refusal: a party's policy or privacy budget, or an authentication check,
+     refused the job
+"""
+
+EXAMPLES = f"""\
+examples:
+  jointstats demo
+  jointstats validate protocols/cohort-summary.yaml --parties parties/demo/*.yaml
+  jointstats run protocols/bp-regression.yaml --parties parties/demo/*.yaml --out result.json
+  jointstats budget --config parties/demo/hospital_a.yaml
+  jointstats schema spec > spec.schema.json
+
+references: docs/reference.md (spec, party config, commands, result JSON), docs/spec.md and
+docs/config.md (every field, generated from the schema), docs/node.md (party nodes)
+
+{EXIT_CODES}"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks."""
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
 
 
 def _demo_paths() -> tuple[Path, Path]:
@@ -21,6 +56,11 @@ def _demo_paths() -> tuple[Path, Path]:
     raise JointStatsError("cannot find parties/demo and protocols/; run from the jointstats checkout")
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    """--progress / --no-progress, else progress lines only when stderr is a terminal."""
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Make demo data if missing, run every protocol in protocols/ over 3 real party processes."""
     from .demo_data import ensure_demo_data
@@ -29,9 +69,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ensure_demo_data(demo_dir)
     configs = sorted(demo_dir.glob("*.yaml"))
     specs = sorted(protocols.glob("*.yaml"))
+    progress = args.verbose or bool(args.progress)
     for spec in specs:
         print(f"=== {spec.name} " + "=" * max(0, 60 - len(spec.name)), flush=True)
-        result = run(spec, configs, progress=args.verbose)
+        result = run(spec, configs, progress=progress)
         print(result.summary())
         print(flush=True)
     from .ledger_view import spent_lines
@@ -43,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """One job over locally started party processes."""
     from .runner import run
-    result = run(args.spec, args.parties, out=args.out, progress=sys.stderr.isatty())
+    result = run(args.spec, args.parties, out=args.out, progress=_progress(args))
     print(result.summary())
     if args.out:
         print(f"\nwrote {args.out}")
@@ -58,25 +99,75 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema shipped in the package (jointstats/schema/)."""
+    from importlib import resources
+    text = resources.files("jointstats").joinpath("schema", f"{args.which}.schema.json").read_text(
+        encoding="utf-8")
+    sys.stdout.write(text)
+    return 0
+
+
+def _progress_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show (or with --no-progress hide) each party's progress lines on "
+                        "stderr [only when stderr is a terminal]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="jointstats", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="jointstats", formatter_class=_Formatter, epilog=EXAMPLES,
+        description="Secure multi-party joint statistics with differential privacy, on MPyC.")
+    parser.add_argument("--version", action="version", version=f"jointstats {_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the demo protocols over 3 local party processes")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p = sub.add_parser("demo", help="run the demo protocols over 3 local party processes",
+                       formatter_class=_Formatter, description=cmd_demo.__doc__,
+                       epilog="example:\n  jointstats demo --progress\n\n" + EXIT_CODES)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show each party's progress lines (as --progress)")
+    _progress_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("run", help="run one job over locally started party processes")
-    p.add_argument("spec")
-    p.add_argument("--parties", nargs="+", required=True, metavar="CONFIG")
-    p.add_argument("--out")
+    p = sub.add_parser("run", help="run one job over locally started party processes",
+                       formatter_class=_Formatter,
+                       description="Run one job: one OS process per party on this machine, each "
+                                   "reading only its own config and data and enforcing its own "
+                                   "policy and ledger. Prints the result's summary.",
+                       epilog="example:\n  jointstats run protocols/cohort-summary.yaml --parties "
+                              "parties/demo/*.yaml --out result.json\n\n" + EXIT_CODES)
+    p.add_argument("spec", help="the protocol spec YAML (fields: docs/spec.md)")
+    p.add_argument("--parties", nargs="+", required=True, metavar="CONFIG",
+                   help="every party's config YAML (fields: docs/config.md)")
+    p.add_argument("--out", metavar="FILE", help="also write the result JSON here")
+    _progress_options(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a spec without computing or spending budget")
-    p.add_argument("spec")
-    p.add_argument("--parties", nargs="*", metavar="CONFIG")
+    p = sub.add_parser("validate", help="check a spec without computing or spending budget",
+                       formatter_class=_Formatter,
+                       description="Check a spec, its plan and (given the parties' configs) its "
+                                   "fit to each party's policy and data header. Prints the plan; "
+                                   "computes and spends nothing.",
+                       epilog="example:\n  jointstats validate protocols/smoking-crosstab.yaml "
+                              "--parties parties/demo/*.yaml\n\n" + EXIT_CODES)
+    p.add_argument("spec", help="the protocol spec YAML (fields: docs/spec.md)")
+    p.add_argument("--parties", nargs="*", metavar="CONFIG",
+                   help="party config YAMLs to check the spec against [none: the spec alone]")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a spec or a party config",
+                       formatter_class=_Formatter,
+                       description="Print the JSON Schema (draft 2020-12) that editors can use to "
+                                   "check and complete specs and party configs. The same files "
+                                   "ship as jointstats/schema/spec.schema.json and "
+                                   "jointstats/schema/config.schema.json; docs/spec.md and "
+                                   "docs/config.md explain every field.",
+                       epilog="example:\n  jointstats schema spec > spec.schema.json\n\n" + EXIT_CODES)
+    p.add_argument("which", choices=("spec", "config"),
+                   help="spec: the analyst's protocol spec; config: a party's config")
+    p.set_defaults(func=cmd_schema)
 
     from . import node_cli
     node_cli.add_commands(sub)
@@ -85,14 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script."""
+    """Entry point of the console script: the command's exit status (see EXIT_CODES)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # a usage error exits with status 2 (argparse)
     try:
         return args.func(args) or 0
     except JointStatsError as exc:
         print(f"jointstats: {exc}", file=sys.stderr)
-        return 2
+        return exit_code_of(exc)
     except KeyboardInterrupt:
         print("jointstats: interrupted", file=sys.stderr)
         return 130

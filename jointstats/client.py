@@ -341,14 +341,15 @@ def _run(clients: list[NodeClient], text: str, key_path: Path, analyst: str,
             time.sleep(0.25)
     finally:
         shown.done()
-    failures = [(p, s.get("error") or s["status"]) for p, s in states.items()
+    failures = [(p, s.get("error") or s["status"], s.get("error_kind")) for p, s in states.items()
                 if s.get("status") not in ("done", "cancelled")]
     # a cancellation is this client's own withdrawal after another node's failure
-    failures = failures or [(p, s.get("error") or s["status"]) for p, s in states.items()
-                            if s.get("status") == "cancelled"]
+    failures = failures or [(p, s.get("error") or s["status"], s.get("error_kind"))
+                            for p, s in states.items() if s.get("status") == "cancelled"]
     if failures:
-        from .runner import _root_cause
-        raise PartyError(f"job {job_id} failed: {_root_cause(failures)}")
+        from .runner import _root_error
+        message, kind = _root_error(failures)
+        raise PartyError(f"job {job_id} failed: {message}", cause=kind)
 
     # 4. every node must have revealed the identical result
     results = {}

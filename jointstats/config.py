@@ -16,7 +16,7 @@ import yaml
 
 from ._governance import Governance, parse_governance
 from .errors import ConfigError
-from .spec import clip_error, shorten, yaml_load
+from .spec import clip_error, did_you_mean, shorten, yaml_load
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ class Policy:
     allow_two_party: bool = False  # jobs with exactly 2 parties (threshold 0) need every party's opt-in
     #: agreements, groups, officers, approval rules, revocations (jointstats._governance)
     governance: Governance = Governance()
+
+    @property
+    def budget(self) -> "PrivacyBudget":
+        """The lifetime budget per dataset as a typed :class:`~jointstats.PrivacyBudget`."""
+        from ._accounting import PrivacyBudget
+        return PrivacyBudget(self.budget_epsilon, min(self.budget_delta, Fraction(1)))
 
     def analyst_key(self, name: str) -> Path | None:
         """Public key path of analyst ``name``, or None if not listed (or listed in
@@ -206,7 +212,8 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     allowed = {"party", "mpc", "api", "datasets", "policy", "state"}
     for key in data:
         if key not in allowed:
-            raise _fail(path, key, f"unknown field; expected one of {', '.join(sorted(allowed))}")
+            raise _fail(path, key, f"unknown field{did_you_mean(key, allowed)}; expected one of "
+                                   f"{', '.join(sorted(allowed))}")
     base = path.parent
     party = data.get("party")
     if not isinstance(party, str) or not party:

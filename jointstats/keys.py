@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import AuthError, ConfigError
+from .errors import AuthError, ConfigError, StaleRequestError
 
 __all__ = [
     "make_ca",
@@ -333,11 +333,11 @@ def verify_submission(pub_path: str | Path, spec_text: str, job_id: str, timesta
                         f"another key, or the spec, job id, timestamp or analyst was altered)") from None
     age = now - timestamp
     if age > max_skew:
-        raise AuthError(f"submission {job_id!r} from {analyst!r} is stale: signed {age} s before "
-                        f"the node's clock (at most {max_skew} s allowed)")
+        raise StaleRequestError(f"submission {job_id!r} from {analyst!r} is stale: signed {age} s "
+                                f"before the node's clock (at most {max_skew} s allowed)")
     if -age > max_skew:
-        raise AuthError(f"submission {job_id!r} from {analyst!r} is dated {-age} s in the future "
-                        f"(at most {max_skew} s of clock skew allowed)")
+        raise StaleRequestError(f"submission {job_id!r} from {analyst!r} is dated {-age} s in the "
+                                f"future (at most {max_skew} s of clock skew allowed)")
 
 
 # --------------------------------------------------------------------------- TLS

@@ -15,21 +15,22 @@ def budget_lines(config_path: str | Path) -> list[str]:
     """
     from ._state import NodeState
     cfg = load_party_config(config_path)
-    lines = [f"party {cfg.party}: lifetime budget epsilon {float(cfg.policy.budget_epsilon):g}, "
-             f"delta {float(cfg.policy.budget_delta):g} per dataset"]
+    budget = cfg.policy.budget
+    lines = [f"party {cfg.party}: lifetime budget epsilon {float(budget.epsilon):g}, "
+             f"delta {float(budget.delta):g} per dataset"]
     if not cfg.state.exists():
         return lines + ["  no jobs yet"]
     state = NodeState(cfg.state)
     try:
         for dataset, _ in cfg.datasets:
-            use = state.usage(dataset, cfg.policy.budget_epsilon, cfg.policy.budget_delta)
+            use = state.usage(dataset, budget)
             lines.append(f"  {dataset}: spent {_guarantee(use.spent_rule)} "
                          f"(pure epsilon {_num(use.spent.pure_epsilon)}, rho {_num(use.spent.rho)}, "
                          f"tv {_num(use.spent.tv)}{_legacy(use.spent.legacy_delta)}; "
                          f"{use.spent.jobs} jobs); reserved {use.reserved.jobs} jobs "
                          f"(epsilon {_num(use.reserved.pure_epsilon)}, rho {_num(use.reserved.rho)}); "
-                         f"remaining epsilon {_num(use.held.remaining_epsilon)} "
-                         f"delta {_num(use.held.remaining_delta, 3)}")
+                         f"remaining epsilon {_num(use.remaining.epsilon)} "
+                         f"delta {_num(use.remaining.delta, 3)}")
     finally:
         state.close()
     return lines

@@ -40,7 +40,8 @@ from ._node_errors import ApiError, api_error, safe_text
 from ._node_jobs import JOB_ID_RE, STATUSES, JobStore, NodeJob, iso_time
 from ._node_schedule import Scheduler
 from .config import PartyConfig, load_party_config
-from .errors import AuthError, BudgetError, ConfigError, JointStatsError, PolicyError, SpecError
+from .errors import (AuthError, BudgetError, ConfigError, JointStatsError, PolicyError,
+                     SpecError, StaleRequestError)
 from .spec import clip_error, shorten
 
 __all__ = ["Node", "NodeJob", "JobStore", "ApiError", "serve", "make_server", "openapi",
@@ -205,9 +206,7 @@ class Node(Scheduler):
             verify_submission(pub, spec_text, job_id, timestamp, analyst, signature,
                               now=int(time.time()), max_skew=MAX_SKEW)
         except AuthError as exc:
-            text = str(exc)
-            reason = ("stale timestamp" if " stale" in text or "future" in text
-                      else "bad signature")
+            reason = "stale timestamp" if isinstance(exc, StaleRequestError) else "bad signature"
             self._refuse(job_id, analyst, reason, exc)
             raise api_error(exc) from None
         with self._planning_turn():
@@ -374,14 +373,7 @@ class Node(Scheduler):
         pol = cfg.policy
         datasets = {}
         for name, _source in cfg.datasets:
-            use = self.state.usage(name, pol.budget_epsilon, pol.budget_delta)
-            spent, held = use.spent_rule, use.held
-            datasets[name] = {"spent": {"epsilon": float(spent.epsilon or 0), "delta": float(spent.delta),
-                                        "rho": float(use.spent.rho), "jobs": use.spent.jobs},
-                              "reserved": {"epsilon": float(use.reserved.pure_epsilon),
-                                           "rho": float(use.reserved.rho), "jobs": use.reserved.jobs},
-                              "remaining": {"epsilon": float(held.remaining_epsilon),
-                                            "delta": float(held.remaining_delta)}}
+            datasets[name] = self.state.usage(name, pol.budget_epsilon, pol.budget_delta).to_dict()
         return {"party": cfg.party, "parties": self.names, "policy": pol.public(),
                 "datasets": datasets}
 

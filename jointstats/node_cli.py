@@ -1,17 +1,13 @@
 """Subcommands for nodes, analysts, keys, ledgers and audit logs (docs/reference.md section 3).
 
 Every failure raises a JointStatsError subclass, so ``jointstats.cli.main`` prints one
-line and exits with status 2.
+line and exits with that class's status (jointstats.errors: 1 failure, 2 usage, 3 refusal).
 """
 from __future__ import annotations
 
 import argparse
 
-from .errors import ConfigError, JointStatsError
-
-
-class AuditError(JointStatsError):
-    """An audit log failed verification; the message names the first bad record."""
+from .errors import AuditError, ConfigError  # noqa: F401 - AuditError: raised below
 
 
 def cmd_node_serve(args: argparse.Namespace) -> int:
@@ -27,7 +23,7 @@ def cmd_node_serve(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from .client import submit
     result = submit(args.spec, args.node, args.key, analyst=args.analyst, out=args.out,
-                    timeout=args.timeout, ca=args.ca)
+                    timeout=args.timeout, ca=args.ca, progress=args.progress)
     print(result.summary())
     if args.out:
         print(f"\nwrote {args.out}")
@@ -100,10 +96,18 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register node, submit, keys, budget and audit subcommands."""
-    p = sub.add_parser("node", help="run a party node")
-    nsub = p.add_subparsers(dest="node_command", required=True)
-    q = nsub.add_parser("serve", help="serve analysts and run jobs with the other nodes")
-    q.add_argument("--config", required=True, help="this party's config YAML")
+    from .cli import EXIT_CODES, _Formatter, _progress_options
+
+    def parser(parent, name: str, help: str, example: str, description: str | None = None):
+        return parent.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
+                                 formatter_class=_Formatter,
+                                 epilog=f"example:\n  {example}\n\n{EXIT_CODES}")
+
+    p = sub.add_parser("node", help="run a party node", description="Run a party node (docs/node.md).")
+    nsub = p.add_subparsers(dest="node_command", required=True, metavar="COMMAND")
+    q = parser(nsub, "serve", "serve analysts and run jobs with the other nodes",
+               "jointstats node serve --config parties/demo/hospital_a.yaml")
+    q.add_argument("--config", required=True, help="this party's config YAML (fields: docs/config.md)")
     q.add_argument("--api-cert", help="serve the analyst API over HTTPS with this certificate")
     q.add_argument("--api-key", help="private key of --api-cert")
     q.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
@@ -120,47 +124,58 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="API requests served at once for one client address [8]")
     q.set_defaults(func=cmd_node_serve)
 
-    p = sub.add_parser("submit", help="submit a spec to every party's node and wait for the result")
-    p.add_argument("spec")
+    p = parser(sub, "submit", "submit a spec to every party's node and wait for the result",
+               "jointstats submit spec.yaml --node https://a:8701 https://b:8702 https://c:8703 "
+               "--key alice.key --ca keys/ca.crt --out result.json")
+    p.add_argument("spec", help="the protocol spec YAML (fields: docs/spec.md)")
     p.add_argument("--node", required=True, action="extend", nargs="+", metavar="URL",
                    help="every party's node API URL (repeat or list)")
     p.add_argument("--key", required=True, help="the analyst's Ed25519 private key")
     p.add_argument("--analyst", help="analyst name [the key file's stem]")
-    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--out", metavar="FILE", help="write the result JSON here")
     p.add_argument("--ca", help="CA certificate to verify https node URLs")
-    p.add_argument("--timeout", type=float, default=4 * 3600.0, metavar="S")
+    p.add_argument("--timeout", type=float, default=4 * 3600.0, metavar="S",
+                   help="seconds to wait for the job to finish [14400]")
+    _progress_options(p)
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("keys", help="make a consortium CA, party certificates, analyst keys")
-    ksub = p.add_subparsers(dest="keys_command", required=True)
-    q = ksub.add_parser("ca", help="a consortium CA: DIR/ca.crt, DIR/ca.key")
-    q.add_argument("--out", required=True, metavar="DIR")
+    p = sub.add_parser("keys", help="make a consortium CA, party certificates, analyst keys",
+                       description="Make a consortium CA, party certificates and analyst keys "
+                                   "(docs/node.md, walk-through).")
+    ksub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    q = parser(ksub, "ca", "a consortium CA: DIR/ca.crt, DIR/ca.key", "jointstats keys ca --out keys")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder to write ca.crt and ca.key to")
     q.add_argument("--force", action="store_true", help="overwrite existing files")
     q.set_defaults(func=cmd_keys_ca)
-    q = ksub.add_parser("party", help="a party certificate bound to its name and index")
-    q.add_argument("name")
+    q = parser(ksub, "party", "a party certificate bound to its name and index",
+               "jointstats keys party hospital_a --index 0 --ca keys --out keys")
+    q.add_argument("name", help="the party's name, as in mpc.parties")
     q.add_argument("--index", required=True, type=int, help="its position in mpc.parties (from 0)")
     q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
-    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder to write NAME.crt and NAME.key to")
     q.add_argument("--force", action="store_true", help="overwrite existing files")
     q.set_defaults(func=cmd_keys_party)
-    q = ksub.add_parser("analyst", help="an analyst's Ed25519 key pair: DIR/NAME.key, DIR/NAME.pub")
-    q.add_argument("name")
-    q.add_argument("--out", required=True, metavar="DIR")
+    q = parser(ksub, "analyst", "an analyst's Ed25519 key pair: DIR/NAME.key, DIR/NAME.pub",
+               "jointstats keys analyst alice --out keys")
+    q.add_argument("name", help="the analyst's name, as in the nodes' policy.analysts")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder to write NAME.key and NAME.pub to")
     q.add_argument("--force", action="store_true", help="overwrite existing files")
     q.set_defaults(func=cmd_keys_analyst)
 
-    p = sub.add_parser("budget", help="what a party has spent and what remains")
-    p.add_argument("--config", required=True)
+    p = parser(sub, "budget", "what a party has spent and what remains",
+               "jointstats budget --config parties/demo/hospital_a.yaml")
+    p.add_argument("--config", required=True, help="the party's config YAML")
     p.set_defaults(func=cmd_budget)
 
-    p = sub.add_parser("audit", help="check or show a party's audit log")
-    asub = p.add_subparsers(dest="audit_command", required=True)
-    q = asub.add_parser("verify", help="check the hash chain and the ledger; non-zero exit "
-                                       "naming the first bad record")
-    q.add_argument("--config", required=True)
+    p = sub.add_parser("audit", help="check or show a party's audit log",
+                       description="Check or show a party's hash-chained audit log and ledger.")
+    asub = p.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    q = parser(asub, "verify", "check the hash chain and the ledger; non-zero exit naming the "
+                               "first bad record",
+               "jointstats audit verify --config parties/demo/hospital_a.yaml")
+    q.add_argument("--config", required=True, help="the party's config YAML")
     q.set_defaults(func=cmd_audit_verify)
-    q = asub.add_parser("show", help="print every audit record")
-    q.add_argument("--config", required=True)
+    q = parser(asub, "show", "print every audit record",
+               "jointstats audit show --config parties/demo/hospital_a.yaml")
+    q.add_argument("--config", required=True, help="the party's config YAML")
     q.set_defaults(func=cmd_audit_show)
-

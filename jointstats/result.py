@@ -1,10 +1,20 @@
-"""The result of a job: the contract's JSON object, with a statsmodels-like summary."""
+"""The result of a job: the contract's JSON object, with a statsmodels-like summary.
+
+``Result`` holds the JSON object of docs/reference.md section 4 unchanged; ``result.stat(name)``
+gives one statistic as a typed per-kind object (jointstats.results_kinds), ``to_frame`` a
+pandas DataFrame, ``plot`` a matplotlib chart of a histogram or crosstab, ``budget`` the
+guarantee as a :class:`~jointstats.PrivacyBudget`.
+"""
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._accounting import PrivacyBudget
+    from .results_kinds import StatisticResult
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,60 @@ class Result:
                    provenance=data.get("provenance"))
 
     def __getitem__(self, name: str) -> dict:
+        """The result object (dict) of statistic ``name``, as in the JSON."""
         return self.results[name]
+
+    def stat(self, name: str) -> "StatisticResult":
+        """Statistic ``name`` as its typed per-kind object (``RegressionResult``, ...);
+        KeyError listing the statistics (and the closest name) if there is none."""
+        from .results_kinds import statistic_result
+        if name not in self.results:
+            raise KeyError(_unknown(name, self.results))
+        return statistic_result(name, self.results[name])
+
+    @property
+    def statistics(self) -> dict[str, "StatisticResult"]:
+        """Every statistic as its typed per-kind object, in the spec's order."""
+        from .results_kinds import statistic_result
+        return {name: statistic_result(name, res) for name, res in self.results.items()}
+
+    @property
+    def budget(self) -> "PrivacyBudget | None":
+        """The job's guarantee, exact, as every party's ledger charged it (with rho for zCDP
+        jobs); None in exact mode. Results without an exact charge give the floats of
+        ``privacy.guarantee`` (or of ``privacy``) instead."""
+        from ._accounting import PrivacyBudget
+        if not self.privacy:
+            return None
+        charge = self.privacy.get("charge")
+        if charge:
+            return PrivacyBudget.from_dict(charge)
+        return PrivacyBudget.from_dict(self.privacy.get("guarantee") or self.privacy)
+
+    def to_frame(self, name: str | None = None):
+        """A pandas DataFrame: of statistic ``name`` (its kind's ``to_frame``), or without a
+        name one row per count, sum, mean and variance (value and, under DP, the noise interval)."""
+        import pandas as pd
+        if name is not None:
+            return self.stat(name).to_frame()
+        frames = [s.to_frame() for s in self.statistics.values()
+                  if s.kind in ("count", "sum", "mean", "variance")]
+        if not frames:
+            return pd.DataFrame(columns=["kind", "value"], index=pd.Index([], name="statistic"))
+        return pd.concat(frames)
+
+    def plot(self, name: str, ax=None):
+        """Plot histogram or crosstab ``name`` with matplotlib (an optional extra); returns
+        the Axes. TypeError for other kinds, ImportError saying what to install without it."""
+        return self.stat(name).plot(ax=ax)
+
+    def _repr_html_(self) -> str:
+        """Notebook display: the header lines of ``summary()`` and a table per statistic."""
+        import html
+        head = self.summary().split("\n\n")[0]
+        parts = [f"<pre>{html.escape(head)}</pre>"]
+        parts.extend(s._repr_html_() for s in self.statistics.values())
+        return "<div>" + "".join(parts) + "</div>"
 
     def summary(self) -> str:
         """A readable report: one block per statistic, regressions as a coefficient table."""
@@ -65,6 +128,14 @@ class Result:
             lines.append("")
             lines.extend(_format(name, res))
         return "\n".join(lines)
+
+
+def _unknown(name: str, names) -> str:
+    """'no statistic X; the statistics are a, b (did you mean a?)'."""
+    import difflib
+    close = difflib.get_close_matches(str(name), list(names), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no statistic {name!r}; the statistics are {', '.join(names)}{hint}"
 
 
 def _mpc_lines(mpc: dict | None) -> list[str]:
@@ -121,6 +192,16 @@ def _value_text(res: dict) -> str:
     return _num(value, 10)
 
 
+def _opt(v: Any) -> Any:
+    """A table cell: None for a missing value (pandas gives NaN)."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _p_text(v: Any) -> str:
+    v = _opt(v)
+    return "null" if v is None else ("<0.001" if v < 0.001 else f"{v:.3f}")
+
+
 def _flatten(x):
     if isinstance(x, (list, tuple)):
         for v in x:
@@ -156,22 +237,25 @@ def _format(name: str, res: dict) -> list[str]:
             out.append(f"  [{_num(edges[i])}, {_num(edges[i + 1])}{close}  {c}")
         return out
     if kind == "regression":
+        from .results_kinds import RegressionResult
+        reg = RegressionResult(name, res)
         noise = res.get("noise") or {}
         r2_half = noise.get("r_squared_ci95_halfwidth")
         head = (f"{name} [regression{' ridge=' + _num(res.get('ridge')) if res.get('ridge') else ''}]  "
                 f"n{'~' if noise else '='}{res.get('n')}  R-squared={_num(res.get('r_squared'), 4)}"
                 + (f" +/- {_num(r2_half, 2)}" if r2_half is not None else ""))
         width = max(12, *(len(t) for t in res["terms"])) + 2
-        conf = res.get("conf_int")
-        cols = ["coef", "std err"] + (["[0.025", "0.975]"] if conf else ["t"])
+        # exact: classical OLS errors, t and p from Student's t (as statsmodels); DP: the released
+        # intervals (sampling error and noise), no t statistic
+        table = reg.to_frame()
+        fields = ["coef", "std_err"] + (["t", "p_value"] if reg.exact else []) + ["ci95_low", "ci95_high"]
+        cols = ["coef", "std err"] + (["t", "P>|t|"] if reg.exact else []) + ["[0.025", "0.975]"]
         rule = width + 14 * len(cols)
         out = [head, "=" * rule, "".ljust(width) + "".join(c.rjust(14) for c in cols), "-" * rule]
-        for i, (t, c, s) in enumerate(zip(res["terms"], res["coefficients"], res["std_errors"])):
-            if conf:
-                extra = [_num(conf[i][0], 6), _num(conf[i][1], 6)]
-            else:
-                extra = [_num(c / s if (s not in (None, 0) and c is not None) else None, 4)]
-            out.append(t.ljust(width) + "".join(v.rjust(14) for v in [_num(c, 6), _num(s, 6)] + extra))
+        for term, row in zip(res["terms"], table[fields].itertuples(index=False)):
+            cells = [_num(_opt(v), 4 if f == "t" else 6) if f != "p_value" else _p_text(v)
+                     for f, v in zip(fields, row)]
+            out.append(term.ljust(width) + "".join(c.rjust(14) for c in cells))
         out.append("=" * rule)
         if noise:
             out.append("std errors and intervals include the sampling error and the DP noise "

@@ -10,14 +10,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Mapping
 
 from ._launch import THREAD_VARIABLES, start_party
 from .config import PartyConfig, check_consortium, load_party_config
-from .errors import JointStatsError, PartyError
+from .errors import (DataError, JointStatsError, PartyDiedError, PartyError, PeerLostError,
+                     error_class)
 from .plan import make_plan
 from .policy import check_job
 from .result import Result
-from .spec import Spec, load_spec
+from .spec import Spec, load_spec, parse_spec
 
 #: Seconds a whole local job may take before every party process is stopped.
 JOB_TIMEOUT = 4 * 3600.0
@@ -25,7 +27,10 @@ JOB_TIMEOUT = 4 * 3600.0
 STOP_GRACE = 2.0
 
 
-def _as_spec(spec: Spec | str | Path) -> Spec:
+def _as_spec(spec: Spec | str | Path | Mapping) -> Spec:
+    """A Spec from a Spec, a YAML path or text, or the spec as Python data (a mapping)."""
+    if isinstance(spec, Mapping):
+        return parse_spec(spec)
     return spec if isinstance(spec, Spec) else load_spec(spec)
 
 
@@ -65,8 +70,8 @@ def validate(spec: Spec | str | Path, parties: list | None = None, analyst: str 
         getattr(src, "close", lambda: None)()
         missing = [c.name for c in spec.schema if c.name not in header]
         if missing:
-            raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
-                                  f"{', '.join(map(repr, missing))} missing from its data")
+            raise DataError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(map(repr, missing))} missing from its data")
     compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
     governed = [v for cfg, v in zip(configs, verdicts) if cfg.policy.governance.enabled]
     return plan.describe(compute) + ("\n" + "\n".join(governed) if governed else "")
@@ -115,16 +120,18 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
                 payload = json.loads(out_file.read_text())
                 payloads[cfg.party] = payload
                 if not payload["ok"]:
-                    errors.append((cfg.party, payload["error"]))
+                    # the class of the error where it arose (a refusal's, at the refusing party)
+                    errors.append((cfg.party, payload["error"], payload.get("cause") or payload.get("kind")))
             else:
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
                 # its stderr is the party's own log; in DP mode it may count rows, so none of
                 # it goes into the error
                 tail = [ln for ln in stderr[cfg.party] if not ln.startswith("progress ")]
                 detail = f": {tail[-1]}" if tail and spec.exact else ""
-                errors.append((cfg.party, f"party {cfg.party!r} died ({how}){detail}"))
+                errors.append((cfg.party, f"party {cfg.party!r} died ({how}){detail}", "PartyDiedError"))
         if errors:
-            raise PartyError(_root_cause(errors))
+            message, kind = _root_error(errors)
+            raise PartyError(message, cause=kind)
     results = [payloads[cfg.party]["result"] for cfg in configs]
     for cfg, res in zip(configs[1:], results[1:]):
         if res != results[0]:
@@ -191,18 +198,35 @@ def party_environment(local_parties: int) -> dict[str, str]:
     return env
 
 
-def _root_cause(errors: list[tuple[str, str]]) -> str:
-    """The most informative one-line reason among every party's error."""
-    for _, msg in errors:
-        if " died (" in msg:
-            return msg
-    for _, msg in errors:
-        if "refuse" in msg or "column" in msg:
-            return msg
-    for _, msg in errors:
-        if "disconnected" not in msg and "did not connect" not in msg and " was stopped " not in msg:
-            return msg
-    return errors[0][1]
+def _rank(kind: str | None) -> int:
+    """How well an error of this kind explains a failed job (lower: better), by class only.
+
+    A party that died; then an error of the party's own (a refusal, a spec, config or data
+    error, a malformed plan); then a bug; then one party's report of another's failure
+    (PartyError); last the consequences of a failure elsewhere (PeerLostError: a peer
+    disconnected, never connected, or this party was stopped)."""
+    cls = error_class(kind)
+    if cls is None:
+        return 2  # InternalError (a bug at that party) or not known
+    if issubclass(cls, PartyDiedError):
+        return 0
+    if issubclass(cls, PeerLostError):
+        return 4
+    if issubclass(cls, PartyError):
+        return 3
+    return 1
+
+
+def _root_error(errors: list[tuple[str, str, str | None]]) -> tuple[str, str | None]:
+    """The most informative one-line reason among every party's (party, error, kind), and its
+    kind (the error class name at that party)."""
+    _, msg, kind = min(errors, key=lambda e: _rank(e[2]))  # min keeps the first of a rank
+    return msg, kind
+
+
+def _root_cause(errors: list[tuple]) -> str:
+    """The most informative one-line reason among (party, error[, kind]) triples."""
+    return _root_error([(e[0], e[1], e[2] if len(e) > 2 else None) for e in errors])[0]
 
 
 def _read_stderr(proc, lines: list[str], party: str, show: bool) -> None:

@@ -91,6 +91,25 @@ def shorten(value: Any, limit: int = 40) -> str:
     return text
 
 
+def did_you_mean(name: Any, choices) -> str:
+    """`` (did you mean 'region'?)`` for the closest of ``choices`` to a misspelt ``name``
+    (difflib), or "" when none is close.
+
+    Bounded, since names come from outsiders: names of at most 64 characters, compared with
+    at most 50 choices of similar length (difflib is quadratic in the length), those sharing
+    the most pairs of adjacent characters with it first."""
+    import difflib
+    if not isinstance(name, str) or not name or len(name) > 64:
+        return ""
+    slack = max(2, len(name) // 3)
+    candidates = [c for c in map(str, choices) if c and abs(len(c) - len(name)) <= slack]
+    pairs = {name[i:i + 2] for i in range(len(name) - 1)}
+    candidates.sort(key=lambda c: -len(pairs.intersection(c[i:i + 2] for i in range(len(c) - 1))))
+    candidates = candidates[:50]
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def clip_error(message: str, limit: int = MAX_ERROR_CHARS) -> str:
     """One line of at most ``limit`` characters."""
     message = " ".join(str(message).split())
@@ -205,6 +224,12 @@ class Privacy:
     def mechanism(self) -> str:
         """discrete_laplace for pure DP (delta 0), discrete_gaussian otherwise."""
         return "discrete_laplace" if self.delta == 0 else "discrete_gaussian"
+
+    @property
+    def budget(self) -> "PrivacyBudget":
+        """The job's (epsilon, delta) as a typed :class:`~jointstats.PrivacyBudget`."""
+        from ._accounting import PrivacyBudget
+        return PrivacyBudget(self.epsilon, self.delta)
 
 
 @dataclass(frozen=True)
@@ -326,7 +351,8 @@ def _mapping(value: Any, path: str) -> dict:
 def _check_keys(entry: dict, allowed: set[str], path: str) -> None:
     for key in entry:
         if key not in allowed:
-            raise _fail(f"{path}.{_key(key)}", f"unknown field; expected one of {', '.join(sorted(allowed))}")
+            raise _fail(f"{path}.{_key(key)}", f"unknown field{did_you_mean(key, allowed)}; expected one "
+                                               f"of {', '.join(sorted(allowed))}")
 
 
 def _parse_column(name: str, entry: Any, path: str) -> Column:
@@ -334,7 +360,8 @@ def _parse_column(name: str, entry: Any, path: str) -> Column:
     _check_keys(entry, {"type", "bounds", "levels"}, path)
     ctype = entry.get("type")
     if not isinstance(ctype, str) or ctype not in COLUMN_TYPES:
-        raise _fail(f"{path}.type", f"expected one of {', '.join(COLUMN_TYPES)}, found {shorten(ctype)}")
+        raise _fail(f"{path}.type", f"expected one of {', '.join(COLUMN_TYPES)}, found "
+                                    f"{shorten(ctype)}{did_you_mean(ctype, COLUMN_TYPES)}")
     if ctype == "categorical":
         levels = entry.get("levels")
         if "bounds" in entry:
@@ -385,7 +412,7 @@ _KIND_FIELDS = {
 def _column_ref(schema: dict[str, Column], value: Any, path: str, want: str | None) -> str:
     name = _string(value, path)
     if name not in schema:
-        raise _fail(path, f"unknown column {shorten(name)}")
+        raise _fail(path, f"unknown column {shorten(name)}{did_you_mean(name, schema)}")
     col = schema[name]
     if want == "numeric" and not col.numeric:
         raise _fail(path, f"column {name!r} is categorical; expected a real or integer column")
@@ -401,7 +428,8 @@ def _parse_statistic(name: Any, entry: Any, schema: dict[str, Column], path: str
     entry = _mapping(entry, path)
     kind = entry.get("kind")
     if not isinstance(kind, str) or kind not in STATISTIC_KINDS:
-        raise _fail(f"{path}.kind", f"expected one of {', '.join(STATISTIC_KINDS)}, found {shorten(kind)}")
+        raise _fail(f"{path}.kind", f"expected one of {', '.join(STATISTIC_KINDS)}, found "
+                                    f"{shorten(kind)}{did_you_mean(kind, STATISTIC_KINDS)}")
     _check_keys(entry, _KIND_FIELDS[kind] | {"kind", "weight"}, path)
     weight = Fraction(1)
     if "weight" in entry:
@@ -501,9 +529,14 @@ def _parse_privacy(entry: Any) -> Privacy:
     return Privacy(eps, delta, noise)
 
 
-def parse_spec(text: str) -> Spec:
+def parse_spec(text: str | collections.abc.Mapping) -> Spec:
     """Parse and validate spec YAML text (within the limits above: every refusal is one line
-    naming the field, or the line of the YAML, and the limit)."""
+    naming the field, or the line of the YAML, and the limit).
+
+    A mapping (the spec as Python data, e.g. in a notebook) is written as YAML first, and
+    that text is what the spec's ``sha256`` hashes and the parties receive."""
+    if isinstance(text, collections.abc.Mapping):
+        text = _dump_spec(text)
     try:
         data = yaml_load(text)
     except yaml.YAMLError as exc:
@@ -551,6 +584,14 @@ def parse_spec(text: str) -> Spec:
     digest = hashlib.sha256(text.encode()).hexdigest()
     purpose = _string(data["purpose"], "purpose") if data.get("purpose") is not None else None
     return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest, purpose)
+
+
+def _dump_spec(data: collections.abc.Mapping) -> str:
+    """A spec given as Python data, as YAML text (plain YAML types only)."""
+    try:
+        return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:
+        raise SpecError(clip_error(f"spec: a value cannot be written as YAML ({exc})")) from None
 
 
 def load_spec(source: str | Path) -> Spec:

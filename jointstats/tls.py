@@ -21,7 +21,7 @@ from __future__ import annotations
 import ssl
 
 from .config import PartyConfig
-from .errors import AuthError, ConfigError, PartyError
+from .errors import AuthError, ConfigError, PartyError, PeerTlsError
 from .keys import check_peer_identity, party_identity, ssl_context
 
 __all__ = ["configure_tls", "check_own_certificate"]
@@ -132,8 +132,8 @@ def configure_tls(rt, cfg: PartyConfig) -> None:
             await start(timeout)
         except PartyError as exc:
             if rejected:
-                raise PartyError(f"{exc}; a connection to {cfg.party!r} was refused in the TLS "
-                                 f"handshake: {rejected[-1]}") from None
+                raise PeerTlsError(f"{exc}; a connection to {cfg.party!r} was refused in the TLS "
+                                   f"handshake: {rejected[-1]}") from None
             raise
 
     rt.start = start_with_tls_report

@@ -89,6 +89,13 @@ def check_against_pooled(result, frames):
     np.testing.assert_allclose(r["ols"]["coefficients"], fit.params, rtol=REL)
     np.testing.assert_allclose(r["ols"]["std_errors"], fit.bse, rtol=REL)
     close(r["ols"]["r_squared"], fit.rsquared)
+    # the typed result's table: statsmodels' intervals and p-values on the pooled data
+    ols = result.stat("ols")
+    np.testing.assert_allclose(ols.conf_int().to_numpy(), fit.conf_int(), rtol=REL)
+    np.testing.assert_allclose(ols.pvalues.to_numpy(), fit.pvalues, rtol=1e-6, atol=1e-300)
+    frame = result.to_frame("all_cells")
+    assert frame.to_numpy().tolist() == table.to_numpy().tolist()
+    assert list(frame.index) == ["no", "yes"] and list(frame.columns) == list(table.columns)
     # ridge: penalty on every coefficient but the intercept, closed form on pooled data
     pen = np.eye(X.shape[1]) * 2.5
     pen[0, 0] = 0

@@ -357,13 +357,13 @@ def test_unknown_analyst_bad_signature_stale_and_replay(cluster):
     with pytest.raises(AuthError, match=r"\(party 'party_a'\) refused the job: analyst 'mallory' "
                                         r"is not listed in party 'party_a'"):
         cluster.submit(EXACT, analyst="mallory")
-    # the command line: exit status 2, one line naming the analyst
+    # the command line: exit status 3 (a refusal), one line naming the analyst
     spec = cluster.root / "exact.yaml"
     spec.write_text(EXACT)
     proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "submit", str(spec), "--node",
                            *cluster.urls, "--key", str(cluster.root / "analysts" / "mallory.key"),
                            "--ca", str(cluster.ca)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "'mallory'" in proc.stderr
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1 and "'mallory'" in proc.stderr
 
     from jointstats.keys import sign_submission
     node = cluster.client(1)
@@ -485,7 +485,7 @@ def test_worker_failure_error_carries_no_local_step_text(cluster):
     job_id = str(info.value).split()[1]
     statuses = [cluster.status(i, job_id) for i in range(3)]
     assert statuses[1]["error"] == "party 'party_b' died (exit status 137) in its worker process"
-    assert statuses[1]["error_kind"] == "PartyError"
+    assert statuses[1]["error_kind"] == "PartyDiedError"  # a PartyError: its process died
     for text in [str(info.value)] + [st["error"] for st in statuses]:
         assert not re.search(r"\b7\b|rows|SECRET|missing|clipped", text), text
     log = (cluster.root / "party_b" / "state" / "party_b.jobs" / job_id / "worker.log").read_text()
@@ -630,13 +630,13 @@ def test_audit_tampering_detected(cluster):
         conn.execute("UPDATE audit SET fields = replace(fields, '\"job_id\"', '\"job\"') WHERE seq = 3")
         assert '"job"' in conn.execute("SELECT fields FROM audit WHERE seq = 3").fetchone()[0]
     proc = verify(edited)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1  # a failure (exit status 1)
     assert "NOT intact: record 3: hash mismatch (edited)" in proc.stderr
     deleted, db = copy("deleted")
     with sqlite3.connect(db) as conn:
         conn.execute("DELETE FROM audit WHERE seq = 4")
     proc = verify(deleted)
-    assert proc.returncode == 2 and "record 4: missing" in proc.stderr
+    assert proc.returncode == 1 and "record 4: missing" in proc.stderr
 
 
 def test_foreign_and_mismatched_certificates_between_workers(tmp_path):
