@@ -925,7 +925,7 @@ class _Lanes:
             self.gmask = np.zeros((G, self.W), dtype=np.uint64)
         last = np.zeros(n, dtype=np.uint8)
         last[lane_of[slot_trials - 1, np.arange(S)]] = 1
-        self.last = pack(last)[0] if n else np.zeros(self.W, dtype=np.uint64)
+        self.last = pack(last)                              # (W,): each slot's last trial
 
     def spread(self, table) -> np.ndarray:
         """Per-draw public bits ``table`` (G, *rows) -> words (*rows, W): each lane gets its
@@ -1124,9 +1124,11 @@ def _square_schedule(w: int):
     """The Wallace tree of a w-bit square as index arrays (public, cached per width).
 
     Bit rows live in one pool: x (rows 0 .. w-1), then the products x_i x_j (i < j), then the
-    sum and carry rows of every layer of full adders. Returns (pairs I, J; layers of
-    (A, B, C, first output row, count); the two final rows per result column, -1 for 0; pool
-    size)."""
+    outputs of every layer. A layer puts a full adder on every three bits of a column and a
+    half adder on two bits left over (classic Wallace: without the half adders a column of 3
+    ripples its carry one column per layer, 67 layers for w = 70 instead of 10). Returns
+    (pairs I, J; layers (A, B, C, HA, HB, first output row); the two final rows per result
+    column, pool index ``size`` for a 0; size)."""
     cols: list[list[int]] = [[] for _ in range(2 * w)]
     for i in range(w):
         cols[2 * i].append(i)
@@ -1141,45 +1143,58 @@ def _square_schedule(w: int):
                 nxt += 1
     layers = []
     while max((len(c) for c in cols), default=0) > 2:
-        A, B, C, dest = [], [], [], []
-        new: list[list[int]] = [[] for _ in range(2 * w)]
+        fa, ha = [], []                                   # (column, bits)
+        keep: list[list[int]] = [[] for _ in range(2 * w)]
         for p, c in enumerate(cols):
             q = 0
             while len(c) - q >= 3:
-                A.append(c[q])
-                B.append(c[q + 1])
-                C.append(c[q + 2])
-                dest.append(p)
+                fa.append((p, c[q:q + 3]))
                 q += 3
-            new[p].extend(c[q:])
-        t = len(A)
-        for r, p in enumerate(dest):
-            new[p].append(nxt + r)                 # sum
+            if len(c) - q == 2:
+                ha.append((p, c[q:q + 2]))
+            elif len(c) - q == 1:
+                keep[p].append(c[q])
+        t, u = len(fa), len(ha)
+        # outputs: FA sums [nxt, +t), FA carries [+t, +2t), HA sums [+2t, +2t+u), HA carries
+        for r, (p, _) in enumerate(fa):
+            keep[p].append(nxt + r)
             if p + 1 < 2 * w:
-                new[p + 1].append(nxt + t + r)     # carry
-        layers.append((np.array(A), np.array(B), np.array(C), nxt, t))
-        nxt += 2 * t
-        cols = new
-    fa = np.array([c[0] if c else -1 for c in cols])
-    fb = np.array([c[1] if len(c) > 1 else -1 for c in cols])
-    return np.array(I, dtype=np.intp), np.array(J, dtype=np.intp), layers, fa, fb, nxt
+                keep[p + 1].append(nxt + t + r)
+        for r, (p, _) in enumerate(ha):
+            keep[p].append(nxt + 2 * t + r)
+            if p + 1 < 2 * w:
+                keep[p + 1].append(nxt + 2 * t + u + r)
+        arr = (lambda v: np.array(v, dtype=np.intp))
+        layers.append((arr([b[0] for _, b in fa]), arr([b[1] for _, b in fa]), arr([b[2] for _, b in fa]),
+                       arr([b[0] for _, b in ha]), arr([b[1] for _, b in ha]), nxt))
+        nxt += 2 * t + 2 * u
+        cols = keep
+    fa_ = np.array([c[0] if c else nxt for c in cols], dtype=np.intp)
+    fb_ = np.array([c[1] if len(c) > 1 else nxt for c in cols], dtype=np.intp)
+    return np.array(I, dtype=np.intp), np.array(J, dtype=np.intp), layers, fa_, fb_, nxt
 
 
 async def _square(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
     """x^2 for unsigned x (h, w, W): 2w result rows; Wallace tree (one AND per full adder,
-    majority = a ^ ((a ^ b) and (a ^ c))) and a prefix adder for the last two rows."""
+    majority = a ^ ((a ^ b) and (a ^ c)), and per half adder) and a prefix adder for the last
+    two rows."""
     h, w, W = x.shape
     I, J, layers, fa, fb, size = _square_schedule(w)
     pool = np.empty((h, size + 1, W), dtype=np.uint64)
-    pool[:, size] = 0                                  # row -1: a public 0
+    pool[:, size] = 0                                  # index `size`: a public 0
     pool[:, :w] = x
     if len(I):
         pool[:, w:w + len(I)] = await ctx.and_(x[:, I], x[:, J])
-    for A, B, C, at, t in layers:
+    for A, B, C, HA, HB, at in layers:
+        t, u = len(A), len(HA)
         a, b, c = pool[:, A], pool[:, B], pool[:, C]
+        ha, hb = pool[:, HA], pool[:, HB]
         ab = a ^ b
+        prod = await ctx.and_(np.concatenate([ab, ha], axis=1), np.concatenate([a ^ c, hb], axis=1))
         pool[:, at:at + t] = ab ^ c
-        pool[:, at + t:at + 2 * t] = a ^ await ctx.and_(ab, a ^ c)
+        pool[:, at + t:at + 2 * t] = a ^ prod[:, :t]
+        pool[:, at + 2 * t:at + 2 * t + u] = ha ^ hb
+        pool[:, at + 2 * t + u:at + 2 * t + 2 * u] = prod[:, t:]
     a, b = pool[:, fa], pool[:, fb]
     return await _prefix_sum(ctx, a ^ b, await ctx.and_(a, b))
 
