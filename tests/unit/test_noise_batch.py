@@ -189,3 +189,39 @@ def test_few_trials_fall_back_to_the_last_trial_in_a_batch(rt):
     xs = [_reveal(rt, x) for x in discrete_gaussian_many(rt, draws)]
     for x, (_, s2, _, k) in zip(xs[1:], draws[1:]):
         assert _chisquare(x, lambda ks: _dg_few_trials_pmf(s2, k, ks)) > P_MIN, (s2, k)
+
+
+def test_log_depth_lane_coins_what_if_has_the_same_biases(rt):
+    """bench/_probe.py's log-depth comparator for the batch layout (``--patch log_coins``):
+    the same per-draw coin laws, in ceil(log2 K) AND rounds."""
+    from bench._probe import log_depth_lane_coins
+    ctx = _noise._ctx(rt)
+    coins = [[Coin(3, 5, F(0)), Coin(0, 1, F(0)), Coin(9, 1, F(0))],
+             [Coin(1, 1, F(0)), Coin(5, 3, F(0)), Coin(0, 0, F(0))],
+             [Coin(0, 0, F(0)), Coin(2, 3, F(0)), Coin(7, 127, F(0))]]
+    counts = [20000, 30000, 25000]
+    lanes = _noise._Lanes(counts, [1, 1, 1])
+    rounds = [0]
+    orig = ctx.and_
+
+    async def counting(x, y):
+        rounds[0] += 1
+        return await orig(x, y)
+    ctx.and_ = counting
+    try:
+        async def run():
+            return await ctx.reveal(await log_depth_lane_coins(ctx, coins, lanes))
+        bits = _noise.unpack(rt.run(run()), sum(counts))
+    finally:
+        del ctx.and_
+    assert rounds[0] == math.ceil(math.log2(9))
+    at = 0
+    for g, n in enumerate(counts):
+        for r, coin in enumerate(coins[g]):
+            row = bits[r, at:at + n]
+            p = float(coin.prob)
+            if p in (0.0, 1.0):
+                assert row.mean() == p
+            else:
+                assert stats.binomtest(int(row.sum()), n, p).pvalue > P_MIN, (g, r, coin)
+        at += n
