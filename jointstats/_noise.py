@@ -10,9 +10,23 @@ Public functions
     n samples of the two-sided geometric law P(k) ~ exp(-|k|/scale).
 ``discrete_gaussian(rt, sectype, sigma2, n, trials=None)``
     n samples of the discrete Gaussian P(k) ~ exp(-k^2 / (2 sigma2)).
+``discrete_laplace_many(rt, draws)``, ``discrete_gaussian_many(rt, draws)``
+    several draws (sectype, scale or sigma2, n[, trials]) in ONE lock-step batch: each
+    follows its own law exactly as the one-draw functions (which are batches of one), all
+    samples independent; a batch costs the AND rounds of its deepest draw, so a DP job
+    (``jointstats._dp.sample_noise``) pays one sampler's rounds whatever the number of its
+    statistics and distinct scales.
 ``discrete_laplace_delta(scale)``, ``discrete_gaussian_delta(sigma2, trials=None)``
     rigorous bounds (Fractions) on the total-variation distance per sample between
     what is sampled and the exact law; both are at most 2**-40 by default.
+
+Batches: every lane (a sample, or one trial of one sample) carries its own draw's public
+constants as bit masks (``_Lanes``); lanes are packed densely (a draw of one sample costs
+one lane per trial, not a 64-lane word). The coins of all draws form one program
+(``_CoinProgram``): every (row, lane) coin [R < c] is grouped with the others of the same
+(k, c), aligned on the batch's longest coin (c 2**(K - k) on K bits has probability
+c / 2**k exactly: its low bits keep the running comparison at 0), and each of the K - 1 AND
+rounds touches only the coins that have started, so the ANDs are the coins' own bits.
 
 How (the engine)
 ----------------
@@ -64,9 +78,10 @@ sigma2 >= 4, else 16).  This is exactly CKS for that t; only the centre sigma2/t
 made a simple rational so that the acceptance exponent is an exact integer quadratic:
 accept Y with probability
 exp(-(|Y| - c)^2 / (2 sigma2)) = exp(-N^2 kappa), N = D |Y| - C, kappa = 1/(2 sigma2 D^2).
-N and N^2 are computed exactly by a Boolean circuit (adder, conditional negation,
-Wallace-tree squaring), and exp(-N^2 kappa) = prod_p exp(-2^p kappa)^bit_p(N^2) is a
-product of public-bias coins gated by the secret bits of N^2.  ``trials``
+N and N^2 are computed exactly by a Boolean circuit (Sklansky prefix adders, conditional
+negation, Wallace-tree squaring with half adders), and
+exp(-N^2 kappa) = prod_p exp(-2^p kappa)^bit_p(N^2) is a product of public-bias coins gated
+by the secret bits of N^2.  ``trials``
 independent trials run in parallel (fixed shape); the first accepted one is chosen
 obliviously (prefix-OR); if all fail (probability <= (1-alpha)^trials, alpha bounded
 from below rigorously) the last trial's discrete Laplace value is output: still a
