@@ -1270,10 +1270,17 @@ async def _dg_batch(ctx: _Ctx, plans: list[DGPlan], lanes: _Lanes) -> np.ndarray
         rows = min(L, width - d)
         if rows > 0:
             x[:, d:d + rows] ^= Gd[:, :rows] & lanes.spread([sh == d for sh in shifts])
-    kb = lanes.spread([[(((p.D - p.C) % (1 << width)) >> i) & 1 for i in range(width)]
-                       for p in plans])
-    N = await _prefix_sum(ctx, ctx.xor_public(x, kb), x & kb)     # N = D G + (D - C)
-    absN = await _conditional_negate(ctx, N, N[:, -1:])
+    # N = D G + (D - C) and -N = ~(D G) + (C - D + 1) by one prefix adder over twice the
+    # lanes (the rounds of one addition), then |N| = N, or -N where N's sign bit is set
+    plus = lanes.spread([[(((p.D - p.C) % (1 << width)) >> i) & 1 for i in range(width)] for p in plans])
+    minus = lanes.spread([[(((p.C - p.D + 1) % (1 << width)) >> i) & 1 for i in range(width)]
+                          for p in plans])
+    xn = ctx.not_(x)
+    both = await _prefix_sum(ctx, np.concatenate([ctx.xor_public(x, plus), ctx.xor_public(xn, minus)], axis=2),
+                             np.concatenate([x & plus, xn & minus], axis=2))
+    N, negN = both[:, :, :lanes.W], both[:, :, lanes.W:]
+    sign = np.broadcast_to(N[:, -1:], N.shape).copy()
+    absN = N ^ await ctx.and_(sign, N ^ negN)
     low = absN[:, :H] & lanes.spread([[i < p.hsq for i in range(H)] for p in plans])
     hmin = min(p.hsq for p in plans)
     big = absN[:, hmin:] & lanes.spread([[i >= p.hsq for i in range(hmin, width)] for p in plans])
