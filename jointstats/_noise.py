@@ -271,9 +271,14 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     R = 256
     halves = [_to_fixed(f.half, R, True) for f in frontiers]
 
+    memo: dict[tuple[int, int], int] = {}
+
     def err(i: int, j: int) -> int:  # coin j of frontier i's error, rounded up, scale 2**R
-        f = frontiers[i]
-        return halves[i] + -((-(f.es[j] << R)) // f.scale)
+        v = memo.get((i, j))
+        if v is None:
+            f = frontiers[i]
+            v = memo[(i, j)] = halves[i] + -((-(f.es[j] << R)) // f.scale)
+        return v
 
     def entry(i: int):
         j = idx[i]
@@ -301,10 +306,12 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
         improved = False
         for i in range(len(frontiers)):
             j = idx[i]
-            if j > 0 and total + err(i, j - 1) - err(i, j) <= cap:
-                total += err(i, j - 1) - err(i, j)
-                idx[i] = j - 1
-                improved = True
+            if j > 0:
+                d = err(i, j - 1) - err(i, j)
+                if total + d <= cap:
+                    total += d
+                    idx[i] = j - 1
+                    improved = True
     return [f.coin(j) for f, j in zip(frontiers, idx)]
 
 
