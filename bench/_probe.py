@@ -35,9 +35,11 @@ package, to measure them (``python -m bench.profile --whatif``):
 * ``fast_exit``: the party process ends with ``os._exit`` once its result file is written,
   skipping interpreter teardown;
 * ``log_coins``: the DP samplers' biased coins [R < c] by a log-depth comparator (one AND
-  round per level of a prefix tree, twice the ANDs) instead of bit by bit (one round per
-  bit): the same coins, a discrete Laplace batch in 7 AND rounds instead of up to 46
-  (``log_depth_coins``; tests/unit/test_noise_plans.py checks it against the engine's).
+  round per level of a prefix tree over the batch's longest coin, K bits, for every coin:
+  about twice the ANDs) instead of bit by bit (one round per bit): the same coin laws, the
+  coins of a batch in ceil(log2 K) AND rounds instead of K - 1 (``log_depth_lane_coins``
+  replaces ``jointstats._noise._lane_coins``; ``log_depth_coins`` is the same comparator for
+  one list of coins, tests/unit/test_noise_plans.py checks both exact).
 """
 from __future__ import annotations
 
@@ -262,9 +264,41 @@ async def log_depth_coins(ctx, coins, W):
     return out
 
 
+async def log_depth_lane_coins(ctx, coins, lanes):
+    """What-if for ``jointstats._noise._lane_coins`` (same layout, ``_CoinProgram``): every
+    coin compared on the batch's K bits, c aligned as there (c 2**(K - k): probability
+    c / 2**k exactly), by the comparison tree of ``log_depth_coins``."""
+    import numpy as np
+    from jointstats._noise import _CoinProgram, pack, unpack
+    prog = _CoinProgram(coins, lanes)
+    state = ctx.zeros(max(prog.nwords, 1))
+    if prog.K:
+        K, nw = prog.K, prog.nwords
+        m = prog.masks[::-1]                      # most significant bit first
+        r = ctx.rand(K, nw)
+        lt = ctx.not_(r) & m
+        eq = ctx.xor_public(ctx.xor_public(r, m), ~np.uint64(0))
+        while lt.shape[1] > 1:                    # rows: bit positions, MSB first
+            p = lt.shape[1] // 2
+            hi_eq = eq[:, 0:2 * p:2]
+            prod = await ctx.and_(np.ascontiguousarray(np.concatenate([hi_eq, hi_eq], axis=1)),
+                                  np.ascontiguousarray(np.concatenate([lt[:, 1:2 * p:2], eq[:, 1:2 * p:2]],
+                                                                      axis=1)))
+            nlt, neq = lt[:, 0:2 * p:2] ^ prod[:, :p], prod[:, p:]
+            if lt.shape[1] % 2:
+                nlt = np.concatenate([nlt, lt[:, -1:]], axis=1)
+                neq = np.concatenate([neq, eq[:, -1:]], axis=1)
+            lt, eq = nlt, neq
+        state = lt[:, 0]
+    flat = unpack(state, 64 * state.shape[1])
+    out = np.zeros((ctx.h, prog.R, lanes.W * 64), dtype=np.uint8)
+    out[:, prog.rows, prog.cols] = flat[:, prog.pos]
+    return ctx.xor_public(pack(out), lanes.spread(prog.one))
+
+
 def _patch_noise(mod):
-    if "log_coins" in PATCHES and hasattr(mod, "_coins"):
-        mod._coins = log_depth_coins
+    if "log_coins" in PATCHES and hasattr(mod, "_lane_coins"):
+        mod._lane_coins = log_depth_lane_coins
 
 
 PATCHES = set(filter(None, os.environ.get("JOINTSTATS_BENCH_PATCH", "").split(",")))

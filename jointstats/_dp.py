@@ -207,15 +207,52 @@ def _noisy_bits(stat: StatPlan, noise: NoisePlan) -> int:
 # ----------------------------------------------------------------------------- secure step
 
 
+def _sampler_draws(rt, stats) -> tuple[list, list[list[int]]]:
+    """The sampler draws (secure type, scale, count) of these statistics, one per distinct
+    scale of each, and for each statistic the order of its entries among its draws."""
+    draws, orders = [], []
+    for stat in stats:
+        secint = rt.SecInt(stat.secure_bits)
+        groups: dict[Fraction, list[int]] = {}
+        for i, s in enumerate(stat.noise.scales):
+            groups.setdefault(s, []).append(i)
+        draws += [(secint, s, len(idx)) for s, idx in groups.items()]
+        orders.append([i for idx in groups.values() for i in idx])
+    return draws, orders
+
+
+def sample_noise(rt, plan: Plan) -> dict:
+    """Every statistic's noise (one sample per released entry) as a secure array by name,
+    all of the job's draws sampled in one lock-step batch: a job pays the AND rounds of one
+    sampler circuit, whatever the number of its statistics and distinct scales."""
+    from ._noise import discrete_gaussian_many, discrete_laplace_many
+    stats = [s for s in plan.statistics if s.noise is not None]
+    if not stats:
+        return {}
+    mechanisms = {s.noise.mechanism for s in stats}
+    if len(mechanisms) != 1:  # pragma: no cover - add_noise_plans gives a job one mechanism
+        raise AssertionError("one noise mechanism per job")
+    many = discrete_laplace_many if mechanisms == {"discrete_laplace"} else discrete_gaussian_many
+    draws, orders = _sampler_draws(rt, stats)
+    pieces = many(rt, draws)
+    out, at = {}, 0
+    for stat, order in zip(stats, orders):
+        k = len({*stat.noise.scales})
+        mine, at = pieces[at:at + k], at + k
+        out[stat.name] = mine[0] if k == 1 else \
+            np.concatenate(mine)[np.argsort(np.array(order))]
+    return out
+
+
 def _sample(rt, secint, noise: NoisePlan):
-    """One noise sample per released entry, grouped by scale, as a secure array."""
-    from ._noise import discrete_gaussian, discrete_laplace
-    scales = list(noise.scales)
+    """One noise sample per released entry of one statistic, all its scales in one lock-step
+    batch, as a secure array (``sample_noise`` does the same for all of a job's statistics)."""
+    from ._noise import discrete_gaussian_many, discrete_laplace_many
     groups: dict[Fraction, list[int]] = {}
-    for i, s in enumerate(scales):
+    for i, s in enumerate(noise.scales):
         groups.setdefault(s, []).append(i)
-    sampler = discrete_laplace if noise.mechanism == "discrete_laplace" else discrete_gaussian
-    pieces = [sampler(rt, secint, s, len(idx)) for s, idx in groups.items()]
+    many = discrete_laplace_many if noise.mechanism == "discrete_laplace" else discrete_gaussian_many
+    pieces = many(rt, [(secint, s, len(idx)) for s, idx in groups.items()])
     if len(pieces) == 1:
         return pieces[0]
     order = [i for idx in groups.values() for i in idx]
@@ -231,11 +268,14 @@ def release_clear(stat: StatPlan, partial) -> list[int]:
     return [int(v) for v in list(partial)[release_slice(stat)]]
 
 
-async def prepare(rt, stat: StatPlan, partial: list[int], min_count: int | None):
-    """Secure step up to (not including) the reveal: the noisy secret values."""
+async def prepare(rt, stat: StatPlan, partial: list[int], min_count: int | None, noise=None):
+    """Secure step up to (not including) the reveal: the noisy secret values. ``noise``: the
+    statistic's noise from ``sample_noise`` (the job's one batch), else sampled here."""
     secint = rt.SecInt(stat.secure_bits)
     total = share_total(rt, secint, partial)
-    noisy = total[release_slice(stat)] + _sample(rt, secint, stat.noise)
+    if noise is None:
+        noise = _sample(rt, secint, stat.noise)
+    noisy = total[release_slice(stat)] + noise
     if stat.kind == "crosstab" and min_count:
         noisy = noisy * (noisy >= suppression_threshold(stat, min_count))  # inside the MPC
     await rt.gather(noisy)  # finish the secure computation before the budget is committed

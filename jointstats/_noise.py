@@ -10,9 +10,23 @@ Public functions
     n samples of the two-sided geometric law P(k) ~ exp(-|k|/scale).
 ``discrete_gaussian(rt, sectype, sigma2, n, trials=None)``
     n samples of the discrete Gaussian P(k) ~ exp(-k^2 / (2 sigma2)).
+``discrete_laplace_many(rt, draws)``, ``discrete_gaussian_many(rt, draws)``
+    several draws (sectype, scale or sigma2, n[, trials]) in ONE lock-step batch: each
+    follows its own law exactly as the one-draw functions (which are batches of one), all
+    samples independent; a batch costs the AND rounds of its deepest draw, so a DP job
+    (``jointstats._dp.sample_noise``) pays one sampler's rounds whatever the number of its
+    statistics and distinct scales.
 ``discrete_laplace_delta(scale)``, ``discrete_gaussian_delta(sigma2, trials=None)``
     rigorous bounds (Fractions) on the total-variation distance per sample between
     what is sampled and the exact law; both are at most 2**-40 by default.
+
+Batches: every lane (a sample, or one trial of one sample) carries its own draw's public
+constants as bit masks (``_Lanes``); lanes are packed densely (a draw of one sample costs
+one lane per trial, not a 64-lane word). The coins of all draws form one program
+(``_CoinProgram``): every (row, lane) coin [R < c] is grouped with the others of the same
+(k, c), aligned on the batch's longest coin (c 2**(K - k) on K bits has probability
+c / 2**k exactly: its low bits keep the running comparison at 0), and each of the K - 1 AND
+rounds touches only the coins that have started, so the ANDs are the coins' own bits.
 
 How (the engine)
 ----------------
@@ -64,9 +78,10 @@ sigma2 >= 4, else 16).  This is exactly CKS for that t; only the centre sigma2/t
 made a simple rational so that the acceptance exponent is an exact integer quadratic:
 accept Y with probability
 exp(-(|Y| - c)^2 / (2 sigma2)) = exp(-N^2 kappa), N = D |Y| - C, kappa = 1/(2 sigma2 D^2).
-N and N^2 are computed exactly by a Boolean circuit (adder, conditional negation,
-Wallace-tree squaring), and exp(-N^2 kappa) = prod_p exp(-2^p kappa)^bit_p(N^2) is a
-product of public-bias coins gated by the secret bits of N^2.  ``trials``
+N and N^2 are computed exactly by a Boolean circuit (Sklansky prefix adders, conditional
+negation, Wallace-tree squaring with half adders), and
+exp(-N^2 kappa) = prod_p exp(-2^p kappa)^bit_p(N^2) is a product of public-bias coins gated
+by the secret bits of N^2.  ``trials``
 independent trials run in parallel (fixed shape); the first accepted one is chosen
 obliviously (prefix-OR); if all fail (probability <= (1-alpha)^trials, alpha bounded
 from below rigorously) the last trial's discrete Laplace value is output: still a
@@ -75,6 +90,7 @@ trials * (errors of proposal and acceptance coins).
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import math
@@ -255,9 +271,14 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
     R = 256
     halves = [_to_fixed(f.half, R, True) for f in frontiers]
 
+    memo: dict[tuple[int, int], int] = {}
+
     def err(i: int, j: int) -> int:  # coin j of frontier i's error, rounded up, scale 2**R
-        f = frontiers[i]
-        return halves[i] + -((-(f.es[j] << R)) // f.scale)
+        v = memo.get((i, j))
+        if v is None:
+            f = frontiers[i]
+            v = memo[(i, j)] = halves[i] + -((-(f.es[j] << R)) // f.scale)
+        return v
 
     def entry(i: int):
         j = idx[i]
@@ -285,10 +306,12 @@ def _choose_coins(frontiers: list[_Frontier], budget: Fraction) -> list[Coin]:
         improved = False
         for i in range(len(frontiers)):
             j = idx[i]
-            if j > 0 and total + err(i, j - 1) - err(i, j) <= cap:
-                total += err(i, j - 1) - err(i, j)
-                idx[i] = j - 1
-                improved = True
+            if j > 0:
+                d = err(i, j - 1) - err(i, j)
+                if total + d <= cap:
+                    total += d
+                    idx[i] = j - 1
+                    improved = True
     return [f.coin(j) for f, j in zip(frontiers, idx)]
 
 
@@ -647,10 +670,18 @@ def dg_plan(sigma2: Fraction, trials: int | None = None) -> DGPlan:
     return _cached_plan("dg", sigma2, None, trials, lambda ch: _build_dg_plan(sigma2, trials, ch))
 
 
+def _dg_plan_of(sigma2, trials: int | None) -> DGPlan:
+    """``dg_plan`` called as ``dg_plan(sigma2)`` for the default trials: one lru_cache entry
+    per plan (``dg_plan(s)`` and ``dg_plan(s, None)`` are different keys to lru_cache, and a
+    job's plans were built twice, once for each)."""
+    sigma2 = _as_fraction(sigma2, "sigma2")
+    return dg_plan(sigma2) if trials is None else dg_plan(sigma2, trials)
+
+
 def discrete_gaussian_delta(sigma2, trials: int | None = None) -> Fraction:
     """Total-variation distance per sample of ``discrete_gaussian`` from the exact law
     (all-trials-fail probability plus coin precision), <= 2**-40 for default trials."""
-    return dg_plan(_as_fraction(sigma2, "sigma2"), trials).delta
+    return _dg_plan_of(sigma2, trials).delta
 
 
 # ---------------------------------------------------------------------------
@@ -817,12 +848,12 @@ class _Ctx:
                 den = den * (-(i + 1)) % modulus
         return num * pow(den, -1, modulus) % modulus
 
-    def to_field(self, sectype, x: np.ndarray, n: int):
-        """Secure array of shape (rows, n) of sectype holding the bits x (h, rows, W)."""
+    def to_field(self, sectype, bits: np.ndarray):
+        """Secure array of shape (rows, n) of sectype holding the shared bits (h, rows, n)
+        (uint8, unpacked)."""
         field = sectype.field
         q = field.modulus
-        rows = x.shape[1]
-        bits = unpack(x, n)  # (h, rows, n) uint8
+        rows, n = bits.shape[1:]
         parts = []
         for j in range(len(self.subsets)):
             if j in self.pos:
@@ -867,7 +898,13 @@ def _ctx(rt) -> _Ctx:
 
 
 # ---------------------------------------------------------------------------
-# circuits (all vectorized over samples; rounds depend on public parameters only)
+# ---------------------------------------------------------------------------
+# circuits (all vectorized over lanes; rounds depend on public parameters only)
+#
+# One batch evaluates any number of draws, of any scales, in lock-step: every lane (one
+# sample, or one trial of one sample) carries its own public constants as bit masks, so a
+# job pays the AND rounds of one batch whatever the number of its distinct scales, and its
+# lanes are packed densely (a draw of one sample costs one lane, not a 64-lane word).
 
 
 def _cmask(bits) -> np.ndarray:
@@ -875,34 +912,163 @@ def _cmask(bits) -> np.ndarray:
     return np.where(np.asarray(bits, dtype=bool), _ONES, np.uint64(0)).reshape(-1, 1)
 
 
-async def _coins(ctx: _Ctx, coins: list[Coin], W: int) -> np.ndarray:
-    """Shared outcomes of independent coins, shape (h, len(coins), W).
+class _Lanes:
+    """Public lane layout of one batch of draws (a function of the draws' plans and sizes).
 
-    Coin [R < c] for k random bits R and odd c, LSB first:  b = not r_0, then for
-    bit i of c equal to 1: not b' = r_i and (not b); equal to 0: b' = (not r_i) and b.
-    All coins advance in lock-step: one AND round per bit position.
-    """
-    out = ctx.zeros(len(coins), W)
-    const = [i for i, c in enumerate(coins) if c.k == 0]
-    if const:
-        masks = np.broadcast_to(_cmask([coins[i].c for i in const]), (len(const), W))
-        out[:, const] = ctx.public(np.ascontiguousarray(masks))
-    live = sorted((i for i, c in enumerate(coins) if c.k > 0), key=lambda i: -coins[i].k)
-    if not live:
+    Draw g has ``counts[g]`` samples, the slots ``starts[g] ..``; every slot has
+    ``trials[g]`` lanes (one per trial; 1 for the discrete Laplace). Lanes are packed
+    densely, trial-major: block b holds, in slot order, the slots of the draws with more than
+    b trials. ``lane_of[b, s]`` is the lane of trial b of slot s (-1 if none), lane i being
+    bit i % 64 of word i // 64; ``gmask[g]`` (W words) marks the lanes of draw g."""
+
+    def __init__(self, counts: list[int], trials: list[int]):
+        G = len(counts)
+        self.counts = list(counts)
+        self.starts = [sum(counts[:g]) for g in range(G)]
+        self.slots = S = sum(counts)
+        self.blocks = K = max(trials)
+        slot_group = np.repeat(np.arange(G), counts)
+        slot_trials = np.repeat(np.asarray(trials), counts)
+        lane_of = np.full((K, S), -1, dtype=np.intp)
+        n = 0
+        for b in range(K):
+            live = np.nonzero(slot_trials > b)[0]
+            lane_of[b, live] = n + np.arange(len(live))
+            n += len(live)
+        self.lane_of, self.lanes = lane_of, n
+        self.W = max(1, -(-n // 64))
+        self.Ws = max(1, -(-S // 64))
+        lane_group = np.empty(n, dtype=np.intp)
+        live = lane_of >= 0
+        lane_group[lane_of[live]] = np.broadcast_to(slot_group, (K, S))[live]
+        self.lane_group = lane_group
+        self.gmask = pack((lane_group[None, :] == np.arange(G)[:, None]).astype(np.uint8))
+        if self.gmask.shape[1] < self.W:  # pragma: no cover - n == 0 never reaches here
+            self.gmask = np.zeros((G, self.W), dtype=np.uint64)
+        last = np.zeros(n, dtype=np.uint8)
+        last[lane_of[slot_trials - 1, np.arange(S)]] = 1
+        self.last = pack(last)                              # (W,): each slot's last trial
+
+    def spread(self, table) -> np.ndarray:
+        """Per-draw public bits ``table`` (G, *rows) -> words (*rows, W): each lane gets its
+        draw's bit."""
+        table = np.asarray(table, dtype=bool)
+        out = np.zeros(table.shape[1:] + (self.W,), dtype=np.uint64)
+        for g in range(table.shape[0]):
+            out |= np.where(table[g][..., None], self.gmask[g], np.uint64(0))
         return out
-    ks = [coins[i].k for i in live]
-    cs = [coins[i].c for i in live]
-    state = ctx.not_(ctx.rand(len(live), W))  # c is odd: b = [r_0 < 1]
-    for step in range(1, ks[0]):
-        na = sum(1 for k in ks if k > step)
-        r = ctx.rand(na, W)
-        cb = _cmask([(c >> step) & 1 for c in cs[:na]])
-        xop = ctx.xor_public(r, ~cb)                 # r if c_i else not r
-        yop = ctx.xor_public(state[:, :na], cb)      # not b if c_i else b
-        prod = await ctx.and_(xop, yop)
-        state[:, :na] = ctx.xor_public(prod, cb)
-    out[:, live] = state
-    return out
+
+    def to_blocks(self, ctx: "_Ctx", x: np.ndarray, fill: int) -> np.ndarray:
+        """Shared lanes (h, rows, W) -> (h, rows, K, Ws): trial b of slot s at bit s of block
+        b, a public ``fill`` bit where slot s has no trial b (a local bit permutation)."""
+        h, rows = x.shape[:2]
+        bits = unpack(x, self.lanes)
+        pad = np.zeros((h, rows, 1), dtype=np.uint8)
+        if fill and ctx.owner is not None:
+            pad[ctx.owner] = 1
+        bits = np.concatenate([bits, pad], axis=-1)
+        idx = np.where(self.lane_of >= 0, self.lane_of, self.lanes)
+        return pack(bits[:, :, idx])
+
+    def bits_of(self, x: np.ndarray, g: int) -> np.ndarray:
+        """Shared slot words (h, rows, Ws) -> draw g's bits (h, rows, counts[g]) as uint8."""
+        s0 = self.starts[g]
+        return unpack(x, s0 + self.counts[g])[..., s0:]
+
+
+_ZERO_COIN = Coin(0, 0, Fraction(0))
+_ONE_COIN = Coin(0, 1, Fraction(0))
+
+
+def _coin_bits(c: int, k: int) -> np.ndarray:
+    """The k low bits of c (k <= _KMAX), least significant first."""
+    return np.unpackbits(np.frombuffer(c.to_bytes(_KMAX // 8 + 1, "little"), dtype=np.uint8),
+                         bitorder="little")[:k].astype(bool)
+
+
+class _CoinProgram:
+    """Public layout of the coins of one batch: every (row, lane) whose coin is not constant
+    is one comparison [R < c], packed densely, grouped by coin (k, c) and each group word
+    aligned, groups in decreasing k; constant coins are public."""
+
+    def __init__(self, coins: list[list[Coin]], lanes: _Lanes):
+        G, R = len(coins), len(coins[0])
+        self.R = R
+        spans: dict[tuple[int, int], list[tuple[int, int]]] = {}   # (k, c) -> [(row, group)]
+        one = np.zeros((G, R), dtype=bool)
+        for g in range(G):
+            for r in range(R):
+                coin = coins[g][r]
+                if coin.k == 0:
+                    one[g, r] = coin.c == 1
+                else:
+                    spans.setdefault((coin.k, coin.c), []).append((r, g))
+        self.one = one
+        keys = sorted(spans, key=lambda kc: (-kc[0], kc[1]))
+        self.K = keys[0][0] if keys else 0
+        lanes_of = [np.nonzero(lanes.lane_group == g)[0] for g in range(G)]
+        rows, cols, pos = [], [], []
+        word = 0
+        word_key = []
+        self.words_k = []                                  # words with k >= ... (prefix sizes)
+        for k, c in keys:
+            n0 = 0
+            for r, g in spans[(k, c)]:
+                ls = lanes_of[g]
+                rows.append(np.full(len(ls), r, dtype=np.intp))
+                cols.append(ls)
+                pos.append(word * 64 + n0 + np.arange(len(ls)))
+                n0 += len(ls)
+            nw = -(-n0 // 64)
+            word_key += [(k, c)] * nw
+            word += nw
+        self.nwords = word
+        cat = (lambda a: np.concatenate(a) if a else np.zeros(0, dtype=np.intp))
+        self.rows, self.cols, self.pos = cat(rows), cat(cols), cat(pos)
+        # bit b of c << (K - k): its k bits end at the last step; zero before they start
+        K = self.K
+        table = {kc: _coin_bits(kc[1] << (K - kc[0]), K) for kc in keys}
+        bits = np.array([table[kc] for kc in word_key], dtype=bool).reshape(word, K)
+        self.masks = np.where(bits.T, _ONES, np.uint64(0))   # (K, words)
+        ks = np.array([kc[0] for kc in word_key], dtype=np.intp)
+        # step b touches the words of coins that have started: k >= K - b (a prefix)
+        self.active = [int(np.count_nonzero(ks >= K - b)) for b in range(K)]
+
+
+async def _lane_coins(ctx: _Ctx, coins: list[list[Coin]], lanes: _Lanes) -> np.ndarray:
+    """Shared outcomes of independent coins, shape (h, rows, W): row r of draw g's lanes is
+    the coin ``coins[g][r]``, fresh random bits for every (row, lane).
+
+    Coin [R < c] on k random bits, least significant bit first: b = [r_0 < c_0], then
+    b' = [r_i < c_i] or ([r_i == c_i] and b), i.e. not(r_i and not b) if c_i = 1 and
+    (not r_i) and b if c_i = 0: one AND per bit. Every coin is aligned on the batch's longest,
+    K bits: [R' < c 2**(K - k)] for K uniform bits R' has probability c / 2**k exactly (the
+    shifted c's low bits are 0 and keep b = 0 until the coin's own k bits start), so all
+    coins advance in lock-step, one AND round per bit position, each round touching only the
+    coins that have started (``_CoinProgram``): the ANDs are those of the coins' own bits.
+    """
+    prog = _CoinProgram(coins, lanes)
+    W = lanes.W
+    state = ctx.zeros(max(prog.nwords, 1))
+    if prog.K:
+        na = prog.active[0]
+        state[:, :na] = ctx.not_(ctx.rand(1, na)[:, 0]) & prog.masks[0, :na]   # b = [r_0 < c_0]
+        for b in range(1, prog.K):
+            na = prog.active[b]
+            m = prog.masks[b, :na]
+            prod = await ctx.and_(ctx.xor_public(ctx.rand(1, na)[:, 0], ~m),
+                                  ctx.xor_public(state[:, :na], m))
+            state[:, :na] = ctx.xor_public(prod, m)
+    flat = unpack(state, 64 * state.shape[1])
+    out = np.zeros((ctx.h, prog.R, W * 64), dtype=np.uint8)
+    out[:, prog.rows, prog.cols] = flat[:, prog.pos]
+    return ctx.xor_public(pack(out), lanes.spread(prog.one))
+
+
+async def _coins(ctx: _Ctx, coins: list[Coin], W: int) -> np.ndarray:
+    """Shared outcomes of independent coins, shape (h, len(coins), W): every lane draws the
+    same coins (``_lane_coins`` with one draw filling all 64 W lanes)."""
+    return await _lane_coins(ctx, [list(coins)], _Lanes([64 * W], [1]))
 
 
 async def _and_tree(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
@@ -918,30 +1084,34 @@ async def _and_tree(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
 
 
 async def _prefix_sum(ctx: _Ctx, p: np.ndarray, g: np.ndarray, cin: np.ndarray | None = None) -> np.ndarray:
-    """Sum bits of a two-operand addition, its carries by a Kogge-Stone prefix.
+    """Sum bits of a two-operand addition, its carries by a Sklansky prefix.
 
     ``p`` and ``g`` (h, w, W): each position's propagate (a XOR b) and generate (a AND b), never
     both set; ``cin`` (h, W): an optional shared carry-in. Returns the w sum bits (the carry
-    out is dropped: the sum is modulo 2**w). Carry i is the generate of the span [0, i): spans
-    double every round, so the carries take ceil(log2(w + 1)) AND rounds, not w (ripple carry).
-    A span's generate and propagate are disjoint too, so OR is XOR throughout.
+    out is dropped: the sum is modulo 2**w). Carry i is the generate of the span [0, i): in
+    round l every position with bit l set absorbs the span ending just below its block of
+    2**(l+1), so the carries take ceil(log2(w + 1)) AND rounds (not w, as ripple carry) and
+    about w/2 span merges per round (Kogge-Stone would merge w). A span's generate and
+    propagate are disjoint too, so OR is XOR throughout.
     """
     h, w, W = p.shape
     G = np.concatenate([ctx.zeros(1, W) if cin is None else cin[:, None], g], axis=1)
     P = np.concatenate([ctx.zeros(1, W), p], axis=1)
     n = w + 1
-    d = 1
-    while d < n:
-        m = n - d
-        if 2 * d < n:  # spans of the next round still need this round's propagates
-            prod = await ctx.and_(np.concatenate([P[:, d:], P[:, d:]], axis=1),
-                                  np.concatenate([G[:, :m], P[:, :m]], axis=1))
-            G = np.concatenate([G[:, :d], G[:, d:] ^ prod[:, :m]], axis=1)
-            P = np.concatenate([P[:, :d], prod[:, m:]], axis=1)
+    idx = np.arange(n)
+    l = 0
+    while (1 << l) < n:
+        hi = idx[(idx >> l) & 1 == 1]
+        lo = ((hi >> (l + 1)) << (l + 1)) + (1 << l) - 1
+        if (2 << l) < n:  # later rounds still need the merged propagates
+            m = len(hi)
+            prod = await ctx.and_(np.concatenate([P[:, hi], P[:, hi]], axis=1),
+                                  np.concatenate([G[:, lo], P[:, lo]], axis=1))
+            G[:, hi] ^= prod[:, :m]
+            P[:, hi] = prod[:, m:]
         else:
-            prod = await ctx.and_(np.ascontiguousarray(P[:, d:]), np.ascontiguousarray(G[:, :m]))
-            G = np.concatenate([G[:, :d], G[:, d:] ^ prod], axis=1)
-        d *= 2
+            G[:, hi] ^= await ctx.and_(P[:, hi], G[:, lo])
+        l += 1
     return p ^ G[:, :w]
 
 
@@ -971,61 +1141,84 @@ async def _conditional_negate(ctx: _Ctx, x: np.ndarray, s: np.ndarray) -> np.nda
     return await _prefix_sum(ctx, y, ctx.zeros(*y.shape[1:]), s[:, 0])
 
 
-async def _square(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
-    """x^2 for unsigned x (h, w, W): 2w result rows; Wallace tree + ripple adder."""
-    h, w, W = x.shape
-    cols: list[list[np.ndarray]] = [[] for _ in range(2 * w)]
+@lru_cache(maxsize=128)
+def _square_schedule(w: int):
+    """The Wallace tree of a w-bit square as index arrays (public, cached per width).
+
+    Bit rows live in one pool: x (rows 0 .. w-1), then the products x_i x_j (i < j), then the
+    outputs of every layer. A layer puts a full adder on every three bits of a column and a
+    half adder on two bits left over (classic Wallace: without the half adders a column of 3
+    ripples its carry one column per layer, 67 layers for w = 70 instead of 10). Returns
+    (pairs I, J; layers (A, B, C, HA, HB, first output row); the two final rows per result
+    column, pool index ``size`` for a 0; size)."""
+    cols: list[list[int]] = [[] for _ in range(2 * w)]
     for i in range(w):
-        cols[2 * i].append(x[:, i])
-    pairs = [(i, j) for i in range(w) for j in range(i + 1, w)]
-    if pairs:
-        I = [p[0] for p in pairs]
-        J = [p[1] for p in pairs]
-        prods = await ctx.and_(x[:, I], x[:, J])
-        for r, (i, j) in enumerate(pairs):
+        cols[2 * i].append(i)
+    I, J = [], []
+    nxt = w
+    for i in range(w):
+        for j in range(i + 1, w):
             if i + j + 1 < 2 * w:
-                cols[i + j + 1].append(prods[:, r])
-    while max(len(c) for c in cols) > 2:
-        trip = []
-        new = [[] for _ in range(2 * w)]
+                I.append(i)
+                J.append(j)
+                cols[i + j + 1].append(nxt)
+                nxt += 1
+    layers = []
+    while max((len(c) for c in cols), default=0) > 2:
+        fa, ha = [], []                                   # (column, bits)
+        keep: list[list[int]] = [[] for _ in range(2 * w)]
         for p, c in enumerate(cols):
             q = 0
             while len(c) - q >= 3:
-                trip.append((p, c[q], c[q + 1], c[q + 2]))
+                fa.append((p, c[q:q + 3]))
                 q += 3
-            new[p].extend(c[q:])
-        A = np.stack([t[1] for t in trip], axis=1)
-        B = np.stack([t[2] for t in trip], axis=1)
-        Cc = np.stack([t[3] for t in trip], axis=1)
-        s = A ^ B ^ Cc
-        carry = A ^ await ctx.and_(A ^ B, A ^ Cc)  # majority
-        for r, t in enumerate(trip):
-            p = t[0]
-            new[p].append(s[:, r])
+            if len(c) - q == 2:
+                ha.append((p, c[q:q + 2]))
+            elif len(c) - q == 1:
+                keep[p].append(c[q])
+        t, u = len(fa), len(ha)
+        # outputs: FA sums [nxt, +t), FA carries [+t, +2t), HA sums [+2t, +2t+u), HA carries
+        for r, (p, _) in enumerate(fa):
+            keep[p].append(nxt + r)
             if p + 1 < 2 * w:
-                new[p + 1].append(carry[:, r])
-        cols = new
-    # at most two bits per column: add the two rows with a prefix adder
-    a = ctx.zeros(2 * w, W)
-    b = ctx.zeros(2 * w, W)
-    for p, c in enumerate(cols):
-        if c:
-            a[:, p] = c[0]
-        if len(c) > 1:
-            b[:, p] = c[1]
+                keep[p + 1].append(nxt + t + r)
+        for r, (p, _) in enumerate(ha):
+            keep[p].append(nxt + 2 * t + r)
+            if p + 1 < 2 * w:
+                keep[p + 1].append(nxt + 2 * t + u + r)
+        arr = (lambda v: np.array(v, dtype=np.intp))
+        layers.append((arr([b[0] for _, b in fa]), arr([b[1] for _, b in fa]), arr([b[2] for _, b in fa]),
+                       arr([b[0] for _, b in ha]), arr([b[1] for _, b in ha]), nxt))
+        nxt += 2 * t + 2 * u
+        cols = keep
+    fa_ = np.array([c[0] if c else nxt for c in cols], dtype=np.intp)
+    fb_ = np.array([c[1] if len(c) > 1 else nxt for c in cols], dtype=np.intp)
+    return np.array(I, dtype=np.intp), np.array(J, dtype=np.intp), layers, fa_, fb_, nxt
+
+
+async def _square(ctx: _Ctx, x: np.ndarray) -> np.ndarray:
+    """x^2 for unsigned x (h, w, W): 2w result rows; Wallace tree (one AND per full adder,
+    majority = a ^ ((a ^ b) and (a ^ c)), and per half adder) and a prefix adder for the last
+    two rows."""
+    h, w, W = x.shape
+    I, J, layers, fa, fb, size = _square_schedule(w)
+    pool = np.empty((h, size + 1, W), dtype=np.uint64)
+    pool[:, size] = 0                                  # index `size`: a public 0
+    pool[:, :w] = x
+    if len(I):
+        pool[:, w:w + len(I)] = await ctx.and_(x[:, I], x[:, J])
+    for A, B, C, HA, HB, at in layers:
+        t, u = len(A), len(HA)
+        a, b, c = pool[:, A], pool[:, B], pool[:, C]
+        ha, hb = pool[:, HA], pool[:, HB]
+        ab = a ^ b
+        prod = await ctx.and_(np.concatenate([ab, ha], axis=1), np.concatenate([a ^ c, hb], axis=1))
+        pool[:, at:at + t] = ab ^ c
+        pool[:, at + t:at + 2 * t] = a ^ prod[:, :t]
+        pool[:, at + 2 * t:at + 2 * t + u] = ha ^ hb
+        pool[:, at + 2 * t + u:at + 2 * t + 2 * u] = prod[:, t:]
+    a, b = pool[:, fa], pool[:, fb]
     return await _prefix_sum(ctx, a ^ b, await ctx.and_(a, b))
-
-
-async def _dl_bits(ctx: _Ctx, plan: DLPlan, W: int, extra: list[Coin] = ()):
-    """Shared zero coin Z (h,1,W), sign S (h,1,W), digits of G (h, L, W), extra coins."""
-    coins = [plan.zero] + [c for _, c in plan.bits] + list(extra)
-    out = await _coins(ctx, coins, W)
-    Z = out[:, 0:1]
-    G = ctx.zeros(plan.nbits, W)
-    for r, (i, _) in enumerate(plan.bits):
-        G[:, i] = out[:, 1 + r]
-    S = ctx.rand(1, W)
-    return Z, S, G, out[:, 1 + len(plan.bits):]
 
 
 def _check_sectype(rt, sectype):
@@ -1038,27 +1231,180 @@ def _check_sectype(rt, sectype):
         raise TypeError("sectype must have odd characteristic")
 
 
-async def _finish(ctx: _Ctx, sectype, Z, S, G, plan: DLPlan, n: int):
-    """Z, S, G (per sample) -> secure (pos - neg) * (1 + G) in sectype."""
+def _digit_coins(plan: DLPlan, L: int) -> list[Coin]:
+    """The coins of digits 0 .. L-1 of the discrete Laplace's G (constant 0 beyond the plan's)."""
+    row = [_ZERO_COIN] * L
+    for i, c in plan.bits:
+        row[i] = c
+    return row
+
+
+async def _dl_batch(ctx: _Ctx, plans: list[DLPlan], lanes: _Lanes) -> np.ndarray:
+    """Discrete Laplace draws, one lane per sample: shared rows (h, 2 + L, Ws) of every slot,
+    [pos, neg, digit 0 .. L-1 of G], the sample being (pos - neg) (1 + G)."""
+    L = max(p.nbits for p in plans)
+    out = await _lane_coins(ctx, [[p.zero] + _digit_coins(p, L) for p in plans], lanes)
+    Z, G = out[:, 0:1], out[:, 1:]
+    S = ctx.rand(1, lanes.W)
     notz = ctx.not_(Z)
     pos = await ctx.and_(notz, S)
-    neg = notz ^ pos
-    rows = [pos, neg] + [G[:, i:i + 1] for i, _ in plan.bits]
-    arr = ctx.to_field(sectype, np.concatenate(rows, axis=1), n)
-    sign = arr[0] - arr[1]
-    mag = 1
-    for r, (i, _) in enumerate(plan.bits):
-        mag = mag + (1 << i) * arr[2 + r]
-    return sign * mag
+    return np.concatenate([pos, notz ^ pos, G], axis=1)  # one block: lanes are the slots
+
+
+async def _dg_batch(ctx: _Ctx, plans: list[DGPlan], lanes: _Lanes) -> np.ndarray:
+    """Discrete Gaussian draws (CKS rejection, ``plans[g].trials`` trials for draw g, one lane
+    per trial): shared rows (h, 2 + L, Ws) of every slot as ``_dl_batch``.
+
+    Per lane, as for one draw alone: N = D (G + 1) - C in two's complement (the widest draw's
+    width; every draw's N fits), |N|; its low ``hsq`` bits squared, bit p of N^2 rejected by
+    the acceptance coin p (a constant 1 past the draw's 2 hsq coins, where N^2 has no bits);
+    |N| >= 2**hsq rejected outright; Y == 0 accepted by coin0. Each slot's last trial is
+    accepted by force, so the first accepted trial (prefix OR over trials) is the last one
+    when all others reject: its discrete Laplace value, exactly the one-draw fallback."""
+    L = max(p.dl.nbits for p in plans)
+    H = max(p.hsq for p in plans)
+    width = max(p.width for p in plans)
+    coins = [[p.dl.zero] + _digit_coins(p.dl, L)
+             + [p.acc[i] if i < 2 * p.hsq else _ONE_COIN for i in range(2 * H)] + [p.coin0]
+             for p in plans]
+    out = await _lane_coins(ctx, coins, lanes)
+    Z, Gd, A, A0 = out[:, 0:1], out[:, 1:1 + L], out[:, 1 + L:1 + L + 2 * H], out[:, -1:]
+    S = ctx.rand(1, lanes.W)
+    # D G in `width` rows: digit i at row i + log2 D (modulo 2**width: N fits, so N is exact)
+    x = ctx.zeros(width, lanes.W)
+    shifts = [p.D.bit_length() - 1 for p in plans]
+    for d in sorted(set(shifts)):
+        rows = min(L, width - d)
+        if rows > 0:
+            x[:, d:d + rows] ^= Gd[:, :rows] & lanes.spread([sh == d for sh in shifts])
+    # N = D G + (D - C) and -N = ~(D G) + (C - D + 1) by one prefix adder over twice the
+    # lanes (the rounds of one addition), then |N| = N, or -N where N's sign bit is set
+    plus = lanes.spread([[(((p.D - p.C) % (1 << width)) >> i) & 1 for i in range(width)] for p in plans])
+    minus = lanes.spread([[(((p.C - p.D + 1) % (1 << width)) >> i) & 1 for i in range(width)]
+                          for p in plans])
+    xn = ctx.not_(x)
+    both = await _prefix_sum(ctx, np.concatenate([ctx.xor_public(x, plus), ctx.xor_public(xn, minus)], axis=2),
+                             np.concatenate([x & plus, xn & minus], axis=2))
+    N, negN = both[:, :, :lanes.W], both[:, :, lanes.W:]
+    sign = np.broadcast_to(N[:, -1:], N.shape).copy()
+    absN = N ^ await ctx.and_(sign, N ^ negN)
+    low = absN[:, :H] & lanes.spread([[i < p.hsq for i in range(H)] for p in plans])
+    hmin = min(p.hsq for p in plans)
+    big = absN[:, hmin:] & lanes.spread([[i >= p.hsq for i in range(hmin, width)] for p in plans])
+    sq = await _square(ctx, low)
+    rej = np.concatenate([await ctx.and_(sq, ctx.not_(A)), big], axis=1)
+    accG = await _and_tree(ctx, ctx.not_(rej))                    # (h, 1, W)
+    notz = ctx.not_(Z)
+    both = await ctx.and_(np.concatenate([Z, notz], axis=1), np.concatenate([A0 ^ accG, S], axis=1))
+    acc, pos = accG ^ both[:, 0:1], both[:, 1:2]                  # Y == 0 uses coin0
+    acc = ctx.xor_public(acc & ~lanes.last, lanes.last)           # acc OR last trial
+    # first accepted trial: prefix OR over trials (a missing trial counts as accepted)
+    F = lanes.to_blocks(ctx, acc, 1)[:, 0]                        # (h, K, Ws)
+    K = lanes.blocks
+    off = 1
+    while off < K:
+        o = await ctx.and_(ctx.not_(F[:, off:]), ctx.not_(F[:, :-off]))
+        F = np.concatenate([F[:, :off], ctx.not_(o)], axis=1)
+        off *= 2
+    sel = F.copy()
+    sel[:, 1:] ^= F[:, :-1]
+    vals = lanes.to_blocks(ctx, np.concatenate([pos, notz ^ pos, Gd], axis=1), 0)
+    vals = np.ascontiguousarray(vals.transpose(0, 2, 1, 3))       # (h, K, rows, Ws)
+    selb = np.broadcast_to(sel[:, :, None, :], vals.shape).copy()
+    picked = await ctx.and_(vals, selb)
+    return np.bitwise_xor.reduce(picked, axis=1)                  # (h, rows, Ws)
 
 
 @_coroutine
-async def _dl_coro(rt, sectype, plan: DLPlan, n: int):
-    await rt.returnType((sectype.array, (n,)))
+async def _batch_coro(rt, kind: str, plans: list, counts: list[int]):
+    """The Boolean part of one batch: a future of the shared bits (h, 2 + L, n) of all slots,
+    [pos, neg, digit 0 .. L-1 of G], the sample being (pos - neg) (1 + G)."""
+    await rt.returnType(asyncio.Future)
     ctx = _ctx(rt)
-    W = -(-n // 64)
-    Z, S, G, _ = await _dl_bits(ctx, plan, W)
-    return await _finish(ctx, sectype, Z, S, G, plan, n)
+    if kind == "dl":
+        lanes = _Lanes(counts, [1] * len(plans))
+        rows = await _dl_batch(ctx, plans, lanes)
+    else:
+        lanes = _Lanes(counts, [p.trials for p in plans])
+        rows = await _dg_batch(ctx, plans, lanes)
+    return unpack(rows, lanes.slots)
+
+
+@_coroutine
+async def _convert_coro(rt, sectype, rows_future, slots: np.ndarray):
+    """The samples of ``slots`` in sectype: their bits converted into the field (one XOR
+    tree for all rows), then (pos - neg) (1 + sum_i 2**i digit_i)."""
+    n = len(slots)
+    await rt.returnType((sectype.array, (n,)))
+    bits = (await rows_future)[:, :, slots]
+    arr = _ctx(rt).to_field(sectype, bits)
+    L = bits.shape[1] - 2
+    mag = 1 + np.array([1 << i for i in range(L)], dtype=object) @ arr[2:] if L else 1
+    return (arr[0] - arr[1]) * mag
+
+
+def _empty(sectype):
+    return sectype.array(sectype.field.array(np.zeros(0, dtype=object)))
+
+
+def _batch(rt, kind: str, draws: list) -> list:
+    """Validated draws (sectype, plan, n) -> their secure arrays, all sampled in one lock-step
+    batch and converted once per secure type."""
+    live = [i for i, (_, _, n) in enumerate(draws) if n > 0]
+    out = [_empty(st) if n == 0 else None for st, _, n in draws]
+    if not live:
+        return out
+    counts = [draws[i][2] for i in live]
+    rows = _batch_coro(rt, kind, [draws[i][1] for i in live], counts)
+    starts = np.cumsum([0] + counts)
+    by_type: dict = {}
+    for g, i in enumerate(live):
+        by_type.setdefault(draws[i][0], []).append((g, i))
+    for sectype, members in by_type.items():
+        slots = np.concatenate([np.arange(starts[g], starts[g + 1]) for g, _ in members])
+        values = _convert_coro(rt, sectype, rows, slots)
+        at = 0
+        for g, i in members:
+            out[i] = values if len(members) == 1 else values[at:at + counts[g]]
+            at += counts[g]
+    return out
+
+
+def _check_n(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError("n must be a non-negative int")
+    return n
+
+
+def discrete_laplace_many(rt, draws) -> list:
+    """Secret samples of several discrete Laplace laws in one lock-step batch.
+
+    ``draws``: (sectype, scale, n) triples. Returns one ``sectype.array`` of shape (n,) per
+    triple, in order; each triple's samples follow its own law exactly as
+    ``discrete_laplace(rt, sectype, scale, n)`` (the same plan and circuit, per lane), all
+    samples independent. The AND rounds are those of the longest coin, whatever the number
+    of scales."""
+    checked = []
+    for sectype, scale, n in draws:
+        _check_sectype(rt, sectype)
+        checked.append((sectype, dl_plan(_as_fraction(scale, "scale")), _check_n(n)))
+    return _batch(rt, "dl", checked)
+
+
+def discrete_gaussian_many(rt, draws) -> list:
+    """Secret samples of several discrete Gaussian laws in one lock-step batch.
+
+    ``draws``: (sectype, sigma2, n) or (sectype, sigma2, n, trials) tuples (default trials as
+    ``discrete_gaussian``). Returns one ``sectype.array`` per tuple, in order; each follows
+    its own law exactly as ``discrete_gaussian`` with the same arguments, all samples
+    independent."""
+    checked = []
+    for draw in draws:
+        sectype, sigma2, n, *rest = draw
+        trials = rest[0] if rest else None
+        _check_sectype(rt, sectype)
+        checked.append((sectype, _dg_plan_of(sigma2, trials), _check_n(n)))
+    return _batch(rt, "dg", checked)
 
 
 def discrete_laplace(rt, sectype, scale, n: int):
@@ -1068,55 +1414,7 @@ def discrete_laplace(rt, sectype, scale, n: int):
     sensitivity s use scale = s/epsilon).  Returns a ``sectype.array`` of shape (n,).
     Per-sample TV distance to the exact law: ``discrete_laplace_delta(scale)``.
     """
-    _check_sectype(rt, sectype)
-    plan = dl_plan(_as_fraction(scale, "scale"))
-    if not isinstance(n, int) or n < 0:
-        raise ValueError("n must be a non-negative int")
-    if n == 0:
-        return sectype.array(sectype.field.array(np.zeros(0, dtype=object)))
-    return _dl_coro(rt, sectype, plan, n)
-
-
-@_coroutine
-async def _dg_coro(rt, sectype, plan: DGPlan, n: int):
-    await rt.returnType((sectype.array, (n,)))
-    ctx = _ctx(rt)
-    K = plan.trials
-    Wt = -(-n // 64)
-    W = K * Wt  # lanes: trial k uses words [k*Wt, (k+1)*Wt)
-    dl = plan.dl
-    Z, S, G, A = await _dl_bits(ctx, dl, W, list(plan.acc) + [plan.coin0])
-    A0 = A[:, -1:]
-    A = A[:, :-1]
-    # N = D*G + (D - C) in two's complement, `width` bits
-    d = plan.D.bit_length() - 1
-    xrows = [None] * d + [G[:, i] for i in range(dl.nbits)]
-    N = await _add_public(ctx, xrows, (plan.D - plan.C) % (1 << plan.width), plan.width, W)
-    absN = await _conditional_negate(ctx, N, N[:, -1:])
-    low = absN[:, :plan.hsq]
-    sq = await _square(ctx, low)
-    rej = await ctx.and_(sq, ctx.not_(A))       # bit p set and coin p says no
-    if plan.hsq < plan.width:
-        rej = np.concatenate([rej, absN[:, plan.hsq:]], axis=1)
-    accG = await _and_tree(ctx, ctx.not_(rej))  # (h, 1, W)
-    acc = accG ^ await ctx.and_(Z, A0 ^ accG)   # Y == 0 uses coin0
-    # first accepted trial: prefix OR over trials
-    F = acc.reshape(ctx.h, K, Wt)
-    off = 1
-    while off < K:
-        o = await ctx.and_(ctx.not_(F[:, off:]), ctx.not_(F[:, :-off]))
-        F = np.concatenate([F[:, :off], ctx.not_(o)], axis=1)
-        off *= 2
-    sel = F.copy()
-    sel[:, 1:] ^= F[:, :-1]
-    sel[:, -1:] ^= ctx.not_(F[:, -1:])           # none accepted: last trial
-    vals = np.concatenate([Z, S, G], axis=1).reshape(ctx.h, 2 + dl.nbits, K, Wt)
-    vals = vals.transpose(0, 2, 1, 3)            # (h, K, rows, Wt)
-    selb = np.broadcast_to(sel[:, :, None, :], vals.shape).copy()
-    picked = await ctx.and_(np.ascontiguousarray(vals), selb)
-    picked = np.bitwise_xor.reduce(picked, axis=1)  # (h, rows, Wt)
-    Zs, Ss, Gs = picked[:, 0:1], picked[:, 1:2], picked[:, 2:]
-    return await _finish(ctx, sectype, Zs, Ss, Gs, dl, n)
+    return discrete_laplace_many(rt, [(sectype, scale, n)])[0]
 
 
 def discrete_gaussian(rt, sectype, sigma2, n: int, trials: int | None = None):
@@ -1126,10 +1424,4 @@ def discrete_gaussian(rt, sectype, sigma2, n: int, trials: int | None = None):
     ``trials`` defaults to the smallest number making the per-sample TV distance
     ``discrete_gaussian_delta(sigma2, trials)`` at most 2**-40.
     """
-    _check_sectype(rt, sectype)
-    plan = dg_plan(_as_fraction(sigma2, "sigma2"), trials)
-    if not isinstance(n, int) or n < 0:
-        raise ValueError("n must be a non-negative int")
-    if n == 0:
-        return sectype.array(sectype.field.array(np.zeros(0, dtype=object)))
-    return _dg_coro(rt, sectype, plan, n)
+    return discrete_gaussian_many(rt, [(sectype, sigma2, n, trials)])[0]

@@ -213,8 +213,10 @@ class PartyJob:
             if plan.mode == "dp":
                 from . import _dp
                 # noise is added to secret values; nothing revealed yet
+                noise = _dp.sample_noise(rt, plan)  # all of the job's noise in one batch
                 noisy = await self._each_statistic(rt, plan, lambda stat: _dp.prepare(
-                    rt, stat, partials[stat.name], effective_min_count(stat, floors)), "statistic")
+                    rt, stat, partials[stat.name], effective_min_count(stat, floors),
+                    noise.get(stat.name)), "statistic")
                 _fault_point(cfg.party, "before_commit")
                 await rt.guard(rt.transfer("ready", codec=_codec.TEXT), SECURE_STEP_TIMEOUT, "the noise step")
                 _fault_point(cfg.party, "commit")

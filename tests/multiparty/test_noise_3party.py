@@ -65,13 +65,17 @@ async def _party(pid: int, ports: list[int], out: Path, n_dl: int, n_dg: int) ->
         # both samplers run concurrently (nothing awaited in between), as in jointstats._dp
         x = _noise.discrete_laplace(rt, st, DL_SCALE, n_dl)
         y = _noise.discrete_gaussian(rt, st, DG_SIGMA2, n_dg) if n_dg else None
+        # one lock-step batch of two scales and two secure types (as a DP job's noise)
+        z = _noise.discrete_gaussian_many(rt, [(rt.SecInt(32), DG_SIGMA2, n_dg // 2),
+                                               (st, Fraction(40), n_dg // 2)]) if n_dg else []
         dl = await rt.output(x)
         dg = await rt.output(y) if n_dg else []
+        batch = [[int(v) for v in await rt.output(v)] for v in z]
         errors = await _engine_check(rt)
     finally:
         await rt.shutdown()
     out.write_text(json.dumps({"dl": [int(v) for v in dl], "dg": [int(v) for v in dg],
-                               "errors": errors}))
+                               "batch": batch, "errors": errors}))
 
 
 # --------------------------------------------------------------------------- test side
@@ -162,6 +166,13 @@ def test_three_parties_discrete_laplace_and_gaussian(tmp_path):
     assert _chisquare(dl, _dl_pmf) > P_MIN
     assert _chisquare(dg, _dg_pmf) > P_MIN
     assert len(set(dl[:100].tolist())) > 3
+    # the batch: every party sees the same values, each draw its own law
+    assert res[0]["batch"] == res[1]["batch"] == res[2]["batch"]
+    small, wide = (np.array(v) for v in res[0]["batch"])
+    assert len(small) == len(wide) == 1000
+    assert _chisquare(small, _dg_pmf) > P_MIN
+    z40 = sum(math.exp(-k * k / 80) for k in range(-200, 201))
+    assert _chisquare(wide, lambda ks: np.exp(-(ks.astype(float) ** 2) / 80) / z40) > P_MIN
 
 
 def test_three_parties_with_cold_warm_and_no_plan_cache(tmp_path):
@@ -170,10 +181,10 @@ def test_three_parties_with_cold_warm_and_no_plan_cache(tmp_path):
     var = "JOINTSTATS_NOISE_PLAN_CACHE"
     warm, cold = tmp_path / "warm", tmp_path / "cold"
     _run_parties(tmp_path, 3, 64, 64, party_env=[{var: str(warm)}, {var: "off"}, {var: "off"}])
-    assert len(list(warm.glob("*.json"))) == 2  # one Laplace plan, one Gaussian plan
+    assert len(list(warm.glob("*.json"))) == 3  # one Laplace plan, two Gaussian plans
     res = _run_parties(tmp_path, 3, 1000, 1000,
                        party_env=[{var: str(warm)}, {var: str(cold)}, {var: "off"}])
-    assert len(list(cold.glob("*.json"))) == 2
+    assert len(list(cold.glob("*.json"))) == 3
     assert sorted(f.read_bytes() for f in cold.glob("*.json")) == \
         sorted(f.read_bytes() for f in warm.glob("*.json"))
     for r in res:

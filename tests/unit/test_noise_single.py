@@ -244,7 +244,8 @@ def test_pack_unpack_roundtrip():
     assert np.array_equal(_noise.unpack(_noise.pack(bits), 130), bits)
 
 
-@pytest.mark.parametrize("w,k", [(1, 0), (1, 1), (2, 3), (9, 77), (9, 0), (9, 1023), (16, 40000), (33, 5 ** 14)])
+@pytest.mark.parametrize("w,k", [(1, 0), (1, 1), (2, 3), (9, 77), (9, 0), (9, 1023), (16, 40000), (33, 5 ** 14),
+                                 (70, 3 ** 40)])
 def test_circuits_exact(rt, w, k):
     """Prefix adder, conditional negation and squaring against integer arithmetic (all lanes)."""
     ctx = _ctx(rt)
