@@ -78,6 +78,9 @@ class PartyJob:
         from ._sources import open_source
         party = self.config.party
         check_job(self.config, self.spec, plan)
+        if plan.vertical and self.config.compute_only:
+            from ._vertical import local_block
+            return local_block(self.config, self.spec, plan, plan.mode == "dp")
         if self.config.compute_only:
             # a compute-only party holds no data: zero partials of the plan's shape, nothing read
             self.metrics["local_seconds"] = 0.0
@@ -91,6 +94,12 @@ class PartyJob:
             # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
             # (jointstats._sql_sources); None: stream its rows through the numpy path
             _fault_point(party, "local_step")
+            if plan.vertical:  # a linked job: keys and encoded rows (jointstats._vertical)
+                from ._vertical import local_block
+                try:
+                    return local_block(self.config, self.spec, plan, dp, source)
+                finally:
+                    getattr(source, "close", lambda: None)()
             try:
                 pushed = getattr(source, "aggregate", None)
                 partials = None if pushed is None else pushed(plan, list(self.spec.schema), party,
@@ -197,6 +206,12 @@ class PartyJob:
                                             f"({theirs} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
+            if plan.vertical:  # link the rows; each party's partials become additive shares
+                from ._vertical import secure_partials
+                partials = await secure_partials(
+                    rt, cfg, self.spec, plan, partials,
+                    lambda aw, what: rt.guard(aw, SECURE_STEP_TIMEOUT, what), self.metrics)
+                self.progress("linkage done")
             if plan.mode == "dp":
                 from . import _dp
                 # noise is added to secret values; nothing revealed yet
