@@ -250,17 +250,21 @@ def _seed_codec():
                         lambda d: _codec.decode_array(d, np.uint8, (32,)))
 
 
-async def _move(rt, vec, src: int, dst: int, n: int, guard):
+async def _move(rt, vec, src: int, dst: int, n: int):
     """The points from party ``src`` to party ``dst`` (only they take part)."""
     if src == dst or rt.pid not in (src, dst):
         return vec
-    got = await guard(rt.transfer(vec if rt.pid == src else None, senders=src, receivers=[dst],
-                                  codec=_points_codec(n)), "the linkage")
+    got = await rt.transfer(vec if rt.pid == src else None, senders=src, receivers=[dst],
+                            codec=_points_codec(n))
     return got if rt.pid == dst else vec
 
 
-async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, guard, metrics):
-    """Run the chain of block ``h``: returns (shuffled secret table, final pseudonyms)."""
+async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metrics):
+    """Run the chain of block ``h``: returns (shuffled secret table, final pseudonyms).
+
+    It runs on its own branch of the program counter (``_mpc.start_branch``): its waits
+    are not wrapped in tasks (``rt.guard``), which would leave the branch; the caller
+    guards the whole branch."""
     import time
     t = rt.threshold
     route = L.chain(m, t, h, len(block.scalars))
@@ -271,11 +275,11 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, guar
         perm = None
         if rt.pid in members:
             seed = np.frombuffer(secrets.token_bytes(32), dtype=np.uint8) if rt.pid == members[0] else None
-            seed = await guard(rt.transfer(seed, senders=members[0], receivers=list(members),
-                                           codec=_seed_codec()), "the linkage")
+            seed = await rt.transfer(seed, senders=members[0], receivers=list(members),
+                                     codec=_seed_codec())
             perm = L.permutation(bytes(seed), n)
         table = await _reshare_permute(rt, table, members, perm)
-        vec = await _move(rt, vec, cur, carrier, n, guard)
+        vec = await _move(rt, vec, cur, carrier, n)
         if rt.pid == carrier:
             started = time.perf_counter()
             vec = block.scalars[used].apply(vec[perm])
@@ -283,7 +287,7 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, guar
             used += 1
         cur = carrier
     for party, count in route.tail:
-        vec = await _move(rt, vec, cur, party, n, guard)
+        vec = await _move(rt, vec, cur, party, n)
         if rt.pid == party:
             started = time.perf_counter()
             for s in block.scalars[used:used + count]:
@@ -291,8 +295,7 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, guar
             metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
             used += count
         cur = party
-    final = await guard(rt.transfer(vec if rt.pid == cur else None, senders=cur,
-                                    codec=_points_codec(n)), "the linkage")
+    final = await rt.transfer(vec if rt.pid == cur else None, senders=cur, codec=_points_codec(n))
     return table, final
 
 
@@ -329,9 +332,14 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
         shape = (sizes[i], len(feats[i]))
         rows = block.rows.astype(object) if rt.pid == i else np.zeros(shape, dtype=object)
         tables[i] = rt.input(secfld.array(field_.array(rows)), senders=i)
+    # every block's chain on its own branch of the program counter: the parties work on
+    # different blocks at the same time (the scalar multiplications dominate)
+    from . import _mpc
+    pending = {i: _mpc.start_branch(_link_block(rt, i, sizes[i], tables[i], block, m, metrics))
+               for i in holders}
     pseudonyms = {}
     for i in holders:
-        tables[i], pseudonyms[i] = await _link_block(rt, i, sizes[i], tables[i], block, m, guard, metrics)
+        tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage")
     metrics["linkage_seconds"] = time.perf_counter() - started
     join, base = plan.link[3], plan.link[4]
     base_index = [p.name for p in config.peers].index(base) if join == "left" else 0
