@@ -152,6 +152,7 @@ def local_block(config, spec: Spec, plan: Plan, dp: bool, source=None) -> LocalB
         raise DataError(f"party {party!r}: datasets.{spec.dataset}.columns is required for a linked "
                         "job (the schema columns this party holds; [] for keys only)")
     names = [c.name for c in spec.schema]
+    held = tuple(c for c in held if c != spec.link.key)  # listing the key too is allowed
     unknown = [c for c in held if c not in names]
     if unknown:
         raise SpecError(f"party {party!r} declares column {unknown[0]!r} (datasets.{spec.dataset}."

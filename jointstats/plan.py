@@ -183,6 +183,8 @@ class Plan:
         for s in self.statistics:
             local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
                      f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")
+            if self.vertical:  # computed over the linked rows by secure inner products
+                local = f"none: {local} over the linked rows by secure inner products"
             num = (f"up to {s.primes} x {REGRESSION_PRIME_BITS}-bit prime fields" if s.primes
                    else f"SecInt({s.secure_bits})")
             lines.append(f"  {s.name} ({s.kind}): local {local}; shared {s.partial_size} integers "
@@ -363,6 +365,8 @@ def assign_columns(spec: Spec, holdings: dict[str, tuple[str, ...] | None]) -> d
     schema = [c.name for c in spec.schema]
     for party, held in holdings.items():
         for col in held or ():
+            if spec.link is not None and col == spec.link.key:
+                continue  # the contract's examples list the key too: it is no schema column
             if col not in schema:
                 raise SpecError(f"party {party!r} declares column {col!r} (datasets.{spec.dataset}."
                                 "columns), which is not in the spec's schema")

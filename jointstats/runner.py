@@ -48,6 +48,11 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         names = [p.name for p in configs[0].peers]
     from .output import add_noise_plans
     plan = add_noise_plans(spec, make_plan(spec, names))
+    owners = None
+    if spec.vertical and configs:  # linked data: who holds which column (each exactly one)
+        from .plan import assign_columns
+        owners = assign_columns(spec, {c.party: c.held_columns(spec.dataset) or ()
+                                       for c in configs if not c.compute_only})
     for cfg in configs:
         check_job(cfg, spec, plan)
         if cfg.compute_only:  # holds no data: nothing to read
@@ -55,12 +60,14 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         src = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir, cfg.dataset_options(spec.dataset))
         header = src.columns()
         getattr(src, "close", lambda: None)()
-        missing = [c.name for c in spec.schema if c.name not in header]
+        wanted = ([spec.link.key] + [c for c, p in owners.items() if p == cfg.party] if owners is not None
+                  else [c.name for c in spec.schema])
+        missing = [c for c in wanted if c not in header]
         if missing:
             raise JointStatsError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
                                   f"{', '.join(map(repr, missing))} missing from its data")
     compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
-    return plan.describe(compute)
+    return plan.describe(compute, owners)
 
 
 def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None,
