@@ -183,11 +183,12 @@ class Plan:
         for s in self.statistics:
             local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
                      f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")
+            where = "local"
             if self.vertical:  # computed over the linked rows by secure inner products
-                local = f"none: {local} over the linked rows by secure inner products"
+                where = "over the linked rows, by secure inner products,"
             num = (f"up to {s.primes} x {REGRESSION_PRIME_BITS}-bit prime fields" if s.primes
                    else f"SecInt({s.secure_bits})")
-            lines.append(f"  {s.name} ({s.kind}): local {local}; shared {s.partial_size} integers "
+            lines.append(f"  {s.name} ({s.kind}): {where} {local}; shared {s.partial_size} integers "
                          f"in {num}; reveals {s.reveals}")
         return "\n".join(lines)
 
