@@ -49,8 +49,10 @@ SIGMA = 64
 class Feature:
     """One encoded column of a holder's block.
 
-    kind ``row`` (1 for a real row, 0 for padding), ``present`` (1 if ``column`` has a
-    value), ``grid`` (``term``'s integer grid value, 0 if missing), ``level`` (1 if
+    kind ``row`` (1 for a real row, 0 for padding), ``complete`` (1 if every column of
+    ``stat``, a comma-separated list of this holder's columns that some statistic uses
+    together, has a value: the holder multiplies its own presence bits locally, so the
+    secure step multiplies one bit per holder, not one per column), ``grid`` (``term``'s integer grid value, 0 if missing), ``level`` (1 if
     ``column`` has level ``index``), ``bin`` (1 if ``column`` falls in bin ``index`` of
     histogram ``stat``)."""
 
@@ -66,10 +68,13 @@ def layout(plan: Plan, spec: Spec, held: tuple[str, ...] | list[str]) -> tuple[F
     same from the public plan and holdings)."""
     feats = [Feature("row")]
     used = {c for s in plan.statistics for c in s.columns}
+    order = [c.name for c in spec.schema]
+    subsets = dict.fromkeys(",".join(sorted(set(s.columns) & set(held), key=order.index))
+                            for s in plan.statistics)
+    feats.extend(Feature("complete", stat=sub) for sub in subsets if sub)
     for col in spec.schema:
         if col.name not in held or col.name not in used:
             continue
-        feats.append(Feature("present", col.name))
         terms = dict.fromkeys(t for s in plan.statistics for t in s.terms
                               if t.kind == "num" and t.column == col.name)
         feats.extend(Feature("grid", col.name, t) for t in terms)
@@ -93,12 +98,17 @@ def encode(feats: tuple[Feature, ...], chunk, edges: dict[str, tuple[float, ...]
         if f.kind == "row":
             out[:, j] = 1
             continue
+        if f.kind == "complete":
+            ok = np.ones(n, dtype=bool)
+            for name in f.stat.split(","):
+                x = chunk.numeric[name] if name in chunk.numeric else chunk.codes[name]
+                ok &= ~np.isnan(x) if name in chunk.numeric else x >= 0
+            out[:, j] = ok
+            continue
         numeric = f.column in chunk.numeric
         x = chunk.numeric[f.column] if numeric else chunk.codes[f.column]
         present = ~np.isnan(x) if numeric else x >= 0
-        if f.kind == "present":
-            out[:, j] = present
-        elif f.kind == "grid":
+        if f.kind == "grid":
             _grid_values(np.where(present, x, 0.0), f.term, buf)
             out[:, j] = np.where(present, buf, 0).astype(np.int64)
         elif f.kind == "level":
@@ -349,7 +359,9 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     n_linked = len(idx[0])
     metrics["linked_records"] = n_linked  # known to every party (docs/linkage.md)
     started = time.perf_counter()
-    partials = await _statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index)
+    index_of = {p.name: i for i, p in enumerate(config.peers)}
+    partials = await _statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index,
+                                 {c: index_of[p] for c, p in owners.items()})
     metrics["linked_statistics_seconds"] = time.perf_counter() - started
     return partials
 
@@ -360,8 +372,10 @@ def spec_limit(plan: Plan) -> int:
     return plan.link[2] or MAX_LINK_ROWS
 
 
-async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, idx, join, base_index):
-    """Every statistic's partial over the linked records, as integer additive shares."""
+async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, idx, join, base_index,
+                      owners: dict[str, int]):
+    """Every statistic's partial over the linked records, as integer additive shares
+    (``owners``: the MPC index of each column's holder)."""
     field_ = secfld.field
     n = len(idx[0])
     pieces = []
@@ -389,7 +403,13 @@ async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, 
     def weight(columns: tuple[str, ...]):
         key = tuple(sorted(set(columns)))
         if key not in weights:
-            parts = [table[:, col("present", c)] for c in key]
+            # one bit per holder: the product of its own presence bits, made locally
+            parts = []
+            for i in order:
+                mine = [c for c in key if owners[c] == i]
+                if mine:
+                    sub = ",".join(sorted(mine, key=[c.name for c in spec.schema].index))
+                    parts.append(table[:, col("complete", stat=sub)])
             if join == "left":  # a padding row of the base is no record
                 parts.append(table[:, where[(base_index, Feature("row"))]])
             if not parts:

@@ -192,20 +192,14 @@ def test_encoding_of_a_block():
     plan = make_plan(spec, ["a", "b", "c"])
     feats = layout(plan, spec, ("sbp", "diagnosis"))
     kinds = [f.kind for f in feats]
-    assert kinds == ["row", "present", "grid", "bin", "bin", "present", "level", "level", "level"]
+    assert kinds == ["row", "complete", "complete", "grid", "bin", "bin", "level", "level", "level"]
+    assert [f.stat for f in feats[1:3]] == ["sbp", "sbp,diagnosis"]  # in statistics order
     chunk = EncodedChunk(3, numeric={"sbp": np.array([80.0, np.nan, 220.0])},
                          codes={"diagnosis": np.array([2, 0, -1], dtype=np.int16)})
     rows = encode(feats, chunk, {"h": (80.0, 150.0, 220.0)})
-    f = feats[2].term.frac_bits
+    f = feats[3].term.frac_bits
     assert rows[:, 0].tolist() == [1, 1, 1]
-    assert rows[:, 1].tolist() == [1, 0, 1] and rows[:, 2].tolist() == [80 << f, 0, 220 << f]
-    assert rows[:, 3].tolist() == [1, 0, 0] and rows[:, 4].tolist() == [0, 0, 1]  # last bin closed
-    assert rows[:, 5].tolist() == [1, 1, 0]
+    assert rows[:, 1].tolist() == [1, 0, 1] and rows[:, 2].tolist() == [1, 0, 0]  # complete rows
+    assert rows[:, 3].tolist() == [80 << f, 0, 220 << f]
+    assert rows[:, 4].tolist() == [1, 0, 0] and rows[:, 5].tolist() == [0, 0, 1]  # last bin closed
     assert rows[:, 6:].tolist() == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
-
-
-def test_the_key_may_be_listed_among_held_columns():
-    spec = parse_spec(SPEC)
-    owners = assign_columns(spec, {"a": ("patient_id", "sbp"), "b": ("patient_id", "cost"),
-                                   "c": ("diagnosis",)})
-    assert owners["sbp"] == "a" and "patient_id" not in owners
