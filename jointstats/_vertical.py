@@ -338,6 +338,15 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     secfld = rt.SecFld(modulus=PRIME)
     field_ = secfld.field
     feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
+    width = _codec.width(PRIME)
+    for i in holders:  # every share message of a block must fit the codec's frame limit
+        if sizes[i] * len(feats[i]) * width > _codec.MAX_MESSAGE:
+            raise DataError(f"party {config.peers[i].name!r}: its linked block of {sizes[i]} rows x "
+                            f"{len(feats[i])} encoded features is over the {_codec.MAX_MESSAGE >> 20} "
+                            "MiB message limit; use fewer rows (link.rows) or fewer statistics")
+    if any(sizes[i] == 0 for i in holders):
+        empty = next(config.peers[i].name for i in holders if sizes[i] == 0)
+        raise DataError(f"party {empty!r} has no usable keys to link")
     tables = {}
     for i in holders:  # every holder secret-shares its encoded block
         shape = (sizes[i], len(feats[i]))

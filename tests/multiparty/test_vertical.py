@@ -180,11 +180,12 @@ def test_two_holders_and_a_compute_party(tmp_path):
     assert res["mpc"]["compute_parties"] == ["trustee"]
 
 
-def test_five_parties_four_holders(tmp_path):
+@pytest.mark.parametrize("compute", [(), ("trustee",)], ids=["4-parties", "5-parties"])
+def test_four_holders_with_and_without_a_compute_party(tmp_path, compute):
     df = people(120, 11)
     parts = [["age", "smoker"], ["bmi"], ["region", "visits"], ["sbp"]]
     frames = split(df, parts, seed=7)
-    cfgs = linked_consortium(tmp_path, frames, parts, compute=["trustee"])
+    cfgs = linked_consortium(tmp_path, frames, parts, compute=compute)
     stats = """statistics:
   n:   {kind: count}
   ct:  {kind: crosstab, rows: smoker, cols: region}
