@@ -341,3 +341,28 @@ def test_a_holders_view_matches_the_leakage_statement(tmp_path):
     result = json.loads((tmp_path / "holder_b.json").read_text())
     # it learns the number of linked records (docs/linkage.md says so), nothing per record
     assert result["metrics"]["linked_records"] == len(joined(frames))
+
+
+def test_a_missing_key_column_is_named_in_exact_mode_and_not_in_dp_mode(tmp_path):
+    df = people(60, 29)
+    parts = [["age", "smoker"], ["bmi", "region", "visits"], ["sbp"]]
+    frames = split(df, parts)
+    frames[2] = frames[2].rename(columns={"pid": "patient"})
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    stats = "statistics:\n  n: {kind: count}\n"
+    with pytest.raises(PartyError, match="party 'holder_c': the link key column 'pid' is missing"):
+        run(write_spec(tmp_path, stats), cfgs)
+    # DP mode: whatever went wrong while reading stays in the party's own log
+    with pytest.raises(PartyError) as err:
+        run(write_spec(tmp_path, stats, ", rows: 60", "{epsilon: 1.0}"), cfgs)
+    assert "could not read and aggregate its data; the reason is in its own log only" in str(err.value)
+    assert "pid" not in str(err.value)
+
+
+def test_more_keys_than_link_rows_refused_in_exact_mode(tmp_path):
+    df = people(80, 37)
+    parts = [["age", "smoker"], ["bmi", "region", "visits"], ["sbp"]]
+    frames = split(df, parts)
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    with pytest.raises(PartyError, match=r"party 'holder_a' has 64 usable keys, more than the link.rows of 50"):
+        run(write_spec(tmp_path, "statistics:\n  n: {kind: count}\n", ", rows: 50"), cfgs)
