@@ -210,7 +210,8 @@ class PartyJob:
                 from ._vertical import secure_partials
                 partials = await secure_partials(
                     rt, cfg, self.spec, plan, partials,
-                    lambda aw, what: rt.guard(aw, SECURE_STEP_TIMEOUT, what), self.metrics)
+                    lambda aw, what, timeout=SECURE_STEP_TIMEOUT: rt.guard(aw, timeout, what),
+                    self.metrics)
                 self.progress("linkage done")
             if plan.mode == "dp":
                 from . import _dp

@@ -358,8 +358,11 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     pending = {i: _mpc.start_branch(_link_block(rt, i, sizes[i], tables[i], block, m, metrics))
                for i in holders}
     pseudonyms = {}
+    # a hang still ends (a lost peer ends it at once, through the runtime's failure future);
+    # the linkage's honest time grows with the rows: 20 ms per row on top of the step timeout
+    timeout = 600.0 + 0.02 * sum(sizes.values())
     for i in holders:
-        tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage")
+        tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage", timeout)
     metrics["linkage_seconds"] = time.perf_counter() - started
     join, base = plan.link[3], plan.link[4]
     base_index = [p.name for p in config.peers].index(base) if join == "left" else 0
@@ -369,8 +372,9 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     metrics["linked_records"] = n_linked  # known to every party (docs/linkage.md)
     started = time.perf_counter()
     index_of = {p.name: i for i, p in enumerate(config.peers)}
-    partials = await _statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index,
-                                 {c: index_of[p] for c, p in owners.items()})
+    partials = await guard(_statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index,
+                                       {c: index_of[p] for c, p in owners.items()}),
+                           "the statistics over the linked rows", timeout)
     metrics["linked_statistics_seconds"] = time.perf_counter() - started
     return partials
 
