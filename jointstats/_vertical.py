@@ -335,6 +335,11 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
             sizes[i] = msg[0]
             holdings[who] = tuple(names[c] for c in msg[1:])
     owners = assign_columns(spec, holdings)
+    join, base = plan.link[3], plan.link[4]
+    base_index = [p.name for p in config.peers].index(base) if join == "left" else 0
+    if join == "left" and base_index not in holders:
+        raise SpecError(f"link.base: {base!r} holds no data (role: compute); a left join keeps "
+                        "the records of a data holder")
     secfld = rt.SecFld(modulus=PRIME)
     field_ = secfld.field
     feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
@@ -364,8 +369,6 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     for i in holders:
         tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage", timeout)
     metrics["linkage_seconds"] = time.perf_counter() - started
-    join, base = plan.link[3], plan.link[4]
-    base_index = [p.name for p in config.peers].index(base) if join == "left" else 0
     order = list(holders)
     idx = L.group([pseudonyms[i] for i in order], join, order.index(base_index) if join == "left" else 0)
     n_linked = len(idx[0])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ._launch import THREAD_VARIABLES, start_party
 from .config import PartyConfig, check_consortium, load_party_config
-from .errors import JointStatsError, PartyError
+from .errors import SpecError, JointStatsError, PartyError
 from .plan import make_plan
 from .policy import check_job
 from .result import Result
@@ -53,6 +53,9 @@ def validate(spec: Spec | str | Path, parties: list | None = None) -> str:
         from .plan import assign_columns
         owners = assign_columns(spec, {c.party: c.held_columns(spec.dataset) or ()
                                        for c in configs if not c.compute_only})
+        if spec.link.join == "left" and spec.link.base in [c.party for c in configs if c.compute_only]:
+            raise SpecError(f"link.base: {spec.link.base!r} holds no data (role: compute); a left "
+                            "join keeps the records of a data holder")
     for cfg in configs:
         check_job(cfg, spec, plan)
         if cfg.compute_only:  # holds no data: nothing to read
