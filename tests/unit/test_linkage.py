@@ -203,3 +203,26 @@ def test_encoding_of_a_block():
     assert rows[:, 3].tolist() == [80 << f, 0, 220 << f]
     assert rows[:, 4].tolist() == [1, 0, 0] and rows[:, 5].tolist() == [0, 0, 1]  # last bin closed
     assert rows[:, 6:].tolist() == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
+
+
+def test_linked_demo_data_and_configs_fit_the_linked_protocol():
+    from pathlib import Path
+
+    import yaml
+
+    from jointstats.demo_data import LINKED_COLUMNS, make_linked_frames
+    root = Path(__file__).resolve().parents[2]
+    spec = parse_spec((root / "protocols" / "linked-bp.yaml").read_text())
+    frames = make_linked_frames()
+    holdings = {}
+    for party, frame in frames.items():
+        assert list(frame.columns) == ["patient_id", *LINKED_COLUMNS[party]]
+        conf = yaml.safe_load((root / "parties" / "demo" / f"{party}.yaml").read_text())
+        entry = conf["datasets"][spec.dataset]
+        assert entry["source"] == f"data/{party}_linked.csv"
+        holdings[party] = tuple(entry["columns"])
+    assert set(assign_columns(spec, holdings).values()) == set(frames)
+    # different spellings of the same ids link after normalisation
+    keys = [{L.normalise_key(k) for k in f["patient_id"] if isinstance(k, str)} for f in frames.values()]
+    assert len(set.intersection(*keys)) > 0.5 * len(frames["hospital_a"])
+    assert all(len(f) <= spec.link.rows for f in frames.values())
