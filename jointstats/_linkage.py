@@ -50,7 +50,7 @@ def normalise_key(value, case: str = "fold") -> str | None:
     Rules (docs/linkage.md): None, NaN and text that is empty after trimming are missing;
     integral floats (a numeric column read as 1234.0) are written as integers; text is put in
     Unicode NFKC form and trimmed of surrounding whitespace; with ``case`` ``fold`` (the
-    default) it is case-folded. Nothing else is changed (separators such as '-' count).
+    default) it is case-folded (and put in NFKC form again: Unicode's caseless matching). Nothing else is changed (separators such as '-' count).
     """
     if value is None:
         return None
@@ -62,7 +62,8 @@ def normalise_key(value, case: str = "fold") -> str | None:
     text = unicodedata.normalize("NFKC", str(value)).strip()
     if not text:
         return None
-    return text.casefold() if case == "fold" else text
+    # NFKC again after folding (Unicode's caseless matching, D145): the result is stable
+    return unicodedata.normalize("NFKC", text.casefold()).strip() if case == "fold" else text
 
 
 def usable_keys(keys: list[str | None]) -> np.ndarray:

@@ -226,3 +226,15 @@ def test_linked_demo_data_and_configs_fit_the_linked_protocol():
     keys = [{L.normalise_key(k) for k in f["patient_id"] if isinstance(k, str)} for f in frames.values()]
     assert len(set.intersection(*keys)) > 0.5 * len(frames["hospital_a"])
     assert all(len(f) <= spec.link.rows for f in frames.values())
+
+
+def test_normalisation_is_stable():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=20), st.sampled_from(["fold", "exact"]))
+    def check(text, case):
+        once = L.normalise_key(text, case)
+        assert once is None or (once == once.strip() and L.normalise_key(once, case) == once)
+    check()
