@@ -248,8 +248,12 @@ class PartyJob:
         privacy = privacy_block(self.spec, plan)
         if privacy is not None and len(cfg.peers) == 2:
             privacy = {**privacy, "two_party": two_party_scope(cfg.peers)}
+        mpc = mpc_block(cfg.peers, plan.mode == "dp")
+        if plan.vertical:  # what the linkage shows every party (docs/linkage.md)
+            from ._vertical import LINKAGE_SEES
+            mpc = {**mpc, "linkage": LINKAGE_SEES}
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
-                "parties": names, "mpc": mpc_block(cfg.peers, plan.mode == "dp"), "privacy": privacy,
+                "parties": names, "mpc": mpc, "privacy": privacy,
                 "results": results}
 
 

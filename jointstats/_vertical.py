@@ -37,6 +37,12 @@ log = logging.getLogger("jointstats.vertical")
 #: The prime of the field the linked table is shared in (2^192 - 2^64 - 1, NIST P-192's):
 #: grid values, products and sums over the rows stay far below it (``_check_field``).
 PRIME = (1 << 192) - (1 << 64) - 1
+#: What the linkage shows every party, beside what the secure step shows (the result's
+#: ``mpc.linkage``; docs/linkage.md has the full statement).
+LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when set), who holds "
+                "which column, and the match structure: the exact number of linked records and the "
+                "size of every intersection of the holders' key sets, also in DP mode; no party "
+                "learns another's identifiers or which of its own records are linked")
 #: Statistical security (bits) of the masked opening that turns the secret partials into
 #: integer additive shares.
 SIGMA = 64
