@@ -120,15 +120,14 @@ def encode(feats: tuple[Feature, ...], chunk, edges: dict[str, tuple[float, ...]
         elif f.kind == "level":
             out[:, j] = x == f.index
     # histogram bins as np.histogram counts them (last bin closed), all bins of a stat at once
-    edges_of = edges
     for stat in {f.stat for f in feats if f.kind == "bin"}:
         cols = [j for j, f in enumerate(feats) if f.kind == "bin" and f.stat == stat]
-        edges = np.asarray(edges_of[stat], dtype=np.float64)
+        bounds = np.asarray(edges[stat], dtype=np.float64)
         x = chunk.numeric[feats[cols[0]].column]
         ok = ~np.isnan(x)
-        b = np.searchsorted(edges, np.where(ok, x, edges[0] - 1), side="right") - 1
-        b[ok & (x == edges[-1])] = len(edges) - 2
-        ok &= (b >= 0) & (b < len(edges) - 1)
+        b = np.searchsorted(bounds, np.where(ok, x, bounds[0] - 1), side="right") - 1
+        b[ok & (x == bounds[-1])] = len(bounds) - 2
+        ok &= (b >= 0) & (b < len(bounds) - 1)
         for i, j in enumerate(cols):
             out[:, j] = ok & (b == i)
     return out
