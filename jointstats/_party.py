@@ -79,6 +79,9 @@ class PartyJob:
         from ._sources import open_source
         party = self.config.party
         check_job(self.config, self.spec, plan, getattr(self.hooks, "analyst", "local"))
+        if plan.vertical and self.config.compute_only:
+            from ._vertical import local_block
+            return local_block(self.config, self.spec, plan, plan.mode == "dp")
         if self.config.compute_only:
             # a compute-only party holds no data: zero partials of the plan's shape, nothing read
             self.metrics["local_seconds"] = 0.0
@@ -100,6 +103,12 @@ class PartyJob:
             # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
             # (jointstats._sql_sources); None: stream its rows through the numpy path
             _fault_point(party, "local_step")
+            if plan.vertical:  # a linked job: keys and encoded rows (jointstats._vertical)
+                from ._vertical import local_block
+                try:
+                    return local_block(self.config, self.spec, plan, dp, source)
+                finally:
+                    getattr(source, "close", lambda: None)()
             try:
                 pushed = getattr(source, "aggregate", None)
                 partials = None if pushed is None else pushed(plan, list(self.spec.schema), party,
@@ -210,6 +219,13 @@ class PartyJob:
                                             f"({theirs} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
+            if plan.vertical:  # link the rows; each party's partials become additive shares
+                from ._vertical import secure_partials
+                partials = await secure_partials(
+                    rt, cfg, self.spec, plan, partials,
+                    lambda aw, what, timeout=SECURE_STEP_TIMEOUT: rt.guard(aw, timeout, what),
+                    self.metrics)
+                self.progress("linkage done")
             if plan.mode == "dp":
                 from . import _dp
                 # noise is added to secret values; nothing revealed yet
@@ -247,8 +263,12 @@ class PartyJob:
         privacy = privacy_block(self.spec, plan)
         if privacy is not None and len(cfg.peers) == 2:
             privacy = {**privacy, "two_party": two_party_scope(cfg.peers)}
+        mpc = mpc_block(cfg.peers, plan.mode == "dp")
+        if plan.vertical:  # what the linkage shows every party (docs/linkage.md)
+            from ._vertical import LINKAGE_SEES
+            mpc = {**mpc, "linkage": LINKAGE_SEES}
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
-                "parties": names, "mpc": mpc_block(cfg.peers, plan.mode == "dp"), "privacy": privacy,
+                "parties": names, "mpc": mpc, "privacy": privacy,
                 "results": results}
 
 

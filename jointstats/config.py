@@ -122,6 +122,14 @@ class PartyConfig:
         """The dataset's governance fields (all empty if it has none)."""
         return dict(self.dataset_meta).get(dataset, DatasetMeta())
 
+    #: linked (vertical) datasets: the schema columns this party holds, as declared
+    dataset_columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def held_columns(self, dataset: str) -> tuple[str, ...] | None:
+        """The schema columns this party declares it holds of ``dataset`` (``columns:`` of its
+        dataset entry, for linked jobs), or None if it declares none."""
+        return dict(self.dataset_columns).get(dataset)
+
     def dataset_options(self, dataset: str) -> dict:
         """The dataset entry's fields other than ``source`` (see jointstats._sql_sources)."""
         return json.loads(dict(self.dataset_fields).get(dataset, "{}"))
@@ -275,10 +283,19 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     datasets = []
     dataset_fields = []
     dataset_meta: list[tuple[str, DatasetMeta]] = []
+    dataset_columns = []
     for name, entry in datasets_in.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("source"), str):
             raise _fail(path, f"datasets.{name}.source", "expected a source path or sqlite:/// URL")
         datasets.append((str(name), entry["source"]))
+        if "columns" in entry:  # linked data: the schema columns this party holds
+            held = entry["columns"]
+            if (not isinstance(held, list) or len(held) > 1000
+                    or not all(isinstance(c, str) and 0 < len(c) <= 128 for c in held)
+                    or len(set(held)) != len(held)):
+                raise _fail(path, f"datasets.{name}.columns",
+                            "expected a list of distinct column names (at most 1000)")
+            dataset_columns.append((str(name), tuple(held)))
         extra = {k: entry[k] for k in ("query", "password_file", "format", "spark") if k in entry}
         for key, value in extra.items():
             if key != "spark" and not isinstance(value, str):
@@ -338,7 +355,8 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
                      DatasetMeta(m.subject_id, state.with_name(state.stem + ".withdrawals") / f"{n}.txt",
                                  m.description, m.schema, m.fingerprint)) for n, m in dataset_meta]
     return PartyConfig(party, tuple(peers), tls, str(api.get("host", "127.0.0.1")), api_port,
-                       tuple(datasets), policy, state, path, tuple(dataset_fields), tuple(dataset_meta))
+                       tuple(datasets), policy, state, path, tuple(dataset_fields), tuple(dataset_meta),
+                       tuple(dataset_columns))
 
 
 def _dataset_meta(entry: dict, name: str, path: Path) -> DatasetMeta | None:

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["PARTIES", "DEFAULT_ROWS", "DEMO_SOURCES", "generate", "ensure_demo_data", "make_party_frame"]
+__all__ = ["PARTIES", "DEFAULT_ROWS", "DEMO_SOURCES", "generate", "ensure_demo_data", "make_party_frame",
+           "LINKED_COLUMNS", "LINKED_ROWS", "make_linked_frames"]
 
 PARTIES = ("hospital_a", "hospital_b", "registry_c")
 DEFAULT_ROWS = {"hospital_a": 1500, "hospital_b": 1000, "registry_c": 2500}
@@ -188,11 +189,45 @@ def generate(
     return written
 
 
+#: Linked demo data (``protocols/linked-bp.yaml``): the columns each party holds about the
+#: same people, keyed by ``patient_id`` (the party configs' ``linked_cohort`` entries).
+LINKED_COLUMNS = {"hospital_a": ("age", "sbp"), "hospital_b": ("bmi", "smoker", "visits"),
+                  "registry_c": ("sex", "region")}
+#: People in the linked population; each party holds a different 85% of them.
+LINKED_ROWS = 1400
+
+
+def make_linked_frames(seed: int = 2026, n: int = LINKED_ROWS) -> dict[str, pd.DataFrame]:
+    """One population split by columns over the three parties, partially overlapping ids
+    written as each system writes them (hospital_b in lower case, registry_c with spaces),
+    and at hospital_b one repeated and one missing key (left out, docs/linkage.md)."""
+    people = make_party_frame("registry_c", n, seed + 7)
+    people["patient_id"] = [f"NHS{i:07d}" for i in range(n)]
+    rng = np.random.default_rng(seed + 11)
+    out = {}
+    for party, cols in LINKED_COLUMNS.items():
+        rows = people.iloc[np.sort(rng.choice(n, int(n * 0.85), replace=False))]
+        frame = rows[["patient_id", *cols]].reset_index(drop=True)
+        if party == "hospital_b":
+            frame["patient_id"] = frame["patient_id"].str.lower()
+            frame.loc[5, "patient_id"] = frame.loc[6, "patient_id"]
+            frame.loc[9, "patient_id"] = None
+        elif party == "registry_c":
+            frame["patient_id"] = " " + frame["patient_id"] + " "
+        out[party] = frame
+    return out
+
+
 def ensure_demo_data(demo_dir: Path, seed: int = 2026) -> dict[str, Path]:
     """Write the demo layout under ``demo_dir/data/`` for the parties whose file is
-    missing; existing files are left alone. Returns party -> data file."""
+    missing, and the linked demo files (``data/PARTY_linked.csv``) if missing; existing
+    files are left alone. Returns party -> data file."""
     paths = _paths(Path(demo_dir), "mixed")
     absent = tuple(p for p, (path, _) in paths.items() if not path.exists())
     if absent:
         generate(Path(demo_dir), seed=seed, fmt="mixed", parties=absent)
+    linked = {p: Path(demo_dir) / "data" / f"{p}_linked.csv" for p in PARTIES}
+    if not all(path.exists() for path in linked.values()):
+        for party, frame in make_linked_frames(seed).items():
+            _write(frame, linked[party], "csv")
     return {p: path for p, (path, _) in paths.items()}

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 from .errors import SpecError
-from .spec import Column, Spec, Statistic
+from .spec import MAX_LINK_ROWS, Column, Spec, Statistic
 
 #: Largest number of rows a party may contribute (the plan's sizes are proven for it).
 MAX_ROWS_PER_PARTY = 1 << 31
@@ -131,6 +131,9 @@ class Plan:
     statistics: tuple[StatPlan, ...]
     privacy: dict | None = None
     sha256: str = field(default="", compare=False)
+    partition: str = "horizontal"
+    #: linked jobs: (key, case, rows or 0, join, base or "") of the spec's ``link``
+    link: tuple = ()
 
     def to_dict(self) -> dict:
         """A JSON-able description of the plan (what the hash covers)."""
@@ -138,7 +141,13 @@ class Plan:
         data.pop("sha256")
         return json.loads(json.dumps(data, default=str))
 
-    def describe(self, compute: tuple[str, ...] | list[str] = ()) -> str:
+    @property
+    def vertical(self) -> bool:
+        """True for a linked job (``partition: vertical``)."""
+        return self.partition == "vertical"
+
+    def describe(self, compute: tuple[str, ...] | list[str] = (),
+                 owners: dict[str, str] | None = None) -> str:
         """A readable summary: what is computed locally, shared and revealed.
 
         ``compute`` names the compute-only parties (``role: compute`` in ``mpc.parties``):
@@ -152,6 +161,20 @@ class Plan:
                          + (f"; threshold {t}: " + ("no single party sees" if t == 1 else
                                                        f"no {t} parties together see")
                             + " another's partial aggregates or the DP noise" if t else ""))
+        if self.vertical:
+            key, case, rows, join, base = self.link
+            lines.append(f"  linked on {key!r} (keys trimmed, NFKC, "
+                         f"{'case-folded' if case == 'fold' else 'case kept'}); {join} join"
+                         + (f" on {base!r}'s records" if join == "left" else "")
+                         + (f"; every holder pads its keys to {rows} rows" if rows else
+                            "; each holder's number of keys is shown to the others"))
+            if owners:
+                held: dict[str, list[str]] = {}
+                for col, party in owners.items():
+                    held.setdefault(party, []).append(col)
+                for party in self.parties:
+                    if party in held:
+                        lines.append(f"  {party} holds: {', '.join(held[party])}")
         if len(self.parties) == 2:
             lines.append("  note: with 2 parties MPyC's threshold is 0, so each party sees the other's "
                          "partial aggregates (not its rows) and every intermediate value, DP noise "
@@ -160,9 +183,12 @@ class Plan:
         for s in self.statistics:
             local = (f"Gram matrix of {len(s.terms)} terms" if s.gram else
                      f"{s.partial_size} count{'s' if s.partial_size > 1 else ''}")
+            where = "local"
+            if self.vertical:  # computed over the linked rows by secure inner products
+                where = "over the linked rows, by secure inner products,"
             num = (f"up to {s.primes} x {REGRESSION_PRIME_BITS}-bit prime fields" if s.primes
                    else f"SecInt({s.secure_bits})")
-            lines.append(f"  {s.name} ({s.kind}): local {local}; shared {s.partial_size} integers "
+            lines.append(f"  {s.name} ({s.kind}): {where} {local}; shared {s.partial_size} integers "
                          f"in {num}; reveals {s.reveals}")
         return "\n".join(lines)
 
@@ -299,7 +325,22 @@ def regression_fields(stat: StatPlan, n: int) -> int:
 def make_plan(spec: Spec, parties: list[str] | tuple[str, ...],
               max_rows_per_party: int = MAX_ROWS_PER_PARTY) -> Plan:
     """Derive the plan of ``spec`` over ``parties`` (exact mode; the DP layer adds noise plans)."""
-    n_max = len(parties) * max_rows_per_party
+    link: tuple = ()
+    if spec.vertical:
+        if len(parties) < 3:
+            raise SpecError(f"partition: a linked (vertical) job needs at least 3 parties, found "
+                            f"{len(parties)}: add a compute-only party (role: compute), so that no "
+                            "single party sees the linkage")
+        lk = spec.link
+        if lk.join == "left" and lk.base not in parties:
+            raise SpecError(f"link.base: {lk.base!r} is not one of the parties "
+                            f"({', '.join(parties)})")
+        link = (lk.key, lk.case, lk.rows or 0, lk.join, lk.base or "")
+        # a linked record is one row of each holder: at most one holder's rows
+        max_rows_per_party = min(max_rows_per_party, lk.rows or MAX_LINK_ROWS)
+        n_max = max_rows_per_party
+    else:
+        n_max = len(parties) * max_rows_per_party
     stats = tuple(_plan_statistic(spec, s, n_max) for s in spec.statistics)
     mode = "exact" if spec.exact else "dp"
     if mode == "exact":
@@ -310,8 +351,35 @@ def make_plan(spec: Spec, parties: list[str] | tuple[str, ...],
                 raise SpecError(f"statistics.{stat.name}.ridge: an exact ridge regression needs every "
                                 f"numeric column within +/-2^30; {coarse[0]!r} has wider bounds "
                                 "(use ridge: 0, narrower bounds, or a privacy block)")
-    plan = Plan(spec.name, spec.sha256, spec.dataset, tuple(parties), mode, max_rows_per_party, stats)
+    plan = Plan(spec.name, spec.sha256, spec.dataset, tuple(parties), mode, max_rows_per_party, stats,
+                partition=spec.partition, link=link)
     return seal(plan)
+
+
+def assign_columns(spec: Spec, holdings: dict[str, tuple[str, ...] | None]) -> dict[str, str]:
+    """The owner of every schema column of a linked job, from what each party declares it holds
+    (``columns:`` of its dataset entry; None or empty for a party holding none).
+
+    Raises SpecError, one line naming the column and the parties, for a column held by no
+    party or by two, and for a declared column that is not in the schema."""
+    owners: dict[str, str] = {}
+    schema = [c.name for c in spec.schema]
+    for party, held in holdings.items():
+        for col in held or ():
+            if spec.link is not None and col == spec.link.key:
+                continue  # the contract's examples list the key too: it is no schema column
+            if col not in schema:
+                raise SpecError(f"party {party!r} declares column {col!r} (datasets.{spec.dataset}."
+                                "columns), which is not in the spec's schema")
+            if col in owners:
+                raise SpecError(f"schema.{col}: held by two parties, {owners[col]!r} and {party!r}; "
+                                "each column of a linked job has exactly one owner")
+            owners[col] = party
+    for col in schema:
+        if col not in owners:
+            raise SpecError(f"schema.{col}: held by no party (a holder lists it in "
+                            f"datasets.{spec.dataset}.columns of its config)")
+    return {c: owners[c] for c in schema}
 
 
 def seal(plan: Plan) -> Plan:

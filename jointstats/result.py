@@ -151,6 +151,8 @@ def _mpc_lines(mpc: dict | None) -> list[str]:
         out.append("WARNING: 2-party job (threshold 0, every party opted in): the parties are not "
                    "kept secret from each other")
         out.extend(f"  {who} could see: {what}" for who, what in (mpc.get("sees") or {}).items())
+    if mpc.get("linkage"):  # a linked job: what the record linkage showed the parties
+        out.append(f"linkage: {mpc['linkage']}")
     return out
 
 

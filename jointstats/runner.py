@@ -15,7 +15,7 @@ from typing import Mapping
 from ._launch import THREAD_VARIABLES, start_party
 from .config import PartyConfig, check_consortium, load_party_config
 from .errors import (DataError, JointStatsError, PartyDiedError, PartyError, PeerLostError,
-                     error_class)
+                     SpecError, error_class)
 from .plan import make_plan
 from .policy import check_job
 from .result import Result
@@ -61,6 +61,14 @@ def validate(spec: Spec | str | Path, parties: list | None = None, analyst: str 
     if uncovered:
         from .errors import PolicyError
         raise PolicyError("; ".join(uncovered))
+    owners = None
+    if spec.vertical and configs:  # linked data: who holds which column (each exactly one)
+        from .plan import assign_columns
+        owners = assign_columns(spec, {c.party: c.held_columns(spec.dataset) or ()
+                                       for c in configs if not c.compute_only})
+        if spec.link.join == "left" and spec.link.base in [c.party for c in configs if c.compute_only]:
+            raise SpecError(f"link.base: {spec.link.base!r} holds no data (role: compute); a left "
+                            "join keeps the records of a data holder")
     for cfg in configs:
         check_job(cfg, spec, plan, analyst)
         if cfg.compute_only:  # holds no data: nothing to read
@@ -68,13 +76,15 @@ def validate(spec: Spec | str | Path, parties: list | None = None, analyst: str 
         src = open_source(cfg.dataset_source(spec.dataset), cfg.base_dir, cfg.dataset_options(spec.dataset))
         header = src.columns()
         getattr(src, "close", lambda: None)()
-        missing = [c.name for c in spec.schema if c.name not in header]
+        wanted = ([spec.link.key] + [c for c, p in owners.items() if p == cfg.party] if owners is not None
+                  else [c.name for c in spec.schema])
+        missing = [c for c in wanted if c not in header]
         if missing:
             raise DataError(f"party {cfg.party!r}: column{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(map(repr, missing))} missing from its data")
     compute = [p.name for p in configs[0].peers if p.role == "compute"] if configs else []
     governed = [v for cfg, v in zip(configs, verdicts) if cfg.policy.governance.enabled]
-    return plan.describe(compute) + ("\n" + "\n".join(governed) if governed else "")
+    return plan.describe(compute, owners) + ("\n" + "\n".join(governed) if governed else "")
 
 
 def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None,

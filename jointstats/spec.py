@@ -261,6 +261,33 @@ class Statistic:
         return (self.target,) + self.features
 
 
+#: Most rows per party a linked (vertical) job's ``link.rows`` may declare (the linkage moves
+#: every row as secret shares: its messages and memory grow with it).
+MAX_LINK_ROWS = 1 << 22
+#: Join kinds of a linked job.
+JOIN_KINDS = ("inner", "left")
+
+
+@dataclass(frozen=True)
+class Link:
+    """How a linked (``partition: vertical``) job links the parties' rows.
+
+    ``key`` is the identifier column every data holder has (never a schema column, never
+    revealed); ``case`` ``fold`` (default) compares keys case-insensitively, ``exact`` keeps
+    case (both trim surrounding whitespace and apply Unicode NFKC: docs/linkage.md);
+    ``rows`` is the public number of rows every holder pads (or, in DP mode, cuts) its key
+    list to, so that the parties' sizes stay hidden (required in DP mode); ``join`` is
+    ``inner`` (records every data holder has) or ``left`` (every record of the holder
+    named ``base``, with or without partners elsewhere).
+    """
+
+    key: str
+    case: str = "fold"
+    rows: int | None = None
+    join: str = "inner"
+    base: str | None = None
+
+
 @dataclass(frozen=True)
 class Spec:
     """A validated protocol spec. ``text`` is the YAML as submitted; ``sha256`` hashes it."""
@@ -275,6 +302,12 @@ class Spec:
     sha256: str = ""
     #: the purpose the job serves (``purpose:``), matched against data-use agreements
     purpose: str | None = None
+    link: Link | None = None  # set exactly when partition is vertical
+
+    @property
+    def vertical(self) -> bool:
+        """True for a linked job: each party holds some columns, rows linked by ``link.key``."""
+        return self.partition == "vertical"
 
     def column(self, name: str) -> Column:
         """The schema entry of ``name``."""
@@ -545,7 +578,7 @@ def parse_spec(text: str | collections.abc.Mapping) -> Spec:
         raise SpecError(clip_error(f"{where}: {getattr(exc, 'problem', None) or exc}")) from None
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
-    _check_keys(data, {"name", "dataset", "partition", "key", "schema", "privacy", "statistics",
+    _check_keys(data, {"name", "dataset", "partition", "link", "key", "schema", "privacy", "statistics",
                        "purpose"}, "spec")
     name = _string(data.get("name", "unnamed"), "name")
     dataset = _string(data.get("dataset"), "dataset") if "dataset" in data else None
@@ -554,10 +587,12 @@ def parse_spec(text: str | collections.abc.Mapping) -> Spec:
     partition = data.get("partition", "horizontal")
     if partition not in ("horizontal", "vertical"):
         raise _fail("partition", f"expected horizontal or vertical, found {shorten(partition)}")
-    if partition == "vertical":
-        raise _fail("partition", "vertical partitioning is not supported by this version; use horizontal")
     if "key" in data:
-        raise _fail("key", "only used with partition: vertical")
+        raise _fail("key", "unknown field; a linked job names its key as link: {key: COLUMN}")
+    if partition == "horizontal" and "link" in data:
+        raise _fail("link", "only used with partition: vertical")
+    if partition == "vertical" and "link" not in data:
+        raise _fail("link", "required with partition: vertical, e.g. link: {key: patient_id}")
     if "schema" not in data:
         raise _fail("schema", "required")
     schema_in = _mapping(data["schema"], "schema")
@@ -571,6 +606,7 @@ def parse_spec(text: str | collections.abc.Mapping) -> Spec:
                                                  "letters, digits, _ . - (at most 128 characters)")
         schema[cname] = _parse_column(cname, entry, f"schema.{cname}")
     privacy = _parse_privacy(data["privacy"]) if data.get("privacy") is not None else None
+    link = _parse_link(data["link"], schema, privacy) if partition == "vertical" else None
     if "statistics" not in data:
         raise _fail("statistics", "required")
     stats_in = _mapping(data["statistics"], "statistics")
@@ -583,7 +619,8 @@ def parse_spec(text: str | collections.abc.Mapping) -> Spec:
     _limit("statistics", "crosstab cells and histogram bins", cells, MAX_CELLS)
     digest = hashlib.sha256(text.encode()).hexdigest()
     purpose = _string(data["purpose"], "purpose") if data.get("purpose") is not None else None
-    return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest, purpose)
+    return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest,
+                purpose=purpose, link=link)
 
 
 def _dump_spec(data: collections.abc.Mapping) -> str:
@@ -592,6 +629,42 @@ def _dump_spec(data: collections.abc.Mapping) -> str:
         return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
     except yaml.YAMLError as exc:
         raise SpecError(clip_error(f"spec: a value cannot be written as YAML ({exc})")) from None
+
+
+def _parse_link(entry: Any, schema: dict[str, Column], privacy: Privacy | None) -> Link:
+    """``link: {key, case, rows, join, base}`` of a vertical spec (see :class:`Link`)."""
+    entry = _mapping(entry, "link")
+    _check_keys(entry, {"key", "case", "rows", "join", "base"}, "link")
+    if "key" not in entry:
+        raise _fail("link.key", "required: the identifier column every data holder has")
+    key = _string(entry["key"], "link.key")
+    if not _NAME.fullmatch(key):
+        raise _fail("link.key", "column names must start with a letter and use letters, digits, "
+                                "_ . - (at most 128 characters)")
+    if key in schema:
+        raise _fail("link.key", f"{key!r} is also a schema column; the key is never a statistic's "
+                                "column (it is never revealed)")
+    case = entry.get("case", "fold")
+    if case not in ("fold", "exact"):
+        raise _fail("link.case", f"expected fold or exact, found {shorten(case)}")
+    rows = entry.get("rows")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int)
+                             or not 1 <= rows <= MAX_LINK_ROWS):
+        raise _fail("link.rows", f"expected an integer from 1 to {MAX_LINK_ROWS}, found {shorten(rows)}")
+    if rows is None and privacy is not None:
+        raise _fail("link.rows", "required with a privacy block: every holder pads its keys to "
+                                 "this public number, so that its row count stays hidden")
+    join = entry.get("join", "inner")
+    if join not in JOIN_KINDS:
+        raise _fail("link.join", f"expected inner or left, found {shorten(join)}")
+    base = entry.get("base")
+    if join == "left":
+        base = _string(base, "link.base") if base is not None else None
+        if base is None:
+            raise _fail("link.base", "required with join: left (the party whose records are all kept)")
+    elif base is not None:
+        raise _fail("link.base", "only used with join: left")
+    return Link(key, case, rows, join, base)
 
 
 def load_spec(source: str | Path) -> Spec:

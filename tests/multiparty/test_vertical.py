@@ -1,0 +1,369 @@
+"""Linked (vertical) jobs over real party processes (issue 19).
+
+Each party holds different columns of the same synthetic patients (tests.conftest's cohort),
+with partially overlapping ids, keys written with different case and spacing, and repeated
+and missing keys at one party. Exact results equal pandas' merge (after the documented
+key rule: a missing or repeated key leaves its rows out) plus numpy/statsmodels on the
+joined rows. A recorded party's view (every message it received and sent, its own log)
+is checked against what docs/linkage.md says it learns.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+import yaml
+
+from jointstats import PartyError, run, validate
+from jointstats import _linkage as L
+from tests.conftest import cohort_frame, free_ports
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCHEMA = """
+name: linked
+dataset: linked
+partition: vertical
+link: {key: pid%s}
+schema:
+  age:    {type: real, bounds: [18, 100]}
+  bmi:    {type: real, bounds: [10, 60]}
+  sbp:    {type: real, bounds: [80, 220]}
+  visits: {type: integer, bounds: [0, 50]}
+  smoker: {type: categorical, levels: [no, yes]}
+  region: {type: categorical, levels: [north, south, east, west]}
+"""
+
+ALL_KINDS = """statistics:
+  n:      {kind: count}
+  n_bmi:  {kind: count, column: bmi}
+  s_age:  {kind: sum, column: age}
+  m_sbp:  {kind: mean, column: sbp}
+  v_bmi:  {kind: variance, column: bmi}
+  corr:   {kind: correlation, columns: [age, bmi, sbp]}
+  ct:     {kind: crosstab, rows: smoker, cols: region}
+  h:      {kind: histogram, column: age, bins: [18, 40, 60, 80, 100]}
+  ols:    {kind: regression, target: sbp, features: [age, bmi, visits, smoker, region]}
+"""
+
+POLICY = {"budget": {"epsilon": 100.0, "delta": 1.0e-4}, "max_epsilon_per_job": 10.0,
+          "min_count": 0, "allow_exact": True, "analysts": {}}
+
+
+def linked_consortium(root: Path, frames, columns, compute=(), names=None) -> list[Path]:
+    """One CSV and one config per holder (declaring the columns it holds), then the
+    compute-only parties; returns the config paths."""
+    names = names or [f"holder_{chr(97 + i)}" for i in range(len(frames))]
+    ports = free_ports(len(frames) + len(compute))
+    peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(names, ports)]
+    peers += [{"name": n, "host": "127.0.0.1", "port": p, "role": "compute"}
+              for n, p in zip(compute, ports[len(frames):])]
+    paths = []
+    for name, frame, cols in zip(names, frames, columns):
+        d = root / name
+        (d / "data").mkdir(parents=True, exist_ok=True)
+        frame.to_csv(d / "data" / "linked.csv", index=False)
+        cfg = {"party": name, "mpc": {"parties": peers}, "api": {"host": "127.0.0.1", "port": 0},
+               "datasets": {"linked": {"source": "data/linked.csv", "columns": ["pid", *cols]}},
+               "policy": POLICY, "state": f"state/{name}.sqlite"}
+        paths.append(d / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    for name in compute:
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        cfg = {"party": name, "mpc": {"parties": peers}, "api": {"host": "127.0.0.1", "port": 0},
+               "policy": {**POLICY, "budget": {"epsilon": 0, "delta": 0}}, "state": f"state/{name}.sqlite"}
+        paths.append(d / f"{name}.yaml")
+        paths[-1].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return paths
+
+
+def people(n: int = 240, seed: int = 5) -> pd.DataFrame:
+    df = cohort_frame(n, seed)
+    df["pid"] = [f"P{i:05d}" for i in range(n)]
+    return df
+
+
+def split(df: pd.DataFrame, parts: list[list[str]], seed: int = 0) -> list[pd.DataFrame]:
+    """Each part: 80% of the people (a different sample each), its columns and the id."""
+    return [df.sample(frac=0.8, random_state=seed + i)[["pid", *cols]].reset_index(drop=True)
+            for i, cols in enumerate(parts)]
+
+
+BOUNDS = {"age": (18, 100), "bmi": (10, 60), "sbp": (80, 220), "visits": (0, 50)}
+
+
+def clean(frame: pd.DataFrame) -> pd.DataFrame:
+    """The documented key rule on pandas' side: trim, case-fold, drop missing and repeated
+    keys; values clipped to the schema's bounds, as every owner does."""
+    f = frame.copy()
+    for col, (lo, hi) in BOUNDS.items():
+        if col in f:
+            f[col] = f[col].clip(lo, hi)
+    f["pid"] = f["pid"].map(lambda k: L.normalise_key(None if pd.isna(k) else k))
+    f = f[f["pid"].notna()]
+    return f[~f["pid"].duplicated(keep=False)]
+
+
+def joined(frames) -> pd.DataFrame:
+    out = clean(frames[0])
+    for f in frames[1:]:
+        out = out.merge(clean(f), on="pid")
+    return out
+
+
+def write_spec(root: Path, stats: str, link: str = "", privacy: str = "") -> Path:
+    path = root / "spec.yaml"
+    path.write_text(SCHEMA % link + (f"privacy: {privacy}\n" if privacy else "") + stats)
+    return path
+
+
+def check_all_kinds(res: dict, j: pd.DataFrame) -> None:
+    r = res["results"]
+    assert r["n"]["value"] == len(j)
+    assert r["n_bmi"]["value"] == len(j)
+    assert r["s_age"]["value"] == pytest.approx(j.age.sum(), rel=1e-9)
+    assert r["m_sbp"]["value"] == pytest.approx(j.sbp.mean(), rel=1e-9)
+    assert r["v_bmi"]["value"] == pytest.approx(j.bmi.var(), rel=1e-9)
+    assert np.allclose(np.array(r["corr"]["matrix"], dtype=float),
+                       j[["age", "bmi", "sbp"]].corr().to_numpy(), atol=1e-9)
+    truth = pd.crosstab(j.smoker, j.region).reindex(index=["no", "yes"],
+                                                   columns=["north", "south", "east", "west"]).fillna(0)
+    assert r["ct"]["counts"] == truth.astype(int).to_numpy().tolist()
+    assert r["h"]["counts"] == np.histogram(j.age, [18, 40, 60, 80, 100])[0].tolist()
+    x = pd.DataFrame({"age": j.age, "bmi": j.bmi, "visits": j.visits,
+                      "smoker[yes]": (j.smoker == "yes").astype(float)})
+    for lvl in ("south", "east", "west"):
+        x[f"region[{lvl}]"] = (j.region == lvl).astype(float)
+    fit = sm.OLS(j.sbp.to_numpy(), sm.add_constant(x)).fit()
+    ols = r["ols"]
+    assert ols["terms"] == ["intercept", *x.columns]
+    # reals on the plan's grid (2^-f of the bound), as horizontal jobs: rtol 1e-6
+    np.testing.assert_allclose(ols["coefficients"], fit.params.to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ols["std_errors"], fit.bse.to_numpy(), rtol=1e-6)
+    assert ols["r_squared"] == pytest.approx(fit.rsquared, rel=1e-6) and ols["n"] == len(j)
+
+
+def test_three_holders_exact_equals_pandas_merge(tmp_path):
+    df = people()
+    frames = split(df, [["age", "smoker"], ["bmi", "region", "visits"], ["sbp"]])
+    # keys as different systems write them: case and spacing (folded and trimmed), and at
+    # holder_b a repeated key and a missing one (their rows are left out)
+    frames[1]["pid"] = frames[1]["pid"].str.lower().radd("  ")
+    frames[1].loc[3, "pid"] = frames[1].loc[4, "pid"]
+    frames[1].loc[7, "pid"] = None
+    cfgs = linked_consortium(tmp_path, frames, [["age", "smoker"], ["bmi", "region", "visits"], ["sbp"]])
+    spec = write_spec(tmp_path, ALL_KINDS)
+    j = joined(frames)
+    assert 80 < len(j) < len(df)
+    described = validate(spec, cfgs)
+    assert "holder_b holds: bmi, visits, region" in described
+    metrics: dict = {}
+    res = run(spec, cfgs, metrics=metrics).to_dict()
+    check_all_kinds(res, j)
+    assert {m["linked_records"] for m in metrics.values()} == {len(j)}
+    assert "match structure" in res["mpc"]["linkage"]  # the result says what the parties saw
+
+
+def test_two_holders_and_a_compute_party(tmp_path):
+    df = people(200, 9)
+    frames = split(df, [["age", "bmi", "smoker", "visits"], ["sbp", "region"]], seed=3)
+    cfgs = linked_consortium(tmp_path, frames, [["age", "bmi", "smoker", "visits"], ["sbp", "region"]],
+                             compute=["trustee"])
+    res = run(write_spec(tmp_path, ALL_KINDS), cfgs).to_dict()
+    check_all_kinds(res, joined(frames))
+    assert res["mpc"]["compute_parties"] == ["trustee"]
+
+
+@pytest.mark.parametrize("compute", [(), ("trustee",)], ids=["4-parties", "5-parties"])
+def test_four_holders_with_and_without_a_compute_party(tmp_path, compute):
+    df = people(120, 11)
+    parts = [["age", "smoker"], ["bmi"], ["region", "visits"], ["sbp"]]
+    frames = split(df, parts, seed=7)
+    cfgs = linked_consortium(tmp_path, frames, parts, compute=compute)
+    stats = """statistics:
+  n:   {kind: count}
+  ct:  {kind: crosstab, rows: smoker, cols: region}
+  ols: {kind: regression, target: sbp, features: [age, bmi, region]}
+"""
+    res = run(write_spec(tmp_path, stats), cfgs).to_dict()
+    j = joined(frames)
+    assert res["results"]["n"]["value"] == len(j)
+    truth = pd.crosstab(j.smoker, j.region).reindex(index=["no", "yes"],
+                                                   columns=["north", "south", "east", "west"]).fillna(0)
+    assert res["results"]["ct"]["counts"] == truth.astype(int).to_numpy().tolist()
+    x = pd.DataFrame({"age": j.age, "bmi": j.bmi})
+    for lvl in ("south", "east", "west"):
+        x[f"region[{lvl}]"] = (j.region == lvl).astype(float)
+    fit = sm.OLS(j.sbp.to_numpy(), sm.add_constant(x)).fit()
+    np.testing.assert_allclose(res["results"]["ols"]["coefficients"], fit.params.to_numpy(), rtol=1e-6)
+
+
+def test_left_join_counts_and_crosstab(tmp_path):
+    df = people(200, 13)
+    parts = [["smoker"], ["region", "bmi"], ["age", "sbp", "visits"]]
+    frames = split(df, parts, seed=11)
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    stats = """statistics:
+  n:      {kind: count}
+  n_reg:  {kind: count, column: region}
+  ct:     {kind: crosstab, rows: smoker, cols: region}
+  h:      {kind: histogram, column: age, bins: [18, 60, 100]}
+"""
+    res = run(write_spec(tmp_path, stats, ", join: left, base: holder_a, rows: 200"), cfgs).to_dict()
+    a = clean(frames[0])
+    left = a.merge(clean(frames[1]), on="pid", how="left").merge(clean(frames[2]), on="pid", how="left")
+    r = res["results"]
+    assert r["n"]["value"] == len(a)  # every record of the base, padding not counted
+    assert r["n_reg"]["value"] == int(left.region.notna().sum())
+    truth = pd.crosstab(left.smoker, left.region).reindex(index=["no", "yes"],
+                                                         columns=["north", "south", "east", "west"]).fillna(0)
+    assert r["ct"]["counts"] == truth.astype(int).to_numpy().tolist()
+    assert r["h"]["counts"] == np.histogram(left.age.dropna(), [18, 60, 100])[0].tolist()
+
+
+def test_dp_linked_job_with_padding(tmp_path):
+    df = people(300, 17)
+    frames = split(df, [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]], seed=21)
+    cfgs = linked_consortium(tmp_path, frames, [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]])
+    stats = """statistics:
+  n:    {kind: count}
+  m:    {kind: mean, column: sbp}
+  ct:   {kind: crosstab, rows: smoker, cols: region}
+"""
+    res = run(write_spec(tmp_path, stats, ", rows: 300", "{epsilon: 9.0}"), cfgs).to_dict()
+    j = joined(frames)
+    r = res["results"]
+    assert res["privacy"]["mechanism"] == "discrete_laplace"
+    assert all("noise" in v for v in r.values())
+    assert abs(r["n"]["value"] - len(j)) <= 10 * r["n"]["noise"]["scale"] + 1
+    assert abs(r["m"]["value"] - j.sbp.mean()) < 15
+    assert sum(map(sum, r["ct"]["counts"])) == pytest.approx(len(j), abs=60)
+
+
+def test_a_column_held_by_two_parties_is_refused_naming_both(tmp_path):
+    df = people(60, 19)
+    parts = [["age", "smoker", "sbp"], ["bmi", "region", "visits", "sbp"], []]
+    frames = split(df, parts)
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    spec = write_spec(tmp_path, "statistics:\n  n: {kind: count}\n")
+    with pytest.raises(Exception, match="schema.sbp: held by two parties, 'holder_a' and 'holder_b'"):
+        validate(spec, cfgs)
+    with pytest.raises(PartyError, match="schema.sbp: held by two parties, 'holder_a' and 'holder_b'"):
+        run(spec, cfgs)
+
+
+# ----------------------------------------------------------------------------- a party's view
+
+RECORDER = r"""
+import sys, json
+from pathlib import Path
+from jointstats import _mpc
+out = Path(sys.argv.pop(1))
+received, sent = [], []
+decode, send = _mpc.JointRuntime._decode, _mpc.JointRuntime._send_message
+def rec_decode(self, peer, dec, data):
+    received.append((peer, bytes(data)))
+    return decode(self, peer, dec, data)
+def rec_send(self, peer, data):
+    sent.append((peer, bytes(data)))
+    return send(self, peer, data)
+_mpc.JointRuntime._decode, _mpc.JointRuntime._send_message = rec_decode, rec_send
+from jointstats._party import exit_now, main
+status = main(sys.argv[1:])
+out.mkdir(parents=True, exist_ok=True)
+for name, msgs in (("received", received), ("sent", sent)):
+    with open(out / name, "wb") as fh:
+        for peer, data in msgs:
+            fh.write(peer.to_bytes(2, "little") + len(data).to_bytes(8, "little") + data)
+exit_now(status)
+"""
+
+
+def _messages(path: Path) -> list[tuple[int, bytes]]:
+    raw, out, pos = path.read_bytes(), [], 0
+    while pos < len(raw):
+        peer = int.from_bytes(raw[pos:pos + 2], "little")
+        size = int.from_bytes(raw[pos + 2:pos + 10], "little")
+        out.append((peer, raw[pos + 10:pos + 10 + size]))
+        pos += 10 + size
+    return out
+
+
+def test_a_holders_view_matches_the_leakage_statement(tmp_path):
+    """What holder_b receives and logs (docs/linkage.md, "What each party learns"): no
+    identifier of anyone in any form it could test (text, or its hash point), no point it
+    sent ever coming back unchanged (every step re-blinds with a scalar of another party,
+    so it cannot follow its rows by value), and a log with counts only."""
+    df = people(150, 23)
+    parts = [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]]
+    frames = split(df, parts, seed=31)
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    spec = write_spec(tmp_path, "statistics:\n  n: {kind: count}\n  ct: {kind: crosstab, rows: smoker, "
+                                "cols: region}\n")
+    procs = []
+    for cfg in cfgs:
+        out = tmp_path / f"{cfg.stem}.json"
+        head = ([sys.executable, "-c", RECORDER, str(tmp_path / "view")] if cfg.stem == "holder_b"
+                else [sys.executable, "-m", "jointstats._party"])
+        procs.append((cfg.stem, subprocess.Popen(
+            head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "view", "--out", str(out),
+                    "--connect-timeout", "30"], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / f"{cfg.stem}.log", "w")), out))
+    for name, proc, out in procs:
+        proc.wait(timeout=240)
+        assert json.loads(out.read_text())["ok"], out.read_text()
+    received = _messages(tmp_path / "view" / "received")
+    sent = _messages(tmp_path / "view" / "sent")
+    blob = b"".join(d for _, d in received)
+    ids = {k for f in frames for k in f["pid"].dropna()}
+    for key in ids:  # no identifier as text, in any case
+        for form in (key, key.lower(), key.upper()):
+            assert form.encode() not in blob
+    hashed = L.hash_points(sorted(L.normalise_key(k) for k in ids), "linked")
+    hashes = {bytes(p) for p in hashed}
+    points_in = [d[i:i + 32] for _, d in received if len(d) % 32 == 0 and len(d) >= 64
+                 for i in range(0, len(d), 32)]
+    assert points_in and not hashes & set(points_in)  # no hash point of a key: no dictionary test
+    points_out = {d[i:i + 32] for _, d in sent if len(d) % 32 == 0 and len(d) >= 64
+                  for i in range(0, len(d), 32)}
+    own_hashes = {bytes(p) for p in L.hash_points([L.normalise_key(k) for k in frames[1]["pid"]], "linked")}
+    assert not own_hashes & points_out  # it never sends its keys' hash points unblinded
+    # nothing it sent comes back as it was: it cannot follow a row (or a permutation) by value
+    assert not points_out & set(points_in)
+    log = (tmp_path / "holder_b.log").read_text()
+    assert not any(k in log or k.lower() in log for k in ids)
+    result = json.loads((tmp_path / "holder_b.json").read_text())
+    # it learns the number of linked records (docs/linkage.md says so), nothing per record
+    assert result["metrics"]["linked_records"] == len(joined(frames))
+
+
+def test_a_missing_key_column_is_named_in_exact_mode_and_not_in_dp_mode(tmp_path):
+    df = people(60, 29)
+    parts = [["age", "smoker"], ["bmi", "region", "visits"], ["sbp"]]
+    frames = split(df, parts)
+    frames[2] = frames[2].rename(columns={"pid": "patient"})
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    stats = "statistics:\n  n: {kind: count}\n"
+    with pytest.raises(PartyError, match="party 'holder_c': the link key column 'pid' is missing"):
+        run(write_spec(tmp_path, stats), cfgs)
+    # DP mode: whatever went wrong while reading stays in the party's own log
+    with pytest.raises(PartyError) as err:
+        run(write_spec(tmp_path, stats, ", rows: 60", "{epsilon: 1.0}"), cfgs)
+    assert "could not read and aggregate its data; the reason is in its own log only" in str(err.value)
+    assert "pid" not in str(err.value)
+
+
+def test_more_keys_than_link_rows_refused_in_exact_mode(tmp_path):
+    df = people(80, 37)
+    parts = [["age", "smoker"], ["bmi", "region", "visits"], ["sbp"]]
+    frames = split(df, parts)
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    with pytest.raises(PartyError, match=r"party 'holder_a' has 64 usable keys, more than the link.rows of 50"):
+        run(write_spec(tmp_path, "statistics:\n  n: {kind: count}\n", ", rows: 50"), cfgs)

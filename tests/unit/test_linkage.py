@@ -1,0 +1,240 @@
+"""Linked (vertical) jobs without a network: spec and config fields, column owners, the
+linkage's building blocks (keys, pseudonyms, shuffle schedule, grouping) and the encoding."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from jointstats import _linkage as L
+from jointstats.config import parse_party_config
+from jointstats.errors import ConfigError, SpecError
+from jointstats.plan import assign_columns, make_plan
+from jointstats.spec import parse_spec
+
+SPEC = """
+name: linked
+dataset: linked_cohort
+partition: vertical
+link: {key: patient_id}
+schema:
+  sbp:       {type: real, bounds: [80, 220]}
+  diagnosis: {type: categorical, levels: [none, hypertension, diabetes]}
+  cost:      {type: real, bounds: [0, 100000]}
+statistics:
+  linked:  {kind: count}
+  model:   {kind: regression, target: cost, features: [sbp, diagnosis]}
+"""
+
+
+def test_vertical_spec_parses_with_its_link():
+    spec = parse_spec(SPEC)
+    assert spec.vertical and spec.link.key == "patient_id"
+    assert spec.link.case == "fold" and spec.link.join == "inner" and spec.link.rows is None
+
+
+@pytest.mark.parametrize("text, field", [
+    (SPEC.replace("link: {key: patient_id}\n", ""), "link:"),
+    (SPEC.replace("partition: vertical", "partition: horizontal"), "link:"),
+    (SPEC.replace("{key: patient_id}", "{key: sbp}"), "link.key:"),
+    (SPEC.replace("{key: patient_id}", "{}"), "link.key:"),
+    (SPEC.replace("{key: patient_id}", "{key: patient_id, case: upper}"), "link.case:"),
+    (SPEC.replace("{key: patient_id}", "{key: patient_id, rows: 0}"), "link.rows:"),
+    (SPEC.replace("{key: patient_id}", "{key: patient_id, join: outer}"), "link.join:"),
+    (SPEC.replace("{key: patient_id}", "{key: patient_id, join: left}"), "link.base:"),
+    (SPEC.replace("{key: patient_id}", "{key: patient_id, base: a}"), "link.base:"),
+    (SPEC.replace("{key: patient_id}", "{key: patient_id, colour: red}"), "link.colour:"),
+    (SPEC.replace("statistics:", "privacy: {epsilon: 1}\nstatistics:"), "link.rows:"),
+    (SPEC.replace("link: {key: patient_id}", "key: patient_id"), "key:"),
+])
+def test_bad_link_fields_name_the_field(text, field):
+    with pytest.raises(SpecError) as err:
+        parse_spec(text)
+    assert str(err.value).startswith(field), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_dp_linked_spec_needs_and_takes_rows():
+    spec = parse_spec(SPEC.replace("{key: patient_id}", "{key: patient_id, rows: 5000}")
+                      .replace("statistics:", "privacy: {epsilon: 1}\nstatistics:"))
+    assert spec.link.rows == 5000
+
+
+def test_owners_each_column_exactly_once():
+    spec = parse_spec(SPEC)
+    owners = assign_columns(spec, {"a": ("sbp",), "b": ("cost",), "c": ("diagnosis",)})
+    assert owners == {"sbp": "a", "diagnosis": "c", "cost": "b"}
+    with pytest.raises(SpecError, match=r"^schema.cost: held by two parties, 'b' and 'c'"):
+        assign_columns(spec, {"a": ("sbp",), "b": ("cost",), "c": ("diagnosis", "cost")})
+    with pytest.raises(SpecError, match=r"^schema.cost: held by no party"):
+        assign_columns(spec, {"a": ("sbp",), "b": (), "c": ("diagnosis",)})
+    with pytest.raises(SpecError, match=r"^party 'a' declares column 'age'"):
+        assign_columns(spec, {"a": ("age",)})
+
+
+def test_plan_needs_three_parties_and_shows_the_owners():
+    spec = parse_spec(SPEC)
+    with pytest.raises(SpecError, match="at least 3 parties"):
+        make_plan(spec, ["a", "b"])
+    plan = make_plan(spec, ["a", "b", "c"])
+    assert plan.vertical and plan.link[0] == "patient_id"
+    text = plan.describe((), {"sbp": "a", "diagnosis": "c", "cost": "b"})
+    assert "a holds: sbp" in text and "c holds: diagnosis" in text and "linked on 'patient_id'" in text
+    left = parse_spec(SPEC.replace("{key: patient_id}", "{key: patient_id, join: left, base: z}"))
+    with pytest.raises(SpecError, match=r"^link.base: 'z' is not one of the parties"):
+        make_plan(left, ["a", "b", "c"])
+
+
+def test_party_config_declares_held_columns(tmp_path):
+    base = {"party": "a", "mpc": {"parties": [{"name": "a", "host": "127.0.0.1", "port": 1},
+                                              {"name": "b", "host": "127.0.0.1", "port": 2}]},
+            "datasets": {"linked_cohort": {"source": "x.csv", "columns": ["patient_id", "sbp"]}}}
+    cfg = parse_party_config(base, tmp_path / "a.yaml")
+    assert cfg.held_columns("linked_cohort") == ("patient_id", "sbp")
+    assert cfg.held_columns("other") is None
+    for bad in (["sbp", "sbp"], "sbp", [1]):
+        base["datasets"]["linked_cohort"]["columns"] = bad
+        with pytest.raises(ConfigError, match="datasets.linked_cohort.columns"):
+            parse_party_config(base, tmp_path / "a.yaml")
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def test_key_normalisation():
+    assert L.normalise_key("  AB-12 ") == "ab-12"
+    assert L.normalise_key("  AB-12 ", "exact") == "AB-12"
+    assert L.normalise_key("Straße") == "strasse"  # case folding, not just lower()
+    assert L.normalise_key("ＡＢ１") == "ab1"  # NFKC: full-width forms
+    assert L.normalise_key(1234.0) == "1234" and L.normalise_key(1234) == "1234"
+    for missing in (None, float("nan"), "", "   "):
+        assert L.normalise_key(missing) is None
+
+
+def test_missing_and_repeated_keys_are_left_out():
+    keys = ["a", None, "b", "c", "b"]
+    assert L.usable_keys(keys).tolist() == [True, False, False, True, False]
+
+
+def test_pseudonyms_commute_and_separate_keys():
+    a, b, c = L.Scalar(), L.Scalar(), L.Scalar()
+    pts = L.hash_points(["x", "y", "z"], "d")
+    one = c.apply(b.apply(a.apply(pts)))
+    two = a.apply(c.apply(b.apply(pts)))
+    assert (one == two).all()
+    assert len({bytes(r) for r in one}) == 3
+    assert not (L.hash_points(["x"], "other") == pts[:1]).all()  # dataset-separated
+
+
+def test_a_small_order_point_is_refused():
+    bad = np.zeros((1, 32), dtype=np.uint8)  # u = 0
+    with pytest.raises(L.LinkageError):
+        L.Scalar().apply(bad)
+
+
+@pytest.mark.parametrize("m", [3, 4, 5, 6, 7])
+def test_every_coalition_misses_a_shuffle(m):
+    t = (m - 1) // 2
+    sets = L.shuffle_sets(m, t)
+    assert all(len(s) == t + 1 for s in sets)
+    for coalition in itertools.combinations(range(m), t):
+        assert any(not set(s) & set(coalition) for s in sets)
+
+
+@pytest.mark.parametrize("m", [3, 4, 5])
+def test_chains_apply_every_scalar_once_and_reblind_at_every_shuffle(m):
+    t = (m - 1) // 2
+    holders = list(range(m - 1)) if m > 3 else [0, 1, 2]
+    k = L.scalars_needed(m, t, holders)
+    for h in holders:
+        route = L.chain(m, t, h, k)
+        applied = [0] * m
+        applied[h] += 1
+        prev = h
+        for members, carrier in zip(route.sets, route.carriers):
+            assert carrier in members and carrier != prev  # a scalar the sender does not know
+            applied[carrier] += 1
+            prev = carrier
+        for party, count in route.tail:
+            applied[party] += count
+        assert applied == [k] * m
+
+
+def test_permutation_and_recombination():
+    perm = L.permutation(b"s" * 32, 1000)
+    assert sorted(perm.tolist()) == list(range(1000))
+    assert not (perm == np.arange(1000)).all()
+    assert (L.permutation(b"s" * 32, 1000) == perm).all()
+    p = 101
+    secret, slope = 17, 33  # a degree-1 Shamir sharing f(x) = 17 + 33 x, share i at x = i + 1
+    for members in [(0, 1), (0, 2), (1, 2)]:
+        lam = L.lagrange_at_zero(members, p)
+        assert sum(lam[i] * (secret + slope * (i + 1)) for i in members) % p == secret
+
+
+def test_grouping_inner_and_left():
+    pts = L.hash_points([str(i) for i in range(6)], "d")
+    a, b, c = pts[[0, 1, 2, 3]], pts[[5, 3, 1]], pts[[1, 3, 4]]
+    idx = L.group([a, b, c])
+    linked = [[bytes(blk[i]) for i in pos] for blk, pos in zip([a, b, c], idx)]
+    assert linked[0] == linked[1] == linked[2] and len(linked[0]) == 2
+    left = L.group([a, b, c], "left", 0)
+    assert left[0].tolist() == [0, 1, 2, 3]
+    assert left[1].tolist() == [-1, 2, -1, 1] and left[2].tolist() == [-1, 0, -1, 1]
+
+
+def test_encoding_of_a_block():
+    from jointstats._sources import EncodedChunk
+    from jointstats._vertical import encode, layout
+    spec = parse_spec(SPEC.replace("statistics:", "statistics:\n  h: {kind: histogram, column: sbp, "
+                                                  "bins: [80, 150, 220]}"))
+    plan = make_plan(spec, ["a", "b", "c"])
+    feats = layout(plan, spec, ("sbp", "diagnosis"))
+    kinds = [f.kind for f in feats]
+    assert kinds == ["row", "complete", "complete", "grid", "bin", "bin", "level", "level", "level"]
+    assert [f.stat for f in feats[1:3]] == ["sbp", "sbp,diagnosis"]  # in statistics order
+    chunk = EncodedChunk(3, numeric={"sbp": np.array([80.0, np.nan, 220.0])},
+                         codes={"diagnosis": np.array([2, 0, -1], dtype=np.int16)})
+    rows = encode(feats, chunk, {"h": (80.0, 150.0, 220.0)})
+    f = feats[3].term.frac_bits
+    assert rows[:, 0].tolist() == [1, 1, 1]
+    assert rows[:, 1].tolist() == [1, 0, 1] and rows[:, 2].tolist() == [1, 0, 0]  # complete rows
+    assert rows[:, 3].tolist() == [80 << f, 0, 220 << f]
+    assert rows[:, 4].tolist() == [1, 0, 0] and rows[:, 5].tolist() == [0, 0, 1]  # last bin closed
+    assert rows[:, 6:].tolist() == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
+
+
+def test_linked_demo_data_and_configs_fit_the_linked_protocol():
+    from pathlib import Path
+
+    import yaml
+
+    from jointstats.demo_data import LINKED_COLUMNS, make_linked_frames
+    root = Path(__file__).resolve().parents[2]
+    spec = parse_spec((root / "protocols" / "linked-bp.yaml").read_text())
+    frames = make_linked_frames()
+    holdings = {}
+    for party, frame in frames.items():
+        assert list(frame.columns) == ["patient_id", *LINKED_COLUMNS[party]]
+        conf = yaml.safe_load((root / "parties" / "demo" / f"{party}.yaml").read_text())
+        entry = conf["datasets"][spec.dataset]
+        assert entry["source"] == f"data/{party}_linked.csv"
+        holdings[party] = tuple(entry["columns"])
+    assert set(assign_columns(spec, holdings).values()) == set(frames)
+    # different spellings of the same ids link after normalisation
+    keys = [{L.normalise_key(k) for k in f["patient_id"] if isinstance(k, str)} for f in frames.values()]
+    assert len(set.intersection(*keys)) > 0.5 * len(frames["hospital_a"])
+    assert all(len(f) <= spec.link.rows for f in frames.values())
+
+
+def test_normalisation_is_stable():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(max_size=20), st.sampled_from(["fold", "exact"]))
+    def check(text, case):
+        once = L.normalise_key(text, case)
+        assert once is None or (once == once.strip() and L.normalise_key(once, case) == once)
+    check()
