@@ -11,9 +11,9 @@ the probe on at interpreter start):
 * ``t_main``: the party's entry point starts working (first ``load_party_config``),
   so ``t_main - t_site`` is import time;
 * ``read`` / ``aggregate``: time inside the chunk reader (Arrow read + schema encoding)
-  and in the partial-aggregate code (``jointstats._local``), which together are the local step;
+  and in the partial-aggregate code (``jointstats.engine.local_step``), which together are the local step;
 * ``connect``: ``JointRuntime.start`` (includes waiting for the slowest peer's local step);
-* ``plan``: the party's DP noise plans (``jointstats.output.add_noise_plans``);
+* ``plan``: the party's DP noise plans (``jointstats.engine.output.add_noise_plans``);
 * ``sync``: the status exchange right after connecting (plan hash, refusals);
 * ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP); with
   JOINTSTATS_BENCH_SECURE_REPEATS=k each exact secure step runs k times and each run is
@@ -38,7 +38,7 @@ package, to measure them (``python -m bench.profile --whatif``):
   round per level of a prefix tree over the batch's longest coin, K bits, for every coin:
   about twice the ANDs) instead of bit by bit (one round per bit): the same coin laws, the
   coins of a batch in ceil(log2 K) AND rounds instead of K - 1 (``log_depth_lane_coins``
-  replaces ``jointstats._noise._lane_coins``; ``log_depth_coins`` is the same comparator for
+  replaces ``jointstats.noise.sampler._lane_coins``; ``log_depth_coins`` is the same comparator for
   one list of coins, tests/unit/test_noise_plans.py checks both exact).
 """
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _patch_hooks(mod):
 
 
 async def log_depth_coins(ctx, coins, W):
-    """What-if for ``jointstats._noise._coins``: shared outcomes of independent coins [R < c]
+    """What-if for ``jointstats.noise.sampler._coins``: shared outcomes of independent coins [R < c]
     (k uniform bits R, public c), shape (h, len(coins), W), by a comparison tree.
 
     Bit b of a coin gives lt_b = [r_b < c_b] = c_b and not r_b and eq_b = [r_b == c_b] (local;
@@ -229,7 +229,7 @@ async def log_depth_coins(ctx, coins, W):
     (lt_hi xor (eq_hi and lt_lo), eq_hi and eq_lo) (lt_hi and eq_hi exclude each other, so xor
     is or): ceil(log2 k) AND rounds for all coins at once, every coin's bits in one draw."""
     import numpy as np
-    from jointstats._noise import _ONES, _cmask
+    from jointstats.noise.sampler import _ONES, _cmask
     out = ctx.zeros(len(coins), W)
     const = [i for i, c in enumerate(coins) if c.k == 0]
     if const:
@@ -265,11 +265,11 @@ async def log_depth_coins(ctx, coins, W):
 
 
 async def log_depth_lane_coins(ctx, coins, lanes):
-    """What-if for ``jointstats._noise._lane_coins`` (same layout, ``_CoinProgram``): every
+    """What-if for ``jointstats.noise.sampler._lane_coins`` (same layout, ``_CoinProgram``): every
     coin compared on the batch's K bits, c aligned as there (c 2**(K - k): probability
     c / 2**k exactly), by the comparison tree of ``log_depth_coins``."""
     import numpy as np
-    from jointstats._noise import _CoinProgram, pack, unpack
+    from jointstats.noise.sampler import _CoinProgram, pack, unpack
     prog = _CoinProgram(coins, lanes)
     state = ctx.zeros(max(prog.nwords, 1))
     if prog.K:
@@ -303,11 +303,11 @@ def _patch_noise(mod):
 
 PATCHES = set(filter(None, os.environ.get("JOINTSTATS_BENCH_PATCH", "").split(",")))
 
-_PATCHES = {"jointstats.config": _patch_config, "jointstats._local": _patch_local,
-            "jointstats._sources": _patch_sources,
-            "jointstats._mpc": _patch_mpc, "jointstats.output": _patch_output,
-            "jointstats._dp": _patch_dp, "jointstats._hooks": _patch_hooks,
-            "jointstats._noise": _patch_noise}
+_PATCHES = {"jointstats.consortium.config": _patch_config, "jointstats.engine.local_step": _patch_local,
+            "jointstats.engine.sources": _patch_sources,
+            "jointstats.mpc.runtime": _patch_mpc, "jointstats.engine.output": _patch_output,
+            "jointstats.engine.dp": _patch_dp, "jointstats.engine.hooks": _patch_hooks,
+            "jointstats.noise.sampler": _patch_noise}
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -423,7 +423,7 @@ def _fast_exit():
 
 
 def _after_fork_in_child():
-    """A party forked from jointstats' launcher (jointstats/_launch.py) starts its own record:
+    """A party forked from jointstats' launcher (jointstats/local/launch.py) starts its own record:
     its Python is already up and its modules imported, so its import time is ~0."""
     global REC
     REC = {**_new_record(time.time()), "forked": True}

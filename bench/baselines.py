@@ -32,7 +32,7 @@ def run_rows(stat: str, files: list[Path], *, d: int = 10, k: int = 2, variant: 
     m = len(files)
     ports = free_ports(m)
     addrs = ",".join(f"127.0.0.1:{p}" for p in ports)
-    from jointstats.runner import party_environment
+    from jointstats.local.runner import party_environment
     env = party_environment(m)  # the same thread limits as our party processes get
     with tempfile.TemporaryDirectory(prefix="jsbench-rows-") as tmp:
         procs = []

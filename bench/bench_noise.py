@@ -1,7 +1,7 @@
 """Benchmark of the in-MPC noise samplers over real party processes on loopback.
 
     python bench/bench_noise.py                 # 3 parties, default cases, JSON lines
-    python bench/bench_noise.py --no-speedups   # without jointstats._mpc_speedups.install()
+    python bench/bench_noise.py --no-speedups   # without jointstats.mpc.speedups.install()
     python bench/bench_noise.py --parties 5 --case dl:1:10000
 
 Each case is one call of the sampler for n samples, from a barrier to the revealed
@@ -36,8 +36,9 @@ def _parse(case: str) -> tuple[str, Fraction, int]:
 
 async def _party(pid: int, ports: list[int], cases: list[str], speedups: bool) -> list[dict]:
     sys.path.insert(0, str(ROOT))
-    from jointstats import _mpc_speedups, _noise
-    from jointstats._mpc import make_runtime
+    from jointstats.mpc import speedups as _mpc_speedups
+    from jointstats.noise import sampler as _noise
+    from jointstats.mpc.runtime import make_runtime
     if speedups:
         _mpc_speedups.install()
     rt = make_runtime(pid, [("127.0.0.1", p) for p in ports])

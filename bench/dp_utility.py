@@ -13,7 +13,7 @@ integers), released vector (``_dp.release_clear``, checked against the secure st
 ``tests/unit/test_dp_utility.py``) and post-processing (``_dp.postprocess``); only the noise
 is drawn here, from the exact law of every entry's scale in the plan (``bench.dp_sim``).
 **Ours, real.** ``real_runs`` jobs per kind over three real party processes
-(``jointstats.runner.run`` through ``bench.jobs.run_job``), at one point.
+(``jointstats.local.runner.run`` through ``bench.jobs.run_job``), at one point.
 
 Errors: count, sum, mean, variance: squared error; correlation: sum over the off-diagonal
 upper triangle; crosstab, histogram: sum over cells; regression: sum over all coefficients
@@ -110,7 +110,7 @@ def cohort(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def encoded(data: dict[str, np.ndarray]):
     """The pooled rows as the engine's local step sees them (one chunk)."""
-    from jointstats._sources import EncodedChunk
+    from jointstats.engine.sources import EncodedChunk
     return EncodedChunk(len(data["age"]), numeric={c: data[c] for c in ("age", "bmi", "sbp")},
                         codes={c: data[c] for c in ("smoker", "region")})
 
@@ -192,21 +192,22 @@ def curator_value(kind: str, cur: dp_sim.Curator, data: dict[str, np.ndarray], e
 def engine_stat(kind: str, epsilon: float, delta: float):
     """The engine's plan of the one-statistic job (its noise plan included)."""
     import jointstats
-    from jointstats import output, plan
+    from jointstats.engine import output
+    from jointstats.plan import sealed as plan
     spec = jointstats.parse_spec(spec_text(kind, epsilon, delta))
     return output.add_noise_plans(spec, plan.make_plan(spec, ["a", "b", "c"]))
 
 
 def engine_partial(kind: str, chunk, epsilon: float = 1.0, delta: float = 0.0) -> list[int]:
     """The summed partial vector of the job's statistic (the local step on the pooled rows)."""
-    from jointstats import _local
+    from jointstats.engine import local_step as _local
     return _local.compute_partials(engine_stat(kind, epsilon, delta), [chunk])["s"]
 
 
 def ours_offline(kind: str, partial: list[int], epsilon: float, delta: float, rng: np.random.Generator,
                  noise: bool = True) -> dict:
     """The engine's result for these partials with one exact draw of its noise."""
-    from jointstats import _dp
+    from jointstats.engine import dp as _dp
     stat = engine_stat(kind, epsilon, delta).statistics[0]
     values = _dp.release_clear(stat, partial)
     if noise:
@@ -501,7 +502,7 @@ def markdown(summary: list[dict], real_summary: list[dict], meta: dict) -> str:
                 lines.append(f"| {s['n']:.0e} | {s['epsilon']:g} | {s['delta']:g} | {_g(s['mse_ours_slopes'])} | "
                              f"{_g(s['mse_central_slopes'])} | {_g(s['ratio_slopes'])} |")
     if real_summary:
-        lines += ["", "Real 3-party runs (`jointstats.runner.run`, three party processes), against the "
+        lines += ["", "Real 3-party runs (`jointstats.local.runner.run`, three party processes), against the "
                   "offline simulation of the same point:", "",
                   "| kind | n | epsilon | delta | runs | MSE ours (real) | MSE ours (offline) | MSE central | "
                   "real / central | real / offline [95% CI, real runs resampled] | coverage (real) | seconds per job |",

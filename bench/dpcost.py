@@ -70,10 +70,11 @@ def plan_cache(path: Path | None):
 def plan_building(dp: dict) -> dict:
     """This process alone: the job's noise plans built with no cache, cold (built and written)
     and warm (from the cache); wall and CPU seconds (CPU is robust to other load)."""
-    from jointstats import _noise, _plan_cache
-    from jointstats.output import add_noise_plans
-    from jointstats.plan import make_plan
-    from jointstats.spec import parse_spec
+    from jointstats.noise import sampler as _noise
+    from jointstats.noise import cache as _plan_cache
+    from jointstats.engine.output import add_noise_plans
+    from jointstats.plan.sealed import make_plan
+    from jointstats.plan.spec import parse_spec
     sp = parse_spec(spec(dp))
     base = make_plan(sp, ["party_1", "party_2", "party_3"])
 

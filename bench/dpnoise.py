@@ -1,5 +1,5 @@
 """The noise of the dpcost job alone: three party processes on loopback sample all of the job's
-noise (``jointstats._dp.sample_noise``, as a party does) and reveal it, repeatedly; per repeat
+noise (``jointstats.engine.dp.sample_noise``, as a party does) and reveal it, repeatedly; per repeat
 the slowest party's wall time and the mean CPU per party, and (first party) the AND rounds and
 the bytes each party sends in them.
 
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _plan(mechanism: str):
-    from jointstats.output import add_noise_plans
-    from jointstats.plan import make_plan
-    from jointstats.spec import parse_spec
+    from jointstats.engine.output import add_noise_plans
+    from jointstats.plan.sealed import make_plan
+    from jointstats.plan.spec import parse_spec
 
     from bench.dpcost import MODES, spec
     sp = parse_spec(spec(dict(MODES)[mechanism]))
@@ -34,7 +34,10 @@ def _plan(mechanism: str):
 
 
 async def _party(pid: int, ports: list[int], mechanism: str, repeats: int) -> dict:
-    from jointstats import _dp, _mpc, _mpc_speedups, _noise
+    from jointstats.engine import dp as _dp
+    from jointstats.mpc import runtime as _mpc
+    from jointstats.mpc import speedups as _mpc_speedups
+    from jointstats.noise import sampler as _noise
     _mpc_speedups.install()
     plan = _plan(mechanism)
     counted = {"rounds": 0, "bytes": 0}

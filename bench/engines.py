@@ -5,8 +5,8 @@ SUM on the same server.
 
 For each size: a Parquet and a CSV file of the test cohort (6 columns); the local step of a plan
 with a count, a mean, a variance, a crosstab, a histogram and a regression on 4 terms, through
-(a) the current readers (pyarrow + numpy, jointstats._sources/_local) and (b) DuckDB with the
-local step pushed down (jointstats._sql_sources); both give identical partials (checked).
+(a) the current readers (pyarrow + numpy, jointstats.engine.sources/_local) and (b) DuckDB with the
+local step pushed down (jointstats.engine.sql_sources); both give identical partials (checked).
 With --postgres, the same table in a throw-away PostgreSQL server (see tests/engines/conftest.py):
 the pushed-down local step against ``SELECT SUM(age), COUNT(*) FROM t``.
 """
@@ -64,12 +64,12 @@ def timed(fn, repeat: int = 2):
 
 
 def main(argv=None) -> None:
-    from jointstats._local import compute_partials
-    from jointstats._sources import open_source
-    from jointstats._sql_sources import DuckDBSource
-    from jointstats.output import add_noise_plans
-    from jointstats.plan import make_plan
-    from jointstats.spec import parse_spec
+    from jointstats.engine.local_step import compute_partials
+    from jointstats.engine.sources import open_source
+    from jointstats.engine.sql_sources import DuckDBSource
+    from jointstats.engine.output import add_noise_plans
+    from jointstats.plan.sealed import make_plan
+    from jointstats.plan.spec import parse_spec
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -114,7 +114,7 @@ def bench_postgres(n, table, plan, schema) -> None:
         with srv.connect("cohort") as con:
             con.execute("ANALYZE bench")
             t_sum, _ = timed(lambda: con.execute("SELECT SUM(age), COUNT(*) FROM bench").fetchall())
-        from jointstats._sources import open_source
+        from jointstats.engine.sources import open_source
 
         def pushed():
             src = open_source(srv.url(table="bench"), Path("."))

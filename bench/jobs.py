@@ -32,12 +32,12 @@ def free_ports(count: int) -> list[int]:
 
 
 def tls_available() -> bool:
-    """True if this jointstats has TLS for the MPC links (``jointstats.tls``)."""
-    return importlib.util.find_spec("jointstats.tls") is not None
+    """True if this jointstats has TLS for the MPC links (``jointstats.consortium.tls``)."""
+    return importlib.util.find_spec("jointstats.consortium.tls") is not None
 
 
 def _make_tls(root: Path, names: list[str]) -> dict[str, dict]:
-    from jointstats import keys
+    from jointstats.consortium import keys
     ca = root / "ca"
     keys.make_ca(ca)
     out = {}
@@ -165,7 +165,7 @@ def _party_record(name: str, metrics: dict, probe: dict | None, t_call: float) -
 def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool = True,
             profile: str | None = None, keep: Path | None = None, patch: str | None = None,
             secure_repeats: int = 1, launch: str | None = None, peers_of=None) -> dict:
-    """Run one job with ``jointstats.runner.run``; return wall time, per-party metrics and phases.
+    """Run one job with ``jointstats.local.runner.run``; return wall time, per-party metrics and phases.
 
     ``profile`` is ``cprofile:DIR`` or ``pyinstrument:DIR`` to profile every party process;
     ``patch`` tries proposed engine changes (see bench/_probe.py); ``secure_repeats`` runs each
@@ -182,8 +182,8 @@ def run_job(spec_text: str, files: list[Path], *, tls: bool = False, probe: bool
                           secure_repeats=secure_repeats, launch=launch, peers_of=net.peer_lists)
             out["net"] = net.stats()
             return out
-    from jointstats import runner
-    from jointstats.spec import parse_spec
+    from jointstats.local import runner
+    from jointstats.plan.spec import parse_spec
     root = Path(tempfile.mkdtemp(prefix="jsbench-"))
     try:
         configs = write_configs(root, files, tls=tls, peers_of=peers_of)

@@ -3,7 +3,7 @@
 This is what a user of MPyC's array API would write without our architecture: each party
 secret-shares its rows (``secfxp.array`` / ``secint.array`` inputs), and the statistic is
 computed on the shared arrays. One OS process per party, over loopback TCP, with the
-runtime built by ``jointstats._mpc.make_party_runtime`` (so MPyC sees no argv)::
+runtime built by ``jointstats.mpc.runtime.make_party_runtime`` (so MPyC sees no argv)::
 
     python -m bench.mpyc_rows --pid I --addrs h:p,h:p,... --stat regression --d 10 --file F --out OUT
 
@@ -139,7 +139,7 @@ async def crosstab(rt, r, c, counts, pid, k, variant, phases, min_count=5):
 
 
 async def party(args, phases):
-    from jointstats import _mpc
+    from jointstats.mpc import runtime as _mpc
     addrs = [(h, int(p)) for h, p in (a.rsplit(":", 1) for a in args.addrs.split(","))]
     t = time.perf_counter()
     data = load(args.file, args.stat, args.d, args.k)
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     import numpy  # noqa: F401
     import pyarrow.parquet  # noqa: F401
-    from jointstats import _mpc  # noqa: F401
+    from jointstats.mpc import runtime as _mpc  # noqa: F401
     phases["import_seconds"] = time.perf_counter() - t
     out = asyncio.run(party(args, phases))
     phases.update(process_seconds=time.perf_counter() - T0, cpu_seconds=time.process_time(),

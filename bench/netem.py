@@ -540,10 +540,10 @@ class LinkEmulator:
 
 @contextlib.contextmanager
 def per_party_addresses():
-    """Let ``jointstats.runner`` run a consortium whose configs list different addresses for
+    """Let ``jointstats.local.runner`` run a consortium whose configs list different addresses for
     the same parties (each party its proxies): its consistency check is made on the names and
     their order (and roles) only, for the duration (in this process; party processes are untouched)."""
-    from jointstats import runner
+    from jointstats.local import runner
     from jointstats.errors import ConfigError
     original = runner.check_consortium
 

@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import yaml
 
-    from jointstats.client import NodeClient, _sign
-    from jointstats.keys import make_analyst_key
-    from jointstats.node import Node, make_server
+    from jointstats.node.client import NodeClient, _sign
+    from jointstats.consortium.keys import make_analyst_key
+    from jointstats.node.service import Node, make_server
     from tests.conftest import cohort_frame, write_consortium
     from tests.unit.test_node_http import BIG_SPEC
 

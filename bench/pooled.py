@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     if args.impl == "numpy":  # the lean baseline gets the Arrow allocator our parties use
-        from jointstats._party import _configure_arrow
+        from jointstats.engine.party import _configure_arrow
         _configure_arrow()
     if args.impl == "pandas" and args.spec in ("headline", "regression"):
         import statsmodels.api  # noqa: F401

@@ -58,10 +58,10 @@ def local_breakdown(spec_text: str, files: list[Path], party: int = 0) -> str:
     """
     import numpy as np
     import pyarrow.parquet as pq
-    from jointstats import _local
-    from jointstats._sources import open_source
-    from jointstats.plan import make_plan
-    from jointstats.spec import parse_spec
+    from jointstats.engine import local_step as _local
+    from jointstats.engine.sources import open_source
+    from jointstats.plan.sealed import make_plan
+    from jointstats.plan.spec import parse_spec
     spec = parse_spec(spec_text)
     plan = make_plan(spec, [f"p{i}" for i in range(len(files))])
     path = files[party]
@@ -85,7 +85,7 @@ def local_breakdown(spec_text: str, files: list[Path], party: int = 0) -> str:
         t_blas = time.perf_counter() - t
         del X
     del table, arrays
-    from jointstats import _party
+    from jointstats.engine import party as _party
     chunk_rows = getattr(_party, "CHUNK_ROWS", 1 << 20)
     source = open_source(str(path), path.parent)
     t = time.perf_counter()

@@ -97,7 +97,7 @@ def warm_page_cache(path: Path) -> None:
 def measure_ours(rec: Recorder, bench: str, spec: str, *, n: int, m: int = 3, d: int = 10, k: int = 2,
                  dp: dict | None = None, tls: bool = False, fmt: str = "parquet", repeats: int = 1,
                  secure_repeats: int = 1, launch: str | None = None) -> dict | None:
-    from jointstats._launch import use_launcher
+    from jointstats.local.launch import use_launcher
     launch = launch or ("fork" if use_launcher() else "exec")
     params = {"spec": spec, "rows_per_party": n, "parties": m, "features": d, "k": k,
               "mode": "dp" if dp else "exact", "tls": tls, "format": fmt, "launch": launch}
@@ -249,7 +249,7 @@ def bench_overhead(rec: Recorder, full: bool) -> None:
             for _ in range(2 if full else 1):
                 configs = jobs.write_configs(Path(tmp), files)
                 t = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "run", str(spec_path),
+                proc = subprocess.run([sys.executable, "-m", "jointstats.cli.commands", "run", str(spec_path),
                                        "--parties", *map(str, configs)], capture_output=True, text=True,
                                       timeout=300)
                 walls.append(time.perf_counter() - t)
@@ -331,9 +331,9 @@ def bench_features(rec: Recorder, full: bool) -> None:
 
 def _dp_missing() -> str | None:
     try:
-        importlib.import_module("jointstats._dp")
+        importlib.import_module("jointstats.engine.dp")
     except ImportError as exc:
-        return f"jointstats._dp not importable ({exc})"
+        return f"jointstats.engine.dp not importable ({exc})"
     return None
 
 
@@ -353,10 +353,10 @@ def bench_dp(rec: Recorder, full: bool) -> None:
 
 
 def bench_tls(rec: Recorder, full: bool) -> None:
-    """TLS on the MPC links, on and off (if this jointstats has ``jointstats.tls``)."""
+    """TLS on the MPC links, on and off (if this jointstats has ``jointstats.consortium.tls``)."""
     if not jobs.tls_available():
         rec.emit({"bench": "tls", "system": "jointstats", "params": {"tls": True},
-                  "skipped": "jointstats.tls not present in this checkout"})
+                  "skipped": "jointstats.consortium.tls not present in this checkout"})
         return
     for tls in (False, True):
         measure_ours(rec, "tls", "headline", n=10_000, tls=tls, repeats=3 if full else 1)

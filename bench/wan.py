@@ -5,7 +5,7 @@ loopback, 3 parties, 1e4 rows per party (the secure step does not depend on the 
 ``python -m bench --only wan`` (records in the results file, the table on stderr), or
 ``python -m bench.wan [--rows N] [--repeats R] [--rtt 0,10,50,100] [--kinds a,b]`` alone.
 
-Per job kind and link: the median wall time (call to result, as ``jointstats.runner.run``),
+Per job kind and link: the median wall time (call to result, as ``jointstats.local.runner.run``),
 the slowest party's secure step (from the plan-hash exchange to the last reveal), the bytes
 sent, and the **rounds**: the longest chain of messages each sent after the one before it
 arrived, counted on the wire by the emulator (bench/netem.py); a round is one one-way

@@ -14,17 +14,17 @@ Typical use::
 
 Every error derives from :class:`JointStatsError` (jointstats.errors).
 """
-from ._accounting import PrivacyBudget
-from .config import PartyConfig, load_party_config
-from .errors import (AuthError, BudgetError, ConfigError, DataError, JointStatsError, PartyError,
+from jointstats.plan.accounting import PrivacyBudget
+from jointstats.consortium.config import PartyConfig, load_party_config
+from jointstats.errors import (AuthError, BudgetError, ConfigError, DataError, JointStatsError, PartyError,
                      PlanMismatchError, PolicyError, SpecError)
-from .plan import Plan, make_plan
-from .result import Result
-from .results_kinds import (CorrelationResult, CountResult, CrosstabResult, HistogramResult,
+from jointstats.plan.sealed import Plan, make_plan
+from jointstats.result import Result
+from jointstats.results_kinds import (CorrelationResult, CountResult, CrosstabResult, HistogramResult,
                             MeanResult, RegressionResult, StatisticResult, SumResult,
                             VarianceResult)
-from .runner import run, validate
-from .spec import Spec, load_spec, parse_spec
+from jointstats.local.runner import run, validate
+from jointstats.plan.spec import Spec, load_spec, parse_spec
 
 __version__ = "0.1.0"
 

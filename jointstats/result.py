@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._accounting import PrivacyBudget
-    from .results_kinds import StatisticResult
+    from jointstats.plan.accounting import PrivacyBudget
+    from jointstats.results_kinds import StatisticResult
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,9 @@ class Result:
     privacy: dict | None
     results: dict[str, dict]
     extra: dict = field(default_factory=dict, compare=False)
-    mpc: dict | None = None  # roles, threshold and who could see what (jointstats._roles.mpc_block)
+    mpc: dict | None = None  # roles, threshold and who could see what (jointstats.engine.roles.mpc_block)
     #: purpose, analyst, each party's agreement, approvals, dataset fingerprint and signature
-    #: (jointstats._report); None for results made before provenance existed
+    #: (jointstats.engine.report); None for results made before provenance existed
     provenance: dict | None = None
 
     def to_dict(self) -> dict:
@@ -58,7 +58,7 @@ class Result:
     def stat(self, name: str) -> "StatisticResult":
         """Statistic ``name`` as its typed per-kind object (``RegressionResult``, ...);
         KeyError listing the statistics (and the closest name) if there is none."""
-        from .results_kinds import statistic_result
+        from jointstats.results_kinds import statistic_result
         if name not in self.results:
             raise KeyError(_unknown(name, self.results))
         return statistic_result(name, self.results[name])
@@ -66,7 +66,7 @@ class Result:
     @property
     def statistics(self) -> dict[str, "StatisticResult"]:
         """Every statistic as its typed per-kind object, in the spec's order."""
-        from .results_kinds import statistic_result
+        from jointstats.results_kinds import statistic_result
         return {name: statistic_result(name, res) for name, res in self.results.items()}
 
     @property
@@ -74,7 +74,7 @@ class Result:
         """The job's guarantee, exact, as every party's ledger charged it (with rho for zCDP
         jobs); None in exact mode. Results without an exact charge give the floats of
         ``privacy.guarantee`` (or of ``privacy``) instead."""
-        from ._accounting import PrivacyBudget
+        from jointstats.plan.accounting import PrivacyBudget
         if not self.privacy:
             return None
         charge = self.privacy.get("charge")
@@ -239,7 +239,7 @@ def _format(name: str, res: dict) -> list[str]:
             out.append(f"  [{_num(edges[i])}, {_num(edges[i + 1])}{close}  {c}")
         return out
     if kind == "regression":
-        from .results_kinds import RegressionResult
+        from jointstats.results_kinds import RegressionResult
         reg = RegressionResult(name, res)
         noise = res.get("noise") or {}
         r2_half = noise.get("r_squared_ci95_halfwidth")

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from .errors import JointStatsError
+from jointstats.errors import JointStatsError
 
 __all__ = [
     "StatisticResult", "ScalarResult", "CountResult", "SumResult", "MeanResult",
@@ -72,7 +72,7 @@ class StatisticResult:
 
     def summary(self) -> str:
         """The statistic's block of ``Result.summary()``."""
-        from .result import _format
+        from jointstats.result import _format
         return "\n".join(_format(self.name, dict(self.data)))
 
     def to_frame(self):

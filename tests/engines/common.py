@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from jointstats._local import compute_partials
-from jointstats._sources import open_source
-from jointstats.output import add_noise_plans
-from jointstats.plan import make_plan
-from jointstats.spec import parse_spec
+from jointstats.engine.local_step import compute_partials
+from jointstats.engine.sources import open_source
+from jointstats.engine.output import add_noise_plans
+from jointstats.plan.sealed import make_plan
+from jointstats.plan.spec import parse_spec
 
 STATS = """
 statistics:

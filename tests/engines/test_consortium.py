@@ -49,9 +49,9 @@ def test_three_parties_postgres_duckdb_and_third(pg_server, consortium, tmp_path
     got = run(tmp_path / "spec.yaml", paths)
     assert got.results == want.results
     # the parties' local steps were pushed down (the numpy path is not used)
-    import jointstats._local as local
+    import jointstats.engine.local_step as local
     from jointstats import load_party_config, load_spec
-    from jointstats._party import PartyJob
+    from jointstats.engine.party import PartyJob
     spec = load_spec(tmp_path / "spec.yaml")
     numpy_path = local.compute_partials
     partials = [numpy_path(PartyJob(load_party_config(p), spec, "j").plan(),
@@ -71,7 +71,7 @@ def test_three_parties_postgres_duckdb_and_third(pg_server, consortium, tmp_path
 
 
 def _csv_chunks(path, spec):
-    from jointstats._sources import open_source
+    from jointstats.engine.sources import open_source
     name = path.stem
     return open_source(f"data/{name}.csv", path.parent).iter_chunks(list(spec.schema), name)
 

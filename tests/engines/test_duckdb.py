@@ -79,7 +79,7 @@ def test_exact_mode_misfits_fail_as_the_file_reader_does(tmp_path):
 
 def test_grid_rounding_is_numpy_rint(tmp_path):
     """Ties and near-ties of (x - offset) * multiplier round exactly as numpy's rint."""
-    from jointstats._sql_sources import _DuckDB
+    from jointstats.engine.sql_sources import _DuckDB
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.uniform(-1e6, 1e6, 20000), np.arange(-50, 50) + 0.5,
                         np.nextafter(np.arange(-50, 50) + 0.5, 0), [2.0 ** 52 + 0.5, -0.5, 0.5, 1.5]])
@@ -109,7 +109,7 @@ def test_source_errors_name_the_source(tmp_path):
 def test_config_dataset_fields(tmp_path):
     import yaml
 
-    from jointstats.config import parse_party_config
+    from jointstats.consortium.config import parse_party_config
     base = {"party": "a", "mpc": {"parties": [{"name": "a", "host": "127.0.0.1", "port": 1},
                                               {"name": "b", "host": "127.0.0.1", "port": 2}]}}
     cfg = parse_party_config({**base, "datasets": {
@@ -127,11 +127,11 @@ def test_config_dataset_fields(tmp_path):
 
 
 def test_row_limit_exact_refuses_dp_uses_the_limit(tmp_path):
-    from jointstats._local import compute_partials
-    from jointstats._sources import open_source
+    from jointstats.engine.local_step import compute_partials
+    from jointstats.engine.sources import open_source
     from jointstats.errors import PolicyError
-    from jointstats.output import add_noise_plans
-    from jointstats.plan import make_plan
+    from jointstats.engine.output import add_noise_plans
+    from jointstats.plan.sealed import make_plan
     df = frame(500, 5, misfits=False)
     _duckdb_table(tmp_path / "d.duckdb", df)
     df.to_parquet(tmp_path / "d.parquet", index=False)
@@ -171,8 +171,8 @@ def test_csv_gz_malformed_rows_as_the_file_reader(tmp_path):
 def test_unhandled_type_streams_through_the_numpy_path(tmp_path):
     """A categorical column of dates: the pushdown declines, the rows stream through the
     file readers' encoder, with the Parquet reader's result."""
-    from jointstats._local import compute_partials
-    from jointstats._sources import open_source
+    from jointstats.engine.local_step import compute_partials
+    from jointstats.engine.sources import open_source
 
     from .common import plan_of
     df = frame(400, 8, misfits=False)

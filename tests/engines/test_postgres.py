@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jointstats._sources import open_source
+from jointstats.engine.sources import open_source
 from jointstats.errors import ConfigError, DataError
 
 from .common import DP, DP_PURE, EXACT, frame, numpy_partials, pushed_partials
@@ -108,7 +108,7 @@ def test_party_refusal_names_party_and_source_not_password(pg_server, consortium
     import yaml
 
     from jointstats import load_party_config, parse_spec
-    from jointstats._party import PartyJob
+    from jointstats.engine.party import PartyJob
     from jointstats.errors import JointStatsError
     from tests.conftest import cohort_frame
     from tests.multiparty.test_exact import SPEC

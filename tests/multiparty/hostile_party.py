@@ -7,7 +7,7 @@ tell whether any party ran code sent by a peer.
     python -m tests.multiparty.hostile_party [--attack KIND SENTINEL MARKER] party ARGS...
     python -m tests.multiparty.hostile_party [--attack KIND SENTINEL MARKER] rendezvous CONFIG OUT
 
-``party ARGS`` runs ``jointstats._party`` with ARGS; ``rendezvous`` runs one node
+``party ARGS`` runs ``jointstats.engine.party`` with ARGS; ``rendezvous`` runs one node
 rendezvous (``Node._rendezvous``) for CONFIG and writes its outcome to OUT as JSON. With
 ``--attack``, every message that the runtime sends from the function named by KIND carries
 the pickle instead (and MARKER is created, to show that the attack happened).
@@ -38,7 +38,7 @@ class _Exploit:
 
 def arm(kind: str, sentinel: str, marker: str) -> None:
     """Replace the payload of every message sent from ``SENDERS[kind]`` by the exploit."""
-    from jointstats import _mpc
+    from jointstats.mpc import runtime as _mpc
     payload = pickle.dumps(_Exploit(sentinel))
     original = _mpc.JointRuntime._send_message
     sender = SENDERS[kind]
@@ -53,9 +53,9 @@ def arm(kind: str, sentinel: str, marker: str) -> None:
 
 def rendezvous(config: str, out: str) -> int:
     """One node rendezvous for ``config`` (with one queued job); its outcome as JSON."""
-    from jointstats.config import load_party_config
+    from jointstats.consortium.config import load_party_config
     from jointstats.errors import JointStatsError
-    from jointstats.node import Node
+    from jointstats.node.service import Node
     cfg = load_party_config(config)
     node = types.SimpleNamespace(config=cfg, names=[p.name for p in cfg.peers], attempt_timeout=20.0)
     entries = [(1_700_000_000, "job-1", "alice", "0" * 64)]
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         argv = argv[4:]
     if argv[0] == "rendezvous":
         return rendezvous(*argv[1:3])
-    from jointstats._party import main as party_main
+    from jointstats.engine.party import main as party_main
     return party_main(argv[1:])
 
 

@@ -17,8 +17,8 @@ import statsmodels.api as sm
 import yaml
 
 from jointstats import PartyError, PolicyError, run, validate
-from jointstats._state import NodeState
-from jointstats.config import load_party_config
+from jointstats.ledger.state import NodeState
+from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
 
 HEAD = """

@@ -9,7 +9,7 @@ import yaml
 
 from jointstats import run
 from jointstats.errors import PartyError
-from jointstats.keys import make_ca, make_party_cert
+from jointstats.consortium.keys import make_ca, make_party_cert
 from tests.conftest import cohort_frame, write_consortium
 
 SPEC = """name: crl
@@ -31,7 +31,7 @@ def test_revoked_party_certificate_is_refused_at_the_next_connection(tmp_path):
         cfg["mpc"]["tls"] = {"cert": f"../keys/{name}.crt", "key": f"../keys/{name}.key",
                              "ca": "../ca/ca.crt", "crl": "../ca/ca.crl"}
         p.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cli = [sys.executable, "-m", "jointstats.cli", "keys"]
+    cli = [sys.executable, "-m", "jointstats.cli.commands", "keys"]
     out = subprocess.run(cli + ["crl", "--ca", str(tmp_path / "ca")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     spec = tmp_path / "spec.yaml"

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-pytest.importorskip("jointstats._noise")
+pytest.importorskip("jointstats.noise.sampler")
 from jointstats import PartyError, run  # noqa: E402
-from jointstats._state import NodeState  # noqa: E402
-from jointstats.config import load_party_config  # noqa: E402
+from jointstats.ledger.state import NodeState  # noqa: E402
+from jointstats.consortium.config import load_party_config  # noqa: E402
 from tests.conftest import cohort_frame  # noqa: E402
 
 HEAD = """

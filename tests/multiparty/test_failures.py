@@ -6,8 +6,8 @@ import time
 import pytest
 
 from jointstats import ConfigError, PartyError, run
-from jointstats._state import NodeState
-from jointstats.config import load_party_config
+from jointstats.ledger.state import NodeState
+from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
 
 EXACT = """
@@ -53,7 +53,7 @@ def test_party_never_starting_times_out_naming_it(consortium, tmp_path):
     procs = []
     for cfg in configs[:2]:
         out = tmp_path / f"{cfg.stem}.json"
-        procs.append((subprocess.Popen([sys.executable, "-m", "jointstats._party", "--config", str(cfg),
+        procs.append((subprocess.Popen([sys.executable, "-m", "jointstats.engine.party", "--config", str(cfg),
                                         "--spec", str(spec), "--job-id", "j1", "--out", str(out),
                                         "--connect-timeout", "3"]), out))
     for proc, out in procs:
@@ -76,7 +76,7 @@ def test_slow_local_step_does_not_hit_the_connect_timeout(consortium, tmp_path):
     procs = []
     for cfg in configs:
         out = tmp_path / f"{cfg.stem}.json"
-        procs.append((subprocess.Popen([sys.executable, "-m", "jointstats._party", "--config", str(cfg),
+        procs.append((subprocess.Popen([sys.executable, "-m", "jointstats.engine.party", "--config", str(cfg),
                                         "--spec", str(spec), "--job-id", "j1", "--out", str(out),
                                         "--connect-timeout", "1"], env=env), out))
     results = []

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from jointstats.errors import AuthError, JointStatsError, PartyError, PolicyError
-from jointstats.keys import make_analyst_key
+from jointstats.consortium.keys import make_analyst_key
 from tests.multiparty.test_node import NAMES, Cluster
 
 SCHEMA = {"age": {"type": "real", "bounds": [18, 100]},
@@ -56,7 +56,7 @@ def gov(tmp_path_factory):
 
 
 def _cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "jointstats.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "jointstats.cli.commands", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from jointstats import run, validate
-from jointstats._state import NodeState
-from jointstats.config import load_party_config
+from jointstats.ledger.state import NodeState
+from jointstats.consortium.config import load_party_config
 from jointstats.errors import PartyError, PolicyError
-from jointstats.keys import make_analyst_key
+from jointstats.consortium.keys import make_analyst_key
 from tests.conftest import cohort_frame, write_consortium
 
 ROWS = 40
@@ -49,7 +49,7 @@ def governed(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "jointstats.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "jointstats.cli.commands", *args], capture_output=True, text=True)
 
 
 def test_agreements_consent_and_signed_report(governed):

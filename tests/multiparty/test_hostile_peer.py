@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from jointstats._state import NodeState
-from jointstats.config import load_party_config
+from jointstats.ledger.state import NodeState
+from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def _assert_named(outcomes: dict) -> None:
 
 
 def _audit_verify(config: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", "from jointstats.cli import main; raise SystemExit(main())",
+    done = subprocess.run([sys.executable, "-c", "from jointstats.cli.commands import main; raise SystemExit(main())",
                            "audit", "verify", "--config", str(config)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

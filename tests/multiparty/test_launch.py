@@ -1,4 +1,4 @@
-"""Party processes forked from the launcher (jointstats/_launch.py) against exec'd ones.
+"""Party processes forked from the launcher (jointstats/local/launch.py) against exec'd ones.
 
 Both are real, separate OS processes over TCP on loopback; they must give the same answer,
 report a dying party alike, and leave no launcher or party behind when their caller dies.
@@ -85,7 +85,7 @@ def test_the_launcher_dies_with_its_caller(consortium, tmp_path):
     configs = consortium([cohort_frame(40, i) for i in range(3)])
     code = (
         "import sys, time\n"
-        "from jointstats import run, _launch\n"
+        "from jointstats import run\nfrom jointstats.local import launch as _launch\n"
         f"run({str(spec)!r}, {[str(c) for c in configs]!r})\n"
         "print(*[l.proc.pid for l in _launch._launchers.values()], flush=True)\n"
         "time.sleep(60)\n"
@@ -108,7 +108,7 @@ def test_the_launcher_dies_with_its_caller(consortium, tmp_path):
 
 
 def test_a_broken_launcher_falls_back_to_fresh_interpreters(consortium, tmp_path, monkeypatch, capfd):
-    from jointstats import _launch
+    from jointstats.local import launch as _launch
     spec = tmp_path / "s.yaml"
     spec.write_text(SPEC)
     configs = consortium([cohort_frame(30, i) for i in range(3)])
@@ -124,7 +124,7 @@ def test_a_broken_launcher_falls_back_to_fresh_interpreters(consortium, tmp_path
 @pytest.mark.parametrize("launch", ["fork", "exec"])
 def test_a_party_in_a_session_of_its_own(monkeypatch, tmp_path, launch):
     # a node's workers: forked with new_session, or exec'd with the node's own worker command
-    from jointstats import _launch
+    from jointstats.local import launch as _launch
     monkeypatch.setenv("JOINTSTATS_LAUNCH", launch)
     out = tmp_path / "out.json"
     probe = ("import os, sys; sys.stderr.write(f'{os.getsid(0) == os.getpid()} "
@@ -137,5 +137,5 @@ def test_a_party_in_a_session_of_its_own(monkeypatch, tmp_path, launch):
     if launch == "exec":
         own_session, parent = err.split()
         assert own_session == "True" and int(parent) == os.getpid()
-    else:  # the launcher ran jointstats._party: a one-line error about the missing config
+    else:  # the launcher ran jointstats.engine.party: a one-line error about the missing config
         assert proc.returncode == 1 and "missing.yaml" in out.read_text()

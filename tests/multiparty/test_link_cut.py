@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from bench import netem
-from jointstats._state import NodeState
-from jointstats.config import load_party_config
+from jointstats.ledger.state import NodeState
+from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
 
 DP_JOB = """
@@ -59,7 +59,7 @@ def _run_cut(tmp_path, configs, net, a, b, mode="close", wait=90.0):
     for cfg in configs:
         out = tmp_path / f"{cfg.stem}.json"
         procs[cfg.stem] = (subprocess.Popen(
-            [sys.executable, "-m", "jointstats._party", "--config", str(cfg), "--spec", str(spec),
+            [sys.executable, "-m", "jointstats.engine.party", "--config", str(cfg), "--spec", str(spec),
              "--job-id", "cut-1", "--out", str(out), "--connect-timeout", "20"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
     ended = {}

@@ -33,12 +33,12 @@ statistics:
 """
 HOSTILE = """
 import sys
-from jointstats import _codec
+from jointstats.mpc import codec as _codec
 orig = _codec.RECORD.encode
 def evil(rec):
     return orig({**rec, "min_count_floor": 1 << 50})
 _codec.RECORD.encode = evil
-from jointstats._party import exit_now, main
+from jointstats.engine.party import exit_now, main
 exit_now(main(sys.argv[1:]))  # as a party process exits: no teardown race
 """
 
@@ -67,7 +67,7 @@ def _run(tmp_path: Path, mc: int, hostile: bool) -> list[dict]:
     for cfg in cfgs:
         out = tmp_path / f"{cfg.stem}.json"
         head = ([sys.executable, "-c", HOSTILE] if hostile and cfg.stem == "party_b"
-                else [sys.executable, "-m", "jointstats._party"])
+                else [sys.executable, "-m", "jointstats.engine.party"])
         procs.append((cfg.stem, subprocess.Popen(
             head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "mc", "--out", str(out),
                     "--connect-timeout", "20"], cwd=ROOT, stdout=subprocess.DEVNULL,

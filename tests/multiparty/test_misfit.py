@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import yaml
 
-pytest.importorskip("jointstats._noise")
+pytest.importorskip("jointstats.noise.sampler")
 from jointstats import PartyError, run  # noqa: E402
-from jointstats._party import local_step_failure  # noqa: E402
-from jointstats._sources import MISFIT_RULE_DP  # noqa: E402
-from jointstats._state import NodeState  # noqa: E402
-from jointstats.config import load_party_config  # noqa: E402
+from jointstats.engine.party import local_step_failure  # noqa: E402
+from jointstats.engine.sources import MISFIT_RULE_DP  # noqa: E402
+from jointstats.ledger.state import NodeState  # noqa: E402
+from jointstats.consortium.config import load_party_config  # noqa: E402
 from tests.conftest import cohort_frame  # noqa: E402
 
 HEAD = """
@@ -173,10 +173,10 @@ def test_dp_local_step_failure_is_one_fixed_reason_naming_the_party(consortium, 
 def test_local_step_error_text_stays_with_its_owner_in_dp_mode(consortium, tmp_path, monkeypatch, caplog, dp):
     """In process: whatever escapes reading or aggregating (here an unexpected error quoting a
     value and a count) becomes the fixed reason in DP mode, logged in full only locally."""
-    from jointstats import _local
-    from jointstats._party import PartyJob
+    from jointstats.engine import local_step as _local
+    from jointstats.engine.party import PartyJob
     from jointstats.errors import DataError
-    from jointstats.spec import load_spec
+    from jointstats.plan.spec import load_spec
 
     def broken(plan, chunks):
         list(chunks)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jointstats.client import NodeClient, fetch_result, submit
+from jointstats.node.client import NodeClient, fetch_result, submit
 from jointstats.errors import AuthError, BudgetError, JointStatsError, PartyError
-from jointstats.keys import make_analyst_key, make_ca, make_party_cert
+from jointstats.consortium.keys import make_analyst_key, make_ca, make_party_cert
 from tests.conftest import cohort_frame, free_ports
 
 NAMES = ["party_a", "party_b", "party_c"]
@@ -70,13 +70,13 @@ if _dir:
         pid = os.getppid()
         while pid > 1:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if b"serve" in fh.read().split(b"\\0"):  # ... jointstats.cli node serve --config ...
+                if b"serve" in fh.read().split(b"\\0"):  # ... jointstats.cli.commands node serve --config ...
                     return pid
             with open(f"/proc/{pid}/stat") as fh:
                 pid = int(fh.read().rsplit(")", 1)[1].split()[1])
         raise RuntimeError("no node among the ancestors")
 
-    import jointstats._party as _party
+    import jointstats.engine.party as _party
     _fault_point = _party._fault_point
 
     def fault_point(party, point):
@@ -88,7 +88,7 @@ if _dir:
         return _fault_point(party, point)
     _party._fault_point = fault_point
 
-    import jointstats._state as _state
+    import jointstats.ledger.state as _state
     _commit = _state.NodeState.commit
 
     def commit(self, job_id):
@@ -105,9 +105,9 @@ if _dir:
 def _dp_ready() -> bool:
     """Whether the DP output layer can plan a DP job (it is finished in another module)."""
     try:
-        from jointstats.output import add_noise_plans
-        from jointstats.plan import make_plan
-        from jointstats.spec import parse_spec
+        from jointstats.engine.output import add_noise_plans
+        from jointstats.plan.sealed import make_plan
+        from jointstats.plan.spec import parse_spec
         spec = parse_spec(DP.format(dataset="cohort"))
         add_noise_plans(spec, make_plan(spec, NAMES))
         return True
@@ -116,7 +116,7 @@ def _dp_ready() -> bool:
 
 
 DP_READY = _dp_ready()
-needs_dp = pytest.mark.skipif(not DP_READY, reason="DP layer (jointstats._dp and its sampler) not available")
+needs_dp = pytest.mark.skipif(not DP_READY, reason="DP layer (jointstats.engine.dp and its sampler) not available")
 
 
 class Cluster:
@@ -175,7 +175,7 @@ class Cluster:
         env = {**os.environ, "JS_TEST_HOOK_DIR": str(self.hooks[i]),
                "PYTHONPATH": os.pathsep.join([str(self.root / "site"), str(Path.cwd()),
                                               os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "jointstats.cli", "node", "serve",
+        cmd = [sys.executable, "-m", "jointstats.cli.commands", "node", "serve",
                "--config", str(config or self.configs[i]),
                "--api-cert", str(self.root / "keys" / f"{name}.crt"),
                "--api-key", str(self.root / "keys" / f"{name}.key"),
@@ -221,8 +221,8 @@ class Cluster:
         (self.hooks[i] / hook).write_text("")
 
     def ledger(self, i: int):
-        from jointstats._state import NodeState
-        from jointstats.config import load_party_config
+        from jointstats.ledger.state import NodeState
+        from jointstats.consortium.config import load_party_config
         return NodeState(load_party_config(self.configs[i]).state)
 
     def submit(self, spec_text: str, analyst: str = "alice", order=(0, 1, 2), timeout: float = 90.0, **kw):
@@ -283,7 +283,7 @@ def _workers_of(c: "Cluster", job_id: str) -> list[int]:
 
 
 def _job_ids(c: Cluster, i: int) -> list[str]:
-    from jointstats.config import load_party_config
+    from jointstats.consortium.config import load_party_config
     root = load_party_config(c.configs[i]).state
     return [p.name for p in root.with_name(root.stem + ".jobs").iterdir() if p.is_dir()]
 
@@ -312,7 +312,7 @@ def test_full_job_via_submit(cluster):
     spec = cluster.root / "exact.yaml"
     spec.write_text(EXACT)
     out = cluster.root / "cli.json"
-    cmd = [sys.executable, "-m", "jointstats.cli", "submit", str(spec), "--node", *cluster.urls,
+    cmd = [sys.executable, "-m", "jointstats.cli.commands", "submit", str(spec), "--node", *cluster.urls,
            "--key", str(cluster.root / "analysts" / "alice.key"), "--ca", str(cluster.ca),
            "--out", str(out), "--timeout", "90"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -335,7 +335,7 @@ def test_dp_jobs_until_the_budget_is_exhausted(cluster):
     with pytest.raises(BudgetError, match=r"refused the job: party 'party_a': privacy budget of "
                                           r"dataset 'budgeted' exceeded: remaining epsilon 0\.5"):
         cluster.submit(spec)
-    proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "budget", "--config",
+    proc = subprocess.run([sys.executable, "-m", "jointstats.cli.commands", "budget", "--config",
                            str(cluster.configs[1])], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "budgeted: spent epsilon 2" in proc.stdout and "remaining epsilon 0.5" in proc.stdout
@@ -360,12 +360,12 @@ def test_unknown_analyst_bad_signature_stale_and_replay(cluster):
     # the command line: exit status 3 (a refusal), one line naming the analyst
     spec = cluster.root / "exact.yaml"
     spec.write_text(EXACT)
-    proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "submit", str(spec), "--node",
+    proc = subprocess.run([sys.executable, "-m", "jointstats.cli.commands", "submit", str(spec), "--node",
                            *cluster.urls, "--key", str(cluster.root / "analysts" / "mallory.key"),
                            "--ca", str(cluster.ca)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1 and "'mallory'" in proc.stderr
 
-    from jointstats.keys import sign_submission
+    from jointstats.consortium.keys import sign_submission
     node = cluster.client(1)
     key = cluster.root / "analysts" / "alice.key"
     now = int(time.time())
@@ -604,7 +604,7 @@ def test_foreign_certificate_refused(cluster):
 
 
 def test_audit_tampering_detected(cluster):
-    from jointstats.config import load_party_config
+    from jointstats.consortium.config import load_party_config
     src = load_party_config(cluster.configs[0]).state
 
     def copy(name: str) -> Path:
@@ -620,7 +620,7 @@ def test_audit_tampering_detected(cluster):
         return path, dst
 
     def verify(path):
-        return subprocess.run([sys.executable, "-m", "jointstats.cli", "audit", "verify", "--config",
+        return subprocess.run([sys.executable, "-m", "jointstats.cli.commands", "audit", "verify", "--config",
                                str(path)], capture_output=True, text=True, timeout=60)
     intact, _ = copy("intact")
     proc = verify(intact)
@@ -682,11 +682,11 @@ def test_foreign_and_mismatched_certificates_between_workers(tmp_path):
         procs = []
         for i, path in enumerate(configs):
             # the impostor skips its own certificate check, as an attacker would
-            pre = ("import jointstats.tls as t; t.check_own_certificate = lambda cfg: None; "
+            pre = ("import jointstats.consortium.tls as t; t.check_own_certificate = lambda cfg: None; "
                    if i == bad and kind == "mismatch" else "")
             # exit as a party process does (exit_now: no interpreter teardown racing a local-step
             # thread still inside Arrow, which once aborted a process with SIGABRT here)
-            code = pre + "import sys; from jointstats._party import main, exit_now; exit_now(main(sys.argv[1:]))"
+            code = pre + "import sys; from jointstats.engine.party import main, exit_now; exit_now(main(sys.argv[1:]))"
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", code, "--config", str(path), "--spec", str(spec),
                  "--job-id", "j", "--out", str(root / f"{i}.json"), "--connect-timeout", "5"],

@@ -31,7 +31,7 @@ DG_SIGMA2 = Fraction(9, 4)
 
 async def _engine_check(rt) -> list[str]:
     """Replicated AND protocol through the adder / negation / squaring circuits."""
-    from jointstats import _noise
+    from jointstats.noise import sampler as _noise
     ctx = _noise._ctx(rt)
     w, n = 10, 512
     W = n // 64
@@ -55,14 +55,15 @@ async def _engine_check(rt) -> list[str]:
 
 
 async def _party(pid: int, ports: list[int], out: Path, n_dl: int, n_dg: int) -> None:
-    from jointstats import _mpc_speedups, _noise
-    from jointstats._mpc import make_runtime
+    from jointstats.mpc import speedups as _mpc_speedups
+    from jointstats.noise import sampler as _noise
+    from jointstats.mpc.runtime import make_runtime
     _mpc_speedups.install()
     rt = make_runtime(pid, [("127.0.0.1", p) for p in ports])
     await rt.start()
     try:
         st = rt.SecInt(64)
-        # both samplers run concurrently (nothing awaited in between), as in jointstats._dp
+        # both samplers run concurrently (nothing awaited in between), as in jointstats.engine.dp
         x = _noise.discrete_laplace(rt, st, DL_SCALE, n_dl)
         y = _noise.discrete_gaussian(rt, st, DG_SIGMA2, n_dg) if n_dg else None
         # one lock-step batch of two scales and two secure types (as a DP job's noise)

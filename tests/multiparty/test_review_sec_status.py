@@ -22,7 +22,7 @@ from tests.conftest import cohort_frame, write_consortium
 ROOT = Path(__file__).resolve().parents[2]
 HOSTILE = """
 import sys
-from jointstats import _codec
+from jointstats.mpc import codec as _codec
 orig = _codec.RECORD.encode
 mode = sys.argv.pop(1)
 def evil(rec):
@@ -35,7 +35,7 @@ def evil(rec):
         rec["party"], rec["plan"] = "party_a", "f" * 64
     return orig(rec)
 _codec.RECORD.encode = evil
-from jointstats._party import exit_now, main
+from jointstats.engine.party import exit_now, main
 exit_now(main(sys.argv[1:]))  # as a party process exits: no teardown race
 """
 SPEC = """dataset: cohort
@@ -56,7 +56,7 @@ def _run(tmp_path: Path, mode: str) -> dict:
     for cfg in cfgs:
         out = tmp_path / f"{cfg.stem}.json"
         head = ([sys.executable, "-c", HOSTILE, mode] if cfg.stem == "party_b"
-                else [sys.executable, "-m", "jointstats._party"])
+                else [sys.executable, "-m", "jointstats.engine.party"])
         procs[cfg.stem] = (subprocess.Popen(
             head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "j1", "--out", str(out),
                     "--connect-timeout", "20"], cwd=ROOT, stdout=subprocess.DEVNULL,

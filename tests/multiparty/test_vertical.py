@@ -21,7 +21,7 @@ import statsmodels.api as sm
 import yaml
 
 from jointstats import PartyError, run, validate
-from jointstats import _linkage as L
+from jointstats.engine import linkage as L
 from tests.conftest import cohort_frame, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,7 +264,7 @@ def test_a_column_held_by_two_parties_is_refused_naming_both(tmp_path):
 RECORDER = r"""
 import sys, json
 from pathlib import Path
-from jointstats import _mpc
+from jointstats.mpc import runtime as _mpc
 out = Path(sys.argv.pop(1))
 received, sent = [], []
 decode, send = _mpc.JointRuntime._decode, _mpc.JointRuntime._send_message
@@ -275,7 +275,7 @@ def rec_send(self, peer, data):
     sent.append((peer, bytes(data)))
     return send(self, peer, data)
 _mpc.JointRuntime._decode, _mpc.JointRuntime._send_message = rec_decode, rec_send
-from jointstats._party import exit_now, main
+from jointstats.engine.party import exit_now, main
 status = main(sys.argv[1:])
 out.mkdir(parents=True, exist_ok=True)
 for name, msgs in (("received", received), ("sent", sent)):
@@ -311,7 +311,7 @@ def test_a_holders_view_matches_the_leakage_statement(tmp_path):
     for cfg in cfgs:
         out = tmp_path / f"{cfg.stem}.json"
         head = ([sys.executable, "-c", RECORDER, str(tmp_path / "view")] if cfg.stem == "holder_b"
-                else [sys.executable, "-m", "jointstats._party"])
+                else [sys.executable, "-m", "jointstats.engine.party"])
         procs.append((cfg.stem, subprocess.Popen(
             head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "view", "--out", str(out),
                     "--connect-timeout", "30"], cwd=ROOT, stdout=subprocess.DEVNULL,

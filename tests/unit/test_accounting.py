@@ -1,4 +1,4 @@
-"""Exact budget arithmetic and conversions of jointstats._accounting."""
+"""Exact budget arithmetic and conversions of jointstats.plan.accounting."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from fractions import Fraction as F
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from jointstats._accounting import (
+from jointstats.plan.accounting import (
     compose_pure, compose_zcdp, eps_from_rho, exp_neg_bounds, gaussian_sigma2,
     laplace_scale, ln_bounds, noise_interval_95, rho_from_eps_delta, split_budget,
     to_fraction,
@@ -178,7 +178,7 @@ def test_exp_neg_bounds_match_plain_rational_formulas():
     import math as _math
     from fractions import Fraction as _F
 
-    from jointstats._accounting import exp_neg_bounds
+    from jointstats.plan.accounting import exp_neg_bounds
 
     def plain(x, prec):
         r = 0
@@ -222,7 +222,7 @@ def test_exp_neg_bounds_match_plain_rational_formulas():
 
 import mpmath  # noqa: E402
 
-from jointstats._accounting import (  # noqa: E402
+from jointstats.plan.accounting import (  # noqa: E402
     SAMPLER_TV_PER_SAMPLE, JobCharge, LedgerTotals, delta_from_rho_eps_cks, eps_from_rho_cks,
     exp_hi, job_charge, lifetime_spend, rho_from_eps_delta_cks,
 )
@@ -393,7 +393,7 @@ def test_exp_hi_bounds_exp_from_above():
 
 
 def test_sampler_tv_per_sample_is_the_samplers_target():
-    from jointstats._noise import DELTA_TARGET
+    from jointstats.noise.sampler import DELTA_TARGET
     assert SAMPLER_TV_PER_SAMPLE == DELTA_TARGET == F(1, 2**40)
 
 
@@ -431,7 +431,7 @@ def test_zcdp_job_charge_leaves_room_for_the_tv_term(eps, delta, samples):
         assert c.rho == rho_from_eps_delta_cks(eps, delta - tv_term)
     # the claimed guarantee holds: CKS delta of rho at some eps' <= eps (eps itself, or where the
     # TV is charged for a large eps), plus the TV term at eps', within delta
-    from jointstats._accounting import _TV_SHARES, _round_down
+    from jointstats.plan.accounting import _TV_SHARES, _round_down
     candidates = [eps] + [_round_down(ln_bounds(F(1, k) * delta / tv - 1)[0], 20)
                           for k in _TV_SHARES if tv and F(1, k) * delta > 2 * tv]
     with mpmath.workdps(30):

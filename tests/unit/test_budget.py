@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import jointstats as js
-from jointstats._accounting import (JobCharge, LedgerTotals, PrivacyBudget, eps_from_rho_cks,
+from jointstats.plan.accounting import (JobCharge, LedgerTotals, PrivacyBudget, eps_from_rho_cks,
                                     job_charge, lifetime_spend, rho_from_eps_delta_cks)
 
 fracs = st.fractions(min_value=0, max_value=100, max_denominator=10**6)
@@ -107,7 +107,7 @@ def test_spec_policy_ledger_and_result_give_budgets(tmp_path):
     root = Path(__file__).resolve().parents[2]
     cfg = js.load_party_config(root / "parties" / "demo" / "hospital_a.yaml")
     assert cfg.policy.budget == PrivacyBudget(100, F(1, 10**5))
-    from jointstats._state import NodeState
+    from jointstats.ledger.state import NodeState
     state = NodeState(tmp_path / "s.sqlite")
     try:
         charge = job_charge(1, 0, 5)
@@ -127,7 +127,7 @@ def test_spec_policy_ledger_and_result_give_budgets(tmp_path):
 
 
 def test_usage_as_the_api_publishes_it(tmp_path):
-    from jointstats._state import NodeState
+    from jointstats.ledger.state import NodeState
     state = NodeState(tmp_path / "s.sqlite")
     try:
         for i, (eps, delta) in enumerate([(1, 0), (2, F(1, 10**6))]):

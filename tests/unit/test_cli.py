@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 import jointstats
-from jointstats import cli
+from jointstats.cli import commands as cli
 from jointstats.errors import (AuditError, AuthError, BudgetError, ConfigError, DataError,
                                JointStatsError, PartyError, PeerLostError, PolicyError,
                                ReplayError, SpecError, StaleRequestError, exit_code_of)
@@ -46,7 +46,7 @@ def test_every_command_shows_an_example_and_the_exit_codes():
 
 
 def run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "jointstats.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "jointstats.cli.commands", *args], capture_output=True,
                           text=True, timeout=120, **kw)
 
 
@@ -143,8 +143,8 @@ def test_progress_option_forces_or_hides_progress(monkeypatch, tmp_path):
     def fake_run(spec, parties, *, out=None, progress=False, **kw):
         seen.append(progress)
         return jointstats.Result("p", "j", "s", ("a",), None, {})
-    import jointstats.runner
-    monkeypatch.setattr(jointstats.runner, "run", fake_run)
+    import jointstats.local.runner
+    monkeypatch.setattr(jointstats.local.runner, "run", fake_run)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     for flags, expected in (([], False), (["--progress"], True), (["--no-progress"], False)):
         assert cli.main(["run", "s.yaml", "--parties", "a.yaml", *flags]) == 0
@@ -165,7 +165,7 @@ def test_unknown_field_in_a_party_config_suggests_the_field(tmp_path, parties, c
 
 
 def test_did_you_mean_is_bounded_and_finds_the_closest():
-    from jointstats.spec import did_you_mean
+    from jointstats.plan.spec import did_you_mean
     wide = [f"c{i:03d}_measure" for i in range(1000)]
     assert did_you_mean("c517_meassure", wide) == " (did you mean 'c517_measure'?)"
     assert did_you_mean("regoin", ["age", "region", "smoker"]) == " (did you mean 'region'?)"

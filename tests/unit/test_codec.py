@@ -1,4 +1,4 @@
-"""The typed wire codec (jointstats._codec): round trips, hostile inputs, fuzzing.
+"""The typed wire codec (jointstats.mpc.codec): round trips, hostile inputs, fuzzing.
 
 Every decoder must return exactly what the receiving step expects or raise CodecError;
 in particular a pickle is never unpickled (its ``__reduce__`` would create a file here).
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jointstats import _codec as c
-from jointstats._codec import CodecError
+from jointstats.mpc import codec as c
+from jointstats.mpc.codec import CodecError
 
 ORDERS = [2, 251, (1 << 31) - 1, (1 << 61) - 1, (1 << 64) - 59, 1 << 64, (1 << 89) - 1,
           (1 << 127) - 1, (1 << 128) - 159, (1 << 128) + 51, (1 << 521) - 1, (1 << 2048) - 1942289]
@@ -58,7 +58,7 @@ def test_field_values_are_reduced_when_encoded(order):
 
 def test_field_values_match_mpyc_bytes():
     # the same little-endian fixed-width layout as MPyC's own field.to_bytes
-    from jointstats import _mpc
+    from jointstats.mpc import runtime as _mpc
     field = _mpc._mpyc_runtime.finfields.GF((1 << 127) - 1)
     values = [secrets.randbelow(field.order) for _ in range(20)]
     assert c.encode_field_values(values, field.order) == field.to_bytes(values)

@@ -1,4 +1,4 @@
-"""The synthetic demo data (jointstats.demo_data) and its fit to the demo configs and specs."""
+"""The synthetic demo data (jointstats.cli.demo_data) and its fit to the demo configs and specs."""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +10,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from jointstats import demo_data
-from jointstats._sources import open_source
-from jointstats.demo_data import DEFAULT_ROWS, DEMO_SOURCES, PARTIES, ensure_demo_data, generate, make_party_frame
-from jointstats.spec import Column
+from jointstats.cli import demo_data
+from jointstats.engine.sources import open_source
+from jointstats.cli.demo_data import DEFAULT_ROWS, DEMO_SOURCES, PARTIES, ensure_demo_data, generate, make_party_frame
+from jointstats.plan.spec import Column
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +170,7 @@ def test_demo_configs_point_at_the_generated_files():
 
 def test_demo_protocols_fit_the_demo_data():
     """Every schema column of every demo spec exists in the demo data with matching levels and bounds."""
-    from jointstats.spec import load_spec
+    from jointstats.plan.spec import load_spec
 
     kinds = set()
     for path in sorted((ROOT / "protocols").glob("*.yaml")):

@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("jointstats._noise")
-from jointstats import _dp  # noqa: E402
-from jointstats._local import compute_partials  # noqa: E402
-from jointstats._sources import open_source  # noqa: E402
-from jointstats.plan import make_plan  # noqa: E402
-from jointstats.spec import parse_spec  # noqa: E402
+pytest.importorskip("jointstats.noise.sampler")
+from jointstats.engine import dp as _dp  # noqa: E402
+from jointstats.engine.local_step import compute_partials  # noqa: E402
+from jointstats.engine.sources import open_source  # noqa: E402
+from jointstats.plan.sealed import make_plan  # noqa: E402
+from jointstats.plan.spec import parse_spec  # noqa: E402
 
 SPEC = """
 dataset: d
@@ -55,7 +55,7 @@ def test_one_added_row_changes_the_release_by_at_most_its_sensitivity(tmp_path, 
 
 def test_well_quoted_fields_still_read_in_dp_mode(tmp_path):
     (tmp_path / "q.csv").write_text('age,town\n40,"Bergen, west"\n"50","Oslo"\n60,"""Quoted"" town"\n')
-    from jointstats.spec import Column
+    from jointstats.plan.spec import Column
     schema = [Column("age", "real", bounds=(18.0, 100.0)),
               Column("town", "categorical", levels=("Bergen, west", "Oslo", '"Quoted" town'))]
     chunks = list(open_source("q.csv", tmp_path).iter_chunks(schema, "a", strict=False))

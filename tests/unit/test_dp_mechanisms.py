@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jointstats import _dp
-from jointstats._local import compute_partials
-from jointstats.plan import make_plan
-from jointstats.spec import parse_spec
+from jointstats.engine import dp as _dp
+from jointstats.engine.local_step import compute_partials
+from jointstats.plan.sealed import make_plan
+from jointstats.plan.spec import parse_spec
 
 SPEC = """
 name: t

@@ -12,11 +12,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-pytest.importorskip("jointstats._noise")
-from jointstats import _dp  # noqa: E402
-from jointstats._local import compute_partials  # noqa: E402
-from jointstats.plan import make_plan  # noqa: E402
-from jointstats.spec import parse_spec  # noqa: E402
+pytest.importorskip("jointstats.noise.sampler")
+from jointstats.engine import dp as _dp  # noqa: E402
+from jointstats.engine.local_step import compute_partials  # noqa: E402
+from jointstats.plan.sealed import make_plan  # noqa: E402
+from jointstats.plan.spec import parse_spec  # noqa: E402
 
 SPEC = """
 dataset: d

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
-pytest.importorskip("jointstats._dp")
+pytest.importorskip("jointstats.engine.dp")
 from bench import dp_sim, dp_utility as du  # noqa: E402
-from jointstats import _accounting as acc, _dp  # noqa: E402
-from jointstats._mpc import local_runtime  # noqa: E402
+from jointstats.plan import accounting as acc  # noqa: E402
+from jointstats.engine import dp as _dp
+from jointstats.mpc.runtime import local_runtime  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 

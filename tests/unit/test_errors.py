@@ -9,7 +9,7 @@ import pytest
 
 import jointstats
 from jointstats import errors
-from jointstats.runner import _root_cause, _root_error
+from jointstats.local.runner import _root_cause, _root_error
 
 PACKAGE = Path(jointstats.__file__).resolve().parent
 
@@ -46,10 +46,10 @@ def test_every_error_class_derives_from_the_root_and_has_an_exit_code():
         assert errors.error_class(cls.__name__) is cls
     assert errors.error_class("ValueError") is None and errors.error_class(None) is None
     # the classes that moved are still importable where they were
-    from jointstats._codec import CodecError
-    from jointstats._secure import SingularError
-    from jointstats._state import ReplayError, StateError
-    from jointstats.node_cli import AuditError
+    from jointstats.mpc.codec import CodecError
+    from jointstats.engine.secure import SingularError
+    from jointstats.ledger.state import ReplayError, StateError
+    from jointstats.cli.node import AuditError
     assert {CodecError, SingularError, ReplayError, StateError, AuditError} <= set(classes)
 
 

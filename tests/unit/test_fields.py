@@ -7,11 +7,11 @@ from fractions import Fraction
 import gmpy2
 import pytest
 
-from jointstats import _fields
+from jointstats.plan import fields as _fields
 
 
 def test_fixed_regression_primes_are_distinct_primes_3_mod_4():
-    # jointstats._mpc creates MPyC fields for exactly these without MPyC's primality test
+    # jointstats.mpc.runtime creates MPyC fields for exactly these without MPyC's primality test
     primes = _fields.all_regression_primes()
     assert len(set(primes)) == len(primes) == 24
     for p in primes:
@@ -20,7 +20,7 @@ def test_fixed_regression_primes_are_distinct_primes_3_mod_4():
 
 
 def test_trusted_fields_are_mpycs_own_and_reject_other_moduli():
-    from jointstats import _mpc
+    from jointstats.mpc import runtime as _mpc
     from mpyc import finfields
     p = _fields.regression_primes(1)[0]
     field = _mpc.Runtime.SecFld(p).field

@@ -25,8 +25,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from jointstats import ConfigError, JointStatsError, SpecError, parse_spec
-from jointstats.config import parse_party_config
-from jointstats.keys import make_analyst_key, sign_submission
+from jointstats.consortium.config import parse_party_config
+from jointstats.consortium.keys import make_analyst_key, sign_submission
 from tests.conftest import cohort_frame, free_ports, write_consortium
 
 #: Examples per property; raise it for a long run (docs/node.md, "Fuzzing").
@@ -129,8 +129,8 @@ spec_texts = (mutated(VALID_SPEC).map(dump) | text_mutations() | yaml_chars
 
 def check_spec(text: str) -> None:
     """What a node does with a submitted spec: parse, plan, noise plans; JointStatsError only."""
-    from jointstats.output import add_noise_plans
-    from jointstats.plan import make_plan
+    from jointstats.engine.output import add_noise_plans
+    from jointstats.plan.sealed import make_plan
     started = time.monotonic()
     try:
         spec = parse_spec(text)
@@ -188,7 +188,7 @@ class RealNode:
         configs[0].write_text(yaml.safe_dump(data))
         self.key = root / "analysts" / "alice.key"
         self.log = root / "node.log"
-        cmd = [sys.executable, "-m", "jointstats.cli", "node", "serve", "--config", str(configs[0]),
+        cmd = [sys.executable, "-m", "jointstats.cli.commands", "node", "serve", "--config", str(configs[0]),
                "--peer-wait", "3", "--orphan-grace", "2", "--connect-timeout", "3"]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

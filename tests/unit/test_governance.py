@@ -11,21 +11,21 @@ import pandas as pd
 import pytest
 import yaml
 
-from jointstats._accounting import JobCharge
-from jointstats._approval import (WAITING_PREFIX, ApiRefusal, authenticate, rendezvous_entry,
+from jointstats.plan.accounting import JobCharge
+from jointstats.consortium.approval import (WAITING_PREFIX, ApiRefusal, authenticate, rendezvous_entry,
                                   sign_decision, split_queues, verify_decision)
-from jointstats._catalog import catalog_for, spec_template
-from jointstats._consent import Exclusion, load_exclusion, subject_hash, withdraw, withdrawn
-from jointstats._governance import admit, explain, select_agreement
-from jointstats._report import ReportError, attest, merge, render, verify_file, verify_result
-from jointstats._sources import open_source
-from jointstats._state import NodeState
-from jointstats.config import load_party_config
+from jointstats.node.catalog import catalog_for, spec_template
+from jointstats.ledger.consent import Exclusion, load_exclusion, subject_hash, withdraw, withdrawn
+from jointstats.consortium.agreements import admit, explain, select_agreement
+from jointstats.engine.report import ReportError, attest, merge, render, verify_file, verify_result
+from jointstats.engine.sources import open_source
+from jointstats.ledger.state import NodeState
+from jointstats.consortium.config import load_party_config
 from jointstats.errors import BudgetError, ConfigError, DataError, PolicyError
-from jointstats.keys import make_analyst_key
-from jointstats.output import add_noise_plans
-from jointstats.plan import make_plan
-from jointstats.spec import Column, parse_spec
+from jointstats.consortium.keys import make_analyst_key
+from jointstats.engine.output import add_noise_plans
+from jointstats.plan.sealed import make_plan
+from jointstats.plan.spec import Column, parse_spec
 
 PARTIES = ["party_a", "party_b", "party_c"]
 SHA = "0" * 64
@@ -202,7 +202,7 @@ def test_withdrawal_list_audits_a_salted_hash_and_sources_leave_rows_out(tmp_pat
         assert withdrawn(cfg) == ("cohort", ["b", "zz"])
         text = json.dumps(list(state.audit_records()))
         assert '"b"' not in text and '"zz"' not in text
-        from jointstats._consent import node_secret
+        from jointstats.ledger.consent import node_secret
         hashes = [r["fields"]["subject_hash"] for r in state.audit_records() if r["event"] == "withdrawal"]
         assert hashes == [subject_hash(node_secret(cfg), "cohort", s) for s in ("b", "zz")]
         assert state.verify_audit()[0]
@@ -253,7 +253,7 @@ def test_officer_decisions_and_roles(tmp_path):
     assert err.value.status == 403
     with pytest.raises(ApiRefusal, match="needs a reason"):
         verify_decision(cfg, "job-1", sign_decision(keys / "carol.key", "carol", "job-1", False), False)
-    from jointstats.client import signed_headers
+    from jointstats.node.client import signed_headers
     h = signed_headers(keys / "alice.key", "GET /audit", "GET /audit", "alice")
     with pytest.raises(ApiRefusal, match="analyst 'alice' may not") as err:
         authenticate(cfg, h, "GET /audit", "GET /audit", ("officer",))
@@ -303,7 +303,7 @@ def _signed(tmp_path):
 def test_release_report_renders_verifies_and_fails_after_any_change(tmp_path):
     cfgs, result = _signed(tmp_path)
     assert len(verify_result(result)) == 3
-    from jointstats._report import release_public_key
+    from jointstats.engine.report import release_public_key
     pins = {c.party: release_public_key(c) for c in cfgs}
     assert "key not pinned" not in verify_result(result, pins)[0]
     with pytest.raises(ReportError, match="other than its pinned"):
@@ -361,8 +361,8 @@ def test_catalog_lets_an_analyst_write_a_covered_spec(tmp_path):
 # ----------------------------------------------------------------------------- certificates
 
 def test_crl_revoke_and_scheduled_rotation(tmp_path):
-    from jointstats._crl import issue_crl, issue_pending, revoke, revoked_serials, rotate
-    from jointstats.keys import make_ca, make_party_cert
+    from jointstats.consortium.crl import issue_crl, issue_pending, revoke, revoked_serials, rotate
+    from jointstats.consortium.keys import make_ca, make_party_cert
     from cryptography import x509
     make_ca(tmp_path / "ca")
     old, _ = make_party_cert("party_c", 2, tmp_path / "ca", tmp_path / "keys")

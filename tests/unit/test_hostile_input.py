@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from jointstats import ConfigError, SpecError, load_party_config, parse_spec
-from jointstats import spec as spec_module
-from jointstats.keys import make_analyst_key, sign_submission
-from jointstats.node import Node, make_server
+from jointstats.plan import spec as spec_module
+from jointstats.consortium.keys import make_analyst_key, sign_submission
+from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
 from tests.unit.test_node_api import SPEC, body, call, get, node  # noqa: F401 - node is a fixture
 
@@ -265,7 +265,7 @@ def test_same_address_in_every_config_is_refused_before_anything_runs(tmp_path):
     spec.write_text(SPEC)
     with pytest.raises(ConfigError, match=r"mpc.parties\[2\].port: party 'party_c' has the same address"):
         js.run(spec, configs)
-    proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "run", str(spec), "--parties",
+    proc = subprocess.run([sys.executable, "-m", "jointstats.cli.commands", "run", str(spec), "--parties",
                            *map(str, configs)], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "has the same address" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -561,7 +561,7 @@ def test_100k_levels_and_duplicate_statistics_submitted_to_a_node(logged_node):
 def test_unauthenticated_refusals_cannot_grow_the_audit_log_without_bound(node):  # noqa: F811
     """Anyone can send a bad submission: past a per-minute number they are only counted, and the
     count goes into the next audited refusal (security review: 848 requests, 848 records)."""
-    from jointstats import node as node_module
+    from jointstats.node import service as node_module
     limit = node_module.UNAUTHENTICATED_AUDITS_PER_MINUTE
     before = len(list(node.state.audit_records()))
     for i in range(limit + 30):

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from jointstats.errors import AuthError, ConfigError
-from jointstats.keys import (
+from jointstats.consortium.keys import (
     check_peer_identity,
     make_analyst_key,
     make_ca,

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jointstats._accounting import JobCharge, LedgerTotals, job_charge, lifetime_spend
-from jointstats._state import GENESIS_HASH, NodeState, record_hash
+from jointstats.plan.accounting import JobCharge, LedgerTotals, job_charge, lifetime_spend
+from jointstats.ledger.state import GENESIS_HASH, NodeState, record_hash
 from jointstats.errors import BudgetError
 
 SHA = "cd" * 32
@@ -213,12 +213,12 @@ def test_a_zero_delta_budget_means_pure_dp_only(tmp_path: Path) -> None:
     stated, not held against it); any job asking delta > 0 is refused before any data."""
     import yaml
 
-    from jointstats._accounting import LedgerTotals, job_charge, lifetime_spend
-    from jointstats.config import load_party_config
+    from jointstats.plan.accounting import LedgerTotals, job_charge, lifetime_spend
+    from jointstats.consortium.config import load_party_config
     from jointstats.errors import PolicyError
-    from jointstats.plan import make_plan
-    from jointstats.policy import check_job
-    from jointstats.spec import parse_spec
+    from jointstats.plan.sealed import make_plan
+    from jointstats.consortium.policy import check_job
+    from jointstats.plan.spec import parse_spec
 
     cfg = {"party": "a", "mpc": {"parties": [{"name": n, "host": "127.0.0.1", "port": 9000 + i}
                                              for i, n in enumerate("abc")]},
@@ -242,7 +242,7 @@ def test_a_zero_delta_budget_means_pure_dp_only(tmp_path: Path) -> None:
 def test_budget_view_shows_rho_and_tv(tmp_path: Path) -> None:
     import yaml
 
-    from jointstats.ledger_view import budget_lines
+    from jointstats.ledger.view import budget_lines
 
     cfg = {"party": "a", "mpc": {"parties": [{"name": n, "host": "127.0.0.1", "port": 9000 + i}
                                              for i, n in enumerate("abc")]},

@@ -7,11 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from jointstats import _linkage as L
-from jointstats.config import parse_party_config
+from jointstats.engine import linkage as L
+from jointstats.consortium.config import parse_party_config
 from jointstats.errors import ConfigError, SpecError
-from jointstats.plan import assign_columns, make_plan
-from jointstats.spec import parse_spec
+from jointstats.plan.sealed import assign_columns, make_plan
+from jointstats.plan.spec import parse_spec
 
 SPEC = """
 name: linked
@@ -185,8 +185,8 @@ def test_grouping_inner_and_left():
 
 
 def test_encoding_of_a_block():
-    from jointstats._sources import EncodedChunk
-    from jointstats._vertical import encode, layout
+    from jointstats.engine.sources import EncodedChunk
+    from jointstats.engine.vertical import encode, layout
     spec = parse_spec(SPEC.replace("statistics:", "statistics:\n  h: {kind: histogram, column: sbp, "
                                                   "bins: [80, 150, 220]}"))
     plan = make_plan(spec, ["a", "b", "c"])
@@ -210,7 +210,7 @@ def test_linked_demo_data_and_configs_fit_the_linked_protocol():
 
     import yaml
 
-    from jointstats.demo_data import LINKED_COLUMNS, make_linked_frames
+    from jointstats.cli.demo_data import LINKED_COLUMNS, make_linked_frames
     root = Path(__file__).resolve().parents[2]
     spec = parse_spec((root / "protocols" / "linked-bp.yaml").read_text())
     frames = make_linked_frames()

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from jointstats import _local
-from jointstats.plan import make_plan
-from jointstats.spec import parse_spec
+from jointstats.engine import local_step as _local
+from jointstats.plan.sealed import make_plan
+from jointstats.plan.spec import parse_spec
 
 SPEC = """
 dataset: d

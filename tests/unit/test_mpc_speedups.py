@@ -6,8 +6,9 @@ import random
 import numpy as np
 import pytest
 
-from jointstats import _mpc, _mpc_speedups  # noqa: F401 (_mpc first: it shields sys.argv)
-from jointstats._fields import regression_primes
+from jointstats.mpc import runtime as _mpc  # noqa: F401 (_mpc first: it shields sys.argv)
+from jointstats.mpc import speedups as _mpc_speedups
+from jointstats.plan.fields import regression_primes
 
 
 @pytest.fixture
@@ -187,7 +188,7 @@ def test_party_runtimes_install_every_speed_up():
     import sys
     probe = (
         "import asyncio\n"
-        "from jointstats import _mpc, _mpc_speedups as s\n"
+        "from jointstats.mpc import runtime as _mpc\nfrom jointstats.mpc import speedups as s\n"
         "from mpyc import finfields, thresha\n"
         "assert not s.installed()\n"
         "async def build():\n"

@@ -9,10 +9,10 @@ import urllib.request
 import pytest
 import yaml
 
-from jointstats.client import NodeClient, submit
+from jointstats.node.client import NodeClient, submit
 from jointstats.errors import AuthError, ConfigError, JointStatsError
-from jointstats.keys import make_analyst_key, make_ca, make_party_cert, sign_submission
-from jointstats.node import Node, make_server
+from jointstats.consortium.keys import make_analyst_key, make_ca, make_party_cert, sign_submission
+from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, free_ports, write_consortium
 
 SPEC = """name: t
@@ -198,7 +198,7 @@ def test_exact_mode_refused_unless_allowed(tmp_path):
     n = Node(configs[0])
     try:
         ts = int(time.time())
-        from jointstats.node import ApiError
+        from jointstats.node.service import ApiError
         with pytest.raises(ApiError, match="exact mode") as info:
             n.submit({"spec": SPEC, "job_id": "j", "timestamp": ts, "analyst": "alice",
                       "signature": sign_submission(tmp_path / "k/alice.key", SPEC, "j", ts, "alice")})
@@ -266,7 +266,7 @@ def test_restart_fails_jobs_left_queued_or_running(node):
 
 
 def test_choose_earliest_common_job_and_fail_orphans(node):
-    from jointstats.node import NodeJob
+    from jointstats.node.service import NodeJob
     now = time.time()
 
     def job(jid, ts, age):
@@ -310,7 +310,7 @@ def test_client_maps_refusals_to_error_classes(node):
     client = NodeClient(node.url)
     client.party = "party_a"
     code, payload = client.request("POST", "/jobs", body(node, analyst="mallory"))
-    from jointstats.client import _error
+    from jointstats.node.client import _error
     err = _error(client, code, payload, "refused the job")
     assert isinstance(err, AuthError)
     assert str(err).startswith(f"node {node.url} (party 'party_a') refused the job: analyst 'mallory'")
@@ -352,5 +352,5 @@ def test_own_certificate_must_name_this_party(tmp_path):
 
 def test_openapi_document_validates():
     validator = pytest.importorskip("openapi_spec_validator")
-    from jointstats.node import openapi
+    from jointstats.node.service import openapi
     validator.validate(openapi())

@@ -1,4 +1,4 @@
-"""The node's web stack (FastAPI on uvicorn, jointstats._node_server): the served OpenAPI
+"""The node's web stack (FastAPI on uvicorn, jointstats.node.server): the served OpenAPI
 document, the size, slow-client and concurrency limits, per-address fairness, planning off
 the event loop, and the client's retries. Loopback only; bounded counts and times; no
 assertion tighter than the fault it tests (a hang, a lock-out)."""
@@ -12,10 +12,10 @@ import time
 import pytest
 import yaml
 
-from jointstats import client as client_module
-from jointstats.client import NodeClient
-from jointstats.keys import make_analyst_key
-from jointstats.node import Node, make_server
+from jointstats.node import client as client_module
+from jointstats.node.client import NodeClient
+from jointstats.consortium.keys import make_analyst_key
+from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
 from tests.unit.test_node_api import body, call, get
 
@@ -119,7 +119,8 @@ def test_served_openapi_document_is_generated_from_the_models_and_validates(make
         "job_id", "x-jointstats-analyst", "x-jointstats-timestamp", "x-jointstats-signature"}
     assert not any("422" in op["responses"] for item in doc["paths"].values() for op in item.values())
     # the hand-written document is gone: the module builds it from the app
-    from jointstats import _node_http, node as node_module
+    from jointstats.node import http as _node_http
+    from jointstats.node import service as node_module
     assert not hasattr(node_module, "_Handler") and hasattr(_node_http, "ROUTES")
 
 
@@ -232,7 +233,7 @@ def test_when_connections_are_full_an_idle_one_makes_room(make_node):
 
 
 def test_client_addresses_count_by_ipv4_address_and_ipv6_64():
-    from jointstats._node_server import client_key
+    from jointstats.node.server import client_key
     assert client_key("127.0.0.2") == "127.0.0.2"
     assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
@@ -275,7 +276,7 @@ def test_health_answers_while_a_large_spec_is_planned(make_node):
 
 
 def test_planning_turns_are_bounded_and_a_busy_refusal_keeps_the_job_id(make_node):
-    from jointstats import node as node_module
+    from jointstats.node import service as node_module
     node = make_node()
     node.planning_wait = 0.5
     release, entered = _block(node, "_plan")
@@ -348,7 +349,7 @@ def test_limits_must_be_positive_and_known(make_node, tmp_path):
         make_server(node, port=0, max_thing=3)
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-m", "jointstats.cli", "node", "serve", "--config",
+    proc = subprocess.run([sys.executable, "-m", "jointstats.cli.commands", "node", "serve", "--config",
                            str(node.config.path), "--max-connections-per-client", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jointstats import _noise
-from jointstats._mpc import local_runtime
-from jointstats._noise import (
+from jointstats.noise import sampler as _noise
+from jointstats.mpc.runtime import local_runtime
+from jointstats.noise.sampler import (
     Coin, dg_plan, discrete_gaussian, discrete_gaussian_many, discrete_laplace, discrete_laplace_many,
     dl_plan,
 )

@@ -7,9 +7,9 @@ from fractions import Fraction as F
 import mpmath
 import pytest
 
-from jointstats import _noise
-from jointstats._accounting import exp_neg_bounds
-from jointstats._noise import DELTA_TARGET, dg_plan, dl_plan
+from jointstats.noise import sampler as _noise
+from jointstats.plan.accounting import exp_neg_bounds
+from jointstats.noise.sampler import DELTA_TARGET, dg_plan, dl_plan
 
 @pytest.fixture(autouse=True)
 def _digits():
@@ -128,7 +128,7 @@ def test_dl_plan_coins_are_within_their_error_bounds(scale):
 # --------------------------------------------------------------------------- the on-disk plan cache
 
 
-from jointstats import _plan_cache  # noqa: E402
+from jointstats.noise import cache as _plan_cache  # noqa: E402
 
 
 def _clear_memory():
@@ -298,8 +298,8 @@ def test_log_depth_coins_what_if_is_exact():
     import numpy as np
 
     from bench._probe import log_depth_coins
-    from jointstats._mpc import local_runtime
-    from jointstats._noise import Coin, _ctx
+    from jointstats.mpc.runtime import local_runtime
+    from jointstats.noise.sampler import Coin, _ctx
 
     rt = local_runtime()
     ctx = _ctx(rt)

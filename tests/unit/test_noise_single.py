@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from jointstats import _mpc_speedups
-from jointstats import _noise
-from jointstats._mpc import local_runtime
-from jointstats._noise import (
+from jointstats.mpc import speedups as _mpc_speedups
+from jointstats.noise import sampler as _noise
+from jointstats.mpc.runtime import local_runtime
+from jointstats.noise.sampler import (
     DELTA_TARGET, dg_plan, discrete_gaussian, discrete_gaussian_delta, discrete_laplace,
     discrete_laplace_delta, dl_plan,
 )
@@ -317,7 +317,7 @@ def test_noise_plans_are_those_of_the_plain_fraction_search():
     # choose must be exactly those of the straightforward Fraction scan (first best on ties)
     from fractions import Fraction as _F
 
-    from jointstats import _noise
+    from jointstats.noise import sampler as _noise
 
     from tests.unit.test_noise_plans import _frontier_reference as frontier
 
@@ -345,7 +345,7 @@ def test_noise_plans_are_those_of_the_plain_fraction_search():
                     improved = True
         return [f[j] for f, j in zip(frontiers, idx)]
 
-    from jointstats._accounting import exp_neg_bounds
+    from jointstats.plan.accounting import exp_neg_bounds
     for scale in [_F(1), _F(3, 2), _F(1000), _F(2 ** 40, 3)]:
         bounds = [exp_neg_bounds(_F(1 << i) / scale, _noise._BIAS_PREC) for i in range(12)]
         fast = [_noise._frontier(lo / (1 + lo), hi / (1 + hi)) for lo, hi in bounds]

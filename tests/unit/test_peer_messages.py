@@ -1,5 +1,5 @@
-"""What the party runtime accepts from peers (jointstats._mpc._Exchanger, JointRuntime's typed
-receive) and when a party may go without TLS (jointstats.config). Runtime checks run in a
+"""What the party runtime accepts from peers (jointstats.mpc.runtime._Exchanger, JointRuntime's typed
+receive) and when a party may go without TLS (jointstats.consortium.config). Runtime checks run in a
 fresh interpreter each: building a runtime takes over the process's MPyC and event loop."""
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import pytest
 import yaml
 
 from jointstats import ConfigError, load_party_config
-from jointstats.config import is_loopback
+from jointstats.consortium.config import is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 
 SETUP = """
 import asyncio, pickle, struct
 import numpy as np
-from jointstats import _codec, _mpc
+from jointstats.mpc import codec as _codec
+from jointstats.mpc import runtime as _mpc
 
 class Transport:
     def __init__(self):
@@ -165,7 +166,7 @@ print(a.receive(9), a.receive(9), a.receive(9), isinstance(a.receive(9), asyncio
 
 def test_mpyc_runtime_never_unpickles():
     out = _run("""
-from jointstats._mpc import _mpyc_runtime
+from jointstats.mpc.runtime import _mpyc_runtime
 from jointstats.errors import PartyError
 import pickle as real
 kept = _mpyc_runtime.pickle.dumps({'x': 1})
@@ -218,8 +219,8 @@ def test_a_certified_party_claiming_another_index_is_named_itself(tmp_path):
     import types
 
     from jointstats.errors import AuthError
-    from jointstats.keys import make_ca, make_party_cert
-    from jointstats.tls import configure_tls
+    from jointstats.consortium.keys import make_ca, make_party_cert
+    from jointstats.consortium.tls import configure_tls
     make_ca(tmp_path / "ca")
     names = ["party_a", "party_b", "party_c"]
     for i, name in enumerate(names):

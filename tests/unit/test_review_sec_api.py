@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from jointstats.node import Node, make_server
+from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
 
 
@@ -32,7 +32,7 @@ def served(tmp_path):
 def test_a_few_addresses_cannot_starve_other_clients(served):
     """Review: 4 source addresses x 16 idle connections took all 64 slots and every other
     client got 503. Now a new connection takes the place of the oldest idle one of the
-    address holding the most (jointstats._node_server.Connections)."""
+    address holding the most (jointstats.node.server.Connections)."""
     _, srv, port = served
     socks = []
     try:

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from jointstats import _codec, _mpc
-from jointstats.node import Node, NodeJob
+from jointstats.mpc import codec as _codec
+from jointstats.mpc import runtime as _mpc
+from jointstats.node.service import Node, NodeJob
 from tests.conftest import cohort_frame, free_ports, write_consortium
 
 
@@ -98,9 +99,9 @@ def test_index_claim_names_the_certificate_holder(tmp_path):
     # review: at d2e25e0 a certified party announcing another's index failed the job naming
     # the impersonated (innocent) party (_Exchanger._hello)
     import yaml
-    from jointstats.config import load_party_config
-    from jointstats.keys import make_ca, make_party_cert, ssl_context
-    from jointstats.tls import configure_tls
+    from jointstats.consortium.config import load_party_config
+    from jointstats.consortium.keys import make_ca, make_party_cert, ssl_context
+    from jointstats.consortium.tls import configure_tls
     make_ca(tmp_path / "ca")
     names = ["party_a", "party_b", "party_c"]
     for i, n in enumerate(names):

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from jointstats import ConfigError, PolicyError, load_party_config, parse_spec
-from jointstats._roles import ComputeOnlyHooks, job_hooks, mpc_block
-from jointstats._hooks import LedgerHooks
-from jointstats.plan import make_plan
-from jointstats.policy import check_job
+from jointstats.engine.roles import ComputeOnlyHooks, job_hooks, mpc_block
+from jointstats.engine.hooks import LedgerHooks
+from jointstats.plan.sealed import make_plan
+from jointstats.consortium.policy import check_job
 from jointstats.result import Result
 
 PEERS = [{"name": "a", "host": "127.0.0.1", "port": 11365},

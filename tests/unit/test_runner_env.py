@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from jointstats import runner
+from jointstats.local import runner
 
 
 def test_each_local_party_gets_its_share_of_the_cores(monkeypatch):

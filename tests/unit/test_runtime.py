@@ -1,4 +1,4 @@
-"""The party runtime's own rules (jointstats._mpc.JointRuntime), each in a fresh interpreter:
+"""The party runtime's own rules (jointstats.mpc.runtime.JointRuntime), each in a fresh interpreter:
 building a runtime takes over the process's MPyC and event loop."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_messages_to_and_from_a_lost_peer_do_not_raise():
     message and the receive never completes, so the guarded wait reports the loss."""
     code = (
         "import asyncio\n"
-        "from jointstats import _mpc\n"
+        "from jointstats.mpc import runtime as _mpc\n"
         "async def main():\n"
         "    rt = _mpc.make_party_runtime(0, ['a', 'b', 'c'], [('127.0.0.1', 0)] * 3)\n"
         "    rt.parties[1].protocol = None\n"

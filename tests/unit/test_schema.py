@@ -1,4 +1,4 @@
-"""The shipped schema (jointstats/_schema.py) against the parsers, the examples and its
+"""The shipped schema (jointstats/consortium/schema.py) against the parsers, the examples and its
 generated files: they cannot drift apart."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import jsonschema
 import pytest
 import yaml
 
-from jointstats import _schema
-from jointstats.config import parse_party_config
+from jointstats.consortium import schema as _schema
+from jointstats.consortium.config import parse_party_config
 from jointstats.errors import ConfigError, SpecError
-from jointstats.spec import parse_spec, yaml_load
+from jointstats.plan.spec import parse_spec, yaml_load
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = sorted((ROOT / "protocols").glob("*.yaml"))
@@ -33,7 +33,7 @@ def _validator(which: str) -> jsonschema.Draft202012Validator:
 def test_generated_files_are_current():
     stale = [str(p.relative_to(ROOT)) for p, text in _schema.outputs().items()
              if not p.exists() or p.read_text(encoding="utf-8") != text]
-    assert not stale, f"regenerate with: python -m jointstats._schema ({', '.join(stale)})"
+    assert not stale, f"regenerate with: python -m jointstats.consortium.schema ({', '.join(stale)})"
 
 
 def test_schema_files_ship_in_the_package():
@@ -44,7 +44,7 @@ def test_schema_files_ship_in_the_package():
 
 @pytest.mark.parametrize("which", ["spec", "config"])
 def test_cli_prints_the_shipped_schema(which, capsys):
-    from jointstats.cli import main
+    from jointstats.cli.commands import main
     assert main(["schema", which]) == 0
     assert capsys.readouterr().out == (_schema.SCHEMA_DIR / f"{which}.schema.json").read_text()
 
@@ -52,7 +52,7 @@ def test_cli_prints_the_shipped_schema(which, capsys):
 def test_doc_links_point_at_files_that_exist():
     """Every relative link of README.md and docs/*.md, and every docs/ or jointstats/ path
     the command line's help names, is a file of the repository."""
-    from jointstats.cli import build_parser
+    from jointstats.cli.commands import build_parser
     missing = []
     for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#\s]+)", md.read_text()):
@@ -179,7 +179,7 @@ def test_spec_models_and_parser_accept_the_same_fields():
     for col in ("age", "smoker"):
         assert _allowed_by_spec_parser(FULL_SPEC, ["schema", col]) == _fields(_schema.Column)
     by_kind = {m.model_fields["kind"].annotation.__args__[0]: m for m in _schema.STATISTIC_MODELS}
-    from jointstats.spec import STATISTIC_KINDS
+    from jointstats.plan.spec import STATISTIC_KINDS
     assert set(by_kind) == set(STATISTIC_KINDS) == set(FULL_SPEC["statistics"])
     for kind, model in by_kind.items():
         assert _allowed_by_spec_parser(FULL_SPEC, ["statistics", kind]) == _fields(model), kind
@@ -231,7 +231,7 @@ def test_config_models_and_parser_read_the_same_fields():
         parse_party_config({**FULL_CONFIG, "zz": 1}, Path("/nowhere/a.yaml"))
     assert set(str(err.value).split("expected one of ")[1].split(", ")) == _fields(m.PartyConfigModel)
     # spark settings are read by the Spark source: master and conf
-    from jointstats import _spark_source
+    from jointstats.engine import spark_source as _spark_source
     text = Path(_spark_source.__file__).read_text()
     assert all(f'"{f}"' in text for f in _fields(m.Spark))
 

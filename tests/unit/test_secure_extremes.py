@@ -10,11 +10,11 @@ import gmpy2
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jointstats._fields import _OFFSETS_2048, crt, inverse_mod, rational, regression_primes
-from jointstats._mpc import local_runtime
-from jointstats._secure import exact_statistic
-from jointstats.plan import MAX_ROWS_PER_PARTY, make_plan, regression_fields, regression_sizes
-from jointstats.spec import parse_spec
+from jointstats.plan.fields import _OFFSETS_2048, crt, inverse_mod, rational, regression_primes
+from jointstats.mpc.runtime import local_runtime
+from jointstats.engine.secure import exact_statistic
+from jointstats.plan.sealed import MAX_ROWS_PER_PARTY, make_plan, regression_fields, regression_sizes
+from jointstats.plan.spec import parse_spec
 
 SPEC = """
 dataset: d

@@ -1,4 +1,4 @@
-"""Reading and encoding a party's data source (jointstats._sources)."""
+"""Reading and encoding a party's data source (jointstats.engine.sources)."""
 from __future__ import annotations
 
 import sqlite3
@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jointstats._sources import EncodedChunk, open_source
+from jointstats.engine.sources import EncodedChunk, open_source
 from jointstats.errors import ConfigError, DataError
-from jointstats.spec import Column
+from jointstats.plan.spec import Column
 
 REGIONS = ("north", "south", "east", "west")
 SCHEMA = [
@@ -496,8 +496,8 @@ def test_reading_does_not_import_pandas(tmp_path):
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from jointstats._sources import open_source\n"
-        "from jointstats.spec import Column\n"
+        "from jointstats.engine.sources import open_source\n"
+        "from jointstats.plan.spec import Column\n"
         f"src = open_source('d.csv', Path({str(tmp_path)!r}))\n"
         "cols = [Column('x', 'real', (0.0, 10.0)), Column('k', 'categorical', levels=('a', 'b'))]\n"
         "chunks = list(src.iter_chunks(cols, 'p'))\n"
@@ -593,5 +593,5 @@ def test_a_row_longer_than_the_read_block_is_read(tmp_path):
 
 
 def test_misfit_rule_is_fixed_text():
-    from jointstats._sources import MISFIT_RULE_DP
+    from jointstats.engine.sources import MISFIT_RULE_DP
     assert "missing" in MISFIT_RULE_DP and not any(ch.isdigit() for ch in MISFIT_RULE_DP)

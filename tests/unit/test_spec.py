@@ -98,7 +98,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("path", sorted((ROOT / "protocols").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_protocol_file_validates(path):
     configs = sorted((ROOT / "parties" / "demo").glob("*.yaml"))
-    from jointstats.demo_data import ensure_demo_data
+    from jointstats.cli.demo_data import ensure_demo_data
     ensure_demo_data(ROOT / "parties" / "demo")
     description = validate(path, configs)
     assert "plan" in description
@@ -106,7 +106,7 @@ def test_every_protocol_file_validates(path):
 
 def test_two_party_plans_say_the_parties_see_each_others_aggregates():
     """MPyC's threshold for 2 parties is 0 (a share is the value): the plan says so plainly."""
-    from jointstats.plan import make_plan
+    from jointstats.plan.sealed import make_plan
     from mpyc import thresha, finfields
     import numpy as np
     spec = parse_spec((ROOT / "protocols" / "cohort-summary.yaml").read_text())
@@ -122,7 +122,7 @@ def test_exact_ridge_with_a_column_wider_than_the_grid_is_refused_at_plan_time()
     penalty is no integer: refused with one line before any party starts (was a ValueError in
     every worker; security review); without ridge, or in DP mode, it plans."""
     from jointstats.errors import SpecError
-    from jointstats.plan import make_plan
+    from jointstats.plan.sealed import make_plan
     text = ("name: t\ndataset: d\nschema:\n  x: {type: integer, bounds: [-1000000000000000, 1000000000000000]}\n"
             "  y: {type: real, bounds: [0, 10]}\n%sstatistics:\n  r: {kind: regression, target: y, "
             "features: [x]%s}\n")

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from jointstats._accounting import JobCharge, exp_hi, job_charge
-from jointstats._state import Job, NodeState, ReplayError, StateError
+from jointstats.plan.accounting import JobCharge, exp_hi, job_charge
+from jointstats.ledger.state import Job, NodeState, ReplayError, StateError
 from jointstats.errors import AuthError, BudgetError, JointStatsError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -476,8 +476,8 @@ def test_ledger_never_exceeds_budget(ops, budget) -> None:
 _CHILD = textwrap.dedent("""
     import os, signal, sys
     from fractions import Fraction as F
-    from jointstats._accounting import job_charge
-    from jointstats._state import NodeState
+    from jointstats.plan.accounting import job_charge
+    from jointstats.ledger.state import NodeState
     path, start, kill_on = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     charge = job_charge(F(1, 7), F(1, 10**9), 3)   # a zCDP charge: epsilon, delta, rho and tv
     s = NodeState(path)
@@ -583,8 +583,8 @@ def test_concurrent_processes_never_overspend(tmp_path: Path) -> None:
     code = textwrap.dedent("""
         import sys
         from fractions import Fraction as F
-        from jointstats._accounting import JobCharge
-        from jointstats._state import NodeState
+        from jointstats.plan.accounting import JobCharge
+        from jointstats.ledger.state import NodeState
         from jointstats.errors import BudgetError
         s = NodeState(sys.argv[1]); ok = 0
         for i in range(15):

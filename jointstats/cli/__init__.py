@@ -1,0 +1,1 @@
+"""The jointstats command line."""

@@ -1,0 +1,327 @@
+"""Governance subcommands (docs/governance.md), registered by ``jointstats.cli.commands`` with one hook.
+
+Officers: ``approve``, ``reject``, ``jobs``, ``audit-log``, ``policy reload``; analysts:
+``catalog``, ``spec-template``, ``jobs``; operators on the host: ``consent withdraw`` /
+``consent list``, ``report key``; anyone: ``report`` and ``report verify``. Every failure
+is a JointStatsError, so ``jointstats.cli.commands.main`` prints one line and exits non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jointstats.errors import ConfigError
+
+
+def _client(url: str, key: str, name: str | None, ca: str | None):
+    from jointstats.node.client import NodeClient
+    name = name or Path(key).stem
+    return NodeClient(url, ca, signer=(Path(key), name)), name
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from jointstats.consortium.approval import sign_decision
+    from jointstats.node.client import _error
+    approve = args.gov_command == "approve"
+    reason = getattr(args, "reason", "") or ""
+    for url in args.node:
+        client, officer = _client(url, args.key, args.officer, args.ca)
+        body = sign_decision(Path(args.key), officer, args.job, approve, reason)
+        status, payload = client.request("POST", f"/jobs/{args.job}/{args.gov_command}", body)
+        if status != 200:
+            raise _error(client, status, payload, f"refused to {args.gov_command} the job")
+        print(f"{payload.get('party')}: job {args.job} {payload.get('status')}"
+              + (f" ({payload.get('error')})" if payload.get("error") else ""))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    client, _ = _client(args.node, args.key, args.name, args.ca)
+    listing = client.get("/jobs")
+    if args.json:
+        print(json.dumps(listing, indent=1))
+        return 0
+    print(f"party {listing['party']} (you are {listing['role']}):")
+    for job in listing["jobs"]:
+        why = f"  [{'; '.join(job.get('approval_reasons') or [])}]" if job["status"] == "waiting" else ""
+        print(f"  {job['job_id']}  {job['status']:<9} {job['analyst']:<12} {job['protocol']}"
+              f"  agreement={job.get('agreement')}{why}"
+              + (f"  {job['error']}" if job.get("error") else ""))
+    return 0
+
+
+def cmd_audit_log(args: argparse.Namespace) -> int:
+    client, _ = _client(args.node, args.key, args.name, args.ca)
+    log = client.get("/audit")
+    if args.json:
+        print(json.dumps(log, indent=1))
+    else:
+        for rec in log["records"]:
+            print(f"{rec['seq']:>6}  {rec['timestamp']}  {rec['event']:<10}  "
+                  f"{json.dumps(rec['fields'], sort_keys=True)}")
+        print(f"party {log['party']}: {log['verification']}; head {log['head']['hash'][:16]} "
+              f"({log['head']['count']} records)")
+    if not log["verified"]:
+        raise ConfigError(f"audit log of party {log['party']!r} is NOT intact: {log['verification']}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from jointstats.node.client import _error, signed_headers
+    client, name = _client(args.node, args.key, args.name, args.ca)
+    text = "POST /policy/reload"
+    status, payload = client.request("POST", "/policy/reload", {},
+                                     headers=signed_headers(Path(args.key), text, text, name))
+    if status != 200:
+        raise _error(client, status, payload, "refused to reload its policy")
+    print(f"party {payload['party']}: policy reloaded"
+          + (f"; failed jobs: {', '.join(payload['failed_jobs'])}" if payload["failed_jobs"] else ""))
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    client, _ = _client(args.node, args.key, args.name, args.ca)
+    cat = client.get("/catalog")
+    if args.json:
+        print(json.dumps(cat, indent=1))
+        return 0
+    print(f"party {cat['party']} catalog for {cat['analyst']}"
+          + (" (agreements required)" if cat["agreements_required"] else ""))
+    for name, ds in cat["datasets"].items():
+        print(f"dataset {name}: {ds.get('description') or ''}")
+        for col, meta in ds["columns"].items():
+            what = meta.get("levels") if meta["type"] == "categorical" else meta.get("bounds")
+            print(f"  {col}: {meta['type']} {what}")
+        pr = ds["privacy"]
+        print(f"  privacy: max epsilon/job {pr['max_epsilon_per_job']}, min_count {pr['min_count']}, "
+              f"dataset remaining epsilon {pr['dataset_remaining']['epsilon']:g}; "
+              f"exact possible: {ds['exact_possible']}")
+        for a in ds["agreements"]:
+            print(f"  agreement {a['id']}: purposes {', '.join(a['purposes'])}; kinds "
+                  f"{', '.join(a['kinds'])}; modes {', '.join(a['modes'])}; remaining epsilon "
+                  f"{a['remaining']['epsilon']:g}; valid {a['valid']['from']}..{a['valid']['until']}"
+                  f"{'' if a['valid_today'] else ' (NOT valid today)'}; approval {a['approval']}")
+    return 0
+
+
+def cmd_spec_template(args: argparse.Namespace) -> int:
+    from jointstats.node.catalog import spec_template
+    catalogs = [_client(url, args.key, args.name, args.ca)[0].get("/catalog") for url in args.node]
+    print(spec_template(catalogs, args.dataset), end="")
+    return 0
+
+
+def cmd_consent(args: argparse.Namespace) -> int:
+    from jointstats.ledger.consent import withdraw, withdrawn
+    from jointstats.ledger.state import NodeState
+    from jointstats.consortium.config import load_party_config
+    cfg = load_party_config(args.config)
+    if args.consent_command == "withdraw":
+        cfg.state.parent.mkdir(parents=True, exist_ok=True)
+        state = NodeState(cfg.state)
+        try:
+            dataset, added = withdraw(cfg, args.ids, state, args.dataset)
+        finally:
+            state.close()
+        _, ids = withdrawn(cfg, dataset)
+        print(f"party {cfg.party}: dataset {dataset}: {added} subject(s) withdrawn "
+              f"({len(ids)} in force); every job that starts from now leaves their rows out")
+    else:
+        dataset, ids = withdrawn(cfg, args.dataset)
+        print(f"party {cfg.party}: dataset {dataset}: {len(ids)} withdrawal(s) in force")
+        for subject in ids:
+            print(f"  {subject}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jointstats.engine.report import render
+    try:
+        result = json.loads(Path(args.result).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{args.result}: cannot read a result JSON ({type(exc).__name__})") from None
+    text = render(result, "html" if args.html else "md")
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_report_verify(args: argparse.Namespace) -> int:
+    from jointstats.engine.report import load_keys, verify_file
+    for line in verify_file(args.file, load_keys(args.keys)):
+        print(line)
+    return 0
+
+
+def cmd_report_key(args: argparse.Namespace) -> int:
+    from jointstats.engine.report import release_public_key
+    from jointstats.consortium.config import load_party_config
+    cfg = load_party_config(args.config)
+    pem = release_public_key(cfg)
+    if args.out:
+        Path(args.out).write_text(pem)
+        print(f"wrote {args.out} (party {cfg.party}'s release key: reviewers pin it with "
+              f"report verify --keys)")
+    else:
+        sys.stdout.write(pem)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from jointstats.local.runner import validate
+    print(validate(args.spec, args.parties or None, analyst=args.analyst))
+    print("ok")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from jointstats.consortium.crl import revoke
+    path, who = revoke(args.cert, args.ca, args.out)
+    print(f"wrote {path}: party certificate of {who} revoked; give the CRL to every party "
+          f"(mpc.tls.crl); it applies from their next connection")
+    return 0
+
+
+def cmd_keys_crl(args: argparse.Namespace) -> int:
+    from jointstats.consortium.crl import issue_pending
+    path, due = issue_pending(args.ca, args.out)
+    print(f"wrote {path} (reissued, valid for a year"
+          + (f"; {due} scheduled revocation(s) took effect" if due else "") + ")")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    import datetime as dt
+    from jointstats.consortium.crl import rotate
+    try:
+        until = dt.datetime.fromisoformat(args.until)
+    except ValueError:
+        raise ConfigError(f"--until {args.until!r}: expected an ISO time such as "
+                          f"2027-01-31T00:00:00+00:00") from None
+    crt, key = rotate(args.name, args.index, args.ca, args.out, args.old, until, args.crl)
+    print(f"wrote {crt} and {key}; the old certificate works until {until.isoformat()} (run "
+          f"jointstats keys crl --ca {args.ca} after that time to revoke it)")
+    return 0
+
+
+def _node_args(p: argparse.ArgumentParser, many: bool = False, who: str = "analyst") -> None:
+    if many:
+        p.add_argument("--node", required=True, action="extend", nargs="+", metavar="URL",
+                       help="node API URL(s)")
+    else:
+        p.add_argument("--node", required=True, metavar="URL", help="the node's API URL")
+    p.add_argument("--key", required=True, help=f"the {who}'s Ed25519 private key")
+    p.add_argument("--ca", help="CA certificate to verify https node URLs")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the governance subcommands (and ``validate --analyst``)."""
+    validate = sub.choices.get("validate")
+    if validate is not None:  # validate says which agreement covers the job for this analyst
+        validate.add_argument("--analyst", default="local",
+                              help="the analyst the job would run for [local: jointstats run]")
+        validate.set_defaults(func=cmd_validate)
+
+    keys = sub.choices.get("keys")
+    ksub = next((a for a in getattr(keys, "_actions", []) if isinstance(a, argparse._SubParsersAction)), None)
+    if ksub is not None:  # jointstats keys revoke / keys crl (party certificate revocation)
+        q = ksub.add_parser("revoke", help="revoke a party certificate: add it to the CA's CRL")
+        q.add_argument("cert", help="the party certificate to revoke")
+        q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
+        q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
+        q.set_defaults(func=cmd_keys_revoke)
+        q = ksub.add_parser("rotate", help="a party's new certificate; the old one works until --until")
+        q.add_argument("name", help="the party whose certificate is renewed")
+        q.add_argument("--index", required=True, type=int, help="the party's index in the consortium")
+        q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
+        q.add_argument("--out", required=True, metavar="DIR", help="where the new certificate goes")
+        q.add_argument("--old", required=True, help="the certificate being replaced")
+        q.add_argument("--until", required=True, help="when the old one is revoked (ISO time with zone)")
+        q.add_argument("--crl", help="the CRL file [CA DIR/ca.crl]")
+        q.set_defaults(func=cmd_keys_rotate)
+        q = ksub.add_parser("crl", help="issue (or reissue) the CA's CRL, with scheduled revocations now due")
+        q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
+        q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
+        q.set_defaults(func=cmd_keys_crl)
+
+    for action in ("approve", "reject"):
+        p = sub.add_parser(action, help=f"a compliance officer {action}s a job waiting for approval")
+        p.add_argument("job", help="the job id")
+        _node_args(p, many=True, who="officer")
+        p.add_argument("--officer", help="officer name [the key file's stem]")
+        if action == "reject":
+            p.add_argument("--reason", required=True, help="why (the analyst sees it)")
+        p.set_defaults(func=cmd_decide, gov_command=action)
+
+    p = sub.add_parser("jobs", help="list a node's jobs (an analyst's own; every job for an officer)")
+    _node_args(p)
+    p.add_argument("--name", help="your name [the key file's stem]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("audit-log", help="an officer reads a node's audit log over its API")
+    _node_args(p, who="officer")
+    p.add_argument("--name", help="officer name [the key file's stem]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_audit_log)
+
+    p = sub.add_parser("policy", help="reload a node's policy without a restart (officers)")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    q = psub.add_parser("reload", help="re-read the node's config: revocations apply at once")
+    _node_args(q, who="officer")
+    q.add_argument("--name", help="officer name [the key file's stem]")
+    q.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("catalog", help="datasets, columns and privacy levels your agreements cover")
+    _node_args(p)
+    p.add_argument("--name", help="analyst name [the key file's stem]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("spec-template", help="a starting spec for a dataset, from the catalogs")
+    _node_args(p, many=True)
+    p.add_argument("--name", help="analyst name [the key file's stem]")
+    p.add_argument("--dataset", required=True, help="the dataset to start a spec for")
+    p.set_defaults(func=cmd_spec_template)
+
+    p = sub.add_parser("consent", help="a party's consent withdrawal list (operator, on the host)")
+    csub = p.add_subparsers(dest="consent_command", required=True)
+    q = csub.add_parser("withdraw", help="data subjects leave every job that starts from now")
+    q.add_argument("--config", required=True, help="this party's config (YAML)")
+    q.add_argument("--dataset", help="the dataset [the only one with subject_id]")
+    q.add_argument("ids", nargs="+", metavar="ID", help="data subjects' identifiers (the dataset's subject_id column)")
+    q.set_defaults(func=cmd_consent)
+    q = csub.add_parser("list", help="the withdrawals in force")
+    q.add_argument("--config", required=True, help="this party's config (YAML)")
+    q.add_argument("--dataset", help="the dataset [the only one with subject_id]")
+    q.set_defaults(func=cmd_consent)
+
+    p = sub.add_parser("report", help="the release report of a result (Markdown, or --html); "
+                                      "'report verify FILE' checks one")
+    p.add_argument("result", help="a result JSON (--out of run/submit), or 'verify' / 'key'")
+    p.add_argument("file", nargs="?", help="with verify: the report or result JSON to check")
+    p.add_argument("--html", action="store_true", help="HTML instead of Markdown")
+    p.add_argument("--out", help="write the report (or with key: the public key) here")
+    p.add_argument("--keys", metavar="DIR", help="with verify: pinned release keys DIR/<party>.pub")
+    p.add_argument("--config", help="with key: this party's config")
+    p.set_defaults(func=_report_dispatch)
+
+
+def _report_dispatch(args: argparse.Namespace) -> int:
+    """``report RESULT``, ``report verify FILE`` or ``report key --config A.yaml``."""
+    if args.result == "verify":
+        if not args.file:
+            raise ConfigError("report verify: give the report or result file to check")
+        return cmd_report_verify(args)
+    if args.result == "key":
+        if not args.config:
+            raise ConfigError("report key: give --config of this party")
+        return cmd_report_key(args)
+    if args.file:
+        raise ConfigError(f"report: unexpected argument {args.file!r}")
+    return cmd_report(args)

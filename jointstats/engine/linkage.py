@@ -1,0 +1,229 @@
+"""Secure record linkage: pseudonyms under a key no single party holds, in an order no single
+party knows (docs/linkage.md has the protocol, what each party learns, and the references).
+
+Building blocks, all without MPyC (the secure-array side is in ``_vertical``):
+
+- key normalisation and the duplicate/missing-key rule (local to each holder);
+- a commutative pseudorandom function on Curve25519: a key is hashed to a point (SHA-512),
+  and every party multiplies it by each of its per-job secret scalars (X25519, from the
+  maintained ``cryptography`` package). The pseudonym of a key is ``[s_1 ... s_m] H(key)``:
+  every party's scalars are needed to compute it, so no party alone (and, with the
+  shuffles below, no ``t`` parties) can test a guessed identifier against a pseudonym;
+- the shuffle schedule: sets of ``t + 1`` parties such that every coalition of ``t``
+  parties misses at least one set; each set permutes the secret-shared rows by resharing
+  and, at the same time, one of its members (the carrier) permutes the blinded points and
+  multiplies them by a scalar of its own, so that nobody can follow a row through a set
+  it is not in (by position: the permutation; by value: the scalar, under DDH);
+- the grouping of the final pseudonyms into linked records (in the clear: by then no party
+  can tie a pseudonym, or a position, to a record or an identifier).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from jointstats.errors import JointStatsError
+
+#: Bytes of a point (an X25519 u-coordinate).
+POINT = 32
+#: Domain separation of the hash of a key to a point (the dataset name follows it).
+_DOMAIN = b"jointstats-link-v1\x00"
+
+
+class LinkageError(JointStatsError, ValueError):
+    """A message of the linkage is not what the protocol expects (a low-order point, say)."""
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def normalise_key(value, case: str = "fold") -> str | None:
+    """The normalised text of one identifier, or None if it is missing.
+
+    Rules (docs/linkage.md): None, NaN and text that is empty after trimming are missing;
+    integral floats (a numeric column read as 1234.0) are written as integers; text is put in
+    Unicode NFKC form and trimmed of surrounding whitespace; with ``case`` ``fold`` (the
+    default) it is case-folded (and put in NFKC form again: Unicode's caseless matching). Nothing else is changed (separators such as '-' count).
+    """
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value:
+            return None
+        if value.is_integer():
+            value = int(value)
+    text = unicodedata.normalize("NFKC", str(value)).strip()
+    if not text:
+        return None
+    # NFKC again after folding (Unicode's caseless matching, D145): the result is stable
+    return unicodedata.normalize("NFKC", text.casefold()).strip() if case == "fold" else text
+
+
+def usable_keys(keys: list[str | None]) -> np.ndarray:
+    """Which rows take part in the linkage: a present key that occurs once in this party's
+    data. A missing key, and every row of a key that occurs more than once (which of them
+    is the person's cannot be told), are left out; the holder logs how many, and nobody
+    else learns it (the padding to ``link.rows`` hides the number of rows kept)."""
+    counts: dict[str, int] = {}
+    for k in keys:
+        if k is not None:
+            counts[k] = counts.get(k, 0) + 1
+    return np.fromiter((k is not None and counts[k] == 1 for k in keys), dtype=bool, count=len(keys))
+
+
+def hash_points(keys: list[str], dataset: str) -> np.ndarray:
+    """Each key hashed to a point (u-coordinate), as an (n, 32) uint8 array."""
+    prefix = _DOMAIN + dataset.encode() + b"\x00"
+    out = np.empty((len(keys), POINT), dtype=np.uint8)
+    for i, k in enumerate(keys):
+        out[i] = np.frombuffer(hashlib.sha512(prefix + k.encode()).digest()[:POINT], dtype=np.uint8)
+    return out
+
+
+def random_points(n: int) -> np.ndarray:
+    """``n`` points of dummy keys (padding): random, so they link with nothing."""
+    return np.frombuffer(os.urandom(POINT * n), dtype=np.uint8).reshape(n, POINT).copy()
+
+
+class Scalar:
+    """One per-job secret scalar of a party (a clamped X25519 scalar: a multiple of the
+    cofactor, so the first multiplication also clears any small-order component)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self) -> None:
+        self._key = X25519PrivateKey.generate()
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """Every point multiplied by this scalar. LinkageError if a point is of small order
+        (X25519's all-zero result: never from a hashed key, only from a deviating peer)."""
+        exchange = self._key.exchange
+        load = X25519PublicKey.from_public_bytes
+        try:
+            out = b"".join([exchange(load(row)) for row in map(bytes, points)])
+        except ValueError:
+            raise LinkageError("a point of small order in the linkage") from None
+        return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()
+
+
+# ----------------------------------------------------------------------------- shuffles
+
+
+def shuffle_sets(m: int, t: int) -> tuple[tuple[int, ...], ...]:
+    """Sets of ``t + 1`` parties, each permuting the rows by resharing, such that for every
+    coalition of ``t`` parties some set has no member in it (so no coalition knows the
+    composed permutation). Deterministic: every party derives the same sets."""
+    sets: list[tuple[int, ...]] = []
+    for coalition in itertools.combinations(range(m), t):
+        if any(not set(s) & set(coalition) for s in sets):
+            continue
+        sets.append(tuple(p for p in range(m) if p not in coalition)[:t + 1])
+    return tuple(sets)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The route of one block's points: who applies which scalar when.
+
+    ``holder`` applies its first scalar to the hashed keys; then for each shuffle set
+    ``sets[k]`` the carrier ``carriers[k]`` permutes the points and applies its next scalar;
+    then each party of ``tail`` (party, count) applies its remaining scalars, in that order;
+    the last one sends the pseudonyms to all. Every party applies each of its ``scalars``
+    scalars exactly once to every block, so every block's pseudonym of a key is the same.
+    """
+
+    holder: int
+    sets: tuple[tuple[int, ...], ...]
+    carriers: tuple[int, ...]
+    tail: tuple[tuple[int, int], ...]
+    scalars: int
+
+
+def _heads(m: int, t: int, holder: int) -> tuple[tuple[int, ...], list[int]]:
+    """The carriers of the block of ``holder`` and how many scalars each party applies there."""
+    used = [0] * m
+    used[holder] = 1
+    carriers = []
+    prev = holder
+    for s in shuffle_sets(m, t):
+        # a member other than the one holding the points (it must apply a scalar the previous
+        # holder does not know), the one that has applied the fewest, lowest index first
+        choice = min((p for p in s if p != prev), key=lambda p: (used[p], p))
+        carriers.append(choice)
+        used[choice] += 1
+        prev = choice
+    return tuple(carriers), used
+
+
+def scalars_needed(m: int, t: int, holders: list[int]) -> int:
+    """Scalars per party: the most any party applies at the head of some block's chain."""
+    return max(max(_heads(m, t, h)[1]) for h in holders)
+
+
+def chain(m: int, t: int, holder: int, scalars: int) -> Chain:
+    """The route of the block of ``holder`` (see :class:`Chain`)."""
+    carriers, used = _heads(m, t, holder)
+    last = carriers[-1] if carriers else holder
+    order = [(last + i) % m for i in range(m)]  # the last carrier first: no extra transfer
+    tail = tuple((p, scalars - used[p]) for p in order if scalars > used[p])
+    return Chain(holder, shuffle_sets(m, t), carriers, tail, scalars)
+
+
+def permutation(seed: bytes, n: int) -> np.ndarray:
+    """A uniformly random permutation of ``range(n)`` from a 32-byte secret seed (AES-256-CTR
+    keystream: 64-bit sort keys; ties, at most n^2 / 2^65 likely, broken by position)."""
+    stream = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
+    keys = np.frombuffer(stream.update(b"\x00" * (8 * n)), dtype=np.uint64)
+    return np.argsort(keys, kind="stable")
+
+
+def lagrange_at_zero(members: tuple[int, ...], order: int) -> dict[int, int]:
+    """Shamir recombination coefficients at 0 of the parties ``members`` (party i holds the
+    share at point i + 1, as MPyC): sum of coefficient * share is the secret."""
+    out = {}
+    for s in members:
+        num = den = 1
+        for u in members:
+            if u != s:
+                num = num * (u + 1) % order
+                den = den * (u - s) % order
+        out[s] = num * pow(den, -1, order) % order
+    return out
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def group(pseudonyms: list[np.ndarray], join: str = "inner", base: int = 0) -> list[np.ndarray]:
+    """Positions, in each block, of the rows of every linked record.
+
+    ``pseudonyms[j]`` is block j's (n_j, 32) array. Inner join: the pseudonyms present in
+    every block, in the order of their bytes (random); left join: every row of block
+    ``base`` in its (random) order, and for the other blocks the partner's position or -1.
+    A pseudonym twice in one block (never from distinct keys, whose rows are deduplicated)
+    links its first position only."""
+    keyed = [np.ascontiguousarray(p).view(f"S{POINT}").ravel() for p in pseudonyms]
+    if join == "left":
+        out = []
+        want = keyed[base]
+        for j, k in enumerate(keyed):
+            if j == base:
+                out.append(np.arange(len(want)))
+            elif not len(k):
+                out.append(np.full(len(want), -1))
+            else:
+                sorter = np.argsort(k, kind="stable")
+                pos = np.minimum(np.searchsorted(k[sorter], want), len(k) - 1)
+                out.append(np.where(k[sorter][pos] == want, sorter[pos], -1))
+        return out
+    common = keyed[0]
+    for k in keyed[1:]:
+        common = np.intersect1d(common, k)
+    return [np.intersect1d(common, k, return_indices=True)[2] for k in keyed]

@@ -1,0 +1,539 @@
+"""Linked (vertical) jobs: each party holds some columns about overlapping people.
+
+The flow (docs/linkage.md):
+
+1. Local step (each holder, plain numpy): read the key and the columns it holds, normalise
+   the keys, leave out rows whose key is missing or repeated, encode every value the
+   statistics need as integers (the same grid, clipping and level codes as horizontal jobs,
+   one-hot levels and histogram bins, a presence bit per column), pad to ``link.rows``,
+   hash the keys to points and apply its first secret scalar.
+2. Holdings: every party says which schema columns it holds (public metadata, as schema
+   indices) and how many rows its block has; each checks that every column has one owner.
+3. Linkage (``_linkage``): each holder secret-shares its encoded block; the blocks are
+   permuted by resharing shuffles that no single party knows, while the points travel the
+   chain of scalars; the final pseudonyms are grouped into linked records in the clear.
+4. Statistics: the linked rows are gathered from the shuffled blocks (still secret), and
+   every statistic's partial vector (counts, sums, the Gram matrix of its design, crosstab
+   cells, histogram bins) is computed with vectorised secure products: one resharing per
+   output for the inner products. The secret partial is turned into integer additive
+   shares (a statistically masked opening), which the unchanged secure step of horizontal
+   jobs (``_secure`` exact, ``_dp`` noisy) takes as each party's "partial".
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jointstats.engine import linkage as L
+from jointstats.errors import DataError, PolicyError, SpecError
+from jointstats.plan.sealed import Plan, StatPlan, Term, assign_columns
+from jointstats.plan.spec import Column, Spec
+
+log = logging.getLogger("jointstats.vertical")
+
+#: The prime of the field the linked table is shared in (2^192 - 2^64 - 1, NIST P-192's):
+#: grid values, products and sums over the rows stay far below it (``_check_field``).
+PRIME = (1 << 192) - (1 << 64) - 1
+#: What the linkage shows every party, beside what the secure step shows (the result's
+#: ``mpc.linkage``; docs/linkage.md has the full statement).
+LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when set), who holds "
+                "which column, and the match structure: the exact number of linked records and the "
+                "size of every intersection of the holders' key sets, also in DP mode; no party "
+                "learns another's identifiers or which of its own records are linked")
+#: Statistical security (bits) of the masked opening that turns the secret partials into
+#: integer additive shares.
+SIGMA = 64
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One encoded column of a holder's block.
+
+    kind ``row`` (1 for a real row, 0 for padding), ``complete`` (1 if every column of
+    ``stat``, a comma-separated list of this holder's columns that some statistic uses
+    together, has a value: the holder multiplies its own presence bits locally, so the
+    secure step multiplies one bit per holder, not one per column), ``grid`` (``term``'s integer grid value, 0 if missing), ``level`` (1 if
+    ``column`` has level ``index``), ``bin`` (1 if ``column`` falls in bin ``index`` of
+    histogram ``stat``)."""
+
+    kind: str
+    column: str | None = None
+    term: Term | None = None
+    index: int = -1
+    stat: str = ""
+
+
+def layout(plan: Plan, spec: Spec, held: tuple[str, ...] | list[str]) -> tuple[Feature, ...]:
+    """The features of the block of a holder of columns ``held`` (every party derives the
+    same from the public plan and holdings)."""
+    feats = [Feature("row")]
+    used = {c for s in plan.statistics for c in s.columns}
+    order = [c.name for c in spec.schema]
+    subsets = dict.fromkeys(",".join(sorted(set(s.columns) & set(held), key=order.index))
+                            for s in plan.statistics)
+    feats.extend(Feature("complete", stat=sub) for sub in subsets if sub)
+    for col in spec.schema:
+        if col.name not in held or col.name not in used:
+            continue
+        terms = dict.fromkeys(t for s in plan.statistics for t in s.terms
+                              if t.kind == "num" and t.column == col.name)
+        feats.extend(Feature("grid", col.name, t) for t in terms)
+        if not col.numeric and any(s.kind in ("crosstab", "regression") and col.name in s.columns
+                                   for s in plan.statistics):
+            feats.extend(Feature("level", col.name, index=i) for i in range(len(col.levels)))
+        for s in plan.statistics:
+            if s.kind == "histogram" and s.columns[0] == col.name:
+                feats.extend(Feature("bin", col.name, index=b, stat=s.name) for b in range(len(s.edges) - 1))
+    return tuple(feats)
+
+
+def encode(feats: tuple[Feature, ...], chunk, edges: dict[str, tuple[float, ...]]) -> np.ndarray:
+    """The (rows x features) int64 block of an encoded chunk (missing values: all zero);
+    ``edges`` are the bin edges of each histogram statistic, by name."""
+    from jointstats.engine.local_step import _grid_values
+    n = chunk.n_rows
+    out = np.zeros((n, len(feats)), dtype=np.int64)
+    buf = np.empty(n)
+    for j, f in enumerate(feats):
+        if f.kind == "row":
+            out[:, j] = 1
+            continue
+        if f.kind == "complete":
+            ok = np.ones(n, dtype=bool)
+            for name in f.stat.split(","):
+                x = chunk.numeric[name] if name in chunk.numeric else chunk.codes[name]
+                ok &= ~np.isnan(x) if name in chunk.numeric else x >= 0
+            out[:, j] = ok
+            continue
+        numeric = f.column in chunk.numeric
+        x = chunk.numeric[f.column] if numeric else chunk.codes[f.column]
+        present = ~np.isnan(x) if numeric else x >= 0
+        if f.kind == "grid":
+            _grid_values(np.where(present, x, 0.0), f.term, buf)
+            out[:, j] = np.where(present, buf, 0).astype(np.int64)
+        elif f.kind == "level":
+            out[:, j] = x == f.index
+    # histogram bins as np.histogram counts them (last bin closed), all bins of a stat at once
+    for stat in {f.stat for f in feats if f.kind == "bin"}:
+        cols = [j for j, f in enumerate(feats) if f.kind == "bin" and f.stat == stat]
+        bounds = np.asarray(edges[stat], dtype=np.float64)
+        x = chunk.numeric[feats[cols[0]].column]
+        ok = ~np.isnan(x)
+        b = np.searchsorted(bounds, np.where(ok, x, bounds[0] - 1), side="right") - 1
+        b[ok & (x == bounds[-1])] = len(bounds) - 2
+        ok &= (b >= 0) & (b < len(bounds) - 1)
+        for i, j in enumerate(cols):
+            out[:, j] = ok & (b == i)
+    return out
+
+
+# ----------------------------------------------------------------------------- local step
+
+
+@dataclass
+class LocalBlock:
+    """A party's side of the linkage before any message: its scalars and, for a holder,
+    its blinded points ([s_0] H(key), one per row, padding included) and encoded rows."""
+
+    scalars: list
+    held: tuple[int, ...] = ()  # schema indices of the columns it holds
+    points: np.ndarray | None = None
+    rows: np.ndarray | None = None
+    features: tuple[Feature, ...] = field(default=())
+
+
+def holders_of(peers) -> list[int]:
+    """MPC indices of the data holders (role data) among the job's parties."""
+    return [i for i, p in enumerate(peers) if p.role == "data"]
+
+
+def local_block(config, spec: Spec, plan: Plan, dp: bool, source=None) -> LocalBlock:
+    """The local step of a linked job (see the module docstring, step 1)."""
+    m = len(config.peers)
+    t = (m - 1) // 2
+    count = L.scalars_needed(m, t, holders_of(config.peers))
+    scalars = [L.Scalar() for _ in range(count)]
+    if config.compute_only:
+        return LocalBlock(scalars)
+    party = config.party
+    held = config.held_columns(spec.dataset)
+    if held is None:
+        raise DataError(f"party {party!r}: datasets.{spec.dataset}.columns is required for a linked "
+                        "job (the schema columns this party holds; [] for keys only)")
+    names = [c.name for c in spec.schema]
+    held = tuple(c for c in held if c != spec.link.key)  # listing the key too is allowed
+    unknown = [c for c in held if c not in names]
+    if unknown:
+        raise SpecError(f"party {party!r} declares column {unknown[0]!r} (datasets.{spec.dataset}."
+                        "columns), which is not in the spec's schema")
+    feats = layout(plan, spec, held)
+    keys, chunk = read_linked(source, [spec.column(c) for c in names if c in held],
+                              spec.link.key, party, strict=not dp)
+    normal = [L.normalise_key(k, spec.link.case) for k in keys]
+    keep = L.usable_keys(normal)
+    dropped = len(keys) - int(keep.sum())
+    if dropped:  # the owner's own log only: never sent to a peer or the analyst
+        log.warning("party %r: %d of %d rows left out of the linkage (key missing or repeated)",
+                    party, dropped, len(keys))
+    rows = encode(feats, chunk, {s.name: s.edges for s in plan.statistics if s.kind == "histogram"})[keep]
+    kept = [k for k, ok in zip(normal, keep) if ok]
+    limit = plan.link[2] or plan.max_rows_per_party
+    if len(kept) > limit:
+        if not dp:
+            raise PolicyError(f"party {party!r} has {len(kept)} usable keys, more than the "
+                              f"{'link.rows' if plan.link[2] else 'row limit'} of {limit}")
+        log.warning("party %r: %d usable keys, more than link.rows %d: the last %d left out",
+                    party, len(kept), limit, len(kept) - limit)
+        kept, rows = kept[:limit], rows[:limit]
+    points = L.hash_points(kept, spec.dataset)
+    pad = (plan.link[2] - len(kept)) if plan.link[2] else 0
+    if pad > 0:  # dummy keys: random points, all-zero rows (row bit 0)
+        points = np.concatenate([points, L.random_points(pad)])
+        rows = np.concatenate([rows, np.zeros((pad, rows.shape[1]), dtype=np.int64)])
+    points = scalars[0].apply(points)
+    index = tuple(names.index(c) for c in held)
+    return LocalBlock(scalars, index, points, rows, feats)
+
+
+def read_linked(source, cols: list[Column], key: str, party: str, strict: bool):
+    """(keys, one EncodedChunk of every row) of a holder: the key column read as text in a
+    second pass over the same source, in the same row order."""
+    from jointstats.engine.sources import EncodedChunk, _Tally
+    header = source.columns()
+    if key not in header:
+        raise DataError(f"party {party!r}: the link key column {key!r} is missing from its data "
+                        f"(source {source.spec})")
+    if not hasattr(source, "_batches"):
+        raise DataError(f"party {party!r}: linked jobs read CSV, Parquet and SQLite sources in this "
+                        f"version (source {source.spec})")
+    chunks = list(source.iter_chunks(cols, party, chunk_rows=1 << 22, strict=strict)) if cols else []
+    keycol = Column(key, "categorical", levels=("_",))
+    keys: list = []
+    for _, arrays in source._batches([keycol], _Tally(strict)):
+        values = arrays[key].to_pylist()
+        keys.extend(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values)
+    n = sum(c.n_rows for c in chunks) if cols else len(keys)
+    if n != len(keys):
+        raise DataError(f"party {party!r}: its key column and its other columns have different "
+                        f"row counts (source {source.spec})")
+    if not chunks:
+        return keys, EncodedChunk(n_rows=n)
+    if len(chunks) == 1:
+        return keys, chunks[0]
+    return keys, EncodedChunk(
+        n_rows=n,
+        numeric={k: np.concatenate([c.numeric[k] for c in chunks]) for k in chunks[0].numeric},
+        codes={k: np.concatenate([c.codes[k] for c in chunks]) for k in chunks[0].codes})
+
+
+# ----------------------------------------------------------------------------- secure step
+
+
+async def _reshare_permute(rt, x, members: tuple[int, ...], perm: np.ndarray | None):
+    """The rows of the secret array ``x`` permuted by ``perm``, which only ``members`` (t + 1
+    parties) know: each member turns its Shamir share into an additive one (its Lagrange
+    coefficient), permutes it and secret-shares it anew; the sum is a fresh sharing of the
+    permuted rows (Laur, Willemson and Zhang 2011)."""
+    sectype = type(x)
+    if rt.pid in members:
+        lam = L.lagrange_at_zero(members, sectype.sectype.field.order)[rt.pid]
+        share = await rt.gather(x)
+        mine = sectype(share[perm] * lam)
+    else:
+        mine = sectype(sectype.sectype.field.array(np.zeros(x.shape, dtype=object)))
+    parts = rt.input(mine, senders=list(members))
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def _points_codec(n: int):
+    from jointstats.mpc import codec as _codec
+    return _codec.Codec("points", lambda a: _codec.encode_array(a, np.uint8),
+                        lambda d: _codec.decode_array(d, np.uint8, (n, L.POINT)))
+
+
+def _seed_codec():
+    from jointstats.mpc import codec as _codec
+    return _codec.Codec("seed", lambda a: _codec.encode_array(a, np.uint8),
+                        lambda d: _codec.decode_array(d, np.uint8, (32,)))
+
+
+async def _move(rt, vec, src: int, dst: int, n: int):
+    """The points from party ``src`` to party ``dst`` (only they take part)."""
+    if src == dst or rt.pid not in (src, dst):
+        return vec
+    got = await rt.transfer(vec if rt.pid == src else None, senders=src, receivers=[dst],
+                            codec=_points_codec(n))
+    return got if rt.pid == dst else vec
+
+
+async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metrics):
+    """Run the chain of block ``h``: returns (shuffled secret table, final pseudonyms).
+
+    It runs on its own branch of the program counter (``_mpc.start_branch``): its waits
+    are not wrapped in tasks (``rt.guard``), which would leave the branch; the caller
+    guards the whole branch."""
+    import time
+    t = rt.threshold
+    route = L.chain(m, t, h, len(block.scalars))
+    vec = block.points if rt.pid == h else None
+    used = 1 if rt.pid == h else 0
+    cur = h
+    for members, carrier in zip(route.sets, route.carriers):
+        perm = None
+        if rt.pid in members:
+            seed = np.frombuffer(secrets.token_bytes(32), dtype=np.uint8) if rt.pid == members[0] else None
+            seed = await rt.transfer(seed, senders=members[0], receivers=list(members),
+                                     codec=_seed_codec())
+            perm = L.permutation(bytes(seed), n)
+        table = await _reshare_permute(rt, table, members, perm)
+        vec = await _move(rt, vec, cur, carrier, n)
+        if rt.pid == carrier:
+            started = time.perf_counter()
+            vec = block.scalars[used].apply(vec[perm])
+            metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
+            used += 1
+        cur = carrier
+    for party, count in route.tail:
+        vec = await _move(rt, vec, cur, party, n)
+        if rt.pid == party:
+            started = time.perf_counter()
+            for s in block.scalars[used:used + count]:
+                vec = s.apply(vec)
+            metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
+            used += count
+        cur = party
+    final = await rt.transfer(vec if rt.pid == cur else None, senders=cur, codec=_points_codec(n))
+    return table, final
+
+
+async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock, guard,
+                          metrics: dict) -> dict[str, list[int]]:
+    """Steps 2 to 4 of a linked job: every statistic's partial as this party's integer
+    additive share (the sum over the parties is the partial over the linked records)."""
+    import time
+    from jointstats.mpc import codec as _codec
+    started = time.perf_counter()
+    m = len(config.peers)
+    names = [c.name for c in spec.schema]
+    own = [len(block.points) if block.points is not None else 0, *block.held]
+    got = await guard(rt.transfer(own, codec=_codec.INTS), "the holdings exchange")
+    holders = holders_of(config.peers)
+    sizes: dict[int, int] = {}
+    holdings: dict[str, tuple[str, ...]] = {}
+    for i, msg in enumerate(got):
+        who = config.peers[i].name
+        if (not msg or not 0 <= msg[0] <= spec_limit(plan) or any(not 0 <= c < len(names) for c in msg[1:])
+                or len(set(msg[1:])) != len(msg) - 1 or (i not in holders and msg != [0])):
+            raise DataError(f"party {who!r} sent a malformed holdings message")
+        if plan.link[2] and i in holders and msg[0] != plan.link[2]:
+            raise DataError(f"party {who!r} sent {msg[0]} keys, not link.rows {plan.link[2]}")
+        if i in holders:
+            sizes[i] = msg[0]
+            holdings[who] = tuple(names[c] for c in msg[1:])
+    owners = assign_columns(spec, holdings)
+    join, base = plan.link[3], plan.link[4]
+    base_index = [p.name for p in config.peers].index(base) if join == "left" else 0
+    if join == "left" and base_index not in holders:
+        raise SpecError(f"link.base: {base!r} holds no data (role: compute); a left join keeps "
+                        "the records of a data holder")
+    secfld = rt.SecFld(modulus=PRIME)
+    field_ = secfld.field
+    feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
+    width = _codec.width(PRIME)
+    for i in holders:  # every share message of a block must fit the codec's frame limit
+        if sizes[i] * len(feats[i]) * width > _codec.MAX_MESSAGE:
+            raise DataError(f"party {config.peers[i].name!r}: its linked block of {sizes[i]} rows x "
+                            f"{len(feats[i])} encoded features is over the {_codec.MAX_MESSAGE >> 20} "
+                            "MiB message limit; use fewer rows (link.rows) or fewer statistics")
+    if any(sizes[i] == 0 for i in holders):
+        empty = next(config.peers[i].name for i in holders if sizes[i] == 0)
+        raise DataError(f"party {empty!r} has no usable keys to link")
+    tables = {}
+    for i in holders:  # every holder secret-shares its encoded block
+        shape = (sizes[i], len(feats[i]))
+        rows = block.rows.astype(object) if rt.pid == i else np.zeros(shape, dtype=object)
+        tables[i] = rt.input(secfld.array(field_.array(rows)), senders=i)
+    # every block's chain on its own branch of the program counter: the parties work on
+    # different blocks at the same time (the scalar multiplications dominate)
+    from jointstats.mpc import runtime as _mpc
+    pending = {i: _mpc.start_branch(_link_block(rt, i, sizes[i], tables[i], block, m, metrics))
+               for i in holders}
+    pseudonyms = {}
+    # a hang still ends (a lost peer ends it at once, through the runtime's failure future);
+    # the linkage's honest time grows with the rows: 20 ms per row on top of the step timeout
+    timeout = 600.0 + 0.02 * sum(sizes.values())
+    for i in holders:
+        tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage", timeout)
+    metrics["linkage_seconds"] = time.perf_counter() - started
+    order = list(holders)
+    idx = L.group([pseudonyms[i] for i in order], join, order.index(base_index) if join == "left" else 0)
+    n_linked = len(idx[0])
+    metrics["linked_records"] = n_linked  # known to every party (docs/linkage.md)
+    started = time.perf_counter()
+    index_of = {p.name: i for i, p in enumerate(config.peers)}
+    partials = await guard(_statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index,
+                                       {c: index_of[p] for c, p in owners.items()}),
+                           "the statistics over the linked rows", timeout)
+    metrics["linked_statistics_seconds"] = time.perf_counter() - started
+    return partials
+
+
+def spec_limit(plan: Plan) -> int:
+    """Largest block a holder may announce."""
+    from jointstats.plan.spec import MAX_LINK_ROWS
+    return plan.link[2] or MAX_LINK_ROWS
+
+
+async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, idx, join, base_index,
+                      owners: dict[str, int]):
+    """Every statistic's partial over the linked records, as integer additive shares
+    (``owners``: the MPC index of each column's holder)."""
+    field_ = secfld.field
+    n = len(idx[0])
+    pieces = []
+    where: dict[tuple, int] = {}
+    for i, pos in zip(order, idx):
+        tab = tables[i]
+        if join == "left" and (pos < 0).any():  # no partner: a row of public zeros
+            zero = type(tab)(field_.array(np.zeros((1, tab.shape[1]), dtype=object)))
+            tab = rt.np_vstack((tab, zero))
+            pos = np.where(pos < 0, tab.shape[0] - 1, pos)
+        start = sum(p.shape[1] for p in pieces)
+        pieces.append(tab[pos] if n else None)
+        for j, f in enumerate(feats[i]):
+            where[(i, f)] = start + j
+    table = rt.np_hstack(tuple(pieces)) if n and len(pieces) > 1 else (pieces[0] if n else None)
+    owner_of = {}
+    for (i, f), j in where.items():
+        owner_of.setdefault((f.kind, f.column, f.term, f.index, f.stat), j)
+
+    def col(kind, column=None, term=None, index=-1, stat=""):
+        return owner_of[(kind, column, term, index, stat)]
+
+    weights: dict[tuple, object] = {}
+
+    def weight(columns: tuple[str, ...]):
+        key = tuple(sorted(set(columns)))
+        if key not in weights:
+            # one bit per holder: the product of its own presence bits, made locally
+            parts = []
+            for i in order:
+                mine = [c for c in key if owners[c] == i]
+                if mine:
+                    sub = ",".join(sorted(mine, key=[c.name for c in spec.schema].index))
+                    parts.append(table[:, col("complete", stat=sub)])
+            if join == "left":  # a padding row of the base is no record
+                parts.append(table[:, where[(base_index, Feature("row"))]])
+            if not parts:
+                weights[key] = None  # every linked record
+            else:
+                w = parts[0]
+                for p in parts[1:]:
+                    w = w * p
+                weights[key] = w
+        return weights[key]
+
+    secure_parts = []
+    for stat in plan.statistics:
+        if n == 0:
+            secure_parts.append(secfld.array(field_.array(np.zeros(stat.partial_size, dtype=object))))
+            continue
+        secure_parts.append(_statistic(rt, stat, spec, secfld, table, col, weight, n))
+    vector = rt.np_hstack(tuple(secure_parts)) if len(secure_parts) > 1 else secure_parts[0]
+    shares = await _integer_shares(rt, secfld, vector, _entry_bits(plan))
+    out, pos = {}, 0
+    for stat in plan.statistics:
+        out[stat.name] = shares[pos:pos + stat.partial_size]
+        pos += stat.partial_size
+    return out
+
+
+def _statistic(rt, stat: StatPlan, spec: Spec, secfld, table, col, weight, n: int):
+    """The secret partial vector of one statistic over the linked table (n rows)."""
+    if stat.kind == "count":
+        w = weight(stat.columns)
+        if w is None:
+            return secfld.array(secfld.field.array(np.array([n], dtype=object)))
+        return np.sum(w, keepdims=True)
+    if stat.kind == "histogram":
+        cols = [col("bin", stat.columns[0], None, b, stat.name) for b in range(stat.partial_size)]
+        bins = table[:, np.array(cols)]
+        if weight(()) is not None:  # left join: padding rows of the base count nowhere
+            bins = bins * weight(()).reshape((n, 1))
+        return np.sum(bins, axis=0)
+    if stat.kind == "crosstab":
+        rname, cname = stat.columns
+        nr, nc = stat.shape
+        a = table[:, np.array([col("level", rname, None, i) for i in range(nr)])]
+        b = table[:, np.array([col("level", cname, None, i) for i in range(nc)])]
+        if weight(()) is not None:
+            a = a * weight(()).reshape((n, 1))
+        return (a.T @ b).reshape((nr * nc,))
+    # Gram statistics: terms[0] is the constant; the rest numeric grids or level indicators
+    w = weight(stat.columns)
+    cols = []
+    for term in stat.terms[1:]:
+        if term.kind == "num":
+            cols.append(col("grid", term.column, term))
+        else:
+            cols.append(col("level", term.column, None, term.level))
+    x = table[:, np.array(cols)]
+    k = len(stat.terms)
+    if w is None:
+        count = secfld.array(secfld.field.array(np.array([n], dtype=object)))
+        v = x
+    else:
+        count = np.sum(w, keepdims=True)
+        v = x * w.reshape((n, 1))
+    sums = np.sum(v, axis=0)
+    gram = (v.T @ x).reshape(((k - 1) * (k - 1),))
+    full = rt.np_hstack((count, sums, gram))
+    # row-major upper triangle of [[n, s^T], [s, G]]
+    pick = []
+    for i in range(k):
+        for j in range(i, k):
+            if i == 0:
+                pick.append(j)  # n, then s
+            else:
+                pick.append(k + (i - 1) * (k - 1) + (j - 1))
+    return full[np.array(pick)]
+
+
+def _entry_bits(plan: Plan) -> int:
+    """Bits of the largest |entry| any partial of the plan can reach over the linked rows."""
+    top = max([t.bound for s in plan.statistics for t in s.terms] or [1])
+    bits = (plan.max_rows_per_party * top * top).bit_length() + 1
+    if bits + SIGMA + 16 >= PRIME.bit_length():
+        raise SpecError("a linked job's partials would not fit the linkage field")  # not reachable
+    return bits
+
+
+async def _integer_shares(rt, secfld, vector, bits: int) -> list[int]:
+    """Integer additive shares of a secret vector whose entries are below 2**bits in
+    magnitude: every party adds a secret mask r_i below 2**(bits + SIGMA); the sum plus
+    2**bits is opened (it is below the prime: no wrap-around), so party 0's share is
+    opened - 2**bits - r_0 and every other party's is -r_i. The opened value is within
+    2**-(SIGMA - 1) in statistical distance of a value independent of the vector, for any
+    t parties (the others' masks hide it)."""
+    field_ = secfld.field
+    size = vector.shape[0]
+    mask = [secrets.randbits(bits + SIGMA) for _ in range(size)]
+    mine = type(vector)(field_.array(np.array(mask, dtype=object)))
+    parts = rt.input(mine, senders=list(range(len(rt.parties))))
+    masked = vector + (1 << bits)
+    for p in parts:
+        masked = masked + p
+    opened = await rt.output(masked)
+    values = [int(v) for v in np.ravel(getattr(opened, "value", opened))]
+    if rt.pid == 0:
+        return [v - (1 << bits) - r for v, r in zip(values, mask)]
+    return [-r for r in mask]

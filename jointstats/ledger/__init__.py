@@ -1,0 +1,1 @@
+"""Each node's durable state: the privacy ledger, the tamper-evident audit log and the hooks the engine calls."""

@@ -1,0 +1,798 @@
+"""The only module that imports MPyC.
+
+MPyC parses ``sys.argv`` when it is imported (and eats abbreviations such as ``--l``),
+so the import is shielded here; runtimes for real parties are built explicitly.
+
+MPyC 0.11 pickles the messages it exchanges, so a peer could run code on the receiver. Every
+runtime with peers built here is a :class:`JointRuntime`, whose transfer, input, output and
+resharing steps send and receive with the typed codec of ``jointstats.mpc.codec`` instead: each
+receiving step decodes exactly what it expects, and a peer sending anything else is dropped
+and named. MPyC's own ``pickle`` is replaced by a stand-in that never unpickles.
+"""
+from __future__ import annotations
+
+import sys
+
+from jointstats.mpc import codec as _codec
+from jointstats.errors import (AuthError, PartyError, PartyTimeoutError, PeerLostError, PeerTlsError,
+                     PeerUnreachableError)
+
+_saved_argv = sys.argv
+sys.argv = [_saved_argv[0] if _saved_argv else "jointstats"]
+try:
+    import mpyc  # noqa: E402
+    import mpyc.runtime as _mpyc_runtime  # noqa: E402
+    from mpyc import asyncoro as _asyncoro  # noqa: E402
+    from mpyc import sectypes as _sectypes  # noqa: E402
+finally:
+    sys.argv = _saved_argv
+
+Runtime = _mpyc_runtime.Runtime
+MPYC_VERSION: str = mpyc.__version__
+#: The one MPyC version whose private API this module and ``_mpc_speedups`` replace (the
+#: runtime's message handling, its exchanger, thresha's share functions): checked here only.
+SUPPORTED_MPYC = "0.11"
+if MPYC_VERSION != SUPPORTED_MPYC:
+    raise ImportError(f"jointstats needs MPyC {SUPPORTED_MPYC} exactly (it replaces parts of its "
+                      f"runtime, so that no peer message is ever unpickled), found MPyC {MPYC_VERSION}")
+
+
+class _Kept:
+    """An object handed from MPyC's runtime to itself, in this process, without pickling."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
+class _NoPickle:
+    """Stands in for ``pickle`` inside ``mpyc.runtime``: nothing there is ever pickled again.
+
+    The party runtime (:class:`JointRuntime`) sends and receives every message with the typed
+    codec (``jointstats.mpc.codec``) and never reaches MPyC's pickling paths. What is left of them
+    (the single-process runtime handing a value to itself) gets the object back as it was;
+    bytes from anywhere else are refused, so a path overlooked here fails instead of
+    unpickling a peer's message."""
+
+    @staticmethod
+    def dumps(obj, *args, **kwargs):
+        return _Kept(obj)
+
+    @staticmethod
+    def loads(data, *args, **kwargs):
+        if type(data) is _Kept:
+            return data.obj
+        raise PartyError("refused to unpickle a message (MPyC's pickling path is disabled)")
+
+
+_mpyc_runtime.pickle = _NoPickle
+
+
+def _trust_fixed_primes() -> None:
+    """Create MPyC's prime fields for the fixed regression primes without its primality test.
+
+    ``mpyc.finfields.pGF`` runs ``gmpy2.is_prime`` on every new modulus (about 15 ms per
+    2048-bit prime, per party, per job); these primes are public constants checked once by
+    ``tests/unit/test_fields.py``, so the test is skipped for exactly them (pGF is cached).
+    """
+    from mpyc import finfields
+    from jointstats.plan.fields import all_regression_primes
+    trusted = set(all_regression_primes())
+    real = finfields.gmpy2
+
+    class _Trusting:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        @staticmethod
+        def is_prime(n, *args):
+            return int(n) in trusted or real.is_prime(n, *args)
+
+    finfields.gmpy2 = _Trusting()
+    try:
+        for p in trusted:
+            finfields.pGF(p, 2, p - 1)  # the (p, n, w) key that finfields.GF(p) uses
+    finally:
+        finfields.gmpy2 = real
+
+
+_trust_fixed_primes()
+
+
+_SINGLE = _mpyc_runtime.mpc  # MPyC's own single-process runtime, as built at its import
+
+
+def local_runtime() -> "Runtime":
+    """The single-process MPyC runtime (one party, no network): for unit tests only.
+
+    Made current again each time: a party runtime built in the same process (a test's)
+    replaces MPyC's current runtime and its event loop ends with that runtime's."""
+    if _mpyc_runtime.mpc is not _SINGLE:
+        _install(_SINGLE)
+    return _SINGLE
+
+
+def _install(rt: "Runtime") -> None:
+    """Make ``rt`` the runtime that MPyC's secure types and helpers use."""
+    _sectypes.runtime = rt
+    _asyncoro.runtime = rt
+    mpyc.mpctools.runtime = rt
+    mpyc.seclists.runtime = rt
+    mpyc.secpols.runtime = rt
+    mpyc.secgroups.runtime = rt
+    mpyc.random.runtime = rt
+    mpyc.statistics.runtime = rt
+    _mpyc_runtime.mpc = rt
+
+
+def make_runtime(pid: int, addresses: list[tuple[str, int]], threshold: int | None = None,
+                 runtime_class: type | None = None) -> "Runtime":
+    """Build (but do not start) the runtime of party ``pid`` among ``addresses``.
+
+    Must be called inside the running asyncio loop that will drive the computation.
+    """
+    options = mpyc._get_arg_parser().parse_args([])
+    m = len(addresses)
+    options.threshold = (m - 1) // 2 if threshold is None else threshold
+    options.no_async = m == 1
+    options.no_prss = False
+    options.no_log = True
+    options.sec_param = options.sec_param or 30
+    options.bit_length = options.bit_length or 32
+    parties = [_mpyc_runtime.Party(i, host, int(port)) for i, (host, port) in enumerate(addresses)]
+    # every runtime with peers is a JointRuntime: typed messages, never MPyC's pickles
+    cls = runtime_class or (JointRuntime if m > 1 else Runtime)
+    rt = cls(pid, parties, options)
+    _install(rt)
+    return rt
+
+
+# ----------------------------------------------------------------------------- real parties
+
+import asyncio  # noqa: E402
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import ssl as _ssl  # noqa: E402
+from typing import Awaitable, Callable  # noqa: E402
+
+
+def _keepalive(transport) -> None:
+    """Short TCP keepalive so a silently dropped network surfaces within seconds."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+    except OSError:
+        pass
+
+
+#: Program counter of a notice frame: an honest party telling the others why it stops.
+#: (MPyC's program counters are small integers or 64-bit hashes; this one is reserved.)
+NOTICE_PC = -(1 << 63)
+_FRAME = struct.Struct("<qI")
+#: Seconds a party that told the others of a malformed message waits for them to hang up.
+NOTICE_WAIT = 2.0
+
+
+class _Exchanger(_asyncoro.MessageExchanger):
+    """MPyC's message exchanger with peer identity checks, loss reporting and bounded frames.
+
+    Frames are MPyC's (8-byte program counter, 4-byte length, payload); a frame longer than
+    ``_codec.MAX_MESSAGE`` is malformed (the peer is dropped and named), and a connection
+    from a client claiming an index it cannot have is closed. Payloads are handed
+    over as bytes; the runtime decodes each with the codec of what it expects.
+    """
+
+    def connection_made(self, transport):
+        _keepalive(transport)
+        rt = self.runtime
+        self.identity = None
+        self.dropped = False
+        self.decoders = {}  # program counter -> decoder of a typed receive still waiting
+        self.unread = 0  # bytes of messages held in self.buffers that no step has asked for
+        if rt.verify_peer is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            cert = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            self.identity = cert
+            if self.peer_pid is not None and not self._check(self.peer_pid, transport):
+                return
+        super().connection_made(transport)
+
+    def _check(self, pid: int, transport) -> bool:
+        rt = self.runtime
+        try:
+            rt.verify_peer(self.identity, pid)
+        except AuthError as exc:
+            rt.report_failure(getattr(exc, "culprit", pid), str(exc))
+            transport.close()
+            return False
+        return True
+
+    def _hello(self, buf: bytearray) -> bool:
+        """The first bytes from a client: its index and its PRSS keys (MPyC's handshake)."""
+        rt = self.runtime
+        if len(buf) < 2:
+            return False
+        pid = int.from_bytes(buf[:2], "little")
+        if not 0 <= pid < rt.pid or rt.parties[pid].protocol is not None:
+            # only lower indices connect to us, each once: this is no party of the job
+            self.dropped = True
+            self.transport.close()
+            return False
+        if rt.verify_peer is not None and not self._check(pid, self.transport):
+            self.dropped = True
+            return False
+        size = rt._prss_keys_from_peer(pid)
+        if len(buf) < 2 + size:
+            return False
+        rt._prss_keys_from_peer(pid, bytes(buf[2:2 + size]))
+        del buf[:2 + size]
+        self.peer_pid = pid
+        rt.set_protocol(pid, self)
+        return True
+
+    def _malformed(self, what: str) -> None:
+        self.dropped = True
+        self.runtime.drop_peer(self.peer_pid, what)
+
+    def data_received(self, data):
+        if self.dropped:
+            return
+        buf = self.bytes
+        buf.extend(data)
+        if self.peer_pid is None and not self._hello(buf):
+            return
+        while len(buf) >= 12:
+            pc, size = _FRAME.unpack_from(buf)
+            if size > _codec.MAX_MESSAGE:
+                self._malformed(f"a message of {size} bytes, over the limit of {_codec.MAX_MESSAGE}")
+                return
+            if len(buf) < 12 + size:
+                break
+            payload = struct.unpack_from(f"{size}s", buf, 12)[0]  # one copy, as MPyC
+            del buf[:12 + size]
+            if pc == NOTICE_PC:
+                self._notice(payload)
+                return
+            held = self.buffers.get(pc)
+            if not isinstance(held, asyncio.Future):
+                self.unread += size
+                if self.unread > _codec.MAX_UNREAD:
+                    self._malformed(f"over {_codec.MAX_UNREAD} bytes of messages no step has read")
+                    return
+            if held is None:
+                self.buffers[pc] = payload
+            elif isinstance(held, asyncio.Future):
+                del self.buffers[pc]
+                decode = self.decoders.pop(pc, None)
+                if decode is not None:  # a typed receive: the future gets the decoded value
+                    payload = self.runtime._decode(self.peer_pid, decode, payload)
+                    if payload is _MALFORMED:
+                        return
+                if not held.done():
+                    held.set_result(payload)
+            elif isinstance(held, list):
+                held.append(payload)
+            else:  # a step that sends at a program counter whose last message is unread
+                self.buffers[pc] = [held, payload]
+
+    def receive(self, pc):
+        """The payload for ``pc`` (or a future of it); messages for one program counter are
+        handed out in the order they came (MPyC's own code can send a second one, e.g. its
+        shutdown after a step at the same top-level counter, before the first is read)."""
+        held = self.buffers.pop(pc, None)
+        if held is None:
+            held = self.buffers[pc] = self.runtime._loop.create_future()
+        elif isinstance(held, list):
+            held, rest = held[0], held[1:]
+            self.buffers[pc] = rest if len(rest) > 1 else rest[0]
+        if not isinstance(held, asyncio.Future):
+            self.unread -= len(held)
+        return held
+
+    def _notice(self, payload: bytes) -> None:
+        """A peer says which party sent it a malformed message: the job fails, naming both."""
+        rt = self.runtime
+        try:
+            culprit = _codec.decode_notice(payload, len(rt.parties))
+        except _codec.CodecError as exc:
+            self._malformed(f"a malformed notice ({exc})")
+            return
+        rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} stopped the job: "
+                                         f"party {rt.name_of(culprit)!r} sent it a malformed message")
+
+    def connection_lost(self, exc):
+        rt = self.runtime
+        if not rt.closing and self.peer_pid is not None:
+            rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} disconnected"
+                              + (f" ({exc})" if exc else ""), lost=True)
+        if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
+            rt.unset_protocol(self.peer_pid)
+
+
+_MALFORMED = object()
+
+
+def _field_decoder(order: int, count: int) -> Callable:
+    """Decoder of exactly ``count`` elements of the field of ``order`` elements."""
+    return lambda data: _codec.decode_field_values(data, order, count)
+
+
+def _values(row):
+    """A row of shares (a list or numpy array of ints) as a flat numpy object array."""
+    return np.asarray(row, dtype=object).reshape(-1)
+
+
+def _field_values(x: list):
+    """The field, shape (None for scalars) and flat share values of gathered output operands:
+    a list of field elements, or a field array (only the first, as MPyC)."""
+    if isinstance(x[0], _mpyc_runtime.finfields.FiniteFieldElement):
+        return type(x[0]), None, _values([a.value for a in x])
+    return x[0].field, x[0].value.shape, x[0].value.reshape(-1)
+
+
+def _recombined(field, shape, points: list) -> list:
+    """Lagrange recombination of the received and own shares: field elements for scalars,
+    one field array of ``shape`` otherwise (MPyC's thresha, speed-ups included)."""
+    thresha = _mpyc_runtime.thresha
+    if shape is None:
+        return [field(int(a)) for a in thresha.recombine(field, [(i, list(s)) for i, s in points])]
+    return [thresha.np_recombine(field, points).reshape(shape)]
+
+
+class JointRuntime(Runtime):
+    """An MPyC runtime for one party of a job: named peers, timeouts, TLS identity checks.
+
+    ``report_failure`` resolves ``failed`` as soon as a peer is lost or misbehaves, so every
+    wait in :meth:`guard` stops with an error naming that peer instead of hanging.
+    """
+
+    names: list[str] = []
+    closing = False
+    failed_lost = False  # whether the failure in ``failed`` is a lost peer (report_failure)
+    _notified: tuple | list = ()  # peers told of a malformed message (drop_peer), not yet gone
+    verify_peer: Callable[[bytes | None, int], None] | None = None
+    ssl_server: _ssl.SSLContext | None = None
+    ssl_client: _ssl.SSLContext | None = None
+
+    def name_of(self, pid: int) -> str:
+        """Name of the party with MPC index ``pid``."""
+        return self.names[pid] if 0 <= pid < len(self.names) else f"#{pid}"
+
+    def report_failure(self, pid: int, reason: str, lost: bool = False) -> None:
+        """Record the first failure of a peer; wakes every guarded wait. ``lost``: the peer's
+        connection dropped (guarded waits raise PeerLostError, a consequence to report only
+        if nothing better is known)."""
+        if not self.failed.done():
+            self.failed_lost = lost
+            self.failed.set_result((pid, reason))
+
+    def _send_message(self, peer_pid, data):
+        """MPyC's, except that a message to a peer already lost is dropped: the loss has been
+        reported (``failed``) and ends every guarded wait, where MPyC would raise
+        AttributeError inside one of its tasks and stop the event loop, hiding the reason."""
+        protocol = self.parties[peer_pid].protocol
+        if protocol is not None:
+            protocol.send(self._program_counter[0], data)
+
+    def _receive_message(self, peer_pid):
+        """MPyC's, except that a message from a peer already lost never arrives (as above)."""
+        protocol = self.parties[peer_pid].protocol
+        if protocol is None:
+            return self._loop.create_future()
+        return protocol.receive(self._program_counter[0])
+
+    # -- typed messages: every payload from a peer is decoded as what this step expects ------
+
+    def _receive_typed(self, peer_pid: int, decode: Callable):
+        """The message of ``peer_pid`` for the current step, decoded by ``decode`` (a function
+        of ``_codec`` bound to what is expected): the value, or a future of it.
+
+        A message that does not decode drops the peer (:meth:`drop_peer`); its future then
+        never completes, and every guarded wait fails naming the peer (an exception inside
+        an MPyC coroutine would stop the event loop instead)."""
+        protocol = self.parties[peer_pid].protocol
+        if protocol is None:  # lost: the loss is reported, this never arrives
+            return self._loop.create_future()
+        pc = self._program_counter[0]
+        raw = protocol.receive(pc)
+        if isinstance(raw, asyncio.Future):
+            protocol.decoders[pc] = decode  # decoded as it arrives (_Exchanger.data_received)
+            return raw
+        value = self._decode(peer_pid, decode, raw)
+        return self._loop.create_future() if value is _MALFORMED else value
+
+    def _decode(self, peer_pid: int, decode: Callable, data):
+        try:
+            return decode(data)
+        except _codec.CodecError as exc:
+            why = str(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a peer sent, it never raises here
+            why = f"{type(exc).__name__}: {exc}"
+        self.drop_peer(peer_pid, why)
+        return _MALFORMED
+
+    def drop_peer(self, peer_pid: int, why: str) -> None:
+        """Fail the job naming ``peer_pid``, which sent a malformed message; tell the other
+        parties why (so that they name it too) and drop its connection."""
+        reason = f"party {self.name_of(peer_pid)!r} sent a malformed message ({why}); dropped"
+        if not self.failed.done():
+            self.report_failure(peer_pid, reason)
+            notice = _codec.encode_notice(peer_pid)
+            self._notified = []
+            for peer in self.parties:
+                proto = peer.protocol
+                if peer.pid not in (self.pid, peer_pid) and proto is not None \
+                        and not isinstance(proto, asyncio.Future):
+                    proto.send(NOTICE_PC, notice)
+                    self._notified.append(peer.pid)
+        proto = self.parties[peer_pid].protocol if peer_pid is not None else None
+        if proto is not None and not isinstance(proto, asyncio.Future):
+            proto.dropped = True
+            proto.transport.close()
+
+    def receive_array(self, peer_pid: int, dtype, shape):
+        """A numpy integer array of ``dtype`` and ``shape`` from ``peer_pid`` (a future, or
+        the array); see :meth:`_receive_typed`."""
+        return self._receive_typed(peer_pid, lambda data: _codec.decode_array(data, dtype, shape))
+
+    async def transfer(self, obj, senders=None, receivers=None, sender_receivers=None, *,
+                       codec: _codec.Codec | None = None):
+        """MPyC's ``transfer`` (send ``obj`` from every sender to every receiver), with the
+        typed ``codec`` (an int or a short text by default) instead of pickle."""
+        if sender_receivers is not None:
+            raise NotImplementedError("transfer with sender_receivers is not used by jointstats")
+        m = len(self.parties)
+        one_sender = isinstance(senders, int)
+        senders = list(range(m)) if senders is None else [senders] if one_sender else list(senders)
+        receivers = (list(range(m)) if receivers is None else
+                     [receivers] if isinstance(receivers, int) else list(receivers))
+        codec = codec or _codec.codec_for(obj)
+        payload = codec.encode(obj) if self.pid in senders else None
+        if payload is not None:
+            for peer in receivers:
+                if peer != self.pid:
+                    self._send_message(peer, payload)
+        if self.pid not in receivers:
+            return None if one_sender else []
+        got = [codec.decode(payload) if peer == self.pid else self._receive_typed(peer, codec.decode)
+               for peer in senders]
+        got = await self.gather(got)
+        return got[0] if one_sender else got
+
+    @_asyncoro.mpc_coro
+    async def _distribute(self, x, senders):
+        """MPyC's input step (each sender secret-shares its x), shares sent as fixed-width
+        field elements and decoded as the receiver's own x prescribes (field and shape)."""
+        if not x:
+            return [[] for _ in senders]
+        sftype = type(x[0])
+        if issubclass(sftype, self.SecureObject) and hasattr(sftype, "_input"):
+            return sftype._input(x, senders)
+        finfields = _mpyc_runtime.finfields
+        if issubclass(sftype, self.SecureArray):
+            field, shape = sftype.sectype.field, x[0].shape
+        elif issubclass(sftype, self.SecureObject):
+            field, shape = sftype.field, None
+        elif issubclass(sftype, finfields.FiniteFieldElement):
+            field, shape = sftype, None
+        else:
+            field, shape = sftype.field, x[0].shape
+        if issubclass(sftype, self.SecureObject):
+            extra = (x[0].integral,) if sftype.frac_length else ()
+            rettype = ((sftype, *extra, shape) if shape is not None else
+                       (sftype, *extra) if extra else sftype)
+            await self.returnType(rettype, len(senders), len(x))
+        else:
+            await self.returnType(asyncio.Future)
+        order = field.order
+        count = len(x) if shape is None else math.prod(shape)
+        decode = _field_decoder(order, count)
+        thresha = _mpyc_runtime.thresha
+        t, m = self.threshold, len(self.parties)
+        shares = [None] * len(senders)
+        for i, peer in enumerate(senders):
+            if peer != self.pid:
+                shares[i] = self._receive_typed(peer, decode)
+                continue
+            if issubclass(sftype, self.SecureObject):
+                x = await self.gather(x)
+            if shape is None:
+                split = thresha.random_split(field, x, t, m)
+            else:
+                split = thresha.np_random_split(field, x[0].reshape(-1), t, m)
+            for other, row in enumerate(split):
+                if other == self.pid:
+                    shares[i] = _values(row)
+                else:
+                    self._send_message(other, _codec.encode_field_values(row, order))
+        shares = await self.gather(shares)
+        if shape is None:
+            return [[field(int(a)) for a in s] for s in shares]
+        return [[field.array(s, check=False).reshape(shape)] for s in shares]
+
+    @_asyncoro.mpc_coro
+    async def output(self, x, receivers=None, threshold=None, raw=False):
+        """MPyC's ``output`` (open x to the receivers from shares of degree ``threshold``),
+        shares sent as fixed-width field elements and decoded as this party's own share of
+        x prescribes (field and number of elements)."""
+        x_is_list = isinstance(x, list)
+        x = x[:] if x_is_list else [x]
+        await self.returnType(asyncio.Future)
+        if not x:
+            return []
+        n = len(x)
+        t = self.threshold if threshold is None else threshold
+        m = len(self.parties)
+        receivers = (list(range(m)) if receivers is None else
+                     [receivers] if isinstance(receivers, int) else list(receivers))
+        sftype = type(x[0])
+        if issubclass(sftype, self.SecureObject):
+            if hasattr(sftype, "_output"):
+                y = await sftype._output(x, receivers, threshold)
+                return y if x_is_list else y[0]
+            x = await self.gather(x)
+        field, shape, values = _field_values(x)
+        order = field.order
+        payload = None
+        for peer in receivers:
+            if 0 < (peer - self.pid) % m <= t:
+                if payload is None:
+                    payload = _codec.encode_field_values(values, order)
+                self._send_message(peer, payload)
+        if self.pid not in receivers:
+            return [None] * n if x_is_list else None
+        senders = [(self.pid - t + j) % m for j in range(t)]
+        decode = _field_decoder(order, len(values))
+        got = await self.gather([self._receive_typed(peer, decode) for peer in senders])
+        points = [(peer + 1, s) for peer, s in zip(senders, got)] + [(self.pid + 1, values)]
+        y = _recombined(field, shape, points)
+        if issubclass(sftype, self.SecureObject):
+            convert = sftype._output_conversion
+            if not raw and convert is not None:
+                y = [convert(a) for a in y]
+        return y if x_is_list else y[0]
+
+    @_asyncoro.mpc_coro
+    async def _reshare(self, x):
+        """MPyC's resharing (degree 2t to t, a la GRR98), shares sent as fixed-width field
+        elements and decoded as this party's own share prescribes."""
+        x_is_list = isinstance(x, list)
+        x = x if x_is_list else [x]
+        if not x:
+            return []
+        sftype = type(x[0])
+        if issubclass(sftype, self.SecureObject):
+            extra = (x[0].integral,) if sftype.frac_length else ()
+            if issubclass(sftype, self.SecureArray):
+                rettype = (sftype, *extra, x[0].shape)
+            else:
+                rettype = (sftype, *extra) if extra else sftype
+            if x_is_list:
+                await self.returnType(rettype, len(x))
+            else:
+                await self.returnType(rettype)
+            x = await self.gather(x)
+        else:
+            await self.returnType(asyncio.Future)
+        t = self.threshold
+        if t == 0:
+            return x if x_is_list else x[0]
+        field, shape, values = _field_values(x)
+        order = field.order
+        thresha = _mpyc_runtime.thresha
+        m = len(self.parties)
+        first = self._program_counter[0] % m  # the 2t + 1 dealers, as MPyC balances them
+        own = None
+        if (self.pid - first) % m <= 2 * t:
+            split = (thresha.random_split(field, values, t, m) if shape is None else
+                     thresha.np_random_split(field, values, t, m))
+            for peer, row in enumerate(split):
+                if peer == self.pid:
+                    own = _values(row)
+                else:
+                    self._send_message(peer, _codec.encode_field_values(row, order))
+        decode = _field_decoder(order, len(values))
+        dealers = [(first + j) % m for j in range(2 * t + 1)]
+        got = await self.gather([self._receive_typed(peer, decode) for peer in dealers
+                                 if peer != self.pid])
+        points = [(peer + 1, s) for peer, s in zip([d for d in dealers if d != self.pid], got)]
+        if own is not None:
+            points.append((self.pid + 1, own))
+        y = _recombined(field, shape, points)
+        return y if x_is_list else y[0]
+
+    def unset_protocol(self, peer_pid):
+        """Deregister a peer, tolerating a connection that closes before it registered."""
+        if self.parties[self.pid].protocol is None or self.parties[self.pid].protocol.done():
+            self.parties[peer_pid].protocol = None
+            return
+        super().unset_protocol(peer_pid)
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Listen for lower-index peers, connect to higher ones; fail naming who is missing."""
+        loop = self._loop
+        self.failed = loop.create_future()
+        self.failed_lost = False
+        for peer in self.parties:
+            peer.protocol = asyncio.Future(loop=loop) if peer.pid == self.pid else None
+        me = self.parties[self.pid]
+        self._server = None
+        if self.pid:
+            try:
+                self._server = await loop.create_server(lambda: _Exchanger(self), host=me.host,
+                                                        port=me.port, ssl=self.ssl_server,
+                                                        reuse_address=True)
+            except OSError as exc:
+                raise PartyError(f"party {self.name_of(self.pid)!r} cannot listen on "
+                                 f"{me.host}:{me.port} ({exc.strerror})") from None
+        deadline = loop.time() + timeout
+
+        async def connect(peer):
+            pause = 0.002  # a peer listens as soon as its process is up: poll it briskly
+            while True:
+                try:
+                    await loop.create_connection(lambda: _Exchanger(self, peer.pid), peer.host,
+                                                 peer.port, ssl=self.ssl_client,
+                                                 server_hostname=peer.host if self.ssl_client else None)
+                    return
+                except (OSError, _ssl.SSLError) as exc:
+                    if isinstance(exc, _ssl.SSLError):
+                        why = getattr(exc, "verify_message", None) or ""
+                        why = ": certificate revoked" if "revoked" in why else ""  # by the CRL
+                        raise PeerTlsError(f"TLS handshake with party {self.name_of(peer.pid)!r} "
+                                           f"failed ({exc.reason}{why})") from None
+                    if loop.time() > deadline:
+                        raise PeerUnreachableError(
+                            f"could not connect to party {self.name_of(peer.pid)!r} at "
+                            f"{peer.host}:{peer.port} within {timeout:.0f} s") from None
+                    await asyncio.sleep(pause)
+                    pause = min(1.25 * pause, 0.1)
+
+        try:
+            await self.guard(asyncio.gather(*(connect(p) for p in self.parties[self.pid + 1:])),
+                             timeout + 5, "connecting")
+            await self.guard(me.protocol, max(deadline - loop.time(), 1.0), "connecting")
+        except PartyError as exc:
+            missing = [self.name_of(p.pid) for p in self.parties
+                       if p.pid != self.pid and p.protocol is None]
+            names = ", ".join(map(repr, missing))
+            plural = "ies" if len(missing) > 1 else "y"
+            if isinstance(exc, PartyTimeoutError) and missing:
+                raise PeerLostError(f"part{plural} {names} did not connect within {timeout:.0f} s") from None
+            if missing and not isinstance(exc, PeerUnreachableError):
+                raise type(exc)(f"{exc} (part{plural} {names} did not connect)") from None
+            raise
+        finally:
+            if self._server is not None:
+                self._server.close()
+        self.start_time = __import__("time").time()
+
+    async def guard(self, awaitable: Awaitable, timeout: float, what: str):
+        """Await ``awaitable`` unless a peer fails first or ``timeout`` seconds pass."""
+        task = asyncio.ensure_future(awaitable)
+        done, _ = await asyncio.wait({task, self.failed}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        if self.failed.done():
+            pid, reason = self.failed.result()
+            await self._deliver_notices()
+            raise (PeerLostError if self.failed_lost else PartyError)(f"{reason} during {what}")
+        waiting = [self.name_of(p.pid) for p in self.parties if p.pid != self.pid
+                   and p.protocol is not None and not isinstance(p.protocol, asyncio.Future)
+                   and any(isinstance(b, asyncio.Future) for b in p.protocol.buffers.values())]
+        who = f" from part{'ies' if len(waiting) > 1 else 'y'} {', '.join(map(repr, waiting))}" if waiting else ""
+        raise PartyTimeoutError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
+
+    async def _deliver_notices(self, timeout: float = NOTICE_WAIT) -> None:
+        """Keep the connections to the parties told of a malformed message open (and read)
+        until they close them, for at most ``timeout`` seconds: closing a socket at once can
+        reset the connection and discard the notice before the peer reads it."""
+        told, self._notified = self._notified, []
+        deadline = self._loop.time() + timeout
+        while self._loop.time() < deadline and any(
+                self.parties[pid].protocol is not None for pid in told):
+            await asyncio.sleep(0.01)
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Synchronise with all peers, then close the connections.
+
+        A peer lost before or during the final barrier fails the job (PartyError naming it)
+        even if the reveals completed without it (an honest majority of shares suffices),
+        so that no party reports success for a job that another party did not finish.
+        """
+        await self.guard(self.transfer("end", codec=_codec.TEXT), timeout, "the end of the job")
+        self.closing = True  # from here on, connections closing are expected
+        try:
+            await asyncio.wait_for(self.shutdown(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def abort(self) -> None:
+        """Drop every peer connection at once (after a failure): no shutdown handshake."""
+        self.closing = True
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid != self.pid and proto is not None and hasattr(proto, "transport"):
+                proto.transport.close()
+
+    def bytes_sent(self) -> int:
+        """Bytes this party has sent to all peers so far."""
+        return sum(p.protocol.nbytes_sent for p in self.parties
+                   if p.pid != self.pid and p.protocol is not None
+                   and not isinstance(p.protocol, asyncio.Future))
+
+
+@_asyncoro.mpc_coro
+async def _branch(coro) -> asyncio.Future:
+    try:
+        return True, await coro
+    except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller, never to the loop
+        return False, exc
+
+
+def start_branch(coro: Awaitable) -> asyncio.Future:
+    """Start ``coro`` (an un-awaited coroutine of MPC steps) on its own branch of MPyC's
+    program counter, fixed at the moment of this call, and return a future of its result.
+
+    Several branches can then be in flight at once and share their round trips: every party
+    starts them in the same order, so every message is still matched, whatever order the
+    branches happen to resume in. An exception inside is re-raised by ``await_branch``
+    (MPyC would otherwise stop the event loop).
+    """
+    return _branch(coro)
+
+
+async def await_branch(future: asyncio.Future):
+    """The result of a branch started by ``start_branch`` (its exception re-raised)."""
+    ok, value = await future
+    if not ok:
+        raise value
+    return value
+
+
+@_asyncoro.mpc_coro
+async def open_local(rt: "Runtime", compute: Callable, operands: list):
+    """Reveal ``compute(*shares)``, a function of degree at most 2 of the secure ``operands``'
+    own shares (their products, say), in one round and without resharing.
+
+    Each party adds its share of a pseudorandom sharing of zero of degree 2t (MPyC's PRSS,
+    as MPyC's own ``is_zero_public`` does) and the value is opened from 2t + 1 shares: the
+    opened sharing is then a random one of the value, so nothing but the value is learnt.
+    It saves the degree reduction (a round, and a random split of every value) that a secure
+    product followed by ``rt.output`` costs. Needs 2t < m, which MPyC's threshold
+    t = (m - 1) // 2 gives. Returns a future of the opened field array. (No return annotation:
+    MPyC would take it for the placeholder's type and not expect the ``returnType`` below.)
+    """
+    await rt.returnType(asyncio.Future)
+    shares = await rt.gather(list(operands))
+    value = compute(*shares)
+    t = rt.threshold
+    if t:
+        field = value.field
+        zero = _mpyc_runtime.thresha.np_pseudorandom_share_0(
+            field, len(rt.parties), rt.pid, rt.prfs(field.order), rt._prss_uci(), value.size)
+        value = value + zero.reshape(value.shape)
+    return await rt.output(value, threshold=2 * t)
+
+
+def make_party_runtime(pid: int, names: list[str], addresses: list[tuple[str, int]]) -> JointRuntime:
+    """Build the runtime of party ``pid`` (call inside the running asyncio loop)."""
+    from jointstats.mpc import speedups as _mpc_speedups
+    _mpc_speedups.install_exact()  # same values, and the same on every party
+    _mpc_speedups.install()  # random splits drawn in bulk (the same distribution)
+    rt = make_runtime(pid, addresses, runtime_class=JointRuntime)
+    rt.names = list(names)
+    return rt

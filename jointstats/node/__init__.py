@@ -1,0 +1,1 @@
+"""The long-running party node: its HTTP service and the analyst's client."""
