@@ -475,6 +475,20 @@ class LinkEmulator:
                                   "bytes": 0})
         self._call(add)
 
+    def call_when(self, a: str, action: Callable[[], object], *, depth: int) -> None:
+        """Call ``action()`` (on the emulator's thread; say, to kill or stop a party's process)
+        as soon as a chunk of depth ``depth`` crosses any link of party ``a``; recorded in
+        ``stats()["cuts"]`` like a cut (mode ``"call"``) with the time it was called."""
+        def add():
+            self.triggers.append({"a": a, "b": None, "depth": depth, "nbytes": None, "mode": "call",
+                                  "action": action, "bytes": 0})
+        self._call(add)
+
+    def _act(self, trig: dict, why: str) -> None:
+        self.cuts.append({"a": trig["a"], "b": None, "mode": "call", "why": why, "connections": 0,
+                          "time": time.time(), "depth": self.max_depth, "bytes": self.bytes_total})
+        trig["action"]()
+
     # ------------------------------------------------------------------ counting
 
     def reset_counts(self) -> None:
@@ -518,8 +532,11 @@ class LinkEmulator:
                     trig["nbytes"] is not None and trig["bytes"] >= trig["nbytes"]):
                 self.triggers.remove(trig)
                 why = f"depth {depth}" if trig["depth"] is not None else f"{trig['bytes']} bytes"
-                # after this chunk is queued: cut on the next turn of the loop
-                self.loop.call_soon(self._cut, trig["a"], trig["b"], trig["mode"], why)
+                # after this chunk is queued: cut (or act) on the next turn of the loop
+                if trig["mode"] == "call":
+                    self.loop.call_soon(self._act, trig, why)
+                else:
+                    self.loop.call_soon(self._cut, trig["a"], trig["b"], trig["mode"], why)
 
     def rounds(self) -> int:
         """Communication rounds of the traffic since the last reset: the largest depth."""

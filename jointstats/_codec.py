@@ -16,8 +16,9 @@ Formats (all integers little-endian):
 - short texts: a 2-byte length, then UTF-8 (at most ``MAX_TEXT`` bytes);
 - control records (the job's status exchange and the nodes' rendezvous): a kind byte, then
   fixed fields, strings and a bounded queue of (timestamp, job id, analyst, spec hash);
-- notices (an honest party telling the others which party sent it a malformed message):
-  that party's index.
+- notices (an honest party telling the others which party made it stop the job, and why):
+  that party's index and a cause byte (``CAUSES``);
+- heartbeats (sent on idle and busy links alike, on a fixed period): an empty payload.
 
 Every length prefix is bounded, and so is any message (``MAX_MESSAGE``). This module
 imports no MPyC, so the codec can be tested (and fuzzed) on its own.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 import struct
 from itertools import repeat
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,6 +39,7 @@ __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width
            "encode_field_values", "decode_field_values", "encode_array", "decode_array",
            "encode_int", "decode_int", "encode_ints", "decode_ints", "encode_text", "decode_text",
            "encode_record", "decode_record", "refusal_line", "encode_notice", "decode_notice",
+           "Notice", "CAUSES", "MALFORMED", "SILENT", "LOST", "EQUIVOCATED", "HEARTBEAT", "decode_heartbeat",
            "INT", "INTS", "TEXT", "RECORD", "codec_for", "RENDEZVOUS_TYPE"]
 
 #: Largest message any party accepts (bytes); a frame announcing more is malformed.
@@ -418,18 +421,52 @@ def refusal_line(sender: str, refusal: str) -> str:
 
 # ----------------------------------------------------------------------------- notices
 
-def encode_notice(culprit: int) -> bytes:
-    """An honest party telling the others that party ``culprit`` (an MPC index) sent it a
-    malformed message: only the index travels, so a notice cannot carry forged text."""
-    return encode_int(culprit)
+#: Why a party stopped the job because of another (the cause byte of a notice).
+MALFORMED, SILENT, LOST, EQUIVOCATED = 0, 1, 2, 3
+CAUSES = {MALFORMED: "sent a malformed message", SILENT: "went silent",
+          LOST: "disconnected", EQUIVOCATED: "sent different parties different records"}
 
 
-def decode_notice(data, parties: int) -> int:
-    """The index named by a notice, one of ``parties`` indices; CodecError otherwise."""
-    culprit = decode_int(data)
+@dataclass(frozen=True)
+class Notice:
+    """An honest party telling the others that it stopped the job because of party
+    ``culprit`` (an MPC index), for ``cause`` (one of ``CAUSES``)."""
+
+    culprit: int
+    cause: int
+
+
+def encode_notice(culprit: int, cause: int = MALFORMED) -> bytes:
+    """A notice: the culprit's index (8 bytes) and the cause (1 byte). Only these travel, so
+    a notice cannot carry forged text."""
+    if cause not in CAUSES:
+        raise _fail(f"unknown notice cause {cause}")
+    return encode_int(culprit) + bytes([cause])
+
+
+def decode_notice(data, parties: int) -> Notice:
+    """The notice, naming one of ``parties`` indices for a known cause; CodecError otherwise."""
+    view = _check_size(data)
+    _exact(view, 9, "a notice")
+    culprit = decode_int(view[:8])
     if not 0 <= culprit < parties:
         raise _fail(f"a notice names index {culprit}, not one of {parties} parties")
-    return culprit
+    cause = view[8]
+    if cause not in CAUSES:
+        raise _fail(f"a notice gives an unknown cause {cause}")
+    return Notice(culprit, cause)
+
+
+# ----------------------------------------------------------------------------- heartbeats
+
+#: The payload of a heartbeat: nothing (a heartbeat is its reserved program counter alone,
+#: sent on a fixed period, so it carries nothing about the data or the computation).
+HEARTBEAT = b""
+
+
+def decode_heartbeat(data) -> None:
+    """Accept a heartbeat's payload (empty); CodecError on anything else."""
+    _exact(_check_size(data), 0, "a heartbeat")
 
 
 # ----------------------------------------------------------------------------- transfer codecs

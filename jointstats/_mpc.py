@@ -159,8 +159,19 @@ import ssl as _ssl  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
 
 
+#: Seconds between two heartbeats on each link (sent on a fixed period, busy or idle).
+HEARTBEAT_INTERVAL = 1.0
+#: Seconds without a single byte from a peer (heartbeats included) after which the job fails
+#: naming it: a peer whose process is stopped or hung, or whose link silently drops traffic.
+SILENCE_LIMIT = 7.0
+#: Milliseconds that data sent on a link may stay unacknowledged before the kernel drops the
+#: connection (TCP_USER_TIMEOUT): the second line behind the heartbeats, for a dead network.
+USER_TIMEOUT_MS = 10_000
+
+
 def _keepalive(transport) -> None:
-    """Short TCP keepalive so a silently dropped network surfaces within seconds."""
+    """TCP options of every party link: no Nagle delay, a short keepalive and a user timeout,
+    so that a network that drops everything surfaces within seconds even without heartbeats."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
@@ -170,7 +181,9 @@ def _keepalive(transport) -> None:
         if hasattr(socket, "TCP_KEEPIDLE"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
     except OSError:
         pass
 
@@ -178,6 +191,8 @@ def _keepalive(transport) -> None:
 #: Program counter of a notice frame: an honest party telling the others why it stops.
 #: (MPyC's program counters are small integers or 64-bit hashes; this one is reserved.)
 NOTICE_PC = -(1 << 63)
+#: Program counter of a heartbeat frame (empty payload), never handed to MPyC's steps.
+HEARTBEAT_PC = NOTICE_PC + 1
 _FRAME = struct.Struct("<qI")
 #: Seconds a party that told the others of a malformed message waits for them to hang up.
 NOTICE_WAIT = 2.0
@@ -199,6 +214,7 @@ class _Exchanger(_asyncoro.MessageExchanger):
         self.dropped = False
         self.decoders = {}  # program counter -> decoder of a typed receive still waiting
         self.unread = 0  # bytes of messages held in self.buffers that no step has asked for
+        self.last_heard = rt._loop.time()  # when the last bytes came from the peer (liveness)
         if rt.verify_peer is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             cert = ssl_object.getpeercert(binary_form=True) if ssl_object else None
@@ -247,6 +263,7 @@ class _Exchanger(_asyncoro.MessageExchanger):
     def data_received(self, data):
         if self.dropped:
             return
+        self.last_heard = self.runtime._loop.time()
         buf = self.bytes
         buf.extend(data)
         if self.peer_pid is None and not self._hello(buf):
@@ -260,6 +277,13 @@ class _Exchanger(_asyncoro.MessageExchanger):
                 break
             payload = struct.unpack_from(f"{size}s", buf, 12)[0]  # one copy, as MPyC
             del buf[:12 + size]
+            if pc == HEARTBEAT_PC:  # liveness only (last_heard): no step ever sees it
+                try:
+                    _codec.decode_heartbeat(payload)
+                except _codec.CodecError as exc:
+                    self._malformed(f"a malformed heartbeat ({exc})")
+                    return
+                continue
             if pc == NOTICE_PC:
                 self._notice(payload)
                 return
@@ -300,21 +324,24 @@ class _Exchanger(_asyncoro.MessageExchanger):
         return held
 
     def _notice(self, payload: bytes) -> None:
-        """A peer says which party sent it a malformed message: the job fails, naming both."""
+        """A peer says which party made it stop the job, and why: the job fails naming that
+        party first (the culprit), then the peer that reported it."""
         rt = self.runtime
         try:
-            culprit = _codec.decode_notice(payload, len(rt.parties))
+            notice = _codec.decode_notice(payload, len(rt.parties))
         except _codec.CodecError as exc:
             self._malformed(f"a malformed notice ({exc})")
             return
-        rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} stopped the job: "
-                                         f"party {rt.name_of(culprit)!r} sent it a malformed message")
+        rt._noticed.add(self.peer_pid)  # it has stopped: no need to wait for it to hear ours
+        rt.report_failure(notice.culprit, f"party {rt.name_of(notice.culprit)!r} "
+                                          f"{_codec.CAUSES[notice.cause]} (reported by party "
+                                          f"{rt.name_of(self.peer_pid)!r}, which stopped the job)")
 
     def connection_lost(self, exc):
         rt = self.runtime
-        if not rt.closing and self.peer_pid is not None:
-            rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} disconnected"
-                              + (f" ({exc})" if exc else ""))
+        if not rt.closing and self.peer_pid is not None and not self.dropped:
+            rt.blame(self.peer_pid, _codec.LOST, f"party {rt.name_of(self.peer_pid)!r} disconnected"
+                     + (f" ({exc})" if exc else ""))
         if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
             rt.unset_protocol(self.peer_pid)
 
@@ -358,10 +385,15 @@ class JointRuntime(Runtime):
 
     names: list[str] = []
     closing = False
-    _notified: tuple | list = ()  # peers told of a malformed message (drop_peer), not yet gone
+    _notified: tuple | list = ()  # peers told why this party stops (blame), not yet gone
+    _noticed: set  # peers that told this party why they stop (they need no notice from it)
     verify_peer: Callable[[bytes | None, int], None] | None = None
     ssl_server: _ssl.SSLContext | None = None
     ssl_client: _ssl.SSLContext | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._noticed = set()
 
     def name_of(self, pid: int) -> str:
         """Name of the party with MPC index ``pid``."""
@@ -371,6 +403,69 @@ class JointRuntime(Runtime):
         """Record the first failure of a peer; wakes every guarded wait."""
         if not self.failed.done():
             self.failed.set_result((pid, reason))
+
+    def blame(self, peer_pid: int, cause: int, reason: str) -> bool:
+        """Fail the job naming ``peer_pid`` (for ``cause``, one of ``_codec.CAUSES``) and tell
+        every other connected party so in a notice, so that they name the same party instead
+        of the first party that hangs up on them. Only the first failure counts (False after)."""
+        if self.failed.done():
+            return False
+        self.report_failure(peer_pid, reason)
+        if peer_pid is None:  # not yet identified: nothing to tell the others
+            return True
+        notice = _codec.encode_notice(peer_pid, cause)
+        self._notified = []
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid not in (self.pid, peer_pid) and isinstance(proto, _Exchanger) \
+                    and not proto.dropped and not proto.transport.is_closing():
+                proto.send(NOTICE_PC, notice)
+                self._notified.append(peer.pid)
+        return True
+
+    # -- liveness: heartbeats out, silence in ------------------------------------------------
+
+    max_stall = 0.0  # the longest this party's event loop was late for a heartbeat (seconds)
+    _ticker = None
+
+    def _start_heartbeats(self) -> None:
+        self._tick_due = self._loop.time() + HEARTBEAT_INTERVAL
+        self._ticker = self._loop.call_at(self._tick_due, self._tick)
+
+    def _tick(self) -> None:
+        """Every HEARTBEAT_INTERVAL: send each connected peer a heartbeat (an empty frame on
+        its reserved program counter, on a fixed period whatever the job is doing), and fail
+        the job naming a peer from which nothing at all has come for SILENCE_LIMIT seconds.
+
+        Data that arrived while this party's own loop was busy is read before this runs (the
+        event loop handles ready sockets before due timers), so a party that was itself slow
+        does not blame a peer for it."""
+        self._ticker = None
+        if self.closing or self.failed.done():
+            return
+        now = self._loop.time()
+        self.max_stall = max(self.max_stall, now - self._tick_due)
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid == self.pid or not isinstance(proto, _Exchanger) or proto.dropped \
+                    or proto.transport is None or proto.transport.is_closing():
+                continue
+            silent = now - proto.last_heard
+            if silent > SILENCE_LIMIT:
+                self.blame(peer.pid, _codec.SILENT,
+                           f"party {self.name_of(peer.pid)!r} went silent: nothing came from it for "
+                           f"{silent:.0f} s (its process hangs, or the network to it drops traffic)")
+                proto.dropped = True
+                proto.transport.abort()
+                return
+            proto.transport.write(_FRAME.pack(HEARTBEAT_PC, 0))
+        self._tick_due = now + HEARTBEAT_INTERVAL
+        self._ticker = self._loop.call_at(self._tick_due, self._tick)
+
+    def _stop_heartbeats(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
 
     def _send_message(self, peer_pid, data):
         """MPyC's, except that a message to a peer already lost is dropped: the loss has been
@@ -421,16 +516,7 @@ class JointRuntime(Runtime):
         """Fail the job naming ``peer_pid``, which sent a malformed message; tell the other
         parties why (so that they name it too) and drop its connection."""
         reason = f"party {self.name_of(peer_pid)!r} sent a malformed message ({why}); dropped"
-        if not self.failed.done():
-            self.report_failure(peer_pid, reason)
-            notice = _codec.encode_notice(peer_pid)
-            self._notified = []
-            for peer in self.parties:
-                proto = peer.protocol
-                if peer.pid not in (self.pid, peer_pid) and proto is not None \
-                        and not isinstance(proto, asyncio.Future):
-                    proto.send(NOTICE_PC, notice)
-                    self._notified.append(peer.pid)
+        self.blame(peer_pid, _codec.MALFORMED, reason)
         proto = self.parties[peer_pid].protocol if peer_pid is not None else None
         if proto is not None and not isinstance(proto, asyncio.Future):
             proto.dropped = True
@@ -618,6 +704,8 @@ class JointRuntime(Runtime):
         """Listen for lower-index peers, connect to higher ones; fail naming who is missing."""
         loop = self._loop
         self.failed = loop.create_future()
+        self._noticed = set()
+        self._start_heartbeats()
         for peer in self.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == self.pid else None
         me = self.parties[self.pid]
@@ -694,7 +782,7 @@ class JointRuntime(Runtime):
         told, self._notified = self._notified, []
         deadline = self._loop.time() + timeout
         while self._loop.time() < deadline and any(
-                self.parties[pid].protocol is not None for pid in told):
+                self.parties[pid].protocol is not None and pid not in self._noticed for pid in told):
             await asyncio.sleep(0.01)
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -706,6 +794,7 @@ class JointRuntime(Runtime):
         """
         await self.guard(self.transfer("end", codec=_codec.TEXT), timeout, "the end of the job")
         self.closing = True  # from here on, connections closing are expected
+        self._stop_heartbeats()
         try:
             await asyncio.wait_for(self.shutdown(), timeout)
         except asyncio.TimeoutError:
@@ -714,6 +803,7 @@ class JointRuntime(Runtime):
     def abort(self) -> None:
         """Drop every peer connection at once (after a failure): no shutdown handshake."""
         self.closing = True
+        self._stop_heartbeats()
         for peer in self.parties:
             proto = peer.protocol
             if peer.pid != self.pid and proto is not None and hasattr(proto, "transport"):

@@ -25,6 +25,9 @@ class Transport:
         self.closed, self.sent = False, []
     def close(self):
         self.closed = True
+    abort = close
+    def is_closing(self):
+        return self.closed
     def write(self, data):
         self.sent.append(bytes(data))
     def writelines(self, parts):
@@ -74,7 +77,7 @@ print(isinstance(pending, asyncio.Future) and not pending.done(), ta.closed, tc.
 print(rt.failed.result()[0])
 print(rt.failed.result()[1])
 pc, size = struct.unpack_from('<qI', tc.sent[-1])
-print(pc == _mpc.NOTICE_PC, _codec.decode_notice(tc.sent[-1][12:], 3))
+print(pc == _mpc.NOTICE_PC, _codec.decode_notice(tc.sent[-1][12:], 3).culprit)
 """)
     assert out[0] == "True True False"
     assert out[1] == "0"
@@ -124,13 +127,19 @@ print(rt.failed.done())
     assert out == ["2 True True", "1 True True", "0 True True", "9 True True", "False"]
 
 
-def test_a_notice_fails_the_job_naming_its_sender_and_only_an_index():
+def test_a_notice_fails_the_job_naming_the_culprit_then_its_sender_and_only_an_index():
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0)))
 print(rt.failed.result())
 """)
-    assert out == ["(2, \"party 'c' stopped the job: party 'a' sent it a malformed message\")"]
+    assert out == ["(0, \"party 'a' sent a malformed message (reported by party 'c', which stopped the job)\")"]
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0, _codec.SILENT)))
+print(rt.failed.result())
+""")
+    assert out == ["(0, \"party 'a' went silent (reported by party 'c', which stopped the job)\")"]
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_text("TLS\\nforged")))
@@ -238,3 +247,43 @@ def test_a_certified_party_claiming_another_index_is_named_itself(tmp_path):
         rt.verify_peer(der, 0)
     assert err.value.culprit == 1
     assert str(err.value) == "TLS identity check of party 'party_b' (index 1) failed: it announced index 0 ('party_a')"
+
+
+def test_heartbeats_are_never_handed_to_a_step_and_carry_nothing():
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+a.data_received(frame(_mpc.HEARTBEAT_PC, b'') + frame(4, b'data'))
+print(list(a.buffers), a.unread, rt.failed.done())
+a.data_received(frame(_mpc.HEARTBEAT_PC, b'x'))
+print(ta.closed, rt.failed.result()[1])
+""")
+    assert out[0] == "[4] 4 False"
+    assert out[1] == ("True party 'a' sent a malformed message (a malformed heartbeat (expected 0 "
+                      "bytes of a heartbeat, got 1)); dropped")
+
+
+def test_a_silent_peer_is_named_and_the_others_told(monkeypatch):
+    # the liveness timer: heartbeats (empty frames) to every peer on each tick; a peer from
+    # which nothing came for SILENCE_LIMIT seconds fails the job, named first, and the other
+    # peers get a notice naming it (so they do not name whoever hangs up on them first)
+    out = _run("""
+_mpc.HEARTBEAT_INTERVAL = 0.05
+_mpc.SILENCE_LIMIT = 1.0
+rt, a, ta, c, tc = await party_b()
+rt._start_heartbeats()
+for _ in range(6):  # both peers heard from: nobody is silent
+    await asyncio.sleep(0.05)
+    a.data_received(frame(_mpc.HEARTBEAT_PC, b''))
+    c.data_received(frame(_mpc.HEARTBEAT_PC, b''))
+print(rt.failed.done(), sum(1 for m in ta.sent if m == frame(_mpc.HEARTBEAT_PC, b'')) >= 3)
+for _ in range(200):  # then only c: a goes silent
+    if rt.failed.done():
+        break
+    await asyncio.sleep(0.05)
+    c.data_received(frame(_mpc.HEARTBEAT_PC, b''))
+print(rt.failed.result()[0], rt.failed.result()[1].split(':')[0], ta.closed, tc.closed)
+print(_codec.decode_notice(tc.sent[-1][12:], 3))
+""")
+    assert out[0] == "False True"
+    assert out[1] == "0 party 'a' went silent True False"
+    assert out[2] == "Notice(culprit=0, cause=1)"
