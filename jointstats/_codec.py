@@ -18,7 +18,9 @@ Formats (all integers little-endian):
   fixed fields, strings and a bounded queue of (timestamp, job id, analyst, spec hash);
 - notices (an honest party telling the others which party made it stop the job, and why):
   that party's index and a cause byte (``CAUSES``);
-- heartbeats (sent on idle and busy links alike, on a fixed period): an empty payload.
+- heartbeats (sent on idle and busy links alike, on a fixed period): an empty payload;
+- echoes (the round after a record every party sends every party): one 32-byte SHA-256
+  digest per party.
 
 Every length prefix is bounded, and so is any message (``MAX_MESSAGE``). This module
 imports no MPyC, so the codec can be tested (and fuzzed) on its own.
@@ -40,12 +42,19 @@ __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width
            "encode_int", "decode_int", "encode_ints", "decode_ints", "encode_text", "decode_text",
            "encode_record", "decode_record", "refusal_line", "encode_notice", "decode_notice",
            "Notice", "CAUSES", "MALFORMED", "SILENT", "LOST", "EQUIVOCATED", "HEARTBEAT", "decode_heartbeat",
+           "encode_digests", "decode_digests", "DIGEST_SIZE",
            "INT", "INTS", "TEXT", "RECORD", "codec_for", "RENDEZVOUS_TYPE"]
 
 #: Largest message any party accepts (bytes); a frame announcing more is malformed.
 MAX_MESSAGE = 1 << 30
-#: Most bytes of messages from one peer held unread (received before a step asks for them).
-MAX_UNREAD = 1 << 31
+#: Most bytes of messages from one peer held unread (received before a step asks for them),
+#: whatever the job: each job's own bound is lower (``JointRuntime.unread_limit``, set from
+#: its plan by ``jointstats._party.unread_limit``).
+MAX_UNREAD = 1 << 30
+#: The bound on unread bytes per peer of a runtime with no plan (the nodes' rendezvous) and
+#: the floor of every job's bound: the fixed costs of records and of the noise samplers (the
+#: headline DP job's largest message is 0.4 MB).
+UNREAD_FLOOR = 32 << 20
 #: Largest text (bytes of UTF-8) in a message: names, ids, refusal reasons.
 MAX_TEXT = 4096
 #: Most queue entries in one rendezvous record.
@@ -469,15 +478,41 @@ def decode_heartbeat(data) -> None:
     _exact(_check_size(data), 0, "a heartbeat")
 
 
+# ----------------------------------------------------------------------------- echoes
+
+#: Bytes of one digest in an echo (SHA-256).
+DIGEST_SIZE = 32
+
+
+def encode_digests(digests: Sequence[bytes]) -> bytes:
+    """An echo: one SHA-256 digest per party, in index order, of the message this party
+    received from it (its own for itself)."""
+    if any(len(d) != DIGEST_SIZE for d in digests):
+        raise _fail("an echo holds digests of 32 bytes only")
+    return b"".join(digests)
+
+
+def decode_digests(data, parties: int) -> list[bytes]:
+    """Exactly ``parties`` digests; CodecError otherwise."""
+    view = _check_size(data)
+    _exact(view, parties * DIGEST_SIZE, f"an echo of {parties} digests")
+    return [bytes(view[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]) for i in range(parties)]
+
+
 # ----------------------------------------------------------------------------- transfer codecs
 
 class Codec:
-    """An encoder and the decoder of what the receiving step expects (``rt.transfer``)."""
+    """An encoder and the decoder of what the receiving step expects (``rt.transfer``).
 
-    __slots__ = ("name", "encode", "decode")
+    ``echoed``: a transfer from every party to every party with this codec is followed by an
+    echo round (``JointRuntime.transfer``), so that no party can tell different parties
+    different things (the job agreement's records)."""
 
-    def __init__(self, name: str, encode: Callable[[Any], bytes], decode: Callable[[Any], Any]):
-        self.name, self.encode, self.decode = name, encode, decode
+    __slots__ = ("name", "encode", "decode", "echoed")
+
+    def __init__(self, name: str, encode: Callable[[Any], bytes], decode: Callable[[Any], Any],
+                 echoed: bool = False):
+        self.name, self.encode, self.decode, self.echoed = name, encode, decode, echoed
 
     def __repr__(self) -> str:
         return f"Codec({self.name})"
@@ -486,7 +521,7 @@ class Codec:
 INT = Codec("int", encode_int, decode_int)
 INTS = Codec("ints", encode_ints, decode_ints)
 TEXT = Codec("text", encode_text, decode_text)
-RECORD = Codec("record", encode_record, decode_record)
+RECORD = Codec("record", encode_record, decode_record, echoed=True)
 
 
 def codec_for(obj: Any) -> Codec:

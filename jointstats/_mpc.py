@@ -194,15 +194,22 @@ NOTICE_PC = -(1 << 63)
 #: Program counter of a heartbeat frame (empty payload), never handed to MPyC's steps.
 HEARTBEAT_PC = NOTICE_PC + 1
 _FRAME = struct.Struct("<qI")
-#: Seconds a party that told the others of a malformed message waits for them to hang up.
+#: Seconds a party that told the others why it stops waits for them to hang up.
 NOTICE_WAIT = 2.0
+#: Seconds a party holds a failure it only heard of (a peer's notice naming a third party)
+#: before it stops on it: evidence of its own found meanwhile (an echo mismatch, a silent or
+#: lost link) is reported instead, so a hostile peer's notice cannot pre-empt it.
+HEARSAY_GRACE = 1.0
 
 
 class _Exchanger(_asyncoro.MessageExchanger):
     """MPyC's message exchanger with peer identity checks, loss reporting and bounded frames.
 
     Frames are MPyC's (8-byte program counter, 4-byte length, payload); a frame longer than
-    ``_codec.MAX_MESSAGE`` is malformed (the peer is dropped and named), and a connection
+    the runtime's ``unread_limit`` is malformed (the peer is dropped and named) as soon as its
+    header arrives, and so are frames no step has asked for beyond that many bytes: a peer
+    makes this party hold at most twice the limit (one partial frame, the unread ones). Frames
+    on HEARTBEAT_PC only prove the peer alive; those on NOTICE_PC say why it stops. A connection
     from a client claiming an index it cannot have is closed. Payloads are handed
     over as bytes; the runtime decodes each with the codec of what it expects.
     """
@@ -214,6 +221,8 @@ class _Exchanger(_asyncoro.MessageExchanger):
         self.dropped = False
         self.decoders = {}  # program counter -> decoder of a typed receive still waiting
         self.unread = 0  # bytes of messages held in self.buffers that no step has asked for
+        self.unread_peak = 0  # the most bytes ever held unread at once
+        self.largest = 0  # the longest frame received
         self.last_heard = rt._loop.time()  # when the last bytes came from the peer (liveness)
         if rt.verify_peer is not None:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -268,13 +277,19 @@ class _Exchanger(_asyncoro.MessageExchanger):
         buf.extend(data)
         if self.peer_pid is None and not self._hello(buf):
             return
+        limit = min(self.runtime.unread_limit, _codec.MAX_UNREAD)
         while len(buf) >= 12:
             pc, size = _FRAME.unpack_from(buf)
             if size > _codec.MAX_MESSAGE:
                 self._malformed(f"a message of {size} bytes, over the limit of {_codec.MAX_MESSAGE}")
                 return
+            if size > limit:  # refused before it is buffered: no step of this job needs it
+                self._malformed(f"a message of {size} bytes, over this job's limit of {limit}")
+                return
             if len(buf) < 12 + size:
                 break
+            if size > self.largest:
+                self.largest = size
             payload = struct.unpack_from(f"{size}s", buf, 12)[0]  # one copy, as MPyC
             del buf[:12 + size]
             if pc == HEARTBEAT_PC:  # liveness only (last_heard): no step ever sees it
@@ -290,8 +305,10 @@ class _Exchanger(_asyncoro.MessageExchanger):
             held = self.buffers.get(pc)
             if not isinstance(held, asyncio.Future):
                 self.unread += size
-                if self.unread > _codec.MAX_UNREAD:
-                    self._malformed(f"over {_codec.MAX_UNREAD} bytes of messages no step has read")
+                if self.unread > self.unread_peak:
+                    self.unread_peak = self.unread
+                if self.unread > limit:
+                    self._malformed(f"over {limit} bytes of messages no step has read")
                     return
             if held is None:
                 self.buffers[pc] = payload
@@ -335,11 +352,14 @@ class _Exchanger(_asyncoro.MessageExchanger):
         rt._noticed.add(self.peer_pid)  # it has stopped: no need to wait for it to hear ours
         rt.report_failure(notice.culprit, f"party {rt.name_of(notice.culprit)!r} "
                                           f"{_codec.CAUSES[notice.cause]} (reported by party "
-                                          f"{rt.name_of(self.peer_pid)!r}, which stopped the job)")
+                                          f"{rt.name_of(self.peer_pid)!r}, which stopped the job)",
+                          hearsay=True)
 
     def connection_lost(self, exc):
         rt = self.runtime
-        if not rt.closing and self.peer_pid is not None and not self.dropped:
+        if self.peer_pid in rt._noticed:  # it told us why it stops, then hung up: that reason
+            rt._hearsay_due()
+        elif not rt.closing and self.peer_pid is not None and not self.dropped:
             rt.blame(self.peer_pid, _codec.LOST, f"party {rt.name_of(self.peer_pid)!r} disconnected"
                      + (f" ({exc})" if exc else ""))
         if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
@@ -347,6 +367,11 @@ class _Exchanger(_asyncoro.MessageExchanger):
 
 
 _MALFORMED = object()
+
+
+def _digest(data) -> bytes:
+    import hashlib
+    return hashlib.sha256(data).digest()
 
 
 def _field_decoder(order: int, count: int) -> Callable:
@@ -385,6 +410,9 @@ class JointRuntime(Runtime):
 
     names: list[str] = []
     closing = False
+    #: Most bytes of messages any one peer may have waiting unread (and the longest message
+    #: it may send): a job's own bound from its plan (``_party.unread_limit``), this floor else.
+    unread_limit: int = _codec.UNREAD_FLOOR
     _notified: tuple | list = ()  # peers told why this party stops (blame), not yet gone
     _noticed: set  # peers that told this party why they stop (they need no notice from it)
     verify_peer: Callable[[bytes | None, int], None] | None = None
@@ -394,15 +422,27 @@ class JointRuntime(Runtime):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._noticed = set()
+        self._hearsay = None
 
     def name_of(self, pid: int) -> str:
         """Name of the party with MPC index ``pid``."""
         return self.names[pid] if 0 <= pid < len(self.names) else f"#{pid}"
 
-    def report_failure(self, pid: int, reason: str) -> None:
-        """Record the first failure of a peer; wakes every guarded wait."""
-        if not self.failed.done():
+    def report_failure(self, pid: int, reason: str, hearsay: bool = False) -> None:
+        """Record the first failure of a peer; wakes every guarded wait. A failure only heard
+        of (``hearsay``: a peer's notice) counts HEARSAY_GRACE seconds later, unless a failure
+        this party finds itself comes first (or the reporting peer hangs up)."""
+        if self.failed.done():
+            return
+        if not hearsay:
             self.failed.set_result((pid, reason))
+        elif self._hearsay is None:
+            self._hearsay = (pid, reason)
+            self._loop.call_later(HEARSAY_GRACE, self._hearsay_due)
+
+    def _hearsay_due(self) -> None:
+        if self._hearsay is not None and not self.failed.done():
+            self.failed.set_result(self._hearsay)
 
     def blame(self, peer_pid: int, cause: int, reason: str) -> bool:
         """Fail the job naming ``peer_pid`` (for ``cause``, one of ``_codec.CAUSES``) and tell
@@ -546,10 +586,62 @@ class JointRuntime(Runtime):
                     self._send_message(peer, payload)
         if self.pid not in receivers:
             return None if one_sender else []
-        got = [codec.decode(payload) if peer == self.pid else self._receive_typed(peer, codec.decode)
+        decode = codec.decode
+        echo = codec.echoed and len(senders) == len(receivers) == m
+        if echo:  # every party's record to every party: keep a digest of each for the echo
+            def decode(data, _decode=codec.decode):
+                return _digest(data), _decode(data)
+        got = [decode(payload) if peer == self.pid else self._receive_typed(peer, decode)
                for peer in senders]
         got = await self.gather(got)
+        if echo:
+            await self._echo([d for d, _ in got])
+            got = [value for _, value in got]
         return got[0] if one_sender else got
+
+    async def _echo(self, digests: list[bytes]) -> None:
+        """The echo round after a record every party sent every party: each party sends every
+        other the digests of what it received from everyone (its own record for itself) and
+        compares theirs with its own. A mismatch fails the job naming the party that told
+        different parties different things (Bracha's echo, one round; see docs/node.md).
+
+        Who is named: a peer whose echo misstates this party's own record, or the record that
+        peer sent this party, is certainly at fault; otherwise a peer ``k`` reporting another
+        record from a third party ``j`` than ``j`` sent here names ``j`` (it equivocated,
+        unless ``k`` lies about it: without signatures the two cannot be told apart, and the
+        error says so). Either way the job stops before anything depends on the records."""
+        m = len(self.parties)
+        payload = _codec.encode_digests(digests)
+        peers = [p for p in range(m) if p != self.pid]
+        for peer in peers:
+            self._send_message(peer, payload)
+        echoes = await self.gather([self._receive_typed(
+            peer, lambda data: _codec.decode_digests(data, m)) for peer in peers])
+        me = self.name_of(self.pid)
+        culprit = reason = None
+        for k, echo in zip(peers, echoes):
+            if echo[self.pid] != digests[self.pid]:
+                culprit, reason = k, (f"party {self.name_of(k)!r} misreported the record party "
+                                      f"{me!r} sent it (echo round)")
+            elif echo[k] != digests[k]:
+                culprit, reason = k, (f"party {self.name_of(k)!r} sent different parties different "
+                                      f"records (its echo contradicts the record it sent party {me!r})")
+            if culprit is not None:
+                break
+        else:
+            for k, echo in zip(peers, echoes):
+                for j in peers:
+                    if j != k and echo[j] != digests[j]:
+                        culprit, reason = j, (
+                            f"party {self.name_of(j)!r} sent different parties different records "
+                            f"(party {self.name_of(k)!r} received another one than party {me!r}; "
+                            f"unless party {self.name_of(k)!r} misreports it)")
+                        break
+                if culprit is not None:
+                    break
+        if culprit is not None:
+            self.blame(culprit, _codec.EQUIVOCATED, reason)
+            raise PartyError(reason)
 
     @_asyncoro.mpc_coro
     async def _distribute(self, x, senders):
@@ -705,6 +797,7 @@ class JointRuntime(Runtime):
         loop = self._loop
         self.failed = loop.create_future()
         self._noticed = set()
+        self._hearsay = None
         self._start_heartbeats()
         for peer in self.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == self.pid else None
@@ -808,6 +901,16 @@ class JointRuntime(Runtime):
             proto = peer.protocol
             if peer.pid != self.pid and proto is not None and hasattr(proto, "transport"):
                 proto.transport.close()
+
+    def link_metrics(self) -> dict:
+        """Liveness and buffering figures of this party's links, for its metrics: the longest
+        its loop was late for a heartbeat, the most bytes any peer had waiting unread, and
+        the longest message received (they size SILENCE_LIMIT and the unread bound)."""
+        protos = [p.protocol for p in self.parties
+                  if p.pid != self.pid and isinstance(p.protocol, _Exchanger)]
+        return {"max_loop_stall_seconds": round(self.max_stall, 3),
+                "unread_peak_bytes": max((p.unread_peak for p in protos), default=0),
+                "largest_message_bytes": max((p.largest for p in protos), default=0)}
 
     def bytes_sent(self) -> int:
         """Bytes this party has sent to all peers so far."""

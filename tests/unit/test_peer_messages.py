@@ -131,15 +131,25 @@ def test_a_notice_fails_the_job_naming_the_culprit_then_its_sender_and_only_an_i
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0)))
-print(rt.failed.result())
+print(await rt.failed)
 """)
     assert out == ["(0, \"party 'a' sent a malformed message (reported by party 'c', which stopped the job)\")"]
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0, _codec.SILENT)))
+print(rt.failed.done())  # hearsay: held for HEARSAY_GRACE, unless c hangs up
+c.connection_lost(None)
 print(rt.failed.result())
 """)
-    assert out == ["(0, \"party 'a' went silent (reported by party 'c', which stopped the job)\")"]
+    assert out == ["False", "(0, \"party 'a' went silent (reported by party 'c', which stopped the job)\")"]
+    # evidence of its own found during the grace wins over a peer's notice
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0, _codec.EQUIVOCATED)))
+a.connection_lost(None)
+print(rt.failed.result())
+""")
+    assert out == ["(0, \"party 'a' disconnected\")"]
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_text("TLS\\nforged")))
@@ -150,8 +160,8 @@ print(tc.closed, rt.failed.result())
 
 def test_unread_messages_from_a_peer_are_bounded(monkeypatch):
     out = _run("""
-_codec.MAX_UNREAD = 1000
 rt, a, ta, c, tc = await party_b()
+rt.unread_limit = 1000
 a.data_received(frame(1, b'x' * 600))
 print(a.receive(1) == b'x' * 600, a.unread)
 a.data_received(frame(2, b'x' * 600) + frame(3, b'x' * 600))
@@ -160,6 +170,14 @@ print(ta.closed, rt.failed.result()[1])
     assert out[0] == "True 0"
     assert out[1] == ("True party 'a' sent a malformed message (over 1000 bytes of messages no step "
                       "has read); dropped")
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+rt.unread_limit = 1000
+a.data_received(struct.pack('<qI', 1, 1001))  # the header alone: refused before buffering
+print(ta.closed, rt.failed.result()[1])
+""")
+    assert out[0] == ("True party 'a' sent a malformed message (a message of 1001 bytes, over this "
+                      "job's limit of 1000); dropped")
 
 
 def test_two_messages_for_one_program_counter_are_read_in_order():
