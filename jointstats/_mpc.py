@@ -467,6 +467,7 @@ class JointRuntime(Runtime):
 
     max_stall = 0.0  # the longest this party's event loop was late for a heartbeat (seconds)
     _ticker = None
+    _skipped = False  # the last tick came late and judged no peer
 
     def _start_heartbeats(self) -> None:
         self._tick_due = self._loop.time() + HEARTBEAT_INTERVAL
@@ -478,20 +479,27 @@ class JointRuntime(Runtime):
         the job naming a peer from which nothing at all has come for SILENCE_LIMIT seconds.
 
         Data that arrived while this party's own loop was busy is read before this runs (the
-        event loop handles ready sockets before due timers), so a party that was itself slow
-        does not blame a peer for it."""
+        event loop handles ready sockets before due timers), and a tick that comes late
+        judges nobody (the next one does), so a party that was itself slow or stopped does not
+        blame a peer for it."""
         self._ticker = None
         if self.closing or self.failed.done():
             return
         now = self._loop.time()
-        self.max_stall = max(self.max_stall, now - self._tick_due)
+        late = now - self._tick_due
+        self.max_stall = max(self.max_stall, late)
+        # this party's own loop was held up (stopped, or busy): what the peers sent meanwhile
+        # may still be on its way through the loop (a reset is reported a turn later), so
+        # judge at the next tick, not this one (once: a loop always late still judges)
+        judge = late <= HEARTBEAT_INTERVAL or self._skipped
+        self._skipped = not judge
         for peer in self.parties:
             proto = peer.protocol
             if peer.pid == self.pid or not isinstance(proto, _Exchanger) or proto.dropped \
                     or proto.transport is None or proto.transport.is_closing():
                 continue
             silent = now - proto.last_heard
-            if silent > SILENCE_LIMIT:
+            if judge and silent > SILENCE_LIMIT:
                 self.blame(peer.pid, _codec.SILENT,
                            f"party {self.name_of(peer.pid)!r} went silent: nothing came from it for "
                            f"{silent:.0f} s (its process hangs, or the network to it drops traffic)")

@@ -354,6 +354,8 @@ def _fault_point(party: str, point: str) -> None:
     """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there;
     ``party:point:pause=S`` makes it pause S seconds there instead."""
     fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
+    if fault == f"{party}:{point}" or fault.startswith(f"{party}:{point}:pause="):
+        print(f"fault {party}:{point}", file=sys.stderr, flush=True)  # when, for the fault table
     if fault == f"{party}:{point}":
         os._exit(137)
     if fault.startswith(f"{party}:{point}:pause="):
