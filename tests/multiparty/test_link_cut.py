@@ -1,9 +1,11 @@
-"""A network link cut in the middle of a DP job's secure step (issue 16 item 6), over 3 real
-party processes whose connections go through emulated links (bench/netem.py, loopback only).
+"""Faults in the middle of a DP job's secure step (issue 16 items 4 and 6), over 3 real party
+processes whose connections go through emulated links (bench/netem.py, loopback only): a
+link closed, a party killed (kill -9), a party stopped (SIGSTOP), traffic silently dropped.
 
-Every surviving party must fail within 10 s of the cut, naming the party it lost, and each
-party's ledger must stay consistent: the cut comes before the budget is committed, so every
-party releases its reservation (nothing spent) and its audit chain verifies.
+Every surviving party must fail naming the party it lost (a stopped or silenced one through
+the heartbeats, jointstats/_mpc.py), and each party's ledger must stay consistent: the fault
+comes before the budget is committed, so every party releases its reservation (nothing
+spent) and its audit chain verifies. The measured stop times are printed (pytest -s).
 """
 from __future__ import annotations
 
@@ -131,7 +133,12 @@ def test_party_cut_off_mid_secure_step_is_named_within_10s(consortium, tmp_path)
     own = results["party_c"]  # cut off itself: it names one of the parties it lost
     assert not own["ok"] and ("party 'party_a'" in own["error"] or "party 'party_b'" in own["error"])
     assert ended["party_c"] - cut["time"] < LIMIT
+    print(f"\nlinks closed: parties stopped {_after(ended, cut['time'])} s after the cut")
     _ledgers_consistent(configs)
+
+
+def _after(ended, when):
+    return {name: round(t - when, 2) for name, t in sorted(ended.items())}
 
 
 def test_one_link_cut_mid_secure_step_fails_every_party_within_10s(consortium, tmp_path):
@@ -147,6 +154,7 @@ def test_one_link_cut_mid_secure_step_fails_every_party_within_10s(consortium, t
     for name, res in results.items():
         assert not res["ok"]
         assert ended[name] - cut["time"] < LIMIT, (name, ended[name] - cut["time"])
+    print(f"\none link closed: parties stopped {_after(ended, cut['time'])} s after the cut")
     _ledgers_consistent(configs)
 
 
