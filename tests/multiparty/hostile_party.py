@@ -15,7 +15,8 @@ the pickle instead (and MARKER is created, to show that the attack happened).
 The ``equivocate-*`` kinds send no pickle: the party tells the last party (index 2) another
 record than it tells the others at the job agreement (``EQUIVOCATIONS``: a different plan
 hash, job id, minimum-count floor, or rendezvous queue), and reports in its own echo what it
-meant to send; SENTINEL is unused. The ``flood`` kind sends every peer ``FLOOD_BYTES`` of
+meant to send; SENTINEL is unused. The ``lying-echo`` kind tells party index 2, in the echo
+round, that it sent another record than it did. The ``flood`` kind sends every peer ``FLOOD_BYTES`` of
 messages that no step will read, after its status record.
 """
 from __future__ import annotations
@@ -85,6 +86,20 @@ def arm_equivocation(kind: str, marker: str) -> None:
     _mpc.JointRuntime._send_message = send
 
 
+def arm_lying_echo(marker: str) -> None:
+    """In the echo round, tell party index 2 that it sent another record than it did."""
+    from jointstats import _codec, _mpc
+    original = _mpc.JointRuntime._send_message
+
+    def send(self, peer_pid, data):
+        if peer_pid == 2 and sys._getframe(1).f_code.co_name == "_echo":
+            size = _codec.DIGEST_SIZE
+            data = data[:2 * size] + bytes(size) + data[3 * size:]
+            Path(marker).touch()
+        original(self, peer_pid, data)
+    _mpc.JointRuntime._send_message = send
+
+
 #: Bytes the ``flood`` attack sends each peer, in 1 MiB messages no step will ever read.
 FLOOD_BYTES = 96 << 20
 
@@ -129,6 +144,8 @@ def main(argv: list[str]) -> int:
             arm_equivocation(argv[1], argv[3])
         elif argv[1] == "flood":
             arm_flood(argv[3])
+        elif argv[1] == "lying-echo":
+            arm_lying_echo(argv[3])
         else:
             arm(*argv[1:4])
         argv = argv[4:]

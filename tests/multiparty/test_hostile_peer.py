@@ -191,3 +191,21 @@ def test_a_party_flooding_its_peers_with_unread_messages_is_dropped_and_named(co
                for n in ("party_a", "party_c")), outcomes
     for cfg in configs:
         _audit_verify(cfg)
+
+
+def test_a_party_lying_in_its_echo_is_named(consortium, tmp_path):
+    # party_b tells party_c, in the echo round, that party_c sent another record than it did:
+    # party_c knows its own record, so it names party_b with certainty, and tells party_a
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(EXACT)
+    configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+
+    def args(cfg, out):
+        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "lying-echo",
+                "--out", str(out), "--connect-timeout", "20"]
+    outcomes = _start(tmp_path, configs, "lying-echo", "party", args)
+    assert outcomes["party_c"]["error"].startswith(
+        f"party '{HOSTILE}' misreported the record party 'party_c' sent it"), outcomes["party_c"]
+    assert outcomes["party_a"]["error"].startswith(f"party '{HOSTILE}' "), outcomes["party_a"]
+    for cfg in configs:
+        _audit_verify(cfg)
