@@ -153,8 +153,12 @@ import asyncio  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 import ssl as _ssl  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
 
@@ -164,6 +168,27 @@ HEARTBEAT_INTERVAL = 1.0
 #: Seconds without a single byte from a peer (heartbeats included) after which the job fails
 #: naming it: a peer whose process is stopped or hung, or whose link silently drops traffic.
 SILENCE_LIMIT = 7.0
+#: The signal by which a party's watchdog thread asks its main thread for heartbeats while
+#: its event loop is busy computing (default action: ignored, so a stray one is harmless).
+BEAT_SIGNAL = signal.SIGURG
+#: Files whose code a heartbeat written from a signal handler must not interrupt: the
+#: transports, TLS and the selector (the handler then waits for the next signal).
+_TRANSPORT_CODE = tuple(os.path.join(*parts) for parts in (
+    ("asyncio", "selector_events.py"), ("asyncio", "sslproto.py"), ("asyncio", "transports.py"),
+    ("asyncio", "streams.py"), ("asyncio", "proactor_events.py"), ("ssl.py",), ("selectors.py",),
+    ("socket.py",)))
+
+
+def _outside_transports(frame) -> bool:
+    """True if no frame of the stack runs transport, TLS or selector code (then a write to a
+    transport, from a signal handler in this thread, re-enters none of them)."""
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(_TRANSPORT_CODE):
+            return False
+        frame = frame.f_back
+    return True
+
+
 #: Milliseconds that data sent on a link may stay unacknowledged before the kernel drops the
 #: connection (TCP_USER_TIMEOUT): the second line behind the heartbeats, for a dead network.
 USER_TIMEOUT_MS = 10_000
@@ -469,14 +494,59 @@ class JointRuntime(Runtime):
     _ticker = None
     _skipped = False  # the last tick came late and judged no peer
 
+    _last_beat = 0.0  # time.monotonic() of the last heartbeats sent
+    _watchdog: threading.Event | None = None  # set to stop the watchdog thread
+    _old_handler = None
+
     def _start_heartbeats(self) -> None:
         self._tick_due = self._loop.time() + HEARTBEAT_INTERVAL
         self._ticker = self._loop.call_at(self._tick_due, self._tick)
+        self._last_beat = time.monotonic()
+        if threading.current_thread() is threading.main_thread() and self._watchdog is None:
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """Keep heartbeats going while the event loop is busy in a long computation (a large
+        regression's matrix products and inverses can hold it for tens of seconds): a thread
+        that finds no heartbeat sent for 1.5 intervals signals the main thread (the loop's),
+        whose handler, run between two bytecodes of the computation, writes the heartbeats
+        itself unless it interrupted transport, TLS or selector code. So a party that computes
+        is never taken for hung; one that is stopped (SIGSTOP), dead, or cut off is."""
+        stop = self._watchdog = threading.Event()
+        main = threading.main_thread().ident
+
+        def on_signal(signum, frame):
+            if time.monotonic() - self._last_beat > HEARTBEAT_INTERVAL and _outside_transports(frame):
+                self._beat()
+
+        def watch():
+            while not stop.wait(HEARTBEAT_INTERVAL / 2):
+                if time.monotonic() - self._last_beat > 1.5 * HEARTBEAT_INTERVAL:
+                    try:
+                        signal.pthread_kill(main, BEAT_SIGNAL)
+                    except (OSError, ValueError):
+                        return
+        try:
+            self._old_handler = signal.signal(BEAT_SIGNAL, on_signal)
+        except (ValueError, OSError):  # not the main thread of the main interpreter
+            self._watchdog = None
+            return
+        threading.Thread(target=watch, daemon=True, name="jointstats-heartbeat").start()
+
+    def _beat(self) -> None:
+        """Send every connected peer a heartbeat (an empty frame on HEARTBEAT_PC)."""
+        self._last_beat = time.monotonic()
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid != self.pid and isinstance(proto, _Exchanger) and not proto.dropped \
+                    and proto.transport is not None and not proto.transport.is_closing():
+                proto.transport.write(_FRAME.pack(HEARTBEAT_PC, 0))
 
     def _tick(self) -> None:
         """Every HEARTBEAT_INTERVAL: send each connected peer a heartbeat (an empty frame on
-        its reserved program counter, on a fixed period whatever the job is doing), and fail
-        the job naming a peer from which nothing at all has come for SILENCE_LIMIT seconds.
+        its reserved program counter, on a fixed period whatever the job is doing; while the
+        loop computes, the watchdog has the main thread send them), and fail the job naming
+        a peer from which nothing at all has come for SILENCE_LIMIT seconds.
 
         Data that arrived while this party's own loop was busy is read before this runs (the
         event loop handles ready sockets before due timers), and a tick that comes late
@@ -506,7 +576,7 @@ class JointRuntime(Runtime):
                 proto.dropped = True
                 proto.transport.abort()
                 return
-            proto.transport.write(_FRAME.pack(HEARTBEAT_PC, 0))
+        self._beat()
         self._tick_due = now + HEARTBEAT_INTERVAL
         self._ticker = self._loop.call_at(self._tick_due, self._tick)
 
@@ -514,6 +584,13 @@ class JointRuntime(Runtime):
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self._watchdog is not None:
+            self._watchdog.set()
+            self._watchdog = None
+            try:
+                signal.signal(BEAT_SIGNAL, self._old_handler or signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
 
     def _send_message(self, peer_pid, data):
         """MPyC's, except that a message to a peer already lost is dropped: the loss has been
@@ -611,7 +688,7 @@ class JointRuntime(Runtime):
         """The echo round after a record every party sent every party: each party sends every
         other the digests of what it received from everyone (its own record for itself) and
         compares theirs with its own. A mismatch fails the job naming the party that told
-        different parties different things (Bracha's echo, one round; see docs/node.md).
+        different parties different things (see docs/node.md, "Liveness and blame").
 
         Who is named: a peer whose echo misstates this party's own record, or the record that
         peer sent this party, is certainly at fault; otherwise a peer ``k`` reporting another

@@ -250,3 +250,20 @@ def test_traffic_silently_dropped_mid_secure_step_is_named_within_the_deadline(c
     assert not own["ok"] and ("party 'party_a'" in own["error"] or "party 'party_b'" in own["error"])
     assert ended["party_c"] - cut["time"] < HUNG_BOUND
     _ledgers_consistent(configs)
+
+
+def test_a_party_computing_longer_than_the_silence_limit_is_not_taken_for_hung(consortium, tmp_path,
+                                                                               monkeypatch):
+    # party_b's event loop is held for 12 s once connected (as by a large regression's
+    # matrix products): its watchdog thread keeps its heartbeats going, and the job succeeds
+    from jointstats import run
+    from jointstats._mpc import SILENCE_LIMIT
+    spec = tmp_path / "s.yaml"
+    spec.write_text(DP_JOB.replace("privacy: {epsilon: 1.0, delta: 0}\n", ""))
+    configs = consortium([cohort_frame(60, i) for i in range(3)])
+    busy = SILENCE_LIMIT + 5
+    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", f"party_b:after_connect:pause={busy}")
+    started = time.monotonic()
+    result = run(spec, configs)
+    assert time.monotonic() - started > busy  # it did wait for party_b
+    assert result.results["m"]["value"] > 0

@@ -1,14 +1,15 @@
-"""A node's worker that hangs mid-job (its event loop stalled: no message, no heartbeat) is
+"""A node's worker that hangs mid-job (its process stopped: no message, no heartbeat) is
 named by the other nodes' workers through the heartbeats (jointstats/_mpc.py), over the
 nodes' mutual TLS, within the silence deadline, and every ledger stays consistent.
 
 Three `jointstats node serve` processes, as in tests/multiparty/test_node.py (whose Cluster
-and fault hooks this reuses): the ``sleep_after_connect`` hook makes party_b's worker sleep
-120 s in its event loop once connected.
+and fault hooks this reuses): the ``sleep_after_connect`` hook holds party_b's worker once
+connected (busy, not hung: its heartbeats go on), and the test then stops it with SIGSTOP.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -68,11 +69,14 @@ def test_hung_worker_is_named_by_the_other_nodes_within_the_deadline(nodes):
         job_id = _job_of(nodes, 0, before)
         time.sleep(0.1)
     assert job_id, "the job never started"
-    hung_at = None
+    hung_at = worker = None
     stopped: dict[int, float] = {}
     while len(stopped) < 2 and time.monotonic() - started < 90:
         if hung_at is None and (nodes.hooks[1] / "sleep_after_connect.taken").exists():
-            hung_at = time.monotonic()  # the worker has connected and sleeps from now on
+            # the worker has connected (and is held there): stop its process
+            worker = int(re.findall(rf"job {job_id}: worker process (\d+)", nodes.log(1).read_text())[-1])
+            os.kill(worker, signal.SIGSTOP)
+            hung_at = time.monotonic()
         for i in (0, 2):
             if i not in stopped and _status(nodes, i, job_id) == "failed":
                 stopped[i] = time.monotonic()
@@ -84,7 +88,8 @@ def test_hung_worker_is_named_by_the_other_nodes_within_the_deadline(nodes):
         error = nodes.status(i, job_id)["error"]
         assert error.startswith("party 'party_b' went silent"), (i, error)
         assert times[i] < BOUND, times
-    for pid in _workers_of(nodes, job_id):  # end the sleeping worker: its node records the failure
+    os.kill(worker, signal.SIGKILL)  # end the stopped worker: its node records the failure
+    for pid in _workers_of(nodes, job_id):
         os.kill(pid, signal.SIGKILL)
     thread.join(60)
     assert "error" in outcome and "party_b" in outcome["error"], outcome

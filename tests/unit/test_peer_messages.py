@@ -305,3 +305,34 @@ print(_codec.decode_notice(tc.sent[-1][12:], 3))
     assert out[0] == "False True"
     assert out[1] == "0 party 'a' went silent True False"
     assert out[2] == "Notice(culprit=0, cause=1)"
+
+
+def test_heartbeats_from_the_signal_handler_never_interrupt_transport_code():
+    # the watchdog's handler writes heartbeats only where no transport, TLS or selector code
+    # is on the stack (it would re-enter it); anywhere else (a computation) is fine
+    import asyncio
+    import sys
+
+    from jointstats import _mpc
+    assert _mpc._outside_transports(sys._getframe())
+    seen = []
+
+    class Probe(asyncio.Protocol):
+        def data_received(self, data):
+            seen.append(_mpc._outside_transports(sys._getframe()))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Probe, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x")
+        await writer.drain()
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+    asyncio.run(main())
+    assert seen == [False]  # called from selector_events: not outside
