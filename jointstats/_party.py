@@ -183,6 +183,7 @@ class PartyJob:
             await asyncio.wait({local, connecting}, return_when=asyncio.FIRST_EXCEPTION)
             if not local.done():  # connecting failed (say, the port is taken): say so now
                 local.cancel()
+                rt.abort()  # stops the heartbeats (and their watchdog thread) too
                 raise connecting.exception()
             try:
                 partials = local.result()
@@ -194,7 +195,11 @@ class PartyJob:
                 raise
         self.progress("local step done" if refusal is None else "refusing")
         started = time.perf_counter()
-        await connecting
+        try:
+            await connecting
+        except BaseException:
+            rt.abort()
+            raise
         self.progress("connected")
         _fault_point(cfg.party, "after_connect")
         try:
