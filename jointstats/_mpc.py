@@ -521,6 +521,8 @@ class JointRuntime(Runtime):
 
         def watch():
             while not stop.wait(HEARTBEAT_INTERVAL / 2):
+                if self.closing or self._loop.is_closed():  # a runtime left without abort()
+                    return
                 if time.monotonic() - self._last_beat > 1.5 * HEARTBEAT_INTERVAL:
                     try:
                         signal.pthread_kill(main, BEAT_SIGNAL)
