@@ -38,7 +38,9 @@ such round, every party sending and then waiting for the others). It is an upper
 protocol's true dependency depth when a party sends something unrelated to what it has just
 received, which cannot happen often when links are slow and computing is fast; the latency
 slope (extra seconds per extra one-way delay) is the other way to read it, and both are
-reported by ``bench/wan.py``.
+reported by ``bench/wan.py``. The parties' heartbeats (an empty frame a second on every link,
+``jointstats._mpc``) are forwarded like everything else, but a chunk of heartbeats only has
+depth 0: sent on a timer, not in answer to anything, they would otherwise chain the clocks.
 
 Loopback only: every listener and every connection of this module is on 127.0.0.1.
 
