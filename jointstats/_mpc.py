@@ -220,7 +220,7 @@ NOTICE_PC = -(1 << 63)
 HEARTBEAT_PC = NOTICE_PC + 1
 _FRAME = struct.Struct("<qI")
 #: Seconds a party that told the others why it stops waits for them to hang up.
-NOTICE_WAIT = 2.0
+NOTICE_WAIT = 5.0
 #: Seconds a party holds a failure it only heard of (a peer's notice naming a third party)
 #: before it stops on it: evidence of its own found meanwhile (an echo mismatch, a silent or
 #: lost link) is reported instead, so a hostile peer's notice cannot pre-empt it.
@@ -375,6 +375,11 @@ class _Exchanger(_asyncoro.MessageExchanger):
             self._malformed(f"a malformed notice ({exc})")
             return
         rt._noticed.add(self.peer_pid)  # it has stopped: no need to wait for it to hear ours
+        if self.peer_pid not in rt._told and not self.transport.is_closing():
+            # acknowledge (the same notice back): the sender may hang up once it has this,
+            # without risking a reset that discards its notice before this party reads it
+            rt._told.add(self.peer_pid)
+            self.send(NOTICE_PC, payload)
         rt.report_failure(notice.culprit, f"party {rt.name_of(notice.culprit)!r} "
                                           f"{_codec.CAUSES[notice.cause]} (reported by party "
                                           f"{rt.name_of(self.peer_pid)!r}, which stopped the job)",
@@ -382,8 +387,8 @@ class _Exchanger(_asyncoro.MessageExchanger):
 
     def connection_lost(self, exc):
         rt = self.runtime
-        if self.peer_pid in rt._noticed:  # it told us why it stops, then hung up: that reason
-            rt._hearsay_due()
+        if self.peer_pid in rt._noticed:
+            pass  # it told us why it stops, then hung up: its notice stands (after the grace)
         elif not rt.closing and self.peer_pid is not None and not self.dropped:
             rt.blame(self.peer_pid, _codec.LOST, f"party {rt.name_of(self.peer_pid)!r} disconnected"
                      + (f" ({exc})" if exc else ""))
@@ -440,13 +445,14 @@ class JointRuntime(Runtime):
     unread_limit: int = _codec.UNREAD_FLOOR
     _notified: tuple | list = ()  # peers told why this party stops (blame), not yet gone
     _noticed: set  # peers that told this party why they stop (they need no notice from it)
+    _told: set  # peers this party has sent a notice (it acknowledges a notice only once)
     verify_peer: Callable[[bytes | None, int], None] | None = None
     ssl_server: _ssl.SSLContext | None = None
     ssl_client: _ssl.SSLContext | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._noticed = set()
+        self._noticed, self._told = set(), set()
         self._hearsay = None
 
     def name_of(self, pid: int) -> str:
@@ -486,6 +492,7 @@ class JointRuntime(Runtime):
                     and not proto.dropped and not proto.transport.is_closing():
                 proto.send(NOTICE_PC, notice)
                 self._notified.append(peer.pid)
+                self._told.add(peer.pid)
         return True
 
     # -- liveness: heartbeats out, silence in ------------------------------------------------
@@ -883,7 +890,7 @@ class JointRuntime(Runtime):
         """Listen for lower-index peers, connect to higher ones; fail naming who is missing."""
         loop = self._loop
         self.failed = loop.create_future()
-        self._noticed = set()
+        self._noticed, self._told = set(), set()
         self._hearsay = None
         self._start_heartbeats()
         for peer in self.parties:
@@ -956,9 +963,10 @@ class JointRuntime(Runtime):
         raise PartyError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
 
     async def _deliver_notices(self, timeout: float = NOTICE_WAIT) -> None:
-        """Keep the connections to the parties told of a malformed message open (and read)
-        until they close them, for at most ``timeout`` seconds: closing a socket at once can
-        reset the connection and discard the notice before the peer reads it."""
+        """Keep the connections to the parties told why this party stops open (and read)
+        until each has acknowledged the notice or hung up, for at most ``timeout`` seconds:
+        closing a socket with unread data resets the connection, which can discard the
+        notice before the peer reads it."""
         told, self._notified = self._notified, []
         deadline = self._loop.time() + timeout
         while self._loop.time() < deadline and any(

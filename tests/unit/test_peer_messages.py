@@ -137,11 +137,13 @@ print(await rt.failed)
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0, _codec.SILENT)))
-print(rt.failed.done())  # hearsay: held for HEARSAY_GRACE, unless c hangs up
+print(rt.failed.done())  # hearsay: held for HEARSAY_GRACE, even if c hangs up meanwhile
 c.connection_lost(None)
-print(rt.failed.result())
+print(rt.failed.done(), _codec.decode_notice(tc.sent[-1][12:], 3))  # acknowledged to c
+print(await rt.failed)
 """)
-    assert out == ["False", "(0, \"party 'a' went silent (reported by party 'c', which stopped the job)\")"]
+    assert out == ["False", "False Notice(culprit=0, cause=1)",
+                   "(0, \"party 'a' went silent (reported by party 'c', which stopped the job)\")"]
     # evidence of its own found during the grace wins over a peer's notice
     out = _run("""
 rt, a, ta, c, tc = await party_b()
