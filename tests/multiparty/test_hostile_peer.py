@@ -121,15 +121,17 @@ def test_pickle_in_the_node_rendezvous_never_runs(consortium, tmp_path):
 # ----------------------------------------------------------------------------- equivocation
 
 def _assert_equivocator_named(outcomes: dict) -> None:
-    """Every honest party failed naming the hostile party first, as the one that told
-    different parties different records (found by itself or told by the other)."""
-    for name, outcome in outcomes.items():
-        if name == HOSTILE:
-            continue
+    """Every honest party failed naming the hostile party first, and at least one as the
+    party that told different parties different records (the other may instead see it hang
+    up first: it stops as soon as it has found the honest parties out)."""
+    honest = {name: o for name, o in outcomes.items() if name != HOSTILE}
+    for name, outcome in honest.items():
         assert not outcome["ok"], name
         error = outcome["error"]
         assert "\n" not in error.strip(), error
-        assert error.startswith(f"party '{HOSTILE}' sent different parties different records"), (name, error)
+        assert error.startswith(f"party '{HOSTILE}' "), (name, error)
+    assert any(o["error"].startswith(f"party '{HOSTILE}' sent different parties different records")
+               for o in honest.values()), honest
 
 
 @pytest.mark.parametrize("kind", ["equivocate-plan", "equivocate-job", "equivocate-floor"])
