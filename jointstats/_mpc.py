@@ -950,6 +950,8 @@ class JointRuntime(Runtime):
         done, _ = await asyncio.wait({task, self.failed}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if task in done:
+            if not task.cancelled() and task.exception() is not None and self._notified:
+                await self._deliver_notices()  # it blamed a peer (an echo mismatch) and told the others
             return task.result()
         task.cancel()
         if self.failed.done():
