@@ -38,7 +38,9 @@ such round, every party sending and then waiting for the others). It is an upper
 protocol's true dependency depth when a party sends something unrelated to what it has just
 received, which cannot happen often when links are slow and computing is fast; the latency
 slope (extra seconds per extra one-way delay) is the other way to read it, and both are
-reported by ``bench/wan.py``.
+reported by ``bench/wan.py``. The parties' heartbeats (an empty frame a second on every link,
+``jointstats.mpc.runtime``) are forwarded like everything else, but a chunk of heartbeats only has
+depth 0: sent on a timer, not in answer to anything, they would otherwise chain the clocks.
 
 Loopback only: every listener and every connection of this module is on 127.0.0.1.
 
@@ -61,6 +63,7 @@ import dataclasses
 import math
 import random
 import socket
+import struct
 import threading
 import time
 from typing import Callable
@@ -73,6 +76,15 @@ DEFAULT_BUFFER = 4 << 20
 #: (bench/jobs.py ``run_job``) goes through emulated links with these settings.
 ENV = "JOINTSTATS_BENCH_NETEM"
 CONNECT_PATIENCE = 60.0  # seconds a proxy retries a party that does not listen yet
+#: A party's heartbeat frame (jointstats.mpc.runtime.HEARTBEAT_PC, empty payload). A chunk made of
+#: heartbeats only is forwarded like any other but counts for no round: heartbeats go out on
+#: a timer, not in answer to anything, and would otherwise chain the parties' clocks.
+HEARTBEAT_FRAME = struct.pack("<qI", -(1 << 63) + 1, 0)
+
+
+def _heartbeats_only(data: bytes) -> bool:
+    n = len(HEARTBEAT_FRAME)
+    return bool(data) and len(data) % n == 0 and data == HEARTBEAT_FRAME * (len(data) // n)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +122,7 @@ class _Pipe:
         net = self.conn.net
         now = self.loop.time()
         n = len(data)
-        depth = net.depth_of(self.src) + 1
+        depth = 0 if _heartbeats_only(data) else net.depth_of(self.src) + 1
         net.record(self, now, n, depth)
         if self.conn.blackholed:
             return
@@ -475,6 +487,20 @@ class LinkEmulator:
                                   "bytes": 0})
         self._call(add)
 
+    def call_when(self, a: str, action: Callable[[], object], *, depth: int) -> None:
+        """Call ``action()`` (on the emulator's thread; say, to kill or stop a party's process)
+        as soon as a chunk of depth ``depth`` crosses any link of party ``a``; recorded in
+        ``stats()["cuts"]`` like a cut (mode ``"call"``) with the time it was called."""
+        def add():
+            self.triggers.append({"a": a, "b": None, "depth": depth, "nbytes": None, "mode": "call",
+                                  "action": action, "bytes": 0})
+        self._call(add)
+
+    def _act(self, trig: dict, why: str) -> None:
+        self.cuts.append({"a": trig["a"], "b": None, "mode": "call", "why": why, "connections": 0,
+                          "time": time.time(), "depth": self.max_depth, "bytes": self.bytes_total})
+        trig["action"]()
+
     # ------------------------------------------------------------------ counting
 
     def reset_counts(self) -> None:
@@ -518,8 +544,11 @@ class LinkEmulator:
                     trig["nbytes"] is not None and trig["bytes"] >= trig["nbytes"]):
                 self.triggers.remove(trig)
                 why = f"depth {depth}" if trig["depth"] is not None else f"{trig['bytes']} bytes"
-                # after this chunk is queued: cut on the next turn of the loop
-                self.loop.call_soon(self._cut, trig["a"], trig["b"], trig["mode"], why)
+                # after this chunk is queued: cut (or act) on the next turn of the loop
+                if trig["mode"] == "call":
+                    self.loop.call_soon(self._act, trig, why)
+                else:
+                    self.loop.call_soon(self._cut, trig["a"], trig["b"], trig["mode"], why)
 
     def rounds(self) -> int:
         """Communication rounds of the traffic since the last reset: the largest depth."""

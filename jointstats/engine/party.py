@@ -34,6 +34,24 @@ SECURE_STEP_TIMEOUT = 600.0
 
 log = logging.getLogger("jointstats.party")
 
+#: Bytes of messages a peer may have waiting unread, per shared value of a statistic: 1 KiB
+#: per cell, bin or count (the largest message measured is 0.35 KB per value: an exact
+#: crosstab with a minimum count) and 8 KiB per Gram-matrix entry and prime field of a
+#: regression or correlation (measured 1.2 KB). See ``unread_limit``.
+UNREAD_PER_VALUE = 1 << 10
+UNREAD_PER_GRAM_VALUE = 8 << 10
+
+
+def unread_limit(plan: Plan) -> int:
+    """The most bytes of messages any one peer may make this party hold unread in this job
+    (and the longest message it may send): the floor of fixed costs, plus, for every
+    statistic, what its shared values can need in one round (every statistic's steps run
+    at once). A peer beyond it is dropped and named (``jointstats.mpc.runtime._Exchanger``)."""
+    total = _codec.UNREAD_FLOOR + sum(
+        s.partial_size * (UNREAD_PER_GRAM_VALUE * max(1, s.primes) if s.gram else UNREAD_PER_VALUE)
+        for s in plan.statistics)
+    return min(total, _codec.MAX_UNREAD)
+
 
 def local_step_failure(party: str) -> str:
     """The fixed reason a party gives its peers and the analyst when its local step fails in
@@ -164,6 +182,7 @@ class PartyJob:
         plan = self.plan()
         names = [p.name for p in cfg.peers]
         rt = _mpc.make_party_runtime(cfg.index, names, [(p.host, p.port) for p in cfg.peers])
+        rt.unread_limit = unread_limit(plan)
         if cfg.tls is not None:
             from jointstats.consortium.tls import configure_tls
             configure_tls(rt, cfg)
@@ -185,6 +204,7 @@ class PartyJob:
             await asyncio.wait({local, connecting}, return_when=asyncio.FIRST_EXCEPTION)
             if not local.done():  # connecting failed (say, the port is taken): say so now
                 local.cancel()
+                rt.abort()  # stops the heartbeats (and their watchdog thread) too
                 raise connecting.exception()
             try:
                 partials = local.result()
@@ -196,7 +216,11 @@ class PartyJob:
                 raise
         self.progress("local step done" if refusal is None else "refusing")
         started = time.perf_counter()
-        await connecting
+        try:
+            await connecting
+        except BaseException:
+            rt.abort()
+            raise
         self.progress("connected")
         _fault_point(cfg.party, "after_connect")
         try:
@@ -254,6 +278,7 @@ class PartyJob:
                     report=True)
             self.metrics["secure_seconds"] = time.perf_counter() - started
             self.metrics["bytes_sent"] = rt.bytes_sent()
+            self.metrics.update(rt.link_metrics())
             await rt.close()
         except BaseException:
             rt.abort()
@@ -369,6 +394,8 @@ def _fault_point(party: str, point: str) -> None:
     """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there;
     ``party:point:pause=S`` makes it pause S seconds there instead."""
     fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
+    if fault == f"{party}:{point}" or fault.startswith(f"{party}:{point}:pause="):
+        print(f"fault {party}:{point}", file=sys.stderr, flush=True)  # when, for the fault table
     if fault == f"{party}:{point}":
         os._exit(137)
     if fault.startswith(f"{party}:{point}:pause="):

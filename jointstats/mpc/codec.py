@@ -16,8 +16,11 @@ Formats (all integers little-endian):
 - short texts: a 2-byte length, then UTF-8 (at most ``MAX_TEXT`` bytes);
 - control records (the job's status exchange and the nodes' rendezvous): a kind byte, then
   fixed fields, strings and a bounded queue of (timestamp, job id, analyst, spec hash);
-- notices (an honest party telling the others which party sent it a malformed message):
-  that party's index.
+- notices (an honest party telling the others which party made it stop the job, and why):
+  that party's index and a cause byte (``CAUSES``);
+- heartbeats (sent on idle and busy links alike, on a fixed period): an empty payload;
+- echoes (the round after a record every party sends every party): one 32-byte SHA-256
+  digest per party.
 
 Every length prefix is bounded, and so is any message (``MAX_MESSAGE``). This module
 imports no MPyC, so the codec can be tested (and fuzzed) on its own.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 import struct
 from itertools import repeat
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -37,12 +41,20 @@ __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width
            "encode_field_values", "decode_field_values", "encode_array", "decode_array",
            "encode_int", "decode_int", "encode_ints", "decode_ints", "encode_text", "decode_text",
            "encode_record", "decode_record", "refusal_line", "encode_notice", "decode_notice",
+           "Notice", "CAUSES", "MALFORMED", "SILENT", "LOST", "EQUIVOCATED", "HEARTBEAT", "decode_heartbeat",
+           "encode_digests", "decode_digests", "DIGEST_SIZE",
            "INT", "INTS", "TEXT", "RECORD", "codec_for", "RENDEZVOUS_TYPE"]
 
 #: Largest message any party accepts (bytes); a frame announcing more is malformed.
 MAX_MESSAGE = 1 << 30
-#: Most bytes of messages from one peer held unread (received before a step asks for them).
-MAX_UNREAD = 1 << 31
+#: Most bytes of messages from one peer held unread (received before a step asks for them),
+#: whatever the job: each job's own bound is lower (``JointRuntime.unread_limit``, set from
+#: its plan by ``jointstats.engine.party.unread_limit``).
+MAX_UNREAD = 1 << 30
+#: The bound on unread bytes per peer of a runtime with no plan (the nodes' rendezvous) and
+#: the floor of every job's bound: the fixed costs of records and of the noise samplers (the
+#: headline DP job's largest message is 0.4 MB).
+UNREAD_FLOOR = 32 << 20
 #: Largest text (bytes of UTF-8) in a message: names, ids, refusal reasons.
 MAX_TEXT = 4096
 #: Most queue entries in one rendezvous record.
@@ -414,29 +426,89 @@ def refusal_line(sender: str, refusal: str) -> str:
 
 # ----------------------------------------------------------------------------- notices
 
-def encode_notice(culprit: int) -> bytes:
-    """An honest party telling the others that party ``culprit`` (an MPC index) sent it a
-    malformed message: only the index travels, so a notice cannot carry forged text."""
-    return encode_int(culprit)
+#: Why a party stopped the job because of another (the cause byte of a notice).
+MALFORMED, SILENT, LOST, EQUIVOCATED = 0, 1, 2, 3
+CAUSES = {MALFORMED: "sent a malformed message", SILENT: "went silent",
+          LOST: "disconnected", EQUIVOCATED: "sent different parties different records"}
 
 
-def decode_notice(data, parties: int) -> int:
-    """The index named by a notice, one of ``parties`` indices; CodecError otherwise."""
-    culprit = decode_int(data)
+@dataclass(frozen=True)
+class Notice:
+    """An honest party telling the others that it stopped the job because of party
+    ``culprit`` (an MPC index), for ``cause`` (one of ``CAUSES``)."""
+
+    culprit: int
+    cause: int
+
+
+def encode_notice(culprit: int, cause: int = MALFORMED) -> bytes:
+    """A notice: the culprit's index (8 bytes) and the cause (1 byte). Only these travel, so
+    a notice cannot carry forged text."""
+    if cause not in CAUSES:
+        raise _fail(f"unknown notice cause {cause}")
+    return encode_int(culprit) + bytes([cause])
+
+
+def decode_notice(data, parties: int) -> Notice:
+    """The notice, naming one of ``parties`` indices for a known cause; CodecError otherwise."""
+    view = _check_size(data)
+    _exact(view, 9, "a notice")
+    culprit = decode_int(view[:8])
     if not 0 <= culprit < parties:
         raise _fail(f"a notice names index {culprit}, not one of {parties} parties")
-    return culprit
+    cause = view[8]
+    if cause not in CAUSES:
+        raise _fail(f"a notice gives an unknown cause {cause}")
+    return Notice(culprit, cause)
+
+
+# ----------------------------------------------------------------------------- heartbeats
+
+#: The payload of a heartbeat: nothing (a heartbeat is its reserved program counter alone,
+#: sent on a fixed period, so it carries nothing about the data or the computation).
+HEARTBEAT = b""
+
+
+def decode_heartbeat(data) -> None:
+    """Accept a heartbeat's payload (empty); CodecError on anything else."""
+    _exact(_check_size(data), 0, "a heartbeat")
+
+
+# ----------------------------------------------------------------------------- echoes
+
+#: Bytes of one digest in an echo (SHA-256).
+DIGEST_SIZE = 32
+
+
+def encode_digests(digests: Sequence[bytes]) -> bytes:
+    """An echo: one SHA-256 digest per party, in index order, of the message this party
+    received from it (its own for itself)."""
+    if any(len(d) != DIGEST_SIZE for d in digests):
+        raise _fail("an echo holds digests of 32 bytes only")
+    return b"".join(digests)
+
+
+def decode_digests(data, parties: int) -> list[bytes]:
+    """Exactly ``parties`` digests; CodecError otherwise."""
+    view = _check_size(data)
+    _exact(view, parties * DIGEST_SIZE, f"an echo of {parties} digests")
+    return [bytes(view[i * DIGEST_SIZE:(i + 1) * DIGEST_SIZE]) for i in range(parties)]
 
 
 # ----------------------------------------------------------------------------- transfer codecs
 
 class Codec:
-    """An encoder and the decoder of what the receiving step expects (``rt.transfer``)."""
+    """An encoder and the decoder of what the receiving step expects (``rt.transfer``).
 
-    __slots__ = ("name", "encode", "decode")
+    ``echoed``: a transfer from every party to every party with this codec is followed by an
+    echo round (``JointRuntime.transfer``), so that no party can tell different parties
+    different things (the job agreement's records)."""
 
-    def __init__(self, name: str, encode: Callable[[Any], bytes], decode: Callable[[Any], Any]):
-        self.name, self.encode, self.decode = name, encode, decode
+    __slots__ = ("name", "encode", "decode", "echoed")
+
+    def __init__(self, name: str, encode: Callable[[Any], bytes], decode: Callable[[Any], Any],
+                 echoed: bool = False):
+        self.name, self.encode, self.decode, self.echoed = name, encode, decode, echoed
 
     def __repr__(self) -> str:
         return f"Codec({self.name})"
@@ -445,7 +517,7 @@ class Codec:
 INT = Codec("int", encode_int, decode_int)
 INTS = Codec("ints", encode_ints, decode_ints)
 TEXT = Codec("text", encode_text, decode_text)
-RECORD = Codec("record", encode_record, decode_record)
+RECORD = Codec("record", encode_record, decode_record, echoed=True)
 
 
 def codec_for(obj: Any) -> Codec:

@@ -154,14 +154,50 @@ import asyncio  # noqa: E402
 import math  # noqa: E402
 
 import numpy as np  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import struct  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
 import ssl as _ssl  # noqa: E402
 from typing import Awaitable, Callable  # noqa: E402
 
 
+#: Seconds between two heartbeats on each link (sent on a fixed period, busy or idle).
+HEARTBEAT_INTERVAL = 1.0
+#: Seconds without a single byte from a peer (heartbeats included) after which the job fails
+#: naming it: a peer whose process is stopped or hung, or whose link silently drops traffic.
+SILENCE_LIMIT = 7.0
+#: The signal by which a party's watchdog thread asks its main thread for heartbeats while
+#: its event loop is busy computing (default action: ignored, so a stray one is harmless).
+BEAT_SIGNAL = signal.SIGURG
+#: Files whose code a heartbeat written from a signal handler must not interrupt: the
+#: transports, TLS and the selector (the handler then waits for the next signal).
+_TRANSPORT_CODE = tuple(os.path.join(*parts) for parts in (
+    ("asyncio", "selector_events.py"), ("asyncio", "sslproto.py"), ("asyncio", "transports.py"),
+    ("asyncio", "streams.py"), ("asyncio", "proactor_events.py"), ("ssl.py",), ("selectors.py",),
+    ("socket.py",)))
+
+
+def _outside_transports(frame) -> bool:
+    """True if no frame of the stack runs transport, TLS or selector code (then a write to a
+    transport, from a signal handler in this thread, re-enters none of them)."""
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(_TRANSPORT_CODE):
+            return False
+        frame = frame.f_back
+    return True
+
+
+#: Milliseconds that data sent on a link may stay unacknowledged before the kernel drops the
+#: connection (TCP_USER_TIMEOUT): the second line behind the heartbeats, for a dead network.
+USER_TIMEOUT_MS = 10_000
+
+
 def _keepalive(transport) -> None:
-    """Short TCP keepalive so a silently dropped network surfaces within seconds."""
+    """TCP options of every party link: no Nagle delay, a short keepalive and a user timeout,
+    so that a network that drops everything surfaces within seconds even without heartbeats."""
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
@@ -171,7 +207,9 @@ def _keepalive(transport) -> None:
         if hasattr(socket, "TCP_KEEPIDLE"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
     except OSError:
         pass
 
@@ -179,16 +217,25 @@ def _keepalive(transport) -> None:
 #: Program counter of a notice frame: an honest party telling the others why it stops.
 #: (MPyC's program counters are small integers or 64-bit hashes; this one is reserved.)
 NOTICE_PC = -(1 << 63)
+#: Program counter of a heartbeat frame (empty payload), never handed to MPyC's steps.
+HEARTBEAT_PC = NOTICE_PC + 1
 _FRAME = struct.Struct("<qI")
-#: Seconds a party that told the others of a malformed message waits for them to hang up.
-NOTICE_WAIT = 2.0
+#: Seconds a party that told the others why it stops waits for them to hang up.
+NOTICE_WAIT = 5.0
+#: Seconds a party holds a failure it only heard of (a peer's notice naming a third party)
+#: before it stops on it: evidence of its own found meanwhile (an echo mismatch, a silent or
+#: lost link) is reported instead, so a hostile peer's notice cannot pre-empt it.
+HEARSAY_GRACE = 1.0
 
 
 class _Exchanger(_asyncoro.MessageExchanger):
     """MPyC's message exchanger with peer identity checks, loss reporting and bounded frames.
 
     Frames are MPyC's (8-byte program counter, 4-byte length, payload); a frame longer than
-    ``_codec.MAX_MESSAGE`` is malformed (the peer is dropped and named), and a connection
+    the runtime's ``unread_limit`` is malformed (the peer is dropped and named) as soon as its
+    header arrives, and so are frames no step has asked for beyond that many bytes: a peer
+    makes this party hold at most twice the limit (one partial frame, the unread ones). Frames
+    on HEARTBEAT_PC only prove the peer alive; those on NOTICE_PC say why it stops. A connection
     from a client claiming an index it cannot have is closed. Payloads are handed
     over as bytes; the runtime decodes each with the codec of what it expects.
     """
@@ -200,6 +247,9 @@ class _Exchanger(_asyncoro.MessageExchanger):
         self.dropped = False
         self.decoders = {}  # program counter -> decoder of a typed receive still waiting
         self.unread = 0  # bytes of messages held in self.buffers that no step has asked for
+        self.unread_peak = 0  # the most bytes ever held unread at once
+        self.largest = 0  # the longest frame received
+        self.last_heard = rt._loop.time()  # when the last bytes came from the peer (liveness)
         if rt.verify_peer is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             cert = ssl_object.getpeercert(binary_form=True) if ssl_object else None
@@ -248,27 +298,43 @@ class _Exchanger(_asyncoro.MessageExchanger):
     def data_received(self, data):
         if self.dropped:
             return
+        self.last_heard = self.runtime._loop.time()
         buf = self.bytes
         buf.extend(data)
         if self.peer_pid is None and not self._hello(buf):
             return
+        limit = min(self.runtime.unread_limit, _codec.MAX_UNREAD)
         while len(buf) >= 12:
             pc, size = _FRAME.unpack_from(buf)
             if size > _codec.MAX_MESSAGE:
                 self._malformed(f"a message of {size} bytes, over the limit of {_codec.MAX_MESSAGE}")
                 return
+            if size > limit:  # refused before it is buffered: no step of this job needs it
+                self._malformed(f"a message of {size} bytes, over this job's limit of {limit}")
+                return
             if len(buf) < 12 + size:
                 break
+            if size > self.largest:
+                self.largest = size
             payload = struct.unpack_from(f"{size}s", buf, 12)[0]  # one copy, as MPyC
             del buf[:12 + size]
+            if pc == HEARTBEAT_PC:  # liveness only (last_heard): no step ever sees it
+                try:
+                    _codec.decode_heartbeat(payload)
+                except _codec.CodecError as exc:
+                    self._malformed(f"a malformed heartbeat ({exc})")
+                    return
+                continue
             if pc == NOTICE_PC:
                 self._notice(payload)
                 return
             held = self.buffers.get(pc)
             if not isinstance(held, asyncio.Future):
                 self.unread += size
-                if self.unread > _codec.MAX_UNREAD:
-                    self._malformed(f"over {_codec.MAX_UNREAD} bytes of messages no step has read")
+                if self.unread > self.unread_peak:
+                    self.unread_peak = self.unread
+                if self.unread > limit:
+                    self._malformed(f"over {limit} bytes of messages no step has read")
                     return
             if held is None:
                 self.buffers[pc] = payload
@@ -301,26 +367,42 @@ class _Exchanger(_asyncoro.MessageExchanger):
         return held
 
     def _notice(self, payload: bytes) -> None:
-        """A peer says which party sent it a malformed message: the job fails, naming both."""
+        """A peer says which party made it stop the job, and why: the job fails naming that
+        party first (the culprit), then the peer that reported it."""
         rt = self.runtime
         try:
-            culprit = _codec.decode_notice(payload, len(rt.parties))
+            notice = _codec.decode_notice(payload, len(rt.parties))
         except _codec.CodecError as exc:
             self._malformed(f"a malformed notice ({exc})")
             return
-        rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} stopped the job: "
-                                         f"party {rt.name_of(culprit)!r} sent it a malformed message")
+        rt._noticed.add(self.peer_pid)  # it has stopped: no need to wait for it to hear ours
+        if self.peer_pid not in rt._told and not self.transport.is_closing():
+            # acknowledge (the same notice back): the sender may hang up once it has this,
+            # without risking a reset that discards its notice before this party reads it
+            rt._told.add(self.peer_pid)
+            self.send(NOTICE_PC, payload)
+        rt.report_failure(notice.culprit, f"party {rt.name_of(notice.culprit)!r} "
+                                          f"{_codec.CAUSES[notice.cause]} (reported by party "
+                                          f"{rt.name_of(self.peer_pid)!r}, which stopped the job)",
+                          hearsay=True)
 
     def connection_lost(self, exc):
         rt = self.runtime
-        if not rt.closing and self.peer_pid is not None:
-            rt.report_failure(self.peer_pid, f"party {rt.name_of(self.peer_pid)!r} disconnected"
-                              + (f" ({exc})" if exc else ""), lost=True)
+        if self.peer_pid in rt._noticed:
+            pass  # it told us why it stops, then hung up: its notice stands (after the grace)
+        elif not rt.closing and self.peer_pid is not None and not self.dropped:
+            rt.blame(self.peer_pid, _codec.LOST, f"party {rt.name_of(self.peer_pid)!r} disconnected"
+                     + (f" ({exc})" if exc else ""))
         if self.peer_pid is not None and rt.parties[self.peer_pid].protocol is self:
             rt.unset_protocol(self.peer_pid)
 
 
 _MALFORMED = object()
+
+
+def _digest(data) -> bytes:
+    import hashlib
+    return hashlib.sha256(data).digest()
 
 
 def _field_decoder(order: int, count: int) -> Callable:
@@ -360,22 +442,168 @@ class JointRuntime(Runtime):
     names: list[str] = []
     closing = False
     failed_lost = False  # whether the failure in ``failed`` is a lost peer (report_failure)
-    _notified: tuple | list = ()  # peers told of a malformed message (drop_peer), not yet gone
+    #: Most bytes of messages any one peer may have waiting unread (and the longest message
+    #: it may send): a job's own bound from its plan (``_party.unread_limit``), this floor else.
+    unread_limit: int = _codec.UNREAD_FLOOR
+    _notified: tuple | list = ()  # peers told why this party stops (blame), not yet gone
+    _noticed: set  # peers that told this party why they stop (they need no notice from it)
+    _told: set  # peers this party has sent a notice (it acknowledges a notice only once)
     verify_peer: Callable[[bytes | None, int], None] | None = None
     ssl_server: _ssl.SSLContext | None = None
     ssl_client: _ssl.SSLContext | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._noticed, self._told = set(), set()
+        self._hearsay = None
 
     def name_of(self, pid: int) -> str:
         """Name of the party with MPC index ``pid``."""
         return self.names[pid] if 0 <= pid < len(self.names) else f"#{pid}"
 
-    def report_failure(self, pid: int, reason: str, lost: bool = False) -> None:
-        """Record the first failure of a peer; wakes every guarded wait. ``lost``: the peer's
-        connection dropped (guarded waits raise PeerLostError, a consequence to report only
-        if nothing better is known)."""
-        if not self.failed.done():
+    def report_failure(self, pid: int, reason: str, hearsay: bool = False, lost: bool = False) -> None:
+        """Record the first failure of a peer; wakes every guarded wait. A failure only heard
+        of (``hearsay``: a peer's notice) counts HEARSAY_GRACE seconds later, unless a failure
+        this party finds itself comes first (or the reporting peer hangs up). ``lost``: the
+        peer's connection dropped (guarded waits raise PeerLostError)."""
+        if self.failed.done():
+            return
+        if not hearsay:
             self.failed_lost = lost
             self.failed.set_result((pid, reason))
+        elif self._hearsay is None:
+            self._hearsay = (pid, reason)
+            self._loop.call_later(HEARSAY_GRACE, self._hearsay_due)
+
+    def _hearsay_due(self) -> None:
+        if self._hearsay is not None and not self.failed.done():
+            self.failed.set_result(self._hearsay)
+
+    def blame(self, peer_pid: int, cause: int, reason: str) -> bool:
+        """Fail the job naming ``peer_pid`` (for ``cause``, one of ``_codec.CAUSES``) and tell
+        every other connected party so in a notice, so that they name the same party instead
+        of the first party that hangs up on them. Only the first failure counts (False after)."""
+        if self.failed.done():
+            return False
+        self.report_failure(peer_pid, reason, lost=cause == _codec.LOST)
+        if peer_pid is None:  # not yet identified: nothing to tell the others
+            return True
+        notice = _codec.encode_notice(peer_pid, cause)
+        self._notified = []
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid not in (self.pid, peer_pid) and isinstance(proto, _Exchanger) \
+                    and not proto.dropped and not proto.transport.is_closing():
+                proto.send(NOTICE_PC, notice)
+                self._notified.append(peer.pid)
+                self._told.add(peer.pid)
+        return True
+
+    # -- liveness: heartbeats out, silence in ------------------------------------------------
+
+    max_stall = 0.0  # the longest this party's event loop was late for a heartbeat (seconds)
+    _ticker = None
+    _skipped = False  # the last tick came late and judged no peer
+
+    _last_beat = 0.0  # time.monotonic() of the last heartbeats sent
+    _watchdog: threading.Event | None = None  # set to stop the watchdog thread
+    _old_handler = None
+
+    def _start_heartbeats(self) -> None:
+        self._tick_due = self._loop.time() + HEARTBEAT_INTERVAL
+        self._ticker = self._loop.call_at(self._tick_due, self._tick)
+        self._last_beat = time.monotonic()
+        if threading.current_thread() is threading.main_thread() and self._watchdog is None:
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        """Keep heartbeats going while the event loop is busy in a long computation (a large
+        regression's matrix products and inverses can hold it for tens of seconds): a thread
+        that finds no heartbeat sent for 1.5 intervals signals the main thread (the loop's),
+        whose handler, run between two bytecodes of the computation, writes the heartbeats
+        itself unless it interrupted transport, TLS or selector code. So a party that computes
+        is never taken for hung; one that is stopped (SIGSTOP), dead, or cut off is."""
+        stop = self._watchdog = threading.Event()
+        main = threading.main_thread().ident
+
+        def on_signal(signum, frame):
+            if time.monotonic() - self._last_beat > HEARTBEAT_INTERVAL and _outside_transports(frame):
+                self._beat()
+
+        def watch():
+            while not stop.wait(HEARTBEAT_INTERVAL / 2):
+                if self.closing or self._loop.is_closed():  # a runtime left without abort()
+                    return
+                if time.monotonic() - self._last_beat > 1.5 * HEARTBEAT_INTERVAL:
+                    try:
+                        signal.pthread_kill(main, BEAT_SIGNAL)
+                    except (OSError, ValueError):
+                        return
+        try:
+            self._old_handler = signal.signal(BEAT_SIGNAL, on_signal)
+        except (ValueError, OSError):  # not the main thread of the main interpreter
+            self._watchdog = None
+            return
+        threading.Thread(target=watch, daemon=True, name="jointstats-heartbeat").start()
+
+    def _beat(self) -> None:
+        """Send every connected peer a heartbeat (an empty frame on HEARTBEAT_PC)."""
+        self._last_beat = time.monotonic()
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid != self.pid and isinstance(proto, _Exchanger) and not proto.dropped \
+                    and proto.transport is not None and not proto.transport.is_closing():
+                proto.transport.write(_FRAME.pack(HEARTBEAT_PC, 0))
+
+    def _tick(self) -> None:
+        """Every HEARTBEAT_INTERVAL: send each connected peer a heartbeat (an empty frame on
+        its reserved program counter, on a fixed period whatever the job is doing; while the
+        loop computes, the watchdog has the main thread send them), and fail the job naming
+        a peer from which nothing at all has come for SILENCE_LIMIT seconds.
+
+        Data that arrived while this party's own loop was busy is read before this runs (the
+        event loop handles ready sockets before due timers), and a tick that comes late
+        judges nobody (the next one does), so a party that was itself slow or stopped does not
+        blame a peer for it."""
+        self._ticker = None
+        if self.closing or self.failed.done():
+            return
+        now = self._loop.time()
+        late = now - self._tick_due
+        self.max_stall = max(self.max_stall, late)
+        # this party's own loop was held up (stopped, or busy): what the peers sent meanwhile
+        # may still be on its way through the loop (a reset is reported a turn later), so
+        # judge at the next tick, not this one (once: a loop always late still judges)
+        judge = late <= HEARTBEAT_INTERVAL or self._skipped
+        self._skipped = not judge
+        for peer in self.parties:
+            proto = peer.protocol
+            if peer.pid == self.pid or not isinstance(proto, _Exchanger) or proto.dropped \
+                    or proto.transport is None or proto.transport.is_closing():
+                continue
+            silent = now - proto.last_heard
+            if judge and silent > SILENCE_LIMIT:
+                self.blame(peer.pid, _codec.SILENT,
+                           f"party {self.name_of(peer.pid)!r} went silent: nothing came from it for "
+                           f"{silent:.0f} s (its process hangs, or the network to it drops traffic)")
+                proto.dropped = True
+                proto.transport.abort()
+                return
+        self._beat()
+        self._tick_due = now + HEARTBEAT_INTERVAL
+        self._ticker = self._loop.call_at(self._tick_due, self._tick)
+
+    def _stop_heartbeats(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+        if self._watchdog is not None:
+            self._watchdog.set()
+            self._watchdog = None
+            try:
+                signal.signal(BEAT_SIGNAL, self._old_handler or signal.SIG_DFL)
+            except (ValueError, OSError, TypeError):
+                pass
 
     def _send_message(self, peer_pid, data):
         """MPyC's, except that a message to a peer already lost is dropped: the loss has been
@@ -426,16 +654,7 @@ class JointRuntime(Runtime):
         """Fail the job naming ``peer_pid``, which sent a malformed message; tell the other
         parties why (so that they name it too) and drop its connection."""
         reason = f"party {self.name_of(peer_pid)!r} sent a malformed message ({why}); dropped"
-        if not self.failed.done():
-            self.report_failure(peer_pid, reason)
-            notice = _codec.encode_notice(peer_pid)
-            self._notified = []
-            for peer in self.parties:
-                proto = peer.protocol
-                if peer.pid not in (self.pid, peer_pid) and proto is not None \
-                        and not isinstance(proto, asyncio.Future):
-                    proto.send(NOTICE_PC, notice)
-                    self._notified.append(peer.pid)
+        self.blame(peer_pid, _codec.MALFORMED, reason)
         proto = self.parties[peer_pid].protocol if peer_pid is not None else None
         if proto is not None and not isinstance(proto, asyncio.Future):
             proto.dropped = True
@@ -465,10 +684,62 @@ class JointRuntime(Runtime):
                     self._send_message(peer, payload)
         if self.pid not in receivers:
             return None if one_sender else []
-        got = [codec.decode(payload) if peer == self.pid else self._receive_typed(peer, codec.decode)
+        decode = codec.decode
+        echo = codec.echoed and len(senders) == len(receivers) == m
+        if echo:  # every party's record to every party: keep a digest of each for the echo
+            def decode(data, _decode=codec.decode):
+                return _digest(data), _decode(data)
+        got = [decode(payload) if peer == self.pid else self._receive_typed(peer, decode)
                for peer in senders]
         got = await self.gather(got)
+        if echo:
+            await self._echo([d for d, _ in got])
+            got = [value for _, value in got]
         return got[0] if one_sender else got
+
+    async def _echo(self, digests: list[bytes]) -> None:
+        """The echo round after a record every party sent every party: each party sends every
+        other the digests of what it received from everyone (its own record for itself) and
+        compares theirs with its own. A mismatch fails the job naming the party that told
+        different parties different things (see docs/node.md, "Liveness and blame").
+
+        Who is named: a peer whose echo misstates this party's own record, or the record that
+        peer sent this party, is certainly at fault; otherwise a peer ``k`` reporting another
+        record from a third party ``j`` than ``j`` sent here names ``j`` (it equivocated,
+        unless ``k`` lies about it: without signatures the two cannot be told apart, and the
+        error says so). Either way the job stops before anything depends on the records."""
+        m = len(self.parties)
+        payload = _codec.encode_digests(digests)
+        peers = [p for p in range(m) if p != self.pid]
+        for peer in peers:
+            self._send_message(peer, payload)
+        echoes = await self.gather([self._receive_typed(
+            peer, lambda data: _codec.decode_digests(data, m)) for peer in peers])
+        me = self.name_of(self.pid)
+        culprit = reason = None
+        for k, echo in zip(peers, echoes):
+            if echo[self.pid] != digests[self.pid]:
+                culprit, reason = k, (f"party {self.name_of(k)!r} misreported the record party "
+                                      f"{me!r} sent it (echo round)")
+            elif echo[k] != digests[k]:
+                culprit, reason = k, (f"party {self.name_of(k)!r} sent different parties different "
+                                      f"records (its echo contradicts the record it sent party {me!r})")
+            if culprit is not None:
+                break
+        else:
+            for k, echo in zip(peers, echoes):
+                for j in peers:
+                    if j != k and echo[j] != digests[j]:
+                        culprit, reason = j, (
+                            f"party {self.name_of(j)!r} sent different parties different records "
+                            f"(party {self.name_of(k)!r} received another one than party {me!r}; "
+                            f"unless party {self.name_of(k)!r} misreports it)")
+                        break
+                if culprit is not None:
+                    break
+        if culprit is not None:
+            self.blame(culprit, _codec.EQUIVOCATED, reason)
+            raise PartyError(reason)
 
     @_asyncoro.mpc_coro
     async def _distribute(self, x, senders):
@@ -624,6 +895,9 @@ class JointRuntime(Runtime):
         loop = self._loop
         self.failed = loop.create_future()
         self.failed_lost = False
+        self._noticed, self._told = set(), set()
+        self._hearsay = None
+        self._start_heartbeats()
         for peer in self.parties:
             peer.protocol = asyncio.Future(loop=loop) if peer.pid == self.pid else None
         me = self.parties[self.pid]
@@ -684,6 +958,8 @@ class JointRuntime(Runtime):
         done, _ = await asyncio.wait({task, self.failed}, timeout=timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if task in done:
+            if not task.cancelled() and task.exception() is not None and self._notified:
+                await self._deliver_notices()  # it blamed a peer (an echo mismatch) and told the others
             return task.result()
         task.cancel()
         if self.failed.done():
@@ -697,13 +973,14 @@ class JointRuntime(Runtime):
         raise PartyTimeoutError(f"timed out after {timeout:.0f} s waiting{who} during {what}")
 
     async def _deliver_notices(self, timeout: float = NOTICE_WAIT) -> None:
-        """Keep the connections to the parties told of a malformed message open (and read)
-        until they close them, for at most ``timeout`` seconds: closing a socket at once can
-        reset the connection and discard the notice before the peer reads it."""
+        """Keep the connections to the parties told why this party stops open (and read)
+        until each has acknowledged the notice or hung up, for at most ``timeout`` seconds:
+        closing a socket with unread data resets the connection, which can discard the
+        notice before the peer reads it."""
         told, self._notified = self._notified, []
         deadline = self._loop.time() + timeout
         while self._loop.time() < deadline and any(
-                self.parties[pid].protocol is not None for pid in told):
+                self.parties[pid].protocol is not None and pid not in self._noticed for pid in told):
             await asyncio.sleep(0.01)
 
     async def close(self, timeout: float = 30.0) -> None:
@@ -715,6 +992,7 @@ class JointRuntime(Runtime):
         """
         await self.guard(self.transfer("end", codec=_codec.TEXT), timeout, "the end of the job")
         self.closing = True  # from here on, connections closing are expected
+        self._stop_heartbeats()
         try:
             await asyncio.wait_for(self.shutdown(), timeout)
         except asyncio.TimeoutError:
@@ -723,10 +1001,21 @@ class JointRuntime(Runtime):
     def abort(self) -> None:
         """Drop every peer connection at once (after a failure): no shutdown handshake."""
         self.closing = True
+        self._stop_heartbeats()
         for peer in self.parties:
             proto = peer.protocol
             if peer.pid != self.pid and proto is not None and hasattr(proto, "transport"):
                 proto.transport.close()
+
+    def link_metrics(self) -> dict:
+        """Liveness and buffering figures of this party's links, for its metrics: the longest
+        its loop was late for a heartbeat, the most bytes any peer had waiting unread, and
+        the longest message received (they size SILENCE_LIMIT and the unread bound)."""
+        protos = [p.protocol for p in self.parties
+                  if p.pid != self.pid and isinstance(p.protocol, _Exchanger)]
+        return {"max_loop_stall_seconds": round(self.max_stall, 3),
+                "unread_peak_bytes": max((p.unread_peak for p in protos), default=0),
+                "largest_message_bytes": max((p.largest for p in protos), default=0)}
 
     def bytes_sent(self) -> int:
         """Bytes this party has sent to all peers so far."""

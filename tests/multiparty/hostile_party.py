@@ -11,6 +11,13 @@ tell whether any party ran code sent by a peer.
 rendezvous (``Node._rendezvous``) for CONFIG and writes its outcome to OUT as JSON. With
 ``--attack``, every message that the runtime sends from the function named by KIND carries
 the pickle instead (and MARKER is created, to show that the attack happened).
+
+The ``equivocate-*`` kinds send no pickle: the party tells the last party (index 2) another
+record than it tells the others at the job agreement (``EQUIVOCATIONS``: a different plan
+hash, job id, minimum-count floor, or rendezvous queue), and reports in its own echo what it
+meant to send; SENTINEL is unused. The ``lying-echo`` kind tells party index 2, in the echo
+round, that it sent another record than it did. The ``flood`` kind sends every peer ``FLOOD_BYTES`` of
+messages that no step will read, after its status record.
 """
 from __future__ import annotations
 
@@ -51,6 +58,69 @@ def arm(kind: str, sentinel: str, marker: str) -> None:
     _mpc.JointRuntime._send_message = send
 
 
+#: Equivocation kind -> how the record told to party index 2 differs from the others'.
+EQUIVOCATIONS = {
+    "equivocate-plan": lambda r: {**r, "plan": "0" * 64},
+    "equivocate-job": lambda r: {**r, "job": "another-job"},
+    "equivocate-floor": lambda r: {**r, "min_count_floor": r["min_count_floor"] + 100},
+    "equivocate-rendezvous": lambda r: {**r, "queue": [[1_600_000_000, "forged", "mallory", "f" * 64]]},
+}
+
+
+def arm_equivocation(kind: str, marker: str) -> None:
+    """Tell party index 2 a changed record (``EQUIVOCATIONS[kind]``) in every record transfer."""
+    from jointstats import _codec, _mpc
+    original = _mpc.JointRuntime._send_message
+    change = EQUIVOCATIONS[kind]
+
+    def send(self, peer_pid, data):
+        if peer_pid == 2 and sys._getframe(1).f_code.co_name == "transfer":
+            try:
+                record = _codec.decode_record(data)
+            except _codec.CodecError:
+                record = None
+            if record is not None:
+                data = _codec.encode_record(change(record))
+                Path(marker).touch()
+        original(self, peer_pid, data)
+    _mpc.JointRuntime._send_message = send
+
+
+def arm_lying_echo(marker: str) -> None:
+    """In the echo round, tell party index 2 that it sent another record than it did."""
+    from jointstats import _codec, _mpc
+    original = _mpc.JointRuntime._send_message
+
+    def send(self, peer_pid, data):
+        if peer_pid == 2 and sys._getframe(1).f_code.co_name == "_echo":
+            size = _codec.DIGEST_SIZE
+            data = data[:2 * size] + bytes(size) + data[3 * size:]
+            Path(marker).touch()
+        original(self, peer_pid, data)
+    _mpc.JointRuntime._send_message = send
+
+
+#: Bytes the ``flood`` attack sends each peer, in 1 MiB messages no step will ever read.
+FLOOD_BYTES = 96 << 20
+
+
+def arm_flood(marker: str) -> None:
+    """After its status record, send every peer FLOOD_BYTES at program counters no step uses."""
+    from jointstats import _mpc
+    original = _mpc.JointRuntime._send_message
+    chunk = b"\0" * (1 << 20)
+
+    def send(self, peer_pid, data):
+        original(self, peer_pid, data)
+        if sys._getframe(1).f_code.co_name == "transfer" and not getattr(self, "_flooded", set()) >= {peer_pid}:
+            self._flooded = getattr(self, "_flooded", set()) | {peer_pid}
+            proto = self.parties[peer_pid].protocol
+            for i in range(FLOOD_BYTES // len(chunk)):
+                proto.send(1 << 40 | i, chunk)
+            Path(marker).touch()
+    _mpc.JointRuntime._send_message = send
+
+
 def rendezvous(config: str, out: str) -> int:
     """One node rendezvous for ``config`` (with one queued job); its outcome as JSON."""
     from jointstats.consortium.config import load_party_config
@@ -70,7 +140,14 @@ def rendezvous(config: str, out: str) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--attack"]:
-        arm(*argv[1:4])
+        if argv[1] in EQUIVOCATIONS:
+            arm_equivocation(argv[1], argv[3])
+        elif argv[1] == "flood":
+            arm_flood(argv[3])
+        elif argv[1] == "lying-echo":
+            arm_lying_echo(argv[3])
+        else:
+            arm(*argv[1:4])
         argv = argv[4:]
     if argv[0] == "rendezvous":
         return rendezvous(*argv[1:3])

@@ -116,3 +116,98 @@ def test_pickle_in_the_node_rendezvous_never_runs(consortium, tmp_path):
     configs = consortium([cohort_frame(10, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
     outcomes = _start(tmp_path, configs, "rendezvous", "rendezvous", lambda cfg, out: [str(cfg), str(out)])
     _assert_named(outcomes)
+
+
+# ----------------------------------------------------------------------------- equivocation
+
+def _assert_equivocator_named(outcomes: dict) -> None:
+    """Every honest party failed naming the hostile party first, and at least one as the
+    party that told different parties different records (the other may instead see it hang
+    up first: it stops as soon as it has found the honest parties out)."""
+    honest = {name: o for name, o in outcomes.items() if name != HOSTILE}
+    for name, outcome in honest.items():
+        assert not outcome["ok"], name
+        error = outcome["error"]
+        assert "\n" not in error.strip(), error
+        assert error.startswith(f"party '{HOSTILE}' "), (name, error)
+    assert any(o["error"].startswith(f"party '{HOSTILE}' sent different parties different records")
+               for o in honest.values()), honest
+
+
+@pytest.mark.parametrize("kind", ["equivocate-plan", "equivocate-job", "equivocate-floor"])
+def test_a_party_telling_peers_different_things_at_job_agreement_is_named(consortium, tmp_path, kind):
+    # party_b tells party_c another plan hash (job id, minimum-count floor) than party_a:
+    # without the echo round party_a would go on (or name party_c, which hangs up on it), and
+    # with a floor the parties would compute with different minimum counts
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(EXACT)
+    configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+
+    def args(cfg, out):
+        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "equivocation",
+                "--out", str(out), "--connect-timeout", "20"]
+    outcomes = _start(tmp_path, configs, kind, "party", args)
+    _assert_equivocator_named(outcomes)
+    for cfg in configs:
+        _audit_verify(cfg)
+        state = NodeState(load_party_config(cfg).state)
+        try:
+            events = [rec["event"] for rec in state.audit_records()]
+            assert events[-1] == "failure", (cfg.stem, events)
+            assert state.spent("cohort")[0] == 0
+        finally:
+            state.close()
+
+
+def test_a_node_telling_peers_different_queues_at_rendezvous_is_named(consortium, tmp_path):
+    configs = consortium([cohort_frame(10, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+    outcomes = _start(tmp_path, configs, "equivocate-rendezvous", "rendezvous",
+                      lambda cfg, out: [str(cfg), str(out)])
+    _assert_equivocator_named(outcomes)
+
+
+# ----------------------------------------------------------------------------- flooding
+
+def test_a_party_flooding_its_peers_with_unread_messages_is_dropped_and_named(consortium, tmp_path):
+    # party_b sends each peer 96 MiB at program counters no step reads: each honest party
+    # holds at most its job's bound (32 MiB and a little for this plan) and drops it, naming it
+    from jointstats.engine.party import unread_limit
+    from jointstats.plan import make_plan
+    from jointstats.plan.spec import load_spec
+    from tests.multiparty.hostile_party import FLOOD_BYTES
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(EXACT)
+    limit = unread_limit(make_plan(load_spec(spec_path), ["party_a", "party_b", "party_c"]))
+    assert limit < FLOOD_BYTES // 2
+    configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+
+    def args(cfg, out):
+        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "flood",
+                "--out", str(out), "--connect-timeout", "20"]
+    outcomes = _start(tmp_path, configs, "flood", "party", args)
+    for name in ("party_a", "party_c"):
+        error = outcomes[name]["error"]
+        assert not outcomes[name]["ok"]
+        assert error.startswith(f"party '{HOSTILE}' sent a malformed message"), (name, error)
+    assert any(f"over {limit} bytes of messages no step has read" in outcomes[n]["error"]
+               for n in ("party_a", "party_c")), outcomes
+    for cfg in configs:
+        _audit_verify(cfg)
+
+
+def test_a_party_lying_in_its_echo_is_named(consortium, tmp_path):
+    # party_b tells party_c, in the echo round, that party_c sent another record than it did:
+    # party_c knows its own record, so it names party_b with certainty, and tells party_a
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(EXACT)
+    configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
+
+    def args(cfg, out):
+        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "lying-echo",
+                "--out", str(out), "--connect-timeout", "20"]
+    outcomes = _start(tmp_path, configs, "lying-echo", "party", args)
+    assert outcomes["party_c"]["error"].startswith(
+        f"party '{HOSTILE}' misreported the record party 'party_c' sent it"), outcomes["party_c"]
+    assert outcomes["party_a"]["error"].startswith(f"party '{HOSTILE}' "), outcomes["party_a"]
+    for cfg in configs:
+        _audit_verify(cfg)

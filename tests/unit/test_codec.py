@@ -87,7 +87,18 @@ def test_ints_texts_and_records_round_trip():
     assert c.decode_record(c.encode_record({**STATUS, "plan": None, "job": None,
                                             "refusal": "party 'x' refused: no"}))["refusal"] == "party 'x' refused: no"
     assert c.decode_record(c.encode_record(RENDEZVOUS)) == RENDEZVOUS
-    assert c.decode_notice(c.encode_notice(2), 3) == 2
+    assert c.decode_notice(c.encode_notice(2), 3) == c.Notice(2, c.MALFORMED)
+    for cause in c.CAUSES:
+        assert c.decode_notice(c.encode_notice(1, cause), 3) == c.Notice(1, cause)
+    digests = [bytes([i]) * 32 for i in range(3)]
+    assert c.decode_digests(c.encode_digests(digests), 3) == digests
+    with pytest.raises(CodecError):
+        c.decode_digests(c.encode_digests(digests), 4)
+    c.decode_heartbeat(c.HEARTBEAT)
+    with pytest.raises(CodecError):
+        c.decode_heartbeat(b"\x00")
+    with pytest.raises(CodecError, match="unknown cause"):
+        c.decode_notice(c.encode_int(1) + b"\x09", 3)
 
 
 def test_transfer_codecs():
@@ -140,7 +151,7 @@ def _decoders():
             lambda d: c.decode_field_values(d, (1 << 2048) - 1942289, 2),
             lambda d: c.decode_array(d, np.uint64, (2, 3)),
             c.decode_int, c.decode_ints, c.decode_text, c.decode_record,
-            lambda d: c.decode_notice(d, 3)]
+            lambda d: c.decode_notice(d, 3), c.decode_heartbeat, lambda d: c.decode_digests(d, 3)]
 
 
 @pytest.mark.parametrize("decode", _decoders())

@@ -26,6 +26,9 @@ class Transport:
         self.closed, self.sent = False, []
     def close(self):
         self.closed = True
+    abort = close
+    def is_closing(self):
+        return self.closed
     def write(self, data):
         self.sent.append(bytes(data))
     def writelines(self, parts):
@@ -75,7 +78,7 @@ print(isinstance(pending, asyncio.Future) and not pending.done(), ta.closed, tc.
 print(rt.failed.result()[0])
 print(rt.failed.result()[1])
 pc, size = struct.unpack_from('<qI', tc.sent[-1])
-print(pc == _mpc.NOTICE_PC, _codec.decode_notice(tc.sent[-1][12:], 3))
+print(pc == _mpc.NOTICE_PC, _codec.decode_notice(tc.sent[-1][12:], 3).culprit)
 """)
     assert out[0] == "True True False"
     assert out[1] == "0"
@@ -125,13 +128,31 @@ print(rt.failed.done())
     assert out == ["2 True True", "1 True True", "0 True True", "9 True True", "False"]
 
 
-def test_a_notice_fails_the_job_naming_its_sender_and_only_an_index():
+def test_a_notice_fails_the_job_naming_the_culprit_then_its_sender_and_only_an_index():
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0)))
+print(await rt.failed)
+""")
+    assert out == ["(0, \"party 'a' sent a malformed message (reported by party 'c', which stopped the job)\")"]
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0, _codec.SILENT)))
+print(rt.failed.done())  # hearsay: held for HEARSAY_GRACE, even if c hangs up meanwhile
+c.connection_lost(None)
+print(rt.failed.done(), _codec.decode_notice(tc.sent[-1][12:], 3))  # acknowledged to c
+print(await rt.failed)
+""")
+    assert out == ["False", "False Notice(culprit=0, cause=1)",
+                   "(0, \"party 'a' went silent (reported by party 'c', which stopped the job)\")"]
+    # evidence of its own found during the grace wins over a peer's notice
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_notice(0, _codec.EQUIVOCATED)))
+a.connection_lost(None)
 print(rt.failed.result())
 """)
-    assert out == ["(2, \"party 'c' stopped the job: party 'a' sent it a malformed message\")"]
+    assert out == ["(0, \"party 'a' disconnected\")"]
     out = _run("""
 rt, a, ta, c, tc = await party_b()
 c.data_received(frame(_mpc.NOTICE_PC, _codec.encode_text("TLS\\nforged")))
@@ -142,8 +163,8 @@ print(tc.closed, rt.failed.result())
 
 def test_unread_messages_from_a_peer_are_bounded(monkeypatch):
     out = _run("""
-_codec.MAX_UNREAD = 1000
 rt, a, ta, c, tc = await party_b()
+rt.unread_limit = 1000
 a.data_received(frame(1, b'x' * 600))
 print(a.receive(1) == b'x' * 600, a.unread)
 a.data_received(frame(2, b'x' * 600) + frame(3, b'x' * 600))
@@ -152,6 +173,14 @@ print(ta.closed, rt.failed.result()[1])
     assert out[0] == "True 0"
     assert out[1] == ("True party 'a' sent a malformed message (over 1000 bytes of messages no step "
                       "has read); dropped")
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+rt.unread_limit = 1000
+a.data_received(struct.pack('<qI', 1, 1001))  # the header alone: refused before buffering
+print(ta.closed, rt.failed.result()[1])
+""")
+    assert out[0] == ("True party 'a' sent a malformed message (a message of 1001 bytes, over this "
+                      "job's limit of 1000); dropped")
 
 
 def test_two_messages_for_one_program_counter_are_read_in_order():
@@ -239,3 +268,74 @@ def test_a_certified_party_claiming_another_index_is_named_itself(tmp_path):
         rt.verify_peer(der, 0)
     assert err.value.culprit == 1
     assert str(err.value) == "TLS identity check of party 'party_b' (index 1) failed: it announced index 0 ('party_a')"
+
+
+def test_heartbeats_are_never_handed_to_a_step_and_carry_nothing():
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+a.data_received(frame(_mpc.HEARTBEAT_PC, b'') + frame(4, b'data'))
+print(list(a.buffers), a.unread, rt.failed.done())
+a.data_received(frame(_mpc.HEARTBEAT_PC, b'x'))
+print(ta.closed, rt.failed.result()[1])
+""")
+    assert out[0] == "[4] 4 False"
+    assert out[1] == ("True party 'a' sent a malformed message (a malformed heartbeat (expected 0 "
+                      "bytes of a heartbeat, got 1)); dropped")
+
+
+def test_a_silent_peer_is_named_and_the_others_told(monkeypatch):
+    # the liveness timer: heartbeats (empty frames) to every peer on each tick; a peer from
+    # which nothing came for SILENCE_LIMIT seconds fails the job, named first, and the other
+    # peers get a notice naming it (so they do not name whoever hangs up on them first)
+    out = _run("""
+_mpc.HEARTBEAT_INTERVAL = 0.05
+_mpc.SILENCE_LIMIT = 1.0
+rt, a, ta, c, tc = await party_b()
+rt._start_heartbeats()
+for _ in range(6):  # both peers heard from: nobody is silent
+    await asyncio.sleep(0.05)
+    a.data_received(frame(_mpc.HEARTBEAT_PC, b''))
+    c.data_received(frame(_mpc.HEARTBEAT_PC, b''))
+print(rt.failed.done(), sum(1 for m in ta.sent if m == frame(_mpc.HEARTBEAT_PC, b'')) >= 3)
+for _ in range(200):  # then only c: a goes silent
+    if rt.failed.done():
+        break
+    await asyncio.sleep(0.05)
+    c.data_received(frame(_mpc.HEARTBEAT_PC, b''))
+print(rt.failed.result()[0], rt.failed.result()[1].split(':')[0], ta.closed, tc.closed)
+print(_codec.decode_notice(tc.sent[-1][12:], 3))
+""")
+    assert out[0] == "False True"
+    assert out[1] == "0 party 'a' went silent True False"
+    assert out[2] == "Notice(culprit=0, cause=1)"
+
+
+def test_heartbeats_from_the_signal_handler_never_interrupt_transport_code():
+    # the watchdog's handler writes heartbeats only where no transport, TLS or selector code
+    # is on the stack (it would re-enter it); anywhere else (a computation) is fine
+    import asyncio
+    import sys
+
+    from jointstats import _mpc
+    assert _mpc._outside_transports(sys._getframe())
+    seen = []
+
+    class Probe(asyncio.Protocol):
+        def data_received(self, data):
+            seen.append(_mpc._outside_transports(sys._getframe()))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Probe, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"x")
+        await writer.drain()
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        writer.close()
+        server.close()
+    asyncio.run(main())
+    assert seen == [False]  # called from selector_events: not outside
