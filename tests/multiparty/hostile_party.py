@@ -69,7 +69,7 @@ EQUIVOCATIONS = {
 
 def arm_equivocation(kind: str, marker: str) -> None:
     """Tell party index 2 a changed record (``EQUIVOCATIONS[kind]``) in every record transfer."""
-    from jointstats import _codec, _mpc
+    from jointstats.mpc import codec as _codec, runtime as _mpc
     original = _mpc.JointRuntime._send_message
     change = EQUIVOCATIONS[kind]
 
@@ -88,7 +88,7 @@ def arm_equivocation(kind: str, marker: str) -> None:
 
 def arm_lying_echo(marker: str) -> None:
     """In the echo round, tell party index 2 that it sent another record than it did."""
-    from jointstats import _codec, _mpc
+    from jointstats.mpc import codec as _codec, runtime as _mpc
     original = _mpc.JointRuntime._send_message
 
     def send(self, peer_pid, data):
@@ -106,7 +106,7 @@ FLOOD_BYTES = 96 << 20
 
 def arm_flood(marker: str) -> None:
     """After its status record, send every peer FLOOD_BYTES at program counters no step uses."""
-    from jointstats import _mpc
+    from jointstats.mpc import runtime as _mpc
     original = _mpc.JointRuntime._send_message
     chunk = b"\0" * (1 << 20)
 

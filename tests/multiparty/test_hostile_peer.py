@@ -172,7 +172,7 @@ def test_a_party_flooding_its_peers_with_unread_messages_is_dropped_and_named(co
     # party_b sends each peer 96 MiB at program counters no step reads: each honest party
     # holds at most its job's bound (32 MiB and a little for this plan) and drops it, naming it
     from jointstats.engine.party import unread_limit
-    from jointstats.plan import make_plan
+    from jointstats.plan.sealed import make_plan
     from jointstats.plan.spec import load_spec
     from tests.multiparty.hostile_party import FLOOD_BYTES
     spec_path = tmp_path / "spec.yaml"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from bench import netem
-from jointstats import _mpc
+from jointstats.mpc import runtime as _mpc
 
 
 def test_heartbeat_chunks_count_for_no_round():

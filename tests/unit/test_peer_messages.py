@@ -316,7 +316,7 @@ def test_heartbeats_from_the_signal_handler_never_interrupt_transport_code():
     import asyncio
     import sys
 
-    from jointstats import _mpc
+    from jointstats.mpc import runtime as _mpc
     assert _mpc._outside_transports(sys._getframe())
     seen = []
 

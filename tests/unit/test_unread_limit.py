@@ -2,9 +2,9 @@
 derived from the job's plan, with a floor for fixed costs and a cap whatever the plan."""
 from __future__ import annotations
 
-from jointstats import _codec
+from jointstats.mpc import codec as _codec
 from jointstats.engine.party import UNREAD_PER_VALUE, unread_limit
-from jointstats.plan import make_plan
+from jointstats.plan.sealed import make_plan
 from jointstats.plan.spec import parse_spec
 
 PARTIES = ["a", "b", "c"]
@@ -39,7 +39,7 @@ def test_the_limit_grows_with_what_the_plan_shares():
 
 
 def test_the_limit_never_exceeds_the_cap(monkeypatch):
-    from jointstats import _party
+    from jointstats.engine import party as _party
     monkeypatch.setattr(_party, "UNREAD_PER_VALUE", 1 << 20)  # 180,000 cells of 1 MiB each
     stats = "".join(f"  t{i}: {{kind: crosstab, rows: g, cols: h}}\n" for i in range(2))
     plan = _plan(stats, f"  g: {{type: categorical, levels: {_levels(300)}}}\n"
