@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -77,18 +76,6 @@ async def _party(pid: int, ports: list[int], cases: list[str], speedups: bool) -
     return out
 
 
-def _free_ports(k: int) -> list[int]:
-    socks = []
-    for _ in range(k):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parties", type=int, default=3)
@@ -107,7 +94,9 @@ def main(argv=None) -> int:
         print(json.dumps(res))
         return 0
 
-    ports = _free_ports(args.parties)
+    sys.path.insert(0, str(ROOT))
+    from tests.ports import free_ports
+    ports = free_ports(args.parties)
     cmd = [sys.executable, __file__, "--ports", ",".join(map(str, ports))]
     for c in cases:
         cmd += ["--case", c]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,18 +64,6 @@ async def _party(pid: int, ports: list[int], mechanism: str, repeats: int) -> di
     return {"runs": runs}
 
 
-def _free_ports(k: int) -> list[int]:
-    socks = []
-    for _ in range(k):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.dpnoise", description=__doc__.split("\n\n")[0])
     ap.add_argument("--mechanism", choices=["dp-gaussian", "dp-laplace"], default="dp-gaussian")
@@ -88,7 +75,9 @@ def main(argv=None) -> int:
         ports = [int(p) for p in args.ports.split(",")]
         print(json.dumps(asyncio.run(_party(args.party, ports, args.mechanism, args.repeats))))
         return 0
-    ports = ",".join(map(str, _free_ports(3)))
+    sys.path.insert(0, str(ROOT))
+    from tests.ports import free_ports
+    ports = ",".join(map(str, free_ports(3)))
     cmd = [sys.executable, "-m", "bench.dpnoise", "--mechanism", args.mechanism,
            "--repeats", str(args.repeats), "--ports", ports]
     procs = [subprocess.Popen(cmd + ["--party", str(i)], cwd=ROOT, stdout=subprocess.PIPE, text=True)

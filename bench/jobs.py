@@ -6,29 +6,17 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from tests.ports import free_ports  # the one helper of tests and benchmarks
+
 BENCH = Path(__file__).resolve().parent
 SITE = BENCH / "_site"
 REPO = BENCH.parent
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on loopback (bound together, then released)."""
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 def tls_available() -> bool:

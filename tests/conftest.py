@@ -1,7 +1,6 @@
 """Shared fixtures: throw-away consortia of real party processes on free loopback ports."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on loopback (bound then released)."""
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+# free_ports: ports no outgoing connection takes before the parties bind them; a test whose run
+# failed on a port clash runs once more with fresh ports (tests/ports.py)
+from tests.ports import free_ports, pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401
 
 
 def write_consortium(root: Path, frames: list[pd.DataFrame], *, allow_exact: bool = True,

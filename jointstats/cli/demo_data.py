@@ -25,12 +25,13 @@ Each party's rows depend only on ``(seed, party)``, never on the other parties.
 """
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from jointstats._files import atomic_path
 
 __all__ = ["PARTIES", "DEFAULT_ROWS", "DEMO_SOURCES", "generate", "ensure_demo_data", "make_party_frame",
            "LINKED_COLUMNS", "LINKED_ROWS", "make_linked_frames"]
@@ -114,10 +115,7 @@ def make_party_frame(party: str, n: int, seed: int = 2026) -> pd.DataFrame:
 
 def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:
     """Write atomically: a crash never leaves a half-written file under ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created with the usual permissions
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(path) as tmp:  # created by the writer, with the usual permissions
         if fmt == "csv":
             df.to_csv(tmp, index=False, na_rep="", float_format="%.1f")
         elif fmt == "parquet":
@@ -143,10 +141,6 @@ def _write(df: pd.DataFrame, path: Path, fmt: str) -> None:
                 con.close()
         else:  # pragma: no cover - checked by the caller
             raise ValueError(fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _layout(fmt: str) -> dict[str, str]:

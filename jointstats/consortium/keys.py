@@ -17,10 +17,8 @@ import datetime as _dt
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import ssl
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from jointstats._files import atomic_write
 from jointstats.errors import AuthError, ConfigError, StaleRequestError
 
 __all__ = [
@@ -63,22 +62,8 @@ def _check_name(name: str, what: str) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temp file and rename, with permissions ``mode``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``data`` to ``path`` atomically with permissions ``mode`` (also jointstats.consortium.crl)."""
+    atomic_write(path, data, mode=mode)
 
 
 def _refuse_overwrite(paths: list[Path], overwrite: bool) -> None:

@@ -7,11 +7,12 @@ its own folder, atomically, so that a crash leaves either the old or the new fil
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from jointstats._files import atomic_write
 
 __all__ = ["JOB_ID_RE", "STATUSES", "NodeJob", "JobStore", "iso_time"]
 
@@ -69,15 +70,6 @@ class NodeJob:
                 "approval_reasons": self.approval_reasons, "decisions": self.decisions}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class JobStore:
     """Per-job folders beside the state file."""
 
@@ -100,12 +92,12 @@ class JobStore:
     def create(self, job: NodeJob, spec_text: str, submission: dict) -> None:
         d = self.folder(job.job_id)
         d.mkdir(parents=True, exist_ok=False)
-        _write_atomic(d / "spec.yaml", spec_text)
-        _write_atomic(d / "submission.json", json.dumps(submission, indent=1))
+        atomic_write(d / "spec.yaml", spec_text)
+        atomic_write(d / "submission.json", json.dumps(submission, indent=1))
         self.save(job)
 
     def save(self, job: NodeJob) -> None:
-        _write_atomic(self.folder(job.job_id) / "job.json", json.dumps(asdict(job), indent=1))
+        atomic_write(self.folder(job.job_id) / "job.json", json.dumps(asdict(job), indent=1))
 
     def load_all(self) -> dict[str, NodeJob]:
         jobs = {}

@@ -12,18 +12,19 @@ Where: ``set_directory(path)`` (a party's job sets it from its state file's fold
 environment variable ``JOINTSTATS_NOISE_PLAN_CACHE`` (a directory, or ``off``), which takes
 precedence over ``set_directory``. Without either, nothing is cached on disk.
 
-Files are JSON (never pickle), written atomically (a temporary file in the same directory,
-then ``os.replace``), at most ``MAX_FILE_BYTES`` each and ``MAX_FILES`` in all (the least
-recently used are removed beyond that).
+Files are JSON (never pickle), written atomically (``jointstats._files``: a temporary file in
+the same directory, then a rename), at most ``MAX_FILE_BYTES`` each and ``MAX_FILES`` in all
+(the least recently used are removed beyond that).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
+
+from jointstats._files import atomic_write, is_temp_name
 
 #: Bump whenever the plan construction changes what it chooses or how it bounds errors.
 CODE_VERSION = "noise-plans-2026-12-04.2"
@@ -191,24 +192,12 @@ def store(mechanism: str, k: str, choices: dict) -> None:
     data = encode(k, choices)
     if len(data) > MAX_FILE_BYTES:  # pragma: no cover - plans are a few kB
         return
-    tmp = None
     try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=d)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, _path(d, mechanism, k))
-        tmp = None
+        atomic_write(_path(d, mechanism, k), data, mode=0o600, fsync=False)  # lost: rebuilt
         stats["writes"] += 1
         _trim(d)
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _trim(d: Path) -> None:
@@ -218,7 +207,7 @@ def _trim(d: Path) -> None:
     entries = []
     with os.scandir(d) as it:
         for e in it:
-            if e.name.startswith(".tmp-"):
+            if is_temp_name(e.name) or e.name.startswith(".tmp-"):  # .tmp-*: older writers
                 try:
                     if e.stat().st_mtime < time.time() - 3600:
                         os.unlink(e.path)

@@ -11,7 +11,6 @@ import asyncio
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -82,21 +81,10 @@ async def _party(pid: int, ports: list[int], out: Path, n_dl: int, n_dg: int) ->
 # --------------------------------------------------------------------------- test side
 
 
-def _free_ports(k: int) -> list[int]:
-    socks = []
-    for _ in range(k):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _run_parties(tmp: Path, m: int, n_dl: int, n_dg: int, timeout: float = 90,
                  party_env: list[dict] | None = None) -> list[dict]:
-    ports = _free_ports(m)
+    from tests.ports import free_ports
+    ports = free_ports(m)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outs = [tmp / f"party{i}.json" for i in range(m)]
     procs = [subprocess.Popen([sys.executable, __file__, str(i), ",".join(map(str, ports)),
