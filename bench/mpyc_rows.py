@@ -26,20 +26,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import sys
 import time
 
 T0 = time.perf_counter()
-
-
-def peak_rss_kb() -> int:
-    """VmHWM: this process's own peak RSS (ru_maxrss would include its launcher's)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def load(path: str, stat: str, d: int, k: int):
@@ -179,8 +169,9 @@ def main(argv=None) -> int:
     from jointstats.mpc import runtime as _mpc  # noqa: F401
     phases["import_seconds"] = time.perf_counter() - t
     out = asyncio.run(party(args, phases))
-    phases.update(process_seconds=time.perf_counter() - T0, cpu_seconds=time.process_time(),
-                  peak_rss_kb=peak_rss_kb(), result=out)
+    phases.update(process_seconds=time.perf_counter() - T0, cpu_seconds=time.process_time())
+    from jointstats.engine.party import _peak_rss_kb  # the parties' own VmHWM reader
+    phases.update(peak_rss_kb=_peak_rss_kb(), result=out)
     with open(args.out, "w") as fh:
         json.dump(phases, fh)
     return 0
