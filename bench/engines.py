@@ -240,7 +240,6 @@ def bench_registry(rows: int, repeats: int, d: int = 10) -> None:
 
     from bench.data import party_file
     from bench.jobs import run_job
-    from bench.specs import COHORT_BOUNDS  # noqa: F401 - the bounds below are the specs' own
     t = time.perf_counter()
     reg = registry_dir(rows, d)
     hospitals = [party_file("cohort", 1_000_000, i, d=d) for i in (1, 2)]

@@ -556,7 +556,9 @@ class _GroupedQuery:
                     else:
                         expr = f"{value(ta)} * {value(tb)}"
                     slots[stat.name].append(aggs.setdefault(d.sum_int(expr), len(aggs)))
-        level_m = f"(SELECT {', '.join(list(masked.values()) + list(d.fence))} FROM (SELECT {', '.join(keep + ['_js_s' + str(i) for i in range(len(self.nums))])} FROM {level_g}) AS gk) AS m"
+        keep += [f"_js_s{i}" for i in range(len(self.nums))]
+        level_m = (f"(SELECT {', '.join(list(masked.values()) + list(d.fence))} "
+                   f"FROM (SELECT {', '.join(keep)} FROM {level_g}) AS gk) AS m")
         return f"SELECT {', '.join(aggs)} FROM {level_m}", slots
 
     def _levels(self, relation: str, codes: dict[str, dict[int, list]] | None) -> tuple[str, list[str]]:
