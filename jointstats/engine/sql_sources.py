@@ -17,16 +17,25 @@ docs/reference.md section 2):
   read by a SparkSession the party configures in the dataset entry
   (``spark: {master: local[2], conf: {...}}``).
 
-Pushdown. :meth:`SqlSource.aggregate` computes a plan's exact integer partial aggregates as
-a few aggregate queries in the engine and brings back only the aggregates:
+Pushdown. :meth:`SqlSource.aggregate` computes a plan's exact integer partial aggregates in
+the engine and brings back only aggregates (:class:`_GroupedQuery`):
 
-1. one ``GROUP BY GROUPING SETS`` scan over the categorical columns: each one's distinct values
-   and their counts; Python maps each distinct value to a level with the very rules of the file
-   readers (same code), and the engine gets the mapping as ``CASE WHEN col IN (...) THEN code``;
-2. one scan for every count, Gram entry and problem count (wrong-type, infinite, non-integral
-   values; clipped and missing values), each statistic's rows picked with ``FILTER (WHERE
-   every column present)``;
-3. one ``GROUP BY`` per crosstab and per histogram.
+1. one scan ``GROUP BY`` every categorical column's own value, every numeric column's state
+   (present, clipped, missing, infinite, not a number, not an integer) and every histogram's
+   bin, with ``COUNT(*)``: Python maps each distinct value to a level with the very rules of
+   the file readers (same code), and every count, crosstab cell, bin, problem count, clipped
+   and missing count follows from the groups. Past ``_MAX_GROUPS`` groups (many distinct
+   categorical values) the values are first mapped to levels (one ``GROUPING SETS`` scan) and
+   the engine groups by ``CASE WHEN col IN (...) THEN code``;
+2. the Gram sums, one exact ``SUM`` per distinct numeric grid term and per pair of them
+   (however many statistics share them; an indicator term only picks groups): in that same
+   grouped scan on PostgreSQL (an aggregate costs about the same grouped or not), in one more,
+   ungrouped scan on DuckDB and Spark (per-group sums measured ~3x slower there), where each
+   statistic's rows are picked by masking its terms' values to NULL once per row.
+
+Each subquery level computes its values once per row (PostgreSQL: a volatile, parallel-safe
+select-list item keeps a level from being merged into its parent without forbidding parallel
+workers, as ``OFFSET 0`` would).
 
 Exactness: a numeric term's grid value is computed as the numpy path does it, in IEEE
 float64: ``(x - offset) * multiplier`` (two separately rounded operations, as
@@ -37,7 +46,8 @@ then in DP mode clipped to the term's grid bounds. Every grid value is an intege
 at most 2**30 (plan.GRID_BITS; the constant and indicators are 0/1), so a product of two is
 below 2**60 and fits a 64-bit integer exactly; the sum over at most 2**31 rows (the plan's row
 limit) is below 2**91, which is summed exactly: DuckDB ``SUM(BIGINT)`` is a 128-bit HUGEINT
-(below 2**127), PostgreSQL ``SUM(bigint)`` is an arbitrary-precision NUMERIC, Spark sums
+(below 2**127), PostgreSQL ``SUM(bigint)`` keeps a 128-bit accumulator and returns an
+arbitrary-precision NUMERIC (per-row arithmetic stays in ``bigint``), Spark sums
 ``DECIMAL(38, 0)`` (below 10**38 > 2**126). No limbs are needed.
 
 Missing values, misfits and clipping follow :mod:`jointstats.engine.sources` (strict reading in
@@ -65,7 +75,7 @@ from jointstats.engine.sources import (
     _check_schema, _py_column, _MISSING, _INVALID,
 )
 from jointstats.errors import ConfigError, DataError, PolicyError
-from jointstats.plan.sealed import Plan, Term
+from jointstats.plan.sealed import Plan, StatPlan, Term
 from jointstats.plan.spec import Column
 
 log = logging.getLogger("jointstats.sources")
@@ -112,7 +122,12 @@ def _quote(name: str, q: str = '"') -> str:
 
 class _Dialect:
     name = "sql"
-    fence = ""  # what keeps a subquery from being flattened into its parent
+    # select-list items that keep a subquery from being merged into its parent (where the
+    # engine would then compute a value as often as the parent refers to it)
+    fence: tuple[str, ...] = ()
+    # Gram sums in the grouped scan (PostgreSQL: an aggregate costs the same grouped or not),
+    # or in an ungrouped second scan (DuckDB, Spark: per-group sums are several times slower)
+    grouped_sums = False
     double = "DOUBLE"
     bigint = "BIGINT"
     ident_quote = '"'
@@ -132,6 +147,11 @@ class _Dialect:
 
     def isinf(self, x: str) -> str:
         return f"isinf({x})"
+
+    def finite(self, x: str) -> str:
+        """``x`` is a number, neither infinite nor NaN (NULL: not true). NaN compares above
+        every number in DuckDB, PostgreSQL and Spark, so two comparisons decide it."""
+        return f"({x} > CAST('-Infinity' AS {self.double}) AND {x} < CAST('Infinity' AS {self.double}))"
 
     def rint(self, x: str) -> str:
         raise NotImplementedError
@@ -167,7 +187,11 @@ class _DuckDB(_Dialect):
 
 class _Postgres(_Dialect):
     name = "postgresql"
-    fence = " OFFSET 0"
+    # A subquery whose select list has a volatile function is never pulled up into its parent
+    # (PostgreSQL's is_simple_subquery); pg_is_in_recovery() is volatile, parallel safe and
+    # cheap (a flag), so unlike OFFSET 0 the scan below it still runs in parallel workers.
+    fence = ("pg_is_in_recovery() AS _js_fence",)
+    grouped_sums = True
     double = "DOUBLE PRECISION"
 
     def isnan(self, x: str) -> str:
@@ -299,150 +323,53 @@ class SqlSource(Source):
             if k == "other" and c.type == "categorical":
                 return None
         probs = _Problems()
-        codes = self._level_mappings([c for c in cols if c.type == "categorical"], probs)
-        if codes is None:
-            return None
-        d = self.dialect
+        cats = [c for c in cols if c.type == "categorical"]
+        query = _GroupedQuery(self.dialect, plan, cols, kinds)
         limit = plan.max_rows_per_party
-        # value expressions: v_i (DOUBLE, NULL if missing or misfit, clipped) / k_i (level code)
-        raw, flags, enc = [], [], []
-        for i, c in enumerate(cols):
-            col = d.q(c.name)
-            kind = kinds[c.name]
-            if c.type == "categorical":
-                enc.append(f"{_case_codes(col, codes[c.name], d)} AS _js_k{i}")
-                continue
-            x = f"_js_x{i}"
-            if kind == "num":
-                raw.append(f"CAST({col} AS {d.double}) AS {x}")
-                bad_inf = f"{d.isinf(x)}"
-                ok = f"NOT {d.isnan(x)}"
-                flags.append(("non_finite", c.name, bad_inf))
-                valid = f"({x} IS NOT NULL AND {ok} AND NOT {bad_inf})"
-            elif kind == "text":
-                t = d.trim(col)
-                raw.append(f"CASE WHEN {d.matches(t)} THEN CAST({t} AS {d.double}) END AS {x}")
-                raw.append(f"({col} IS NOT NULL AND NOT {d.matches(t)} AND lower({t}) NOT IN "
-                           f"({', '.join(_lit_str(m) for m in _MISSING_SQL)})) AS _js_bad{i}")
-                flags.append(("non_numeric", c.name, f"_js_bad{i}"))
-                bad_inf = f"{d.isinf(x)}"
-                flags.append(("non_finite", c.name, bad_inf))
-                valid = f"({x} IS NOT NULL AND NOT {bad_inf})"
-            elif kind == "null":
-                raw.append(f"CAST(NULL AS {d.double}) AS {x}")
-                valid = "FALSE"
-            else:  # booleans, dates, binary...: every present value has the wrong type
-                raw.append(f"CAST(NULL AS {d.double}) AS {x}")
-                raw.append(f"({col} IS NOT NULL) AS _js_bad{i}")
-                flags.append(("non_numeric", c.name, f"_js_bad{i}"))
-                valid = "FALSE"
-            if c.type == "integer" and kind in ("num", "text"):
-                nonint = f"({valid} AND {x} <> {d.rint(x)})"
-                flags.append(("non_integral", c.name, nonint))
-                valid = f"({valid} AND {x} = {d.rint(x)})"
-            v = f"CASE WHEN {valid} THEN {x} END"
-            if c.bounds is not None:
-                lo, hi = d.flt(c.bounds[0]), d.flt(c.bounds[1])
-                enc.append(f"({v}) < {lo} OR ({v}) > {hi} AS _js_clip{i}")
-                v = f"CASE WHEN {valid} THEN (CASE WHEN {x} < {lo} THEN {lo} WHEN {x} > {hi} THEN {hi} ELSE {x} END) END"
-            enc.append(f"{v} AS _js_v{i}")
-        index = {c.name: i for i, c in enumerate(cols)}
 
-        def present(name: str) -> str:
-            i = index[name]
-            return f"_js_{'k' if cols[i].type == 'categorical' else 'v'}{i} IS NOT NULL"
+        def scan(relation: str, limited: bool = False) -> _Groups | None:
+            # first the categorical columns' own values as grouping keys (one scan); if they
+            # have too many distinct values, map them to level codes first (one more scan).
+            # Where the engine sums much faster without groups (DuckDB, Spark), the grouped
+            # scan only counts and a second, ungrouped scan takes the Gram sums (not over a
+            # LIMIT: both scans must see the same rows)
+            sums = self.dialect.grouped_sums or limited or not query.grams
+            rows = self._grouped(query.sql(relation, None, sums), cap=_MAX_GROUPS)
+            codes = None
+            if rows is not None:
+                groups = _Groups(query, rows, self._key_column, probs, sums)
+                if groups.unmapped:
+                    return None
+            else:
+                codes = self._level_mappings(cats, probs)
+                if codes is None:
+                    return None
+                groups = _Groups(query, self._grouped(query.sql(relation, codes, sums), cap=None),
+                                 None, probs, sums)
+            if not sums:
+                sql, slots = query.gram_sql(relation, codes if codes is not None else groups.mapping())
+                values = self._query(sql)[0]
+                groups.gram = {name: [int(values[p] or 0) for p in pos] for name, pos in slots.items()}
+            return groups
 
-        # grid values of every distinct numeric term
-        grids: dict[tuple, str] = {}
-        grid_sql = []
-        for stat in plan.statistics:
-            for t in stat.terms:
-                if t.kind == "num" and _term_key(t) not in grids:
-                    name = f"_js_g{len(grids)}"
-                    grids[_term_key(t)] = name
-                    grid_sql.append(f"{_grid_sql(d, t, f'_js_v{index[t.column]}')} AS {name}")
-
-        def term_sql(t: Term) -> str:
-            if t.kind == "one":
-                return "1"
-            if t.kind == "ind":
-                return f"(CASE WHEN _js_k{index[t.column]} = {int(t.level)} THEN 1 ELSE 0 END)"
-            return grids[_term_key(t)]
-
-        aggs: list[str] = ["COUNT(*)"]
-        slots: dict[str, list[int]] = {}
-        for stat in plan.statistics:
-            where = " AND ".join(present(n) for n in stat.columns) or "TRUE"
-            if stat.kind == "count":
-                slots[stat.name] = [len(aggs)]
-                aggs.append(f"COUNT(*) FILTER (WHERE {where})")
-            elif stat.kind in _GRAM_KINDS:
-                pos = []
-                k = len(stat.terms)
-                for a in range(k):
-                    for b in range(a, k):
-                        pos.append(len(aggs))
-                        prod = f"CAST({term_sql(stat.terms[a])} AS {d.bigint}) * CAST({term_sql(stat.terms[b])} AS {d.bigint})"
-                        aggs.append(f"{d.sum_int(prod)} FILTER (WHERE {where})")
-                slots[stat.name] = pos
-        problem_slots = []
-        for reason, name, expr in flags:
-            problem_slots.append((reason, name, len(aggs)))
-            aggs.append(f"COUNT(*) FILTER (WHERE {expr})")
-        clip_slots, miss_slots = [], []
-        for i, c in enumerate(cols):
-            if c.type != "categorical" and c.bounds is not None:
-                clip_slots.append((c.name, len(aggs)))
-                aggs.append(f"COUNT(*) FILTER (WHERE _js_clip{i})")
-            miss_slots.append((c.name, len(aggs)))
-            aggs.append(f"COUNT(*) FILTER (WHERE NOT ({present(c.name)}))")
-        # nested subqueries, each computing its columns once per row; PostgreSQL would otherwise
-        # flatten them and evaluate every expression as often as it is referenced
-        fence = d.fence
-        # crosstab cells and histogram bins: one GROUP BY GROUPING SETS over every such statistic
-        keys: dict[str, tuple[str, ...]] = {}
-        bins = []
-        for stat in plan.statistics:
-            if stat.kind == "crosstab":
-                keys[stat.name] = tuple(f"_js_k{index[n]}" for n in stat.columns)
-            elif stat.kind == "histogram":
-                i = index[stat.columns[0]]
-                edges = [d.flt(e) for e in stat.edges]
-                nb = len(edges) - 1
-                case = " ".join(f"WHEN _js_v{i} < {edges[b + 1]} THEN {b}" for b in range(nb - 1))
-                name = f"_js_b{len(bins)}"
-                bins.append(f"CASE WHEN _js_v{i} IS NULL OR _js_v{i} < {edges[0]} OR _js_v{i} > {edges[-1]} "
-                            f"THEN NULL {case} ELSE {nb - 1} END AS {name}")
-                keys[stat.name] = (name,)
-        key_cols = list(dict.fromkeys(k for ks in keys.values() for k in ks))
-        sets = list(dict.fromkeys(keys.values()))
-
-        def scan(relation: str):
-            s_sql = f"(SELECT *{''.join(', ' + r for r in raw)} FROM {relation}{fence}) AS s"
-            e_sql = f"(SELECT *{''.join(', ' + r for r in enc)} FROM {s_sql}{fence}) AS e"
-            g_sql = f"(SELECT *{''.join(', ' + r for r in grid_sql)} FROM {e_sql}{fence}) AS g"
-            values = self._query(f"SELECT {', '.join(aggs)} FROM {g_sql}")[0]
-            if int(values[0]) > limit or not sets:
-                return values, []
-            # the crosstab keys pass through, the histogram bins are computed here
-            h_sql = (f"(SELECT {', '.join([k for k in key_cols if not k.startswith('_js_b')] + bins)} "
-                     f"FROM {e_sql}) AS h")
-            grouping = ", ".join("(" + ", ".join(st) + ")" for st in sets)
-            grouped = self._query(f"SELECT {', '.join(key_cols)}, COUNT(*) FROM {h_sql} "
-                                  f"GROUP BY GROUPING SETS ({grouping})")
-            return values, grouped
-
-        values, grouped = scan(self._relation())
-        n_rows = int(values[0])
+        groups = scan(self._relation())
+        if groups is None:
+            return None
+        n_rows = groups.total
         if n_rows > limit:
             if plan.mode != "dp":
                 raise PolicyError(f"has {n_rows} rows, more than the plan's limit of {limit} per party")
             # DP: use `limit` of the rows, say how many were left out only here
             log.warning("%d rows, more than the plan's limit of %d per party: %d rows are left out",
                         n_rows, limit, n_rows - limit)
-            values, grouped = scan(f"(SELECT * FROM {self._relation()} LIMIT {limit}) AS lim")
-        for reason, name, pos in problem_slots:
-            probs.add(name, reason, int(values[pos] or 0))
+            probs = _Problems()
+            groups = scan(f"(SELECT * FROM {self._relation()} LIMIT {limit}) AS lim", limited=True)
+            if groups is None:
+                return None
+            n_rows = groups.total
+        for i, c in enumerate(query.nums):
+            for reason, state in _STATE_REASONS.items():
+                probs.add(c.name, reason, groups.count_state(i, state))
         # CSV rows DuckDB could not split into the header's fields (or decode): strict reading
         # reports them; lenient reading counts each as a row whose every value is missing
         malformed, undecodable = self._rejected()
@@ -450,30 +377,23 @@ class SqlSource(Source):
             log.warning("party %r: its data is not valid UTF-8 text (source %s)", party, redact(self.spec))
             raise DataError(f"party {party!r}: its data is not valid UTF-8 text (source {redact(self.spec)})")
         blank = 0 if strict else malformed + undecodable
-        out: dict[str, list[int]] = {}
+        out = groups.partials(plan)
         for stat in plan.statistics:
-            if stat.name in slots:
-                out[stat.name] = [int(values[p] or 0) for p in slots[stat.name]]
-                if stat.kind == "count" and not stat.columns:
-                    out[stat.name][0] += blank
-            elif stat.name in keys:
-                out[stat.name] = [0] * stat.partial_size
-        for row in grouped:
-            got = dict(zip(key_cols, row[:-1]))
-            for stat_name, ks in keys.items():
-                # a row of grouping set ks has every key of ks (and none other) present
-                if all(got[k] is not None for k in ks) and all(
-                        got[k] is None for k in key_cols if k not in ks):
-                    stat = next(st for st in plan.statistics if st.name == stat_name)
-                    if stat.kind == "crosstab":
-                        pos = int(got[ks[0]]) * stat.shape[1] + int(got[ks[1]])
-                    else:
-                        pos = int(got[ks[0]])
-                    out[stat_name][pos] = int(row[-1])
-        self._report(cols, probs, party, strict, n_rows + blank,
-                     {n: int(values[p]) for n, p in clip_slots},
-                     {n: int(values[p]) + blank for n, p in miss_slots}, malformed + undecodable)
-        return {stat.name: out[stat.name] for stat in plan.statistics}
+            if stat.kind == "count" and not stat.columns:
+                out[stat.name][0] += blank
+        clipped = {c.name: groups.count_state(i, _CLIPPED) for i, c in enumerate(query.nums)}
+        missing = {c.name: groups.count_missing(c.name) + blank for c in cols}
+        self._report(cols, probs, party, strict, n_rows + blank, clipped, missing, malformed + undecodable)
+        return out
+
+    def _grouped(self, sql: str, cap: int | None) -> list[tuple] | None:
+        """The grouped scan's rows; None if there are more than ``cap`` of them."""
+        rows = self._query(sql if cap is None else f"{sql} LIMIT {cap + 1}")
+        return None if cap is not None and len(rows) > cap else rows
+
+    def _key_column(self, values: tuple) -> pa.Array:
+        """A categorical column's distinct values (Python values from the engine) as Arrow."""
+        return _py_column(values)
 
     def _level_mappings(self, cats: list[Column], probs: _Problems) -> dict[str, dict[int, list]] | None:
         """Per categorical column: level code -> the distinct source values that map to it (the
@@ -507,21 +427,12 @@ class SqlSource(Source):
         return out
 
     def _map_levels(self, c: Column, values: pa.Array, counts: list, probs: _Problems) -> dict[int, list] | None:
-        pyvals = values.to_pylist()
-        if isinstance(values, pa.DictionaryArray):
-            values = values.cast(values.type.value_type)
-        encoder = _CategoricalEncoder(c)
-        text = _as_text(values)
-        if text is None:
+        codes = _level_codes(c, values, counts, probs)
+        if codes is None:
             return None
-        if pa.types.is_dictionary(text.type):
-            text = text.cast(text.type.value_type)
         mapping: dict[int, list] = {}
-        for raw, word, n in zip(pyvals, text.to_pylist(), counts):
-            code = _MISSING if word is None else encoder._code(word)
-            if code == _INVALID:
-                probs.add(c.name, "levels", int(n))
-            elif code >= 0:
+        for raw, code in zip(values.to_pylist(), codes):
+            if code >= 0:
                 mapping.setdefault(code, []).append(raw)
         return mapping
 
@@ -543,6 +454,334 @@ class SqlSource(Source):
                  {k: v for k, v in missing.items() if v} or "none")
 
 
+# --------------------------------------------------------------------------- the grouped scan
+
+# per-row state of a numeric column (a grouping key): present (in bounds or clipped), or why not
+_PRESENT, _CLIPPED, _MISSING_STATE = 0, 1, 2
+_STATE_REASONS = {"non_finite": 3, "non_numeric": 4, "non_integral": 5}
+# Groups of the raw-value scan beyond which the categorical values are mapped to codes first.
+_MAX_GROUPS = 20_000
+
+
+class _GroupedQuery:
+    """The one aggregate query of a plan: ``GROUP BY`` every categorical column's value, every
+    numeric column's state and every histogram's bin, with ``COUNT(*)``, the sums of the
+    distinct numeric terms' grid values and the sums of their pairwise products.
+
+    Every partial follows from these groups: a statistic's rows are the groups where all its
+    columns are present; an indicator term only picks groups; so a plan needs one exact sum per
+    distinct numeric term and per pair of them, however many statistics share them. Each
+    subquery level computes its values once per row (PostgreSQL: a volatile, parallel-safe
+    column keeps the level from being merged into its parent, see ``_Postgres.fence``).
+    """
+
+    def __init__(self, d: _Dialect, plan: Plan, cols: list[Column], kinds: dict[str, str]) -> None:
+        self.d, self.kinds = d, kinds
+        self.cats = [c for c in cols if c.type == "categorical"]
+        self.nums = [c for c in cols if c.type != "categorical"]
+        self.terms: list[Term] = []
+        index: dict[tuple, int] = {}
+        linear: set[int] = set()
+        pairs: set[tuple[int, int]] = set()
+        self.hists: list[StatPlan] = []
+        for stat in plan.statistics:
+            if stat.kind == "histogram":
+                self.hists.append(stat)
+            nums = []
+            for t in stat.terms:
+                if t.kind == "num":
+                    key = _term_key(t)
+                    if key not in index:
+                        index[key] = len(self.terms)
+                        self.terms.append(t)
+                    nums.append(index[key])
+            if len(nums) < len(stat.terms):  # a constant or an indicator term: the plain sums
+                linear.update(nums)
+            pairs.update((min(a, b), max(a, b)) for a in nums for b in nums)
+        self.term_index = index
+        self.grams = [s for s in plan.statistics if s.kind in _GRAM_KINDS]
+        self.linear = sorted(linear)
+        self.pairs = sorted(pairs)
+
+    def sql(self, relation: str, codes: dict[str, dict[int, list]] | None, sums: bool = True) -> str:
+        """The query; categorical keys are the columns' values, or their level codes (``codes``);
+        without ``sums``, only the counts."""
+        level_g, keys = self._levels(relation, codes)
+        aggs = ["COUNT(*)"]
+        if sums:
+            aggs += [self.d.sum_int(f"_js_g{t}") for t in self.linear]
+            aggs += [self.d.sum_int(f"_js_g{t} * _js_g{u}") for t, u in self.pairs]
+        group = f" GROUP BY {', '.join(keys)}" if keys else ""
+        return f"SELECT {', '.join(keys + aggs)} FROM {level_g}{group}"
+
+    def gram_sql(self, relation: str, codes: dict[str, dict[int, list]]) -> tuple[str, dict[str, list[int]]]:
+        """One ungrouped query of every Gram statistic's entries. For each distinct set of
+        columns that must be present, each term's value is computed once per row as NULL where
+        the row does not count (``_js_m``); an entry is then the plain exact sum of a product
+        (NULL: left out), asked once however many statistics need it. Returns the query and
+        each statistic's slots."""
+        d = self.d
+        level_g, _ = self._levels(relation, codes)
+        pos = {c.name: i for i, c in enumerate(self.nums)}
+        cpos = {c.name: j for j, c in enumerate(self.cats)}
+        keep = [f"_js_g{t}" for t in range(len(self.terms))] + [f"_js_k{j}" for j in range(len(self.cats))]
+        filters: dict[str, int] = {}
+        masked: dict[tuple[int, tuple], str] = {}
+        aggs: dict[str, int] = {}
+        slots: dict[str, list[int]] = {}
+        for stat in self.grams:
+            cond = " AND ".join(f"_js_s{pos[n]} <= {_CLIPPED}" if n in pos else f"_js_k{cpos[n]} IS NOT NULL"
+                                for n in stat.columns) or "TRUE"
+            f = filters.setdefault(cond, len(filters))
+
+            def value(t: Term) -> str:
+                key = (f, (t.kind, t.column, t.level) if t.kind != "num" else _term_key(t))
+                if key not in masked:
+                    if t.kind == "one":
+                        v = "1"
+                    elif t.kind == "ind":
+                        v = f"CASE WHEN _js_k{cpos[t.column]} = {int(t.level)} THEN 1 ELSE 0 END"
+                    else:
+                        v = f"_js_g{self.term_index[_term_key(t)]}"
+                    masked[key] = f"CAST(CASE WHEN {cond} THEN {v} END AS {d.bigint}) AS _js_m{len(masked)}"
+                return masked[key].rsplit(" AS ", 1)[1]
+
+            k = len(stat.terms)
+            slots[stat.name] = []
+            for a in range(k):
+                for b in range(a, k):
+                    ta, tb = stat.terms[a], stat.terms[b]
+                    if ta.kind == "one" or tb.kind == "one":
+                        expr = value(tb if ta.kind == "one" else ta)
+                    else:
+                        expr = f"{value(ta)} * {value(tb)}"
+                    slots[stat.name].append(aggs.setdefault(d.sum_int(expr), len(aggs)))
+        keep += [f"_js_s{i}" for i in range(len(self.nums))]
+        level_m = (f"(SELECT {', '.join(list(masked.values()) + list(d.fence))} "
+                   f"FROM (SELECT {', '.join(keep)} FROM {level_g}) AS gk) AS m")
+        return f"SELECT {', '.join(aggs)} FROM {level_m}", slots
+
+    def _levels(self, relation: str, codes: dict[str, dict[int, list]] | None) -> tuple[str, list[str]]:
+        """The per-row subqueries (FROM item ``g``) and the grouping keys."""
+        d, f = self.d, list(self.d.fence)
+        cats = [f"{d.q(c.name) if codes is None else _case_codes(d.q(c.name), codes[c.name], d)} AS _js_k{j}"
+                for j, c in enumerate(self.cats)]
+        kcols = [f"_js_k{j}" for j in range(len(self.cats))]
+        # level a (only with text columns): trimmed text, whether it is a number, then its value
+        xs: dict[int, str] = {}  # how level c reads each numeric column's value
+        a, b = list(cats), list(kcols)
+        for i, c in enumerate(self.nums):
+            col, kind = d.q(c.name), self.kinds[c.name]
+            if kind == "text":
+                a += [f"{d.trim(col)} AS _js_t{i}", f"{d.matches(d.trim(col))} AS _js_m{i}"]
+                b += [f"_js_t{i}", f"CASE WHEN _js_m{i} THEN CAST(_js_t{i} AS {d.double}) END AS _js_x{i}"]
+                xs[i] = f"_js_x{i}"
+            elif kind == "num":
+                a.append(f"{col} AS _js_c{i}")
+                b.append(f"_js_c{i}")
+                xs[i] = f"CAST({col} AS {d.double})"
+            elif kind != "null":  # booleans, dates...: every present value has the wrong type
+                a.append(f"{col} AS _js_c{i}")
+                b.append(f"_js_c{i}")
+                xs[i] = col
+        if any(self.kinds[c.name] == "text" for c in self.nums):
+            source = f"(SELECT {', '.join(b + f)} FROM (SELECT {', '.join(a + f)} FROM {relation}) AS a) AS b"
+            xs = {i: (x if x.startswith("_js_x") else x.replace(d.q(self.nums[i].name), f"_js_c{i}", 1))
+                  for i, x in xs.items()}
+            kref = kcols
+        else:
+            source, kref = relation, cats
+        # level c: each numeric column's state and its value (missing or misfit: NULL; clipped)
+        cc = list(kref)
+        for i, c in enumerate(self.nums):
+            state, v = self._state(i, c, xs.get(i))
+            cc += [f"{state} AS _js_s{i}", f"{v} AS _js_v{i}"]
+        level_c = f"(SELECT {', '.join(cc + f)} FROM {source}) AS c"
+        # level g: grid values and histogram bins
+        pos = {c.name: i for i, c in enumerate(self.nums)}
+        scols = [f"_js_s{i}" for i in range(len(self.nums))]
+        gg = kcols + scols
+        for n, t in enumerate(self.terms):
+            gg.append(f"{_grid_sql(d, t, f'_js_v{pos[t.column]}')} AS _js_g{n}")
+        for h, stat in enumerate(self.hists):
+            v = f"_js_v{pos[stat.columns[0]]}"
+            edges = [d.flt(e) for e in stat.edges]
+            nb = len(edges) - 1
+            case = " ".join(f"WHEN {v} < {edges[k + 1]} THEN {k}" for k in range(nb - 1))
+            gg.append(f"CASE WHEN {v} IS NULL OR {v} < {edges[0]} OR {v} > {edges[-1]} "
+                      f"THEN NULL {case} ELSE {nb - 1} END AS _js_b{h}")
+        level_g = f"(SELECT {', '.join(gg + f)} FROM {level_c}) AS g"
+        return level_g, kcols + scols + [f"_js_b{h}" for h in range(len(self.hists))]
+
+    def _state(self, i: int, c: Column, x: str | None) -> tuple[str, str]:
+        """(SQL of the column's state, SQL of its value: NULL unless present, then clipped)."""
+        d, kind = self.d, self.kinds[c.name]
+        null = f"CAST(NULL AS {d.double})"
+        if kind == "null":
+            return str(_MISSING_STATE), null
+        if kind not in ("num", "text"):
+            return (f"(CASE WHEN {x} IS NULL THEN {_MISSING_STATE} "
+                    f"ELSE {_STATE_REASONS['non_numeric']} END)"), null
+        # a present value: finite, integral for an integer column; clipped if out of bounds
+        ok, inner = d.finite(x), []
+        if c.type == "integer":
+            inner.append(f"WHEN {x} <> {d.rint(x)} THEN {_STATE_REASONS['non_integral']}")
+            ok = f"({ok} AND {x} = {d.rint(x)})"
+        value = x
+        if c.bounds is not None:
+            lo, hi = d.flt(c.bounds[0]), d.flt(c.bounds[1])
+            inner.append(f"WHEN {x} < {lo} OR {x} > {hi} THEN {_CLIPPED}")
+            value = f"(CASE WHEN {x} < {lo} THEN {lo} WHEN {x} > {hi} THEN {hi} ELSE {x} END)"
+        present = f"(CASE {' '.join(inner)} ELSE {_PRESENT} END)" if inner else str(_PRESENT)
+        if kind == "num":
+            absent = f"WHEN {x} IS NULL OR {d.isnan(x)} THEN {_MISSING_STATE}"
+        else:  # text: not a number, or a missing-value token
+            missing = ", ".join(_lit_str(m) for m in _MISSING_SQL)
+            absent = (f"WHEN {x} IS NULL THEN (CASE WHEN _js_t{i} IS NULL OR lower(_js_t{i}) IN ({missing}) "
+                      f"THEN {_MISSING_STATE} ELSE {_STATE_REASONS['non_numeric']} END)")
+        state = (f"(CASE WHEN {d.finite(x)} THEN {present} {absent} "
+                 f"ELSE {_STATE_REASONS['non_finite']} END)")
+        return state, f"(CASE WHEN {ok} THEN {value} END)"
+
+
+class _Groups:
+    """The rows of a grouped scan, decoded: level codes, states, bins, counts and exact sums."""
+
+    def __init__(self, query: _GroupedQuery, rows: list[tuple], key_column, probs: _Problems,
+                 sums: bool = True) -> None:
+        self.q = query
+        self.gram: dict[str, list[int]] = {}  # Gram partials from the ungrouped scan, if any
+        self.raw = [tuple(r[j] for r in rows) for j in range(len(query.cats))]
+        nc, ns, nh = len(query.cats), len(query.nums), len(query.hists)
+        self.counts = [int(r[nc + ns + nh]) for r in rows]
+        self.total = sum(self.counts)
+        start = nc + ns + nh + 1
+        nl = len(query.linear) if sums else 0
+        self.linear = [[int(v or 0) for v in r[start:start + nl]] for r in rows]
+        self.pairs = [[int(v or 0) for v in r[start + nl:]] for r in rows]
+        self.codes: dict[str, list[int]] = {}
+        self.unmapped = False  # some categorical column's values have no text form
+        for j, c in enumerate(query.cats):
+            col = tuple(r[j] for r in rows)
+            if key_column is None:  # the scan grouped by level codes already
+                self.codes[c.name] = [-1 if v is None else int(v) for v in col]
+                continue
+            codes = _level_codes(c, key_column(col), self.counts, probs)
+            if codes is None:
+                self.unmapped = True
+                return
+            self.codes[c.name] = codes
+        self.states = {c.name: [int(r[nc + i]) for r in rows] for i, c in enumerate(query.nums)}
+        self.bins = [[r[nc + ns + h] for r in rows] for h in range(nh)]
+
+    def mapping(self) -> dict[str, dict[int, list]]:
+        """Per categorical column: level code -> the source values that map to it."""
+        out: dict[str, dict[int, list]] = {}
+        for j, c in enumerate(self.q.cats):
+            m = out.setdefault(c.name, {})
+            seen = set()
+            for raw, code in zip(self.raw[j], self.codes[c.name]):
+                key = (type(raw), raw)
+                if code >= 0 and key not in seen:
+                    seen.add(key)
+                    m.setdefault(code, []).append(raw)
+        return out
+
+    def _present(self, names: Sequence[str]) -> list[int]:
+        """Indices of the groups whose rows have every one of ``names`` present."""
+        rows = range(len(self.counts))
+        for n in names:
+            if n in self.states:
+                st = self.states[n]
+                rows = [g for g in rows if st[g] <= _CLIPPED]
+            else:
+                k = self.codes[n]
+                rows = [g for g in rows if k[g] >= 0]
+        return list(rows)
+
+    def count_state(self, i: int, state: int) -> int:
+        st = self.states[self.q.nums[i].name]
+        return sum(n for n, s in zip(self.counts, st) if s == state)
+
+    def count_missing(self, name: str) -> int:
+        if name in self.states:
+            return sum(n for n, s in zip(self.counts, self.states[name]) if s > _CLIPPED)
+        return sum(n for n, k in zip(self.counts, self.codes[name]) if k < 0)
+
+    def partials(self, plan: Plan) -> dict[str, list[int]]:
+        q = self.q
+        out: dict[str, list[int]] = {}
+        for stat in plan.statistics:
+            rows = self._present(stat.columns)
+            if stat.kind == "count":
+                out[stat.name] = [sum(self.counts[g] for g in rows)]
+            elif stat.kind == "crosstab":
+                cells = [0] * stat.partial_size
+                kr, kc = self.codes[stat.columns[0]], self.codes[stat.columns[1]]
+                for g in rows:
+                    cells[kr[g] * stat.shape[1] + kc[g]] += self.counts[g]
+                out[stat.name] = cells
+            elif stat.kind == "histogram":
+                bins = [0] * stat.partial_size
+                b = self.bins[q.hists.index(stat)]
+                for g in rows:
+                    if b[g] is not None:
+                        bins[int(b[g])] += self.counts[g]
+                out[stat.name] = bins
+            elif stat.name in self.gram:
+                out[stat.name] = self.gram[stat.name]
+            else:
+                out[stat.name] = self._gram(stat, rows)
+        return out
+
+    def _gram(self, stat: StatPlan, rows: list[int]) -> list[int]:
+        q = self.q
+        lin = {t: n for n, t in enumerate(q.linear)}
+        pair = {p: n for n, p in enumerate(q.pairs)}
+
+        def entry(a: Term, b: Term) -> int:
+            if a.kind == "num" and b.kind != "num":
+                a, b = b, a
+            # a is the constant or an indicator (or both are numeric)
+            picked = rows
+            for t in (a, b):
+                if t.kind == "ind":
+                    k = self.codes[t.column]
+                    picked = [g for g in picked if k[g] == t.level]
+            if b.kind != "num":
+                return sum(self.counts[g] for g in picked)
+            tb = q.term_index[_term_key(b)]
+            if a.kind != "num":
+                n = lin[tb]
+                return sum(self.linear[g][n] for g in picked)
+            ta = q.term_index[_term_key(a)]
+            n = pair[(min(ta, tb), max(ta, tb))]
+            return sum(self.pairs[g][n] for g in picked)
+
+        k = len(stat.terms)
+        return [entry(stat.terms[a], stat.terms[b]) for a in range(k) for b in range(a, k)]
+
+def _level_codes(c: Column, values: pa.Array, counts: Sequence[int], probs: _Problems) -> list[int] | None:
+    """Each value's level code by the file readers' rules (negative: missing or not a level;
+    values that are no level are counted, with their ``counts``); None if the column's type
+    has no text form."""
+    if isinstance(values, pa.DictionaryArray):
+        values = values.cast(values.type.value_type)
+    encoder = _CategoricalEncoder(c)
+    text = _as_text(values)
+    if text is None:
+        return None
+    if pa.types.is_dictionary(text.type):
+        text = text.cast(text.type.value_type)
+    codes = []
+    for word, n in zip(text.to_pylist(), counts):
+        code = _MISSING if word is None else encoder._code(word)
+        if code == _INVALID:
+            probs.add(c.name, "levels", int(n))
+        codes.append(code if code >= 0 else -1)
+    return codes
+
+
 def _term_key(t: Term) -> tuple:
     return (t.column, t.offset, t.multiplier, t.mult != 0, t.grid_lo, t.grid_hi)
 
@@ -551,9 +790,9 @@ def _grid_sql(d: _Dialect, t: Term, v: str) -> str:
     """``round((v - offset) * multiplier)`` as numpy computes it (see the module docstring)."""
     x = f"({v} - {d.flt(t.offset)})" if t.offset else v
     g = f"CAST({d.rint(f'{x} * {d.flt(t.multiplier)}')} AS {d.bigint})"
-    if t.mult:  # DP mode: clipped to the grid, as _local._grid_values
-        g = (f"(CASE WHEN {g} < {int(t.grid_lo)} THEN {int(t.grid_lo)} "
-             f"WHEN {g} > {int(t.grid_hi)} THEN {int(t.grid_hi)} ELSE {g} END)")
+    if t.mult:  # DP mode: clipped to the grid, as _local._grid_values (g computed once;
+        # LEAST and GREATEST skip NULLs, so a missing value stays NULL through the CASE)
+        g = f"(CASE WHEN {v} IS NOT NULL THEN LEAST(GREATEST({g}, {int(t.grid_lo)}), {int(t.grid_hi)}) END)"
     return g
 
 
@@ -772,6 +1011,15 @@ class PostgresSource(SqlSource):
 
     def _query(self, sql: str) -> list[tuple]:
         return self._cursor_run(sql).fetchall()
+
+    def _grouped(self, sql: str, cap: int | None) -> list[tuple] | None:
+        # the planner cannot know how few groups there are (a handful of level codes and
+        # states): without this it sorts the rows instead of hashing them
+        self._cursor_run("SET LOCAL enable_sort = off")
+        return super()._grouped(sql, cap)
+
+    def _key_column(self, values: tuple) -> pa.Array:
+        return _py_column(tuple(_pg_py(v) for v in values))
 
     def _query_arrow(self, sql: str) -> pa.Table:
         cur = self._cursor_run(sql)
