@@ -89,15 +89,16 @@ def _release_all() -> None:
     _reserved.clear()
 
 
-def _bindable(port: int, host: str = "127.0.0.1") -> bool:
-    s = socket.socket()
+def can_bind(address: str = "127.0.0.1", port: int = 0) -> bool:
+    """True if a TCP socket binds to ``(address, port)`` now (e.g. 127.0.0.2 for a second client
+    address: not every system routes all of 127/8). Without SO_REUSEADDR: a port still in
+    TIME_WAIT counts as taken."""
     try:
-        s.bind((host, port))  # without SO_REUSEADDR: a port still in TIME_WAIT is passed over too
+        with socket.socket() as s:
+            s.bind((address, port))
         return True
     except OSError:
         return False
-    finally:
-        s.close()
 
 
 def free_ports(count: int) -> list[int]:
@@ -115,7 +116,7 @@ def free_ports(count: int) -> list[int]:
         if len(_handed_out) > len(pool) // 2:
             _handed_out.clear()  # a very long run: start over (reservations still guard others)
         port = random.choice(pool)
-        if port in _handed_out or not _bindable(port) or not _reserve(port):
+        if port in _handed_out or not can_bind(port=port) or not _reserve(port):
             continue
         _handed_out.add(port)
         ports.append(port)

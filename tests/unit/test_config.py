@@ -7,17 +7,9 @@ import pytest
 import yaml
 
 from jointstats import ConfigError, load_party_config
+from tests.common import party_config
 
-GOOD = {
-    "party": "a",
-    "mpc": {"parties": [{"name": "a", "host": "127.0.0.1", "port": 11365},
-                        {"name": "b", "host": "127.0.0.1", "port": 11366}]},
-    "api": {"host": "127.0.0.1", "port": 8701},
-    "datasets": {"cohort": {"source": "data/a.csv"}},
-    "policy": {"budget": {"epsilon": 10.0, "delta": 1.0e-5}, "max_epsilon_per_job": 2.0,
-               "min_count": 5, "allow_exact": False, "analysts": {"alice": "keys/alice.pub"}},
-    "state": "state/a.sqlite",
-}
+GOOD = party_config()
 
 
 def write(tmp_path: Path, cfg: dict) -> Path:

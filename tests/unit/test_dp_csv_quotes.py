@@ -19,13 +19,11 @@ from jointstats.engine.local_step import compute_partials  # noqa: E402
 from jointstats.engine.sources import open_source  # noqa: E402
 from jointstats.plan.sealed import make_plan  # noqa: E402
 from jointstats.plan.spec import parse_spec  # noqa: E402
+from tests.common import cohort_schema  # noqa: E402
 
 SPEC = """
 dataset: d
-schema:
-  age: {type: real, bounds: [18, 100]}
-  bmi: {type: real, bounds: [10, 60]}
-privacy: {epsilon: 1.0, delta: 0}
+""" + cohort_schema("age", "bmi") + """privacy: {epsilon: 1.0, delta: 0}
 statistics:
   n: {kind: count}
   m: {kind: mean, column: age}

@@ -17,16 +17,11 @@ from jointstats.engine import dp as _dp  # noqa: E402
 from jointstats.engine.local_step import compute_partials  # noqa: E402
 from jointstats.plan.sealed import make_plan  # noqa: E402
 from jointstats.plan.spec import parse_spec  # noqa: E402
+from tests.common import cohort_schema  # noqa: E402
 
 SPEC = """
 dataset: d
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  bmi:    {type: real, bounds: [10, 60]}
-  visits: {type: integer, bounds: [0, 50]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-privacy: {epsilon: 2.0, delta: %s}
+""" + cohort_schema("age", "bmi", "visits", "smoker", "region") + """privacy: {epsilon: 2.0, delta: %s}
 statistics:
   n:    {kind: count}
   s:    {kind: sum, column: visits}

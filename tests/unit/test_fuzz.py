@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from jointstats import ConfigError, JointStatsError, SpecError, parse_spec
 from jointstats.consortium.config import parse_party_config
 from jointstats.consortium.keys import make_analyst_key, sign_submission
+from tests.common import party_config
 from tests.conftest import cohort_frame, free_ports, write_consortium
 
 #: Examples per property; raise it for a long run (docs/node.md, "Fuzzing").
@@ -53,16 +54,7 @@ VALID_SPEC = {
                          "ridge": 0.5, "intercept": True}},
 }
 
-VALID_CONFIG = {
-    "party": "a",
-    "mpc": {"parties": [{"name": "a", "host": "127.0.0.1", "port": 11365},
-                        {"name": "b", "host": "127.0.0.1", "port": 11366}]},
-    "api": {"host": "127.0.0.1", "port": 8701},
-    "datasets": {"cohort": {"source": "data/a.csv"}},
-    "policy": {"budget": {"epsilon": 10.0, "delta": 1.0e-5}, "max_epsilon_per_job": 2.0,
-               "min_count": 5, "allow_exact": False, "analysts": {"alice": "keys/alice.pub"}},
-    "state": "state/a.sqlite",
-}
+VALID_CONFIG = party_config()
 
 scalars = (st.none() | st.booleans() | st.integers(-10 ** 20, 10 ** 20)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)

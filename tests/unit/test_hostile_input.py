@@ -21,6 +21,7 @@ from jointstats.plan import spec as spec_module
 from jointstats.consortium.keys import make_analyst_key, sign_submission
 from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
+from tests.ports import can_bind
 from tests.unit.test_node_api import SPEC, body, call, get, node  # noqa: F401 - node is a fixture
 
 HEAD = """name: t
@@ -425,15 +426,6 @@ def limited_node(tmp_path):
     n.stop()
 
 
-def _can_bind(address: str) -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
-
-
 def test_400_slow_clients_hold_few_threads_briefly(limited_node):
     """400 clients trickling a request byte by byte: at most 16 of them (one client address)
     get a thread, the rest are turned away at once with 503, and each slow one is cut off at
@@ -462,7 +454,7 @@ def test_400_slow_clients_hold_few_threads_briefly(limited_node):
         time.sleep(0.5)
         assert limited_node.server.connections() <= 16
         assert threading.active_count() - threads_before <= 16 + 2
-        if _can_bind("127.0.0.2"):  # another client address is served during the attack
+        if can_bind("127.0.0.2"):  # another client address is served during the attack
             t0 = time.monotonic()
             response = raw_request(limited_node.url, b"GET /health HTTP/1.0\r\n\r\n", source="127.0.0.2")
             assert status_and_json(response)[0] == 200 and time.monotonic() - t0 < 2

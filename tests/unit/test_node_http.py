@@ -17,6 +17,7 @@ from jointstats.node.client import NodeClient
 from jointstats.consortium.keys import make_analyst_key
 from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
+from tests.ports import can_bind
 from tests.unit.test_node_api import body, call, get
 
 #: A DP histogram of 10,000 bins: parsing and planning it takes seconds of CPU.
@@ -59,15 +60,6 @@ def make_node(tmp_path):
         server.shutdown()
         server.server_close()
         node.stop()
-
-
-def _can_bind(address: str) -> bool:
-    try:
-        with socket.socket() as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
 
 
 def _recv_all(sock: socket.socket) -> bytes:
@@ -191,7 +183,7 @@ def test_requests_beyond_the_concurrency_limit_get_503_at_once(make_node):
 
 
 def test_one_address_cannot_take_every_request_slot(make_node):
-    if not _can_bind("127.0.0.2"):
+    if not can_bind("127.0.0.2"):
         pytest.skip("no second loopback address")
     node = make_node(max_requests=4, max_requests_per_client=1)
     release, entered = _block(node, "health")

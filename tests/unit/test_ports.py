@@ -31,6 +31,7 @@ def test_a_bound_port_is_passed_over(monkeypatch):
     monkeypatch.setattr(ports, "_pool", lambda: [busy, free])
     monkeypatch.setattr(ports, "_handed_out", set())
     monkeypatch.setattr(ports, "_reserve", lambda port: True)
+    assert ports.can_bind("127.0.0.1")
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", busy))
         assert ports.free_ports(1) == [free]

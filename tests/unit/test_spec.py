@@ -8,16 +8,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from jointstats import SpecError, parse_spec, validate
+from tests.common import cohort_schema
 
 BASE = """
 name: t
 dataset: cohort
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  visits: {type: integer, bounds: [0, 50]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-statistics:
+""" + cohort_schema("age", "visits", "smoker", "region") + """statistics:
 """
 
 
