@@ -1,8 +1,10 @@
 """Governance over three real nodes with TLS (docs/governance.md walk-through): the catalog
 lets a new analyst write a spec, an officer approves (or rejects) a high-epsilon job, an
 unapproved job expires, jobs outside an agreement are refused naming the reason, roles
-are checked on every route, a revoked analyst is refused after a policy reload, and the
-release report verifies."""
+are checked on every route, a revoked analyst is refused after a policy reload, a revoked
+party certificate fails the next job (and a CRL without it lets the party back in, no
+restart), and the release report verifies. docs/governance.md's walk-through itself runs
+verbatim in test_governance_walkthrough.py."""
 from __future__ import annotations
 
 import json
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from jointstats.errors import AuthError, JointStatsError, PartyError, PolicyError
+from jointstats.consortium.crl import issue_crl
 from jointstats.consortium.keys import make_analyst_key
 from tests.multiparty.test_node import NAMES, Cluster
 
@@ -29,8 +32,10 @@ EXPIRY = 25
 def gov(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("govnodes"))
     make_analyst_key("carol", c.root / "officers")
+    issue_crl(c.root / "ca", [])  # an empty CRL: ca/ca.crl, read by every node at every connection
     for i, path in enumerate(c.configs):
         cfg = yaml.safe_load(path.read_text())
+        cfg["mpc"]["tls"]["crl"] = "../ca/ca.crl"
         cfg["datasets"]["cohort"].update(schema=SCHEMA, description="synthetic cohort, one row a patient")
         pol = cfg["policy"]
         pol["max_epsilon_per_job"] = 1.0
@@ -194,3 +199,52 @@ def test_outside_agreement_roles_and_revocation(gov):
     for i in range(3):
         out = _cli("audit", "verify", "--config", str(c.configs[i]))
         assert out.returncode == 0, out.stderr
+
+
+CRL_SPEC = """name: crl
+dataset: cohort
+purpose: cardiovascular-risk-study
+schema:
+  age: {type: real, bounds: [18, 100]}
+statistics:
+  n: {kind: count}
+"""
+
+
+def test_revoked_party_certificate_is_refused_by_the_nodes(gov):
+    """The coordinator revokes party_c's certificate: the running nodes read the CRL at the next
+    connection, so the next job fails in the TLS handshake naming party_c (one line) and runs
+    nowhere; the previous CRL back in place lets party_c in again, without a restart."""
+    c = gov
+    crl = c.root / "ca" / "ca.crl"
+    before = crl.read_bytes()
+    try:
+        out = _cli("keys", "revoke", str(c.root / "keys" / "party_c.crt"), "--ca", str(c.root / "ca"))
+        assert out.returncode == 0 and "party_c (index 2) revoked" in out.stdout, out.stderr
+        with pytest.raises(PartyError) as err:
+            c.submit(CRL_SPEC, job_id="revoked-cert", timeout=120)
+        msg = str(err.value)
+        assert "TLS handshake with party 'party_c' failed" in msg and "certificate revoked" in msg, msg
+        assert "\n" not in msg
+        # no node ran it: the party that saw the handshake fail failed it, the others were cancelled
+        states = {NAMES[i]: _wait_status_in(c, i, "revoked-cert", ("failed", "cancelled")) for i in range(3)}
+        assert "failed" in {s["status"] for s in states.values()}, states
+        assert not any(s.get("result") for s in states.values())
+    finally:
+        crl.write_bytes(before)
+    result = c.submit(CRL_SPEC, timeout=120)  # the next connection accepts party_c again
+    assert result.results["n"]["value"] == sum(len(f) for f in c.frames)
+    for i in range(3):
+        out = _cli("audit", "verify", "--config", str(c.configs[i]))
+        assert out.returncode == 0, out.stderr
+
+
+def _wait_status_in(c, i, job_id, statuses, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = c.status(i, job_id)
+        if st["status"] in statuses:
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} at {NAMES[i]}: {st['status']}, not {statuses}: {c.logs()}")
+        time.sleep(0.2)
