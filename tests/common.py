@@ -1,8 +1,10 @@
-"""Test material shared across folders: the spec YAML of ``tests.conftest.cohort_frame``'s columns
-and a valid party config.
+"""Test material shared across folders: the spec YAML of ``tests.conftest.cohort_frame``'s columns,
+a valid party config, and a cluster of nodes started and stopped together.
 
 (Ports: ``tests/ports.py``; consortia of party configs: ``tests/conftest.py``.)"""
 from __future__ import annotations
+
+import contextlib
 
 #: the spec schema entry (flow-style YAML) of each column of ``cohort_frame``
 COHORT_COLUMNS = {
@@ -34,3 +36,18 @@ def party_config() -> dict:
                    "min_count": 5, "allow_exact": False, "analysts": {"alice": "keys/alice.pub"}},
         "state": "state/a.sqlite",
     }
+
+
+@contextlib.contextmanager
+def nodes_running(cluster, count: int = 3):
+    """Start the ``count`` nodes of a ``tests.multiparty.test_node.Cluster`` together, wait until
+    each is healthy, yield the cluster, and stop every node however the block ends."""
+    try:
+        for i in range(count):
+            cluster.start(i, wait=False)
+        for i in range(count):
+            cluster.wait_healthy(i)
+        yield cluster
+    finally:
+        for i in range(count):
+            cluster.stop(i)

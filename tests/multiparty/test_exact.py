@@ -10,19 +10,13 @@ import statsmodels.api as sm
 
 from jointstats import run
 from jointstats.errors import PartyError
+from tests.common import cohort_schema
 from tests.conftest import cohort_frame
 
 SPEC = """
 name: exact-check
 dataset: cohort
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  bmi:    {type: real, bounds: [10, 60]}
-  sbp:    {type: real, bounds: [80, 220]}
-  visits: {type: integer, bounds: [0, 50]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-statistics:
+""" + cohort_schema() + """statistics:
   n:        {kind: count}
   n_bmi:    {kind: count, column: bmi}
   age_sum:  {kind: sum, column: age}

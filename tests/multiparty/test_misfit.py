@@ -21,18 +21,13 @@ from jointstats.engine.party import local_step_failure  # noqa: E402
 from jointstats.engine.sources import MISFIT_RULE_DP  # noqa: E402
 from jointstats.ledger.state import NodeState  # noqa: E402
 from jointstats.consortium.config import load_party_config  # noqa: E402
+from tests.common import cohort_schema  # noqa: E402
 from tests.conftest import cohort_frame  # noqa: E402
 
 HEAD = """
 name: misfit
 dataset: cohort
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  bmi:    {type: real, bounds: [10, 60]}
-  visits: {type: integer, bounds: [0, 50]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-"""
+""" + cohort_schema("age", "bmi", "visits", "smoker", "region")
 STATS = """statistics:
   n:        {kind: count}
   mean_bmi: {kind: mean, column: bmi}

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from jointstats.errors import JointStatsError
+from tests.common import nodes_running
 from tests.multiparty.test_node import EXACT, ROWS, Cluster, _workers_of
 
 #: Generous bound on a loaded machine; the target is 10 s (docs/node.md, Liveness and blame).
@@ -26,15 +27,8 @@ BOUND = 30.0
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("nodes"))
-    try:
-        for i in range(3):
-            c.start(i, wait=False)
-        for i in range(3):
-            c.wait_healthy(i)
+    with nodes_running(c):
         yield c
-    finally:
-        for i in range(3):
-            c.stop(i)
 
 
 def _job_of(c: Cluster, i: int, before: set[str]) -> str | None:

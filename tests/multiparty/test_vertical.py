@@ -22,6 +22,7 @@ import yaml
 
 from jointstats import PartyError, run, validate
 from jointstats.engine import linkage as L
+from tests.common import cohort_schema
 from tests.conftest import cohort_frame, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,14 +32,7 @@ name: linked
 dataset: linked
 partition: vertical
 link: {key: pid%s}
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  bmi:    {type: real, bounds: [10, 60]}
-  sbp:    {type: real, bounds: [80, 220]}
-  visits: {type: integer, bounds: [0, 50]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-"""
+""" + cohort_schema()
 
 ALL_KINDS = """statistics:
   n:      {kind: count}
