@@ -1,45 +1,49 @@
-"""Phase timings (and optional profiles) inside a party process, without touching jointstats.
+"""Phase timings (and optional profiles and what-ifs) of a party process, from outside jointstats.
 
-Installed by ``bench/_site/sitecustomize.py`` in processes started by the harness.
-It wraps, as their modules are imported, the functions one party's job goes through
-and, at exit, writes a JSON file of absolute timestamps and durations to the directory
-named by JOINTSTATS_BENCH_PROBE_DIR (read when the file is written, so that a party forked
-from jointstats' launcher writes where its own job asked; JOINTSTATS_BENCH_PROBE=1 switches
-the probe on at interpreter start):
+Observation goes through the engine's tracing hook (``jointstats.engine.trace``): the harness
+names ``bench._probe:install`` in JOINTSTATS_TRACE (``bench/jobs.py``, ``probed_env``), every
+party process installs it when it starts, and its sink turns the job's spans into a record.
+At exit the record (absolute timestamps and durations) is written as JSON to the directory
+named by JOINTSTATS_BENCH_PROBE_DIR (read when the file is written):
 
-* ``t_site``: the interpreter reached site (Python itself is up);
-* ``t_main``: the party's entry point starts working (first ``load_party_config``),
-  so ``t_main - t_site`` is import time;
-* ``read`` / ``aggregate``: time inside the chunk reader (Arrow read + schema encoding)
-  and in the partial-aggregate code (``jointstats.engine.local_step``), which together are the local step;
-* ``connect``: ``JointRuntime.start`` (includes waiting for the slowest peer's local step);
-* ``plan``: the party's DP noise plans (``jointstats.engine.output.add_noise_plans``);
-* ``sync``: the status exchange right after connecting (plan hash, refusals);
-* ``stats``: per statistic seconds and bytes sent in its secure step (exact or DP); with
-  JOINTSTATS_BENCH_SECURE_REPEATS=k each exact secure step runs k times and each run is
-  recorded with its ``repeat`` index;
-* ``close``: ``JointRuntime.close``; ``ledger``: the party's state database work;
+* ``t_site``: the interpreter reached site (``bench/_site/sitecustomize.py``, when the probe
+  variables are set at interpreter start; else when this module was imported), or the fork
+  from jointstats' launcher;
+* ``t_main``: the party's entry point starts working (span ``start``), so ``t_main - t_site`` is
+  import time;
+* ``read`` / ``aggregate``: time in the chunk reader (spans ``read``: Arrow read + schema
+  encoding) and the rest of the local step (span ``local_step`` less its reads);
+* ``connect``: span ``connect`` (includes waiting for the slowest peer's local step);
+* ``plan``: span ``plan`` (the party's DP noise plans);
+* ``sync``: span ``sync``, the status exchange right after connecting (plan hash, refusals);
+* ``stats``: spans ``statistic``: per statistic seconds, bytes sent and CPU over its window,
+  ``phase`` ``secure`` (exact), ``prepare`` or ``reveal`` (DP);
+* ``close``: span ``close``; ``ledger``: spans ``ledger`` (the party's state database work);
 * ``t_exit``: at exit.
 
-With JOINTSTATS_BENCH_PROFILE=cprofile:DIR or pyinstrument:DIR the whole process is profiled
-and the profile saved in DIR; ``cpu:DIR`` is cProfile on CPU time (``time.process_time``),
-which does not charge a party for the time co-located parties hold the cores. A party
-forked from the launcher starts a fresh profile at the fork, so it holds only the party.
+The rest is not observation but intervention, and so stays bench-side, installed by
+``bench/_site/sitecustomize.py`` at interpreter start (``install_patches``):
 
-JOINTSTATS_BENCH_PATCH (comma-separated) tries proposed engine changes without editing the
-package, to measure them (``python -m bench.profile --whatif``):
+* JOINTSTATS_BENCH_SECURE_REPEATS=k runs each exact secure step k times (every party does, in
+  the same order, so the MPC stays in step) and records each run with its ``repeat`` index;
+* with JOINTSTATS_BENCH_PROFILE=cprofile:DIR or pyinstrument:DIR the whole process is profiled
+  and the profile saved in DIR; ``cpu:DIR`` is cProfile on CPU time (``time.process_time``),
+  which does not charge a party for the time co-located parties hold the cores. A party forked
+  from the launcher starts a fresh profile at the fork, so it holds only the party;
+* JOINTSTATS_BENCH_PATCH (comma-separated) tries proposed engine changes without editing the
+  package, to measure them (``python -m bench.profile --whatif``):
 
-* ``no_pandas``: pandas cannot be imported (pyarrow then never loads it behind our back);
-* ``rowgroup_reader``: Parquet is read with one ``iter_batches`` per row group, so the
-  decoded row groups already consumed are released;
-* ``fast_exit``: the party process ends with ``os._exit`` once its result file is written,
-  skipping interpreter teardown;
-* ``log_coins``: the DP samplers' biased coins [R < c] by a log-depth comparator (one AND
-  round per level of a prefix tree over the batch's longest coin, K bits, for every coin:
-  about twice the ANDs) instead of bit by bit (one round per bit): the same coin laws, the
-  coins of a batch in ceil(log2 K) AND rounds instead of K - 1 (``log_depth_lane_coins``
-  replaces ``jointstats.noise.sampler._lane_coins``; ``log_depth_coins`` is the same comparator for
-  one list of coins, tests/unit/test_noise_plans.py checks both exact).
+  * ``no_pandas``: pandas cannot be imported (pyarrow then never loads it behind our back);
+  * ``rowgroup_reader``: Parquet is read with one ``iter_batches`` per row group, so the
+    decoded row groups already consumed are released;
+  * ``fast_exit``: the party process ends with ``os._exit`` once its result file is written,
+    skipping interpreter teardown;
+  * ``log_coins``: the DP samplers' biased coins [R < c] by a log-depth comparator (one AND
+    round per level of a prefix tree over the batch's longest coin, K bits, for every coin:
+    about twice the ANDs) instead of bit by bit (one round per bit): the same coin laws, the
+    coins of a batch in ceil(log2 K) AND rounds instead of K - 1 (``log_depth_lane_coins``
+    replaces ``jointstats.noise.sampler._lane_coins``; ``log_depth_coins`` is the same
+    comparator for one list of coins, tests/unit/test_noise_plans.py checks both exact).
 """
 from __future__ import annotations
 
@@ -66,36 +70,6 @@ REC: dict = _new_record(T_SITE)
 _RT = {}
 
 
-def _timed(key):
-    """Decorator: add the wrapped call's duration to REC[key]."""
-    def deco(fn):
-        if getattr(fn, "_bench_wrapped", False):
-            return fn
-
-        @functools.wraps(fn)
-        def wrapper(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                REC[key] = (REC.get(key) or 0.0) + time.perf_counter() - t
-        wrapper._bench_wrapped = True
-        return wrapper
-    return deco
-
-
-def _patch_config(mod):
-    orig = mod.load_party_config
-
-    @functools.wraps(orig)
-    def load_party_config(path):
-        REC.setdefault("t_main", time.time())
-        cfg = orig(path)
-        REC.setdefault("party", cfg.party)
-        return cfg
-    mod.load_party_config = load_party_config
-
-
 def _patch_sources(mod):
     if "rowgroup_reader" not in PATCHES:
         return
@@ -115,75 +89,21 @@ def _patch_sources(mod):
     cls._batches = _batches
 
 
-def _patch_local(mod):
-    orig = mod.compute_partials
-
-    def compute_partials(plan, chunks):
-        def timed_chunks():
-            it = iter(chunks)
-            while True:
-                t, c = time.perf_counter(), time.process_time()
-                try:
-                    chunk = next(it)
-                except StopIteration:
-                    REC["read"] += time.perf_counter() - t
-                    REC["read_cpu"] = REC.get("read_cpu", 0.0) + time.process_time() - c
-                    return
-                REC["read"] += time.perf_counter() - t
-                REC["read_cpu"] = REC.get("read_cpu", 0.0) + time.process_time() - c
-                yield chunk
-        t0 = time.perf_counter()
-        REC["t_local_start"] = time.time()
-        try:
-            return orig(plan, timed_chunks())
-        finally:
-            REC["aggregate"] += time.perf_counter() - t0 - REC["read"]
-            REC["t_local_end"] = time.time()
-    mod.compute_partials = compute_partials
+def _repeats() -> int:
+    # read at call time: a party forked from the launcher imported this module long before
+    return max(1, int(os.environ.get("JOINTSTATS_BENCH_SECURE_REPEATS", "1") or 1))
 
 
-def _patch_mpc(mod):
-    cls = mod.JointRuntime
-    start, guard, close = cls.start, cls.guard, cls.close
-
-    async def s(self, *a, **kw):
-        _RT["rt"] = self
-        t = time.perf_counter()
-        REC["t_connect_start"] = time.time()
-        try:
-            return await start(self, *a, **kw)
-        finally:
-            REC["connect"] = time.perf_counter() - t
-
-    async def g(self, awaitable, timeout, what):
-        t = time.perf_counter()
-        try:
-            return await guard(self, awaitable, timeout, what)
-        finally:
-            if what == "the local step":
-                REC["sync"] = time.perf_counter() - t
-                REC["secure_start"] = time.time()
-                REC["bytes_at_sync"] = self.bytes_sent()
-
-    async def c(self, *a, **kw):
-        REC["secure_end"] = time.time()
-        REC["bytes_at_end"] = self.bytes_sent()
-        t = time.perf_counter()
-        try:
-            return await close(self, *a, **kw)
-        finally:
-            REC["close"] = time.perf_counter() - t
-    cls.start, cls.guard, cls.close = s, g, c
-
-
-def _stat_wrapper(fn, phase):
-    # JOINTSTATS_BENCH_SECURE_REPEATS=k runs each exact secure step k times in a row (every
-    # party does, in the same order, so the MPC stays in step) and records each run: the
-    # median of k runs on the job's real partials is far steadier than one run on this VM.
+def _repeat_wrapper(fn):
+    """JOINTSTATS_BENCH_SECURE_REPEATS=k runs each exact secure step k times in a row (every
+    party does, in the same order, so the MPC stays in step) and records each run: the median
+    of k runs on the job's real partials is far steadier than one run on this VM. (The span
+    sink then leaves the exact ``statistic`` spans to this record.)"""
     @functools.wraps(fn)
     async def wrapper(rt, stat, *a, **kw):
-        # read at call time: a party forked from the launcher imported this module long before
-        repeats = max(1, int(os.environ.get("JOINTSTATS_BENCH_SECURE_REPEATS", "1") or 1)) if phase == "secure" else 1
+        repeats = _repeats()
+        if repeats == 1:
+            return await fn(rt, stat, *a, **kw)
         result = None
         for repeat in range(repeats):
             b0 = rt.bytes_sent()
@@ -191,8 +111,7 @@ def _stat_wrapper(fn, phase):
             try:
                 result = await fn(rt, stat, *a, **kw)
             finally:
-                # cpu_seconds: the whole process's CPU over the window (concurrent statistics overlap)
-                REC["stats"].append({"name": stat.name, "kind": stat.kind, "phase": phase, "repeat": repeat,
+                REC["stats"].append({"name": stat.name, "kind": stat.kind, "phase": "secure", "repeat": repeat,
                                      "seconds": time.perf_counter() - t, "bytes": rt.bytes_sent() - b0,
                                      "cpu_seconds": time.process_time() - c})
         return result
@@ -200,24 +119,7 @@ def _stat_wrapper(fn, phase):
 
 
 def _patch_output(mod):
-    mod.secure_statistic = _stat_wrapper(mod.secure_statistic, "secure")
-    # ``plan``: the party's DP noise plans (``PartyJob.plan`` imports this at call time; the
-    # party module itself is not patched: run as ``python -m`` it must keep its own loader)
-    if hasattr(mod, "add_noise_plans"):
-        mod.add_noise_plans = _timed("plan")(mod.add_noise_plans)
-
-
-def _patch_dp(mod):
-    for name in ("prepare", "reveal"):
-        if hasattr(mod, name):
-            setattr(mod, name, _stat_wrapper(getattr(mod, name), name))
-
-
-def _patch_hooks(mod):
-    cls = mod.LedgerHooks
-    for name in ("__init__", "before_data", "before_reveal", "done", "failed"):
-        if hasattr(cls, name):
-            setattr(cls, name, _timed("ledger")(getattr(cls, name)))
+    mod.secure_statistic = _repeat_wrapper(mod.secure_statistic)
 
 
 async def log_depth_coins(ctx, coins, W):
@@ -303,10 +205,7 @@ def _patch_noise(mod):
 
 PATCHES = set(filter(None, os.environ.get("JOINTSTATS_BENCH_PATCH", "").split(",")))
 
-_PATCHES = {"jointstats.consortium.config": _patch_config, "jointstats.engine.local_step": _patch_local,
-            "jointstats.engine.sources": _patch_sources,
-            "jointstats.mpc.runtime": _patch_mpc, "jointstats.engine.output": _patch_output,
-            "jointstats.engine.dp": _patch_dp, "jointstats.engine.hooks": _patch_hooks,
+_PATCHES = {"jointstats.engine.sources": _patch_sources, "jointstats.engine.output": _patch_output,
             "jointstats.noise.sampler": _patch_noise}
 
 
@@ -355,6 +254,8 @@ def vm_hwm_kb() -> int | None:
 
 
 def _write():
+    if "party" not in REC and "trace" in _STATE and _STATE["trace"].context.get("party"):
+        REC["party"] = _STATE["trace"].context["party"]
     REC["t_exit"] = time.time()
     REC["vm_hwm_kb"] = vm_hwm_kb()
     REC["argv"] = sys.argv
@@ -431,8 +332,59 @@ def _after_fork_in_child():
         _start_profiler()
 
 
+def _on_span(span) -> None:
+    """The trace sink: fold one finished span of the party's job into REC."""
+    name, start, duration, attrs = span
+    end = start + duration
+    if "party" not in REC and _STATE["trace"].context.get("party"):
+        REC["party"] = _STATE["trace"].context["party"]
+    if name == "start":
+        REC.setdefault("t_main", start)
+    elif name == "read":
+        REC["read"] += duration
+        REC["read_cpu"] = REC.get("read_cpu", 0.0) + attrs.get("cpu", 0.0)
+    elif name == "local_step":
+        REC["aggregate"] += duration - REC["read"]
+        REC["t_local_start"], REC["t_local_end"] = start, end
+    elif name == "connect":
+        REC["t_connect_start"], REC["connect"] = start, duration
+    elif name == "plan":
+        REC["plan"] = (REC.get("plan") or 0.0) + duration
+    elif name == "sync":
+        REC["sync"], REC["secure_start"] = duration, end
+        REC["bytes_at_sync"] = attrs.get("bytes_sent")
+    elif name == "statistic":
+        if attrs.get("phase") == "secure" and _repeats() > 1:
+            return  # recorded run by run by the repeat wrapper
+        REC["stats"].append({"name": attrs.get("stat"), "kind": attrs.get("kind"), "phase": attrs.get("phase"),
+                             "repeat": 0, "seconds": duration, "bytes": attrs.get("bytes"),
+                             "cpu_seconds": attrs.get("cpu")})
+    elif name == "close":
+        REC["secure_end"], REC["bytes_at_end"] = start, attrs.get("bytes_sent")
+        REC["close"] = duration
+    elif name == "ledger":
+        REC["ledger"] += duration
+
+
 def install():
-    """Install the import hooks (and the profiler if asked); idempotent."""
+    """The trace sink (named by JOINTSTATS_TRACE=bench._probe:install in each party process),
+    the exit record, and the profiler if asked and not started at interpreter start; idempotent."""
+    from jointstats.engine import trace
+    if _STATE.get("sink"):
+        return
+    _STATE["trace"] = trace
+    _STATE["sink"] = trace.add_sink(_on_span)
+    atexit.register(_write)
+    if not _PROFILE:
+        _start_profiler()
+
+
+_STATE: dict = {}
+
+
+def install_patches():
+    """At interpreter start (bench/_site/sitecustomize.py): the what-if patches, the secure-step
+    repeats, the profiler and the fork hook; idempotent."""
     if any(isinstance(f, _Finder) for f in sys.meta_path):
         return
     os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -441,5 +393,4 @@ def install():
     if "fast_exit" in PATCHES:
         _fast_exit()
     sys.meta_path.insert(0, _Finder())
-    atexit.register(_write)
     _start_profiler()

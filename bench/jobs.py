@@ -65,9 +65,10 @@ def write_configs(root: Path, files: list[Path], *, tls: bool = False, peers_of=
 @contextlib.contextmanager
 def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | None = None,
                secure_repeats: int = 1, launch: str | None = None):
-    """Environment for child processes: our sitecustomize on the path, probe/profile switched on."""
+    """Environment for child processes: our sitecustomize on the path, probe/profile switched on
+    (the probe's trace sink named in JOINTSTATS_TRACE)."""
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROBE_DIR",
-                                            "JOINTSTATS_BENCH_PROFILE",
+                                            "JOINTSTATS_BENCH_PROFILE", "JOINTSTATS_TRACE",
                                             "JOINTSTATS_BENCH_PATCH", "JOINTSTATS_BENCH_SECURE_REPEATS",
                                             "JOINTSTATS_LAUNCH")}
     parts = [str(SITE), str(REPO)] + ([saved["PYTHONPATH"]] if saved["PYTHONPATH"] else [])
@@ -75,6 +76,11 @@ def probed_env(probe_dir: Path | None, profile: str | None = None, patch: str | 
     if probe_dir is not None:
         os.environ["JOINTSTATS_BENCH_PROBE"] = "1"
         os.environ["JOINTSTATS_BENCH_PROBE_DIR"] = str(probe_dir)
+    if probe_dir is not None or profile:
+        # the probe's span sink, installed by every party process as it starts (the engine's
+        # tracing hook, jointstats/engine/trace.py)
+        sinks = [s for s in (saved["JOINTSTATS_TRACE"] or "").split(",") if s and s != "bench._probe:install"]
+        os.environ["JOINTSTATS_TRACE"] = ",".join([*sinks, "bench._probe:install"])
     if profile:
         os.environ["JOINTSTATS_BENCH_PROFILE"] = profile
     if patch:

@@ -4,7 +4,23 @@ It reads only its own config and data, checks its own policy, computes its parti
 aggregates locally, joins the MPC with the other parties, checks that all hold the
 same plan, runs the secure step and writes the revealed result (or a one-line error).
 
-Usage: ``python -m jointstats.engine.party --config A.yaml --spec SPEC --job-id ID --out FILE``
+Usage: ``python -m jointstats.engine.party --job JOB`` (JOB: a JSON job description, or the
+path of a file holding one), or for a person ``python -m jointstats.engine.party --config A.yaml
+--spec SPEC --job-id ID --out FILE``.
+
+The worker protocol (what ``jointstats.local.runner`` and the node's scheduler speak):
+
+* the job description: ``{"config": path, "spec": path, "job_id": str, "out": path,
+  "connect_timeout": seconds, "analyst": str}`` (``JobDescription``);
+* events: the process's stdout is reserved for them, one JSON object a line
+  (``{"event": "progress", "party": ..., "message": ...}``, then exactly one of
+  ``{"event": "result", "party": ..., "path": ...}`` or ``{"event": "error", "party": ...,
+  "kind": <class name in jointstats.errors>, "message": ..., "cause": ..., "path": ...}``);
+  anything else the process would print on stdout goes to its stderr, which is its own log;
+* the result file at ``out`` (written before the terminal event): the payload the runner reads.
+
+Phases are marked with spans of ``jointstats.engine.trace`` (sinks named by JOINTSTATS_TRACE
+are installed when the process starts).
 """
 from __future__ import annotations
 
@@ -19,6 +35,8 @@ import time
 from pathlib import Path
 
 from jointstats.mpc import codec as _codec
+from jointstats.engine import trace
+from jointstats.engine.protocol import EventWriter, JobDescription
 from jointstats.consortium.config import PartyConfig, load_party_config
 from jointstats.errors import DataError, JointStatsError, PartyError, PeerLostError, PlanMismatchError
 from jointstats.plan.sealed import Plan, make_plan
@@ -80,7 +98,8 @@ class PartyJob:
         # noise plans (the samplers' coins) cached beside this party's state file
         _plan_cache.set_directory(_plan_cache.directory_for_state(self.config.state))
         plan = make_plan(self.spec, [p.name for p in self.config.peers])
-        return add_noise_plans(self.spec, plan)
+        with trace.span("plan"):
+            return add_noise_plans(self.spec, plan)
 
     def local_step(self, plan: Plan) -> dict[str, list[int]]:
         """Policy check, then read, validate, clip and aggregate this party's own rows.
@@ -120,7 +139,10 @@ class PartyJob:
         def aggregate():
             # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
             # (jointstats.engine.sql_sources); None: stream its rows through the numpy path
-            _fault_point(party, "local_step")
+            with trace.span("local_step"):
+                return aggregate_rows()
+
+        def aggregate_rows():
             if plan.vertical:  # a linked job: keys and encoded rows (jointstats.engine.vertical)
                 from jointstats.engine.vertical import local_block
                 try:
@@ -134,7 +156,7 @@ class PartyJob:
                 if partials is None:
                     chunks = source.iter_chunks(list(self.spec.schema), party, chunk_rows=CHUNK_ROWS,
                                                 strict=not dp, exclude=exclusion)
-                    partials = compute_partials(plan, chunks)
+                    partials = compute_partials(plan, _traced_chunks(chunks) if trace.active() else chunks)
                 from jointstats.engine.report import fingerprint  # the data's version, for the release report
                 self.fingerprint = fingerprint(self.config, self.spec.dataset, exclusion)
                 return partials
@@ -158,14 +180,16 @@ class PartyJob:
         reason = str(exc)
         return reason if reason.startswith("party ") else f"party {self.config.party!r} refused: {reason}"
 
-    async def _each_statistic(self, rt, plan: Plan, step, what: str, report: bool = False) -> dict:
+    async def _each_statistic(self, rt, plan: Plan, step, what: str, report: bool = False,
+                              phase: str = "secure") -> dict:
         """Run ``step(stat)`` for every statistic concurrently; their results by name.
 
         Every statistic's MPC work is started (in plan order) before any is awaited, on its
         own branch of the program counter, so the statistics share round trips.
         """
         from jointstats.mpc import runtime as _mpc
-        pending = {stat.name: _mpc.start_branch(step(stat)) for stat in plan.statistics}
+        pending = {stat.name: _mpc.start_branch(_traced_step(rt, stat, step(stat), phase))
+                   for stat in plan.statistics}
         out = {}
         for stat in plan.statistics:
             out[stat.name] = await rt.guard(_mpc.await_branch(pending[stat.name]),
@@ -191,14 +215,15 @@ class PartyJob:
         partials = None
         try:
             if self.hooks:
-                self.hooks.before_data(plan)
+                with trace.span("ledger", hook="before_data"):
+                    self.hooks.before_data(plan)
         except JointStatsError as exc:
             refusal, refused_by = self._refusal(exc), type(exc).__name__
         # Connect while the local step runs in a thread (Arrow and numpy release the GIL):
         # the connections are up when the slowest peer's data are read, and no party polls
         # for a peer that is still reading. Nothing about the data is sent before the
         # status exchange below.
-        connecting = asyncio.ensure_future(rt.start(self.connect_timeout))
+        connecting = asyncio.ensure_future(_traced("connect", rt.start(self.connect_timeout)))
         if refusal is None:
             local = asyncio.ensure_future(_in_thread(self.local_step, plan))
             await asyncio.wait({local, connecting}, return_when=asyncio.FIRST_EXCEPTION)
@@ -222,12 +247,14 @@ class PartyJob:
             rt.abort()
             raise
         self.progress("connected")
-        _fault_point(cfg.party, "after_connect")
+        trace.point("after_connect")
         try:
             status = {"party": cfg.party, "plan": plan.sha256, "job": self.job_id,
                       "refusal": refusal, "min_count_floor": cfg.policy.min_count}
-            statuses = await rt.guard(rt.transfer(status, codec=_codec.RECORD), LOCAL_STEP_TIMEOUT,
-                                      "the local step")
+            with trace.span("sync") as sync:
+                statuses = await rt.guard(rt.transfer(status, codec=_codec.RECORD), LOCAL_STEP_TIMEOUT,
+                                          "the local step")
+                sync["bytes_sent"] = rt.bytes_sent()
             # each status is named by its sender's index in mpc.parties, never by what it claims
             for name, st in zip(names, statuses):
                 if st["refusal"]:
@@ -256,12 +283,13 @@ class PartyJob:
                 noise = _dp.sample_noise(rt, plan)  # all of the job's noise in one batch
                 noisy = await self._each_statistic(rt, plan, lambda stat: _dp.prepare(
                     rt, stat, partials[stat.name], effective_min_count(stat, floors),
-                    noise.get(stat.name)), "statistic")
-                _fault_point(cfg.party, "before_commit")
+                    noise.get(stat.name)), "statistic", phase="prepare")
+                trace.point("before_commit")
                 await rt.guard(rt.transfer("ready", codec=_codec.TEXT), SECURE_STEP_TIMEOUT, "the noise step")
-                _fault_point(cfg.party, "commit")
+                trace.point("commit")
                 if self.hooks:
-                    self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
+                    with trace.span("ledger", hook="before_reveal"):
+                        self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
                 # and reveal only once every party has committed: an opening needs only t + 1
                 # shares, so without this barrier the others could open while one party's
                 # commit failed, and its ledger would not have charged the release
@@ -269,17 +297,19 @@ class PartyJob:
                                "the budget commit")
                 results = await self._each_statistic(rt, plan, lambda stat: _dp.reveal(
                     rt, stat, noisy[stat.name], effective_min_count(stat, floors)), "revealing",
-                    report=True)
+                    report=True, phase="reveal")
             else:
                 if self.hooks:
-                    self.hooks.before_reveal(plan)
+                    with trace.span("ledger", hook="before_reveal"):
+                        self.hooks.before_reveal(plan)
                 results = await self._each_statistic(rt, plan, lambda stat: secure_statistic(
                     rt, stat, partials[stat.name], effective_min_count(stat, floors)), "statistic",
                     report=True)
             self.metrics["secure_seconds"] = time.perf_counter() - started
             self.metrics["bytes_sent"] = rt.bytes_sent()
             self.metrics.update(rt.link_metrics())
-            await rt.close()
+            with trace.span("close", bytes_sent=rt.bytes_sent()):
+                await rt.close()
         except BaseException:
             rt.abort()
             raise
@@ -295,6 +325,41 @@ class PartyJob:
         return {"protocol": self.spec.name, "job_id": self.job_id, "spec_sha256": self.spec.sha256,
                 "parties": names, "mpc": mpc, "privacy": privacy,
                 "results": results}
+
+
+async def _traced(name: str, awaitable, **attrs):
+    """``await awaitable`` inside span ``name``."""
+    with trace.span(name, **attrs):
+        return await awaitable
+
+
+async def _traced_step(rt, stat, awaitable, phase: str):
+    """One statistic's secure step (already started) inside a ``statistic`` span, with the
+    bytes this party sent over its window (statistics run at once: windows overlap)."""
+    if not trace.active():
+        return await awaitable
+    sent, cpu = rt.bytes_sent(), time.process_time()
+    with trace.span("statistic", stat=stat.name, kind=stat.kind, phase=phase) as attrs:
+        try:
+            return await awaitable
+        finally:
+            attrs["bytes"] = rt.bytes_sent() - sent
+            attrs["cpu"] = time.process_time() - cpu  # the whole process's (windows overlap)
+
+
+def _traced_chunks(chunks):
+    """The chunks, each one's read (the reader's work to yield it) in a ``read`` span."""
+    it = iter(chunks)
+    while True:
+        cpu = time.process_time()
+        with trace.span("read") as attrs:
+            try:
+                chunk = next(it)
+            except StopIteration:
+                attrs["cpu"] = time.process_time() - cpu
+                return
+            attrs["cpu"] = time.process_time() - cpu
+        yield chunk
 
 
 async def _in_thread(fn, *args):
@@ -390,58 +455,73 @@ def _log_to_stderr() -> None:
     logger.propagate = False
 
 
-def _fault_point(party: str, point: str) -> None:
-    """Test hook: JOINTSTATS_TEST_FAULT=party:point makes that party die abruptly there;
-    ``party:point:pause=S`` makes it pause S seconds there instead."""
-    fault = os.environ.get("JOINTSTATS_TEST_FAULT", "")
-    if fault == f"{party}:{point}" or fault.startswith(f"{party}:{point}:pause="):
-        print(f"fault {party}:{point}", file=sys.stderr, flush=True)  # when, for the fault table
-    if fault == f"{party}:{point}":
-        os._exit(137)
-    if fault.startswith(f"{party}:{point}:pause="):
-        time.sleep(float(fault.rsplit("=", 1)[1]))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of a party process; exit status 0 on success, 1 with a one-line reason."""
+def _job_description(argv: list[str] | None) -> JobDescription:
+    """The job: ``--job JSON`` (or ``--job PATH``), or the flags a person would type."""
     parser = argparse.ArgumentParser(prog="jointstats-party")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--spec", required=True)
-    parser.add_argument("--job-id", required=True)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--job", help="the JSON job description, or the path of a file holding it")
+    parser.add_argument("--config")
+    parser.add_argument("--spec")
+    parser.add_argument("--job-id")
+    parser.add_argument("--out")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--analyst", default="local")
     args = parser.parse_args(argv)
+    if args.job is not None:
+        try:
+            return JobDescription.load(args.job)
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(f"--job: {exc}")
+    missing = [flag for flag, value in (("--config", args.config), ("--spec", args.spec),
+                                        ("--job-id", args.job_id), ("--out", args.out)) if value is None]
+    if missing:
+        parser.error(f"--job, or all of {', '.join(missing)}, required")
+    return JobDescription(args.config, args.spec, args.job_id, args.out, args.connect_timeout,
+                          args.analyst)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a party process; exit status 0 on success, 1 with a one-line reason
+    (the worker protocol: ``jointstats.engine.protocol``)."""
+    desc = _job_description(argv)
+    events = EventWriter.take_stdout()
+    trace.install_from_env()
+    trace.context["job_id"] = desc.job_id
+    trace.point("start")
     _configure_arrow()
     _log_to_stderr()
-    out = Path(args.out)
+    out = Path(desc.out)
     name = "?"
     dp = True  # until the spec says otherwise: an unexpected error's text is not passed on
     try:
-        config = load_party_config(args.config)
-        name = config.party
+        config = load_party_config(desc.config)
+        name = trace.context["party"] = config.party
         _stop_on_sigterm(name)
-        spec = load_spec(args.spec)
+        spec = load_spec(desc.spec)
         dp = not spec.exact
-        job = PartyJob(config, spec, args.job_id, connect_timeout=args.connect_timeout,
-                       progress=lambda msg: print(f"progress {name}: {msg}", file=sys.stderr, flush=True))
+        job = PartyJob(config, spec, desc.job_id, connect_timeout=desc.connect_timeout,
+                       progress=lambda msg: events.emit("progress", party=name, message=msg))
         from jointstats.engine.roles import job_hooks
-        job.hooks = job_hooks(config, spec, args.job_id, analyst=args.analyst)
+        with trace.span("ledger", hook="open"):
+            job.hooks = job_hooks(config, spec, desc.job_id, analyst=desc.analyst)
         try:
             try:
-                result = asyncio.run(job.run())
+                with trace.span("job"):
+                    result = asyncio.run(job.run())
             except BaseException as exc:
-                job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
+                with trace.span("ledger", hook="failed"):
+                    job.hooks.failed(str(exc) if isinstance(exc, JointStatsError) else type(exc).__name__)
                 raise
-            job.hooks.done(result)
+            with trace.span("ledger", hook="done"):
+                job.hooks.done(result)
             from jointstats.engine.report import approvals_of, attest
             agreement = getattr(job.hooks, "agreement", None)
-            attestation = attest(config, result, analyst=args.analyst, purpose=spec.purpose,
+            attestation = attest(config, result, analyst=desc.analyst, purpose=spec.purpose,
                                  agreement=None if agreement is None else agreement.id,
                                  dataset_fingerprint=job.fingerprint,
-                                 approvals=approvals_of(config, args.job_id))
+                                 approvals=approvals_of(config, desc.job_id))
         finally:
-            job.hooks.close()
+            with trace.span("ledger", hook="close"):
+                job.hooks.close()
         job.metrics["peak_rss_kb"] = _peak_rss_kb()
         job.metrics["cpu_seconds"] = time.process_time()
         job.metrics["pid"], job.metrics["ppid"] = os.getpid(), os.getppid()
@@ -463,6 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(tmp, out)
     if status:
         print(payload["error"], file=sys.stderr, flush=True)
+        events.emit("error", party=name, kind=payload["kind"], message=payload["error"],
+                    cause=payload.get("cause"), path=str(out))
+    else:
+        events.emit("result", party=name, path=str(out))
+    trace.point("end")
     return status
 
 

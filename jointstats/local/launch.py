@@ -8,7 +8,8 @@ of wall time for that in every job. So, by default on Linux, parties are forked 
 launching process, never a fork of the caller) that has imported those modules and holds
 nothing else: no data, no keys, no event loop, no threads. A fork costs milliseconds.
 
-The launcher forks one child per request, hands it its stderr and environment, reports
+The launcher forks one child per request, hands it its stdout (the worker's events channel,
+``jointstats.engine.protocol``), stderr and environment, reports
 its exit status, and dies with the process that started it. ``JOINTSTATS_LAUNCH=exec``
 starts every party with a fresh interpreter instead. A node forks its job workers the same
 way, from a launcher of its own started with the node.
@@ -35,9 +36,8 @@ PRELOAD = ("jointstats.engine.party", "jointstats.engine.local_step", "jointstat
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: Variables read when an interpreter starts: a party forked from a launcher started with
 #: other values would not be the process an exec'd party is, so each distinct set of them has
-#: its own launcher. (The last three switch on the benchmark's instrumentation, bench/_site.)
-STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONHASHSEED", *THREAD_VARIABLES,
-                     "JOINTSTATS_BENCH_PROBE", "JOINTSTATS_BENCH_PROFILE", "JOINTSTATS_BENCH_PATCH")
+#: its own launcher. (Trace sinks, JOINTSTATS_TRACE, are installed by each party as it starts.)
+STARTUP_VARIABLES = ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONHASHSEED", *THREAD_VARIABLES)
 
 
 def use_launcher() -> bool:
@@ -94,11 +94,12 @@ class _Launcher:
             self.gone = True
             self.reply_ready.notify_all()
 
-    def start(self, argv: list[str], env: dict[str, str], stderr_fd: int, new_session: bool = False) -> int:
+    def start(self, argv: list[str], env: dict[str, str], stdout_fd: int, stderr_fd: int,
+              new_session: bool = False) -> int:
         with self.lock:
             payload = (json.dumps({"argv": argv, "env": env, "cwd": os.getcwd(),
                                    "new_session": new_session}) + "\n").encode()
-            socket.send_fds(self.sock, [payload], [stderr_fd])
+            socket.send_fds(self.sock, [payload], [stdout_fd, stderr_fd])
             with self.reply_ready:
                 if not self.reply_ready.wait_for(lambda: self.replies or self.gone, timeout=30) or not self.replies:
                     raise OSError("the party launcher did not answer")
@@ -141,20 +142,24 @@ def start_launcher(env: dict[str, str]) -> None:
 
 class ForkedParty:
     """A party process forked by the launcher, with the part of ``subprocess.Popen``'s
-    interface the runner uses (``stderr``, ``poll``, ``wait``, ``terminate``, ``kill``,
-    ``returncode``)."""
+    interface the runner uses (``stdout``: the events, ``stderr``: the log, ``poll``,
+    ``wait``, ``terminate``, ``kill``, ``returncode``)."""
 
     def __init__(self, argv: list[str], env: dict[str, str], new_session: bool = False):
         self._launcher = _get_launcher(env)
-        read_fd, write_fd = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
         try:
-            self.pid = self._launcher.start(argv, env, write_fd, new_session)
+            self.pid = self._launcher.start(argv, env, out_w, err_w, new_session)
         except BaseException:
-            os.close(read_fd)
+            os.close(out_r)
+            os.close(err_r)
             raise
         finally:
-            os.close(write_fd)
-        self.stderr: IO[str] = open(read_fd, "r", encoding="utf-8", errors="replace")
+            os.close(out_w)
+            os.close(err_w)
+        self.stdout: IO[str] = open(out_r, "r", encoding="utf-8", errors="replace")
+        self.stderr: IO[str] = open(err_r, "r", encoding="utf-8", errors="replace")
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
@@ -185,7 +190,8 @@ class ForkedParty:
 
 def start_party(argv: list[str], env: dict[str, str], *, new_session: bool = False,
                 exec_command: list[str] | None = None):
-    """Start one party process running ``jointstats.engine.party`` with ``argv``; Popen-like.
+    """Start one party process running ``jointstats.engine.party`` with ``argv``; Popen-like,
+    with ``stdout`` (its events, ``jointstats.engine.protocol``) and ``stderr`` (its log) pipes.
 
     ``new_session`` puts it in a session of its own (a terminal's Ctrl-C then reaches only
     its caller, which stops it in order); ``exec_command`` is what runs it when it is exec'd
@@ -198,15 +204,17 @@ def start_party(argv: list[str], env: dict[str, str], *, new_session: bool = Fal
         except OSError as exc:
             print(f"jointstats: starting the party in a fresh interpreter ({exc})", file=sys.stderr)
     command = exec_command or [sys.executable, "-m", "jointstats.engine.party", *argv]
-    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=new_session)
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+                            env=env, start_new_session=new_session)
 
 
 # ----------------------------------------------------------------------------- launcher side
 
 
-def _child(argv: list[str], env: dict[str, str], cwd: str, stderr_fd: int, sock: socket.socket,
-           launcher: int, from_imports: dict[str, str], new_session: bool = False) -> None:
+def _child(argv: list[str], env: dict[str, str], cwd: str, stdout_fd: int, stderr_fd: int,
+           sock: socket.socket, launcher: int, from_imports: dict[str, str],
+           new_session: bool = False) -> None:
     """In the forked child: its own stdio, environment and working directory (the caller's
     at the time of the request, as an exec'd party would have), then the party's job."""
     sock.close()
@@ -218,10 +226,12 @@ def _child(argv: list[str], env: dict[str, str], cwd: str, stderr_fd: int, sock:
     signal.set_wakeup_fd(-1)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
+    os.dup2(stdout_fd, 1)
     os.dup2(stderr_fd, 2)
     os.close(devnull)
+    os.close(stdout_fd)
     os.close(stderr_fd)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
     import logging
     for handler in logging.root.handlers:  # handlers made in the launcher hold its stderr object
@@ -279,7 +289,7 @@ def serve(fd: int) -> None:
                     code = os.waitstatus_to_exitcode(status)
                     sock.sendall((json.dumps({"exit": pid, "status": code}) + "\n").encode())
                 continue
-            data, new_fds, _, _ = socket.recv_fds(sock, 1 << 20, 4)
+            data, new_fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
             if not data:
                 return  # the caller is gone
             buffered += data
@@ -287,16 +297,18 @@ def serve(fd: int) -> None:
             while b"\n" in buffered:
                 line, buffered = buffered.split(b"\n", 1)
                 request = json.loads(line)
-                stderr_fd = fds.pop(0)
+                stdout_fd, stderr_fd = fds.pop(0), fds.pop(0)
                 try:
                     pid = os.fork()
                 except OSError as exc:
+                    os.close(stdout_fd)
                     os.close(stderr_fd)
                     sock.sendall((json.dumps({"error": str(exc)}) + "\n").encode())
                     continue
                 if pid == 0:
-                    _child(request["argv"], request["env"], request["cwd"], stderr_fd, sock, launcher,
-                           from_imports, bool(request.get("new_session")))
+                    _child(request["argv"], request["env"], request["cwd"], stdout_fd, stderr_fd, sock,
+                           launcher, from_imports, bool(request.get("new_session")))
+                os.close(stdout_fd)
                 os.close(stderr_fd)
                 sock.sendall((json.dumps({"pid": pid}) + "\n").encode())
 

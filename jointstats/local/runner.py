@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Mapping
 
+from jointstats.engine.protocol import JobDescription, WorkerEvents
 from jointstats.local.launch import THREAD_VARIABLES, start_party
 from jointstats.consortium.config import PartyConfig, check_consortium, load_party_config
 from jointstats.errors import (DataError, JointStatsError, PartyDiedError, PartyError, PeerLostError,
@@ -105,13 +106,16 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
         env = party_environment(len(configs))
         for cfg in configs:
             out_file = Path(tmp) / f"{cfg.party}.json"
-            argv = ["--config", str(cfg.path), "--spec", str(spec_path), "--job-id", job_id,
-                    "--out", str(out_file)]
-            procs.append((cfg, start_party(argv, env), out_file))
+            desc = JobDescription(config=str(cfg.path), spec=str(spec_path), job_id=job_id,
+                                  out=str(out_file))
+            procs.append((cfg, start_party(desc.argv(), env), out_file))
         deadline = time.monotonic() + timeout
         stderr = {cfg.party: [] for cfg in configs}
-        readers = [threading.Thread(target=_read_stderr, args=(proc, stderr[cfg.party], cfg.party, progress),
-                                    daemon=True) for cfg, proc, _ in procs]
+        events = {cfg.party: WorkerEvents(_show_progress if progress else None) for cfg in configs}
+        readers = [threading.Thread(target=_read_stderr, args=(proc, stderr[cfg.party]), daemon=True)
+                   for cfg, proc, _ in procs]
+        readers += [threading.Thread(target=events[cfg.party].read, args=(proc.stdout,), daemon=True)
+                    for cfg, proc, _ in procs]
         for reader in readers:
             reader.start()
         try:
@@ -126,17 +130,17 @@ def run(spec: Spec | str | Path, parties: list, *, out: str | Path | None = None
         payloads = {}
         errors = []
         for cfg, proc, out_file in procs:
-            if out_file.exists():
-                payload = json.loads(out_file.read_text())
-                payloads[cfg.party] = payload
-                if not payload["ok"]:
-                    # the class of the error where it arose (a refusal's, at the refusing party)
-                    errors.append((cfg.party, payload["error"], payload.get("cause") or payload.get("kind")))
+            outcome = _outcome(events[cfg.party], out_file)
+            if outcome is not None and outcome["event"] == "error":
+                # the class of the error where it arose (a refusal's, at the refusing party)
+                errors.append((cfg.party, outcome["message"], outcome.get("cause") or outcome["kind"]))
+            elif outcome is not None and out_file.exists():
+                payloads[cfg.party] = json.loads(out_file.read_text())
             else:
                 how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
                 # its stderr is the party's own log; in DP mode it may count rows, so none of
                 # it goes into the error
-                tail = [ln for ln in stderr[cfg.party] if not ln.startswith("progress ")]
+                tail = stderr[cfg.party]
                 detail = f": {tail[-1]}" if tail and spec.exact else ""
                 errors.append((cfg.party, f"party {cfg.party!r} died ({how}){detail}", "PartyDiedError"))
         if errors:
@@ -239,10 +243,26 @@ def _root_cause(errors: list[tuple]) -> str:
     return _root_error([(e[0], e[1], e[2] if len(e) > 2 else None) for e in errors])[0]
 
 
-def _read_stderr(proc, lines: list[str], party: str, show: bool) -> None:
-    """Collect a party process's stderr; echo its progress lines when ``show``."""
+def _outcome(events: WorkerEvents, out_file: Path) -> dict | None:
+    """A party's terminal event (``jointstats.engine.protocol``): ``result`` or ``error``, or
+    None if it sent neither (it died). A result file without an event (the process was killed
+    between writing it and reporting it) still counts, read as the event it would have sent."""
+    if events.outcome is not None:
+        return events.outcome
+    if not out_file.exists():
+        return None
+    payload = json.loads(out_file.read_text())
+    if payload.get("ok"):
+        return {"event": "result", "party": payload.get("party"), "path": str(out_file)}
+    return {"event": "error", "party": payload.get("party"), "kind": payload.get("kind") or "PartyError",
+            "message": payload.get("error") or "failed", "cause": payload.get("cause")}
+
+
+def _show_progress(party: str, message: str) -> None:
+    print(f"  {party}: {message}", file=sys.stderr, flush=True)
+
+
+def _read_stderr(proc, lines: list[str]) -> None:
+    """Collect a party process's stderr (its own log; never parsed)."""
     for line in proc.stderr:
-        line = line.rstrip("\n")
-        lines.append(line)
-        if show and line.startswith("progress "):
-            print(f"  {line[len('progress '):]}", file=sys.stderr, flush=True)
+        lines.append(line.rstrip("\n"))

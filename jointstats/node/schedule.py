@@ -26,6 +26,7 @@ import threading
 import time
 import traceback
 
+from jointstats.engine.protocol import JobDescription, WorkerEvents
 from jointstats.local.launch import start_party
 from jointstats.node.jobs import NodeJob
 from jointstats.errors import AuthError, ConfigError, JointStatsError, PartyError, PeerTlsError
@@ -169,10 +170,11 @@ class Scheduler:
             self._running = job.job_id
         self._log(f"running job {job.job_id} (#{job.order})")
         out = self.store.result_path(job.job_id)
-        argv = ["--config", str(cfg.path), "--spec", str(self.store.spec_path(job.job_id)),
-                "--job-id", job.job_id, "--out", str(out), "--analyst", job.analyst,
-                "--connect-timeout", str(self.connect_timeout)]
+        argv = JobDescription(config=str(cfg.path), spec=str(self.store.spec_path(job.job_id)),
+                              job_id=job.job_id, out=str(out), analyst=job.analyst,
+                              connect_timeout=self.connect_timeout).argv()
         lines: list[str] = []
+        events = WorkerEvents()
         error = None
         kind = "PartyError"
         try:
@@ -184,9 +186,12 @@ class Scheduler:
                                                  "--parent", str(os.getpid()), *argv])
                 self._proc = proc
                 self._log(f"job {job.job_id}: worker process {proc.pid}")
-                reader = threading.Thread(target=self._read_worker, args=(proc, job, log, lines),
+                reader = threading.Thread(target=self._read_worker, args=(proc, log, lines),
                                           daemon=True)
                 reader.start()
+                listener = threading.Thread(target=self._read_events, args=(proc, job, events, log),
+                                            daemon=True)
+                listener.start()
                 try:
                     proc.wait(timeout=self.job_timeout)
                 except subprocess.TimeoutExpired:
@@ -194,6 +199,7 @@ class Scheduler:
                     proc.wait()
                     error = f"party {cfg.party!r}: the job did not finish within {self.job_timeout:.0f} s"
                 reader.join(timeout=5)
+                listener.join(timeout=5)
         except OSError as exc:
             error = f"party {cfg.party!r} cannot start its worker: {exc}"
             proc = None
@@ -210,7 +216,10 @@ class Scheduler:
                 self._log(f"job {job.job_id} done")
                 return
             error = payload.get("error") or "failed"
-            kind = payload.get("kind") or kind
+            # the class the worker reported (its error event; the result file says the same)
+            outcome = events.outcome or {}
+            kind = (outcome.get("kind") if outcome.get("event") == "error" else None) \
+                or payload.get("kind") or kind
         elif error is None:
             # The worker's stderr is this party's own log (it may count rows or quote a
             # traceback): it stays in the job's worker log and the node's log, never in the
@@ -219,22 +228,35 @@ class Scheduler:
             how = (f"signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}")
             error = f"party {cfg.party!r} died ({how}) in its worker process"
             kind = "PartyDiedError"
-            tail = [ln for ln in lines if not ln.startswith("progress ")]
-            if tail:
-                self._log(f"job {job.job_id}: last line of its worker log: {tail[-1]}")
+            if lines:
+                self._log(f"job {job.job_id}: last line of its worker log: {lines[-1]}")
         self._end(job, "failed", error, settle=not worker_settled, kind=kind)
         with self._lock:
             self._running = None
         self._log(f"job {job.job_id} failed: {error}")
 
-    def _read_worker(self, proc, job: NodeJob, log, lines: list[str]) -> None:
-        """Copy the worker's stderr to its log; keep its latest progress line."""
-        prefix = f"progress {self.config.party}: "
+    @staticmethod
+    def _read_worker(proc, log, lines: list[str]) -> None:
+        """Copy the worker's stderr (its own log, never parsed) to the job's worker log."""
         for line in proc.stderr:
             log.write(line)
             log.flush()
-            line = line.rstrip("\n")
-            lines.append(line)
-            if line.startswith(prefix):
-                job.progress = line[len(prefix):]
+            lines.append(line.rstrip("\n"))
+
+    def _read_events(self, proc, job: NodeJob, events: WorkerEvents, log) -> None:
+        """The worker's events (``jointstats.engine.protocol``): the job's progress field
+        follows its progress events; a line that is not an event is noted in the worker log."""
+        party = self.config.party
+
+        def progress(sender: str, message: str) -> None:
+            if sender == party:
+                job.progress = message
+
+        def malformed(line: str) -> None:
+            events.bad_line(line)
+            log.write(f"(not a worker event, ignored) {line[:500]}\n")
+            log.flush()
+        events.on_progress = progress
+        from jointstats.engine.protocol import read_events
+        read_events(proc.stdout, events.handle, malformed)
 

@@ -20,6 +20,7 @@ from jointstats import PartyError, PolicyError, run, validate
 from jointstats.ledger.state import NodeState
 from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
+from tests import faults
 
 HEAD = """
 name: two-orgs
@@ -81,7 +82,7 @@ def test_two_holders_and_a_compute_party_exact_equals_pooled(consortium, frames,
     assert trustee.compute_only and trustee.datasets == ()
     assert not (configs[2].parent / "data").exists()  # nothing it could read
     # were the trustee ever to reach its read path, this fault point would kill it there
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "trustee:local_step")
+    faults.arm(monkeypatch, "trustee:local_step")
     result = run(write_spec(tmp_path), configs)
     df = pooled(frames)
     assert result["n"]["value"] == len(df) == 1500

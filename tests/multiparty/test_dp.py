@@ -13,6 +13,7 @@ from jointstats import PartyError, run  # noqa: E402
 from jointstats.ledger.state import NodeState  # noqa: E402
 from jointstats.consortium.config import load_party_config  # noqa: E402
 from tests.conftest import cohort_frame  # noqa: E402
+from tests import faults
 
 HEAD = """
 name: dp-check
@@ -124,7 +125,7 @@ def test_min_count_floor_refusal(consortium, data, tmp_path):
 def test_party_dying_before_commit_spends_nothing(consortium, data, tmp_path, monkeypatch):
     configs = consortium(data)
     spec = write_spec(tmp_path, "{epsilon: 1.0, delta: 0}", stats="statistics:\n  n: {kind: count}\n")
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_c:before_commit")
+    faults.arm(monkeypatch, "party_c:before_commit")
     with pytest.raises(PartyError, match="party 'party_c' died"):
         run(spec, configs)
     for c in configs[:2]:
@@ -139,7 +140,7 @@ def test_party_dying_at_its_commit_stops_every_reveal(consortium, data, tmp_path
     commit leaves nothing revealed anywhere (the others fail naming it; it spent nothing)."""
     configs = consortium(data)
     spec = write_spec(tmp_path, "{epsilon: 1.0, delta: 0}", stats="statistics:\n  n: {kind: count}\n")
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_c:commit")
+    faults.arm(monkeypatch, "party_c:commit")
     with pytest.raises(PartyError, match="party 'party_c'"):
         run(spec, configs)
     for c in configs:

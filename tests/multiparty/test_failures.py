@@ -9,6 +9,7 @@ from jointstats import ConfigError, PartyError, run
 from jointstats.ledger.state import NodeState
 from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
+from tests import faults
 
 EXACT = """
 dataset: cohort
@@ -28,7 +29,7 @@ def test_party_dying_mid_job_is_named_quickly(consortium, tmp_path, monkeypatch,
     spec = tmp_path / "s.yaml"
     spec.write_text(EXACT)
     configs = consortium([cohort_frame(40, i) for i in range(3)])
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", f"{party}:{point}")
+    faults.arm(monkeypatch, f"{party}:{point}")
     started = time.monotonic()
     with pytest.raises(PartyError, match=rf"party '{party}' died \(exit status 137\)"):
         run(spec, configs)
@@ -72,7 +73,7 @@ def test_slow_local_step_does_not_hit_the_connect_timeout(consortium, tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text(EXACT)
     configs = consortium([cohort_frame(40, i) for i in range(3)])
-    env = {**os.environ, "JOINTSTATS_TEST_FAULT": "party_b:local_step:pause=3"}
+    env = faults.environment("party_b:local_step:pause=3")
     procs = []
     for cfg in configs:
         out = tmp_path / f"{cfg.stem}.json"
@@ -98,7 +99,7 @@ def test_port_taken_is_named_at_once_even_during_a_long_local_step(consortium, t
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", port))
     squatter.listen()
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_b:local_step:pause=20")
+    faults.arm(monkeypatch, "party_b:local_step:pause=20")
     started = time.monotonic()
     try:
         with pytest.raises(PartyError, match=rf"party 'party_b' cannot listen on 127.0.0.1:{port}"):

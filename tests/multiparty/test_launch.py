@@ -15,6 +15,7 @@ import pytest
 
 from jointstats import PartyError, run
 from tests.conftest import cohort_frame
+from tests import faults
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher is Linux-only")
 
@@ -59,10 +60,10 @@ def test_a_forked_party_dying_is_named(consortium, tmp_path, monkeypatch):
     spec.write_text(SPEC)
     configs = consortium([cohort_frame(40, i) for i in range(3)])
     monkeypatch.setenv("JOINTSTATS_LAUNCH", "fork")
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", "party_c:after_connect")
+    faults.arm(monkeypatch, "party_c:after_connect")
     with pytest.raises(PartyError, match=r"party 'party_c' died \(exit status 137\)"):
         run(spec, configs)
-    monkeypatch.delenv("JOINTSTATS_TEST_FAULT")
+    faults.disarm(monkeypatch)
     assert run(spec, configs).results["n"]["value"] == 120  # the launcher serves the next job
 
 

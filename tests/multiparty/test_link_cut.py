@@ -23,6 +23,7 @@ from bench import netem
 from jointstats.ledger.state import NodeState
 from jointstats.consortium.config import load_party_config
 from tests.conftest import cohort_frame
+from tests import faults
 
 DP_JOB = """
 dataset: cohort
@@ -262,7 +263,7 @@ def test_a_party_computing_longer_than_the_silence_limit_is_not_taken_for_hung(c
     spec.write_text(DP_JOB.replace("privacy: {epsilon: 1.0, delta: 0}\n", ""))
     configs = consortium([cohort_frame(60, i) for i in range(3)])
     busy = SILENCE_LIMIT + 5
-    monkeypatch.setenv("JOINTSTATS_TEST_FAULT", f"party_b:after_connect:pause={busy}")
+    faults.arm(monkeypatch, f"party_b:after_connect:pause={busy}")
     started = time.monotonic()
     result = run(spec, configs)
     assert time.monotonic() - started > busy  # it did wait for party_b

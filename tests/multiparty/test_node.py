@@ -1,7 +1,8 @@
 """Three `jointstats node serve` processes on loopback with mutual TLS, driven like a deployment.
 
 Faults are injected into the nodes' worker processes through a throw-away
-``sitecustomize`` (on the nodes' PYTHONPATH only) that reacts to trigger files:
+``sitecustomize`` (on the nodes' PYTHONPATH only) whose trace sink (``jointstats.engine.trace``)
+reacts to trigger files at the engine's spans:
 ``exit_after_connect`` (the worker dies once connected), ``sleep_after_connect`` (the
 worker stalls once connected, so the test can SIGKILL its node) and ``kill_in_commit``
 (the worker SIGKILLs its node and itself inside the ledger's commit transaction).
@@ -76,17 +77,15 @@ if _dir:
                 pid = int(fh.read().rsplit(")", 1)[1].split()[1])
         raise RuntimeError("no node among the ancestors")
 
-    import jointstats.engine.party as _party
-    _fault_point = _party._fault_point
+    from jointstats.engine import trace as _trace
 
-    def fault_point(party, point):
-        if point == "after_connect":
+    def _at_span(name, attrs):  # a span-start sink of the engine's tracing hook
+        if name == "after_connect":
             if _take("exit_after_connect"):
                 os._exit(137)
             if _take("sleep_after_connect"):
                 time.sleep(120)
-        return _fault_point(party, point)
-    _party._fault_point = fault_point
+    _trace.add_sink(start=_at_span)
 
     import jointstats.ledger.state as _state
     _commit = _state.NodeState.commit
