@@ -17,12 +17,14 @@ schema covers are refused by the schema too.
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from jointstats.consortium import agreements as _agreements
 from jointstats.plan import spec as _spec
 
 __all__ = ["SpecModel", "PartyConfigModel", "json_schema", "reference_markdown", "SCHEMA_DIR",
@@ -41,6 +43,10 @@ Weight = Annotated[float, Field(gt=0, le=_spec.MAX_MAGNITUDE,
 
 
 class _Model(BaseModel):
+    """Closed models (no other fields), as the parsers. A field typed ``X | None`` may be
+    written as ``null`` (the same as leaving it out); one typed ``X`` with the default None
+    may be left out but not be ``null``, which the parsers refuse there."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -57,12 +63,12 @@ class Column(_Model):
 
     type: Literal["real", "integer", "categorical"] = Field(
         description="`real`, `integer` or `categorical`")
-    bounds: list[Number] | None = Field(
+    bounds: list[Number] = Field(
         None, min_length=2, max_length=2,
         description="`[low, high]` with low < high (integers for `integer`), required for "
                     "numeric columns: values outside are clipped by their owner; DP "
                     "sensitivities come from them, so tight bounds mean less noise")
-    levels: list[Union[str, int, float, bool]] | None = Field(
+    levels: list[Union[str, int, float, bool]] = Field(
         None, min_length=1, max_length=_spec.MAX_LEVELS,
         description="the categories of a `categorical` column (required there), as text: quote "
                     "`\"no\"`/`\"yes\"` (YAML 1.1 reads bare no/yes as booleans); at most "
@@ -73,7 +79,7 @@ class Column(_Model):
         """Numeric columns have bounds and no levels; categorical ones levels and no bounds
         (the JSON Schema says the same with if/then/else)."""
         want, other = ("levels", "bounds") if self.type == "categorical" else ("bounds", "levels")
-        if getattr(self, want) is None or getattr(self, other) is not None:
+        if getattr(self, want) is None or other in self.model_fields_set:
             raise ValueError(f"a {self.type} column has {want}, not {other}")
         return self
 
@@ -107,7 +113,7 @@ def _stat(kind: str, doc: str, **fields: Any) -> type[_Model]:
 
 _col = "a column of the schema"
 CountStatistic = _stat("count", "Number of rows (where `column` is present, if given).",
-                       column=(Name | None, Field(None, description=f"optional, {_col}: count the rows where it is present")))
+                       column=(Name, Field(None, description=f"optional, {_col}: count the rows where it is present")))
 SumStatistic = _stat("sum", "Sum of a numeric column.",
                      column=(Name, Field(description="a numeric column")))
 MeanStatistic = _stat("mean", "Mean of a numeric column.",
@@ -122,7 +128,7 @@ CrosstabStatistic = _stat(
     "crosstab", "Counts of every pair of levels of two categorical columns.",
     rows=(Name, Field(description="a categorical column")),
     cols=(Name, Field(description="another categorical column")),
-    min_count=(int | None, Field(None, ge=0, le=_spec.MAX_MAGNITUDE,
+    min_count=(int, Field(None, ge=0, le=_spec.MAX_MAGNITUDE,
                                  description="cells below it are suppressed (`null`); never below "
                                              "any party's `policy.min_count`")))
 HistogramStatistic = _stat(
@@ -145,19 +151,60 @@ STATISTIC_MODELS = (CountStatistic, SumStatistic, MeanStatistic, VarianceStatist
 Statistic = Annotated[Union[STATISTIC_MODELS], Field(discriminator="kind")]  # type: ignore[valid-type]
 
 
+class Link(_Model):
+    """How a linked job (`partition: vertical`) links the parties' rows (docs/linkage.md)."""
+
+    model_config = ConfigDict(extra="forbid", title="Link", json_schema_extra={"allOf": [
+        {"if": {"properties": {"join": {"const": "left"}}, "required": ["join"]},
+         "then": {"required": ["base"], "properties": {"base": {"type": "string"}}},
+         "else": {"properties": {"base": {"type": "null"}}}}]})
+
+    key: Name = Field(description="the identifier column every data holder has, e.g. a national "
+                                  "health number; not a schema column, never revealed")
+    case: Literal["fold", "exact"] = Field(
+        "fold", description="`fold`: keys compare case-insensitively (Unicode caseless matching); "
+                            "`exact`: case counts (both trim whitespace and apply NFKC)")
+    rows: int | None = Field(
+        None, ge=1, le=_spec.MAX_LINK_ROWS,
+        description="the public number of keys every holder pads its list to (with dummy keys "
+                    "that link with nothing), so that no party learns another's row count; a "
+                    "holder with more usable keys refuses in exact mode and keeps its first "
+                    "`rows` in DP mode. Required with a `privacy` block; without one, each "
+                    "holder's number of usable keys is shown to the other parties")
+    join: Literal["inner", "left"] = Field(
+        "inner", description="`inner`: the records every data holder has; `left`: every record "
+                             "of the holder `base`, with or without partners elsewhere")
+    base: Annotated[str, StringConstraints(min_length=1, max_length=_spec.MAX_NAME_CHARS)] | None = Field(
+        None, description="the party whose records a left join keeps (required with "
+                          "`join: left`, only then)")
+
+
 class SpecModel(_Model):
     """A protocol spec: the analyst's YAML (docs/spec.md)."""
 
-    model_config = ConfigDict(extra="forbid", title="jointstats protocol spec")
+    model_config = ConfigDict(extra="forbid", title="jointstats protocol spec", json_schema_extra={"allOf": [
+        {"if": {"properties": {"partition": {"const": "vertical"}}, "required": ["partition"]},
+         "then": {"required": ["link"]}, "else": {"not": {"required": ["link"]}}},
+        {"if": {"properties": {"privacy": {"type": "object"}}, "required": ["privacy", "link"]},
+         "then": {"properties": {"link": {"required": ["rows"],
+                                          "properties": {"rows": {"type": "integer"}}}}}}]})
 
     name: str = Field("unnamed", min_length=1, max_length=_spec.MAX_NAME_CHARS,
                       description="free text, shown in results and the audit log")
     dataset: str = Field(min_length=1, max_length=_spec.MAX_NAME_CHARS,
                          description="the logical dataset every party maps to a source "
                                      "in its config")
+    purpose: str | None = Field(
+        None, min_length=1, max_length=_spec.MAX_NAME_CHARS,
+        description="the purpose the job serves, a free-text id matched against the parties' "
+                    "data-use agreements (`policy.agreements[i].purposes`); required by every "
+                    "party that lists agreements (docs/governance.md)")
     partition: Literal["horizontal", "vertical"] = Field(
-        "horizontal", description="`horizontal`: every party holds whole rows")
-    key: str | None = Field(None, description="only with `partition: vertical`")
+        "horizontal", description="`horizontal`: every party holds whole rows; `vertical`: each "
+                                  "data holder holds some of the columns, rows linked on "
+                                  "`link.key` (docs/linkage.md)")
+    link: Link = Field(None, description="how rows are linked: required with "
+                                                "`partition: vertical`, only then")
     schema_: dict[Name, Column] = Field(
         alias="schema", min_length=1, max_length=_spec.MAX_COLUMNS,
         description="public metadata of every column (names: letters, digits, "
@@ -167,6 +214,22 @@ class SpecModel(_Model):
     statistics: dict[Name, Statistic] = Field(  # type: ignore[valid-type]
         min_length=1, max_length=_spec.MAX_STATISTICS,
         description="the statistics to release, by name")
+
+    @model_validator(mode="after")
+    def _linked(self) -> "SpecModel":
+        """``link`` exactly with ``partition: vertical``, its key not a schema column, its
+        ``rows`` set in DP mode, ``base`` exactly with ``join: left`` (the JSON Schema says
+        all but the key with if/then/else)."""
+        if (self.partition == "vertical") != ("link" in self.model_fields_set):
+            raise ValueError("link is required with partition: vertical, and only used there")
+        if self.link is not None:
+            if self.link.key in self.schema_:
+                raise ValueError(f"link.key {self.link.key!r} is also a schema column")
+            if self.privacy is not None and self.link.rows is None:
+                raise ValueError("link.rows is required with a privacy block")
+            if (self.link.join == "left") != (self.link.base is not None):
+                raise ValueError("link.base is required with join: left, and only used there")
+        return self
 
 
 # ----------------------------------------------------------------------------- party config
@@ -194,6 +257,10 @@ class Tls(_Model):
     cert: str = Field(description="this party's certificate (`jointstats keys party`)")
     key: str = Field(description="its private key")
     ca: str = Field(description="the consortium CA certificate")
+    crl: str | None = Field(None, description="the consortium CA's certificate revocation list "
+                                              "(`jointstats keys crl`), read anew for every "
+                                              "connection: a revoked party certificate fails the "
+                                              "handshake (docs/governance.md)")
 
 
 class Mpc(_Model):
@@ -226,17 +293,49 @@ class Spark(_Model):
 
 
 class Dataset(_Model):
-    """Where one dataset's rows live (docs/reference.md, Data sources)."""
+    """Where one dataset's rows live (docs/reference.md, Data sources), and what this party
+    documents and applies about it (docs/governance.md, docs/linkage.md)."""
 
-    model_config = ConfigDict(extra="forbid", title="Dataset")
+    model_config = ConfigDict(extra="forbid", title="Dataset", json_schema_extra={"allOf": [
+        {"if": {"properties": {"withdrawals": {"type": "string"}}, "required": ["withdrawals"]},
+         "then": {"required": ["subject_id"], "properties": {"subject_id": {"type": "string"}}}}]})
 
     source: str = Field(description="a `.csv` or `.parquet` file, `sqlite:///path.db?table=name`, "
                                     "`postgresql://...`, `duckdb:///...`, a glob, a directory, "
                                     "`spark:...`")
-    query: str | None = Field(None, description="SQL the engine runs instead of reading a table")
-    password_file: str | None = Field(None, description="a file holding the PostgreSQL password")
-    format: str | None = Field(None, description="`parquet` or `csv` for a directory or glob")
-    spark: Spark | None = Field(None, description="Spark settings of a `spark:` source")
+    query: str = Field(None, description="SQL the engine runs instead of reading a table")
+    password_file: str = Field(None, description="a file holding the PostgreSQL password")
+    format: str = Field(None, description="`parquet` or `csv` for a directory or glob")
+    spark: Spark = Field(None, description="Spark settings of a `spark:` source")
+    columns: list[Text] = Field(
+        None, max_length=1000,
+        description="linked data (`partition: vertical`): the schema columns this party holds, "
+                    "distinct (listing the link key too is allowed; only the key: its keys "
+                    "restrict the linked records)")
+    subject_id: Text | None = Field(
+        None, description="the column holding data subjects' identifiers: turns on consent "
+                          "withdrawal (`jointstats consent withdraw`) for CSV, Parquet and SQLite "
+                          "sources; never released")
+    withdrawals: str | None = Field(
+        None, description="the withdrawal list file, one identifier a line (with `subject_id`) "
+                          "[`<state>.withdrawals/<dataset>.txt`]")
+    description: str = Field("", max_length=2000,
+                             description="free text for the catalog (`GET /catalog`)")
+    schema_: dict[Name, Column] | None = Field(
+        None, alias="schema",
+        description="public column metadata for the catalog and `jointstats spec-template`, as "
+                    "in a spec's `schema` (type, bounds or levels)")
+    fingerprint: bool = Field(True, description="whether release reports carry a keyed "
+                                                "fingerprint (HMAC) of the data read; `false` "
+                                                "withholds it")
+
+    @model_validator(mode="after")
+    def _withdrawals_need_subjects(self) -> "Dataset":
+        """A withdrawal list names subjects by the ``subject_id`` column (the JSON Schema says
+        the same with if/then)."""
+        if self.withdrawals is not None and self.subject_id is None:
+            raise ValueError("withdrawals needs subject_id")
+        return self
 
 
 class Budget(_Model):
@@ -246,6 +345,86 @@ class Budget(_Model):
 
     epsilon: float = Field(0, ge=0, description="lifetime epsilon per dataset")
     delta: float = Field(0, ge=0, description="lifetime delta per dataset (0: pure DP jobs only)")
+
+
+class AgreementBudget(_Model):
+    """An agreement's sub-budget, spent in the dataset's ledger beside its lifetime budget."""
+
+    model_config = ConfigDict(extra="forbid", title="AgreementBudget")
+
+    epsilon: float = Field(None, ge=0, description="epsilon of the jobs under this "
+                                                          "agreement, over its lifetime; at most "
+                                                          "the dataset's [`policy.budget.epsilon`]")
+    delta: float = Field(None, ge=0, description="delta of the jobs under it; at most the "
+                                                        "dataset's [`policy.budget.delta`]")
+
+
+class Validity(_Model):
+    """An agreement's validity period: whole UTC days, both inclusive; either end optional."""
+
+    model_config = ConfigDict(extra="forbid", title="Validity")
+
+    from_: _dt.date | None = Field(None, alias="from", description="first day it covers jobs "
+                                                                   "(`YYYY-MM-DD`)")
+    until: _dt.date | None = Field(None, description="last day it covers jobs (`YYYY-MM-DD`), "
+                                                     "not before `from`")
+
+
+class ApprovalRule(_Model):
+    """When a job must wait for a compliance officer's approval (`policy.officers`)."""
+
+    model_config = ConfigDict(extra="forbid", title="ApprovalRule")
+
+    above_epsilon: float | None = Field(None, ge=0, description="DP jobs asking more epsilon "
+                                                                "than this wait")
+    exact: bool = Field(False, description="exact-mode jobs wait")
+    always: bool = Field(False, description="every job waits")
+
+
+class PolicyApproval(ApprovalRule):
+    """This party's approval rules, over every job (docs/governance.md, Approval)."""
+
+    model_config = ConfigDict(extra="forbid", title="PolicyApproval")
+
+    agreements: list[Text] | None = Field(
+        None, min_length=1, description="ids of agreements every job under which waits, no "
+                                        "duplicates")
+    expires_after: float | None = Field(
+        _agreements.DEFAULT_APPROVAL_EXPIRY, gt=0,
+        description="seconds a job may wait for approval before it fails as expired")
+
+
+class Agreement(_Model):
+    """One data-use agreement: a job runs at this party only under the first agreement (in
+    config order) covering its dataset, analyst, purpose, date, mode, kinds and every column
+    of its schema, with room in its sub-budget (docs/governance.md)."""
+
+    model_config = ConfigDict(extra="forbid", title="Agreement")
+
+    id: Text = Field(description="the agreement's id, unique at this party (1-128 printable "
+                                 "characters); named in refusals, the ledger and the release "
+                                 "report")
+    dataset: Text = Field(description="the dataset it covers, one of this party's `datasets`")
+    analysts: list[Text] = Field(min_length=1, description="analysts (`policy.analysts`) or "
+                                                           "groups (`policy.groups`) it covers, "
+                                                           "no duplicates")
+    purposes: list[Text] = Field(min_length=1, description="purposes a spec's `purpose` must be "
+                                                           "one of, no duplicates")
+    columns: list[Text] = Field(min_length=1, description="the columns it releases (data "
+                                                          "minimisation): every column of a "
+                                                          "spec's schema must be among them; no "
+                                                          "duplicates")
+    kinds: list[Literal[_agreements.KINDS]] = Field(  # type: ignore[valid-type]
+        list(_agreements.KINDS), min_length=1,
+        description="the statistic kinds it allows, no duplicates [every kind]")
+    modes: list[Literal[_agreements.MODES]] = Field(  # type: ignore[valid-type]
+        ["dp"], min_length=1, description="`dp` and/or `exact`, no duplicates")
+    budget: AgreementBudget | None = Field(None, description="its sub-budget [the dataset's "
+                                                             "lifetime budget]")
+    valid: Validity | None = Field(None, description="its validity period [always]")
+    approval: ApprovalRule | None = Field(None, description="jobs under it that wait for an "
+                                                            "officer's approval")
+    description: str = Field("", max_length=2000, description="free text (shown in the catalog)")
 
 
 class Policy(_Model):
@@ -262,6 +441,24 @@ class Policy(_Model):
                                                      "between them)")
     analysts: dict[str, str] | None = Field(None, description="who may submit: analyst name to "
                                                               "Ed25519 public key file")
+    agreements: list[Agreement] | None = Field(
+        None, description="data-use agreements; once any is listed (here or in "
+                          "`agreements_file`), every job at this party needs one")
+    agreements_file: str | None = Field(
+        None, description="a YAML file of more agreements (`agreements: [...]`, or the list "
+                          "alone), after the inline ones")
+    groups: dict[Text, Annotated[list[Text], Field(min_length=1)]] | None = Field(
+        None, description="group name to its analysts, no duplicates; an agreement may list a "
+                          "group instead of analysts (a group cannot have an analyst's name)")
+    officers: dict[Text, str] | None = Field(
+        None, description="compliance officers who approve or reject waiting jobs: name to "
+                          "Ed25519 public key file (required with approval rules)")
+    approval: PolicyApproval | None = Field(None, description="jobs that wait for an officer's "
+                                                              "approval")
+    revoked: list[Text] | None = Field(
+        None, description="analysts and officers refused whatever else lists them (agreements "
+                          "and groups included), no duplicates; a running node applies a change "
+                          "on a policy reload")
 
 
 class PartyConfigModel(_Model):
@@ -324,6 +521,8 @@ def _type_text(prop: dict, defs: dict) -> str:
         return "a statistic (by `kind`: " + ", ".join(
             _ref_title(p["$ref"], defs).split()[-1] for p in prop["oneOf"]) + ")"
     t = prop.get("type", "any")
+    if prop.get("format") == "date":
+        return "date (`YYYY-MM-DD`)"
     if t == "array":
         return f"list of {_type_text(prop.get('items', {}), defs)}"
     if t == "object":
@@ -347,7 +546,10 @@ def _limits(prop: dict) -> str:
                       ("minProperties", "entries >="), ("maxProperties", "entries <=")):
         if key in prop:
             v = prop[key]
-            out.append(f"{word} {v:g}" if isinstance(v, float) or abs(v) >= 10 ** 6 else f"{word} {v}")
+            if isinstance(v, float) or abs(v) >= 10 ** 9:
+                out.append(f"{word} {v:g}")
+            else:
+                out.append(f"{word} {v:,}" if abs(v) >= 10 ** 6 else f"{word} {v}")
     return ", ".join(out)
 
 
@@ -372,11 +574,17 @@ def _rows(schema: dict, defs: dict, prefix: str, required: set[str]) -> list[str
 
 #: The reference pages' sections, in the order a reader meets them in a file, and the field
 #: path of each (as the parsers' errors name them).
-_ORDER = {"spec": {"Column": "schema.<column>.", "Privacy": "privacy.",
+_ORDER = {"spec": {"Link": "link.", "Column": "schema.<column>.", "Privacy": "privacy.",
                    **{m.__name__: "statistics.<name>." for m in STATISTIC_MODELS}},
           "config": {"Mpc": "mpc.", "Peer": "mpc.parties[i].", "Tls": "mpc.tls.", "Api": "api.",
                      "Dataset": "datasets.<name>.", "Spark": "datasets.<name>.spark.",
-                     "Policy": "policy.", "Budget": "policy.budget."}}
+                     "Column": "datasets.<name>.schema.<column>.",
+                     "Policy": "policy.", "Budget": "policy.budget.",
+                     "Agreement": "policy.agreements[i].",
+                     "AgreementBudget": "policy.agreements[i].budget.",
+                     "Validity": "policy.agreements[i].valid.",
+                     "ApprovalRule": "policy.agreements[i].approval.",
+                     "PolicyApproval": "policy.approval."}}
 
 
 def _sections(title: str, model_schema: dict, note: str, order: dict[str, str]) -> list[str]:
@@ -403,8 +611,8 @@ def reference_markdown(which: str) -> str:
                 "edit. The JSON Schema is `jointstats/schema/spec.schema.json` (also `jointstats "
                 "schema spec`). A worked example and the result of each statistic kind are in "
                 "[reference.md](reference.md), section 1. Beyond the schema, the parser checks "
-                "that every column a statistic names is in `schema` with the right type, and the "
-                "limits over the whole spec (at most "
+                "that every column a statistic names is in `schema` with the right type, that "
+                "`link.key` is not a schema column, and the limits over the whole spec (at most "
                 f"{_spec.MAX_CELLS:,} crosstab cells and histogram bins, {_spec.MAX_TERMS} "
                 f"regression terms); every refusal is one line naming the field path.")
     else:
@@ -414,8 +622,12 @@ def reference_markdown(which: str) -> str:
                 "`jointstats schema config`). A worked example, data sources and roles are in "
                 "[reference.md](reference.md), section 2. Relative paths are relative to the "
                 "config file. Beyond the schema, the parser checks that `party` is in "
-                "`mpc.parties`, that addresses and dataset sources are not repeated, and that "
-                "a compute-only party offers no datasets.")
+                "`mpc.parties`, that addresses and dataset sources are not repeated, that "
+                "a compute-only party offers no datasets, that `subject_id` is on a CSV, "
+                "Parquet or SQLite source, and for governance (docs/governance.md) that "
+                "agreement ids are unique (inline and in `agreements_file`), each names one of "
+                "this party's datasets and a budget within its lifetime budget, approval rules "
+                "come with an officer and no group has an analyst's name.")
     return "\n".join(_sections(title, json_schema(which), note, _ORDER[which])) + "\n"
 
 
