@@ -220,7 +220,18 @@ def _node_args(p: argparse.ArgumentParser, many: bool = False, who: str = "analy
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register the governance subcommands (and ``validate --analyst``)."""
+    """Register the governance subcommands (and ``validate --analyst``); each leaf command's
+    help ends with an example and the exit statuses, as the other commands'."""
+    from jointstats.cli.commands import EXIT_CODES, _Formatter
+
+    def command(parent: argparse._SubParsersAction, name: str, help: str, example: str,
+                description: str | None = None) -> argparse.ArgumentParser:
+        """A leaf command: ``example`` (lines, each a whole command) and the exit statuses."""
+        lines = "\n".join(f"  {line}" for line in example.splitlines())
+        return parent.add_parser(name, help=help, formatter_class=_Formatter,
+                                 description=description or help[0].upper() + help[1:] + ".",
+                                 epilog=f"example:\n{lines}\n\n{EXIT_CODES}")
+
     validate = sub.choices.get("validate")
     if validate is not None:  # validate says which agreement covers the job for this analyst
         validate.add_argument("--analyst", default="local",
@@ -230,12 +241,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     keys = sub.choices.get("keys")
     ksub = next((a for a in getattr(keys, "_actions", []) if isinstance(a, argparse._SubParsersAction)), None)
     if ksub is not None:  # jointstats keys revoke / keys crl (party certificate revocation)
-        q = ksub.add_parser("revoke", help="revoke a party certificate: add it to the CA's CRL")
+        q = command(ksub, "revoke", "revoke a party certificate: add it to the CA's CRL",
+                    "jointstats keys revoke keys/party_c.crt --ca keys",
+                    "Revoke a party certificate: add it to the consortium CA's certificate "
+                    "revocation list (CRL). Give the new CRL to every party (mpc.tls.crl); it "
+                    "applies from their next connection (docs/governance.md).")
         q.add_argument("cert", help="the party certificate to revoke")
         q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
         q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
         q.set_defaults(func=cmd_keys_revoke)
-        q = ksub.add_parser("rotate", help="a party's new certificate; the old one works until --until")
+        q = command(ksub, "rotate", "a party's new certificate; the old one works until --until",
+                    "jointstats keys rotate party_c --index 2 --ca keys --out keys/new "
+                    "--old keys/party_c.crt --until 2027-01-31T00:00:00+00:00",
+                    "Issue a party's new certificate and schedule the old one's revocation: both "
+                    "work until --until, then the next 'jointstats keys crl' revokes the old one.")
         q.add_argument("name", help="the party whose certificate is renewed")
         q.add_argument("--index", required=True, type=int, help="the party's index in the consortium")
         q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
@@ -244,13 +263,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--until", required=True, help="when the old one is revoked (ISO time with zone)")
         q.add_argument("--crl", help="the CRL file [CA DIR/ca.crl]")
         q.set_defaults(func=cmd_keys_rotate)
-        q = ksub.add_parser("crl", help="issue (or reissue) the CA's CRL, with scheduled revocations now due")
+        q = command(ksub, "crl", "issue (or reissue) the CA's CRL, with scheduled revocations now due",
+                    "jointstats keys crl --ca keys",
+                    "Issue (or reissue) the consortium CA's CRL, valid for a year, adding the "
+                    "scheduled revocations (keys rotate) now due. Reissue it within the year: "
+                    "an expired CRL fails every connection.")
         q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
         q.add_argument("--out", help="the CRL file [DIR/ca.crl]")
         q.set_defaults(func=cmd_keys_crl)
 
-    for action in ("approve", "reject"):
-        p = sub.add_parser(action, help=f"a compliance officer {action}s a job waiting for approval")
+    officer = "--key carol.key --ca keys/ca.crt"
+    for action, extra in (("approve", ""), ("reject", ' --reason "epsilon too high for this purpose"')):
+        p = command(sub, action, f"a compliance officer {action}s a job waiting for approval",
+                    f"jointstats {action} JOB --node https://a.example:8701 {officer}{extra}",
+                    f"A compliance officer {action}s a job waiting for approval at each node "
+                    f"given (signed with the officer's key; docs/governance.md).")
         p.add_argument("job", help="the job id")
         _node_args(p, many=True, who="officer")
         p.add_argument("--officer", help="officer name [the key file's stem]")
@@ -258,51 +285,78 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--reason", required=True, help="why (the analyst sees it)")
         p.set_defaults(func=cmd_decide, gov_command=action)
 
-    p = sub.add_parser("jobs", help="list a node's jobs (an analyst's own; every job for an officer)")
+    p = command(sub, "jobs", "list a node's jobs (an analyst's own; every job for an officer)",
+                f"jointstats jobs --node https://a.example:8701 {officer}")
     _node_args(p)
     p.add_argument("--name", help="your name [the key file's stem]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("audit-log", help="an officer reads a node's audit log over its API")
+    p = command(sub, "audit-log", "an officer reads a node's audit log over its API",
+                f"jointstats audit-log --node https://b.example:8702 {officer}",
+                "An officer reads a node's audit log over its API, with the node's verdict on "
+                "its hash chain (non-zero exit if it is not intact).")
     _node_args(p, who="officer")
     p.add_argument("--name", help="officer name [the key file's stem]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_audit_log)
 
-    p = sub.add_parser("policy", help="reload a node's policy without a restart (officers)")
-    psub = p.add_subparsers(dest="policy_command", required=True)
-    q = psub.add_parser("reload", help="re-read the node's config: revocations apply at once")
+    p = sub.add_parser("policy", help="reload a node's policy without a restart (officers)",
+                       description="Reload a node's policy without a restart (officers; "
+                                   "docs/governance.md).")
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    q = command(psub, "reload", "re-read the node's config: revocations apply at once",
+                f"jointstats policy reload --node https://b.example:8702 {officer}")
     _node_args(q, who="officer")
     q.add_argument("--name", help="officer name [the key file's stem]")
     q.set_defaults(func=cmd_reload)
 
-    p = sub.add_parser("catalog", help="datasets, columns and privacy levels your agreements cover")
+    analyst = "--key alice.key --ca keys/ca.crt"
+    p = command(sub, "catalog", "datasets, columns and privacy levels your agreements cover",
+                f"jointstats catalog --node https://a.example:8701 {analyst}",
+                "The datasets, documented columns and privacy levels a node's data-use "
+                "agreements cover for you; never a data value.")
     _node_args(p)
     p.add_argument("--name", help="analyst name [the key file's stem]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_catalog)
 
-    p = sub.add_parser("spec-template", help="a starting spec for a dataset, from the catalogs")
+    p = command(sub, "spec-template", "a starting spec for a dataset, from the catalogs",
+                "jointstats spec-template --node https://a.example:8701 https://b.example:8702 "
+                f"https://c.example:8703 {analyst} --dataset cohort > spec.yaml",
+                "Print a starting spec for a dataset from every node's catalog: the columns "
+                "every party documents and releases to you, a purpose and kinds their "
+                "agreements allow, an epsilon within every party's cap.")
     _node_args(p, many=True)
     p.add_argument("--name", help="analyst name [the key file's stem]")
     p.add_argument("--dataset", required=True, help="the dataset to start a spec for")
     p.set_defaults(func=cmd_spec_template)
 
-    p = sub.add_parser("consent", help="a party's consent withdrawal list (operator, on the host)")
-    csub = p.add_subparsers(dest="consent_command", required=True)
-    q = csub.add_parser("withdraw", help="data subjects leave every job that starts from now")
+    p = sub.add_parser("consent", help="a party's consent withdrawal list (operator, on the host)",
+                       description="A party's consent withdrawal list (operator, on the host; "
+                                   "datasets.<name>.subject_id, docs/governance.md).")
+    csub = p.add_subparsers(dest="consent_command", required=True, metavar="COMMAND")
+    q = command(csub, "withdraw", "data subjects leave every job that starts from now",
+                "jointstats consent withdraw --config parties/demo/hospital_a.yaml P-10442 P-20931")
     q.add_argument("--config", required=True, help="this party's config (YAML)")
     q.add_argument("--dataset", help="the dataset [the only one with subject_id]")
     q.add_argument("ids", nargs="+", metavar="ID", help="data subjects' identifiers (the dataset's subject_id column)")
     q.set_defaults(func=cmd_consent)
-    q = csub.add_parser("list", help="the withdrawals in force")
+    q = command(csub, "list", "the withdrawals in force",
+                "jointstats consent list --config parties/demo/hospital_a.yaml")
     q.add_argument("--config", required=True, help="this party's config (YAML)")
     q.add_argument("--dataset", help="the dataset [the only one with subject_id]")
     q.set_defaults(func=cmd_consent)
 
-    p = sub.add_parser("report", help="the release report of a result (Markdown, or --html); "
-                                      "'report verify FILE' checks one")
+    p = command(sub, "report", "the release report of a result (Markdown, or --html); "
+                               "'report verify FILE' checks one",
+                "jointstats report result.json --html --out report.html\n"
+                "jointstats report verify report.html --keys pinned/\n"
+                "jointstats report key --config parties/demo/hospital_a.yaml --out hospital_a.pub",
+                "The release report of a result (Markdown, or --html), showing only released "
+                "values and every party's signed attestation; 'report verify FILE' checks a "
+                "report or result against the parties' signatures (and with --keys, pinned "
+                "keys); 'report key --config A.yaml' prints a party's release public key.")
     p.add_argument("result", help="a result JSON (--out of run/submit), or 'verify' / 'key'")
     p.add_argument("file", nargs="?", help="with verify: the report or result JSON to check")
     p.add_argument("--html", action="store_true", help="HTML instead of Markdown")
