@@ -61,6 +61,17 @@ class ReplayError(AuthError):
     """A job id (nonce) was submitted or reserved a second time."""
 
 
+class ApiRefusal(AuthError):
+    """A node refused a request to its API for the caller's signature or role (or a signed
+    request it cannot read): ``status`` is the HTTP status of the answer (401, 403 or 400)
+    and ``kind`` the error class name the answer carries (docs/governance.md, Roles)."""
+
+    def __init__(self, status: int, message: str, kind: str = "AuthError"):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
 class PartyError(JointStatsError, RuntimeError):
     """A party failed, refused or died during a job; the message names it.
 
@@ -110,6 +121,11 @@ class CodecError(JointStatsError, ValueError):
     """Bytes received from a peer are not the message the receiving step expects."""
 
 
+class LinkageError(CodecError):
+    """A message of a linked job's record linkage is not what the protocol expects (a point
+    of small order, say: never from a hashed key, only from a deviating peer)."""
+
+
 class SingularError(JointStatsError, ArithmeticError):
     """A regression's normal equations are singular (collinear terms or too few rows)."""
 
@@ -120,6 +136,11 @@ class StateError(JointStatsError, RuntimeError):
 
 class AuditError(JointStatsError):
     """An audit log failed verification; the message names the first bad record."""
+
+
+class ReportError(JointStatsError):
+    """A release report or result failed verification (a signature, a pinned key, a byte
+    changed); the message names what and whose."""
 
 
 def error_class(name: str | None) -> type[JointStatsError] | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from jointstats.errors import AuthError, JointStatsError
+from jointstats.errors import ApiRefusal, AuthError
 
 if TYPE_CHECKING:  # pragma: no cover
     from jointstats.consortium.config import PartyConfig
@@ -38,15 +38,6 @@ ANALYST, OFFICER = "analyst", "officer"
 WAITING_PREFIX = "waiting:"
 #: Longest rejection reason (characters): it becomes part of a one-line error.
 MAX_REASON_CHARS = 200
-
-
-class ApiRefusal(JointStatsError):
-    """A request refused for its role or signature: HTTP ``status`` and a one-line reason."""
-
-    def __init__(self, status: int, message: str, kind: str = "AuthError"):
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jointstats.errors import ConfigError, JointStatsError
+from jointstats.errors import ConfigError, ReportError
 
 if TYPE_CHECKING:  # pragma: no cover
     from jointstats.ledger.consent import Exclusion
@@ -40,10 +40,6 @@ _DOMAIN = "jointstats-release-v1"
 _BEGIN = "<!-- jointstats-release "
 _END = " -->"
 _CHUNK = 1 << 20
-
-
-class ReportError(JointStatsError):
-    """A release report or result failed verification; the message names what and whose."""
 
 
 def _canonical(obj: Any) -> bytes:

@@ -20,16 +20,32 @@ OUTSIDE_THE_TREE = {"ApiError", "YamlInputError"}
 
 #: Modules that read third-party errors (pyarrow, database drivers), which have no class per
 #: cause: only there may a message be matched.
-THIRD_PARTY_MESSAGES = {"_sources.py", "_sql_sources.py"}
+THIRD_PARTY_MESSAGES = {"engine/sources.py", "engine/sql_sources.py"}
+
+
+def _modules():
+    """Every module of the package, by its path below it (``engine/report.py``)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(PACKAGE).as_posix(), path
 
 
 def _exception_classes():
-    for path in sorted(PACKAGE.glob("*.py")):
+    """(module, class) of every class deriving from an exception: by its base's name, or from
+    a class of errors.py imported under its own name."""
+    tree_names = {name for name, c in vars(errors).items() if isinstance(c, type)}
+    for mod, path in _modules():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef) and any(
-                    re.search(r"(Error|Exception)$", ast.unparse(b)) for b in node.bases):
-                yield path.name, node.name
+                    re.search(r"(Error|Exception)$", ast.unparse(b)) or ast.unparse(b) in tree_names
+                    for b in node.bases):
+                yield mod, node.name
+
+
+def test_the_scan_sees_every_layer():
+    mods = {mod.split("/")[0] for mod, _ in _modules()}
+    assert {"plan", "consortium", "engine", "node", "cli"} <= mods
+    assert ("errors.py", "ApiRefusal") in set(_exception_classes())
 
 
 def test_every_public_error_class_is_in_errors_py():
@@ -50,21 +66,30 @@ def test_every_error_class_derives_from_the_root_and_has_an_exit_code():
     from jointstats.engine.secure import SingularError
     from jointstats.ledger.state import ReplayError, StateError
     from jointstats.cli.node import AuditError
-    assert {CodecError, SingularError, ReplayError, StateError, AuditError} <= set(classes)
+    from jointstats.consortium.approval import ApiRefusal
+    from jointstats.engine.report import ReportError
+    assert {CodecError, SingularError, ReplayError, StateError, AuditError, ApiRefusal,
+            ReportError} <= set(classes)
+    # a refused API request is an authentication refusal (exit 3); a report that does not
+    # verify a failure (exit 1), as an audit log that does not
+    assert issubclass(ApiRefusal, errors.AuthError) and ApiRefusal(403, "x").exit_code == 3
+    assert ApiRefusal(403, "x").status == 403 and ApiRefusal(400, "x", "SpecError").kind == "SpecError"
+    assert ReportError("x").exit_code == errors.AuditError("x").exit_code == 1
 
 
 def test_nothing_classifies_errors_by_message_text():
     pattern = re.compile(r"""["'][^"']+["']\s+(not\s+)?in\s+str\(\w+\)"""
                          r"""|str\(\w+\)\.(startswith|endswith|find)\(|\breason\.startswith\(""")
     found = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        if path.name in THIRD_PARTY_MESSAGES:
+    for mod, path in _modules():
+        if mod in THIRD_PARTY_MESSAGES:
             continue
         for i, line in enumerate(path.read_text().splitlines(), 1):
             if pattern.search(line):
-                found.append(f"{path.name}:{i}: {line.strip()}")
-    # _party._refusal only decides whether a refusal's text already names its party (wording)
-    allowed = {"_party.py"}
+                found.append(f"{mod}:{i}: {line.strip()}")
+    # engine/party.py's _refusal only decides whether a refusal's text already names its party
+    # (wording)
+    allowed = {"engine/party.py"}
     assert [f for f in found if f.split(":")[0] not in allowed] == []
 
 
