@@ -227,7 +227,8 @@ def test_governance_walkthrough_runs_verbatim(tmp_path):
                 raise AssertionError(f"{step.where()}: " + "; ".join(problems) + f"\n--- block\n{step.code}"
                                      f"--- output\n{output}{_node_logs(tmp_path)}")
         # beyond the doc's one example: a change of any single byte fails verification
-        from jointstats.engine.report import ReportError, verify_file
+        from jointstats.engine.report import verify_file
+        from jointstats.errors import ReportError
         report = tmp_path / "governance" / "report.html"
         data = report.read_bytes()
         changed = tmp_path / "changed-byte.html"
