@@ -29,16 +29,12 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from jointstats.errors import JointStatsError
+from jointstats.errors import JointStatsError, LinkageError  # noqa: F401 (LinkageError: re-exported)
 
 #: Bytes of a point (an X25519 u-coordinate).
 POINT = 32
 #: Domain separation of the hash of a key to a point (the dataset name follows it).
 _DOMAIN = b"jointstats-link-v1\x00"
-
-
-class LinkageError(JointStatsError, ValueError):
-    """A message of the linkage is not what the protocol expects (a low-order point, say)."""
 
 
 # ----------------------------------------------------------------------------- keys
