@@ -29,7 +29,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from jointstats.errors import JointStatsError, LinkageError  # noqa: F401 (LinkageError: re-exported)
+from jointstats.errors import LinkageError
 
 #: Bytes of a point (an X25519 u-coordinate).
 POINT = 32
