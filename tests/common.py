@@ -1,10 +1,12 @@
 """Test material shared across folders: the spec YAML of ``tests.conftest.cohort_frame``'s columns,
-a valid party config, and a cluster of nodes started and stopped together.
+a valid party config, a cluster of nodes started and stopped together, and reading a raw
+HTTP answer to its end.
 
 (Ports: ``tests/ports.py``; consortia of party configs: ``tests/conftest.py``.)"""
 from __future__ import annotations
 
 import contextlib
+import socket
 
 #: the spec schema entry (flow-style YAML) of each column of ``cohort_frame``
 COHORT_COLUMNS = {
@@ -51,3 +53,17 @@ def nodes_running(cluster, count: int = 3):
     finally:
         for i in range(count):
             cluster.stop(i)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer closes, resets or the socket times out."""
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -21,6 +21,7 @@ from jointstats.plan import spec as spec_module
 from jointstats.consortium.keys import make_analyst_key, sign_submission
 from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
+from tests.common import recv_all
 from tests.ports import can_bind
 from tests.unit.test_node_api import SPEC, body, call, get, node  # noqa: F401 - node is a fixture
 
@@ -293,16 +294,7 @@ def raw_request(url: str, data: bytes, timeout: float = 10, source: str | None =
     with socket.create_connection((host, int(port)), timeout=timeout,
                                   source_address=(source, 0) if source else None) as sock:
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return recv_all(sock)
 
 
 def status_and_json(response: bytes) -> tuple[int, dict]:

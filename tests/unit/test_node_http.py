@@ -17,6 +17,7 @@ from jointstats.node.client import NodeClient
 from jointstats.consortium.keys import make_analyst_key
 from jointstats.node.service import Node, make_server
 from tests.conftest import cohort_frame, write_consortium
+from tests.common import recv_all
 from tests.ports import can_bind
 from tests.unit.test_node_api import body, call, get
 
@@ -60,19 +61,6 @@ def make_node(tmp_path):
         server.shutdown()
         server.server_close()
         node.stop()
-
-
-def _recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, socket.timeout):
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _block(node, method: str):
@@ -123,7 +111,7 @@ def test_an_oversized_body_is_refused_with_413_before_it_is_read(make_node):
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
         sock.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 5000000\r\n\r\n" + b"{" + b" " * 1000)  # 1 KB of 5 MB sent
-        answer = _recv_all(sock)
+        answer = recv_all(sock)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), answer[:200]
     assert json.loads(payload) == {"error": "request body larger than 4096 bytes", "kind": "HTTPError"}
@@ -217,7 +205,7 @@ def test_when_connections_are_full_an_idle_one_makes_room(make_node):
         assert c.get("/health")["ok"]
         c.close()
         idle[0].settimeout(5)
-        assert _recv_all(idle[0]) == b""  # the oldest was cut to make room
+        assert recv_all(idle[0]) == b""  # the oldest was cut to make room
         assert node.server.registry.evicted >= 1
     finally:
         for s in idle:
