@@ -13,6 +13,15 @@ import yaml
 from tests.ports import free_ports, pytest_runtest_protocol, pytest_terminal_summary  # noqa: F401
 
 
+def mpc_peers(holders, compute=()) -> list[dict]:
+    """The ``mpc.parties`` list of a loopback consortium: the data holders, then the compute-only
+    parties (``role: compute``), each on a fresh port (tests/ports.py)."""
+    ports = free_ports(len(holders) + len(compute))
+    peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(holders, ports)]
+    return peers + [{"name": n, "host": "127.0.0.1", "port": p, "role": "compute"}
+                    for n, p in zip(compute, ports[len(holders):])]
+
+
 def write_consortium(root: Path, frames: list[pd.DataFrame], *, allow_exact: bool = True,
                      policy: dict | None = None, fmt: str = "csv", names: list[str] | None = None,
                      compute: list[str] | tuple[str, ...] = ()) -> list[Path]:
@@ -21,10 +30,7 @@ def write_consortium(root: Path, frames: list[pd.DataFrame], *, allow_exact: boo
     ``compute`` names compute-only parties (``role: compute``) listed after the data
     holders: their configs have no datasets and no data directory."""
     names = names or [f"party_{chr(97 + i)}" for i in range(len(frames))]
-    ports = free_ports(len(frames) + len(compute))
-    peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(names, ports)]
-    peers += [{"name": n, "host": "127.0.0.1", "port": p, "role": "compute"}
-              for n, p in zip(compute, ports[len(frames):])]
+    peers = mpc_peers(names[:len(frames)], compute)
     paths = []
     for name, frame in zip(names, frames):
         d = root / name

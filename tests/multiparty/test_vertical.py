@@ -23,7 +23,7 @@ import yaml
 from jointstats import PartyError, run, validate
 from jointstats.engine import linkage as L
 from tests.common import cohort_schema
-from tests.conftest import cohort_frame, free_ports
+from tests.conftest import cohort_frame, mpc_peers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,10 +54,7 @@ def linked_consortium(root: Path, frames, columns, compute=(), names=None) -> li
     """One CSV and one config per holder (declaring the columns it holds), then the
     compute-only parties; returns the config paths."""
     names = names or [f"holder_{chr(97 + i)}" for i in range(len(frames))]
-    ports = free_ports(len(frames) + len(compute))
-    peers = [{"name": n, "host": "127.0.0.1", "port": p} for n, p in zip(names, ports)]
-    peers += [{"name": n, "host": "127.0.0.1", "port": p, "role": "compute"}
-              for n, p in zip(compute, ports[len(frames):])]
+    peers = mpc_peers(names[:len(frames)], compute)
     paths = []
     for name, frame, cols in zip(names, frames, columns):
         d = root / name
