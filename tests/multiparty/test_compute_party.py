@@ -19,19 +19,14 @@ import yaml
 from jointstats import PartyError, PolicyError, run, validate
 from jointstats.ledger.state import NodeState
 from jointstats.consortium.config import load_party_config
+from tests.common import cohort_schema
 from tests.conftest import cohort_frame
 from tests import faults
 
 HEAD = """
 name: two-orgs
 dataset: cohort
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  bmi:    {type: real, bounds: [10, 60]}
-  sbp:    {type: real, bounds: [80, 220]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-"""
+""" + cohort_schema("age", "bmi", "sbp", "smoker", "region")
 
 STATS = """statistics:
   n:        {kind: count}

@@ -12,19 +12,14 @@ pytest.importorskip("jointstats.noise.sampler")
 from jointstats import PartyError, run  # noqa: E402
 from jointstats.ledger.state import NodeState  # noqa: E402
 from jointstats.consortium.config import load_party_config  # noqa: E402
+from tests.common import cohort_schema  # noqa: E402
 from tests.conftest import cohort_frame  # noqa: E402
 from tests import faults
 
 HEAD = """
 name: dp-check
 dataset: cohort
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  bmi:    {type: real, bounds: [10, 60]}
-  sbp:    {type: real, bounds: [80, 220]}
-  smoker: {type: categorical, levels: [no, yes]}
-  region: {type: categorical, levels: [north, south, east, west]}
-"""
+""" + cohort_schema("age", "bmi", "sbp", "smoker", "region")
 
 STATS = """
 statistics:

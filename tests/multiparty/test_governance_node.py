@@ -19,6 +19,7 @@ import yaml
 from jointstats.errors import AuthError, JointStatsError, PartyError, PolicyError
 from jointstats.consortium.crl import issue_crl
 from jointstats.consortium.keys import make_analyst_key
+from tests.common import nodes_running
 from tests.multiparty.test_node import NAMES, Cluster
 
 SCHEMA = {"age": {"type": "real", "bounds": [18, 100]},
@@ -49,15 +50,8 @@ def gov(tmp_path_factory):
         if i == 0:  # party_a wants an officer's sign-off above epsilon 0.5
             pol["approval"] = {"above_epsilon": 0.5, "expires_after": EXPIRY}
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    try:
-        for i in range(3):
-            c.start(i, wait=False)
-        for i in range(3):
-            c.wait_healthy(i)
+    with nodes_running(c):
         yield c
-    finally:
-        for i in range(3):
-            c.stop(i)
 
 
 def _cli(*args, timeout=120):

@@ -25,6 +25,7 @@ import yaml
 from jointstats.node.client import NodeClient, fetch_result, submit
 from jointstats.errors import AuthError, BudgetError, JointStatsError, PartyError
 from jointstats.consortium.keys import make_analyst_key, make_ca, make_party_cert
+from tests.common import nodes_running
 from tests.conftest import cohort_frame, free_ports
 
 NAMES = ["party_a", "party_b", "party_c"]
@@ -238,15 +239,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     c = Cluster(tmp_path_factory.mktemp("nodes"))
-    try:
-        for i in range(3):
-            c.start(i, wait=False)
-        for i in range(3):
-            c.wait_healthy(i)
+    with nodes_running(c):
         yield c
-    finally:
-        for i in range(3):
-            c.stop(i)
 
 
 @pytest.fixture(autouse=True)
