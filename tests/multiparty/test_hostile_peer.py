@@ -18,6 +18,7 @@ import pytest
 
 from jointstats.ledger.state import NodeState
 from jointstats.consortium.config import load_party_config
+from tests.common import cohort_schema
 from tests.conftest import cohort_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,11 +26,7 @@ HOSTILE = "party_b"
 
 EXACT = """
 dataset: cohort
-schema:
-  age:    {type: real, bounds: [18, 100]}
-  smoker: {type: categorical, levels: ["no", "yes"]}
-  region: {type: categorical, levels: [north, south, east, west]}
-statistics:
+""" + cohort_schema("age", "smoker", "region") + """statistics:
   n:     {kind: count}
   m:     {kind: mean, column: age}
   cells: {kind: crosstab, rows: smoker, cols: region, min_count: 3}

@@ -25,7 +25,7 @@ import yaml
 from jointstats.node.client import NodeClient, fetch_result, submit
 from jointstats.errors import AuthError, BudgetError, JointStatsError, PartyError
 from jointstats.consortium.keys import make_analyst_key, make_ca, make_party_cert
-from tests.common import nodes_running
+from tests.common import cohort_schema, nodes_running
 from tests.conftest import cohort_frame, free_ports
 
 NAMES = ["party_a", "party_b", "party_c"]
@@ -33,11 +33,7 @@ ROWS = 40
 
 EXACT = """name: node-exact
 dataset: cohort
-schema:
-  age: {type: real, bounds: [18, 100]}
-  smoker: {type: categorical, levels: ["no", "yes"]}
-  region: {type: categorical, levels: [north, south, east, west]}
-statistics:
+""" + cohort_schema("age", "smoker", "region") + """statistics:
   n: {kind: count}
   mean_age: {kind: mean, column: age}
   smoking: {kind: crosstab, rows: smoker, cols: region}
