@@ -137,12 +137,12 @@ class PartyJob:
                             f"for engine sources; exclude withdrawn subjects in the table or query")
 
         def aggregate():
-            # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
-            # (jointstats.engine.sql_sources); None: stream its rows through the numpy path
             with trace.span("local_step"):
                 return aggregate_rows()
 
         def aggregate_rows():
+            # an engine-backed source (PostgreSQL, DuckDB, Spark) computes the partials itself
+            # (jointstats.engine.sql_sources); None: stream its rows through the numpy path
             if plan.vertical:  # a linked job: keys and encoded rows (jointstats.engine.vertical)
                 from jointstats.engine.vertical import local_block
                 try:
