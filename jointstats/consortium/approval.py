@@ -79,6 +79,9 @@ def authenticate(config: "PartyConfig", headers: Mapping[str, str] | None, text:
         if other is not None:
             raise ApiRefusal(403, f"{other[0]} {name[:64]!r} may not do this at party "
                                   f"{config.party!r} (role required: {' or '.join(roles)})")
+        if name in config.policy.governance.revoked:
+            raise ApiRefusal(401, f"{name[:64]!r} is revoked at party {config.party!r} "
+                                  f"(policy.revoked)")
         raise ApiRefusal(401, f"{' or '.join(roles)} {name[:64]!r} is not listed by party "
                               f"{config.party!r}")
     role, pub = found

@@ -62,7 +62,8 @@ def _stamp() -> str:
 
 #: Refusals before a signature is verified that are audited one by one per minute (the rest counted).
 UNAUTHENTICATED_AUDITS_PER_MINUTE = 20
-_UNAUTHENTICATED = frozenset({"malformed", "unknown analyst", "bad signature", "stale timestamp"})
+_UNAUTHENTICATED = frozenset({"malformed", "unknown analyst", "revoked", "bad signature",
+                              "stale timestamp"})
 
 
 # ----------------------------------------------------------------------------- the node
@@ -198,9 +199,11 @@ class Node(Scheduler):
         timestamp, signature = sub.timestamp, sub.signature
         pub = cfg.policy.analyst_key(analyst)
         if pub is None:
-            err = AuthError(f"analyst {analyst!r} is not listed in party {cfg.party!r}'s "
-                            f"policy.analysts")
-            self._refuse(job_id, analyst, "unknown analyst", err)
+            revoked = analyst in cfg.policy.governance.revoked
+            err = AuthError(f"analyst {analyst!r} is revoked at party {cfg.party!r} (policy.revoked)"
+                            if revoked else f"analyst {analyst!r} is not listed in party "
+                                            f"{cfg.party!r}'s policy.analysts")
+            self._refuse(job_id, analyst, "revoked" if revoked else "unknown analyst", err)
             raise api_error(err)
         try:
             verify_submission(pub, spec_text, job_id, timestamp, analyst, signature,

@@ -188,7 +188,7 @@ def test_outside_agreement_roles_and_revocation(gov):
     c.configs[1].write_text(yaml.safe_dump(cfg, sort_keys=False))
     out = _officer(c, "policy", "reload", "--node", c.urls[1])
     assert out.returncode == 0 and "policy reloaded" in out.stdout, out.stderr
-    with pytest.raises(AuthError, match="analyst 'bob' is not listed in party 'party_b'"):
+    with pytest.raises(AuthError, match=r"analyst 'bob' is revoked at party 'party_b' \(policy.revoked\)"):
         c.submit(_template(c).replace("epsilon: 1.0", "epsilon: 0.5"), analyst="bob")
     for i in range(3):
         out = _cli("audit", "verify", "--config", str(c.configs[i]))
