@@ -9,6 +9,7 @@ is checked against what docs/linkage.md says it learns.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -326,8 +327,11 @@ def test_a_holders_view_matches_the_leakage_statement(tmp_path):
                   for i in range(0, len(d), 32)}
     own_hashes = {bytes(p) for p in L.hash_points([L.normalise_key(k) for k in frames[1]["pid"]], "linked")}
     assert not own_hashes & points_out  # it never sends its keys' hash points unblinded
-    # nothing it sent comes back as it was: it cannot follow a row (or a permutation) by value
-    assert not points_out & set(points_in)
+    # nothing it sent comes back as it was: it cannot follow a row (or a permutation) by value.
+    # (The echo round after each all-to-all record forwards SHA-256 digests of the records, the
+    # same digests in and out by design (jointstats.mpc.codec): those are not points.)
+    digests = {hashlib.sha256(d).digest() for _, d in received + sent}
+    assert not (points_out & set(points_in)) - digests
     log = (tmp_path / "holder_b.log").read_text()
     assert not any(k in log or k.lower() in log for k in ids)
     result = json.loads((tmp_path / "holder_b.json").read_text())
