@@ -585,11 +585,18 @@ def _regression(stat: StatPlan, vec: np.ndarray, draws: np.ndarray) -> dict:
     wide = np.array([np.inf if t.kind == "one" else
                      (yhi - ylo) / max(t.column_bounds[1] - t.column_bounds[0], 1e-300) if t.kind == "num"
                      else (yhi - ylo) for t in z_terms]) * 2
+    # an intercept: the target's largest size plus every slope's widest effect
+    slope_reach = sum(w * max(abs(t.column_bounds[0]), abs(t.column_bounds[1])) if t.kind == "num" else w
+                      for t, w in zip(z_terms, wide / 2) if t.kind != "one")
+    plausible = np.where(np.isfinite(wide), wide, 2 * (max(abs(ylo), abs(yhi)) + slope_reach))
     info = _share_info(stat.noise)
     # The spread of re-noised fits around this fit, plus, where the adaptive ridge is on, the
     # shrinkage it caused (the fit without it minus the fit with it): the ridge trades noise
     # for bias, and an interval that left the bias out would not cover.
-    bias = np.maximum(np.abs(boot.mean(axis=0) - fit["beta"]), np.abs(fit["shrink"]))
+    # The shrinkage is held to the widest plausible coefficient: where the ridge is strong the
+    # fit without it is near-singular and the difference would be unbounded (a plug-in bias at
+    # the shrunk fit instead under-covers there: tests/unit/test_dp_ridge_coverage.py).
+    bias = np.maximum(np.abs(boot.mean(axis=0) - fit["beta"]), np.minimum(np.abs(fit["shrink"]), plausible))
     noise_half = _halfwidths(fit["beta"], boot) + bias
     noise_sd = np.sqrt(np.var(boot, axis=0) + bias ** 2)
     info["scale"] = _json_floats(noise_sd)
