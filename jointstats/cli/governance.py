@@ -81,6 +81,17 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approval_text(*rules: dict) -> str:
+    """When an officer's approval is needed, in words, under every given rule at once (the
+    party's and an agreement's)."""
+    if any(r.get("always") for r in rules):
+        return "every job"
+    above = [r["above_epsilon"] for r in rules if r.get("above_epsilon") is not None]
+    when = ([f"epsilon above {min(above):g}"] if above else []) + (
+        ["exact mode"] if any(r.get("exact") for r in rules) else [])
+    return " or ".join(when) if when else "not needed"
+
+
 def cmd_catalog(args: argparse.Namespace) -> int:
     client, _ = _client(args.node, args.key, args.name, args.ca)
     cat = client.get("/catalog")
@@ -97,12 +108,14 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         pr = ds["privacy"]
         print(f"  privacy: max epsilon/job {pr['max_epsilon_per_job']}, min_count {pr['min_count']}, "
               f"dataset remaining epsilon {pr['dataset_remaining']['epsilon']:g}; "
-              f"exact possible: {ds['exact_possible']}")
+              f"exact possible: {ds['exact_possible']}; officer approval: "
+              f"{_approval_text(pr['approval'])}")
         for a in ds["agreements"]:
             print(f"  agreement {a['id']}: purposes {', '.join(a['purposes'])}; kinds "
                   f"{', '.join(a['kinds'])}; modes {', '.join(a['modes'])}; remaining epsilon "
                   f"{a['remaining']['epsilon']:g}; valid {a['valid']['from']}..{a['valid']['until']}"
-                  f"{'' if a['valid_today'] else ' (NOT valid today)'}; approval {a['approval']}")
+                  f"{'' if a['valid_today'] else ' (NOT valid today)'}; officer approval: "
+                  f"{_approval_text(pr['approval'], a['approval'])}")
     return 0
 
 
