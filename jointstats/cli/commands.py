@@ -8,6 +8,7 @@ refused the job). Anything but 0 comes with one line on stderr naming the field 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -188,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jointstats: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (``jointstats catalog | head``): not an error of
+        # ours; point stdout at /dev/null so that the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
