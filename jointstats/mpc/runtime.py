@@ -962,6 +962,9 @@ class JointRuntime(Runtime):
                 await self._deliver_notices()  # it blamed a peer (an echo mismatch) and told the others
             return task.result()
         task.cancel()
+        # a gather cancelled here may still end with a child's error: retrieve it, so that
+        # asyncio does not log "exception was never retrieved" when the node shuts down
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         if self.failed.done():
             pid, reason = self.failed.result()
             await self._deliver_notices()
