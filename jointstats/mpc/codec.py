@@ -41,7 +41,7 @@ __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width
            "encode_field_values", "decode_field_values", "encode_array", "decode_array",
            "encode_int", "decode_int", "encode_ints", "decode_ints", "encode_text", "decode_text",
            "encode_record", "decode_record", "refusal_line", "encode_notice", "decode_notice",
-           "Notice", "CAUSES", "MALFORMED", "SILENT", "LOST", "EQUIVOCATED", "HEARTBEAT", "decode_heartbeat",
+           "Notice", "CAUSES", "MALFORMED", "SILENT", "LOST", "EQUIVOCATED", "DIED", "HEARTBEAT", "decode_heartbeat",
            "encode_digests", "decode_digests", "DIGEST_SIZE",
            "INT", "INTS", "TEXT", "RECORD", "codec_for", "RENDEZVOUS_TYPE"]
 
@@ -427,9 +427,10 @@ def refusal_line(sender: str, refusal: str) -> str:
 # ----------------------------------------------------------------------------- notices
 
 #: Why a party stopped the job because of another (the cause byte of a notice).
-MALFORMED, SILENT, LOST, EQUIVOCATED = 0, 1, 2, 3
+MALFORMED, SILENT, LOST, EQUIVOCATED, DIED = 0, 1, 2, 3, 4
 CAUSES = {MALFORMED: "sent a malformed message", SILENT: "went silent",
-          LOST: "disconnected", EQUIVOCATED: "sent different parties different records"}
+          LOST: "disconnected", EQUIVOCATED: "sent different parties different records",
+          DIED: "died before connecting (its node says so)"}
 
 
 @dataclass(frozen=True)

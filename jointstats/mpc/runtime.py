@@ -381,6 +381,12 @@ class _Exchanger(_asyncoro.MessageExchanger):
             # without risking a reset that discards its notice before this party reads it
             rt._told.add(self.peer_pid)
             self.send(NOTICE_PC, payload)
+        if notice.culprit == self.peer_pid:
+            # a party speaking of itself (its node, after its worker died before connecting:
+            # jointstats.node.schedule) is first-hand
+            rt.report_failure(notice.culprit, f"party {rt.name_of(notice.culprit)!r} "
+                                              f"{_codec.CAUSES[notice.cause]}")
+            return
         rt.report_failure(notice.culprit, f"party {rt.name_of(notice.culprit)!r} "
                                           f"{_codec.CAUSES[notice.cause]} (reported by party "
                                           f"{rt.name_of(self.peer_pid)!r}, which stopped the job)",

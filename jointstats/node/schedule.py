@@ -38,6 +38,10 @@ RENDEZVOUS_TAG = "jointstats-rendezvous/1"
 _RDV = RENDEZVOUS_TAG
 
 
+#: Seconds a node tries to reach the other parties to tell them its worker died before connecting.
+ANNOUNCE_TIMEOUT = 10.0
+
+
 class Scheduler:
     """The scheduling half of a node (mixed into :class:`jointstats.node.service.Node`)."""
 
@@ -205,6 +209,7 @@ class Scheduler:
             proc = None
         finally:
             self._proc = None
+        connected = getattr(events, "connected", False)
         payload = self.store.read_result(job.job_id)
         worker_settled = error is None and payload is not None
         if error is None and payload is not None:
@@ -230,10 +235,38 @@ class Scheduler:
             kind = "PartyDiedError"
             if lines:
                 self._log(f"job {job.job_id}: last line of its worker log: {lines[-1]}")
+            if not connected:
+                self._announce_death(job)
         self._end(job, "failed", error, settle=not worker_settled, kind=kind)
         with self._lock:
             self._running = None
         self._log(f"job {job.job_id} failed: {error}")
+
+    def _announce_death(self, job: NodeJob) -> None:
+        """The worker died before it connected: the other parties' workers wait for it until
+        their connect timeout. Connect in its place (this party's MPC port is free again, the
+        same identity) and tell them, in a typed notice naming this party, so that they stop
+        within seconds and name the right party."""
+        from jointstats.mpc import codec as _codec, runtime as _mpc
+
+        async def tell() -> None:
+            cfg = self.config
+            rt = _mpc.make_party_runtime(cfg.index, self.names, [(p.host, p.port) for p in cfg.peers])
+            if cfg.tls is not None:
+                from jointstats.consortium.tls import configure_tls
+                configure_tls(rt, cfg)
+            try:
+                await rt.start(min(self.connect_timeout, ANNOUNCE_TIMEOUT))
+                rt.blame(cfg.index, _codec.DIED, f"party {cfg.party!r} died before connecting")
+                await rt._deliver_notices()
+            finally:
+                rt.abort()
+        try:
+            asyncio.run(tell())
+            self._log(f"job {job.job_id}: told the other parties that its worker died before connecting")
+        except Exception as exc:  # noqa: BLE001 - best effort: the peers' own timeout still ends it
+            self._log(f"job {job.job_id}: could not tell the other parties that its worker died "
+                      f"({type(exc).__name__}: {exc})")
 
     @staticmethod
     def _read_worker(proc, log, lines: list[str]) -> None:
@@ -251,6 +284,8 @@ class Scheduler:
         def progress(sender: str, message: str) -> None:
             if sender == party:
                 job.progress = message
+                if message == "connected":
+                    events.connected = True
 
         def malformed(line: str) -> None:
             events.bad_line(line)

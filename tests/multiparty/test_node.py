@@ -3,7 +3,8 @@
 Faults are injected into the nodes' worker processes through a throw-away
 ``sitecustomize`` (on the nodes' PYTHONPATH only) whose trace sink (``jointstats.engine.trace``)
 reacts to trigger files at the engine's spans:
-``exit_after_connect`` (the worker dies once connected), ``sleep_after_connect`` (the
+``exit_before_connect`` (the worker dies before it connects), ``exit_after_connect`` (the
+worker dies once connected), ``sleep_after_connect`` (the
 worker stalls once connected, so the test can SIGKILL its node) and ``kill_in_commit``
 (the worker SIGKILLs its node and itself inside the ledger's commit transaction).
 """
@@ -77,6 +78,8 @@ if _dir:
     from jointstats.engine import trace as _trace
 
     def _at_span(name, attrs):  # a span-start sink of the engine's tracing hook
+        if name == "connect" and _take("exit_before_connect"):
+            os._exit(137)
         if name == "after_connect":
             if _take("exit_after_connect"):
                 os._exit(137)
@@ -447,6 +450,31 @@ def test_worker_dying_mid_job(cluster):
             failures = [r for r in state.audit_records()
                         if r["event"] == "failure" and r["fields"]["job_id"] == job_id]
             assert len(failures) == 1, failures  # audited once, by the worker or by its node
+            ok, why = state.verify_audit()
+            assert ok, why
+        finally:
+            state.close()
+    assert cluster.submit(EXACT).results["n"]["value"] == 3 * ROWS  # the nodes keep serving
+
+
+def test_worker_dying_before_connecting_is_named_within_seconds(cluster):
+    """A worker that dies before it connects: its node connects in its place and tells the
+    other parties' workers, which stop within seconds (not their 60 s connect timeout), all
+    naming that party (issue 16, item 4)."""
+    cluster.trigger(1, "exit_before_connect")
+    started = time.monotonic()
+    with pytest.raises(PartyError, match=r"party 'party_b' died \(exit status 137\)") as info:
+        cluster.submit(EXACT)
+    job_id = str(info.value).split()[1]
+    statuses = [cluster.status(i, job_id) for i in range(3)]
+    elapsed = time.monotonic() - started
+    assert elapsed < 30, elapsed  # target 5 s after the death; generous for a loaded machine
+    assert all(st["status"] == "failed" for st in statuses), statuses
+    for i in (0, 2):
+        assert "party 'party_b' died before connecting" in statuses[i]["error"], statuses[i]
+    for i in range(3):
+        state = cluster.ledger(i)
+        try:
             ok, why = state.verify_audit()
             assert ok, why
         finally:
