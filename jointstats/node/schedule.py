@@ -123,13 +123,9 @@ class Scheduler:
     async def _rendezvous(self, entries: list[tuple]) -> dict[str, list]:
         """Exchange job queues with every other party over the MPC channels (TLS if configured)."""
         from jointstats.mpc import codec as _codec
-        from jointstats.mpc import runtime as _mpc
         logging.getLogger().setLevel(logging.WARNING)  # MPyC logs every shutdown at INFO
         cfg = self.config
-        rt = _mpc.make_party_runtime(cfg.index, self.names, [(p.host, p.port) for p in cfg.peers])
-        if cfg.tls is not None:
-            from jointstats.consortium.tls import configure_tls
-            configure_tls(rt, cfg)
+        rt = self._party_runtime()
         # a typed record (jointstats.mpc.codec), never a pickle: at most MAX_QUEUE entries, the
         # earliest (entries come sorted); a peer's malformed record fails naming it
         message = {"type": _RDV, "party": cfg.party,
@@ -242,19 +238,27 @@ class Scheduler:
             self._running = None
         self._log(f"job {job.job_id} failed: {error}")
 
+    def _party_runtime(self):
+        """A runtime on this party's MPC port and identity (TLS if configured), in the node
+        process: for the rendezvous, and to speak for a worker that died before connecting."""
+        from jointstats.mpc import runtime as _mpc
+        cfg = self.config
+        rt = _mpc.make_party_runtime(cfg.index, self.names, [(p.host, p.port) for p in cfg.peers])
+        if cfg.tls is not None:
+            from jointstats.consortium.tls import configure_tls
+            configure_tls(rt, cfg)
+        return rt
+
     def _announce_death(self, job: NodeJob) -> None:
         """The worker died before it connected: the other parties' workers wait for it until
         their connect timeout. Connect in its place (this party's MPC port is free again, the
         same identity) and tell them, in a typed notice naming this party, so that they stop
         within seconds and name the right party."""
-        from jointstats.mpc import codec as _codec, runtime as _mpc
+        from jointstats.mpc import codec as _codec
 
         async def tell() -> None:
             cfg = self.config
-            rt = _mpc.make_party_runtime(cfg.index, self.names, [(p.host, p.port) for p in cfg.peers])
-            if cfg.tls is not None:
-                from jointstats.consortium.tls import configure_tls
-                configure_tls(rt, cfg)
+            rt = self._party_runtime()
             try:
                 await rt.start(min(self.connect_timeout, ANNOUNCE_TIMEOUT))
                 rt.blame(cfg.index, _codec.DIED, f"party {cfg.party!r} died before connecting")
