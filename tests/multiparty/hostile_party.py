@@ -128,6 +128,7 @@ def rendezvous(config: str, out: str) -> int:
     from jointstats.node.service import Node
     cfg = load_party_config(config)
     node = types.SimpleNamespace(config=cfg, names=[p.name for p in cfg.peers], attempt_timeout=20.0)
+    node._party_runtime = lambda: Node._party_runtime(node)  # the node's own runtime set-up
     entries = [(1_700_000_000, "job-1", "alice", "0" * 64)]
     try:
         queues = asyncio.run(Node._rendezvous(node, entries))
