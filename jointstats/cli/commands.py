@@ -115,6 +115,14 @@ def _progress_options(p: argparse.ArgumentParser) -> None:
                         "stderr [only when stderr is a terminal]")
 
 
+def _tls_client_options(p: argparse.ArgumentParser) -> None:
+    """How an analyst's or officer's command checks https node URLs (--ca, --crl)."""
+    p.add_argument("--ca", help="CA certificate to verify https node URLs")
+    p.add_argument("--crl", metavar="FILE",
+                   help="the consortium's certificate revocation list (jointstats keys crl): "
+                        "refuse a node whose certificate it revokes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(

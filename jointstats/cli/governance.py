@@ -15,10 +15,10 @@ from pathlib import Path
 from jointstats.errors import ConfigError
 
 
-def _client(url: str, key: str, name: str | None, ca: str | None):
+def _client(url: str, key: str, name: str | None, ca: str | None, crl: str | None = None):
     from jointstats.node.client import NodeClient
     name = name or Path(key).stem
-    return NodeClient(url, ca, signer=(Path(key), name)), name
+    return NodeClient(url, ca, signer=(Path(key), name), crl=crl), name
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     approve = args.gov_command == "approve"
     reason = getattr(args, "reason", "") or ""
     for url in args.node:
-        client, officer = _client(url, args.key, args.officer, args.ca)
+        client, officer = _client(url, args.key, args.officer, args.ca, args.crl)
         body = sign_decision(Path(args.key), officer, args.job, approve, reason)
         status, payload = client.request("POST", f"/jobs/{args.job}/{args.gov_command}", body)
         if status != 200:
@@ -38,7 +38,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    client, _ = _client(args.node, args.key, args.name, args.ca)
+    client, _ = _client(args.node, args.key, args.name, args.ca, args.crl)
     listing = client.get("/jobs")
     if args.json:
         print(json.dumps(listing, indent=1))
@@ -53,7 +53,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_log(args: argparse.Namespace) -> int:
-    client, _ = _client(args.node, args.key, args.name, args.ca)
+    client, _ = _client(args.node, args.key, args.name, args.ca, args.crl)
     log = client.get("/audit")
     if args.json:
         print(json.dumps(log, indent=1))
@@ -70,7 +70,7 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     from jointstats.node.client import _error, signed_headers
-    client, name = _client(args.node, args.key, args.name, args.ca)
+    client, name = _client(args.node, args.key, args.name, args.ca, args.crl)
     text = "POST /policy/reload"
     status, payload = client.request("POST", "/policy/reload", {},
                                      headers=signed_headers(Path(args.key), text, text, name))
@@ -93,7 +93,7 @@ def _approval_text(*rules: dict) -> str:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    client, _ = _client(args.node, args.key, args.name, args.ca)
+    client, _ = _client(args.node, args.key, args.name, args.ca, args.crl)
     cat = client.get("/catalog")
     if args.json:
         print(json.dumps(cat, indent=1))
@@ -121,7 +121,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 def cmd_spec_template(args: argparse.Namespace) -> int:
     from jointstats.node.catalog import spec_template
-    catalogs = [_client(url, args.key, args.name, args.ca)[0].get("/catalog") for url in args.node]
+    catalogs = [_client(url, args.key, args.name, args.ca, args.crl)[0].get("/catalog") for url in args.node]
     print(spec_template(catalogs, args.dataset), end="")
     return 0
 
@@ -229,7 +229,8 @@ def _node_args(p: argparse.ArgumentParser, many: bool = False, who: str = "analy
     else:
         p.add_argument("--node", required=True, metavar="URL", help="the node's API URL")
     p.add_argument("--key", required=True, help=f"the {who}'s Ed25519 private key")
-    p.add_argument("--ca", help="CA certificate to verify https node URLs")
+    from jointstats.cli.commands import _tls_client_options
+    _tls_client_options(p)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -23,7 +23,7 @@ def cmd_node_serve(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from jointstats.node.client import submit
     result = submit(args.spec, args.node, args.key, analyst=args.analyst, out=args.out,
-                    timeout=args.timeout, ca=args.ca, progress=args.progress)
+                    timeout=args.timeout, ca=args.ca, crl=args.crl, progress=args.progress)
     print(result.summary())
     if args.out:
         print(f"\nwrote {args.out}")
@@ -96,7 +96,7 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register node, submit, keys, budget and audit subcommands."""
-    from jointstats.cli.commands import EXIT_CODES, _Formatter, _progress_options
+    from jointstats.cli.commands import EXIT_CODES, _Formatter, _progress_options, _tls_client_options
 
     def parser(parent, name: str, help: str, example: str, description: str | None = None):
         return parent.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".",
@@ -133,7 +133,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", required=True, help="the analyst's Ed25519 private key")
     p.add_argument("--analyst", help="analyst name [the key file's stem]")
     p.add_argument("--out", metavar="FILE", help="write the result JSON here")
-    p.add_argument("--ca", help="CA certificate to verify https node URLs")
+    _tls_client_options(p)
     p.add_argument("--timeout", type=float, default=4 * 3600.0, metavar="S",
                    help="seconds to wait for the job to finish [14400]")
     _progress_options(p)

@@ -324,6 +324,9 @@ def _reason(gov: Governance, a: Agreement, spec: "Spec", analyst: str, day: _dt.
     """Why agreement ``a`` does not cover the job (None: it does, budget aside)."""
     if a.dataset != spec.dataset:
         return f"covers dataset {a.dataset!r}, not {spec.dataset!r}"
+    wanted = getattr(spec, "agreement", None)
+    if wanted is not None and a.id != wanted:
+        return f"the spec asks for agreement {wanted!r}"
     if analyst in gov.revoked:
         return f"analyst {analyst!r} is revoked"
     if not gov.covers_analyst(a, analyst):
@@ -364,7 +367,11 @@ def select_agreement(config: "PartyConfig", spec: "Spec", analyst: str,
     party has no agreements at all. PolicyError (one line naming the party, each agreement
     and its reason) when none covers it."""
     gov = config.policy.governance
+    wanted = getattr(spec, "agreement", None)
     if not gov.enabled:
+        if wanted is not None:
+            raise PolicyError(f"party {config.party!r} refuses: the spec asks for agreement "
+                              f"{wanted!r} and this party holds no data-use agreements")
         return None
     verdicts = agreement_verdicts(config, spec, analyst, day)
     for v in verdicts:
@@ -392,6 +399,9 @@ def explain(config: "PartyConfig", spec: "Spec", analyst: str, day: _dt.date | N
     """For ``jointstats validate``: which agreement of this party covers the job, or why none does."""
     gov = config.policy.governance
     if not gov.enabled:
+        if getattr(spec, "agreement", None) is not None:
+            return (f"party {config.party}: NOT covered: the spec asks for agreement "
+                    f"{spec.agreement!r} and this party holds no data-use agreements")
         return f"party {config.party}: no data-use agreements configured (policy applies as is)"
     verdicts = agreement_verdicts(config, spec, analyst, day)
     chosen = next((v.agreement for v in verdicts if v.reason is None), None)

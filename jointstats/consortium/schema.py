@@ -199,6 +199,11 @@ class SpecModel(_Model):
         description="the purpose the job serves, a free-text id matched against the parties' "
                     "data-use agreements (`policy.agreements[i].purposes`); required by every "
                     "party that lists agreements (docs/governance.md)")
+    agreement: str | None = Field(
+        None, min_length=1, max_length=_spec.MAX_NAME_CHARS,
+        description="optional: the id of the data-use agreement the job must run under; every "
+                    "party then requires a covering agreement with exactly this id, so that one "
+                    "consortium-wide agreement binds all of them (docs/governance.md)")
     partition: Literal["horizontal", "vertical"] = Field(
         "horizontal", description="`horizontal`: every party holds whole rows; `vertical`: each "
                                   "data holder holds some of the columns, rows linked on "

@@ -152,7 +152,11 @@ def _signed_bytes(result: dict, attestation: dict) -> bytes:
 def merge(result: dict, attestations: dict[str, dict]) -> dict:
     """``result`` with its ``provenance`` block built from every party's attestation."""
     first = next(iter(attestations.values()), {})
+    ids = {a.get("agreement") for a in attestations.values() if isinstance(a, dict)}
     block = {"purpose": first.get("purpose"), "analyst": first.get("analyst"),
+             # the one agreement every party ran under; null when ids differ (each party's
+             # own id is in its attestation) or when parties have no agreements
+             "agreement": ids.pop() if len(ids) == 1 else None,
              "software": first.get("software"),
              "parties": {p: attestations[p] for p in result.get("parties", []) if p in attestations}}
     return {**{k: v for k, v in result.items() if k != "provenance"}, "provenance": block}
@@ -195,6 +199,9 @@ def verify_result(result: dict, keys: dict[str, str] | None = None) -> list[str]
                      f"dataset fingerprint {str(fp)[:16]}, "
                      f"{len(att.get('approvals') or [])} approval(s))"
                      + ("" if keys is not None else "; key not pinned"))
+    if merge(result, prov["parties"])["provenance"] != prov:
+        raise ReportError("the provenance summary (purpose, analyst, agreement, software) differs "
+                          "from what the parties signed")
     return lines
 
 

@@ -84,9 +84,10 @@ class NodeClient:
     """A thin JSON client for one node's API (httpx)."""
 
     def __init__(self, url: str, ca: str | Path | None = None, timeout: float = REQUEST_TIMEOUT,
-                 signer: tuple[str | Path, str] | None = None):
+                 signer: tuple[str | Path, str] | None = None, crl: str | Path | None = None):
         """``signer``: (analyst key file, analyst name): GET requests other than ``/health``
-        are then signed (the node answers them only to a listed analyst)."""
+        are then signed (the node answers them only to a listed analyst). ``crl``: the
+        consortium's revocation list; an https node whose certificate it lists is refused."""
         import httpx
         self.signer = signer
         url = url.strip().rstrip("/")
@@ -103,6 +104,9 @@ class NodeClient:
                 verify = ssl.create_default_context(cafile=str(ca) if ca else None)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"--ca {ca}: cannot load: {exc}") from None
+            if crl is not None:
+                from jointstats.consortium.crl import apply_crl
+                apply_crl(verify, Path(crl))
         self._http = httpx.Client(verify=verify, timeout=httpx.Timeout(timeout),
                                   headers={"Accept": "application/json"})
         # httpx logs every request at INFO; MPyC's import sets the root logger to INFO: the
@@ -230,14 +234,16 @@ class _Progress:
 def submit(spec_path: str | Path, nodes: list[str], key_path: str | Path,
            analyst: str | None = None, out: str | Path | None = None,
            timeout: float = 4 * 3600.0, *, ca: str | Path | None = None,
-           progress: bool | None = None, job_id: str | None = None) -> Result:
+           crl: str | Path | None = None, progress: bool | None = None,
+           job_id: str | None = None) -> Result:
     """Sign ``spec_path`` with the analyst's Ed25519 key, run it on every node, return the Result.
 
     ``nodes`` are the API URLs of every party's node (one per party). The analyst's name
     is the key file's stem unless ``analyst`` is given. A node that is down, refuses the
     submission, fails the job or reveals a different result makes this raise a
     JointStatsError naming that node; the job is then withdrawn from nodes where it is
-    still queued. ``ca`` verifies nodes served over https.
+    still queued. ``ca`` verifies nodes served over https; ``crl`` refuses a node whose
+    certificate the consortium revoked.
     """
     from jointstats.plan.spec import parse_spec
     spec_path = Path(spec_path)
@@ -250,7 +256,7 @@ def submit(spec_path: str | Path, nodes: list[str], key_path: str | Path,
     analyst = analyst or key_path.stem
     if not nodes:
         raise ConfigError("no nodes given: pass every party's node URL")
-    clients = [NodeClient(u, ca, signer=(key_path, analyst)) for u in nodes]
+    clients = [NodeClient(u, ca, signer=(key_path, analyst), crl=crl) for u in nodes]
     if progress is None:
         progress = sys.stderr.isatty()
     try:

@@ -303,6 +303,8 @@ class Spec:
     #: the purpose the job serves (``purpose:``), matched against data-use agreements
     purpose: str | None = None
     link: Link | None = None  # set exactly when partition is vertical
+    #: the data-use agreement id every party must run the job under (``agreement:``, optional)
+    agreement: str | None = None
 
     @property
     def vertical(self) -> bool:
@@ -579,7 +581,7 @@ def parse_spec(text: str | collections.abc.Mapping) -> Spec:
     if not isinstance(data, dict):
         raise SpecError("spec: expected a YAML mapping at the top level")
     _check_keys(data, {"name", "dataset", "partition", "link", "key", "schema", "privacy", "statistics",
-                       "purpose"}, "spec")
+                       "purpose", "agreement"}, "spec")
     name = _string(data.get("name", "unnamed"), "name")
     dataset = _string(data.get("dataset"), "dataset") if "dataset" in data else None
     if dataset is None:
@@ -619,8 +621,9 @@ def parse_spec(text: str | collections.abc.Mapping) -> Spec:
     _limit("statistics", "crosstab cells and histogram bins", cells, MAX_CELLS)
     digest = hashlib.sha256(text.encode()).hexdigest()
     purpose = _string(data["purpose"], "purpose") if data.get("purpose") is not None else None
+    agreement = _string(data["agreement"], "agreement") if data.get("agreement") is not None else None
     return Spec(name, dataset, partition, tuple(schema.values()), privacy, stats, text, digest,
-                purpose=purpose, link=link)
+                purpose=purpose, link=link, agreement=agreement)
 
 
 def _dump_spec(data: collections.abc.Mapping) -> str:

@@ -224,6 +224,14 @@ def test_revoked_party_certificate_is_refused_by_the_nodes(gov):
         states = {NAMES[i]: _wait_status_in(c, i, "revoked-cert", ("failed", "cancelled")) for i in range(3)}
         assert "failed" in {s["status"] for s in states.values()}, states
         assert not any(s.get("result") for s in states.values())
+        # an analyst's client given the CRL refuses party_c's API (served with the same
+        # certificate) and still talks to the others
+        out = _cli("catalog", "--node", c.urls[2], "--key", str(c.root / "analysts" / "alice.key"),
+                   "--ca", str(c.ca), "--crl", str(crl))
+        assert out.returncode != 0 and "revoked" in out.stderr and "\n" not in out.stderr.strip(), out.stderr
+        out = _cli("catalog", "--node", c.urls[0], "--key", str(c.root / "analysts" / "alice.key"),
+                   "--ca", str(c.ca), "--crl", str(crl))
+        assert out.returncode == 0 and "cohort" in out.stdout, out.stderr
     finally:
         crl.write_bytes(before)
     result = c.submit(CRL_SPEC, timeout=120)  # the next connection accepts party_c again

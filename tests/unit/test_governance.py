@@ -122,6 +122,26 @@ def test_first_covering_agreement_wins_and_no_agreements_is_backward_compatible(
     assert select_agreement(plain, parse_spec(_spec(purpose=None)), "anyone", DAY) is None
 
 
+def test_a_spec_naming_an_agreement_runs_only_under_that_id_at_every_party(tmp_path):
+    """``agreement:`` in the spec makes "an agreement that every party holds" literal: each
+    party requires its covering agreement to carry exactly that id, and a party without
+    agreements refuses instead of running ungoverned."""
+    second = {**AGREEMENT, "id": "dua-2"}
+    cfg = load_party_config(_config(tmp_path, agreements=(AGREEMENT, second)))
+    assert select_agreement(cfg, parse_spec(_spec()), "alice", DAY).id == "dua-1"
+    named = parse_spec(_spec() + "agreement: dua-2\n")
+    assert named.agreement == "dua-2"
+    assert select_agreement(cfg, named, "alice", DAY).id == "dua-2"
+    with pytest.raises(PolicyError, match="agreement 'dua-1': the spec asks for agreement 'dua-9'.*"
+                                          "agreement 'dua-2': the spec asks for agreement 'dua-9'"):
+        select_agreement(cfg, parse_spec(_spec() + "agreement: dua-9\n"), "alice", DAY)
+    (tmp_path / "p").mkdir()
+    plain = load_party_config(_config(tmp_path / "p", agreements=()))
+    with pytest.raises(PolicyError, match="^party 'party_a' refuses: the spec asks for agreement "
+                                          "'dua-2' and this party holds no data-use agreements$"):
+        select_agreement(plain, named, "alice", DAY)
+
+
 def test_agreements_file_and_config_errors(tmp_path):
     (tmp_path / "dua.yaml").write_text(yaml.safe_dump({"agreements": [AGREEMENT]}))
     cfg = load_party_config(_config(tmp_path, agreements=(), extra_policy={"agreements_file": "dua.yaml"}))
@@ -308,6 +328,12 @@ def test_release_report_renders_verifies_and_fails_after_any_change(tmp_path):
     assert "key not pinned" not in verify_result(result, pins)[0]
     with pytest.raises(ReportError, match="other than its pinned"):
         verify_result(result, {**pins, "party_b": pins["party_a"]})
+    assert result["provenance"]["agreement"] == "dua-1"
+    for key, value in (("purpose", "marketing"), ("agreement", "dua-9"), ("analyst", "mallory")):
+        summary = json.loads(json.dumps(result))
+        summary["provenance"][key] = value     # the unsigned summary must agree with the signed
+        with pytest.raises(ReportError, match="provenance summary"):
+            verify_result(summary)
     tampered = json.loads(json.dumps(result))
     tampered["results"]["n"]["value"] = 13
     with pytest.raises(ReportError, match="party 'party_a': signature does NOT match"):
