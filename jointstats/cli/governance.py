@@ -37,11 +37,18 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
-    client, _ = _client(args.node, args.key, args.name, args.ca, args.crl)
-    listing = client.get("/jobs")
+def _fetch(args: argparse.Namespace, path: str) -> dict | None:
+    """GET ``path`` from ``--node`` as the caller; with ``--json`` print it and return None."""
+    data = _client(args.node, args.key, args.name, args.ca, args.crl)[0].get(path)
     if args.json:
-        print(json.dumps(listing, indent=1))
+        print(json.dumps(data, indent=1))
+        return None
+    return data
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    listing = _fetch(args, "/jobs")
+    if listing is None:
         return 0
     print(f"party {listing['party']} (you are {listing['role']}):")
     for job in listing["jobs"]:
@@ -93,10 +100,8 @@ def _approval_text(*rules: dict) -> str:
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    client, _ = _client(args.node, args.key, args.name, args.ca, args.crl)
-    cat = client.get("/catalog")
-    if args.json:
-        print(json.dumps(cat, indent=1))
+    cat = _fetch(args, "/catalog")
+    if cat is None:
         return 0
     print(f"party {cat['party']} catalog for {cat['analyst']}"
           + (" (agreements required)" if cat["agreements_required"] else ""))

@@ -30,6 +30,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _out_options(q: argparse.ArgumentParser, files: str) -> None:
+    """``--out DIR`` (where a keys command writes ``files``) and ``--force``."""
+    q.add_argument("--out", required=True, metavar="DIR", help=f"folder to write {files} to")
+    q.add_argument("--force", action="store_true", help="overwrite existing files")
+
 def cmd_keys_ca(args: argparse.Namespace) -> int:
     from jointstats.consortium.keys import make_ca
     crt, key = make_ca(args.out, overwrite=args.force)
@@ -144,22 +150,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                    "(docs/node.md, walk-through).")
     ksub = p.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     q = parser(ksub, "ca", "a consortium CA: DIR/ca.crt, DIR/ca.key", "jointstats keys ca --out keys")
-    q.add_argument("--out", required=True, metavar="DIR", help="folder to write ca.crt and ca.key to")
-    q.add_argument("--force", action="store_true", help="overwrite existing files")
+    _out_options(q, "ca.crt and ca.key")
     q.set_defaults(func=cmd_keys_ca)
     q = parser(ksub, "party", "a party certificate bound to its name and index",
                "jointstats keys party hospital_a --index 0 --ca keys --out keys")
     q.add_argument("name", help="the party's name, as in mpc.parties")
     q.add_argument("--index", required=True, type=int, help="its position in mpc.parties (from 0)")
     q.add_argument("--ca", required=True, metavar="DIR", help="folder with ca.crt and ca.key")
-    q.add_argument("--out", required=True, metavar="DIR", help="folder to write NAME.crt and NAME.key to")
-    q.add_argument("--force", action="store_true", help="overwrite existing files")
+    _out_options(q, "NAME.crt and NAME.key")
     q.set_defaults(func=cmd_keys_party)
     q = parser(ksub, "analyst", "an analyst's Ed25519 key pair: DIR/NAME.key, DIR/NAME.pub",
                "jointstats keys analyst alice --out keys")
     q.add_argument("name", help="the analyst's name, as in the nodes' policy.analysts")
-    q.add_argument("--out", required=True, metavar="DIR", help="folder to write NAME.key and NAME.pub to")
-    q.add_argument("--force", action="store_true", help="overwrite existing files")
+    _out_options(q, "NAME.key and NAME.pub")
     q.set_defaults(func=cmd_keys_analyst)
 
     p = parser(sub, "budget", "what a party has spent and what remains",

@@ -436,13 +436,13 @@ def admit(config: "PartyConfig", state, spec: "Spec", plan, analyst: str) -> Adm
 
     Raises PolicyError / BudgetError (one line naming the party, and the agreement); reads only
     the spec, the config and the ledger, never data."""
-    from jointstats.plan.accounting import JobCharge, lifetime_spend
+    from jointstats.plan.accounting import lifetime_spend
     from jointstats.errors import BudgetError
     from jointstats.consortium.policy import check_job
     agreement = check_job(config, spec, plan, analyst)
     pol = config.policy
     if spec.privacy is not None and not config.compute_only:
-        charge = JobCharge.from_dict(plan.privacy["charge"])
+        charge = plan.charge
         usage = state.usage(spec.dataset, pol.budget_epsilon, pol.budget_delta)
         if not lifetime_spend(usage.held.totals.add(charge), pol.budget_epsilon,
                               pol.budget_delta).fits:

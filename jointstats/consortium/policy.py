@@ -29,13 +29,13 @@ def check_job(config: PartyConfig, spec: Spec, plan: Plan, analyst: str = "local
             raise PolicyError(f"{who} exact mode (its policy.allow_exact is false); "
                               "add a privacy block to the spec")
     else:
-        eps = spec.privacy.epsilon
-        if pol.max_epsilon_per_job is not None and eps > pol.max_epsilon_per_job:
-            raise PolicyError(f"{who}: privacy.epsilon {float(eps):g} exceeds its "
+        asked, lifetime = spec.privacy.budget, pol.budget   # typed PrivacyBudget values
+        if pol.max_epsilon_per_job is not None and asked.epsilon > pol.max_epsilon_per_job:
+            raise PolicyError(f"{who}: privacy.epsilon {float(asked.epsilon):g} exceeds its "
                               f"policy.max_epsilon_per_job {float(pol.max_epsilon_per_job):g}")
-        if not config.compute_only and spec.privacy.delta > pol.budget_delta:
-            raise PolicyError(f"{who}: privacy.delta {float(spec.privacy.delta):g} exceeds its "
-                              f"lifetime delta budget {float(pol.budget_delta):g}")
+        if not config.compute_only and asked.delta > lifetime.delta:
+            raise PolicyError(f"{who}: privacy.delta {float(asked.delta):g} exceeds its "
+                              f"lifetime delta budget {float(lifetime.delta):g}")
     for stat in spec.statistics:
         if stat.kind == "crosstab" and stat.min_count is not None and stat.min_count < pol.min_count:
             raise PolicyError(f"{who}: statistics.{stat.name}.min_count {stat.min_count} is below "

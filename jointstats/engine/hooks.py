@@ -13,9 +13,8 @@ def job_charge_of(spec: Spec, plan: Plan) -> JobCharge:
     A plan without one (made before the plan carried its charge) is charged the spec's
     (epsilon, delta) as a legacy charge, which the lifetime rule treats conservatively.
     """
-    block = plan.privacy or {}
-    if block.get("charge") is not None:
-        return JobCharge.from_dict(block["charge"])
+    if plan.charge is not None:
+        return plan.charge
     return JobCharge(spec.privacy.epsilon, spec.privacy.delta, None, 0)
 
 

@@ -234,26 +234,25 @@ def split_budget(epsilon, delta, weights: Mapping[str, object] | Iterable[str] |
     return {name: (eps * f / total, dlt * f / total) for name, f in w.items()}
 
 
+def _sum_nonnegative(values: Iterable, name: str) -> Fraction:
+    """The exact sum of ``values``; ValueError naming ``name`` on a negative one."""
+    out = Fraction(0)
+    for v in values:
+        v = to_fraction(v, name)
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0")
+        out += v
+    return out
+
+
 def compose_pure(epsilons: Iterable) -> Fraction:
     """Basic composition of pure epsilon-DP mechanisms: the sum."""
-    out = Fraction(0)
-    for e in epsilons:
-        e = to_fraction(e, "epsilon")
-        if e < 0:
-            raise ValueError("epsilon must be >= 0")
-        out += e
-    return out
+    return _sum_nonnegative(epsilons, "epsilon")
 
 
 def compose_zcdp(rhos: Iterable) -> Fraction:
     """Composition of rho-zCDP mechanisms: the sum of the rhos."""
-    out = Fraction(0)
-    for r in rhos:
-        r = to_fraction(r, "rho")
-        if r < 0:
-            raise ValueError("rho must be >= 0")
-        out += r
-    return out
+    return _sum_nonnegative(rhos, "rho")
 
 
 def laplace_scale(sensitivity, epsilon) -> Fraction:

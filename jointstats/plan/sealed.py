@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
 from jointstats.errors import SpecError
+from jointstats.plan.accounting import JobCharge, PrivacyBudget
 from jointstats.plan.spec import MAX_LINK_ROWS, Column, Spec, Statistic
 
 #: Largest number of rows a party may contribute (the plan's sizes are proven for it).
@@ -145,6 +146,21 @@ class Plan:
     def vertical(self) -> bool:
         """True for a linked job (``partition: vertical``)."""
         return self.partition == "vertical"
+
+    @property
+    def charge(self) -> JobCharge | None:
+        """What the job costs every party's ledger, typed (the ``privacy["charge"]`` block the
+        DP layer seals into the plan); None in exact mode or for a plan made before it."""
+        block = self.privacy or {}
+        if block.get("charge") is None:
+            return None
+        return JobCharge.from_dict(block["charge"])
+
+    @property
+    def budget(self) -> PrivacyBudget | None:
+        """The (epsilon, delta) guarantee the job claims (rho kept for zCDP), or None."""
+        charge = self.charge
+        return None if charge is None else charge.budget
 
     def describe(self, compute: tuple[str, ...] | list[str] = (),
                  owners: dict[str, str] | None = None) -> str:

@@ -144,21 +144,18 @@ def test_batch_rounds_do_not_grow_with_the_number_of_scales(rt, many, scales):
     assert together <= max(alone) + 1 < sum(alone)
 
 
-def test_lane_coins_have_their_own_draws_bias(rt):
-    """Row r of draw g's lanes is coin coins[g][r]: different k, c and constants per draw."""
-    ctx = _noise._ctx(rt)
-    coins = [[Coin(3, 5, F(0)), Coin(0, 1, F(0)), Coin(9, 1, F(0))],
-             [Coin(1, 1, F(0)), Coin(5, 3, F(0)), Coin(0, 0, F(0))],
-             [Coin(0, 0, F(0)), Coin(2, 3, F(0)), Coin(7, 127, F(0))]]
-    counts = [20000, 30000, 25000]
-    lanes = _noise._Lanes(counts, [1, 1, 1])
+# three draws' lanes: different k, c and constants per draw, probabilities 0 and 1 included
+LANE_COINS = [[Coin(3, 5, F(0)), Coin(0, 1, F(0)), Coin(9, 1, F(0))],
+              [Coin(1, 1, F(0)), Coin(5, 3, F(0)), Coin(0, 0, F(0))],
+              [Coin(0, 0, F(0)), Coin(2, 3, F(0)), Coin(7, 127, F(0))]]
+LANE_COUNTS = [20000, 30000, 25000]
 
-    async def run():
-        return await ctx.reveal(await _noise._lane_coins(ctx, coins, lanes))
-    bits = _noise.unpack(rt.run(run()), sum(counts))
+
+def _check_lane_bits(bits: np.ndarray) -> None:
+    """Row r of draw g's lanes follows coin LANE_COINS[g][r] (exactly for p in {0, 1})."""
     at = 0
-    for g, n in enumerate(counts):
-        for r, coin in enumerate(coins[g]):
+    for g, n in enumerate(LANE_COUNTS):
+        for r, coin in enumerate(LANE_COINS[g]):
             row = bits[r, at:at + n]
             p = float(coin.prob)
             if p in (0.0, 1.0):
@@ -166,6 +163,18 @@ def test_lane_coins_have_their_own_draws_bias(rt):
             else:
                 assert stats.binomtest(int(row.sum()), n, p).pvalue > P_MIN, (g, r, coin)
         at += n
+
+
+def test_lane_coins_have_their_own_draws_bias(rt):
+    """Row r of draw g's lanes is coin coins[g][r]: different k, c and constants per draw."""
+    ctx = _noise._ctx(rt)
+    coins, counts = LANE_COINS, LANE_COUNTS
+    lanes = _noise._Lanes(counts, [1, 1, 1])
+
+    async def run():
+        return await ctx.reveal(await _noise._lane_coins(ctx, coins, lanes))
+    bits = _noise.unpack(rt.run(run()), sum(counts))
+    _check_lane_bits(bits)
 
 
 def _dg_few_trials_pmf(sigma2: F, trials: int, ks: np.ndarray) -> np.ndarray:
@@ -196,10 +205,7 @@ def test_log_depth_lane_coins_what_if_has_the_same_biases(rt):
     the same per-draw coin laws, in ceil(log2 K) AND rounds."""
     from bench._probe import log_depth_lane_coins
     ctx = _noise._ctx(rt)
-    coins = [[Coin(3, 5, F(0)), Coin(0, 1, F(0)), Coin(9, 1, F(0))],
-             [Coin(1, 1, F(0)), Coin(5, 3, F(0)), Coin(0, 0, F(0))],
-             [Coin(0, 0, F(0)), Coin(2, 3, F(0)), Coin(7, 127, F(0))]]
-    counts = [20000, 30000, 25000]
+    coins, counts = LANE_COINS, LANE_COUNTS
     lanes = _noise._Lanes(counts, [1, 1, 1])
     rounds = [0]
     orig = ctx.and_
@@ -215,13 +221,4 @@ def test_log_depth_lane_coins_what_if_has_the_same_biases(rt):
     finally:
         del ctx.and_
     assert rounds[0] == math.ceil(math.log2(9))
-    at = 0
-    for g, n in enumerate(counts):
-        for r, coin in enumerate(coins[g]):
-            row = bits[r, at:at + n]
-            p = float(coin.prob)
-            if p in (0.0, 1.0):
-                assert row.mean() == p
-            else:
-                assert stats.binomtest(int(row.sum()), n, p).pvalue > P_MIN, (g, r, coin)
-        at += n
+    _check_lane_bits(bits)
