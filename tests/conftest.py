@@ -85,7 +85,8 @@ def consortium(tmp_path):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark tests by folder, for a fast loop: ``pytest -m "not multiparty and not engines"``."""
+    """Mark tests by folder (``multiparty``, ``engines``); with the ``slow`` marks on single
+    tests this gives the fast loop ``pytest -m "not multiparty and not slow"``."""
     for item in items:
         parts = Path(str(item.fspath)).parts
         if "multiparty" in parts:

@@ -19,6 +19,7 @@ from .common import DP, EXACT, frame, numpy_partials, pushed_partials  # noqa: E
 SPARK = {"spark": {"master": "local[1]"}}
 
 
+@pytest.mark.slow
 def test_spark_parquet_and_csv_match_numpy(tmp_path):
     df = frame(1500, 21, misfits=True).astype({"age": object, "visits": object, "big": object})
     df.loc[df.index[:40:3], "age"] = "abc"

@@ -68,6 +68,7 @@ def test_split_budget_equal_and_weighted():
 @settings(max_examples=200, deadline=None)
 @given(eps=pos_fracs, delta=st.fractions(min_value=0, max_value=F(1, 2), max_denominator=10**9),
        weights=st.dictionaries(st.text(min_size=1, max_size=5), pos_fracs, min_size=1, max_size=8))
+@pytest.mark.slow
 def test_split_budget_sums_exactly_and_is_proportional(eps, delta, weights):
     out = split_budget(eps, delta, weights)
     assert set(out) == set(weights)
@@ -307,6 +308,7 @@ cks_deltas = st.fractions(min_value=F(1, 10**15), max_value=F(1, 10), max_denomi
 @example(eps=F(1), delta=F(1, 10**6))
 @example(eps=F(1, 100), delta=F(1, 10**15))
 @example(eps=F(20), delta=F(1, 10))
+@pytest.mark.slow
 def test_rho_from_eps_delta_cks_is_sound_and_tight(eps, delta):
     rho = rho_from_eps_delta_cks(eps, delta)
     with mpmath.workdps(30):
@@ -325,6 +327,7 @@ def test_rho_from_eps_delta_cks_is_sound_and_tight(eps, delta):
 @settings(max_examples=25, deadline=None)
 @given(rho=st.fractions(min_value=F(1, 10**6), max_value=F(10), max_denominator=10**6), delta=cks_deltas)
 @example(rho=F(1, 450460), delta=F(16490845549945, 6688733259614278))  # epsilon 0 suffices
+@pytest.mark.slow
 def test_eps_from_rho_cks_rounds_up_and_delta_from_rho_eps_cks_bounds_from_above(rho, delta):
     eps = eps_from_rho_cks(rho, delta)
     with mpmath.workdps(30):
@@ -338,6 +341,7 @@ def test_eps_from_rho_cks_rounds_up_and_delta_from_rho_eps_cks_bounds_from_above
 
 @settings(max_examples=30, deadline=None)
 @given(eps=cks_eps, delta=cks_deltas, up=st.fractions(min_value=F(1, 10**6), max_value=F(2)))
+@pytest.mark.slow
 def test_cks_conversions_are_monotone(eps, delta, up):
     # (with relative gaps >= 1e-6: alpha is chosen with floats, so the last bits may wobble)
     rho = rho_from_eps_delta_cks(eps, delta)
@@ -417,6 +421,7 @@ def test_pure_job_charge_claims_the_tv_term(eps, samples):
        samples=st.integers(0, 10**4))
 @example(eps=F(1, 100), delta=F(1, 10**9), samples=548)     # the TV term alone exceeds delta
 @example(eps=F(4406, 553), delta=F(10, 3786407767), samples=1)  # the TV charged at a smaller eps
+@pytest.mark.slow
 def test_zcdp_job_charge_leaves_room_for_the_tv_term(eps, delta, samples):
     tv = samples * SAMPLER_TV_PER_SAMPLE
     try:
@@ -500,6 +505,7 @@ def _check_rule(totals: LedgerTotals, b_eps: F, b_dlt: F):
 @settings(max_examples=20, deadline=None)
 @given(charges=_charges, b_eps=st.sampled_from([F(1), F(3), F(10), F(50)]),
        b_dlt=st.sampled_from([F(0), F(1, 10**6), F(1, 10**5)]))
+@pytest.mark.slow
 def test_lifetime_rule_is_sound_and_monotone(charges, b_eps, b_dlt):
     totals = LedgerTotals()
     prev = None

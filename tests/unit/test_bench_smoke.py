@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_bench_smallest_case(tmp_path):
     out = tmp_path / "results.jsonl"
     env = {**os.environ, "JOINTSTATS_BENCH_CACHE": str(tmp_path / "cache")}
@@ -46,6 +47,7 @@ def test_bench_smallest_case(tmp_path):
     assert "| Target |" in proc.stdout  # the markdown report was produced
 
 
+@pytest.mark.slow
 def test_report_plot_from_records(tmp_path):
     pytest.importorskip("matplotlib")
     sys.path.insert(0, str(REPO))
@@ -71,6 +73,7 @@ def test_report_plot_from_records(tmp_path):
     assert png is not None and png.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_repeated_secure_steps_are_recorded_and_agree(tmp_path, monkeypatch):
     # the flat benchmark runs each secure step several times inside one job (bench/_probe.py):
     # every party must repeat in step, every run recorded, the answer unchanged

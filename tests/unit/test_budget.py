@@ -30,6 +30,7 @@ def test_values_are_exact_and_validated():
 
 
 @given(budgets, budgets, budgets)
+@pytest.mark.slow
 def test_composition_is_basic_composition(a, b, c):
     s = a + b
     assert s.epsilon == a.epsilon + b.epsilon and s.delta == min(a.delta + b.delta, 1)
@@ -40,6 +41,7 @@ def test_composition_is_basic_composition(a, b, c):
 
 
 @given(budgets, budgets)
+@pytest.mark.slow
 def test_fits_within_is_a_partial_order(a, b):
     assert (a <= b) == (a.epsilon <= b.epsilon and a.delta <= b.delta)
     assert (a <= b and b <= a) == (a == b)

@@ -97,6 +97,7 @@ def test_without_noise_every_estimate_is_the_pooled_answer(delta):
 
 
 @pytest.mark.parametrize("eps,delta", [("1.0", "0"), ("1.0", "1.0e-6")])
+@pytest.mark.slow
 def test_intervals_cover_the_pooled_truth(eps, delta):
     """Noise-only intervals cover the pooled answer; regression conf_int (sampling + noise)
     covers the data-generating coefficients; both in about 95% of runs at demo size, with
@@ -181,6 +182,7 @@ def test_every_party_computes_the_same_intervals():
 
 @settings(max_examples=60, deadline=None)
 @given(st.data())
+@pytest.mark.slow
 def test_post_processing_never_fails_whatever_the_noise(data):
     """A failure after the reveal would depend on the data: post-processing must be total, and
     its output strict JSON (no NaN or infinity), for any revealed integers."""

@@ -24,6 +24,7 @@ from jointstats.plan.spec import parse_spec  # noqa: E402
 from tests.unit.test_dp_mechanisms import BETA, SPEC, cohort, noisy  # noqa: E402
 
 
+@pytest.mark.slow
 def test_intervals_cover_when_the_adaptive_ridge_is_on():
     spec = parse_spec(SPEC % ("1.0", "1.0e-6"))
     plan = _dp.add_noise_plans(spec, make_plan(spec, ["a", "b", "c"]))

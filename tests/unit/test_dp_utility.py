@@ -128,6 +128,7 @@ def test_curator_without_noise_is_exact():
         np.testing.assert_allclose(got, exact, rtol=1e-6, atol=1e-6, err_msg=kind)
 
 
+@pytest.mark.slow
 def test_quick_mode_writes_its_table(tmp_path):
     env = {**os.environ, "JOINTSTATS_BENCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "bench.dp_utility", "--quick", "--runs", "8",

@@ -10,6 +10,7 @@ import pytest
 from jointstats.plan import fields as _fields
 
 
+@pytest.mark.slow
 def test_fixed_regression_primes_are_distinct_primes_3_mod_4():
     # jointstats.mpc.runtime creates MPyC fields for exactly these without MPyC's primality test
     primes = _fields.all_regression_primes()

@@ -418,6 +418,7 @@ def limited_node(tmp_path):
     n.stop()
 
 
+@pytest.mark.slow
 def test_400_slow_clients_hold_few_threads_briefly(limited_node):
     """400 clients trickling a request byte by byte: at most 16 of them (one client address)
     get a thread, the rest are turned away at once with 503, and each slow one is cut off at
@@ -476,6 +477,7 @@ def test_400_slow_clients_hold_few_threads_briefly(limited_node):
     assert call(limited_node, "GET", "/health")[0] == 200
 
 
+@pytest.mark.slow
 def test_a_slow_body_is_cut_off_at_the_request_deadline(limited_node):
     host, port = limited_node.url.split("//")[1].split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:

@@ -38,6 +38,7 @@ def _fields(state: NodeState) -> list[dict]:
 @given(jobs=st.lists(st.tuples(st.sampled_from(sorted(CHARGES)), st.sampled_from(OUTCOMES),
                                st.sampled_from(["cohort", "cohort", "registry"])),
                      min_size=1, max_size=8))
+@pytest.mark.slow
 def test_replayed_jobs_charge_exactly_what_they_committed(jobs):
     with tempfile.TemporaryDirectory() as d:
         s = NodeState(Path(d) / "s.sqlite")

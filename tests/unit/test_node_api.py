@@ -316,6 +316,7 @@ def test_client_maps_refusals_to_error_classes(node):
     assert str(err).startswith(f"node {node.url} (party 'party_a') refused the job: analyst 'mallory'")
 
 
+@pytest.mark.slow
 def test_api_over_https(tmp_path):
     configs = write_consortium(tmp_path, [cohort_frame(5, i) for i in range(2)])
     make_ca(tmp_path / "ca")

@@ -121,6 +121,7 @@ def test_an_oversized_body_is_refused_with_413_before_it_is_read(make_node):
 
 # ----------------------------------------------------------------------------- slow clients
 
+@pytest.mark.slow
 def test_a_client_sending_its_headers_slowly_is_cut_and_others_are_served(make_node):
     node = make_node(request_deadline=1.5)
     with socket.create_connection(("127.0.0.1", node.port), timeout=10) as sock:
@@ -255,6 +256,7 @@ def test_health_answers_while_a_large_spec_is_planned(make_node):
     assert submitted[0][1]["mode"] == "dp"
 
 
+@pytest.mark.slow
 def test_planning_turns_are_bounded_and_a_busy_refusal_keeps_the_job_id(make_node):
     from jointstats.node import service as node_module
     node = make_node()
@@ -279,6 +281,7 @@ def test_planning_turns_are_bounded_and_a_busy_refusal_keeps_the_job_id(make_nod
 
 # ----------------------------------------------------------------------------- client
 
+@pytest.mark.slow
 def test_client_retries_a_busy_node(make_node, monkeypatch):
     node = make_node(max_requests=1)
     release, entered = _block(node, "health")

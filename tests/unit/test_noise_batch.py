@@ -36,6 +36,7 @@ def _signed(rt, x, p: int) -> np.ndarray:
     return np.array([v if v <= p // 2 else v - p for v in (int(u) for u in rt.run(rt.output(x)))])
 
 
+@pytest.mark.slow
 def test_gaussian_batch_draws_follow_their_own_laws(rt):
     """Four scales (D = 16 and D = 1 centres, small and large sigma), one with a single trial
     (its law is then the proposal's), and two secure types, all in one batch."""
@@ -78,6 +79,7 @@ def test_laplace_batch_draws_follow_their_own_laws(rt):
     (discrete_gaussian_many, [F(9, 4), F(9, 4), F(40)]),
     (discrete_laplace_many, [F(3, 2), F(3, 2), F(5)]),
 ])
+@pytest.mark.slow
 def test_batch_draws_are_independent(rt, many, scales):
     """Draws of one batch share rounds, never bits: the pairs (draw 1, draw 2) of the same
     scale, and (draw 1, draw 3), pass a chi-square independence test on their signs and

@@ -128,6 +128,7 @@ print(rt.failed.done())
     assert out == ["2 True True", "1 True True", "0 True True", "9 True True", "False"]
 
 
+@pytest.mark.slow
 def test_a_notice_fails_the_job_naming_the_culprit_then_its_sender_and_only_an_index():
     out = _run("""
 rt, a, ta, c, tc = await party_b()
@@ -283,6 +284,7 @@ print(ta.closed, rt.failed.result()[1])
                       "bytes of a heartbeat, got 1)); dropped")
 
 
+@pytest.mark.slow
 def test_a_silent_peer_is_named_and_the_others_told(monkeypatch):
     # the liveness timer: heartbeats (empty frames) to every peer on each tick; a peer from
     # which nothing came for SILENCE_LIMIT seconds fails the job, named first, and the other

@@ -58,6 +58,7 @@ def test_unread_frames_from_a_peer_are_bounded(monkeypatch):
     assert dropped and held < 16 << 20, f"{held >> 20} MiB of unread frames held, peer not dropped"
 
 
+@pytest.mark.slow
 def test_peer_notice_text_cannot_fail_the_whole_queue(tmp_path):
     # review: at d2e25e0 a peer's notice text containing 'TLS' made Node._schedule fail every
     # queued job at once ('TLS' in msg counts as permanent), with the peer's text as the error

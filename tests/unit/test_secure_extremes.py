@@ -205,6 +205,7 @@ def test_moments_and_correlation_at_largest_case(extreme):
                     assert res["matrix"][i][j] == pytest.approx(r, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_fixed_primes_are_blum_primes():
     for p in regression_primes(len(_OFFSETS_2048)):
         assert p.bit_length() == 2048 and p % 4 == 3 and gmpy2.is_prime(p, 30)

@@ -424,6 +424,7 @@ _ops = st.lists(
                                   st.fractions(min_value=0, max_value=2, max_denominator=10)))
 @example(ops=[("reserve", 0, F(1, 4), "cohort"), ("reserve", 1, F(1, 4), "cohort"),
               ("commit", 0, F(0), "cohort"), ("reserve", 2, F(1, 10), "cohort")], budget=F(1, 2))
+@pytest.mark.slow
 def test_ledger_never_exceeds_budget(ops, budget) -> None:
     with tempfile.TemporaryDirectory() as d:
         s = NodeState(Path(d) / "s.sqlite")
@@ -558,6 +559,7 @@ def test_sigkill_inside_commit_transaction_rolls_back_cleanly(tmp_path: Path, st
     s.close()
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_keeps_ledger_and_audit_consistent(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
     rng = random.Random(20240601)
