@@ -5,8 +5,8 @@ Building blocks, all without MPyC (the secure-array side is in ``_vertical``):
 
 - key normalisation and the duplicate/missing-key rule (local to each holder);
 - a commutative pseudorandom function on Curve25519: a key is hashed to a point (SHA-512),
-  and every party multiplies it by each of its per-job secret scalars (X25519, from the
-  maintained ``cryptography`` package). The pseudonym of a key is ``[s_1 ... s_m] H(key)``:
+  and every party multiplies it by each of its per-job secret scalars (X25519 through
+  libsodium, from the maintained ``PyNaCl`` binding). The pseudonym of a key is ``[s_1 ... s_m] H(key)``:
   every party's scalars are needed to compute it, so no party alone (and, with the
   shuffles below, no ``t`` parties) can test a guessed identifier against a pseudonym;
 - the shuffle schedule: sets of ``t + 1`` parties such that every coalition of ``t``
@@ -26,7 +26,6 @@ import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from jointstats.errors import LinkageError
@@ -89,22 +88,25 @@ def random_points(n: int) -> np.ndarray:
 
 
 class Scalar:
-    """One per-job secret scalar of a party (a clamped X25519 scalar: a multiple of the
-    cofactor, so the first multiplication also clears any small-order component)."""
+    """One per-job secret scalar of a party: 32 random bytes used as an X25519 scalar
+    (RFC 7748 clamps it to a multiple of the cofactor, so a multiplication also clears any
+    small-order component). The multiplications go through libsodium's
+    ``crypto_scalarmult`` (PyNaCl), on raw bytes: no key objects per point."""
 
     __slots__ = ("_key",)
 
     def __init__(self) -> None:
-        self._key = X25519PrivateKey.generate()
+        self._key = os.urandom(POINT)
 
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Every point multiplied by this scalar. LinkageError if a point is of small order
         (X25519's all-zero result: never from a hashed key, only from a deviating peer)."""
-        exchange = self._key.exchange
-        load = X25519PublicKey.from_public_bytes
+        from nacl.bindings import crypto_scalarmult
+        from nacl.exceptions import CryptoError
+        key = self._key
         try:
-            out = b"".join([exchange(load(row)) for row in map(bytes, points)])
-        except ValueError:
+            out = b"".join([crypto_scalarmult(key, row) for row in map(bytes, points)])
+        except CryptoError:
             raise LinkageError("a point of small order in the linkage") from None
         return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()
 
@@ -128,11 +130,13 @@ def shuffle_sets(m: int, t: int) -> tuple[tuple[int, ...], ...]:
 class Chain:
     """The route of one block's points: who applies which scalar when.
 
-    ``holder`` applies its first scalar to the hashed keys; then for each shuffle set
-    ``sets[k]`` the carrier ``carriers[k]`` permutes the points and applies its next scalar;
-    then each party of ``tail`` (party, count) applies its remaining scalars, in that order;
-    the last one sends the pseudonyms to all. Every party applies each of its ``scalars``
-    scalars exactly once to every block, so every block's pseudonym of a key is the same.
+    The holder applies its first scalar to the hashed keys before they leave it: as the
+    carrier of the first shuffle set when it is a member of it (``carriers[0] == holder``),
+    otherwise before that step. For each shuffle set ``sets[k]`` the carrier ``carriers[k]``
+    permutes the points and applies its next scalar; then each party of ``tail``
+    (party, count) applies its remaining scalars, in that order; the last one sends the
+    pseudonyms to all. Every party applies each of its ``scalars`` scalars exactly once to
+    every block, so every block's pseudonym of a key is the same.
     """
 
     holder: int
@@ -141,35 +145,65 @@ class Chain:
     tail: tuple[tuple[int, int], ...]
     scalars: int
 
+    @property
+    def holder_carries_first(self) -> bool:
+        """True when the holder's first scalar is applied at the first shuffle (it carries it)."""
+        return bool(self.carriers) and self.carriers[0] == self.holder
 
-def _heads(m: int, t: int, holder: int) -> tuple[tuple[int, ...], list[int]]:
-    """The carriers of the block of ``holder`` and how many scalars each party applies there."""
+
+#: Orders of the shuffle sets tried per block (all of them up to this many sets).
+_MAX_ORDERED_SETS = 6
+
+
+def _carriers(order: tuple[tuple[int, ...], ...], m: int, holder: int) -> tuple[tuple[int, ...], list[int]]:
+    """Carriers of the sets in ``order`` for the block of ``holder`` and the scalars each party
+    then applies at the head of the chain. The holder carries the first set when it is a
+    member (its first scalar is then applied there); every later carrier is a member other
+    than the party holding the points (it applies a scalar that party does not know), the one
+    that has applied the fewest so far, lowest index first."""
     used = [0] * m
     used[holder] = 1
     carriers = []
     prev = holder
-    for s in shuffle_sets(m, t):
-        # a member other than the one holding the points (it must apply a scalar the previous
-        # holder does not know), the one that has applied the fewest, lowest index first
-        choice = min((p for p in s if p != prev), key=lambda p: (used[p], p))
+    for k, s in enumerate(order):
+        if k == 0 and holder in s:
+            choice = holder  # permutes and applies its first scalar in one step
+        else:
+            choice = min((p for p in s if p != prev), key=lambda p: (used[p], p))
+            used[choice] += 1
         carriers.append(choice)
-        used[choice] += 1
         prev = choice
     return tuple(carriers), used
 
 
+def _heads(m: int, t: int, holder: int) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...], list[int]]:
+    """The order of the shuffle sets for the block of ``holder``, their carriers and how many
+    scalars each party applies there: the order that needs the fewest scalars per party
+    (then in all), first in a fixed enumeration, so every party derives the same. With 3
+    parties every party applies one scalar per block (3 multiplications per row)."""
+    sets = shuffle_sets(m, t)
+    orders = itertools.permutations(sets) if len(sets) <= _MAX_ORDERED_SETS else [sets]
+    best = None
+    for order in orders:
+        carriers, used = _carriers(order, m, holder)
+        score = (max(used), sum(used))
+        if best is None or score < best[0]:
+            best = (score, order, carriers, used)
+    return best[1], best[2], best[3]
+
+
 def scalars_needed(m: int, t: int, holders: list[int]) -> int:
     """Scalars per party: the most any party applies at the head of some block's chain."""
-    return max(max(_heads(m, t, h)[1]) for h in holders)
+    return max(max(_heads(m, t, h)[2]) for h in holders)
 
 
 def chain(m: int, t: int, holder: int, scalars: int) -> Chain:
     """The route of the block of ``holder`` (see :class:`Chain`)."""
-    carriers, used = _heads(m, t, holder)
+    order, carriers, used = _heads(m, t, holder)
     last = carriers[-1] if carriers else holder
-    order = [(last + i) % m for i in range(m)]  # the last carrier first: no extra transfer
-    tail = tuple((p, scalars - used[p]) for p in order if scalars > used[p])
-    return Chain(holder, shuffle_sets(m, t), carriers, tail, scalars)
+    ring = [(last + i) % m for i in range(m)]  # the last carrier first: no extra transfer
+    tail = tuple((p, scalars - used[p]) for p in ring if scalars > used[p])
+    return Chain(holder, order, carriers, tail, scalars)
 
 
 def permutation(seed: bytes, n: int) -> np.ndarray:

@@ -267,6 +267,11 @@ class SqlSource(Source):
     def __init__(self, spec: str, path: Path | None = None) -> None:
         super().__init__(spec, path or Path("."))
         self._types: dict[str, str] | None = None
+        #: a column every row read is ordered by (a linked job's key), so that two passes
+        #: over the source (the key, then the columns) give the rows in the same order: an
+        #: engine promises no order without ORDER BY. Rows whose keys tie (repeated or
+        #: missing keys) may come in either order; the linkage leaves all of them out.
+        self.row_order: str | None = None
 
     # -- what subclasses provide
     def _relation(self) -> str:
@@ -303,6 +308,8 @@ class SqlSource(Source):
 
     def _batches(self, cols: list[Column], tally: _Tally) -> Iterator[tuple[int, dict[str, pa.Array]]]:
         sql = f"SELECT {', '.join(self.dialect.q(c.name) for c in cols)} FROM {self._relation()}"
+        if self.row_order is not None:
+            sql += f" ORDER BY {self.dialect.q(self.row_order)}"
         yield from self._stream(sql)
 
     # -- the pushdown

@@ -6,7 +6,8 @@ The flow (docs/linkage.md):
    the keys, leave out rows whose key is missing or repeated, encode every value the
    statistics need as integers (the same grid, clipping and level codes as horizontal jobs,
    one-hot levels and histogram bins, a presence bit per column), pad to ``link.rows``,
-   hash the keys to points and apply its first secret scalar.
+   hash the keys to points (blinded by its first secret scalar in the linkage, before they
+   leave it).
 2. Holdings: every party says which schema columns it holds (public metadata, as schema
    indices) and how many rows its block has; each checks that every column has one owner.
 3. Linkage (``_linkage``): each holder secret-shares its encoded block; the blocks are
@@ -139,7 +140,8 @@ def encode(feats: tuple[Feature, ...], chunk, edges: dict[str, tuple[float, ...]
 @dataclass
 class LocalBlock:
     """A party's side of the linkage before any message: its scalars and, for a holder,
-    its blinded points ([s_0] H(key), one per row, padding included) and encoded rows."""
+    its hashed key points (H(key), one per row, padding included; never sent unblinded)
+    and encoded rows."""
 
     scalars: list
     held: tuple[int, ...] = ()  # schema indices of the columns it holds
@@ -196,22 +198,24 @@ def local_block(config, spec: Spec, plan: Plan, dp: bool, source=None) -> LocalB
     if pad > 0:  # dummy keys: random points, all-zero rows (row bit 0)
         points = np.concatenate([points, L.random_points(pad)])
         rows = np.concatenate([rows, np.zeros((pad, rows.shape[1]), dtype=np.int64)])
-    points = scalars[0].apply(points)
-    index = tuple(names.index(c) for c in held)
+    index = tuple(names.index(c) for c in held)  # the points are blinded in the chain
     return LocalBlock(scalars, index, points, rows, feats)
 
 
 def read_linked(source, cols: list[Column], key: str, party: str, strict: bool):
     """(keys, one EncodedChunk of every row) of a holder: the key column read as text in a
-    second pass over the same source, in the same row order."""
+    second pass over the same source, in the same row order (a file's order; an engine
+    source's rows ordered by the key in both passes)."""
     from jointstats.engine.sources import EncodedChunk, _Tally
     header = source.columns()
     if key not in header:
         raise DataError(f"party {party!r}: the link key column {key!r} is missing from its data "
                         f"(source {source.spec})")
     if not hasattr(source, "_batches"):
-        raise DataError(f"party {party!r}: linked jobs read CSV, Parquet and SQLite sources in this "
-                        f"version (source {source.spec})")
+        raise DataError(f"party {party!r}: this source cannot be read for a linked job "
+                        f"(source {source.spec})")
+    if hasattr(source, "row_order"):  # an engine source: both passes ordered by the key
+        source.row_order = key
     chunks = list(source.iter_chunks(cols, party, chunk_rows=1 << 22, strict=strict)) if cols else []
     keycol = Column(key, "categorical", levels=("_",))
     keys: list = []
@@ -285,7 +289,10 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
     t = rt.threshold
     route = L.chain(m, t, h, len(block.scalars))
     vec = block.points if rt.pid == h else None
-    used = 1 if rt.pid == h else 0
+    used = 0
+    if rt.pid == h and not route.holder_carries_first:  # blinded before they leave the holder
+        vec = block.scalars[0].apply(vec)
+        used = 1
     cur = h
     for members, carrier in zip(route.sets, route.carriers):
         perm = None

@@ -147,18 +147,37 @@ def test_chains_apply_every_scalar_once_and_reblind_at_every_shuffle(m):
     t = (m - 1) // 2
     holders = list(range(m - 1)) if m > 3 else [0, 1, 2]
     k = L.scalars_needed(m, t, holders)
+    if m == 3:
+        assert k == 1  # the holder carries the first shuffle: 3 multiplications per row
     for h in holders:
         route = L.chain(m, t, h, k)
+        assert sorted(route.sets) == sorted(L.shuffle_sets(m, t))  # every set, once
         applied = [0] * m
-        applied[h] += 1
+        applied[h] += 1  # the holder's first scalar, before its points leave it
         prev = h
-        for members, carrier in zip(route.sets, route.carriers):
-            assert carrier in members and carrier != prev  # a scalar the sender does not know
-            applied[carrier] += 1
+        for step, (members, carrier) in enumerate(zip(route.sets, route.carriers)):
+            assert carrier in members
+            if step == 0 and route.holder_carries_first:
+                assert carrier == h  # applies that first scalar while permuting
+            else:
+                assert carrier != prev  # a scalar the sender does not know
+                applied[carrier] += 1
             prev = carrier
         for party, count in route.tail:
             applied[party] += count
         assert applied == [k] * m
+        for party in range(m):  # every party misses a shuffle whose carrier re-blinds
+            assert any(party not in s and c != party for s, c in zip(route.sets, route.carriers))
+
+
+def test_scalar_multiplication_is_rfc7748_x25519():
+    """libsodium's X25519 as RFC 7748 section 5.2 (first test vector): the points agree
+    with any other X25519 implementation."""
+    sc = L.Scalar()
+    sc._key = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    u = np.frombuffer(bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"),
+                      dtype=np.uint8).reshape(1, 32)
+    assert bytes(sc.apply(u)[0]).hex() == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
 
 
 def test_permutation_and_recombination():
