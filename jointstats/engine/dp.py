@@ -136,14 +136,22 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
                         "by this version")
     stats = [_with_dp_terms(s) for s in plan.statistics]
     samples = sum(len(release_units(s)) for s in stats)
-    try:
-        charge = acc.job_charge(privacy.epsilon, privacy.delta, samples)
-    except ValueError as exc:  # a delta too small for the samplers' total-variation allowance
-        raise SpecError(f"privacy.delta: {exc}") from None
-    pure = privacy.delta == 0
-    mechanism = "discrete_laplace" if pure else "discrete_gaussian"
     weights = {s.name: s.weight for s in spec.statistics}
     total_weight = sum(weights.values())
+    linkage = _linkage_share(spec, privacy, total_weight)
+    eps_s, dlt_s = privacy.epsilon, privacy.delta
+    if linkage is not None:  # the match structure the parties see is noised too (docs/linkage.md)
+        eps_s, dlt_s = eps_s - linkage["epsilon"], dlt_s - linkage["delta_share"]
+    try:
+        charge = acc.job_charge(eps_s, dlt_s, samples)
+    except ValueError as exc:  # a delta too small for the samplers' total-variation allowance
+        raise SpecError(f"privacy.delta: {exc}") from None
+    stats_charge = charge
+    if linkage is not None:  # basic composition of the statistics and the dummy records
+        charge = acc.JobCharge(privacy.epsilon, min(Fraction(1), charge.delta + linkage["delta"]),
+                               None, charge.tv)
+    pure = privacy.delta == 0
+    mechanism = "discrete_laplace" if pure else "discrete_gaussian"
     out = []
     sampler_tv = Fraction(0)
     for stat in stats:
@@ -151,10 +159,10 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
         bound = Fraction(release_bound(stat))
         units = release_units(stat)
         if pure:
-            eps_i = privacy.epsilon * share
+            eps_i = eps_s * share
             noise = NoisePlan(mechanism, eps_i, None, bound, bound / eps_i, units)
         else:
-            rho_i = charge.rho * share
+            rho_i = stats_charge.rho * share
             noise = NoisePlan(mechanism, None, rho_i, bound, bound / (2 * rho_i), units)
         sampler_tv += _sampler_tv(noise)
         out.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, noise)))
@@ -168,8 +176,38 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
              "guarantee": {"epsilon": float(charge.epsilon), "delta": float(charge.delta)},
              "sampler_tv": float(sampler_tv), "charge": charge.to_dict(), "misfit": MISFIT_RULE_DP}
     if not pure:
-        block["rho"] = float(charge.rho)
+        block["rho"] = float(stats_charge.rho)
+    if linkage is not None:
+        block["linkage"] = {"epsilon": float(linkage["epsilon"]), "delta": float(linkage["delta"]),
+                            "epsilon_exact": str(linkage["epsilon"]), "shift": linkage["shift"],
+                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(1 / epsilon), "
+                                         "0, 2k) per party and per combination of holders"}
+        block["accounting"] += ("; the match structure the parties see: its own (epsilon, delta) "
+                                "share, composed with the statistics' by basic composition")
     return seal(replace(plan, statistics=tuple(out), privacy=block))
+
+
+#: The delta of the dummy linked records in a pure-DP (delta 0) linked job: their count is
+#: clamped at 0, which no pure-DP mechanism allows (docs/linkage.md).
+LINK_DELTA_PURE = Fraction(1, 10**9)
+
+
+def _linkage_share(spec: Spec, privacy, total_weight) -> dict | None:
+    """A DP linked job's share for the dummy linked records (the match structure every party
+    sees): weight 1 against the statistics' weights, of epsilon and (delta > 0) of delta; in a
+    pure job a delta of LINK_DELTA_PURE. None for a horizontal job."""
+    if not spec.vertical:
+        return None
+    share = Fraction(1) / (Fraction(total_weight) + 1)
+    eps = privacy.epsilon * share
+    if privacy.delta > 0:
+        delta = privacy.delta * share
+        delta_share = delta
+    else:
+        delta, delta_share = LINK_DELTA_PURE, Fraction(0)
+    from jointstats.noise.local import truncated_shift
+    return {"epsilon": eps, "delta": delta, "delta_share": delta_share,
+            "shift": truncated_shift(eps, delta)}
 
 
 def _sampler_tv(noise: NoisePlan) -> Fraction:

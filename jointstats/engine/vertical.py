@@ -41,9 +41,11 @@ PRIME = (1 << 192) - (1 << 64) - 1
 #: What the linkage shows every party, beside what the secure step shows (the result's
 #: ``mpc.linkage``; docs/linkage.md has the full statement).
 LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when set), who holds "
-                "which column, and the match structure: the exact number of linked records and the "
-                "size of every intersection of the holders' key sets, also in DP mode; no party "
-                "learns another's identifiers or which of its own records are linked")
+                "which column, and the match structure: in exact mode the exact number of linked "
+                "records and the size of every intersection of the holders' key sets; in DP mode "
+                "those sizes raised by dummy linked records (privacy.linkage), so they are "
+                "differentially private towards every party; no party learns another's identifiers "
+                "or which of its own records are linked")
 #: Statistical security (bits) of the masked opening that turns the secret partials into
 #: integer additive shares.
 SIGMA = 64
@@ -364,6 +366,21 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     if any(sizes[i] == 0 for i in holders):
         empty = next(config.peers[i].name for i in holders if sizes[i] == 0)
         raise DataError(f"party {empty!r} has no usable keys to link")
+    link_noise = (plan.privacy or {}).get("linkage")
+    if link_noise is not None:  # DP: dummy linked records hide the match structure's counts
+        dummies = await guard(_exchange_dummies(rt, link_noise, holders, m), "the dummy records")
+        cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
+        width_d = m * 2 * int(link_noise["shift"]) * cells_each
+        for i in holders:
+            sizes[i] += width_d
+        if rt.pid in holders:
+            if len(dummies) != width_d:
+                raise DataError("the dummy records received do not have the plan's size")
+            block.points = np.concatenate([block.points, L.hash_points(
+                [d.hex() for d in dummies], spec.dataset + _DUMMY_DOMAIN)])
+            block.rows = np.concatenate([block.rows, np.zeros((width_d, block.rows.shape[1]),
+                                                              dtype=block.rows.dtype)])
+        metrics["dummy_rows_per_holder"] = width_d
     tables = {}
     for i in holders:  # every holder secret-shares its encoded block
         shape = (sizes[i], len(feats[i]))
@@ -388,10 +405,63 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     started = time.perf_counter()
     index_of = {p.name: i for i, p in enumerate(config.peers)}
     partials = await guard(_statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index,
-                                       {c: index_of[p] for c, p in owners.items()}),
+                                       {c: index_of[p] for c, p in owners.items()},
+                                       dummies=link_noise is not None),
                            "the statistics over the linked rows", timeout)
     metrics["linked_statistics_seconds"] = time.perf_counter() - started
     return partials
+
+
+#: Hashed with the dataset name, separately from every real key (docs/linkage.md).
+_DUMMY_DOMAIN = "\x00dummy-linked-record"
+_ID = 16  # bytes of a dummy record's random identifier
+
+
+def dummy_cells(holders: list[int]) -> list[tuple[int, ...]]:
+    """The combinations of holders whose shared records the parties see counted: every set of
+    two or more holders (a record at one holder only is the rest of its public block size)."""
+    import itertools
+    return [c for r in range(2, len(holders) + 1) for c in itertools.combinations(holders, r)]
+
+
+def dummy_lists(link_noise: dict, holders: list[int]) -> dict[int, list[bytes]]:
+    """This party's dummy records for each holder: for every cell (combination of holders) a
+    count Z = clamp(k + DL(1 / epsilon), 0, 2k), drawn exactly and kept by this party alone,
+    of fresh random identifiers given to every holder of the cell; then unique random fillers,
+    so that every holder gets 2k identifiers per cell it is in, in a random order, whatever Z
+    is. A holder cannot tell a shared identifier from a filler; after the linkage the
+    parties see every cell's count raised by the sum of the parties' Z."""
+    from jointstats.noise.local import discrete_laplace
+    from fractions import Fraction
+    k = int(link_noise["shift"])
+    scale = 1 / Fraction(link_noise["epsilon_exact"])
+    lists: dict[int, list[bytes]] = {h: [] for h in holders}
+    cells = dummy_cells(holders)
+    for cell in cells:
+        z = min(max(k + discrete_laplace(scale), 0), 2 * k)
+        shared = [secrets.token_bytes(_ID) for _ in range(z)]
+        for h in cell:
+            lists[h] += shared + [secrets.token_bytes(_ID) for _ in range(2 * k - z)]
+    for h in holders:  # a uniformly random order (sorted by random 64-bit keys)
+        lists[h] = [d for _, d in sorted((secrets.randbits(64), d) for d in lists[h])]
+    return lists
+
+
+async def _exchange_dummies(rt, link_noise: dict, holders: list[int], m: int) -> list[bytes]:
+    """Every party gives every holder its dummy identifiers (one message per pair, of a size
+    fixed by the plan); a holder gets those of all parties, others an empty list."""
+    from jointstats.mpc import codec as _codec
+    mine = dummy_lists(link_noise, holders)
+    n = len(mine[holders[0]])
+    codec = _codec.Codec("dummies", lambda a: _codec.encode_array(a, np.uint8),
+                         lambda d: _codec.decode_array(d, np.uint8, (n, _ID)))
+    out: list[bytes] = []
+    for h in holders:
+        payload = np.frombuffer(b"".join(mine[h]), dtype=np.uint8).reshape(n, _ID)
+        got = await rt.transfer(payload, senders=list(range(m)), receivers=[h], codec=codec)
+        if rt.pid == h:
+            out = [bytes(row) for arr in got for row in arr]
+    return out
 
 
 def spec_limit(plan: Plan) -> int:
@@ -401,7 +471,7 @@ def spec_limit(plan: Plan) -> int:
 
 
 async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, idx, join, base_index,
-                      owners: dict[str, int]):
+                      owners: dict[str, int], dummies: bool = False):
     """Every statistic's partial over the linked records, as integer additive shares
     (``owners``: the MPC index of each column's holder)."""
     field_ = secfld.field
@@ -440,6 +510,8 @@ async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, 
                     parts.append(table[:, col("complete", stat=sub)])
             if join == "left":  # a padding row of the base is no record
                 parts.append(table[:, where[(base_index, Feature("row"))]])
+            if not parts and dummies:  # a dummy linked record (DP) is no record
+                parts.append(table[:, where[(order[0], Feature("row"))]])
             if not parts:
                 weights[key] = None  # every linked record
             else:

@@ -229,9 +229,18 @@ def test_dp_linked_job_with_padding(tmp_path):
   m:    {kind: mean, column: sbp}
   ct:   {kind: crosstab, rows: smoker, cols: region}
 """
-    res = run(write_spec(tmp_path, stats, ", rows: 300", "{epsilon: 9.0}"), cfgs).to_dict()
+    metrics: dict = {}
+    res = run(write_spec(tmp_path, stats, ", rows: 300", "{epsilon: 9.0}"), cfgs, metrics=metrics).to_dict()
     j = joined(frames)
     r = res["results"]
+    # the parties see the linked records raised by every party's dummy records: the exact count
+    # plus the sum of 3 draws of clamp(k + DL(1 / epsilon_link), 0, 2k), never below it
+    link = res["privacy"]["linkage"]
+    k = link["shift"]
+    assert link["epsilon"] == pytest.approx(9.0 / 4)  # weight 1 against the 3 statistics
+    seen = {m["linked_records"] for m in metrics.values()}
+    assert len(seen) == 1 and len(j) <= seen.pop() <= len(j) + 6 * k
+    assert {m["dummy_rows_per_holder"] for m in metrics.values()} == {3 * 2 * k * 3}
     assert res["privacy"]["mechanism"] == "discrete_laplace"
     assert all("noise" in v for v in r.values())
     assert abs(r["n"]["value"] - len(j)) <= 10 * r["n"]["noise"]["scale"] + 1

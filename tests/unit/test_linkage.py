@@ -257,3 +257,48 @@ def test_normalisation_is_stable():
         once = L.normalise_key(text, case)
         assert once is None or (once == once.strip() and L.normalise_key(once, case) == once)
     check()
+
+
+def test_dummy_records_per_holder_and_cell():
+    """Each party gives every holder 2k identifiers per cell (combination of two or more
+    holders) it is in; Z of them, shared with the cell's other holders, are a draw of
+    clamp(k + DL(1/epsilon), 0, 2k), the rest unique fillers (docs/linkage.md)."""
+    from jointstats.engine.vertical import dummy_cells, dummy_lists
+    holders = [0, 1, 3]
+    assert dummy_cells(holders) == [(0, 1), (0, 3), (1, 3), (0, 1, 3)]
+    k = 6
+    zs = {cell: [] for cell in dummy_cells(holders)}
+    for _ in range(300):
+        lists = dummy_lists({"shift": k, "epsilon_exact": "1/2"}, holders)
+        sets = {h: set(ids) for h, ids in lists.items()}
+        for h in holders:
+            assert len(lists[h]) == len(sets[h]) == 2 * k * 3  # 3 cells hold each holder
+        for cell in zs:
+            inside = set.intersection(*(sets[h] for h in cell))
+            for other in (h for h in holders if h not in cell):
+                inside -= sets[other]
+            zs[cell].append(len(inside))
+    for cell, z in zs.items():
+        assert 0 <= min(z) and max(z) <= 2 * k
+        assert abs(np.mean(z) - k) < 0.6  # symmetric around k (scale 2: sd about 2.8)
+
+
+def test_dp_linked_plan_charges_the_dummy_records():
+    """A DP linked job spends a weight-1 share of epsilon on the dummy records (and of delta,
+    or 1e-9 in a pure job); the charge composes both (basic composition, no rho)."""
+    from fractions import Fraction as F
+    from jointstats.engine.dp import LINK_DELTA_PURE, add_noise_plans
+    spec = parse_spec(SPEC.replace("link: {key: patient_id}", "link: {key: patient_id, rows: 100}")
+                      + "privacy: {epsilon: 2.0}\n")
+    plan = add_noise_plans(spec, make_plan(spec, ["a", "b", "c"]))
+    link = plan.privacy["linkage"]
+    share = F(1, len(spec.statistics) + 1)
+    assert F(link["epsilon_exact"]) == 2 * share
+    assert plan.charge.epsilon == 2 and plan.charge.rho is None
+    assert plan.charge.delta >= LINK_DELTA_PURE
+    assert all(s.noise.epsilon == (2 - 2 * share) / len(spec.statistics) for s in plan.statistics)
+    zc = parse_spec(SPEC.replace("link: {key: patient_id}", "link: {key: patient_id, rows: 100}")
+                    + "privacy: {epsilon: 2.0, delta: 1.0e-6}\n")
+    zplan = add_noise_plans(zc, make_plan(zc, ["a", "b", "c"]))
+    assert zplan.charge.delta == F(1, 10**6) and zplan.charge.rho is None
+    assert zplan.privacy["linkage"]["delta"] == pytest.approx(1e-6 * float(share))
