@@ -58,23 +58,28 @@ _original = _thresha.np_random_split
 def _uniform_below(order: int, k: int) -> np.ndarray:
     """k integers, exactly uniform in [0, order): rejection sampling on ``os.urandom``.
 
-    Each candidate takes the top bit_length(order - 1) bits of its bytes, as
-    ``secrets.randbelow`` does with ``getrandbits``; one below ``order`` is kept."""
+    Each candidate is bit_length(order - 1) random bits (64-bit limbs from ``os.urandom``, the
+    top one masked), as ``secrets.randbelow`` takes them from ``getrandbits``; one below
+    ``order`` is kept and the others drawn again. The limbs are joined into Python ints by
+    numpy's object loops, column by column, not by a Python loop per value."""
     out = np.zeros(k, dtype=object)
     bits = (order - 1).bit_length()
-    if bits == 0:
+    if bits == 0 or k == 0:
         return out
-    size = (bits + 7) // 8
-    excess = 8 * size - bits
-    from_bytes = int.from_bytes
-    filled = 0
-    while filled < k:
-        raw = os.urandom(size * (k - filled))
-        for start in range(0, len(raw), size):
-            value = from_bytes(raw[start:start + size], "little") >> excess
-            if value < order:
-                out[filled] = value
-                filled += 1
+    limbs = (bits + 63) // 64
+    top = bits - 64 * (limbs - 1)
+    todo = np.arange(k)
+    while len(todo):
+        raw = np.frombuffer(os.urandom(8 * limbs * len(todo)), dtype=np.uint64)
+        raw = raw.reshape(len(todo), limbs).copy()
+        if top < 64:
+            raw[:, -1] &= np.uint64((1 << top) - 1)
+        values = raw[:, 0].astype(object)
+        for j in range(1, limbs):
+            values = values + (raw[:, j].astype(object) << (64 * j))
+        ok = np.fromiter((v < order for v in values), dtype=bool, count=len(values))
+        out[todo[ok]] = values[ok]
+        todo = todo[~ok]
     return out
 
 
