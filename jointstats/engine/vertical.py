@@ -357,20 +357,26 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     secfld = rt.SecFld(modulus=PRIME)
     field_ = secfld.field
     feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
+    link_noise = (plan.privacy or {}).get("linkage")
+    width_d = 0  # DP: dummy linked records per holder (every party's, a public number)
+    if link_noise is not None:
+        cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
+        width_d = m * 2 * int(link_noise["shift"]) * cells_each
+        if width_d > spec_limit(plan):
+            raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be "
+                            f"{width_d} rows per holder, over the limit of {spec_limit(plan)}; "
+                            "raise epsilon or use fewer statistics")
     width = _codec.width(PRIME)
     for i in holders:  # every share message of a block must fit the codec's frame limit
-        if sizes[i] * len(feats[i]) * width > _codec.MAX_MESSAGE:
+        if (sizes[i] + width_d) * len(feats[i]) * width > _codec.MAX_MESSAGE:
             raise DataError(f"party {config.peers[i].name!r}: its linked block of {sizes[i]} rows x "
                             f"{len(feats[i])} encoded features is over the {_codec.MAX_MESSAGE >> 20} "
                             "MiB message limit; use fewer rows (link.rows) or fewer statistics")
     if any(sizes[i] == 0 for i in holders):
         empty = next(config.peers[i].name for i in holders if sizes[i] == 0)
         raise DataError(f"party {empty!r} has no usable keys to link")
-    link_noise = (plan.privacy or {}).get("linkage")
     if link_noise is not None:  # DP: dummy linked records hide the match structure's counts
         dummies = await guard(_exchange_dummies(rt, link_noise, holders, m), "the dummy records")
-        cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
-        width_d = m * 2 * int(link_noise["shift"]) * cells_each
         for i in holders:
             sizes[i] += width_d
         if rt.pid in holders:
