@@ -138,19 +138,23 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     samples = sum(len(release_units(s)) for s in stats)
     weights = {s.name: s.weight for s in spec.statistics}
     total_weight = sum(weights.values())
-    linkage = _linkage_share(spec, privacy, total_weight)
-    eps_s, dlt_s = privacy.epsilon, privacy.delta
-    if linkage is not None:  # the match structure the parties see is noised too (docs/linkage.md)
-        eps_s, dlt_s = eps_s - linkage["epsilon"], dlt_s - linkage["delta_share"]
+    # a linked job's dummy records (docs/linkage.md): each party's count for each cell is one
+    # more draw, within the samplers' total variation per draw of its untruncated law
+    draws = link_draws(len(plan.parties)) if spec.vertical else 0
     try:
-        charge = acc.job_charge(eps_s, dlt_s, samples)
+        charge = acc.job_charge(privacy.epsilon, privacy.delta, samples + draws)
     except ValueError as exc:  # a delta too small for the samplers' total-variation allowance
         raise SpecError(f"privacy.delta: {exc}") from None
-    stats_charge = charge
-    if linkage is not None:  # basic composition of the statistics and the dummy records
-        charge = acc.JobCharge(privacy.epsilon, min(Fraction(1), charge.delta + linkage["delta"]),
-                               None, charge.tv)
     pure = privacy.delta == 0
+    eps_s, rho_s = privacy.epsilon, charge.rho
+    linkage = None
+    if spec.vertical:  # one more "statistic" of the average weight: 1 / (count + 1) of the budget
+        linkage = _linkage_share(privacy.epsilon if pure else None, charge.rho, len(spec.statistics),
+                                 len(plan.parties))
+        if pure:
+            eps_s = privacy.epsilon - linkage["epsilon"]
+        else:
+            rho_s = charge.rho - linkage["epsilon"] ** 2 / 2
     mechanism = "discrete_laplace" if pure else "discrete_gaussian"
     out = []
     sampler_tv = Fraction(0)
@@ -162,7 +166,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
             eps_i = eps_s * share
             noise = NoisePlan(mechanism, eps_i, None, bound, bound / eps_i, units)
         else:
-            rho_i = stats_charge.rho * share
+            rho_i = rho_s * share
             noise = NoisePlan(mechanism, None, rho_i, bound, bound / (2 * rho_i), units)
         sampler_tv += _sampler_tv(noise)
         out.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, noise)))
@@ -176,38 +180,49 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
              "guarantee": {"epsilon": float(charge.epsilon), "delta": float(charge.delta)},
              "sampler_tv": float(sampler_tv), "charge": charge.to_dict(), "misfit": MISFIT_RULE_DP}
     if not pure:
-        block["rho"] = float(stats_charge.rho)
+        block["rho"] = float(charge.rho)
     if linkage is not None:
-        block["linkage"] = {"epsilon": float(linkage["epsilon"]), "delta": float(linkage["delta"]),
-                            "epsilon_exact": str(linkage["epsilon"]), "shift": linkage["shift"],
+        block["linkage"] = {"epsilon": float(linkage["epsilon"]), "epsilon_exact": str(linkage["epsilon"]),
+                            "shift": linkage["shift"], "draws": draws,
                             "mechanism": "dummy linked records: clamp(k + discrete Laplace(1 / epsilon), "
                                          "0, 2k) per party and per combination of holders"}
-        block["accounting"] += ("; the match structure the parties see: its own (epsilon, delta) "
-                                "share, composed with the statistics' by basic composition")
+        block["accounting"] += ("; the match structure the parties see: a share of "
+                                + ("epsilon" if pure else "rho (epsilon^2 / 2 of it)")
+                                + " like one more statistic, each party's dummy count per cell one "
+                                  "more draw in the total-variation term")
     return seal(replace(plan, statistics=tuple(out), privacy=block))
 
 
-#: The delta of the dummy linked records in a pure-DP (delta 0) linked job: their count is
-#: clamped at 0, which no pure-DP mechanism allows (docs/linkage.md).
-LINK_DELTA_PURE = Fraction(1, 10**9)
+def link_draws(parties: int) -> int:
+    """The dummy counts a linked job draws at most: every party, for every combination of two
+    or more of (at most) all parties as holders."""
+    return parties * (2 ** parties - parties - 1)
 
 
-def _linkage_share(spec: Spec, privacy, total_weight) -> dict | None:
+def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: int,
+                   parties: int) -> dict:
     """A DP linked job's share for the dummy linked records (the match structure every party
-    sees): weight 1 against the statistics' weights, of epsilon and (delta > 0) of delta; in a
-    pure job a delta of LINK_DELTA_PURE. None for a horizontal job."""
-    if not spec.vertical:
-        return None
-    share = Fraction(1) / (Fraction(total_weight) + 1)
-    eps = privacy.epsilon * share
-    if privacy.delta > 0:
-        delta = privacy.delta * share
-        delta_share = delta
-    else:
-        delta, delta_share = LINK_DELTA_PURE, Fraction(0)
+    sees), as one more statistic of the statistics' average weight: 1 / (statistics + 1) of
+    epsilon (pure job) or of rho (zCDP job: the dummies' pure epsilon_link is then the
+    largest rational with epsilon_link^2 / 2 below that share, on a 2^-40 grid), with the
+    shift k that keeps each draw within the samplers' total variation per draw. SpecError
+    when the dummy rows a holder would receive exceed the linked row limit."""
     from jointstats.noise.local import truncated_shift
-    return {"epsilon": eps, "delta": delta, "delta_share": delta_share,
-            "shift": truncated_shift(eps, delta)}
+    from jointstats.plan.spec import MAX_LINK_ROWS
+    if epsilon is not None:
+        eps = epsilon / (statistics + 1)
+    else:
+        grid = 1 << 40
+        eps = Fraction(math.isqrt(math.floor(2 * rho / (statistics + 1) * grid * grid)), grid)
+    if eps <= 0:
+        raise SpecError("privacy.epsilon: too small to noise the linkage's match structure")
+    k = truncated_shift(eps, acc.SAMPLER_TV_PER_SAMPLE)
+    rows = parties * 2 * k * (2 ** (parties - 1) - 1)  # a holder's dummy rows, at most
+    if rows > MAX_LINK_ROWS:
+        raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be up "
+                        f"to {rows} rows per holder, over the limit of {MAX_LINK_ROWS}; raise "
+                        "epsilon or use fewer statistics")
+    return {"epsilon": eps, "shift": k}
 
 
 def _sampler_tv(noise: NoisePlan) -> Fraction:

@@ -25,6 +25,7 @@ import os
 import unicodedata
 from dataclasses import dataclass
 
+import gmpy2
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -73,18 +74,64 @@ def usable_keys(keys: list[str | None]) -> np.ndarray:
     return np.fromiter((k is not None and counts[k] == 1 for k in keys), dtype=bool, count=len(keys))
 
 
+#: Curve25519: v^2 = u^3 + A u^2 + u over GF(2^255 - 19) (RFC 7748).
+_P = 2**255 - 19
+_A = 486662
+
+
+def _on_curve(u: int) -> bool:
+    """True when u is the u-coordinate of a point of Curve25519 itself, not of its quadratic
+    twist (u^3 + A u^2 + u a nonzero square), and not of small order 2 (u = 0)."""
+    rhs = (u * u % _P * (u + _A) + u) % _P
+    return rhs != 0 and gmpy2.legendre(rhs, _P) == 1
+
+
+def _to_point(seed: bytes) -> bytes:
+    """A point of Curve25519 (as a canonical u-coordinate) derived from ``seed`` by SHA-512 with
+    a counter, the first candidate on the curve kept (about two tries). Never a point of the
+    twist: X25519 keeps a point on the curve or on the twist through every multiplication, so
+    a raw 32-byte hash would carry a public bit (which of the two) from a key to its
+    pseudonym, testable against any guessed key."""
+    counter = 0
+    while True:
+        digest = hashlib.sha512(seed + counter.to_bytes(4, "little")).digest()
+        u = int.from_bytes(digest[:POINT], "little") & ((1 << 255) - 1)
+        if u < _P and _on_curve(u):
+            return u.to_bytes(POINT, "little")
+        counter += 1
+
+
 def hash_points(keys: list[str], dataset: str) -> np.ndarray:
-    """Each key hashed to a point (u-coordinate), as an (n, 32) uint8 array."""
-    prefix = _DOMAIN + dataset.encode() + b"\x00"
+    """Each key hashed to a point of Curve25519 (its u-coordinate), as an (n, 32) uint8 array.
+    The hash input is the domain tag, then the dataset name and the key, each prefixed by its
+    length (no two (dataset, key) pairs give the same input)."""
+    name = dataset.encode()
+    prefix = _DOMAIN + len(name).to_bytes(4, "little") + name
     out = np.empty((len(keys), POINT), dtype=np.uint8)
     for i, k in enumerate(keys):
-        out[i] = np.frombuffer(hashlib.sha512(prefix + k.encode()).digest()[:POINT], dtype=np.uint8)
+        key = k.encode()
+        out[i] = np.frombuffer(_to_point(prefix + len(key).to_bytes(4, "little") + key), dtype=np.uint8)
+    return out
+
+
+def dummy_points(ids: list[bytes], dataset: str) -> np.ndarray:
+    """The points of dummy linked records (DP mode) from their random identifiers: hashed in a
+    domain of their own, so no real key's point is ever one of them."""
+    name = dataset.encode()
+    prefix = b"jointstats-dummy-v1\x00" + len(name).to_bytes(4, "little") + name
+    out = np.empty((len(ids), POINT), dtype=np.uint8)
+    for i, d in enumerate(ids):
+        out[i] = np.frombuffer(_to_point(prefix + len(d).to_bytes(4, "little") + d), dtype=np.uint8)
     return out
 
 
 def random_points(n: int) -> np.ndarray:
-    """``n`` points of dummy keys (padding): random, so they link with nothing."""
-    return np.frombuffer(os.urandom(POINT * n), dtype=np.uint8).reshape(n, POINT).copy()
+    """``n`` points of dummy keys (padding): random points of the curve, distributed as hashed
+    keys are, so they link with nothing and look like any other."""
+    out = np.empty((n, POINT), dtype=np.uint8)
+    for i in range(n):
+        out[i] = np.frombuffer(_to_point(b"jointstats-pad\x00" + os.urandom(32)), dtype=np.uint8)
+    return out
 
 
 class Scalar:
@@ -151,11 +198,15 @@ class Chain:
         return bool(self.carriers) and self.carriers[0] == self.holder
 
 
-#: Orders of the shuffle sets tried per block (all of them up to this many sets).
-_MAX_ORDERED_SETS = 6
+#: Up to this many parties a block's chain may start with its holder as the first carrier and
+#: its sets in the order that needs the fewest scalars; checked for every holder set and every
+#: coalition of t parties (tests/unit/test_linkage_views.py). Above it, the fixed order of
+#: ``shuffle_sets`` with a separate first blinding (docs/linkage.md: what t >= 2 coalitions see).
+_REORDER_UP_TO = 4
 
 
-def _carriers(order: tuple[tuple[int, ...], ...], m: int, holder: int) -> tuple[tuple[int, ...], list[int]]:
+def _carriers(order: tuple[tuple[int, ...], ...], m: int, holder: int,
+              holder_first: bool = True) -> tuple[tuple[int, ...], list[int]]:
     """Carriers of the sets in ``order`` for the block of ``holder`` and the scalars each party
     then applies at the head of the chain. The holder carries the first set when it is a
     member (its first scalar is then applied there); every later carrier is a member other
@@ -166,7 +217,7 @@ def _carriers(order: tuple[tuple[int, ...], ...], m: int, holder: int) -> tuple[
     carriers = []
     prev = holder
     for k, s in enumerate(order):
-        if k == 0 and holder in s:
+        if k == 0 and holder_first and holder in s:
             choice = holder  # permutes and applies its first scalar in one step
         else:
             choice = min((p for p in s if p != prev), key=lambda p: (used[p], p))
@@ -179,13 +230,15 @@ def _carriers(order: tuple[tuple[int, ...], ...], m: int, holder: int) -> tuple[
 def _heads(m: int, t: int, holder: int) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...], list[int]]:
     """The order of the shuffle sets for the block of ``holder``, their carriers and how many
     scalars each party applies there: the order that needs the fewest scalars per party
-    (then in all), first in a fixed enumeration, so every party derives the same. With 3
-    parties every party applies one scalar per block (3 multiplications per row)."""
+    (then in all), first in a fixed enumeration, so every party derives the same (up to
+    ``_REORDER_UP_TO`` parties; above, the sets' fixed order). With 3 parties every party
+    applies one scalar per block (3 multiplications per row)."""
     sets = shuffle_sets(m, t)
-    orders = itertools.permutations(sets) if len(sets) <= _MAX_ORDERED_SETS else [sets]
+    reorder = m <= _REORDER_UP_TO
+    orders = itertools.permutations(sets) if reorder else [sets]
     best = None
     for order in orders:
-        carriers, used = _carriers(order, m, holder)
+        carriers, used = _carriers(order, m, holder, holder_first=reorder)
         score = (max(used), sum(used))
         if best is None or score < best[0]:
             best = (score, order, carriers, used)

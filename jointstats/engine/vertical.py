@@ -362,9 +362,10 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     if link_noise is not None:
         cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
         width_d = m * 2 * int(link_noise["shift"]) * cells_each
-        if width_d > spec_limit(plan):
+        from jointstats.plan.spec import MAX_LINK_ROWS
+        if width_d > MAX_LINK_ROWS:  # the plan bounds it already (engine.dp._linkage_share)
             raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be "
-                            f"{width_d} rows per holder, over the limit of {spec_limit(plan)}; "
+                            f"{width_d} rows per holder, over the limit of {MAX_LINK_ROWS}; "
                             "raise epsilon or use fewer statistics")
     width = _codec.width(PRIME)
     for i in holders:  # every share message of a block must fit the codec's frame limit
@@ -382,8 +383,7 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
         if rt.pid in holders:
             if len(dummies) != width_d:
                 raise DataError("the dummy records received do not have the plan's size")
-            block.points = np.concatenate([block.points, L.hash_points(
-                [d.hex() for d in dummies], spec.dataset + _DUMMY_DOMAIN)])
+            block.points = np.concatenate([block.points, L.dummy_points(dummies, spec.dataset)])
             block.rows = np.concatenate([block.rows, np.zeros((width_d, block.rows.shape[1]),
                                                               dtype=block.rows.dtype)])
         metrics["dummy_rows_per_holder"] = width_d
@@ -418,8 +418,6 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     return partials
 
 
-#: Hashed with the dataset name, separately from every real key (docs/linkage.md).
-_DUMMY_DOMAIN = "\x00dummy-linked-record"
 _ID = 16  # bytes of a dummy record's random identifier
 
 
@@ -445,9 +443,11 @@ def dummy_lists(link_noise: dict, holders: list[int]) -> dict[int, list[bytes]]:
     cells = dummy_cells(holders)
     for cell in cells:
         z = min(max(k + discrete_laplace(scale), 0), 2 * k)
-        shared = [secrets.token_bytes(_ID) for _ in range(z)]
+        # the same work whatever z is: 2k shared candidates and 2k fillers per holder, cut
+        shared = [secrets.token_bytes(_ID) for _ in range(2 * k)]
         for h in cell:
-            lists[h] += shared + [secrets.token_bytes(_ID) for _ in range(2 * k - z)]
+            fillers = [secrets.token_bytes(_ID) for _ in range(2 * k)]
+            lists[h] += shared[:z] + fillers[z:]
     for h in holders:  # a uniformly random order (sorted by random 64-bit keys)
         lists[h] = [d for _, d in sorted((secrets.randbits(64), d) for d in lists[h])]
     return lists

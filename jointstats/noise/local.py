@@ -63,16 +63,16 @@ def discrete_laplace(scale: Fraction) -> int:
         return -y if negative else y
 
 
-def truncated_shift(epsilon: Fraction, delta: Fraction) -> int:
-    """The shift k of a count released as ``count + clamp(k + DL(1 / epsilon), 0, 2k)``, so
-    that the release is (epsilon, delta)-DP for a count of sensitivity 1.
+def truncated_shift(epsilon: Fraction, tv: Fraction) -> int:
+    """The shift k of a count released as ``count + clamp(k + DL(1 / epsilon), 0, 2k)``: the
+    smallest k (give or take one) with which the clamp changes the draw with probability at
+    most ``tv``, so that the release is within total variation ``tv`` of the epsilon-DP
+    ``count + k + DL``.
 
-    Without the clamp, ``count + k + DL`` is epsilon-DP. The clamp changes the output only when
-    |DL| > k, with probability 2 a^(k+1) / (1 + a), a = exp(-epsilon); a mechanism within
-    total variation eta of an epsilon-DP one is (epsilon, (1 + e^epsilon) eta)-DP, and
-    (1 + e^epsilon) 2 a^(k+1) / (1 + a) <= 4 exp(-epsilon k). So k is the smallest integer
-    with 4 exp(-epsilon k) <= delta, plus one for the floating-point logarithm."""
-    epsilon, delta = Fraction(epsilon), Fraction(delta)
-    if epsilon <= 0 or not 0 < delta < 1:
-        raise ValueError("need epsilon > 0 and 0 < delta < 1")
-    return math.ceil(math.log(4 / delta) / epsilon) + 1
+    The clamp acts only when |DL| > k, with probability 2 a^(k+1) / (1 + a) < 2 a^(k+1),
+    a = exp(-epsilon): k = ceil(ln(2 / tv) / epsilon) makes that at most tv (with a margin of
+    a whole step for the floating-point logarithm)."""
+    epsilon, tv = Fraction(epsilon), Fraction(tv)
+    if epsilon <= 0 or not 0 < tv < 1:
+        raise ValueError("need epsilon > 0 and 0 < tv < 1")
+    return math.ceil(math.log(2 / tv) / epsilon)

@@ -284,21 +284,47 @@ def test_dummy_records_per_holder_and_cell():
 
 
 def test_dp_linked_plan_charges_the_dummy_records():
-    """A DP linked job spends a weight-1 share of epsilon on the dummy records (and of delta,
-    or 1e-9 in a pure job); the charge composes both (basic composition, no rho)."""
+    """A DP linked job spends 1 / (statistics + 1) of epsilon (pure) or of rho (zCDP) on the
+    dummy records; each party's count per cell is one more draw in the charge's total variation,
+    so the charge keeps its form (pure: no rho; zCDP: rho) for the ledger's lifetime rule."""
     from fractions import Fraction as F
-    from jointstats.engine.dp import LINK_DELTA_PURE, add_noise_plans
-    spec = parse_spec(SPEC.replace("link: {key: patient_id}", "link: {key: patient_id, rows: 100}")
-                      + "privacy: {epsilon: 2.0}\n")
+    from jointstats.engine.dp import add_noise_plans, link_draws
+    from jointstats.plan.accounting import SAMPLER_TV_PER_SAMPLE
+    rows = SPEC.replace("link: {key: patient_id}", "link: {key: patient_id, rows: 100}")
+    spec = parse_spec(rows + "privacy: {epsilon: 2.0}\n")
     plan = add_noise_plans(spec, make_plan(spec, ["a", "b", "c"]))
     link = plan.privacy["linkage"]
-    share = F(1, len(spec.statistics) + 1)
-    assert F(link["epsilon_exact"]) == 2 * share
+    n = len(spec.statistics)
+    assert F(link["epsilon_exact"]) == F(2, n + 1) and link["draws"] == link_draws(3) == 12
     assert plan.charge.epsilon == 2 and plan.charge.rho is None
-    assert plan.charge.delta >= LINK_DELTA_PURE
-    assert all(s.noise.epsilon == (2 - 2 * share) / len(spec.statistics) for s in plan.statistics)
-    zc = parse_spec(SPEC.replace("link: {key: patient_id}", "link: {key: patient_id, rows: 100}")
-                    + "privacy: {epsilon: 2.0, delta: 1.0e-6}\n")
+    samples = sum(len(s.noise.units) for s in plan.statistics)
+    assert plan.charge.tv == (samples + 12) * SAMPLER_TV_PER_SAMPLE
+    assert all(s.noise.epsilon == (2 - F(2, n + 1)) / n for s in plan.statistics)
+    zc = parse_spec(rows + "privacy: {epsilon: 2.0, delta: 1.0e-6}\n")
     zplan = add_noise_plans(zc, make_plan(zc, ["a", "b", "c"]))
-    assert zplan.charge.delta == F(1, 10**6) and zplan.charge.rho is None
-    assert zplan.privacy["linkage"]["delta"] == pytest.approx(1e-6 * float(share))
+    eps_link = F(zplan.privacy["linkage"]["epsilon_exact"])
+    rho = zplan.charge.rho
+    assert zplan.charge.delta == F(1, 10**6) and rho is not None
+    assert eps_link ** 2 / 2 <= rho / (n + 1) < (eps_link + F(1, 2**40)) ** 2 / 2
+    assert sum(s.noise.rho for s in zplan.statistics) == rho - eps_link ** 2 / 2
+    tiny = parse_spec(rows + "privacy: {epsilon: 0.00001}\n")
+    with pytest.raises(SpecError, match="^privacy.epsilon: the linkage's dummy records"):
+        add_noise_plans(tiny, make_plan(tiny, ["a", "b", "c"]))
+
+
+def test_every_point_is_on_the_curve_not_its_twist():
+    """X25519 keeps a point on Curve25519 or on its twist through every multiplication, and
+    which one is public (a Legendre symbol of u): hashed keys, padding and dummy records are
+    all points of the curve itself, so a pseudonym carries no bit a guessed key could test."""
+    from jointstats.engine.vertical import dummy_lists
+    keys = [f"P{i:05d}" for i in range(300)]
+    points = np.concatenate([L.hash_points(keys, "d"), L.random_points(100),
+                             L.dummy_points(dummy_lists({"shift": 3, "epsilon_exact": "1"}, [0, 1])[0], "d")])
+    for row in L.Scalar().apply(L.Scalar().apply(points)):
+        assert L._on_curve(int.from_bytes(bytes(row), "little"))
+    for row in points:
+        assert L._on_curve(int.from_bytes(bytes(row), "little"))
+    # about half of raw 32-byte strings are on the twist: the check is not vacuous
+    twist = sum(not L._on_curve(int.from_bytes(bytes(r), "little") & ((1 << 255) - 1))
+                for r in np.frombuffer(np.random.default_rng(1).bytes(32 * 400), np.uint8).reshape(400, 32))
+    assert 120 < twist < 280

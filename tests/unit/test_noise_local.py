@@ -40,9 +40,12 @@ def test_bernoulli_exp_probability():
 
 
 def test_truncated_shift_bounds_the_clamp_probability():
-    for eps, delta in ((F(1, 4), F(1, 10**9)), (F(1), F(1, 10**6)), (F(3), F(1, 100))):
-        k = truncated_shift(eps, delta)
-        assert 4 * math.exp(-float(eps) * k) <= float(delta)
-        assert 4 * math.exp(-float(eps) * (k - 2)) > float(delta)  # not far above the need
+    """The clamp of k + DL(1/epsilon) to [0, 2k] acts with probability 2 a^(k+1) / (1 + a),
+    a = exp(-epsilon): at most tv, and k is within a few steps of the smallest that does it."""
+    for eps, tv in ((F(1, 4), F(1, 2**40)), (F(1), F(1, 10**6)), (F(3), F(1, 100))):
+        k = truncated_shift(eps, tv)
+        a = math.exp(-float(eps))
+        assert 2 * a ** (k + 1) / (1 + a) <= float(tv)
+        assert 2 * a ** (k - 4) / (1 + a) > float(tv)  # within 5 of the smallest k
     with pytest.raises(ValueError):
         truncated_shift(F(0), F(1, 10))
