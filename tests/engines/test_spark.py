@@ -2,8 +2,7 @@
 
 One Spark session (a JVM) serves both sources: about 35 s on an idle two-core machine, minutes
 on a busy one. Skipped only where pyspark or Java is missing. The 3-party job with a Spark
-party (tests/engines/test_consortium.py) starts one more JVM in its party process: it runs when
-JOINTSTATS_TEST_SPARK=1."""
+party (tests/engines/test_consortium.py) starts one more JVM in its party process."""
 from __future__ import annotations
 
 import shutil
