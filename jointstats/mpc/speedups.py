@@ -77,7 +77,7 @@ def _uniform_below(order: int, k: int) -> np.ndarray:
         values = raw[:, 0].astype(object)
         for j in range(1, limbs):
             values = values + (raw[:, j].astype(object) << (64 * j))
-        ok = np.fromiter((v < order for v in values), dtype=bool, count=len(values))
+        ok = np.asarray(values < order, dtype=bool)
         out[todo[ok]] = values[ok]
         todo = todo[~ok]
     return out
