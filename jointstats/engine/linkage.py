@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import secrets
 import unicodedata
 from dataclasses import dataclass
 
@@ -134,28 +135,70 @@ def random_points(n: int) -> np.ndarray:
     return out
 
 
-class Scalar:
-    """One per-job secret scalar of a party: 32 random bytes used as an X25519 scalar
-    (RFC 7748 clamps it to a multiple of the cofactor, so a multiplication also clears any
-    small-order component). The multiplications go through libsodium's
-    ``crypto_scalarmult`` (PyNaCl), on raw bytes: no key objects per point."""
+#: The order of Curve25519's prime-order subgroup; X25519 acts on its points modulo it.
+_ELL = 2**252 + 27742317777372353535851937790883648493
+_INV8 = pow(8, -1, _ELL)
 
-    __slots__ = ("_key",)
+
+def _clamped(x: int) -> bytes | None:
+    """The X25519 scalar acting as ``x`` (mod the subgroup order) on the prime-order subgroup:
+    c = x (mod ell), c = 0 (mod 8), 2^254 <= c < 2^255, so that RFC 7748's clamping leaves it
+    unchanged and it also clears any small-order component. None when no such c exists
+    (about half of the residues)."""
+    c = 8 * (x % _ELL * _INV8 % _ELL)
+    if (1 << 254) <= c < (1 << 255):
+        return c.to_bytes(POINT, "little")
+    return None
+
+
+class Scalar:
+    """One per-job secret scalar of a party: a random residue modulo the subgroup order that
+    has a clamped X25519 representative (RFC 7748: a multiple of the cofactor, so a
+    multiplication also clears any small-order component). ``apply`` may multiply it by a
+    factor first (a block's blinding, :func:`block_blinding`). The multiplications go through
+    libsodium's ``crypto_scalarmult`` (PyNaCl), on raw bytes: no key objects per point."""
+
+    __slots__ = ("_value",)
 
     def __init__(self) -> None:
-        self._key = os.urandom(POINT)
+        while True:
+            value = secrets.randbelow(_ELL - 1) + 1
+            if _clamped(value) is not None:
+                self._value = value
+                return
 
-    def apply(self, points: np.ndarray) -> np.ndarray:
-        """Every point multiplied by this scalar. LinkageError if a point is of small order
-        (X25519's all-zero result: never from a hashed key, only from a deviating peer)."""
+    def key(self, factor: int = 1) -> bytes | None:
+        """The X25519 scalar of this scalar times ``factor``, or None if it has none."""
+        return _clamped(self._value * factor)
+
+    def apply(self, points: np.ndarray, factor: int = 1) -> np.ndarray:
+        """Every point multiplied by this scalar (times ``factor``). LinkageError if a point is
+        of small order (X25519's all-zero result: never from a hashed key, only from a
+        deviating peer)."""
         from nacl.bindings import crypto_scalarmult
         from nacl.exceptions import CryptoError
-        key = self._key
+        key = self.key(factor)
+        if key is None:
+            raise ValueError("this factor gives the scalar no X25519 representative")
         try:
             out = b"".join([crypto_scalarmult(key, row) for row in map(bytes, points)])
         except CryptoError:
             raise LinkageError("a point of small order in the linkage") from None
         return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()
+
+
+def block_blinding(first: Scalar, last: Scalar) -> tuple[int, int]:
+    """A fresh factor r and its inverse for one block, with which ``first`` (times r) and
+    ``last`` (times r^-1) both have X25519 representatives. A party that applies several
+    scalars to a block multiplies its first by r and its last by r^-1: its product over the
+    block, and so every pseudonym, is unchanged, while its intermediate values differ from
+    block to block (otherwise a coalition could match an early stage of one block, in an order
+    it knows, with a late stage of another by value)."""
+    while True:
+        r = secrets.randbelow(_ELL - 1) + 1
+        r_inv = pow(r, -1, _ELL)
+        if first.key(r) is not None and last.key(r_inv) is not None:
+            return r, r_inv
 
 
 # ----------------------------------------------------------------------------- shuffles

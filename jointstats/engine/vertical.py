@@ -289,11 +289,19 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
     guards the whole branch."""
     import time
     t = rt.threshold
-    route = L.chain(m, t, h, len(block.scalars))
+    k = len(block.scalars)
+    route = L.chain(m, t, h, k)
+    # applying several scalars to this block: the first times r, the last times r^-1 (fresh
+    # for the block), so that no intermediate value recurs in another block
+    r, r_inv = L.block_blinding(block.scalars[0], block.scalars[-1]) if k > 1 else (1, 1)
+
+    def multiply(points, j: int):
+        return block.scalars[j].apply(points, r if j == 0 else r_inv if j == k - 1 else 1)
+
     vec = block.points if rt.pid == h else None
     used = 0
     if rt.pid == h and not route.holder_carries_first:  # blinded before they leave the holder
-        vec = block.scalars[0].apply(vec)
+        vec = multiply(vec, 0)
         used = 1
     cur = h
     for members, carrier in zip(route.sets, route.carriers):
@@ -307,7 +315,7 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
         vec = await _move(rt, vec, cur, carrier, n)
         if rt.pid == carrier:
             started = time.perf_counter()
-            vec = block.scalars[used].apply(vec[perm])
+            vec = multiply(vec[perm], used)
             metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
             used += 1
         cur = carrier
@@ -315,8 +323,8 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
         vec = await _move(rt, vec, cur, party, n)
         if rt.pid == party:
             started = time.perf_counter()
-            for s in block.scalars[used:used + count]:
-                vec = s.apply(vec)
+            for j in range(used, used + count):
+                vec = multiply(vec, j)
             metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
             used += count
         cur = party

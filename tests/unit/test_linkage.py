@@ -174,7 +174,11 @@ def test_scalar_multiplication_is_rfc7748_x25519():
     """libsodium's X25519 as RFC 7748 section 5.2 (first test vector): the points agree
     with any other X25519 implementation."""
     sc = L.Scalar()
-    sc._key = bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4")
+    raw = bytearray(bytes.fromhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4"))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64  # RFC 7748's clamping
+    sc._value = int.from_bytes(raw, "little") % L._ELL
+    assert sc.key() == bytes(raw)  # the residue's representative is the clamped scalar itself
     u = np.frombuffer(bytes.fromhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c"),
                       dtype=np.uint8).reshape(1, 32)
     assert bytes(sc.apply(u)[0]).hex() == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
@@ -328,3 +332,16 @@ def test_every_point_is_on_the_curve_not_its_twist():
     twist = sum(not L._on_curve(int.from_bytes(bytes(r), "little") & ((1 << 255) - 1))
                 for r in np.frombuffer(np.random.default_rng(1).bytes(32 * 400), np.uint8).reshape(400, 32))
     assert 120 < twist < 280
+
+
+def test_a_blinded_block_gives_the_same_pseudonyms():
+    """A party applying several scalars to a block multiplies the first by a fresh r and the
+    last by r^-1: intermediate values differ from those of a block without it, the pseudonyms
+    do not."""
+    a, b, c = L.Scalar(), L.Scalar(), L.Scalar()
+    pts = L.hash_points([f"k{i}" for i in range(20)], "d")
+    plain = c.apply(b.apply(a.apply(pts)))
+    r, r_inv = L.block_blinding(a, c)
+    first = a.apply(pts, r)
+    assert not any((x == y).all() for x, y in zip(first, a.apply(pts)))
+    assert (c.apply(b.apply(first), r_inv) == plain).all()

@@ -22,22 +22,38 @@ from jointstats.engine import linkage as L
 def _stages(m: int, t: int, holder: int, scalars: int) -> list[dict]:
     route = L.chain(m, t, holder, scalars)
     used, product = [0] * m, []
+
+    def apply(party):  # scalar j of the party; with several, the block's r on the first, r^-1 on the last
+        j = used[party]
+        product.append(("s", party, j))
+        if scalars > 1 and j == 0:
+            product.append(("r", party, holder))
+        if scalars > 1 and j == scalars - 1:
+            product.append(("r-1", party, holder))
+        used[party] += 1
+
+    def value():  # the product, r and r^-1 of the same party and block cancelling
+        out = list(product)
+        for party in range(m):
+            r, inv = ("r", party, holder), ("r-1", party, holder)
+            if r in out and inv in out:
+                out.remove(r)
+                out.remove(inv)
+        return tuple(sorted(out))
+
     stages = [{"seen": {holder}, "product": (), "perm": None}]  # the holder's original order
     if not route.holder_carries_first:
-        product.append((holder, 0))
-        used[holder] = 1
-        stages.append({"seen": {holder}, "product": tuple(sorted(product)), "perm": None})
+        apply(holder)
+        stages.append({"seen": {holder}, "product": value(), "perm": None})
     for members, carrier in zip(route.sets, route.carriers):
         stages[-1]["seen"] = stages[-1]["seen"] | {carrier}  # the carrier receives it
-        product.append((carrier, used[carrier]))
-        used[carrier] += 1
-        stages.append({"seen": {carrier}, "product": tuple(sorted(product)), "perm": set(members)})
+        apply(carrier)
+        stages.append({"seen": {carrier}, "product": value(), "perm": set(members)})
     for party, count in route.tail:
         stages[-1]["seen"] = stages[-1]["seen"] | {party}
         for _ in range(count):
-            product.append((party, used[party]))
-            used[party] += 1
-        stages.append({"seen": {party}, "product": tuple(sorted(product)), "perm": None})
+            apply(party)
+        stages.append({"seen": {party}, "product": value(), "perm": None})
     stages[-1]["seen"] = set(range(m))  # the pseudonyms go to everyone
     assert used == [scalars] * m
     return stages
@@ -59,7 +75,7 @@ def leaks(m: int, holders: list[int], coalition: set[int]) -> list[str]:
         parent[find(a)] = find(b)
 
     def residue(product):  # what is left once the coalition takes out its own scalars
-        return tuple(x for x in product if x[0] not in coalition)
+        return tuple(x for x in product if x[1] not in coalition)
 
     for h in holders:
         for i in range(1, len(blocks[h])):
@@ -104,9 +120,24 @@ def test_seven_parties_every_coalition_of_three():
             assert leaks(7, holders, set(coalition)) == [], (holders, coalition)
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation (docs/linkage.md): with 5 or 6 parties a "
-                   "coalition of t = 2 can tie a block's early stage, in an order it knows, to "
-                   "another block's late stage by value, since every party's scalar is the same "
-                   "in every block; a per-block blinding factor (invertible scalars) would fix it")
-def test_five_parties_coalitions_of_two():
-    assert leaks(5, [0, 1, 2, 3, 4], {0, 4}) == []
+@pytest.mark.parametrize("m", [5, 6])
+def test_five_and_six_parties_every_coalition_of_two(m):
+    """Found in review before the per-block blinding: with every party's scalars the same in
+    every block, {0, 4} tied holder 1's original order to its pseudonyms by value."""
+    for holders, coalition in _cases(m):
+        assert leaks(m, holders, coalition) == [], (holders, coalition)
+
+
+def test_the_blinding_is_what_closes_it(monkeypatch):
+    """The same check with the per-block factors left out of the model finds the leak: the
+    check can fail."""
+    import tests.unit.test_linkage_views as views
+    stages = views._stages
+
+    def unblinded(m, t, holder, scalars):
+        out = stages(m, t, holder, scalars)
+        for s in out:
+            s["product"] = tuple(x for x in s["product"] if x[0] == "s")
+        return out
+    monkeypatch.setattr(views, "_stages", unblinded)
+    assert leaks(5, [0, 1, 2, 3, 4], {0, 4})
