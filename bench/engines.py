@@ -245,11 +245,7 @@ def bench_registry(rows: int, repeats: int, d: int = 10) -> None:
     hospitals = [party_file("cohort", 1_000_000, i, d=d) for i in (1, 2)]
     print(f"data ready in {time.perf_counter() - t:.0f} s ({sum(f.stat().st_size for f in reg.glob('*.parquet')) / 1e9:.1f} GB)",
           flush=True)
-    schema = "\n".join([f"  x{j}: {{type: real, bounds: [-8, 8]}}" for j in range(1, d + 1)]
-                       + ["  y: {type: real, bounds: [-400, 400]}",
-                          '  smoker: {type: categorical, levels: ["no", "yes"]}',
-                          "  region: {type: categorical, levels: [north, south, east, west]}"])
-    spec = REGISTRY_SPEC.format(schema=schema, feats=", ".join(f"x{j}" for j in range(1, d + 1)))
+    spec = registry_spec(d)
     sums = ", ".join([f"SUM(x{j})" for j in range(1, d + 1)] + ["SUM(y)", "COUNT(smoker)", "COUNT(region)"])
     plain_sql = f"SELECT {sums} FROM read_parquet('{reg}/*.parquet')"
 
@@ -274,16 +270,63 @@ def bench_registry(rows: int, repeats: int, d: int = 10) -> None:
            job_seconds=med["job"], peak_rss_gib=rss, local_seconds=local)
 
 
+def registry_spec(d: int = 10) -> str:
+    """The registry job's spec: regression on x1..xd, a crosstab, two means."""
+    schema = "\n".join([f"  x{j}: {{type: real, bounds: [-8, 8]}}" for j in range(1, d + 1)]
+                       + ["  y: {type: real, bounds: [-400, 400]}",
+                          '  smoker: {type: categorical, levels: ["no", "yes"]}',
+                          "  region: {type: categorical, levels: [north, south, east, west]}"])
+    return REGISTRY_SPEC.format(schema=schema, feats=", ".join(f"x{j}" for j in range(1, d + 1)))
+
+
+def bench_floor(rows: int, repeats: int, d: int = 10) -> None:
+    """The registry's local step in DuckDB against two references on the same files, in the
+    same run, repeats interleaved: the plain SUM per column (the issue's baseline) and the
+    bare exact sums an exact Gram statistic cannot do without (the columns on the grid as
+    BIGINT, every sum and every sum of products, no clipping, missing-value or rounding
+    rule): the floor of any exact pushdown of this plan."""
+    import duckdb
+
+    from jointstats.engine.sources import open_source
+    reg = registry_dir(rows, d)
+    plan, schema = _plan(registry_spec(d))
+    rel = f"read_parquet('{reg}/*.parquet')"
+    cols = [f"x{j}" for j in range(1, d + 1)] + ["y"]
+    plain_sql = (f"SELECT {', '.join(f'SUM({c})' for c in cols)}, COUNT(smoker), COUNT(region) "
+                 f"FROM {rel}")
+    grid = ", ".join(f"CAST(round({c} * 67108864) AS BIGINT) AS {c}" for c in cols)
+    pairs = [f"SUM({a} * {b})" for i, a in enumerate(cols) for b in cols[i:]]
+    bare_sql = (f"SELECT {', '.join(f'SUM({c})' for c in cols)}, {', '.join(pairs)} "
+                f"FROM (SELECT {grid} FROM {rel})")
+
+    def query(sql):
+        def run():
+            con = duckdb.connect()
+            try:
+                con.execute(sql).fetchall()
+            finally:
+                con.close()
+        return run
+
+    def pushed():
+        src = open_source(str(reg), reg.parent, {})
+        try:
+            src.aggregate(plan, schema, "registry", strict=True)
+        finally:
+            src.close()
+    med = interleaved({"plain": query(plain_sql), "bare": query(bare_sql), "pushed": pushed}, repeats)
+    print(f"registry {rows} rows, DuckDB: plain SUM per column {med['plain']:.2f} s; bare exact sums "
+          f"({len(cols) + len(pairs)}) {med['bare']:.2f} s ({med['bare'] / med['plain']:.2f}x); the "
+          f"pushed-down local step {med['pushed']:.2f} s ({med['pushed'] / med['plain']:.2f}x, "
+          f"{med['pushed'] / med['bare']:.2f}x the bare sums)", flush=True)
+    record("floor", rows=rows, repeats=repeats, plain_sum_seconds=med["plain"],
+           bare_sums_seconds=med["bare"], pushdown_seconds=med["pushed"])
+
+
 def bench_spark(rows: int) -> None:
     from jointstats.engine.spark_source import SparkSource
     reg = registry_dir(rows)
-    schema_spec = REGISTRY_SPEC.format(
-        schema="\n".join([f"  x{j}: {{type: real, bounds: [-8, 8]}}" for j in range(1, 11)]
-                         + ["  y: {type: real, bounds: [-400, 400]}",
-                            '  smoker: {type: categorical, levels: ["no", "yes"]}',
-                            "  region: {type: categorical, levels: [north, south, east, west]}"]),
-        feats=", ".join(f"x{j}" for j in range(1, 11)))
-    plan, schema = _plan(schema_spec)
+    plan, schema = _plan(registry_spec())
     src = SparkSource(f"spark:parquet:{reg}", files=str(reg), file_format="parquet",
                       spark={"master": "local[2]", "conf": {"spark.driver.memory": "2g"}})
     try:
@@ -312,10 +355,12 @@ def main(argv=None) -> None:
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--registry", type=int, default=0, metavar="ROWS")
     ap.add_argument("--spark", type=int, default=0, metavar="ROWS")
+    ap.add_argument("--floor", type=int, default=0, metavar="ROWS",
+                    help="the registry's local step against a plain scan and the bare exact sums")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     logging.disable(logging.WARNING)
-    if args.files or not (args.postgres or args.registry or args.spark):
+    if args.files or not (args.postgres or args.registry or args.spark or args.floor):
         bench_files(args.rows)
     if args.postgres:
         bench_postgres(args.rows, args.repeats)
@@ -323,6 +368,8 @@ def main(argv=None) -> None:
         bench_registry(args.registry, args.repeats)
     if args.spark:
         bench_spark(args.spark)
+    if args.floor:
+        bench_floor(args.floor, args.repeats)
 
 
 if __name__ == "__main__":

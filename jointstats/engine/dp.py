@@ -205,8 +205,9 @@ def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: i
     sees), as one more statistic of the statistics' average weight: 1 / (statistics + 1) of
     epsilon (pure job) or of rho (zCDP job: the dummies' pure epsilon_link is then the
     largest rational with epsilon_link^2 / 2 below that share, on a 2^-40 grid), with the
-    shift k that keeps each draw within the samplers' total variation per draw. SpecError
-    when the dummy rows a holder would receive exceed the linked row limit."""
+    shift k that keeps each draw (discrete Laplace of scale 2 / epsilon_link: the cells'
+    sensitivity is 2) within the samplers' total variation per draw. SpecError when the dummy
+    rows a holder would receive exceed the linked row limit."""
     from jointstats.noise.local import truncated_shift
     from jointstats.plan.spec import MAX_LINK_ROWS
     if epsilon is not None:
@@ -216,7 +217,10 @@ def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: i
         eps = Fraction(math.isqrt(math.floor(2 * rho / (statistics + 1) * grid * grid)), grid)
     if eps <= 0:
         raise SpecError("privacy.epsilon: too small to noise the linkage's match structure")
-    k = truncated_shift(eps, acc.SAMPLER_TV_PER_SAMPLE)
+    try:  # noise of scale 2 / eps: one row can change two cells by one (engine.vertical)
+        k = truncated_shift(eps / 2, acc.SAMPLER_TV_PER_SAMPLE)
+    except (ValueError, OverflowError, ZeroDivisionError):
+        raise SpecError("privacy.epsilon: too small to noise the linkage's match structure") from None
     rows = parties * 2 * k * (2 ** (parties - 1) - 1)  # a holder's dummy rows, at most
     if rows > MAX_LINK_ROWS:
         raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be up "

@@ -427,6 +427,9 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
 
 
 _ID = 16  # bytes of a dummy record's random identifier
+#: How much the match structure (the counts of every cell) changes, in L1, when one row is
+#: added or removed: a row at a third holder moves a record from cell AB to cell ABC.
+LINK_SENSITIVITY = 2
 
 
 def dummy_cells(holders: list[int]) -> list[tuple[int, ...]]:
@@ -438,7 +441,7 @@ def dummy_cells(holders: list[int]) -> list[tuple[int, ...]]:
 
 def dummy_lists(link_noise: dict, holders: list[int]) -> dict[int, list[bytes]]:
     """This party's dummy records for each holder: for every cell (combination of holders) a
-    count Z = clamp(k + DL(1 / epsilon), 0, 2k), drawn exactly and kept by this party alone,
+    count Z = clamp(k + DL(2 / epsilon), 0, 2k), drawn exactly and kept by this party alone,
     of fresh random identifiers given to every holder of the cell; then unique random fillers,
     so that every holder gets 2k identifiers per cell it is in, in a random order, whatever Z
     is. A holder cannot tell a shared identifier from a filler; after the linkage the
@@ -446,7 +449,8 @@ def dummy_lists(link_noise: dict, holders: list[int]) -> dict[int, list[bytes]]:
     from jointstats.noise.local import discrete_laplace
     from fractions import Fraction
     k = int(link_noise["shift"])
-    scale = 1 / Fraction(link_noise["epsilon_exact"])
+    # sensitivity 2: one row added at a holder can move a record from one cell to another
+    scale = LINK_SENSITIVITY / Fraction(link_noise["epsilon_exact"])
     lists: dict[int, list[bytes]] = {h: [] for h in holders}
     cells = dummy_cells(holders)
     for cell in cells:
