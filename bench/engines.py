@@ -257,6 +257,11 @@ def bench_registry(rows: int, repeats: int, d: int = 10) -> None:
             con.close()
     jobs = []
 
+    # every party's DuckDB and Arrow may use all the cores (JOINTSTATS_THREADS): a registry runs
+    # on its own machine, and the hospitals here finish in under a second; left to the local
+    # runner's even split, three parties on two cores get one thread each
+    os.environ.setdefault("JOINTSTATS_THREADS", str(os.cpu_count() or 1))
+
     def job():
         jobs.append(run_job(spec, [reg, *hospitals]))
     med = interleaved({"plain": plain, "job": job}, repeats)
