@@ -170,7 +170,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
             noise = NoisePlan(mechanism, None, rho_i, bound, bound / (2 * rho_i), units)
         sampler_tv += _sampler_tv(noise)
         out.append(replace(stat, noise=noise, secure_bits=_noisy_bits(stat, noise)))
-    if sampler_tv > charge.tv:  # the per-sample bound is DELTA_TARGET; checked, never assumed
+    if sampler_tv > samples * acc.SAMPLER_TV_PER_SAMPLE:  # the per-sample bound; checked, never assumed
         raise AssertionError("sampler total variation exceeds the charged allowance")
     block = {"epsilon": float(privacy.epsilon), "delta": float(privacy.delta), "mechanism": mechanism,
              "noise": "joint", "neighbours": NEIGHBOURS,
@@ -184,7 +184,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     if linkage is not None:
         block["linkage"] = {"epsilon": float(linkage["epsilon"]), "epsilon_exact": str(linkage["epsilon"]),
                             "shift": linkage["shift"], "draws": draws,
-                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(1 / epsilon), "
+                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(2 / epsilon), "
                                          "0, 2k) per party and per combination of holders"}
         block["accounting"] += ("; the match structure the parties see: a share of "
                                 + ("epsilon" if pure else "rho (epsilon^2 / 2 of it)")
