@@ -22,14 +22,17 @@ The flow (docs/linkage.md):
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
 from jointstats.engine import linkage as L
 from jointstats.errors import DataError, PolicyError, SpecError
+from jointstats.noise.local import discrete_laplace
 from jointstats.plan.sealed import Plan, StatPlan, Term, assign_columns
 from jointstats.plan.spec import Column, Spec
 
@@ -369,12 +372,8 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     width_d = 0  # DP: dummy linked records per holder (every party's, a public number)
     if link_noise is not None:
         cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
+        # at most the plan's bound for as many holders as parties (engine.dp._linkage_share)
         width_d = m * 2 * int(link_noise["shift"]) * cells_each
-        from jointstats.plan.spec import MAX_LINK_ROWS
-        if width_d > MAX_LINK_ROWS:  # the plan bounds it already (engine.dp._linkage_share)
-            raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be "
-                            f"{width_d} rows per holder, over the limit of {MAX_LINK_ROWS}; "
-                            "raise epsilon or use fewer statistics")
     width = _codec.width(PRIME)
     for i in holders:  # every share message of a block must fit the codec's frame limit
         if (sizes[i] + width_d) * len(feats[i]) * width > _codec.MAX_MESSAGE:
@@ -435,7 +434,6 @@ LINK_SENSITIVITY = 2
 def dummy_cells(holders: list[int]) -> list[tuple[int, ...]]:
     """The combinations of holders whose shared records the parties see counted: every set of
     two or more holders (a record at one holder only is the rest of its public block size)."""
-    import itertools
     return [c for r in range(2, len(holders) + 1) for c in itertools.combinations(holders, r)]
 
 
@@ -446,8 +444,6 @@ def dummy_lists(link_noise: dict, holders: list[int]) -> dict[int, list[bytes]]:
     so that every holder gets 2k identifiers per cell it is in, in a random order, whatever Z
     is. A holder cannot tell a shared identifier from a filler; after the linkage the
     parties see every cell's count raised by the sum of the parties' Z."""
-    from jointstats.noise.local import discrete_laplace
-    from fractions import Fraction
     k = int(link_noise["shift"])
     # sensitivity 2: one row added at a holder can move a record from one cell to another
     scale = LINK_SENSITIVITY / Fraction(link_noise["epsilon_exact"])
