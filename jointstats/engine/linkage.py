@@ -102,37 +102,36 @@ def _to_point(seed: bytes) -> bytes:
         counter += 1
 
 
-def hash_points(keys: list[str], dataset: str) -> np.ndarray:
-    """Each key hashed to a point of Curve25519 (its u-coordinate), as an (n, 32) uint8 array.
-    The hash input is the domain tag, then the dataset name and the key, each prefixed by its
-    length (no two (dataset, key) pairs give the same input)."""
-    name = dataset.encode()
-    prefix = _DOMAIN + len(name).to_bytes(4, "little") + name
-    out = np.empty((len(keys), POINT), dtype=np.uint8)
-    for i, k in enumerate(keys):
-        key = k.encode()
-        out[i] = np.frombuffer(_to_point(prefix + len(key).to_bytes(4, "little") + key), dtype=np.uint8)
+def _framed(item: bytes) -> bytes:
+    return len(item).to_bytes(4, "little") + item
+
+
+def _points(domain: bytes, dataset: str, items: list[bytes]) -> np.ndarray:
+    """Each item hashed to a point of Curve25519 (its u-coordinate), as an (n, 32) uint8 array:
+    the input is the domain tag, then the dataset name and the item, each prefixed by its
+    length, so that no two (domain, dataset, item) give the same input."""
+    prefix = domain + _framed(dataset.encode())
+    out = np.empty((len(items), POINT), dtype=np.uint8)
+    for i, item in enumerate(items):
+        out[i] = np.frombuffer(_to_point(prefix + _framed(item)), dtype=np.uint8)
     return out
+
+
+def hash_points(keys: list[str], dataset: str) -> np.ndarray:
+    """Each (normalised) key hashed to a point of Curve25519."""
+    return _points(_DOMAIN, dataset, [k.encode() for k in keys])
 
 
 def dummy_points(ids: list[bytes], dataset: str) -> np.ndarray:
     """The points of dummy linked records (DP mode) from their random identifiers: hashed in a
     domain of their own, so no real key's point is ever one of them."""
-    name = dataset.encode()
-    prefix = b"jointstats-dummy-v1\x00" + len(name).to_bytes(4, "little") + name
-    out = np.empty((len(ids), POINT), dtype=np.uint8)
-    for i, d in enumerate(ids):
-        out[i] = np.frombuffer(_to_point(prefix + len(d).to_bytes(4, "little") + d), dtype=np.uint8)
-    return out
+    return _points(b"jointstats-dummy-v1\x00", dataset, ids)
 
 
 def random_points(n: int) -> np.ndarray:
     """``n`` points of dummy keys (padding): random points of the curve, distributed as hashed
     keys are, so they link with nothing and look like any other."""
-    out = np.empty((n, POINT), dtype=np.uint8)
-    for i in range(n):
-        out[i] = np.frombuffer(_to_point(b"jointstats-pad\x00" + os.urandom(32)), dtype=np.uint8)
-    return out
+    return _points(b"jointstats-pad-v1\x00", "", [os.urandom(32) for _ in range(n)])
 
 
 #: The order of Curve25519's prime-order subgroup; X25519 acts on its points modulo it.
