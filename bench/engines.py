@@ -236,8 +236,6 @@ def registry_dir(rows: int, d: int = 10) -> Path:
 
 
 def bench_registry(rows: int, repeats: int, d: int = 10) -> None:
-    import duckdb
-
     from bench.data import party_file
     from bench.jobs import run_job
     t = time.perf_counter()
@@ -246,15 +244,7 @@ def bench_registry(rows: int, repeats: int, d: int = 10) -> None:
     print(f"data ready in {time.perf_counter() - t:.0f} s ({sum(f.stat().st_size for f in reg.glob('*.parquet')) / 1e9:.1f} GB)",
           flush=True)
     spec = registry_spec(d)
-    sums = ", ".join([f"SUM(x{j})" for j in range(1, d + 1)] + ["SUM(y)", "COUNT(smoker)", "COUNT(region)"])
-    plain_sql = f"SELECT {sums} FROM read_parquet('{reg}/*.parquet')"
-
-    def plain():
-        con = duckdb.connect()
-        try:
-            con.execute(plain_sql).fetchall()
-        finally:
-            con.close()
+    plain = _duckdb_run(registry_plain_sql(reg, d))
     jobs = []
 
     # every party's DuckDB and Arrow may use all the cores (JOINTSTATS_THREADS): a registry runs
@@ -284,34 +274,39 @@ def registry_spec(d: int = 10) -> str:
     return REGISTRY_SPEC.format(schema=schema, feats=", ".join(f"x{j}" for j in range(1, d + 1)))
 
 
+def registry_plain_sql(reg: Path, d: int = 10) -> str:
+    """The issue's baseline: DuckDB alone, one SUM per numeric column, COUNT of the others."""
+    sums = ", ".join([f"SUM(x{j})" for j in range(1, d + 1)] + ["SUM(y)", "COUNT(smoker)", "COUNT(region)"])
+    return f"SELECT {sums} FROM read_parquet('{reg}/*.parquet')"
+
+
+def _duckdb_run(sql: str):
+    """A function running ``sql`` on a fresh in-memory DuckDB connection (for ``interleaved``)."""
+    def run():
+        import duckdb
+        con = duckdb.connect()
+        try:
+            con.execute(sql).fetchall()
+        finally:
+            con.close()
+    return run
+
+
 def bench_floor(rows: int, repeats: int, d: int = 10) -> None:
     """The registry's local step in DuckDB against two references on the same files, in the
     same run, repeats interleaved: the plain SUM per column (the issue's baseline) and the
     bare exact sums an exact Gram statistic cannot do without (the columns on the grid as
     BIGINT, every sum and every sum of products, no clipping, missing-value or rounding
     rule): the floor of any exact pushdown of this plan."""
-    import duckdb
-
     from jointstats.engine.sources import open_source
     reg = registry_dir(rows, d)
     plan, schema = _plan(registry_spec(d))
     rel = f"read_parquet('{reg}/*.parquet')"
     cols = [f"x{j}" for j in range(1, d + 1)] + ["y"]
-    plain_sql = (f"SELECT {', '.join(f'SUM({c})' for c in cols)}, COUNT(smoker), COUNT(region) "
-                 f"FROM {rel}")
     grid = ", ".join(f"CAST(round({c} * 67108864) AS BIGINT) AS {c}" for c in cols)
     pairs = [f"SUM({a} * {b})" for i, a in enumerate(cols) for b in cols[i:]]
     bare_sql = (f"SELECT {', '.join(f'SUM({c})' for c in cols)}, {', '.join(pairs)} "
                 f"FROM (SELECT {grid} FROM {rel})")
-
-    def query(sql):
-        def run():
-            con = duckdb.connect()
-            try:
-                con.execute(sql).fetchall()
-            finally:
-                con.close()
-        return run
 
     def pushed():
         src = open_source(str(reg), reg.parent, {})
@@ -319,7 +314,8 @@ def bench_floor(rows: int, repeats: int, d: int = 10) -> None:
             src.aggregate(plan, schema, "registry", strict=True)
         finally:
             src.close()
-    med = interleaved({"plain": query(plain_sql), "bare": query(bare_sql), "pushed": pushed}, repeats)
+    med = interleaved({"plain": _duckdb_run(registry_plain_sql(reg, d)), "bare": _duckdb_run(bare_sql),
+                       "pushed": pushed}, repeats)
     print(f"registry {rows} rows, DuckDB: plain SUM per column {med['plain']:.2f} s; bare exact sums "
           f"({len(cols) + len(pairs)}) {med['bare']:.2f} s ({med['bare'] / med['plain']:.2f}x); the "
           f"pushed-down local step {med['pushed']:.2f} s ({med['pushed'] / med['plain']:.2f}x, "
