@@ -197,6 +197,30 @@ def test_four_holders_with_and_without_a_compute_party(tmp_path, compute):
     np.testing.assert_allclose(res["results"]["ols"]["coefficients"], fit.params.to_numpy(), rtol=1e-6)
 
 
+def test_dp_linked_job_with_four_holders_and_a_compute_party(tmp_path):
+    """Five parties (t = 2): each applies several scalars to a block, blinded per block, and
+    every party adds dummy records to the 11 cells of four holders; the DP answers stay near
+    the pooled ones and the parties' linked count is the real one plus the dummies."""
+    df = people(160, 29)
+    parts = [["age", "smoker"], ["bmi"], ["region", "visits"], ["sbp"]]
+    frames = split(df, parts, seed=9)
+    cfgs = linked_consortium(tmp_path, frames, parts, compute=("helper",))
+    stats = """statistics:
+  n: {kind: count}
+  m: {kind: mean, column: sbp}
+"""
+    metrics: dict = {}
+    res = run(write_spec(tmp_path, stats, ", rows: 160", "{epsilon: 9.0}"), cfgs, metrics=metrics).to_dict()
+    j = joined(frames)
+    r = res["results"]
+    assert abs(r["n"]["value"] - len(j)) <= 10 * r["n"]["noise"]["scale"] + 1
+    assert abs(r["m"]["value"] - j.sbp.mean()) < 15
+    k = res["privacy"]["linkage"]["shift"]
+    seen = {m["linked_records"] for m in metrics.values()}
+    assert len(seen) == 1 and len(j) <= seen.pop() <= len(j) + 5 * 2 * k  # 5 parties' ABCD dummies
+    assert {m["dummy_rows_per_holder"] for m in metrics.values()} == {5 * 2 * k * 7}  # 7 cells each
+
+
 def test_left_join_counts_and_crosstab(tmp_path):
     df = people(200, 13)
     parts = [["smoker"], ["region", "bmi"], ["age", "sbp", "visits"]]
