@@ -227,13 +227,17 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _node_args(p: argparse.ArgumentParser, many: bool = False, who: str = "analyst") -> None:
+def _node_args(p: argparse.ArgumentParser, many: bool = False, who: str = "analyst",
+               name: str = "--name", name_help: str | None = None) -> None:
+    """--node, --key, the name option (the caller's name, default the key file's stem) and
+    the TLS client options of a command that talks to nodes."""
     if many:
         p.add_argument("--node", required=True, action="extend", nargs="+", metavar="URL",
                        help="node API URL(s)")
     else:
         p.add_argument("--node", required=True, metavar="URL", help="the node's API URL")
     p.add_argument("--key", required=True, help=f"the {who}'s Ed25519 private key")
+    p.add_argument(name, help=f"{name_help or who + ' name'} [the key file's stem]")
     from jointstats.cli.commands import _tls_client_options
     _tls_client_options(p)
 
@@ -298,16 +302,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     f"A compliance officer {action}s a job waiting for approval at each node "
                     f"given (signed with the officer's key; docs/governance.md).")
         p.add_argument("job", help="the job id")
-        _node_args(p, many=True, who="officer")
-        p.add_argument("--officer", help="officer name [the key file's stem]")
+        _node_args(p, many=True, who="officer", name="--officer")
         if action == "reject":
             p.add_argument("--reason", required=True, help="why (the analyst sees it)")
         p.set_defaults(func=cmd_decide, gov_command=action)
 
     p = command(sub, "jobs", "list a node's jobs (an analyst's own; every job for an officer)",
                 f"jointstats jobs --node https://a.example:8701 {officer}")
-    _node_args(p)
-    p.add_argument("--name", help="your name [the key file's stem]")
+    _node_args(p, name_help="your name")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_jobs)
 
@@ -316,7 +318,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 "An officer reads a node's audit log over its API, with the node's verdict on "
                 "its hash chain (non-zero exit if it is not intact).")
     _node_args(p, who="officer")
-    p.add_argument("--name", help="officer name [the key file's stem]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_audit_log)
 
@@ -327,7 +328,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = command(psub, "reload", "re-read the node's config: revocations apply at once",
                 f"jointstats policy reload --node https://b.example:8702 {officer}")
     _node_args(q, who="officer")
-    q.add_argument("--name", help="officer name [the key file's stem]")
     q.set_defaults(func=cmd_reload)
 
     analyst = "--key alice.key --ca keys/ca.crt"
@@ -336,7 +336,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 "The datasets, documented columns and privacy levels a node's data-use "
                 "agreements cover for you; never a data value.")
     _node_args(p)
-    p.add_argument("--name", help="analyst name [the key file's stem]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_catalog)
 
@@ -347,7 +346,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                 "every party documents and releases to you, a purpose and kinds their "
                 "agreements allow, an epsilon within every party's cap.")
     _node_args(p, many=True)
-    p.add_argument("--name", help="analyst name [the key file's stem]")
     p.add_argument("--dataset", required=True, help="the dataset to start a spec for")
     p.set_defaults(func=cmd_spec_template)
 
