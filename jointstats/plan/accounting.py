@@ -234,15 +234,17 @@ def split_budget(epsilon, delta, weights: Mapping[str, object] | Iterable[str] |
     return {name: (eps * f / total, dlt * f / total) for name, f in w.items()}
 
 
+def _nonnegative(value: Any, name: str) -> Fraction:
+    """``value`` as an exact fraction; ValueError naming ``name`` if it is negative."""
+    f = to_fraction(value, name)
+    if f < 0:
+        raise ValueError(f"{name} must be >= 0, found {f}")
+    return f
+
+
 def _sum_nonnegative(values: Iterable, name: str) -> Fraction:
     """The exact sum of ``values``; ValueError naming ``name`` on a negative one."""
-    out = Fraction(0)
-    for v in values:
-        v = to_fraction(v, name)
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0")
-        out += v
-    return out
+    return sum((_nonnegative(v, name) for v in values), Fraction(0))
 
 
 def compose_pure(epsilons: Iterable) -> Fraction:
@@ -575,13 +577,6 @@ def exp_hi(x) -> Fraction:
 SAMPLER_TV_PER_SAMPLE = Fraction(1, 1 << 40)
 
 
-def _frac_field(value: Any, name: str) -> Fraction:
-    f = to_fraction(value, name)
-    if f < 0:
-        raise ValueError(f"{name} must be >= 0, found {f}")
-    return f
-
-
 @dataclass(frozen=True)
 class JobCharge:
     """What one DP job costs, exactly: the guarantee it claims and how the ledger composes it.
@@ -600,11 +595,11 @@ class JobCharge:
     tv: Fraction
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", _frac_field(self.epsilon, "epsilon"))
-        object.__setattr__(self, "delta", _frac_field(self.delta, "delta"))
-        object.__setattr__(self, "tv", _frac_field(self.tv, "tv"))
+        object.__setattr__(self, "epsilon", _nonnegative(self.epsilon, "epsilon"))
+        object.__setattr__(self, "delta", _nonnegative(self.delta, "delta"))
+        object.__setattr__(self, "tv", _nonnegative(self.tv, "tv"))
         if self.rho is not None:
-            rho = _frac_field(self.rho, "rho")
+            rho = _nonnegative(self.rho, "rho")
             if rho == 0:
                 raise ValueError("rho must be > 0 (None for a pure charge)")
             object.__setattr__(self, "rho", rho)
@@ -878,13 +873,6 @@ def lifetime_spend(totals: LedgerTotals, budget_epsilon, budget_delta) -> Lifeti
 # the typed privacy budget every layer passes around
 
 
-def _budget_part(value: Any, name: str) -> Fraction:
-    f = to_fraction(value, name)
-    if f < 0:
-        raise ValueError(f"{name} must be >= 0, found {f}")
-    return f
-
-
 @dataclass(frozen=True)
 class PrivacyBudget:
     """An (epsilon, delta)-DP guarantee or allowance in exact fractions, with the zCDP ``rho``
@@ -910,12 +898,12 @@ class PrivacyBudget:
     rho: Fraction | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "epsilon", _budget_part(self.epsilon, "epsilon"))
-        object.__setattr__(self, "delta", _budget_part(self.delta, "delta"))
+        object.__setattr__(self, "epsilon", _nonnegative(self.epsilon, "epsilon"))
+        object.__setattr__(self, "delta", _nonnegative(self.delta, "delta"))
         if self.delta > 1:
             raise ValueError(f"delta must be <= 1, found {self.delta}")
         if self.rho is not None:
-            object.__setattr__(self, "rho", _budget_part(self.rho, "rho"))
+            object.__setattr__(self, "rho", _nonnegative(self.rho, "rho"))
 
     # -- constructors and conversions
 
@@ -928,7 +916,7 @@ class PrivacyBudget:
     def from_rho(cls, rho, delta) -> "PrivacyBudget":
         """The (epsilon, delta) that rho-zCDP implies at ``delta`` (Canonne-Kamath-Steinke,
         epsilon rounded up: :func:`eps_from_rho_cks`), keeping rho."""
-        r = _budget_part(rho, "rho")
+        r = _nonnegative(rho, "rho")
         d = to_fraction(delta, "delta")
         return cls(eps_from_rho_cks(r, d), d, r)
 
