@@ -66,6 +66,14 @@ def _start(tmp_path: Path, configs: list[Path], kind: str, command: str, args) -
     return outcomes
 
 
+def _start_jobs(tmp_path: Path, configs: list[Path], kind: str, spec_path: Path, job_id: str) -> dict:
+    """``_start`` of one party job per config, on ``spec_path``, under ``job_id``."""
+    def args(cfg, out):
+        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", job_id,
+                "--out", str(out), "--connect-timeout", "20"]
+    return _start(tmp_path, configs, kind, "party", args)
+
+
 def _assert_named(outcomes: dict) -> None:
     """Every honest party failed with one line naming the hostile party; one of them saw
     the malformed message itself."""
@@ -92,10 +100,7 @@ def test_pickle_from_a_certified_party_never_runs(consortium, tmp_path, kind, sp
     spec_path.write_text(spec)
     configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
 
-    def args(cfg, out):
-        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", f"hostile-{kind}",
-                "--out", str(out), "--connect-timeout", "20"]
-    outcomes = _start(tmp_path, configs, kind, "party", args)
+    outcomes = _start_jobs(tmp_path, configs, kind, spec_path, f"hostile-{kind}")
     _assert_named(outcomes)
     for cfg in configs:
         _audit_verify(cfg)
@@ -140,10 +145,7 @@ def test_a_party_telling_peers_different_things_at_job_agreement_is_named(consor
     spec_path.write_text(EXACT)
     configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
 
-    def args(cfg, out):
-        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "equivocation",
-                "--out", str(out), "--connect-timeout", "20"]
-    outcomes = _start(tmp_path, configs, kind, "party", args)
+    outcomes = _start_jobs(tmp_path, configs, kind, spec_path, "equivocation")
     _assert_equivocator_named(outcomes)
     for cfg in configs:
         _audit_verify(cfg)
@@ -178,10 +180,7 @@ def test_a_party_flooding_its_peers_with_unread_messages_is_dropped_and_named(co
     assert limit < FLOOD_BYTES // 2
     configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
 
-    def args(cfg, out):
-        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "flood",
-                "--out", str(out), "--connect-timeout", "20"]
-    outcomes = _start(tmp_path, configs, "flood", "party", args)
+    outcomes = _start_jobs(tmp_path, configs, "flood", spec_path, "flood")
     for name in ("party_a", "party_c"):
         error = outcomes[name]["error"]
         assert not outcomes[name]["ok"]
@@ -199,10 +198,7 @@ def test_a_party_lying_in_its_echo_is_named(consortium, tmp_path):
     spec_path.write_text(EXACT)
     configs = consortium([cohort_frame(60, i) for i in range(3)], names=["party_a", "party_b", "party_c"])
 
-    def args(cfg, out):
-        return ["--config", str(cfg), "--spec", str(spec_path), "--job-id", "lying-echo",
-                "--out", str(out), "--connect-timeout", "20"]
-    outcomes = _start(tmp_path, configs, "lying-echo", "party", args)
+    outcomes = _start_jobs(tmp_path, configs, "lying-echo", spec_path, "lying-echo")
     assert outcomes["party_c"]["error"].startswith(
         f"party '{HOSTILE}' misreported the record party 'party_c' sent it"), outcomes["party_c"]
     assert outcomes["party_a"]["error"].startswith(f"party '{HOSTILE}' "), outcomes["party_a"]
