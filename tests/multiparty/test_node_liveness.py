@@ -91,11 +91,5 @@ def test_hung_worker_is_named_by_the_other_nodes_within_the_deadline(nodes):
     while _status(nodes, 1, job_id) not in ("failed", "done") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert nodes.status(1, job_id)["status"] == "failed"
-    for i in range(3):
-        state = nodes.ledger(i)
-        try:
-            ok, why = state.verify_audit()
-            assert ok, why
-        finally:
-            state.close()
+    nodes.assert_audits_intact()
     assert nodes.submit(EXACT).results["n"]["value"] == 3 * ROWS  # the nodes keep serving
