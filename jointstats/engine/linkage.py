@@ -180,7 +180,8 @@ class Scalar:
         if key is None:
             raise ValueError("this factor gives the scalar no X25519 representative")
         try:
-            out = b"".join([crypto_scalarmult(key, row) for row in map(bytes, points)])
+            raw = np.ascontiguousarray(points, dtype=np.uint8).tobytes()
+            out = b"".join([crypto_scalarmult(key, raw[i:i + POINT]) for i in range(0, len(raw), POINT)])
         except CryptoError:
             raise LinkageError("a point of small order in the linkage") from None
         return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()

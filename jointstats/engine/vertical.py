@@ -38,9 +38,6 @@ from jointstats.plan.spec import Column, Spec
 
 log = logging.getLogger("jointstats.vertical")
 
-#: The prime of the field the linked table is shared in (2^192 - 2^64 - 1, NIST P-192's):
-#: grid values, products and sums over the rows stay far below it (``_check_field``).
-PRIME = (1 << 192) - (1 << 64) - 1
 #: What the linkage shows every party, beside what the secure step shows (the result's
 #: ``mpc.linkage``; docs/linkage.md has the full statement).
 LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when set), who holds "
@@ -244,25 +241,6 @@ def read_linked(source, cols: list[Column], key: str, party: str, strict: bool):
 # ----------------------------------------------------------------------------- secure step
 
 
-async def _reshare_permute(rt, x, members: tuple[int, ...], perm: np.ndarray | None):
-    """The rows of the secret array ``x`` permuted by ``perm``, which only ``members`` (t + 1
-    parties) know: each member turns its Shamir share into an additive one (its Lagrange
-    coefficient), permutes it and secret-shares it anew; the sum is a fresh sharing of the
-    permuted rows (Laur, Willemson and Zhang 2011)."""
-    sectype = type(x)
-    if rt.pid in members:
-        lam = L.lagrange_at_zero(members, sectype.sectype.field.order)[rt.pid]
-        share = await rt.gather(x)
-        mine = sectype(share[perm] * lam)
-    else:
-        mine = sectype(sectype.sectype.field.array(np.zeros(x.shape, dtype=object)))
-    parts = rt.input(mine, senders=list(members))
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total
-
-
 def _points_codec(n: int):
     from jointstats.mpc import codec as _codec
     return _codec.Codec("points", lambda a: _codec.encode_array(a, np.uint8),
@@ -276,21 +254,22 @@ def _seed_codec():
 
 
 async def _move(rt, vec, src: int, dst: int, n: int):
-    """The points from party ``src`` to party ``dst`` (only they take part)."""
-    if src == dst or rt.pid not in (src, dst):
+    """The points from party ``src`` to party ``dst`` (a step of every party's)."""
+    if src == dst:
         return vec
-    got = await rt.transfer(vec if rt.pid == src else None, senders=src, receivers=[dst],
-                            codec=_points_codec(n))
-    return got if rt.pid == dst else vec
+    got = await rt.scatter([vec] * len(rt.parties), [src], _points_codec(n), receivers=[dst])
+    return got[0] if rt.pid == dst else vec
 
 
-async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metrics):
-    """Run the chain of block ``h``: returns (shuffled secret table, final pseudonyms).
+async def _link_block(rt, rns, h: int, n: int, width: int, block: LocalBlock, m: int, metrics):
+    """Share block ``h`` (n rows of ``width`` encoded features) and run its chain: returns
+    (this party's share of the shuffled table, the final pseudonyms).
 
     It runs on its own branch of the program counter (``_mpc.start_branch``): its waits
     are not wrapped in tasks (``rt.guard``), which would leave the branch; the caller
     guards the whole branch."""
     import time
+    from jointstats.mpc import shamir
     t = rt.threshold
     k = len(block.scalars)
     route = L.chain(m, t, h, k)
@@ -301,6 +280,7 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
     def multiply(points, j: int):
         return block.scalars[j].apply(points, r if j == 0 else r_inv if j == k - 1 else 1)
 
+    table = await shamir.share(rt, rns, block.rows if rt.pid == h else None, h, (n, width))
     vec = block.points if rt.pid == h else None
     used = 0
     if rt.pid == h and not route.holder_carries_first:  # blinded before they leave the holder
@@ -309,12 +289,11 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
     cur = h
     for members, carrier in zip(route.sets, route.carriers):
         perm = None
+        seed = np.frombuffer(secrets.token_bytes(32), dtype=np.uint8) if rt.pid == members[0] else None
+        got = await rt.scatter([seed] * m, [members[0]], _seed_codec(), receivers=list(members))
         if rt.pid in members:
-            seed = np.frombuffer(secrets.token_bytes(32), dtype=np.uint8) if rt.pid == members[0] else None
-            seed = await rt.transfer(seed, senders=members[0], receivers=list(members),
-                                     codec=_seed_codec())
-            perm = L.permutation(bytes(seed), n)
-        table = await _reshare_permute(rt, table, members, perm)
+            perm = L.permutation(bytes(got[0]), n)
+        table = await shamir.reshare_permute(rt, rns, table, members, perm)
         vec = await _move(rt, vec, cur, carrier, n)
         if rt.pid == carrier:
             started = time.perf_counter()
@@ -331,8 +310,8 @@ async def _link_block(rt, h: int, n: int, table, block: LocalBlock, m: int, metr
             metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
             used += count
         cur = party
-    final = await rt.transfer(vec if rt.pid == cur else None, senders=cur, codec=_points_codec(n))
-    return table, final
+    final = await rt.scatter([vec] * m, [cur], _points_codec(n))
+    return table, final[0]
 
 
 async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock, guard,
@@ -365,8 +344,9 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     if join == "left" and base_index not in holders:
         raise SpecError(f"link.base: {base!r} holds no data (role: compute); a left join keeps "
                         "the records of a data holder")
-    secfld = rt.SecFld(modulus=PRIME)
-    field_ = secfld.field
+    from jointstats.mpc import shamir
+    from jointstats.mpc.rns import Rns, primes_for
+    rns = Rns(primes_for(shamir.modulus_bits(_entry_bits(plan), SIGMA, m)))
     feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
     link_noise = (plan.privacy or {}).get("linkage")
     width_d = 0  # DP: dummy linked records per holder (every party's, a public number)
@@ -374,7 +354,7 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
         cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
         # at most the plan's bound for as many holders as parties (engine.dp._linkage_share)
         width_d = m * 2 * int(link_noise["shift"]) * cells_each
-    width = _codec.width(PRIME)
+    width = 4 * len(rns)  # bytes of an element's shares: one uint32 residue per prime
     for i in holders:  # every share message of a block must fit the codec's frame limit
         if (sizes[i] + width_d) * len(feats[i]) * width > _codec.MAX_MESSAGE:
             raise DataError(f"party {config.peers[i].name!r}: its linked block of {sizes[i]} rows x "
@@ -394,17 +374,13 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
             block.rows = np.concatenate([block.rows, np.zeros((width_d, block.rows.shape[1]),
                                                               dtype=block.rows.dtype)])
         metrics["dummy_rows_per_holder"] = width_d
-    tables = {}
-    for i in holders:  # every holder secret-shares its encoded block
-        shape = (sizes[i], len(feats[i]))
-        rows = block.rows.astype(object) if rt.pid == i else np.zeros(shape, dtype=object)
-        tables[i] = rt.input(secfld.array(field_.array(rows)), senders=i)
-    # every block's chain on its own branch of the program counter: the parties work on
-    # different blocks at the same time (the scalar multiplications dominate)
+    # every holder secret-shares its encoded block, and every block's chain runs on its own
+    # branch of the program counter: the parties work on different blocks at the same time
+    # (the scalar multiplications dominate)
     from jointstats.mpc import runtime as _mpc
-    pending = {i: _mpc.start_branch(_link_block(rt, i, sizes[i], tables[i], block, m, metrics))
+    pending = {i: _mpc.start_branch(_link_block(rt, rns, i, sizes[i], len(feats[i]), block, m, metrics))
                for i in holders}
-    pseudonyms = {}
+    tables, pseudonyms = {}, {}
     # a hang still ends (a lost peer ends it at once, through the runtime's failure future);
     # the linkage's honest time grows with the rows: 20 ms per row on top of the step timeout
     timeout = 600.0 + 0.02 * sum(sizes.values())
@@ -417,7 +393,7 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     metrics["linked_records"] = n_linked  # known to every party (docs/linkage.md)
     started = time.perf_counter()
     index_of = {p.name: i for i, p in enumerate(config.peers)}
-    partials = await guard(_statistics(rt, plan, spec, secfld, order, feats, tables, idx, join, base_index,
+    partials = await guard(_statistics(rt, rns, plan, spec, order, feats, tables, idx, join, base_index,
                                        {c: index_of[p] for c, p in owners.items()},
                                        dummies=link_noise is not None),
                            "the statistics over the linked rows", timeout)
@@ -469,13 +445,12 @@ async def _exchange_dummies(rt, link_noise: dict, holders: list[int], m: int) ->
     n = len(mine[holders[0]])
     codec = _codec.Codec("dummies", lambda a: _codec.encode_array(a, np.uint8),
                          lambda d: _codec.decode_array(d, np.uint8, (n, _ID)))
-    out: list[bytes] = []
-    for h in holders:
-        payload = np.frombuffer(b"".join(mine[h]), dtype=np.uint8).reshape(n, _ID)
-        got = await rt.transfer(payload, senders=list(range(m)), receivers=[h], codec=codec)
-        if rt.pid == h:
-            out = [bytes(row) for arr in got for row in arr]
-    return out
+    parts = [np.frombuffer(b"".join(mine[j]), dtype=np.uint8).reshape(n, _ID) if j in mine else None
+             for j in range(m)]
+    got = await rt.scatter(parts, list(range(m)), codec, receivers=holders)
+    if rt.pid not in holders:
+        return []
+    return [bytes(row) for arr in got for row in arr]
 
 
 def spec_limit(plan: Plan) -> int:
@@ -484,35 +459,38 @@ def spec_limit(plan: Plan) -> int:
     return plan.link[2] or MAX_LINK_ROWS
 
 
-async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, idx, join, base_index,
+async def _statistics(rt, rns, plan: Plan, spec: Spec, order, feats, tables, idx, join, base_index,
                       owners: dict[str, int], dummies: bool = False):
     """Every statistic's partial over the linked records, as integer additive shares
-    (``owners``: the MPC index of each column's holder)."""
-    field_ = secfld.field
+    (``owners``: the MPC index of each column's holder). ``tables[i]``: this party's share
+    of holder i's shuffled block, a residue array ``(L, rows, features)``."""
+    from jointstats.mpc import shamir
     n = len(idx[0])
-    pieces = []
-    where: dict[tuple, int] = {}
+    linked: dict[int, np.ndarray] = {}
+    where: dict[tuple, tuple[int, int]] = {}
     for i, pos in zip(order, idx):
         tab = tables[i]
         if join == "left" and (pos < 0).any():  # no partner: a row of public zeros
-            zero = type(tab)(field_.array(np.zeros((1, tab.shape[1]), dtype=object)))
-            tab = rt.np_vstack((tab, zero))
-            pos = np.where(pos < 0, tab.shape[0] - 1, pos)
-        start = sum(p.shape[1] for p in pieces)
-        pieces.append(tab[pos] if n else None)
+            tab = np.concatenate([tab, np.zeros((tab.shape[0], 1, tab.shape[2]), dtype=tab.dtype)], axis=1)
+            pos = np.where(pos < 0, tab.shape[1] - 1, pos)
+        linked[i] = tab[:, pos, :]  # the linked records' rows, in the order of the records
         for j, f in enumerate(feats[i]):
-            where[(i, f)] = start + j
-    table = rt.np_hstack(tuple(pieces)) if n and len(pieces) > 1 else (pieces[0] if n else None)
-    owner_of = {}
-    for (i, f), j in where.items():
-        owner_of.setdefault((f.kind, f.column, f.term, f.index, f.stat), j)
+            where.setdefault((f.kind, f.column, f.term, f.index, f.stat), (i, j))
+    tables.clear()  # the shuffled blocks are no longer needed: free them
 
-    def col(kind, column=None, term=None, index=-1, stat=""):
-        return owner_of[(kind, column, term, index, stat)]
+    def col(kind, column=None, term=None, index=-1, stat="") -> np.ndarray:
+        """This party's shares of one encoded column over the linked records: (L, n)."""
+        i, j = where[(kind, column, term, index, stat)]
+        return linked[i][:, :, j]
+
+    def cols(keys: list[tuple]) -> np.ndarray:
+        return np.stack([col(*key) for key in keys], axis=2)  # (L, n, len(keys))
 
     weights: dict[tuple, object] = {}
 
-    def weight(columns: tuple[str, ...]):
+    async def weight(columns: tuple[str, ...]):
+        """Shares of the 0/1 weight of a record for a statistic of ``columns`` (every one
+        present; a left join's base row real; a DP dummy record none), or None: all count."""
         key = tuple(sorted(set(columns)))
         if key not in weights:
             # one bit per holder: the product of its own presence bits, made locally
@@ -521,28 +499,25 @@ async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, 
                 mine = [c for c in key if owners[c] == i]
                 if mine:
                     sub = ",".join(sorted(mine, key=[c.name for c in spec.schema].index))
-                    parts.append(table[:, col("complete", stat=sub)])
+                    parts.append(col("complete", stat=sub))
             if join == "left":  # a padding row of the base is no record
-                parts.append(table[:, where[(base_index, Feature("row"))]])
+                parts.append(linked[base_index][:, :, feats[base_index].index(Feature("row"))])
             if not parts and dummies:  # a dummy linked record (DP) is no record
-                parts.append(table[:, where[(order[0], Feature("row"))]])
-            if not parts:
-                weights[key] = None  # every linked record
-            else:
-                w = parts[0]
-                for p in parts[1:]:
-                    w = w * p
-                weights[key] = w
+                parts.append(linked[order[0]][:, :, feats[order[0]].index(Feature("row"))])
+            w = parts[0] if parts else None
+            for part in parts[1:]:
+                w = await shamir.multiply(rt, rns, w, part)
+            weights[key] = w
         return weights[key]
 
-    secure_parts = []
+    pieces = []
     for stat in plan.statistics:
         if n == 0:
-            secure_parts.append(secfld.array(field_.array(np.zeros(stat.partial_size, dtype=object))))
+            pieces.append(np.zeros((len(rns), stat.partial_size), dtype=np.int64))
             continue
-        secure_parts.append(_statistic(rt, stat, spec, secfld, table, col, weight, n))
-    vector = rt.np_hstack(tuple(secure_parts)) if len(secure_parts) > 1 else secure_parts[0]
-    shares = await _integer_shares(rt, secfld, vector, _entry_bits(plan))
+        pieces.append(await _statistic(rt, rns, stat, col, cols, weight, n))
+    vector = np.concatenate(pieces, axis=1)
+    shares = await shamir.integer_shares(rt, rns, vector, _entry_bits(plan), SIGMA)
     out, pos = {}, 0
     for stat in plan.statistics:
         out[stat.name] = shares[pos:pos + stat.partial_size]
@@ -550,46 +525,48 @@ async def _statistics(rt, plan: Plan, spec: Spec, secfld, order, feats, tables, 
     return out
 
 
-def _statistic(rt, stat: StatPlan, spec: Spec, secfld, table, col, weight, n: int):
-    """The secret partial vector of one statistic over the linked table (n rows)."""
+async def _statistic(rt, rns, stat: StatPlan, col, cols, weight, n: int) -> np.ndarray:
+    """This party's shares of one statistic's partial vector over the linked records (n of
+    them): ``(L, partial_size)``, of degree t (sums) or 2t (inner products, opened without
+    a resharing by ``shamir.integer_shares``)."""
+    from jointstats.mpc import shamir
     if stat.kind == "count":
-        w = weight(stat.columns)
+        w = await weight(stat.columns)
         if w is None:
-            return secfld.array(secfld.field.array(np.array([n], dtype=object)))
-        return np.sum(w, keepdims=True)
+            return rns.from_ints([n])  # public: every party's share is the count itself
+        return rns.sum_rows(w[:, :, None])
     if stat.kind == "histogram":
-        cols = [col("bin", stat.columns[0], None, b, stat.name) for b in range(stat.partial_size)]
-        bins = table[:, np.array(cols)]
-        if weight(()) is not None:  # left join: padding rows of the base count nowhere
-            bins = bins * weight(()).reshape((n, 1))
-        return np.sum(bins, axis=0)
+        bins = cols([("bin", stat.columns[0], None, b, stat.name) for b in range(stat.partial_size)])
+        w = await weight(())
+        if w is None:
+            return rns.sum_rows(bins)
+        # left join: padding rows of the base count nowhere (an inner product: degree 2t)
+        return rns.inner(w[:, :, None], bins)[:, 0, :]
     if stat.kind == "crosstab":
         rname, cname = stat.columns
         nr, nc = stat.shape
-        a = table[:, np.array([col("level", rname, None, i) for i in range(nr)])]
-        b = table[:, np.array([col("level", cname, None, i) for i in range(nc)])]
-        if weight(()) is not None:
-            a = a * weight(()).reshape((n, 1))
-        return (a.T @ b).reshape((nr * nc,))
+        a = cols([("level", rname, None, i) for i in range(nr)])
+        b = cols([("level", cname, None, i) for i in range(nc)])
+        w = await weight(())
+        if w is not None:
+            a = await shamir.multiply(rt, rns, a, w[:, :, None])
+        return rns.inner(a, b).reshape(len(rns), nr * nc)
     # Gram statistics: terms[0] is the constant; the rest numeric grids or level indicators
-    w = weight(stat.columns)
-    cols = []
-    for term in stat.terms[1:]:
-        if term.kind == "num":
-            cols.append(col("grid", term.column, term))
-        else:
-            cols.append(col("level", term.column, None, term.level))
-    x = table[:, np.array(cols)]
+    keys = [("grid", term.column, term) if term.kind == "num" else ("level", term.column, None, term.level)
+            for term in stat.terms[1:]]
+    x = cols(keys)
     k = len(stat.terms)
+    w = await weight(stat.columns)
     if w is None:
-        count = secfld.array(secfld.field.array(np.array([n], dtype=object)))
-        v = x
+        count = rns.from_ints([n])
+        sums = rns.sum_rows(x)
+        gram = rns.inner(x, x)
     else:
-        count = np.sum(w, keepdims=True)
-        v = x * w.reshape((n, 1))
-    sums = np.sum(v, axis=0)
-    gram = (v.T @ x).reshape(((k - 1) * (k - 1),))
-    full = rt.np_hstack((count, sums, gram))
+        count = rns.sum_rows(w[:, :, None])
+        sums = rns.inner(w[:, :, None], x)[:, 0, :]  # degree 2t, as the Gram matrix
+        v = await shamir.multiply(rt, rns, x, w[:, :, None])
+        gram = rns.inner(v, x)
+    full = np.concatenate([count, sums, gram.reshape(len(rns), (k - 1) * (k - 1))], axis=1)
     # row-major upper triangle of [[n, s^T], [s, G]]
     pick = []
     for i in range(k):
@@ -598,35 +575,10 @@ def _statistic(rt, stat: StatPlan, spec: Spec, secfld, table, col, weight, n: in
                 pick.append(j)  # n, then s
             else:
                 pick.append(k + (i - 1) * (k - 1) + (j - 1))
-    return full[np.array(pick)]
+    return full[:, np.array(pick)]
 
 
 def _entry_bits(plan: Plan) -> int:
     """Bits of the largest |entry| any partial of the plan can reach over the linked rows."""
     top = max([t.bound for s in plan.statistics for t in s.terms] or [1])
-    bits = (plan.max_rows_per_party * top * top).bit_length() + 1
-    if bits + SIGMA + 16 >= PRIME.bit_length():
-        raise SpecError("a linked job's partials would not fit the linkage field")  # not reachable
-    return bits
-
-
-async def _integer_shares(rt, secfld, vector, bits: int) -> list[int]:
-    """Integer additive shares of a secret vector whose entries are below 2**bits in
-    magnitude: every party adds a secret mask r_i below 2**(bits + SIGMA); the sum plus
-    2**bits is opened (it is below the prime: no wrap-around), so party 0's share is
-    opened - 2**bits - r_0 and every other party's is -r_i. The opened value is within
-    2**-(SIGMA - 1) in statistical distance of a value independent of the vector, for any
-    t parties (the others' masks hide it)."""
-    field_ = secfld.field
-    size = vector.shape[0]
-    mask = [secrets.randbits(bits + SIGMA) for _ in range(size)]
-    mine = type(vector)(field_.array(np.array(mask, dtype=object)))
-    parts = rt.input(mine, senders=list(range(len(rt.parties))))
-    masked = vector + (1 << bits)
-    for p in parts:
-        masked = masked + p
-    opened = await rt.output(masked)
-    values = [int(v) for v in np.ravel(getattr(opened, "value", opened))]
-    if rt.pid == 0:
-        return [v - (1 << bits) - r for v, r in zip(values, mask)]
-    return [-r for r in mask]
+    return (plan.max_rows_per_party * top * top).bit_length() + 1

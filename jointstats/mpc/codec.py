@@ -12,6 +12,8 @@ Formats (all integers little-endian):
 - field values: ``count`` elements of ``width(order)`` bytes each, every one below ``order``;
   the count and the order are the receiver's, never read from the message;
 - numpy arrays: the raw little-endian elements of the declared dtype and shape;
+- residue arrays (the shares of a linked job's table): uint32 elements of the declared
+  shape, each below the prime of its row;
 - bounded integers: 8 bytes signed; lists of them: a 4-byte count, then 8 bytes each;
 - short texts: a 2-byte length, then UTF-8 (at most ``MAX_TEXT`` bytes);
 - control records (the job's status exchange and the nodes' rendezvous): a kind byte, then
@@ -39,6 +41,7 @@ from jointstats.errors import CodecError
 
 __all__ = ["CodecError", "Codec", "MAX_MESSAGE", "MAX_TEXT", "MAX_QUEUE", "width",
            "encode_field_values", "decode_field_values", "encode_array", "decode_array",
+           "encode_residues", "decode_residues",
            "encode_int", "decode_int", "encode_ints", "decode_ints", "encode_text", "decode_text",
            "encode_record", "decode_record", "refusal_line", "encode_notice", "decode_notice",
            "Notice", "CAUSES", "MALFORMED", "SILENT", "LOST", "EQUIVOCATED", "DIED", "HEARTBEAT", "decode_heartbeat",
@@ -191,6 +194,22 @@ def decode_array(data, dtype, shape: Sequence[int]) -> np.ndarray:
     _exact(view, size, f"a {dt.name} array of shape {shape}")
     # read-only, without a copy, where the machine is little-endian
     return np.frombuffer(view, dtype=dt).astype(np.dtype(dtype).newbyteorder("="), copy=False).reshape(shape)
+
+
+def encode_residues(residues: np.ndarray) -> bytes:
+    """Shares of a residue array (``jointstats.mpc.rns``: shape ``(L, ...)``, entries below
+    2^31) as little-endian uint32."""
+    return np.ascontiguousarray(residues, dtype="<u4").tobytes()
+
+
+def decode_residues(data, primes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """A residue array of exactly ``(len(primes), *shape)`` uint32 entries, each below its
+    prime, as int64; CodecError on anything else."""
+    flat = decode_array(data, np.uint32, (len(primes), math.prod(shape)))
+    for row, p in zip(flat, primes):
+        if row.size and int(row.max()) >= p:
+            raise _fail(f"a residue is not below its prime {p}")
+    return flat.astype(np.int64).reshape((len(primes), *shape))
 
 
 # ----------------------------------------------------------------------------- integers, texts

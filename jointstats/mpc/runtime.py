@@ -703,6 +703,37 @@ class JointRuntime(Runtime):
             got = [value for _, value in got]
         return got[0] if one_sender else got
 
+    @_asyncoro.mpc_coro
+    async def scatter(self, parts, senders, codec: _codec.Codec, receivers=None):
+        """Every party in ``senders`` sends each receiver (every party by default) its own
+        value: ``parts[j]`` to party j (``parts`` is ignored on a party that is no sender),
+        encoded by ``codec`` (once per distinct object). Returns, on a receiver, the value
+        each sender sent it (a sender's own ``parts[pid]`` as it is), decoded as ``codec``
+        expects; on any other party, None for each sender. Shamir sharing, where every
+        party's share differs, is this; ``transfer`` sends one value to all.
+
+        Unlike ``transfer`` it is a step of its own on MPyC's program counter (every party
+        calls it, senders, receivers and bystanders alike), so two in a row between the same
+        parties can never be taken for one another."""
+        await self.returnType(asyncio.Future)
+        m = len(self.parties)
+        receivers = list(range(m)) if receivers is None else list(receivers)
+        mine = self.pid in receivers
+        got = []
+        for sender in senders:
+            if sender != self.pid:
+                got.append(self._receive_typed(sender, codec.decode) if mine else None)
+                continue
+            encoded: dict[int, bytes] = {}
+            for peer in receivers:
+                if peer != self.pid:
+                    part = parts[peer]
+                    if id(part) not in encoded:
+                        encoded[id(part)] = codec.encode(part)
+                    self._send_message(peer, encoded[id(part)])
+            got.append(parts[self.pid] if mine else None)
+        return await self.gather(got)
+
     async def _echo(self, digests: list[bytes]) -> None:
         """The echo round after a record every party sent every party: each party sends every
         other the digests of what it received from everyone (its own record for itself) and

@@ -1,0 +1,100 @@
+"""The residue-shared protocols of linked jobs (jointstats.mpc.shamir) between real party
+processes over TCP: sharing, a resharing permutation, products with a degree reduction,
+inner products and the masked opening into integer additive shares, for 3 and 5 parties.
+
+The test spawns ``sys.executable`` on this very file (``__main__`` below is the party
+program); every party derives the same public inputs from a seed, party 0 holds the table,
+and each writes what it computed to a JSON file that the test checks against numpy.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS, COLS = 500, 3
+
+
+def _inputs():
+    rng = np.random.default_rng(11)
+    x = rng.integers(-2**30, 2**30, (ROWS, COLS))
+    w = rng.integers(0, 2, ROWS)
+    perm = rng.permutation(ROWS)
+    return x, w, perm
+
+
+async def _party(pid: int, ports: list[int], out: Path) -> None:
+    from jointstats.mpc import shamir
+    from jointstats.mpc.rns import Rns, primes_for
+    from jointstats.mpc.runtime import make_party_runtime
+    m = len(ports)
+    rt = make_party_runtime(pid, [f"p{i}" for i in range(m)], [("127.0.0.1", p) for p in ports])
+    await rt.start()
+    try:
+        x, w, perm = _inputs()
+        bits = (ROWS * 2**60).bit_length() + 1
+        rns = Rns(primes_for(shamir.modulus_bits(bits, 64, m)))
+        table = np.column_stack([x, w])
+        s = await shamir.share(rt, rns, table if pid == 0 else None, 0, (ROWS, COLS + 1))
+        members = list(range(1, rt.threshold + 2))  # the holder is not among them
+        s = await shamir.reshare_permute(rt, rns, s, members, perm if pid in members else None)
+        xs, ws = s[:, :, :COLS], s[:, :, COLS:]
+        v = await shamir.multiply(rt, rns, xs, ws)  # x * w, degree t again
+        sums = rns.sum_rows(v)
+        gram = rns.inner(v, xs).reshape(len(rns), COLS * COLS)  # degree 2t
+        shares = await shamir.integer_shares(rt, rns, np.concatenate([sums, gram], axis=1), bits, 64)
+        first = await shamir.integer_shares(rt, rns, xs[:, :, 0], 31, 64)  # the permuted column
+    finally:
+        await rt.shutdown()
+    out.write_text(json.dumps({"shares": [str(v) for v in shares + first]}))
+
+
+def _run(tmp: Path, m: int, timeout: float = 120) -> list[list[int]]:
+    from tests.ports import free_ports
+    ports = free_ports(m)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    outs = [tmp / f"party{i}.json" for i in range(m)]
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), ",".join(map(str, ports)), str(outs[i])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp)
+             for i in range(m)]
+    deadline = time.monotonic() + timeout
+    failures = []
+    try:
+        for i, p in enumerate(procs):
+            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            if p.returncode:
+                failures.append(f"party {i}: exit {p.returncode}\n{err.decode()[-3000:]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert not failures, "\n".join(failures)
+    return [[int(v) for v in json.loads(o.read_text())["shares"]] for o in outs]
+
+
+def _check(tmp: Path, m: int) -> None:
+    x, w, perm = _inputs()
+    got = np.array(_run(tmp, m), dtype=object).sum(axis=0)  # the integer shares add up
+    v = x.astype(object) * w[:, None]
+    want = list(v.sum(axis=0)) + list((v.T @ x.astype(object)).ravel()) + list(x[perm, 0])
+    assert list(got) == want
+
+
+def test_three_parties(tmp_path):
+    _check(tmp_path, 3)
+
+
+def test_five_parties_threshold_two(tmp_path):
+    _check(tmp_path, 5)
+
+
+if __name__ == "__main__":
+    asyncio.run(_party(int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], Path(sys.argv[3])))
