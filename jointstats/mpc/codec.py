@@ -204,12 +204,12 @@ def encode_residues(residues: np.ndarray) -> bytes:
 
 def decode_residues(data, primes: Sequence[int], shape: Sequence[int]) -> np.ndarray:
     """A residue array of exactly ``(len(primes), *shape)`` uint32 entries, each below its
-    prime, as int64; CodecError on anything else."""
+    prime (a read-only uint32 array over ``data``); CodecError on anything else."""
     flat = decode_array(data, np.uint32, (len(primes), math.prod(shape)))
     for row, p in zip(flat, primes):
         if row.size and int(row.max()) >= p:
             raise _fail(f"a residue is not below its prime {p}")
-    return flat.astype(np.int64).reshape((len(primes), *shape))
+    return flat.reshape((len(primes), *shape))
 
 
 # ----------------------------------------------------------------------------- integers, texts

@@ -18,7 +18,9 @@ residues is below 2^62), and inner products go through float64 matrix products o
 limbs (every partial sum an integer below 2^53, so exact) to use BLAS.
 
 An array of residues has shape ``(L, *shape)``: ``a[l]`` is the value modulo ``primes[l]``.
-This module sends nothing; ``jointstats.mpc.shamir`` has the protocols.
+Inputs may be of any integer dtype holding residues (large tables are kept as uint32, half
+the memory); results are int64. This module sends nothing; ``jointstats.mpc.shamir`` has the
+protocols.
 """
 from __future__ import annotations
 
@@ -161,35 +163,36 @@ class Rns:
 
     def scale(self, a: np.ndarray, factors: np.ndarray) -> np.ndarray:
         """``a`` times one factor per prime (``factors`` of shape ``(L,)``, residues)."""
-        out = np.empty_like(a)
+        out = np.empty(a.shape, dtype=np.int64)
         for l, f in enumerate(factors):
             np.multiply(a[l], f, out=out[l])
         return self._reduce(out)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return self._reduce(a + b)
+        return self._reduce(np.add(a, b, dtype=np.int64))
 
     def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Elementwise product (of shares: a share of degree the sum of theirs)."""
-        return self._reduce(a * b)
+        """Elementwise product (of shares: a share of degree the sum of theirs; ``b`` may
+        broadcast against ``a``)."""
+        return self._reduce(np.multiply(a, b, dtype=np.int64))
 
     def total(self, parts: Sequence[np.ndarray]) -> np.ndarray:
         """The sum of several residue arrays of one shape (up to 2^32 of them)."""
-        acc = parts[0].copy()
+        acc = np.array(parts[0], dtype=np.int64)
         for part in parts[1:]:
             acc += part
         return self._reduce(acc)
 
     def combine(self, coeffs: np.ndarray, parts: Sequence[np.ndarray]) -> np.ndarray:
         """sum_i coeffs[i] * parts[i] (``coeffs`` of shape ``(len(parts), L)``)."""
-        acc = np.zeros_like(parts[0])
+        acc = np.zeros(parts[0].shape, dtype=np.int64)
         for c, part in zip(coeffs, parts):
             acc += self.scale(part, c)
         return self._reduce(acc)
 
     def sum_rows(self, a: np.ndarray) -> np.ndarray:
         """Sum over axis 1 (the rows) of an ``(L, n, ...)`` array (n below 2^32)."""
-        return self._reduce(a.sum(axis=1))
+        return self._reduce(a.sum(axis=1, dtype=np.int64))
 
     def inner(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a[l].T @ b[l]`` modulo each prime, for ``a`` of shape ``(L, n, k)`` and ``b`` of

@@ -18,17 +18,33 @@ Every share message is a residue array whose shape every party derives from publ
 it is decoded by ``codec.decode_residues`` (exact length, every residue below its prime), so
 a peer sending anything else is dropped and named by the runtime. Every step is its own
 ``scatter`` on MPyC's program counter.
+
+The arithmetic on whole tables runs in a worker thread (:func:`offload`; numpy releases the
+interpreter lock for it): the event loop goes on reading and writing messages and sending
+heartbeats meanwhile, which a loop held for seconds by a million-row array would not (its
+peers would take it for silent), and other blocks' steps proceed.
 """
 from __future__ import annotations
 
+import asyncio
 import math
 import secrets
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from jointstats.mpc import codec as _codec
 from jointstats.mpc.rns import Rns
+
+
+#: Bytes of shares per message: a deal sends a table in chunks of rows of about this size, so
+#: that every message, and every temporary array of a deal, stays small whatever the rows.
+MESSAGE_BYTES = 4 << 20
+
+
+async def offload(fn, *args):
+    """``fn(*args)`` in a worker thread, awaited (see the module docstring)."""
+    return await asyncio.to_thread(fn, *args)
 
 
 def residue_codec(rns: Rns, shape: Sequence[int]) -> _codec.Codec:
@@ -38,19 +54,37 @@ def residue_codec(rns: Rns, shape: Sequence[int]) -> _codec.Codec:
                         lambda data: _codec.decode_residues(data, rns.primes, shape))
 
 
-async def deal(rt, rns: Rns, secret: np.ndarray | None, dealers: Sequence[int],
-               shape: Sequence[int]) -> list[np.ndarray]:
-    """Each party of ``dealers`` shares its residue array ``secret`` (``(L, *shape)``) with
-    degree t among all parties; returns this party's share from each dealer, in order."""
+def row_chunks(rns: Rns, shape: Sequence[int]) -> list[tuple[int, int]]:
+    """The (start, stop) row ranges of the messages of a table of ``shape`` (rows first)."""
+    n = int(shape[0])
+    step = max(1, MESSAGE_BYTES // (4 * len(rns) * max(1, math.prod(shape[1:]))))
+    return [(s, min(s + step, n)) for s in range(0, n, step)] or [(0, 0)]
+
+
+async def deal(rt, rns: Rns, secret: Callable[[int, int], np.ndarray] | None, dealers: Sequence[int],
+               shape: Sequence[int]) -> np.ndarray:
+    """This party's share (degree t) of the sum of the dealers' residue arrays of ``shape``.
+
+    Each party of ``dealers`` gives ``secret(start, stop)``: its residues of rows
+    start:stop, ``(L, stop - start, *shape[1:])``; they are computed, shared and sent a
+    chunk of rows at a time (:func:`row_chunks`), and this party adds up what it receives
+    into one uint32 array ``(L, *shape)``."""
     m, t = len(rt.parties), rt.threshold
-    parts = rns.split(secret, t, m) if rt.pid in dealers else None
-    return await rt.scatter(parts, list(dealers), residue_codec(rns, shape))
+    shape = tuple(int(s) for s in shape)
+    out = np.empty((len(rns),) + shape, dtype=np.uint32)
+    dealers = list(dealers)
+    for start, stop in row_chunks(rns, shape):
+        parts = None
+        if rt.pid in dealers:
+            parts = await offload(lambda a=start, b=stop: rns.split(secret(a, b), t, m))
+        got = await rt.scatter(parts, dealers, residue_codec(rns, (stop - start,) + shape[1:]))
+        out[:, start:stop] = await offload(rns.total, got)
+    return out
 
 
 async def share(rt, rns: Rns, values: np.ndarray | None, holder: int, shape: Sequence[int]) -> np.ndarray:
     """This party's share of the int64 array ``values`` of party ``holder`` (of ``shape``)."""
-    secret = rns.encode(values) if rt.pid == holder else None
-    return (await deal(rt, rns, secret, [holder], shape))[0]
+    return await deal(rt, rns, lambda a, b: rns.encode(values[a:b]), [holder], shape)
 
 
 async def reshare_permute(rt, rns: Rns, x: np.ndarray, members: Sequence[int],
@@ -60,11 +94,8 @@ async def reshare_permute(rt, rns: Rns, x: np.ndarray, members: Sequence[int],
     coefficient among them (an additive share), permutes it and shares it anew; the sum of
     the new sharings is one of the permuted rows."""
     members = list(members)
-    secret = None
-    if rt.pid in members:
-        lam = rns.lagrange([p + 1 for p in members])[members.index(rt.pid)]
-        secret = rns.scale(x[:, perm], lam)
-    return rns.total(await deal(rt, rns, secret, members, x.shape[1:]))
+    lam = rns.lagrange([p + 1 for p in members])[members.index(rt.pid)] if rt.pid in members else None
+    return await deal(rt, rns, lambda a, b: rns.scale(x[:, perm[a:b]], lam), members, x.shape[1:])
 
 
 def _dealers(rt) -> list[int]:
@@ -72,20 +103,26 @@ def _dealers(rt) -> list[int]:
     return list(range(2 * rt.threshold + 1))
 
 
+def _own_lagrange(rt, rns: Rns) -> np.ndarray | None:
+    """This party's Lagrange coefficient among the first 2t + 1 parties (None outside)."""
+    dealers = _dealers(rt)
+    return rns.lagrange([p + 1 for p in dealers])[rt.pid] if rt.pid in dealers else None
+
+
 async def reduce_degree(rt, rns: Rns, x: np.ndarray) -> np.ndarray:
     """A fresh degree-t sharing of the value of the degree-2t share ``x`` (GRR98): each of the
     first 2t + 1 parties shares its share times its Lagrange coefficient among them."""
-    dealers = _dealers(rt)
-    secret = None
-    if rt.pid in dealers:
-        lam = rns.lagrange([p + 1 for p in dealers])[rt.pid]
-        secret = rns.scale(x, lam)
-    return rns.total(await deal(rt, rns, secret, dealers, x.shape[1:]))
+    lam = _own_lagrange(rt, rns)
+    return await deal(rt, rns, lambda a, b: rns.scale(x[:, a:b], lam), _dealers(rt), x.shape[1:])
 
 
 async def multiply(rt, rns: Rns, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Shares of the elementwise product of the shared arrays ``a`` and ``b`` (degree t)."""
-    return await reduce_degree(rt, rns, rns.mul(a, b))
+    """Shares of the elementwise product of the shared arrays ``a`` and ``b`` (degree t; ``b``
+    may broadcast against ``a``). Each dealer's product shares are made a chunk of rows at a
+    time, as they are sent (``reduce_degree`` of the whole product would hold it all)."""
+    lam = _own_lagrange(rt, rns)
+    shape = np.broadcast_shapes(a.shape, b.shape)[1:]
+    return await deal(rt, rns, lambda i, j: rns.scale(rns.mul(a[:, i:j], b[:, i:j]), lam), _dealers(rt), shape)
 
 
 async def integer_shares(rt, rns: Rns, x: np.ndarray, bits: int, sigma: int) -> list[int]:
@@ -106,11 +143,10 @@ async def integer_shares(rt, rns: Rns, x: np.ndarray, bits: int, sigma: int) -> 
         raise ValueError("the modulus is too small for this masked opening")  # the plan sizes it
     mask = [secrets.randbits(bits + sigma) for _ in range(size)]
     secret = rns.from_ints(mask)
-    dealers = _dealers(rt)
-    if rt.pid in dealers:
-        lam = rns.lagrange([p + 1 for p in dealers])[rt.pid]
+    lam = _own_lagrange(rt, rns)
+    if lam is not None:
         secret = rns.add(secret, rns.scale(x, lam))
-    masked = rns.total(await deal(rt, rns, secret, range(m), (size,)))
+    masked = await deal(rt, rns, lambda a, b: secret[:, a:b], range(m), (size,))
     masked = rns.add(masked, rns.from_ints([1 << bits] * size))
     openers = list(range(t + 1))
     got = await rt.scatter([masked] * m, openers, residue_codec(rns, (size,)), receivers=[0])

@@ -1,6 +1,7 @@
 """The residue-shared protocols of linked jobs (jointstats.mpc.shamir) between real party
 processes over TCP: sharing, a resharing permutation, products with a degree reduction,
-inner products and the masked opening into integer additive shares, for 3 and 5 parties.
+inner products and the masked opening into integer additive shares, for 3 and 5 parties,
+with tables sent in many chunks of rows.
 
 The test spawns ``sys.executable`` on this very file (``__main__`` below is the party
 program); every party derives the same public inputs from a seed, party 0 holds the table,
@@ -35,6 +36,7 @@ async def _party(pid: int, ports: list[int], out: Path) -> None:
     from jointstats.mpc.rns import Rns, primes_for
     from jointstats.mpc.runtime import make_party_runtime
     m = len(ports)
+    shamir.MESSAGE_BYTES = 2000  # tables sent in many chunks of rows (a few rows each)
     rt = make_party_runtime(pid, [f"p{i}" for i in range(m)], [("127.0.0.1", p) for p in ports])
     await rt.start()
     try:
