@@ -378,11 +378,11 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
         # at most the plan's bound for as many holders as parties (engine.dp._linkage_share)
         width_d = m * 2 * int(link_noise["shift"]) * cells_each
     width = 4 * len(rns)  # bytes of an element's shares: one uint32 residue per prime
-    for i in holders:  # every share message of a block must fit the codec's frame limit
+    for i in holders:  # every party holds every block's shares: each block at most 1 GiB
         if (sizes[i] + width_d) * len(feats[i]) * width > _codec.MAX_MESSAGE:
             raise DataError(f"party {config.peers[i].name!r}: its linked block of {sizes[i]} rows x "
                             f"{len(feats[i])} encoded features is over the {_codec.MAX_MESSAGE >> 20} "
-                            "MiB message limit; use fewer rows (link.rows) or fewer statistics")
+                            "MiB limit of a block's shares; use fewer rows (link.rows) or fewer statistics")
     if any(sizes[i] == 0 for i in holders):
         empty = next(config.peers[i].name for i in holders if sizes[i] == 0)
         raise DataError(f"party {empty!r} has no usable keys to link")
