@@ -1,12 +1,19 @@
 """Test material shared across folders: the spec YAML of ``tests.conftest.cohort_frame``'s columns,
-a valid party config, a cluster of nodes started and stopped together, and reading a raw
-HTTP answer to its end.
+a valid party config, a cluster of nodes started and stopped together, reading a raw
+HTTP answer to its end, and running a party program as several processes.
 
 (Ports: ``tests/ports.py``; consortia of party configs: ``tests/conftest.py``.)"""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: the spec schema entry (flow-style YAML) of each column of ``cohort_frame``
 COHORT_COLUMNS = {
@@ -73,3 +80,31 @@ def recv_all(sock: socket.socket) -> bytes:
             break
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def run_party_processes(script: str, argv: list[list[str]], cwd: Path, timeout: float,
+                        envs: list[dict] | None = None) -> None:
+    """Run ``python script *argv[i]`` for every party i at once (the repository on
+    PYTHONPATH) and wait for all; fail naming each party that timed out or exited non-zero,
+    with the end of its stderr. Every process is killed at the end whatever happened."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env={**env, **(envs[i] if envs else {})}, cwd=cwd)
+             for i, args in enumerate(argv)]
+    failures = []
+    deadline = time.monotonic() + timeout
+    try:
+        for i, p in enumerate(procs):
+            try:
+                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                failures.append(f"party {i}: timed out after {timeout} s")
+                continue
+            if p.returncode:
+                failures.append(f"party {i}: exit {p.returncode}\n{err.decode()[-3000:]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert not failures, "\n".join(failures)

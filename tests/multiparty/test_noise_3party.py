@@ -10,16 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 P_MIN = 1e-4
 DL_SCALE = Fraction(3, 2)
 DG_SIGMA2 = Fraction(9, 4)
@@ -83,32 +79,12 @@ async def _party(pid: int, ports: list[int], out: Path, n_dl: int, n_dg: int) ->
 
 def _run_parties(tmp: Path, m: int, n_dl: int, n_dg: int, timeout: float = 90,
                  party_env: list[dict] | None = None) -> list[dict]:
+    from tests.common import run_party_processes
     from tests.ports import free_ports
     ports = free_ports(m)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outs = [tmp / f"party{i}.json" for i in range(m)]
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), ",".join(map(str, ports)),
-                               str(outs[i]), str(n_dl), str(n_dg)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**env, **(party_env[i] if party_env else {})}, cwd=tmp)
-             for i in range(m)]
-    failures = []
-    deadline = time.monotonic() + timeout
-    try:
-        for i, p in enumerate(procs):
-            try:
-                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                failures.append(f"party {i}: timed out after {timeout} s")
-                continue
-            if p.returncode:
-                failures.append(f"party {i}: exit {p.returncode}\n{err.decode()[-3000:]}")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert not failures, "\n".join(failures)
+    run_party_processes(__file__, [[str(i), ",".join(map(str, ports)), str(outs[i]), str(n_dl), str(n_dg)]
+                                   for i in range(m)], tmp, timeout, party_env)
     return [json.loads(o.read_text()) for o in outs]
 
 

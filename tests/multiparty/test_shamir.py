@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS, COLS = 500, 3
 
 
@@ -59,26 +55,12 @@ async def _party(pid: int, ports: list[int], out: Path) -> None:
 
 
 def _run(tmp: Path, m: int, timeout: float = 120) -> list[list[int]]:
+    from tests.common import run_party_processes
     from tests.ports import free_ports
     ports = free_ports(m)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     outs = [tmp / f"party{i}.json" for i in range(m)]
-    procs = [subprocess.Popen([sys.executable, __file__, str(i), ",".join(map(str, ports)), str(outs[i])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp)
-             for i in range(m)]
-    deadline = time.monotonic() + timeout
-    failures = []
-    try:
-        for i, p in enumerate(procs):
-            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            if p.returncode:
-                failures.append(f"party {i}: exit {p.returncode}\n{err.decode()[-3000:]}")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert not failures, "\n".join(failures)
+    run_party_processes(__file__, [[str(i), ",".join(map(str, ports)), str(outs[i])] for i in range(m)],
+                        tmp, timeout)
     return [[int(v) for v in json.loads(o.read_text())["shares"]] for o in outs]
 
 
