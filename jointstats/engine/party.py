@@ -363,21 +363,9 @@ def _traced_chunks(chunks):
 
 
 async def _in_thread(fn, *args):
-    """``fn(*args)`` in a daemon thread, awaited without blocking the event loop.
-
-    Not ``asyncio.to_thread``: its executor's threads are joined when the loop ends, so a job
-    that fails while a large file is still being read would wait for the read to finish."""
-    import concurrent.futures
-    import threading
-    done: concurrent.futures.Future = concurrent.futures.Future()
-
-    def work():
-        try:
-            done.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting coroutine
-            done.set_exception(exc)
-    threading.Thread(target=work, daemon=True, name="jointstats-local-step").start()
-    return await asyncio.wrap_future(done)
+    """``fn(*args)`` in a daemon thread (``jointstats._threads``), awaited."""
+    from jointstats._threads import in_daemon_thread
+    return await in_daemon_thread(fn, *args, name="jointstats-local-step")
 
 
 def _peak_rss_kb() -> int:

@@ -378,18 +378,19 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
         # at most the plan's bound for as many holders as parties (engine.dp._linkage_share)
         width_d = m * 2 * int(link_noise["shift"]) * cells_each
     width = 4 * len(rns)  # bytes of an element's shares: one uint32 residue per prime
-    for i in holders:  # every party holds every block's shares: each block at most 1 GiB
-        if (sizes[i] + width_d) * len(feats[i]) * width > _codec.MAX_MESSAGE:
-            raise DataError(f"party {config.peers[i].name!r}: its linked block of {sizes[i]} rows x "
-                            f"{len(feats[i])} encoded features is over the {_codec.MAX_MESSAGE >> 20} "
-                            "MiB limit of a block's shares; use fewer rows (link.rows) or fewer statistics")
-    if any(sizes[i] == 0 for i in holders):
-        empty = next(config.peers[i].name for i in holders if sizes[i] == 0)
-        raise DataError(f"party {empty!r} has no usable keys to link")
+    full = {i: sizes[i] + width_d for i in holders}  # every block's rows, dummies included
+    n_max = full[base_index] if join == "left" else min(full.values())  # the most linked records
+    check_sizes([p.name for p in config.peers], sizes, full, feats, n_max, width)
+    # what a peer may send ahead of this party's steps, and its longest message, from here on
+    plan_limit = rt.unread_limit  # the secure step's own messages (after the linkage)
+    rt.frame_limit = max(plan_limit, _frame_bound(rns, full, feats, width_d))
+    rt.unread_limit = max(plan_limit, _unread_bound(plan, rns, full, feats, m, n_max))
+    # every party has raised its bounds before any block is sent (a holder that got here first
+    # would otherwise send its shares to a party still under the plan's bound)
+    await guard(rt.scatter([0] * m, list(range(m)), _codec.INT), "the start of the linkage")
     if link_noise is not None:  # DP: dummy linked records hide the match structure's counts
         dummies = await guard(_exchange_dummies(rt, link_noise, holders, m), "the dummy records")
-        for i in holders:
-            sizes[i] += width_d
+        sizes = full
         if rt.pid in holders:
             if len(dummies) != width_d:
                 raise DataError("the dummy records received do not have the plan's size")
@@ -397,7 +398,6 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
             block.rows = np.concatenate([block.rows, np.zeros((width_d, block.rows.shape[1]),
                                                               dtype=block.rows.dtype)])
         metrics["dummy_rows_per_holder"] = width_d
-    rt.unread_limit = max(rt.unread_limit, _unread_bound(plan, rns, sizes, feats, m))
     # every holder secret-shares its encoded block, and every block's chain runs on its own
     # branch of the program counter: the parties work on different blocks at the same time
     # (the scalar multiplications dominate)
@@ -406,8 +406,9 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
                for i in holders}
     tables, pseudonyms = {}, {}
     # a hang still ends (a lost peer ends it at once, through the runtime's failure future);
-    # the linkage's honest time grows with the rows: 20 ms per row on top of the step timeout
-    timeout = 600.0 + 0.02 * sum(sizes.values())
+    # the linkage's honest time grows with the rows: 5 ms per row (about 20 times what the
+    # benchmark takes) on top of the step timeout, and never over 3 hours
+    timeout = min(600.0 + 0.005 * sum(sizes.values()), LINKAGE_TIMEOUT)
     for i in holders:
         tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage", timeout)
     metrics["linkage_seconds"] = time.perf_counter() - started
@@ -425,19 +426,59 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     return partials
 
 
-def _unread_bound(plan: Plan, rns, sizes: dict[int, int], feats: dict, m: int) -> int:
+def check_sizes(names: list[str], sizes: dict[int, int], full: dict[int, int], feats: dict,
+                n_max: int, width: int) -> None:
+    """Refuse, before any block is sent, a linkage whose shares would not fit: every party
+    holds every holder's block (``full[i]`` rows, dummies included, of ``len(feats[i])``
+    encoded features, ``width`` bytes each) and then the linked table (up to ``n_max``
+    records, every holder's features for each: a left join keeps every row of its base);
+    each must stay below ``codec.MAX_MESSAGE`` (1 GiB). Also refuse a holder with no
+    usable keys. (All of it public: block sizes are announced, ``link.rows`` in DP mode.)"""
+    from jointstats.mpc import codec as _codec
+    limit = _codec.MAX_MESSAGE
+    for i in full:
+        if full[i] * len(feats[i]) * width > limit:
+            raise DataError(f"party {names[i]!r}: its linked block of {sizes[i]} rows x "
+                            f"{len(feats[i])} encoded features is over the {limit >> 20} "
+                            "MiB limit of a block's shares; use fewer rows (link.rows) or fewer statistics")
+    features = sum(len(f) for f in feats.values())
+    if n_max * features * width > limit:
+        raise DataError(f"the linked table of up to {n_max} records x {features} encoded features "
+                        f"would be over the {limit >> 20} MiB limit of a table's shares; "
+                        "use fewer rows (link.rows) or fewer statistics")
+    empty = [names[i] for i in full if sizes[i] == 0]
+    if empty:
+        raise DataError(f"party {empty[0]!r} has no usable keys to link")
+
+
+def _unread_bound(plan: Plan, rns, full: dict[int, int], feats: dict, m: int, n_max: int) -> int:
     """The most bytes of a linked job's share messages one peer may send this party before a
     step reads them (the runtime's per-peer bound, raised from the plan's once the holdings
-    are known; at most ``codec.MAX_UNREAD``): every block's shares once per resharing and
-    once for its input (a fast peer can be that far ahead, every block's chain running at
-    once), and the statistics' products (one share of every column a product takes)."""
+    are known; at most ``codec.MAX_UNREAD``): every block's shares (``full``: its rows,
+    dummies included) once per resharing and once for its input (a fast peer can be that
+    far ahead, every block's chain running at once), and the statistics' products over at
+    most ``n_max`` linked records (one share of every column a product takes, the weights'
+    products included: a party that deals in no product may get them all ahead)."""
     from jointstats.mpc import codec as _codec
     element = 4 * len(rns)
     rounds = len(L.shuffle_sets(m, (m - 1) // 2)) + 1
-    blocks = sum(sizes[i] * len(f) for i, f in feats.items()) * rounds
-    columns = sum(len(s.terms) + sum(s.shape or ()) + 2 for s in plan.statistics)
-    products = min(sizes.values()) * columns
-    return min(_codec.UNREAD_FLOOR + element * (blocks + products), _codec.MAX_UNREAD)
+    blocks = sum(full[i] * len(f) for i, f in feats.items()) * rounds
+    columns = sum(len(s.terms) + sum(s.shape or ()) + len(feats) + 2 for s in plan.statistics)
+    return min(_codec.UNREAD_FLOOR + element * (blocks + n_max * columns), _codec.MAX_UNREAD)
+
+
+def _frame_bound(rns, full: dict[int, int], feats: dict, width_d: int) -> int:
+    """The longest message of a linked job's linkage and statistics: a chunk of shares
+    (``shamir.MESSAGE_BYTES``, or one row if a row is longer), a block's points or
+    pseudonyms (32 bytes a row) or a holder's dummy identifiers; the frame header and the
+    codec's framing are far below the 1 KiB added."""
+    from jointstats.mpc import shamir
+    row = 4 * len(rns) * max(len(f) for f in feats.values())
+    return 1024 + max(shamir.MESSAGE_BYTES, row, L.POINT * max(full.values()), _ID * width_d)
+
+
+#: Longest any wait of a linked job's linkage or statistics may take (seconds).
+LINKAGE_TIMEOUT = 3 * 3600.0
 
 
 _ID = 16  # bytes of a dummy record's random identifier

@@ -304,13 +304,14 @@ class _Exchanger(_asyncoro.MessageExchanger):
         if self.peer_pid is None and not self._hello(buf):
             return
         limit = min(self.runtime.unread_limit, _codec.MAX_UNREAD)
+        frame = min(self.runtime.frame_limit or limit, limit)
         while len(buf) >= 12:
             pc, size = _FRAME.unpack_from(buf)
             if size > _codec.MAX_MESSAGE:
                 self._malformed(f"a message of {size} bytes, over the limit of {_codec.MAX_MESSAGE}")
                 return
-            if size > limit:  # refused before it is buffered: no step of this job needs it
-                self._malformed(f"a message of {size} bytes, over this job's limit of {limit}")
+            if size > frame:  # refused before it is buffered: no step of this job needs it
+                self._malformed(f"a message of {size} bytes, over this job's limit of {frame}")
                 return
             if len(buf) < 12 + size:
                 break
@@ -451,6 +452,9 @@ class JointRuntime(Runtime):
     #: Most bytes of messages any one peer may have waiting unread (and the longest message
     #: it may send): a job's own bound from its plan (``_party.unread_limit``), this floor else.
     unread_limit: int = _codec.UNREAD_FLOOR
+    #: The longest message a peer may send, when a job knows a tighter bound than
+    #: ``unread_limit`` (a linked job: its share messages are chunked), else None.
+    frame_limit: int | None = None
     _notified: tuple | list = ()  # peers told why this party stops (blame), not yet gone
     _noticed: set  # peers that told this party why they stop (they need no notice from it)
     _told: set  # peers this party has sent a notice (it acknowledges a notice only once)

@@ -19,20 +19,20 @@ it is decoded by ``codec.decode_residues`` (exact length, every residue below it
 a peer sending anything else is dropped and named by the runtime. Every step is its own
 ``scatter`` on MPyC's program counter.
 
-The arithmetic on whole tables runs in a worker thread (:func:`offload`; numpy releases the
+The arithmetic on whole tables runs in a daemon thread (:func:`offload`; numpy releases the
 interpreter lock for it): the event loop goes on reading and writing messages and sending
 heartbeats meanwhile, which a loop held for seconds by a million-row array would not (its
 peers would take it for silent), and other blocks' steps proceed.
 """
 from __future__ import annotations
 
-import asyncio
 import math
 import secrets
 from typing import Callable, Sequence
 
 import numpy as np
 
+from jointstats._threads import in_daemon_thread
 from jointstats.mpc import codec as _codec
 from jointstats.mpc.rns import Rns
 
@@ -43,8 +43,9 @@ MESSAGE_BYTES = 4 << 20
 
 
 async def offload(fn, *args):
-    """``fn(*args)`` in a worker thread, awaited (see the module docstring)."""
-    return await asyncio.to_thread(fn, *args)
+    """``fn(*args)`` in a daemon thread, awaited (see the module docstring; not
+    ``asyncio.to_thread``, whose threads a failing job would wait for at its end)."""
+    return await in_daemon_thread(fn, *args, name="jointstats-table")
 
 
 def residue_codec(rns: Rns, shape: Sequence[int]) -> _codec.Codec:

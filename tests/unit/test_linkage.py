@@ -9,7 +9,7 @@ import pytest
 
 from jointstats.engine import linkage as L
 from jointstats.consortium.config import parse_party_config
-from jointstats.errors import ConfigError, SpecError
+from jointstats.errors import ConfigError, DataError, SpecError
 from jointstats.plan.sealed import assign_columns, make_plan
 from jointstats.plan.spec import parse_spec
 
@@ -345,3 +345,65 @@ def test_a_blinded_block_gives_the_same_pseudonyms():
     first = a.apply(pts, r)
     assert not any((x == y).all() for x, y in zip(first, a.apply(pts)))
     assert (c.apply(b.apply(first), r_inv) == plain).all()
+
+
+# ----------------------------------------------------------------------------- bounds of a linkage
+
+
+def test_linked_sizes_are_refused_before_any_block_is_sent(monkeypatch):
+    """Each block's shares and the linked table must fit 1 GiB; a left join's table has a row
+    for every row of its base, however small the other blocks (found in review: a base that
+    announced 2^22 rows made every party gather gigabytes)."""
+    from jointstats.engine.vertical import check_sizes
+    from jointstats.mpc import codec as _codec
+    monkeypatch.setattr(_codec, "MAX_MESSAGE", 1 << 20)
+    names = ["a", "b", "c"]
+    feats = {0: (1,) * 2, 1: (1,) * 10, 2: (1,) * 3}
+    width = 20  # 5 primes x 4 bytes
+    check_sizes(names, {0: 1000, 1: 1000, 2: 1000}, {0: 1000, 1: 1000, 2: 1000}, feats, 1000, width)
+    with pytest.raises(DataError, match="party 'b': its linked block of 6000 rows x 10 encoded"):
+        check_sizes(names, {0: 6000, 1: 6000, 2: 6000}, {0: 6000, 1: 6000, 2: 6000}, feats, 6000, width)
+    # a left join on a's 20000 rows: every block fits, the linked table does not
+    sizes = {0: 20_000, 1: 100, 2: 100}
+    with pytest.raises(DataError, match="the linked table of up to 20000 records x 15 encoded"):
+        check_sizes(names, sizes, sizes, feats, 20_000, width)
+    with pytest.raises(DataError, match="party 'c' has no usable keys"):
+        check_sizes(names, {0: 10, 1: 10, 2: 0}, {0: 10, 1: 10, 2: 0}, feats, 0, width)
+
+
+def test_a_linked_jobs_message_bounds_follow_its_holdings():
+    from jointstats.engine import vertical as V
+    from jointstats.mpc import codec as _codec
+    from jointstats.mpc import shamir
+    from jointstats.mpc.rns import Rns, primes_for
+    rns = Rns(primes_for(150))
+    feats = {0: (1,) * 7, 1: (1,) * 6, 2: (1,) * 4}
+    full = {0: 110_000, 1: 110_000, 2: 110_000}
+    frame = V._frame_bound(rns, full, feats, 0)
+    assert frame == 1024 + max(shamir.MESSAGE_BYTES, 32 * 110_000)  # the points of a block
+    assert V._frame_bound(rns, {0: 10, 1: 10, 2: 10}, feats, 0) == 1024 + shamir.MESSAGE_BYTES
+    plan = type("P", (), {"statistics": ()})()
+    small = V._unread_bound(plan, rns, {0: 10, 1: 10, 2: 10}, feats, 3, 10)
+    big = V._unread_bound(plan, rns, full, feats, 3, 110_000)
+    # every block's shares once per resharing (3 sets) and once for its input
+    assert big - _codec.UNREAD_FLOOR == 20 * 110_000 * 17 * 4 and small < big
+    assert V._unread_bound(plan, rns, {0: 1 << 22, 1: 1 << 22, 2: 1 << 22}, feats, 3, 1 << 22) == _codec.MAX_UNREAD
+
+
+def test_a_failing_job_does_not_wait_for_its_worker_threads():
+    """A daemon thread's work (a block's multiplications: minutes at a million rows) does not
+    hold up the end of a job that failed meanwhile (found in review: asyncio.to_thread's
+    threads are joined when the loop ends)."""
+    import asyncio
+    import time
+    from jointstats._threads import in_daemon_thread
+
+    async def job():
+        work = asyncio.ensure_future(in_daemon_thread(time.sleep, 5))
+        await asyncio.sleep(0.05)
+        work.cancel()
+        raise RuntimeError("a peer was dropped")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError):
+        asyncio.run(job())
+    assert time.monotonic() - started < 2

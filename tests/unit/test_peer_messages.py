@@ -182,6 +182,17 @@ print(ta.closed, rt.failed.result()[1])
 """)
     assert out[0] == ("True party 'a' sent a malformed message (a message of 1001 bytes, over this "
                       "job's limit of 1000); dropped")
+    # a job that knows its longest message (a linked job's chunked shares) bounds frames apart
+    out = _run("""
+rt, a, ta, c, tc = await party_b()
+rt.unread_limit, rt.frame_limit = 10_000, 700
+a.data_received(frame(1, b'x' * 700))
+print(a.receive(1) == b'x' * 700)
+a.data_received(struct.pack('<qI', 2, 701))
+print(ta.closed, rt.failed.result()[1])
+""")
+    assert out == ["True", "True party 'a' sent a malformed message (a message of 701 bytes, over "
+                   "this job's limit of 700); dropped"]
 
 
 def test_two_messages_for_one_program_counter_are_read_in_order():
