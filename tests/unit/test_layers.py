@@ -10,7 +10,7 @@ import jointstats
 
 PACKAGE = Path(jointstats.__file__).parent
 #: groups of top-level modules or packages; a group may import itself and earlier groups
-GROUPS = [("_files", "errors"), ("plan",), ("result", "results_kinds"), ("consortium",), ("mpc",), ("noise",),
+GROUPS = [("_files", "_threads", "errors"), ("plan",), ("result", "results_kinds"), ("consortium",), ("mpc",), ("noise",),
           ("ledger",), ("engine",), ("local",), ("node",), ("cli",)]
 LAYERS = [name for group in GROUPS for name in group]
 RANK = {name: i for i, group in enumerate(GROUPS) for name in group}
