@@ -44,7 +44,8 @@ LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when
                 "which column, and the match structure: in exact mode the exact number of linked "
                 "records and the size of every intersection of the holders' key sets; in DP mode "
                 "those sizes raised by dummy linked records (privacy.linkage), so they are "
-                "differentially private towards every party; no party learns another's identifiers "
+                "differentially private towards every single party (with 5 or more parties not towards two "
+                "colluding holders: docs/linkage.md); no party learns another's identifiers "
                 "or which of its own records are linked")
 #: Statistical security (bits) of the masked opening that turns the secret partials into
 #: integer additive shares.
