@@ -18,8 +18,18 @@ async def in_daemon_thread(fn, *args, name: str = "jointstats-worker"):
 
     def work():
         try:
-            done.set_result(fn(*args))
+            result = fn(*args)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the awaiting coroutine
-            done.set_exception(exc)
+            _settle(done.set_exception, exc)
+        else:
+            _settle(done.set_result, result)
     threading.Thread(target=work, daemon=True, name=name).start()
     return await asyncio.wrap_future(done)
+
+
+def _settle(setter, value) -> None:
+    """Hand the outcome to the awaiting side, unless it gave up (its wait was cancelled)."""
+    try:
+        setter(value)
+    except concurrent.futures.InvalidStateError:
+        pass

@@ -387,8 +387,9 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     rt.frame_limit = max(plan_limit, _frame_bound(rns, full, feats, width_d))
     rt.unread_limit = max(plan_limit, _unread_bound(plan, rns, full, feats, m, n_max))
     # every party has raised its bounds before any block is sent (a holder that got here first
-    # would otherwise send its shares to a party still under the plan's bound)
-    await guard(rt.scatter([0] * m, list(range(m)), _codec.INT), "the start of the linkage")
+    # would otherwise send its shares to a party still under the plan's bound); the same round
+    # gives every pair of parties a seed for pseudorandom shares (half the share messages)
+    await guard(shamir.pair_seeds(rt), "the start of the linkage")
     if link_noise is not None:  # DP: dummy linked records hide the match structure's counts
         dummies = await guard(_exchange_dummies(rt, link_noise, holders, m), "the dummy records")
         sizes = full

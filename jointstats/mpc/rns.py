@@ -104,15 +104,16 @@ class Rns:
 
     # -- randomness ----------------------------------------------------------------------
 
-    def random(self, shape: Sequence[int]) -> np.ndarray:
+    def random(self, shape: Sequence[int], key: bytes | None = None) -> np.ndarray:
         """Residues uniform modulo each prime, independent: shape ``(L, *shape)``. Drawn from
         an AES-256-CTR keystream under a fresh key from ``os.urandom`` (a CSPRNG, about twice
         as fast as ``os.urandom`` itself for tens of megabytes), 31-bit words, values at or
         above the prime redrawn (exactly uniform; the primes are within a few thousand of
-        2^31, so a redraw is rare)."""
+        2^31, so a redraw is rare). With a 32-byte ``key`` instead: the same residues from
+        the same key, wherever they are drawn (pseudorandom shares, ``shamir.deal``)."""
         shape = tuple(int(s) for s in shape)
         size = math.prod(shape)
-        stream = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(b"\x00" * 16)).encryptor()
+        stream = Cipher(algorithms.AES(key or os.urandom(32)), modes.CTR(b"\x00" * 16)).encryptor()
         words = np.frombuffer(stream.update(bytes(4 * size * len(self.primes))), dtype="<u4")
         out = words.astype(np.int64).reshape(len(self.primes), size)
         out &= _MASK
@@ -142,6 +143,32 @@ class Rns:
                 self._reduce(acc)
             acc += secret
             shares.append(self._reduce(acc))
+        return shares
+
+    def split_through(self, secret: np.ndarray, fixed: dict[int, np.ndarray], m: int) -> list:
+        """Shamir shares for parties 0..m-1 of the polynomial of degree ``len(fixed)`` through
+        (0, ``secret``) and, for each party q of ``fixed``, (q + 1, ``fixed[q]``): the shares
+        of the parties of ``fixed`` are those given (None in the list: they have them), every
+        other party's is interpolated. With uniformly random ``fixed`` values this is a
+        uniformly random sharing of ``secret`` of that degree, as :meth:`split` makes."""
+        points = [0] + [q + 1 for q in fixed]
+        values = [secret] + list(fixed.values())
+        shares: list = []
+        for j in range(m):
+            if j in fixed:
+                shares.append(None)
+                continue
+            x = j + 1
+            coeffs = np.empty((len(points), len(self.primes)), dtype=np.int64)
+            for l, p in enumerate(self.primes):
+                for i, xi in enumerate(points):  # the Lagrange basis polynomial of xi, at x
+                    num = den = 1
+                    for xk in points:
+                        if xk != xi:
+                            num = num * (x - xk) % p
+                            den = den * (xi - xk) % p
+                    coeffs[i, l] = num * pow(den, -1, p) % p
+            shares.append(self.combine(coeffs, values))
         return shares
 
     def lagrange(self, points: Sequence[int]) -> np.ndarray:

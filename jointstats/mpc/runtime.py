@@ -708,7 +708,7 @@ class JointRuntime(Runtime):
         return got[0] if one_sender else got
 
     @_asyncoro.mpc_coro
-    async def scatter(self, parts, senders, codec: _codec.Codec, receivers=None):
+    async def scatter(self, parts, senders, codec: _codec.Codec, receivers=None, skip=None):
         """Every party in ``senders`` sends each receiver (every party by default) its own
         value: ``parts[j]`` to party j (``parts`` is ignored on a party that is no sender),
         encoded by ``codec`` (once per distinct object). Returns, on a receiver, the value
@@ -718,19 +718,24 @@ class JointRuntime(Runtime):
 
         Unlike ``transfer`` it is a step of its own on MPyC's program counter (every party
         calls it, senders, receivers and bystanders alike), so two in a row between the same
-        parties can never be taken for one another."""
+        parties can never be taken for one another.
+
+        ``skip``: for a sender, the receivers it sends nothing (they make their value
+        themselves: pseudorandom shares); None for each of them here too."""
         await self.returnType(asyncio.Future)
         m = len(self.parties)
         receivers = list(range(m)) if receivers is None else list(receivers)
+        skip = skip or {}
         mine = self.pid in receivers
         got = []
         for sender in senders:
             if sender != self.pid:
-                got.append(self._receive_typed(sender, codec.decode) if mine else None)
+                wanted = mine and self.pid not in skip.get(sender, ())
+                got.append(self._receive_typed(sender, codec.decode) if wanted else None)
                 continue
             encoded: dict[int, bytes] = {}
             for peer in receivers:
-                if peer != self.pid:
+                if peer != self.pid and peer not in skip.get(sender, ()):
                     part = parts[peer]
                     if id(part) not in encoded:
                         encoded[id(part)] = codec.encode(part)

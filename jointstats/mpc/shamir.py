@@ -26,6 +26,7 @@ peers would take it for silent), and other blocks' steps proceed.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 from typing import Callable, Sequence
@@ -62,6 +63,46 @@ def row_chunks(rns: Rns, shape: Sequence[int]) -> list[tuple[int, int]]:
     return [(s, min(s + step, n)) for s in range(0, n, step)] or [(0, 0)]
 
 
+async def pair_seeds(rt) -> None:
+    """Give every pair of parties a secret 32-byte seed (``rt.pair_seeds``: peer -> seed): each
+    party sends each other a fresh random value, and a pair's seed is the SHA-256 of both
+    (neither party alone chooses it). From then on :func:`deal` sends t parties fewer
+    messages: see there. Every party must call it, at the same step."""
+    m = len(rt.parties)
+    mine = [secrets.token_bytes(32) for _ in range(m)]
+    codec = _codec.Codec("seed", lambda b: b, _seed)
+    got = await rt.scatter(mine, list(range(m)), codec, skip=None)
+    seeds = {}
+    for j in range(m):
+        if j != rt.pid:
+            first, second = (mine[j], got[j]) if rt.pid < j else (got[j], mine[j])
+            seeds[j] = hashlib.sha256(b"jointstats-pair-seed\x00" + first + second).digest()
+    rt.pair_seeds = seeds
+
+
+def _seed(data) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) != 32:
+        raise _codec.CodecError("expected a 32-byte seed")
+    return bytes(data)
+
+
+def _quiet(rt, dealer: int) -> list[int]:
+    """The t parties after ``dealer`` (cyclically), whose shares of its dealings are
+    pseudorandom from their pair's seed (none without ``pair_seeds``)."""
+    if getattr(rt, "pair_seeds", None) is None:
+        return []
+    m = len(rt.parties)
+    return [(dealer + i) % m for i in range(1, rt.threshold + 1)]
+
+
+def _prg_key(rt, dealer: int, receiver: int, step: tuple) -> bytes:
+    """The key of the pseudorandom share of ``receiver`` in ``dealer``'s dealing at program
+    counter ``step`` (the same on both: every party is at the same step)."""
+    seed = rt.pair_seeds[receiver if rt.pid == dealer else dealer]
+    tag = b"".join(int(v).to_bytes(8, "little", signed=True) for v in (dealer, receiver, *step))
+    return hashlib.sha256(seed + tag).digest()
+
+
 async def deal(rt, rns: Rns, secret: Callable[[int, int], np.ndarray] | None, dealers: Sequence[int],
                shape: Sequence[int]) -> np.ndarray:
     """This party's share (degree t) of the sum of the dealers' residue arrays of ``shape``.
@@ -69,16 +110,37 @@ async def deal(rt, rns: Rns, secret: Callable[[int, int], np.ndarray] | None, de
     Each party of ``dealers`` gives ``secret(start, stop)``: its residues of rows
     start:stop, ``(L, stop - start, *shape[1:])``; they are computed, shared and sent a
     chunk of rows at a time (:func:`row_chunks`), and this party adds up what it receives
-    into one uint32 array ``(L, *shape)``."""
+    into one uint32 array ``(L, *shape)``.
+
+    With ``pair_seeds`` (a linked job sets them up first), the shares of the t parties after
+    a dealer are pseudorandom: AES-CTR residues under a key from their pair's seed and the
+    step's program counter, which dealer and receiver both compute; the dealer interpolates
+    the others' shares through them and the secret, and sends only those. The polynomial is
+    then as random as the t seeded values (uniform, as far as AES is a PRF), a Shamir
+    sharing as :meth:`Rns.split` makes, for m - 1 - t messages per dealing instead of m - 1."""
     m, t = len(rt.parties), rt.threshold
     shape = tuple(int(s) for s in shape)
     out = np.empty((len(rns),) + shape, dtype=np.uint32)
     dealers = list(dealers)
+    quiet = {d: _quiet(rt, d) for d in dealers}
     for start, stop in row_chunks(rns, shape):
+        rows = (stop - start,) + shape[1:]
+        step = tuple(rt._program_counter)  # this dealing's step, the same on every party
         parts = None
         if rt.pid in dealers:
-            parts = await offload(lambda a=start, b=stop: rns.split(secret(a, b), t, m))
-        got = await rt.scatter(parts, dealers, residue_codec(rns, (stop - start,) + shape[1:]))
+            def split(a=start, b=stop):
+                values = secret(a, b)
+                if not quiet[rt.pid]:
+                    return rns.split(values, t, m)
+                fixed = {q: rns.random(rows, _prg_key(rt, rt.pid, q, step)) for q in quiet[rt.pid]}
+                return rns.split_through(values, fixed, m)
+            parts = await offload(split)
+        if tuple(rt._program_counter) != step:  # nothing else may run a step in this context
+            raise RuntimeError("the program counter moved during a dealing")
+        got = await rt.scatter(parts, dealers, residue_codec(rns, rows), skip=quiet)
+        for k, d in enumerate(dealers):
+            if rt.pid in quiet[d]:  # this party's share of d's dealing, from their seed
+                got[k] = rns.random(rows, _prg_key(rt, d, rt.pid, step))
         out[:, start:stop] = await offload(rns.total, got)
     return out
 

@@ -1,7 +1,7 @@
 """The residue-shared protocols of linked jobs (jointstats.mpc.shamir) between real party
 processes over TCP: sharing, a resharing permutation, products with a degree reduction,
 inner products and the masked opening into integer additive shares, for 3 and 5 parties,
-with tables sent in many chunks of rows.
+with tables sent in many chunks of rows, with and without pseudorandom shares from pair seeds.
 
 The test spawns ``sys.executable`` on this very file (``__main__`` below is the party
 program); every party derives the same public inputs from a seed, party 0 holds the table,
@@ -27,7 +27,7 @@ def _inputs():
     return x, w, perm
 
 
-async def _party(pid: int, ports: list[int], out: Path) -> None:
+async def _party(pid: int, ports: list[int], out: Path, seeded: bool) -> None:
     from jointstats.mpc import shamir
     from jointstats.mpc.rns import Rns, primes_for
     from jointstats.mpc.runtime import make_party_runtime
@@ -36,6 +36,8 @@ async def _party(pid: int, ports: list[int], out: Path) -> None:
     rt = make_party_runtime(pid, [f"p{i}" for i in range(m)], [("127.0.0.1", p) for p in ports])
     await rt.start()
     try:
+        if seeded:  # the t parties after each dealer make their shares from a pair's seed
+            await shamir.pair_seeds(rt)
         x, w, perm = _inputs()
         bits = (ROWS * 2**60).bit_length() + 1
         rns = Rns(primes_for(shamir.modulus_bits(bits, 64, m)))
@@ -54,19 +56,19 @@ async def _party(pid: int, ports: list[int], out: Path) -> None:
     out.write_text(json.dumps({"shares": [str(v) for v in shares + first]}))
 
 
-def _run(tmp: Path, m: int, timeout: float = 120) -> list[list[int]]:
+def _run(tmp: Path, m: int, seeded: bool, timeout: float = 120) -> list[list[int]]:
     from tests.common import run_party_processes
     from tests.ports import free_ports
     ports = free_ports(m)
     outs = [tmp / f"party{i}.json" for i in range(m)]
-    run_party_processes(__file__, [[str(i), ",".join(map(str, ports)), str(outs[i])] for i in range(m)],
-                        tmp, timeout)
+    run_party_processes(__file__, [[str(i), ",".join(map(str, ports)), str(outs[i]), str(int(seeded))]
+                                   for i in range(m)], tmp, timeout)
     return [[int(v) for v in json.loads(o.read_text())["shares"]] for o in outs]
 
 
-def _check(tmp: Path, m: int) -> None:
+def _check(tmp: Path, m: int, seeded: bool = True) -> None:
     x, w, perm = _inputs()
-    got = np.array(_run(tmp, m), dtype=object).sum(axis=0)  # the integer shares add up
+    got = np.array(_run(tmp, m, seeded), dtype=object).sum(axis=0)  # the integer shares add up
     v = x.astype(object) * w[:, None]
     want = list(v.sum(axis=0)) + list((v.T @ x.astype(object)).ravel()) + list(x[perm, 0])
     assert list(got) == want
@@ -76,9 +78,14 @@ def test_three_parties(tmp_path):
     _check(tmp_path, 3)
 
 
+def test_three_parties_every_share_sent(tmp_path):
+    _check(tmp_path, 3, seeded=False)
+
+
 def test_five_parties_threshold_two(tmp_path):
     _check(tmp_path, 5)
 
 
 if __name__ == "__main__":
-    asyncio.run(_party(int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], Path(sys.argv[3])))
+    asyncio.run(_party(int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], Path(sys.argv[3]),
+                       sys.argv[4] == "1"))

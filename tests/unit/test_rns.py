@@ -94,3 +94,18 @@ def test_residue_codec_accepts_exact_arrays_only(rns):
     bad[1, 2, 0] = rns.primes[1]  # not below its prime
     with pytest.raises(CodecError, match="below its prime"):
         _codec.decode_residues(_codec.encode_residues(bad), rns.primes, (4, 3))
+
+
+@pytest.mark.parametrize("t,m", [(1, 3), (2, 5)])
+def test_a_sharing_through_given_shares_is_a_sharing_of_the_secret(rns, t, m):
+    """Pseudorandom shares (shamir.deal with pair seeds): the t given shares and the
+    interpolated others lie on one polynomial of degree t through the secret."""
+    x = RNG.integers(-2**31, 2**31, (40, 2))
+    fixed = {q: rns.random((40, 2), key=bytes([q]) * 32) for q in range(1, t + 1)}
+    shares = rns.split_through(rns.encode(x), fixed, m)
+    assert all(shares[q] is None for q in fixed)
+    full = [fixed[j] if shares[j] is None else shares[j] for j in range(m)]
+    for group in itertools.combinations(range(m), t + 1):
+        back = rns.combine(rns.lagrange([p + 1 for p in group]), [full[p] for p in group])
+        assert np.array_equal(back, rns.encode(x))
+    assert np.array_equal(rns.random((3,), key=b"k" * 32), rns.random((3,), key=b"k" * 32))
