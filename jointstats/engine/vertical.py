@@ -424,6 +424,7 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
                                        {c: index_of[p] for c, p in owners.items()},
                                        dummies=link_noise is not None),
                            "the statistics over the linked rows", timeout)
+    rt.pair_seeds = None  # this job's seeds serve its linkage and statistics only
     metrics["linked_statistics_seconds"] = time.perf_counter() - started
     return partials
 

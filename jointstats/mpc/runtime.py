@@ -455,6 +455,8 @@ class JointRuntime(Runtime):
     #: The longest message a peer may send, when a job knows a tighter bound than
     #: ``unread_limit`` (a linked job: its share messages are chunked), else None.
     frame_limit: int | None = None
+    #: A linked job's secret seed per peer for pseudorandom shares (``shamir.pair_seeds``).
+    pair_seeds: dict[int, bytes] | None = None
     _notified: tuple | list = ()  # peers told why this party stops (blame), not yet gone
     _noticed: set  # peers that told this party why they stop (they need no notice from it)
     _told: set  # peers this party has sent a notice (it acknowledges a notice only once)

@@ -138,10 +138,13 @@ async def deal(rt, rns: Rns, secret: Callable[[int, int], np.ndarray] | None, de
         if tuple(rt._program_counter) != step:  # nothing else may run a step in this context
             raise RuntimeError("the program counter moved during a dealing")
         got = await rt.scatter(parts, dealers, residue_codec(rns, rows), skip=quiet)
-        for k, d in enumerate(dealers):
-            if rt.pid in quiet[d]:  # this party's share of d's dealing, from their seed
-                got[k] = rns.random(rows, _prg_key(rt, d, rt.pid, step))
-        out[:, start:stop] = await offload(rns.total, got)
+        seeded = {k: _prg_key(rt, d, rt.pid, step) for k, d in enumerate(dealers) if rt.pid in quiet[d]}
+
+        def total(got=got, seeded=seeded):
+            for k, key in seeded.items():  # this party's share of that dealing, from the seed
+                got[k] = rns.random(rows, key)
+            return rns.total(got)
+        out[:, start:stop] = await offload(total)
     return out
 
 

@@ -86,6 +86,10 @@ def test_five_parties_threshold_two(tmp_path):
     _check(tmp_path, 5)
 
 
+def test_seven_parties_threshold_three(tmp_path):
+    _check(tmp_path, 7)
+
+
 if __name__ == "__main__":
     asyncio.run(_party(int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], Path(sys.argv[3]),
                        sys.argv[4] == "1"))

@@ -96,7 +96,7 @@ def test_residue_codec_accepts_exact_arrays_only(rns):
         _codec.decode_residues(_codec.encode_residues(bad), rns.primes, (4, 3))
 
 
-@pytest.mark.parametrize("t,m", [(1, 3), (2, 5)])
+@pytest.mark.parametrize("t,m", [(1, 3), (1, 4), (2, 5), (2, 6), (3, 7)])
 def test_a_sharing_through_given_shares_is_a_sharing_of_the_secret(rns, t, m):
     """Pseudorandom shares (shamir.deal with pair seeds): the t given shares and the
     interpolated others lie on one polynomial of degree t through the secret."""
@@ -109,3 +109,11 @@ def test_a_sharing_through_given_shares_is_a_sharing_of_the_secret(rns, t, m):
         back = rns.combine(rns.lagrange([p + 1 for p in group]), [full[p] for p in group])
         assert np.array_equal(back, rns.encode(x))
     assert np.array_equal(rns.random((3,), key=b"k" * 32), rns.random((3,), key=b"k" * 32))
+
+
+def test_a_pair_seed_message_is_exactly_32_bytes():
+    from jointstats.mpc.shamir import _seed
+    assert _seed(b"s" * 32) == b"s" * 32
+    for bad in (b"s" * 31, b"s" * 33, "s" * 32):
+        with pytest.raises(CodecError):
+            _seed(bad)
