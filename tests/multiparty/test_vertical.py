@@ -21,7 +21,7 @@ import pytest
 import statsmodels.api as sm
 import yaml
 
-from jointstats import PartyError, run, validate
+from jointstats import PartyError, PolicyError, run, validate
 from jointstats.engine import linkage as L
 from tests.common import cohort_schema
 from tests.conftest import cohort_frame, mpc_peers
@@ -51,10 +51,11 @@ POLICY = {"budget": {"epsilon": 100.0, "delta": 1.0e-4}, "max_epsilon_per_job": 
           "min_count": 0, "allow_exact": True, "analysts": {}}
 
 
-def linked_consortium(root: Path, frames, columns, compute=(), names=None) -> list[Path]:
+def linked_consortium(root: Path, frames, columns, compute=(), names=None, policy=None) -> list[Path]:
     """One CSV and one config per holder (declaring the columns it holds), then the
-    compute-only parties; returns the config paths."""
+    compute-only parties (``policy``: entries added to every party's); returns the config paths."""
     names = names or [f"holder_{chr(97 + i)}" for i in range(len(frames))]
+    base = {**POLICY, **(policy or {})}
     peers = mpc_peers(names[:len(frames)], compute)
     paths = []
     for name, frame, cols in zip(names, frames, columns):
@@ -63,14 +64,14 @@ def linked_consortium(root: Path, frames, columns, compute=(), names=None) -> li
         frame.to_csv(d / "data" / "linked.csv", index=False)
         cfg = {"party": name, "mpc": {"parties": peers}, "api": {"host": "127.0.0.1", "port": 0},
                "datasets": {"linked": {"source": "data/linked.csv", "columns": ["pid", *cols]}},
-               "policy": POLICY, "state": f"state/{name}.sqlite"}
+               "policy": base, "state": f"state/{name}.sqlite"}
         paths.append(d / f"{name}.yaml")
         paths[-1].write_text(yaml.safe_dump(cfg, sort_keys=False))
     for name in compute:
         d = root / name
         d.mkdir(parents=True, exist_ok=True)
         cfg = {"party": name, "mpc": {"parties": peers}, "api": {"host": "127.0.0.1", "port": 0},
-               "policy": {**POLICY, "budget": {"epsilon": 0, "delta": 0}}, "state": f"state/{name}.sqlite"}
+               "policy": {**base, "budget": {"epsilon": 0, "delta": 0}}, "state": f"state/{name}.sqlite"}
         paths.append(d / f"{name}.yaml")
         paths[-1].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
@@ -200,17 +201,27 @@ def test_four_holders_with_and_without_a_compute_party(tmp_path, compute):
 def test_dp_linked_job_with_four_holders_and_a_compute_party(tmp_path):
     """Five parties (t = 2): each applies several scalars to a block, blinded per block, and
     every party adds dummy records to the 11 cells of four holders; the DP answers stay near
-    the pooled ones and the parties' linked count is the real one plus the dummies."""
+    the pooled ones and the parties' linked count is the real one plus the dummies. With 5
+    parties two colluding holders could strip the dummies: every party must opt in."""
     df = people(160, 29)
     parts = [["age", "smoker"], ["bmi"], ["region", "visits"], ["sbp"]]
     frames = split(df, parts, seed=9)
-    cfgs = linked_consortium(tmp_path, frames, parts, compute=("helper",))
     stats = """statistics:
   n: {kind: count}
   m: {kind: mean, column: sbp}
 """
+    spec = write_spec(tmp_path, stats, ", rows: 160", "{epsilon: 9.0}")
+    refused = linked_consortium(tmp_path / "refused", frames, parts, compute=("helper",))
+    message = (r"party 'holder_a' refuses a DP linked job with 5 parties \(its "
+               r"policy.allow_linked_dp_coalitions is false\)")
+    with pytest.raises(PartyError, match=message):
+        run(spec, refused)
+    with pytest.raises(PolicyError, match=message):
+        validate(spec, refused)
+    cfgs = linked_consortium(tmp_path, frames, parts, compute=("helper",),
+                             policy={"allow_linked_dp_coalitions": True})
     metrics: dict = {}
-    res = run(write_spec(tmp_path, stats, ", rows: 160", "{epsilon: 9.0}"), cfgs, metrics=metrics).to_dict()
+    res = run(spec, cfgs, metrics=metrics).to_dict()
     j = joined(frames)
     r = res["results"]
     assert abs(r["n"]["value"] - len(j)) <= 10 * r["n"]["noise"]["scale"] + 1
