@@ -310,20 +310,6 @@ def permutation(seed: bytes, n: int) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def lagrange_at_zero(members: tuple[int, ...], order: int) -> dict[int, int]:
-    """Shamir recombination coefficients at 0 of the parties ``members`` (party i holds the
-    share at point i + 1, as MPyC): sum of coefficient * share is the secret."""
-    out = {}
-    for s in members:
-        num = den = 1
-        for u in members:
-            if u != s:
-                num = num * (u + 1) % order
-                den = den * (u - s) % order
-        out[s] = num * pow(den, -1, order) % order
-    return out
-
-
 # ----------------------------------------------------------------------------- grouping
 
 

@@ -269,12 +269,6 @@ def _points_codec(n: int):
                         lambda d: _codec.decode_array(d, np.uint8, (n, L.POINT)))
 
 
-def _seed_codec():
-    from jointstats.mpc import codec as _codec
-    return _codec.Codec("seed", lambda a: _codec.encode_array(a, np.uint8),
-                        lambda d: _codec.decode_array(d, np.uint8, (32,)))
-
-
 async def _move(rt, vec, src: int, dst: int, n: int):
     """The points from party ``src`` to party ``dst`` (a step of every party's)."""
     if src == dst:
@@ -313,10 +307,10 @@ async def _link_block(rt, rns, h: int, n: int, width: int, block: LocalBlock, m:
     cur = h
     for members, carrier in zip(route.sets, route.carriers):
         perm = None
-        seed = np.frombuffer(secrets.token_bytes(32), dtype=np.uint8) if rt.pid == members[0] else None
-        got = await rt.scatter([seed] * m, [members[0]], _seed_codec(), receivers=list(members))
+        seed = secrets.token_bytes(32) if rt.pid == members[0] else None
+        got = await rt.scatter([seed] * m, [members[0]], shamir.SEED, receivers=list(members))
         if rt.pid in members:
-            perm = await shamir.offload(L.permutation, bytes(got[0]), n)
+            perm = await shamir.offload(L.permutation, got[0], n)
         table = await shamir.reshare_permute(rt, rns, table, members, perm)
         vec = await _move(rt, vec, cur, carrier, n)
         if rt.pid == carrier:

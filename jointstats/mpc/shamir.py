@@ -70,8 +70,7 @@ async def pair_seeds(rt) -> None:
     messages: see there. Every party must call it, at the same step."""
     m = len(rt.parties)
     mine = [secrets.token_bytes(32) for _ in range(m)]
-    codec = _codec.Codec("seed", lambda b: b, _seed)
-    got = await rt.scatter(mine, list(range(m)), codec, skip=None)
+    got = await rt.scatter(mine, list(range(m)), SEED)
     seeds = {}
     for j in range(m):
         if j != rt.pid:
@@ -84,6 +83,10 @@ def _seed(data) -> bytes:
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) != 32:
         raise _codec.CodecError("expected a 32-byte seed")
     return bytes(data)
+
+
+#: The codec of a 32-byte secret seed (pair seeds; a shuffle set's permutation seed).
+SEED = _codec.Codec("seed", bytes, _seed)
 
 
 def _quiet(rt, dealer: int) -> list[int]:

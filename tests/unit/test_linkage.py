@@ -210,16 +210,11 @@ def test_scalar_multiplication_is_rfc7748_x25519():
     assert bytes(sc.apply(u)[0]).hex() == "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552"
 
 
-def test_permutation_and_recombination():
+def test_permutation():
     perm = L.permutation(b"s" * 32, 1000)
     assert sorted(perm.tolist()) == list(range(1000))
     assert not (perm == np.arange(1000)).all()
     assert (L.permutation(b"s" * 32, 1000) == perm).all()
-    p = 101
-    secret, slope = 17, 33  # a degree-1 Shamir sharing f(x) = 17 + 33 x, share i at x = i + 1
-    for members in [(0, 1), (0, 2), (1, 2)]:
-        lam = L.lagrange_at_zero(members, p)
-        assert sum(lam[i] * (secret + slope * (i + 1)) for i in members) % p == secret
 
 
 def test_grouping_inner_and_left():
