@@ -158,31 +158,21 @@ class Rns:
             if j in fixed:
                 shares.append(None)
                 continue
-            x = j + 1
-            coeffs = np.empty((len(points), len(self.primes)), dtype=np.int64)
-            for l, p in enumerate(self.primes):
-                for i, xi in enumerate(points):  # the Lagrange basis polynomial of xi, at x
-                    num = den = 1
-                    for xk in points:
-                        if xk != xi:
-                            num = num * (x - xk) % p
-                            den = den * (xi - xk) % p
-                    coeffs[i, l] = num * pow(den, -1, p) % p
-            shares.append(self.combine(coeffs, values))
+            shares.append(self.combine(self.lagrange(points, at=j + 1), values))
         return shares
 
-    def lagrange(self, points: Sequence[int]) -> np.ndarray:
-        """Lagrange coefficients at 0 for the evaluation points ``points`` (party index + 1):
-        shape ``(len(points), L)``; sum_i c_i * share_i is the secret when the shares are of
-        degree below len(points)."""
+    def lagrange(self, points: Sequence[int], at: int = 0) -> np.ndarray:
+        """Lagrange coefficients at ``at`` (0: the secret) for the evaluation points ``points``
+        (party index + 1): shape ``(len(points), L)``; sum_i c_i * share_i is the value of the
+        polynomial at ``at`` when the shares are of degree below len(points)."""
         out = np.empty((len(points), len(self.primes)), dtype=np.int64)
         for l, p in enumerate(self.primes):
-            for i, xi in enumerate(points):
+            for i, xi in enumerate(points):  # the basis polynomial of xi, at ``at``
                 num = den = 1
                 for xj in points:
                     if xj != xi:
-                        num = num * xj % p
-                        den = den * (xj - xi) % p
+                        num = num * (at - xj) % p
+                        den = den * (xi - xj) % p
                 out[i, l] = num * pow(den, -1, p) % p
         return out
 
