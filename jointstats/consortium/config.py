@@ -57,9 +57,6 @@ class Policy:
     allow_two_party: bool = False  # jobs with exactly 2 parties (threshold 0) need every party's opt-in
     #: agreements, groups, officers, approval rules, revocations (jointstats.consortium.agreements)
     governance: Governance = Governance()
-    #: DP linked jobs with 5 or more parties (threshold 2 or more), where two colluding holders
-    #: could remove the dummy records' noise from the match structure, need every party's opt-in
-    allow_linked_dp_coalitions: bool = False
 
     @property
     def budget(self) -> "PrivacyBudget":
@@ -82,7 +79,6 @@ class Policy:
             "min_count": self.min_count,
             "allow_exact": self.allow_exact,
             "allow_two_party": self.allow_two_party,
-            "allow_linked_dp_coalitions": self.allow_linked_dp_coalitions,
             "analysts": [name for name, _ in self.analysts if name not in self.governance.revoked],
             "officers": [name for name, _ in self.governance.officers
                          if name not in self.governance.revoked],
@@ -350,14 +346,10 @@ def parse_party_config(data: Any, path: Path) -> PartyConfig:
     allow_two_party = pol.get("allow_two_party", False)
     if not isinstance(allow_two_party, bool):
         raise _fail(path, "policy.allow_two_party", f"expected true or false, found {allow_two_party!r}")
-    allow_coalitions = pol.get("allow_linked_dp_coalitions", False)
-    if not isinstance(allow_coalitions, bool):
-        raise _fail(path, "policy.allow_linked_dp_coalitions",
-                    f"expected true or false, found {allow_coalitions!r}")
     governance = parse_governance(pol, path, tuple(n for n, _ in datasets), (budget_eps, budget_delta),
                                   tuple(n for n, _ in analysts))
     policy = Policy(budget_eps, budget_delta, max_eps, min_count, allow_exact, analysts, allow_two_party,
-                    governance, allow_linked_dp_coalitions=allow_coalitions)
+                    governance)
     state = base / str(data.get("state", f"state/{party}.sqlite"))
     dataset_meta = [(n, m if m.withdrawals is not None or m.subject_id is None else
                      DatasetMeta(m.subject_id, state.with_name(state.stem + ".withdrawals") / f"{n}.txt",

@@ -46,12 +46,6 @@ def check_job(config: PartyConfig, spec: Spec, plan: Plan, analyst: str = "local
                           "parties each sees the other's partial aggregates and every intermediate value, DP "
                           "noise included; "
                           "add a compute-only third party (role: compute) or opt in")
-    if spec.vertical and not spec.exact and len(plan.parties) >= 5 and not pol.allow_linked_dp_coalitions:
-        # threshold 2 or more: two colluding holders can tell the dummies they share apart
-        raise PolicyError(f"{who} a DP linked job with {len(plan.parties)} parties (its "
-                          "policy.allow_linked_dp_coalitions is false): with 5 or more parties two "
-                          "colluding data holders could remove the dummy records' noise from the "
-                          "match structure (docs/linkage.md); use at most 4 parties or opt in")
     return select_agreement(config, spec, analyst)
 
 

@@ -444,10 +444,6 @@ class Policy(_Model):
     allow_exact: bool = Field(False, description="exact results need every party's consent")
     allow_two_party: bool = Field(False, description="jobs with only 2 parties (no secrecy "
                                                      "between them)")
-    allow_linked_dp_coalitions: bool = Field(
-        False, description="DP linked jobs with 5 or more parties: two colluding data holders "
-                           "could remove the dummy records' noise from the match structure "
-                           "(docs/linkage.md)")
     analysts: dict[str, str] | None = Field(None, description="who may submit: analyst name to "
                                                               "Ed25519 public key file")
     agreements: list[Agreement] | None = Field(

@@ -138,9 +138,9 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     samples = sum(len(release_units(s)) for s in stats)
     weights = {s.name: s.weight for s in spec.statistics}
     total_weight = sum(weights.values())
-    # a linked job's dummy records (docs/linkage.md): each party's count for each cell is one
-    # more draw, within the samplers' total variation per draw of its untruncated law
-    draws = link_draws(len(plan.parties)) if spec.vertical else 0
+    # a linked job's dummy records (docs/linkage.md): each party's count for each pattern is
+    # one more draw, within the samplers' total variation per draw of its untruncated law
+    draws = link_draws(len(plan.parties), spec.link.join) if spec.vertical else 0
     try:
         charge = acc.job_charge(privacy.epsilon, privacy.delta, samples + draws)
     except ValueError as exc:  # a delta too small for the samplers' total-variation allowance
@@ -150,7 +150,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     linkage = None
     if spec.vertical:  # one more "statistic" of the average weight: 1 / (count + 1) of the budget
         linkage = _linkage_share(privacy.epsilon if pure else None, charge.rho, len(spec.statistics),
-                                 len(plan.parties))
+                                 len(plan.parties), spec.link.join)
         if pure:
             eps_s = privacy.epsilon - linkage["epsilon"]
         else:
@@ -182,32 +182,41 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     if not pure:
         block["rho"] = float(charge.rho)
     if linkage is not None:
+        from jointstats.engine.vertical import link_sensitivity
         block["linkage"] = {"epsilon": float(linkage["epsilon"]), "epsilon_exact": str(linkage["epsilon"]),
                             "shift": linkage["shift"], "draws": draws,
-                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(2 / epsilon), "
-                                         "0, 2k) per party and per combination of holders"}
+                            "sensitivity": link_sensitivity(spec.link.join),
+                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(sensitivity / "
+                                         "epsilon), 0, 2k) per party and per match pattern"}
         block["accounting"] += ("; the match structure the parties see: a share of "
                                 + ("epsilon" if pure else "rho (epsilon^2 / 2 of it)")
-                                + " like one more statistic, each party's dummy count per cell one "
+                                + " like one more statistic, each party's dummy count per pattern one "
                                   "more draw in the total-variation term")
     return seal(replace(plan, statistics=tuple(out), privacy=block))
 
 
-def link_draws(parties: int) -> int:
-    """The dummy counts a linked job draws at most: every party, for every combination of two
-    or more of (at most) all parties as holders."""
-    return parties * (2 ** parties - parties - 1)
+def link_patterns(parties: int, join: str) -> int:
+    """The match patterns whose counts a linked job shows every party, at most (with up to
+    all parties as holders): an inner join's linked records; a left join's base records by
+    the set of other holders they link to (every non-empty one)."""
+    return 2 ** (parties - 1) - 1 if join == "left" else 1
+
+
+def link_draws(parties: int, join: str) -> int:
+    """The dummy counts a linked job draws at most: every party, for every pattern."""
+    return parties * link_patterns(parties, join)
 
 
 def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: int,
-                   parties: int) -> dict:
-    """A DP linked job's share for the dummy linked records (the match structure every party
-    sees), as one more statistic of the statistics' average weight: 1 / (statistics + 1) of
-    epsilon (pure job) or of rho (zCDP job: the dummies' pure epsilon_link is then the
-    largest rational with epsilon_link^2 / 2 below that share, on a 2^-40 grid), with the
-    shift k that keeps each draw (discrete Laplace of scale 2 / epsilon_link: the cells'
-    sensitivity is 2) within the samplers' total variation per draw. SpecError when the dummy
-    rows a holder would receive exceed the linked row limit."""
+                   parties: int, join: str) -> dict:
+    """A DP linked job's share for the dummy linked records (the counts every party sees), as
+    one more statistic of the statistics' average weight: 1 / (statistics + 1) of epsilon
+    (pure job) or of rho (zCDP job: the dummies' pure epsilon_link is then the largest
+    rational with epsilon_link^2 / 2 below that share, on a 2^-40 grid), with the shift k
+    that keeps each draw (discrete Laplace of scale sensitivity / epsilon_link) within the
+    samplers' total variation per draw. SpecError when the dummy rows would exceed the
+    linked row limit."""
+    from jointstats.engine.vertical import link_sensitivity
     from jointstats.noise.local import truncated_shift
     from jointstats.plan.spec import MAX_LINK_ROWS
     if epsilon is not None:
@@ -216,15 +225,15 @@ def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: i
         grid = 1 << 40
         eps = Fraction(math.isqrt(math.floor(2 * rho / (statistics + 1) * grid * grid)), grid)
     if eps <= 0:
-        raise SpecError("privacy.epsilon: too small to noise the linkage's match structure")
-    try:  # noise of scale 2 / eps: one row can change two cells by one (engine.vertical)
-        k = truncated_shift(eps / 2, acc.SAMPLER_TV_PER_SAMPLE)
+        raise SpecError("privacy.epsilon: too small to noise the linkage's match counts")
+    try:
+        k = truncated_shift(eps / link_sensitivity(join), acc.SAMPLER_TV_PER_SAMPLE)
     except (ValueError, OverflowError, ZeroDivisionError):
-        raise SpecError("privacy.epsilon: too small to noise the linkage's match structure") from None
-    rows = parties * 2 * k * (2 ** (parties - 1) - 1)  # a holder's dummy rows, at most
+        raise SpecError("privacy.epsilon: too small to noise the linkage's match counts") from None
+    rows = parties * 2 * k * link_patterns(parties, join)  # the table's dummy rows, at most
     if rows > MAX_LINK_ROWS:
         raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be up "
-                        f"to {rows} rows per holder, over the limit of {MAX_LINK_ROWS}; raise "
+                        f"to {rows} rows, over the limit of {MAX_LINK_ROWS}; raise "
                         "epsilon or use fewer statistics")
     return {"epsilon": eps, "shift": k}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import os
 import secrets
 import unicodedata
@@ -117,17 +118,6 @@ def _points(domain: bytes, dataset: str, items: list[bytes]) -> np.ndarray:
     return out
 
 
-def hash_points(keys: list[str], dataset: str) -> np.ndarray:
-    """Each (normalised) key hashed to a point of Curve25519."""
-    return _points(_DOMAIN, dataset, [k.encode() for k in keys])
-
-
-def dummy_points(ids: list[bytes], dataset: str) -> np.ndarray:
-    """The points of dummy linked records (DP mode) from their random identifiers: hashed in a
-    domain of their own, so no real key's point is ever one of them."""
-    return _points(b"jointstats-dummy-v1\x00", dataset, ids)
-
-
 def random_points(n: int) -> np.ndarray:
     """``n`` points of dummy keys (padding): random points of the curve, distributed as hashed
     keys are, so they link with nothing and look like any other."""
@@ -187,18 +177,73 @@ class Scalar:
         return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()
 
 
-def block_blinding(first: Scalar, last: Scalar) -> tuple[int, int]:
-    """A fresh factor r and its inverse for one block, with which ``first`` (times r) and
-    ``last`` (times r^-1) both have X25519 representatives. A party that applies several
-    scalars to a block multiplies its first by r and its last by r^-1: its product over the
-    block, and so every pseudonym, is unchanged, while its intermediate values differ from
-    block to block (otherwise a coalition could match an early stage of one block, in an order
-    it knows, with a late stage of another by value)."""
+def blinding() -> tuple["Scalar", "Scalar"]:
+    """A fresh scalar r and a scalar acting as r^-1 (each with an X25519 representative): the
+    leader multiplies its query points by the first and the answers by the second, so the
+    answering holder sees only uniformly random points of the subgroup, and the leader gets
+    the holder's PRF outputs."""
     while True:
-        r = secrets.randbelow(_ELL - 1) + 1
-        r_inv = pow(r, -1, _ELL)
-        if first.key(r) is not None and last.key(r_inv) is not None:
-            return r, r_inv
+        r = Scalar()
+        inverse = Scalar.__new__(Scalar)
+        inverse._value = pow(r._value, -1, _ELL)
+        if inverse.key() is not None:
+            return r, inverse
+
+
+# ----------------------------------------------------------------------------- bins
+
+#: Bins per leader key (cuckoo hashing with three hash functions; 1.27 keeps the chance of a
+#: key that finds no bin small, and a key that does is simply left out by the leader's log).
+BIN_EXPANSION = 1.27
+#: Most evictions per insertion before a key is given up.
+_KICKS = 500
+
+
+def bin_count(keys: int) -> int:
+    """Bins of a leader with ``keys`` keys (public: its announced number)."""
+    return max(8, math.ceil(BIN_EXPANSION * keys) + 8)
+
+
+def bin_choices(keys: list[str], dataset: str, bins: int) -> np.ndarray:
+    """The three candidate bins of every key, ``(n, 3)`` int64 (distinct per key when bins
+    allow; a key may repeat a bin, which then counts once). A public function of the key:
+    each holder applies it to its own keys only, and no bin is ever shown to anyone."""
+    prefix = b"jointstats-bins-v1\x00" + _framed(dataset.encode())
+    raw = b"".join(hashlib.sha256(prefix + _framed(k.encode())).digest()[:24] for k in keys)
+    words = np.frombuffer(raw, dtype="<u8").reshape(len(keys), 3)
+    return (words % np.uint64(bins)).astype(np.int64)
+
+
+def cuckoo(choices: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
+    """(owner of every bin (-1: empty), keys left out): every key placed in one of its three
+    bins, evicting a key to another of its bins when all are taken (random walk). A key
+    still without a bin after ``_KICKS`` evictions is left out (it links with nothing; with
+    1.27 bins per key this is rare, and decided locally)."""
+    owner = np.full(bins, -1, dtype=np.int64)
+    rng = secrets.SystemRandom()
+    dropped = 0
+    table = choices.tolist()
+    for key in range(len(table)):
+        cur = key
+        for _ in range(_KICKS):
+            cand = table[cur]
+            free = next((b for b in cand if owner[b] < 0), None)
+            if free is not None:
+                owner[free] = cur
+                cur = -1
+                break
+            b = cand[rng.randrange(3)]
+            owner[b], cur = cur, int(owner[b])
+        if cur >= 0:
+            dropped += 1
+    return owner, dropped
+
+
+def bin_points(keys: list[str], bins: list[int], dataset: str) -> np.ndarray:
+    """The points H(key || bin) of (key, bin) pairs: the PRF input of a key in one bin (a
+    value programmed for one bin never decodes under another)."""
+    return _points(_DOMAIN, dataset, [_framed(k.encode()) + int(b).to_bytes(8, "little")
+                                      for k, b in zip(keys, bins)])
 
 
 # ----------------------------------------------------------------------------- shuffles
@@ -216,126 +261,9 @@ def shuffle_sets(m: int, t: int) -> tuple[tuple[int, ...], ...]:
     return tuple(sets)
 
 
-@dataclass(frozen=True)
-class Chain:
-    """The route of one block's points: who applies which scalar when.
-
-    The holder applies its first scalar to the hashed keys before they leave it: as the
-    carrier of the first shuffle set when it is a member of it (``carriers[0] == holder``),
-    otherwise before that step. For each shuffle set ``sets[k]`` the carrier ``carriers[k]``
-    permutes the points and applies its next scalar; then each party of ``tail``
-    (party, count) applies its remaining scalars, in that order; the last one sends the
-    pseudonyms to all. Every party applies each of its ``scalars`` scalars exactly once to
-    every block, so every block's pseudonym of a key is the same.
-    """
-
-    holder: int
-    sets: tuple[tuple[int, ...], ...]
-    carriers: tuple[int, ...]
-    tail: tuple[tuple[int, int], ...]
-    scalars: int
-
-    @property
-    def holder_carries_first(self) -> bool:
-        """True when the holder's first scalar is applied at the first shuffle (it carries it)."""
-        return bool(self.carriers) and self.carriers[0] == self.holder
-
-
-#: Up to this many parties a block's chain may start with its holder as the first carrier and
-#: its sets in the order that needs the fewest scalars; checked for every holder set and every
-#: coalition of t parties (tests/unit/test_linkage_views.py). Above it, the fixed order of
-#: ``shuffle_sets`` with a separate first blinding (docs/linkage.md: what t >= 2 coalitions see).
-_REORDER_UP_TO = 4
-
-
-def _carriers(order: tuple[tuple[int, ...], ...], m: int, holder: int,
-              holder_first: bool = True) -> tuple[tuple[int, ...], list[int]]:
-    """Carriers of the sets in ``order`` for the block of ``holder`` and the scalars each party
-    then applies at the head of the chain. The holder carries the first set when it is a
-    member (its first scalar is then applied there); every later carrier is a member other
-    than the party holding the points (it applies a scalar that party does not know), the one
-    that has applied the fewest so far, lowest index first."""
-    used = [0] * m
-    used[holder] = 1
-    carriers = []
-    prev = holder
-    for k, s in enumerate(order):
-        if k == 0 and holder_first and holder in s:
-            choice = holder  # permutes and applies its first scalar in one step
-        else:
-            choice = min((p for p in s if p != prev), key=lambda p: (used[p], p))
-            used[choice] += 1
-        carriers.append(choice)
-        prev = choice
-    return tuple(carriers), used
-
-
-def _heads(m: int, t: int, holder: int) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...], list[int]]:
-    """The order of the shuffle sets for the block of ``holder``, their carriers and how many
-    scalars each party applies there: the order that needs the fewest scalars per party
-    (then in all), first in a fixed enumeration, so every party derives the same (up to
-    ``_REORDER_UP_TO`` parties; above, the sets' fixed order). With 3 parties every party
-    applies one scalar per block (3 multiplications per row)."""
-    sets = shuffle_sets(m, t)
-    reorder = m <= _REORDER_UP_TO
-    orders = itertools.permutations(sets) if reorder else [sets]
-    best = None
-    for order in orders:
-        carriers, used = _carriers(order, m, holder, holder_first=reorder)
-        score = (max(used), sum(used))
-        if best is None or score < best[0]:
-            best = (score, order, carriers, used)
-    return best[1], best[2], best[3]
-
-
-def scalars_needed(m: int, t: int, holders: list[int]) -> int:
-    """Scalars per party: the most any party applies at the head of some block's chain."""
-    return max(max(_heads(m, t, h)[2]) for h in holders)
-
-
-def chain(m: int, t: int, holder: int, scalars: int) -> Chain:
-    """The route of the block of ``holder`` (see :class:`Chain`)."""
-    order, carriers, used = _heads(m, t, holder)
-    last = carriers[-1] if carriers else holder
-    ring = [(last + i) % m for i in range(m)]  # the last carrier first: no extra transfer
-    tail = tuple((p, scalars - used[p]) for p in ring if scalars > used[p])
-    return Chain(holder, order, carriers, tail, scalars)
-
-
 def permutation(seed: bytes, n: int) -> np.ndarray:
     """A uniformly random permutation of ``range(n)`` from a 32-byte secret seed (AES-256-CTR
     keystream: 64-bit sort keys; ties, at most n^2 / 2^65 likely, broken by position)."""
     stream = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
     keys = np.frombuffer(stream.update(b"\x00" * (8 * n)), dtype=np.uint64)
     return np.argsort(keys, kind="stable")
-
-
-# ----------------------------------------------------------------------------- grouping
-
-
-def group(pseudonyms: list[np.ndarray], join: str = "inner", base: int = 0) -> list[np.ndarray]:
-    """Positions, in each block, of the rows of every linked record.
-
-    ``pseudonyms[j]`` is block j's (n_j, 32) array. Inner join: the pseudonyms present in
-    every block, in the order of their bytes (random); left join: every row of block
-    ``base`` in its (random) order, and for the other blocks the partner's position or -1.
-    A pseudonym twice in one block (never from distinct keys, whose rows are deduplicated)
-    links its first position only."""
-    keyed = [np.ascontiguousarray(p).view(f"S{POINT}").ravel() for p in pseudonyms]
-    if join == "left":
-        out = []
-        want = keyed[base]
-        for j, k in enumerate(keyed):
-            if j == base:
-                out.append(np.arange(len(want)))
-            elif not len(k):
-                out.append(np.full(len(want), -1))
-            else:
-                sorter = np.argsort(k, kind="stable")
-                pos = np.minimum(np.searchsorted(k[sorter], want), len(k) - 1)
-                out.append(np.where(k[sorter][pos] == want, sorter[pos], -1))
-        return out
-    common = keyed[0]
-    for k in keyed[1:]:
-        common = np.intersect1d(common, k)
-    return [np.intersect1d(common, k, return_indices=True)[2] for k in keyed]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 import numpy as np
@@ -142,14 +142,14 @@ def encode(feats: tuple[Feature, ...], chunk, edges: dict[str, tuple[float, ...]
 
 @dataclass
 class LocalBlock:
-    """A party's side of the linkage before any message: its scalars and, for a holder,
-    its hashed key points (H(key), one per row, padding included; never sent unblinded)
-    and encoded rows."""
+    """A holder's side of the linkage before any message: its usable keys (normalised; never
+    sent, in any form), its encoded rows (one per key) and the announced number of keys
+    (``link.rows`` when set). A compute-only party's block is empty."""
 
-    scalars: list
     held: tuple[int, ...] = ()  # schema indices of the columns it holds
-    points: np.ndarray | None = None
+    keys: list[str] = field(default_factory=list)
     rows: np.ndarray | None = None
+    announced: int = 0
     features: tuple[Feature, ...] = field(default=())
 
 
@@ -181,12 +181,8 @@ def heap_for_large_arrays() -> None:
 def local_block(config, spec: Spec, plan: Plan, dp: bool, source=None) -> LocalBlock:
     """The local step of a linked job (see the module docstring, step 1)."""
     heap_for_large_arrays()
-    m = len(config.peers)
-    t = (m - 1) // 2
-    count = L.scalars_needed(m, t, holders_of(config.peers))
-    scalars = [L.Scalar() for _ in range(count)]
     if config.compute_only:
-        return LocalBlock(scalars)
+        return LocalBlock()
     party = config.party
     held = config.held_columns(spec.dataset)
     if held is None:
@@ -217,13 +213,8 @@ def local_block(config, spec: Spec, plan: Plan, dp: bool, source=None) -> LocalB
         log.warning("party %r: %d usable keys, more than link.rows %d: the last %d left out",
                     party, len(kept), limit, len(kept) - limit)
         kept, rows = kept[:limit], rows[:limit]
-    points = L.hash_points(kept, spec.dataset)
-    pad = (plan.link[2] - len(kept)) if plan.link[2] else 0
-    if pad > 0:  # dummy keys: random points, all-zero rows (row bit 0)
-        points = np.concatenate([points, L.random_points(pad)])
-        rows = np.concatenate([rows, np.zeros((pad, rows.shape[1]), dtype=np.int64)])
-    index = tuple(names.index(c) for c in held)  # the points are blinded in the chain
-    return LocalBlock(scalars, index, points, rows, feats)
+    index = tuple(names.index(c) for c in held)
+    return LocalBlock(index, kept, rows, plan.link[2] or len(kept), feats)
 
 
 def read_linked(source, cols: list[Column], key: str, party: str, strict: bool):
@@ -269,79 +260,268 @@ def _points_codec(n: int):
                         lambda d: _codec.decode_array(d, np.uint8, (n, L.POINT)))
 
 
-async def _move(rt, vec, src: int, dst: int, n: int):
-    """The points from party ``src`` to party ``dst`` (a step of every party's)."""
-    if src == dst:
-        return vec
-    got = await rt.scatter([vec] * len(rt.parties), [src], _points_codec(n), receivers=[dst])
-    return got[0] if rt.pid == dst else vec
+@dataclass(frozen=True)
+class Layout:
+    """Public shape of a linked job's bin table (every party derives the same).
+
+    The leader (the base of a left join; otherwise the holder with the fewest keys, lowest
+    index first) places its keys in ``bins`` bins; each other holder ``j`` (``others``)
+    programs an OPPRF table of ``table_rows[j]`` entries. The shared table has one row per
+    bin, then ``dummies`` rows per party (DP), and columns: the leader's features, then for
+    each other holder its features (its row for the leader's key of the bin, if it has it),
+    then one tag column per other holder (0 exactly when it has the bin's key)."""
+
+    leader: int
+    others: tuple[int, ...]
+    bins: int
+    widths: dict
+    table_rows: dict
+    dummies: int
+    parties: int
+
+    @property
+    def rows(self) -> int:
+        return self.bins + self.parties * self.dummies
+
+    def span(self, i: int) -> tuple[int, int]:
+        """Columns of holder ``i``'s features in the table."""
+        start = 0
+        for h in (self.leader, *self.others):
+            if h == i:
+                return start, start + self.widths[h]
+            start += self.widths[h]
+        raise KeyError(i)
+
+    @property
+    def tags(self) -> int:
+        """First tag column (one per other holder follows)."""
+        return sum(self.widths.values())
+
+    @property
+    def width(self) -> int:
+        return self.tags + len(self.others)
 
 
-async def _link_block(rt, rns, h: int, n: int, width: int, block: LocalBlock, m: int, metrics):
-    """Share block ``h`` (n rows of ``width`` encoded features) and run its chain: returns
-    (this party's share of the shuffled table, the final pseudonyms).
+def make_layout(holders: list[int], sizes: dict[int, int], feats: dict, join: str, base_index: int,
+                dummies: int, m: int) -> Layout:
+    """The bin table's layout from the public holdings (see :class:`Layout`)."""
+    from jointstats.engine import opprf
+    leader = base_index if join == "left" else min(holders, key=lambda i: (sizes[i], i))
+    others = tuple(i for i in holders if i != leader)
+    return Layout(leader, others, L.bin_count(sizes[leader]), {i: len(feats[i]) for i in holders},
+                  {j: opprf.table_rows(3 * sizes[j]) for j in others}, dummies, m)
 
-    It runs on its own branch of the program counter (``_mpc.start_branch``): its waits
-    are not wrapped in tasks (``rt.guard``), which would leave the branch; the caller
-    guards the whole branch."""
-    import time
+
+async def _send_table(rt, rns, table, src: int, dst: int, shape) -> np.ndarray | None:
+    """A residue table from ``src`` to ``dst`` in chunks of rows (a step of every party's)."""
     from jointstats.mpc import shamir
-    t = rt.threshold
-    k = len(block.scalars)
-    route = L.chain(m, t, h, k)
-    # applying several scalars to this block: the first times r, the last times r^-1 (fresh
-    # for the block), so that no intermediate value recurs in another block
-    r, r_inv = L.block_blinding(block.scalars[0], block.scalars[-1]) if k > 1 else (1, 1)
+    shape = tuple(int(v) for v in shape)
+    out = np.empty((len(rns),) + shape, dtype=np.uint32) if rt.pid == dst else None
+    for a, b in shamir.row_chunks(rns, shape):
+        part = table[:, a:b] if rt.pid == src else None
+        got = await rt.scatter([part] * len(rt.parties), [src], shamir.residue_codec(rns, (b - a,) + shape[1:]),
+                               receivers=[dst])
+        if rt.pid == dst:
+            out[:, a:b] = got[0]
+    return out
 
-    async def multiply(points, j: int):
-        # in a worker thread (libsodium runs without the interpreter lock): seconds of
-        # multiplications must not hold up this party's messages and heartbeats
-        return await shamir.offload(block.scalars[j].apply, points, r if j == 0 else r_inv if j == k - 1 else 1)
 
-    table = await shamir.share(rt, rns, block.rows if rt.pid == h else None, h, (n, width))
-    vec = block.points if rt.pid == h else None
-    used = 0
-    if rt.pid == h and not route.holder_carries_first:  # blinded before they leave the holder
-        vec = await multiply(vec, 0)
-        used = 1
-    cur = h
-    for members, carrier in zip(route.sets, route.carriers):
-        perm = None
+async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metrics: dict):
+    """Steps 3 and 4 of the linkage: the OPPRF exchange between the leader and every other
+    holder, then this party's share of the bin table ``(L, bins, width)`` (see
+    docs/linkage.md). Only the leader and the other holders compute; everyone shares."""
+    import time
+    from jointstats.engine import opprf
+    from jointstats.mpc import shamir
+    me = rt.pid
+    bins = lay.bins
+    m = len(rt.parties)
+    started = time.perf_counter()
+    queries = own = None
+    if me == lay.leader:  # its keys in bins; one blinded query point per bin
+        choices = await shamir.offload(L.bin_choices, block.keys, spec.dataset, bins)
+        owner, dropped = await shamir.offload(L.cuckoo, choices, bins)
+        if dropped:  # its own log only
+            log.warning("%d key(s) of this party found no bin and are left out of the linkage", dropped)
+        full = owner >= 0
+        points = L.random_points(bins)  # an empty bin asks for a random point
+        if full.any():
+            keyed = await shamir.offload(L.bin_points, [block.keys[k] for k in owner[full]],
+                                         np.flatnonzero(full).tolist(), spec.dataset)
+            points[full] = keyed
+        blind, unblind = L.blinding()
+        queries = await shamir.offload(blind.apply, points)
+        own = np.zeros((bins, lay.widths[me]), dtype=np.int64)
+        own[full] = block.rows[owner[full]]
+    queries = (await rt.scatter([queries] * m, [lay.leader], _points_codec(bins), receivers=lay.others))[0]
+    answers: dict[int, np.ndarray] = {}
+    for j in lay.others:  # every other holder answers under its own scalar
+        mine = None
+        if me == j:
+            key = L.Scalar()
+            mine = await shamir.offload(key.apply, queries)
+        got = await rt.scatter([mine] * m, [j], _points_codec(bins), receivers=[lay.leader])
+        if me == lay.leader:
+            answers[j] = got[0]
+    tables: dict[int, tuple] = {}
+    masks = None
+    for j in lay.others:  # every other holder programs its table
+        width = lay.widths[j] + 1
+        seed = table = None
+        if me == j:  # (bytes seed: 16 random bytes, padded to the seed codec's 32)
+            seed, table, masks = await shamir.offload(_programmed, rns, lay, block, key, spec.dataset)
+        got = await rt.scatter([seed] * m, [j], shamir.SEED, receivers=[lay.leader])
+        table = await _send_table(rt, rns, table, j, lay.leader, (lay.table_rows[j], width))
+        if me == lay.leader:
+            tables[j] = (got[0], table)
+    metrics["opprf_seconds"] = time.perf_counter() - started
+    decoded = None
+    if me == lay.leader:  # the PRF outputs of its keys, and what each table gives under them
+        parts = [rns.encode(own)]
+        for j in lay.others:
+            outputs = await shamir.offload(unblind.apply, answers.pop(j))
+            seed, table = tables.pop(j)
+            parts.append(await shamir.offload(opprf.evaluate, rns, seed, table, outputs))
+        decoded = np.concatenate(parts, axis=2)
+    # the leader shares its rows and the decoded values, each other holder its bin masks and
+    # tags; their sum is, for every bin, the other holder's row and a tag of 0 if it holds
+    # the leader's key, and uniformly random values otherwise
+    lead = await shamir.deal(rt, rns, (lambda a, b: decoded[:, a:b]) if me == lay.leader else None,
+                             [lay.leader], (bins, lay.width))
+    out = np.empty((len(rns), bins, lay.width), dtype=np.uint32)
+    lo, hi = lay.span(lay.leader)
+    out[:, :, lo:hi] = lead[:, :, lo:hi]
+    col = hi
+    for k, j in enumerate(lay.others):
+        w = lay.widths[j]
+        extra = await shamir.deal(rt, rns, (lambda a, b: masks[:, a:b]) if me == j else None, [j], (bins, w + 1))
+        both = rns.add(lead[:, :, col + k:col + k + w + 1], extra)
+        lo, hi = lay.span(j)
+        out[:, :, lo:hi] = both[:, :, :w]
+        out[:, :, lay.tags + k] = both[:, :, w]
+        col += w
+    return out
+
+
+def _programmed(rns, lay: Layout, block: LocalBlock, key, dataset: str):
+    """An other holder's OPPRF table: (seed, table, its bin masks and tags ``(L, bins,
+    width + 1)``). For each of its keys y and each distinct bin b of y the table decodes,
+    under F = key * H(y || b), to (row(y) - mask(b), -tag(b))."""
+    from jointstats.engine import opprf
+    choices = L.bin_choices(block.keys, dataset, lay.bins)
+    pairs = sorted({(y, int(b)) for y in range(len(block.keys)) for b in choices[y]})
+    ys = np.array([y for y, _ in pairs], dtype=np.int64)
+    bs = np.array([b for _, b in pairs], dtype=np.int64)
+    outputs = key.apply(L.bin_points([block.keys[y] for y in ys], bs.tolist(), dataset)) if len(pairs) \
+        else np.zeros((0, L.POINT), dtype=np.uint8)
+    width = block.rows.shape[1]
+    masks = rns.random((lay.bins, width + 1))
+    values = np.empty((len(rns), len(pairs), width + 1), dtype=np.int64)
+    values[:, :, :width] = rns.encode(block.rows[ys]) - masks[:, bs, :width]
+    values[:, :, width] = -masks[:, bs, width]
+    for l, p in enumerate(rns.primes):
+        values[l] %= p
+    seed, table = opprf.program(rns, outputs, values, opprf.table_rows(3 * block.announced))
+    return seed, table, masks
+
+
+def dummy_patterns(lay: Layout, join: str) -> list[tuple[int, ...]]:
+    """The match patterns the parties see counted (DP: each gets dummy records): for an inner
+    join only "every other holder" (the linked records); for a left join every non-empty set
+    of other holders (the base records that link to exactly those)."""
+    if join != "left":
+        return [lay.others]
+    return [c for r in range(1, len(lay.others) + 1) for c in itertools.combinations(lay.others, r)]
+
+
+def dummy_rows(rns, lay: Layout, join: str, link_noise: dict) -> np.ndarray:
+    """This party's dummy records (DP), ``(L, dummies, width)``: for every pattern a count
+    Z = clamp(k + DL(s / epsilon), 0, 2k), drawn exactly and kept by this party alone, of
+    rows whose tags are 0 for the pattern's holders (random for the others), then fillers
+    (every tag random) up to 2k rows; every feature 0. So every party shares the same number
+    of rows whatever its Z, and after the shuffle no coalition of t parties knows which rows
+    are another party's dummies: each pattern's count, as every party sees it, is the real
+    count plus the sum of the parties' Z."""
+    k = int(link_noise["shift"])
+    scale = link_sensitivity(join) / Fraction(link_noise["epsilon_exact"])
+    tags = rns.random((lay.dummies, len(lay.others)))  # uniform: a 0 tag by chance has odds 1/M
+    row = 0
+    for pattern in dummy_patterns(lay, join):
+        z = min(max(k + discrete_laplace(scale), 0), 2 * k)
+        for h in pattern:
+            tags[:, row:row + z, lay.others.index(h)] = 0
+        row += 2 * k
+    out = np.zeros((len(rns), lay.dummies, lay.width), dtype=np.int64)
+    out[:, :, lay.tags:] = tags
+    return out
+
+
+def link_sensitivity(join: str) -> int:
+    """How much the counts the parties see change, in L1, when one row is added or removed:
+    an inner join's linked records by 1; a left join's patterns by 2 (a row at another holder
+    moves a base record from one pattern to another)."""
+    return 2 if join == "left" else 1
+
+
+async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, link_noise,
+                metrics: dict) -> tuple[dict[int, np.ndarray], int]:
+    """The linkage (docs/linkage.md): this party's shares of every holder's columns over the
+    linked records (``(L, n, features)`` per holder) and their number n."""
+    from jointstats.mpc import shamir
+    m = len(rt.parties)
+    table = await _bin_table(rt, rns, lay, block, spec, metrics)
+    if lay.dummies:  # every party's dummy records, each in its own rows
+        mine = dummy_rows(rns, lay, join, link_noise)
+        mine_at = rt.pid * lay.dummies
+
+        def rows_of(a: int, b: int) -> np.ndarray:
+            part = np.zeros((len(rns), b - a, lay.width), dtype=np.int64)
+            lo, hi = max(a, mine_at), min(b, mine_at + lay.dummies)
+            if lo < hi:
+                part[:, lo - a:hi - a] = mine[:, lo - mine_at:hi - mine_at]
+            return part
+        extra = await shamir.deal(rt, rns, rows_of, range(m), (m * lay.dummies, lay.width))
+        table = np.concatenate([table, extra], axis=1)
+        metrics["dummy_rows"] = m * lay.dummies
+    # a permutation no coalition of t parties knows: one resharing shuffle per set
+    for members in L.shuffle_sets(m, rt.threshold):
         seed = secrets.token_bytes(32) if rt.pid == members[0] else None
         got = await rt.scatter([seed] * m, [members[0]], shamir.SEED, receivers=list(members))
-        if rt.pid in members:
-            perm = await shamir.offload(L.permutation, got[0], n)
+        perm = await shamir.offload(L.permutation, got[0], lay.rows) if rt.pid in members else None
         table = await shamir.reshare_permute(rt, rns, table, members, perm)
-        vec = await _move(rt, vec, cur, carrier, n)
-        if rt.pid == carrier:
-            started = time.perf_counter()
-            vec = await multiply(vec[perm], used)
-            metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
-            used += 1
-        cur = carrier
-    for party, count in route.tail:
-        vec = await _move(rt, vec, cur, party, n)
-        if rt.pid == party:
-            started = time.perf_counter()
-            for j in range(used, used + count):
-                vec = await multiply(vec, j)
-            metrics["exp_seconds"] = metrics.get("exp_seconds", 0.0) + time.perf_counter() - started
-            used += count
-        cur = party
-    final = await rt.scatter([vec] * m, [cur], _points_codec(n))
-    return table, final[0]
+    # open s * tag for a fresh random s: 0 exactly where the tag is (a match), uniform elsewhere
+    tags = table[:, :, lay.tags:].astype(np.int64)
+    if join != "left":
+        tags = rns.total([tags[:, :, k] for k in range(tags.shape[2])])[:, :, None]
+    s = await shamir.deal(rt, rns, lambda a, b: rns.random((b - a, tags.shape[2])), range(m), tags.shape[1:])
+    opened = await shamir.open_values(rt, rns, await shamir.multiply(rt, rns, tags, s))
+    match = (opened == 0).all(axis=0)  # (rows, patterns)
+    linked: dict[int, np.ndarray] = {}
+    if join != "left":
+        pos = np.flatnonzero(match[:, 0])
+        for i in (lay.leader, *lay.others):
+            lo, hi = lay.span(i)
+            linked[i] = table[:, pos, lo:hi]
+        return linked, len(pos)
+    for i in (lay.leader, *lay.others):  # a left join keeps every row; no partner: zeros
+        lo, hi = lay.span(i)
+        linked[i] = table[:, :, lo:hi]
+        if i != lay.leader:
+            linked[i] = linked[i] * match[None, :, lay.others.index(i), None].astype(np.uint32)
+    metrics["pattern_counts"] = [int(c) for c in match.sum(axis=0)]
+    return linked, lay.rows
 
 
 async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock, guard,
                           metrics: dict) -> dict[str, list[int]]:
-    """Steps 2 to 4 of a linked job: every statistic's partial as this party's integer
+    """Steps 2 to 5 of a linked job: every statistic's partial as this party's integer
     additive share (the sum over the parties is the partial over the linked records)."""
     import time
     from jointstats.mpc import codec as _codec
     started = time.perf_counter()
     m = len(config.peers)
     names = [c.name for c in spec.schema]
-    own = [len(block.points) if block.points is not None else 0, *block.held]
+    own = [block.announced, *block.held]
     got = await guard(rt.transfer(own, codec=_codec.INTS), "the holdings exchange")
     holders = holders_of(config.peers)
     sizes: dict[int, int] = {}
@@ -367,54 +547,32 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     rns = Rns(primes_for(shamir.modulus_bits(_entry_bits(plan), SIGMA, m)))
     feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
     link_noise = (plan.privacy or {}).get("linkage")
-    width_d = 0  # DP: dummy linked records per holder (every party's, a public number)
-    if link_noise is not None:
-        cells_each = sum(1 for c in dummy_cells(holders) if holders[0] in c)  # the same for all
-        # at most the plan's bound for as many holders as parties (engine.dp._linkage_share)
-        width_d = m * 2 * int(link_noise["shift"]) * cells_each
+    lay = make_layout(holders, sizes, feats, join, base_index, 0, m)
+    if link_noise is not None:  # DP: every party's dummy records, 2k rows per pattern
+        lay = replace(lay, dummies=2 * int(link_noise["shift"]) * len(dummy_patterns(lay, join)))
     width = 4 * len(rns)  # bytes of an element's shares: one uint32 residue per prime
-    full = {i: sizes[i] + width_d for i in holders}  # every block's rows, dummies included
-    n_max = full[base_index] if join == "left" else min(full.values())  # the most linked records
-    check_sizes([p.name for p in config.peers], sizes, full, feats, n_max, width)
+    n_max = lay.rows if join == "left" else min(min(sizes.values()), lay.bins) + m * lay.dummies
+    check_sizes([p.name for p in config.peers], sizes, lay, width)
     # what a peer may send ahead of this party's steps, and its longest message, from here on
     plan_limit = rt.unread_limit  # the secure step's own messages (after the linkage)
-    rt.frame_limit = max(plan_limit, _frame_bound(rns, full, feats, width_d))
-    rt.unread_limit = max(plan_limit, _unread_bound(plan, rns, full, feats, m, n_max))
-    # every party has raised its bounds before any block is sent (a holder that got here first
-    # would otherwise send its shares to a party still under the plan's bound); the same round
-    # gives every pair of parties a seed for pseudorandom shares (half the share messages)
+    rt.frame_limit = max(plan_limit, _frame_bound(rns, lay))
+    rt.unread_limit = max(plan_limit, _unread_bound(plan, rns, lay, m, n_max))
+    # every party has raised its bounds before any table is sent (a party that got here first
+    # would otherwise send to a party still under the plan's bound); the same round gives
+    # every pair of parties a seed for pseudorandom shares (half the share messages)
     await guard(shamir.pair_seeds(rt), "the start of the linkage")
-    if link_noise is not None:  # DP: dummy linked records hide the match structure's counts
-        dummies = await guard(_exchange_dummies(rt, link_noise, holders, m), "the dummy records")
-        sizes = full
-        if rt.pid in holders:
-            if len(dummies) != width_d:
-                raise DataError("the dummy records received do not have the plan's size")
-            block.points = np.concatenate([block.points, L.dummy_points(dummies, spec.dataset)])
-            block.rows = np.concatenate([block.rows, np.zeros((width_d, block.rows.shape[1]),
-                                                              dtype=block.rows.dtype)])
-        metrics["dummy_rows_per_holder"] = width_d
-    # every holder secret-shares its encoded block, and every block's chain runs on its own
-    # branch of the program counter: the parties work on different blocks at the same time
-    # (the scalar multiplications dominate)
-    from jointstats.mpc import runtime as _mpc
-    pending = {i: _mpc.start_branch(_link_block(rt, rns, i, sizes[i], len(feats[i]), block, m, metrics))
-               for i in holders}
-    tables, pseudonyms = {}, {}
     # a hang still ends (a lost peer ends it at once, through the runtime's failure future);
-    # the linkage's honest time grows with the rows: 5 ms per row (about 20 times what the
-    # benchmark takes) on top of the step timeout, and never over 3 hours
-    timeout = min(600.0 + 0.005 * sum(sizes.values()), LINKAGE_TIMEOUT)
-    for i in holders:
-        tables[i], pseudonyms[i] = await guard(_mpc.await_branch(pending[i]), "the linkage", timeout)
+    # the linkage's honest time grows with the rows: 5 ms per row and PRF output (about 20
+    # times what the benchmark takes) on top of the step timeout, and never over 3 hours
+    work = lay.bins * len(holders) + sum(3 * sizes[j] for j in lay.others)
+    timeout = min(600.0 + 0.005 * work, LINKAGE_TIMEOUT)
+    linked, n_linked = await guard(_link(rt, rns, lay, block, spec, join, link_noise, metrics),
+                                   "the linkage", timeout)
     metrics["linkage_seconds"] = time.perf_counter() - started
-    order = list(holders)
-    idx = L.group([pseudonyms[i] for i in order], join, order.index(base_index) if join == "left" else 0)
-    n_linked = len(idx[0])
     metrics["linked_records"] = n_linked  # known to every party (docs/linkage.md)
     started = time.perf_counter()
     index_of = {p.name: i for i, p in enumerate(config.peers)}
-    partials = await guard(_statistics(rt, rns, plan, spec, order, feats, tables, idx, join, base_index,
+    partials = await guard(_statistics(rt, rns, plan, spec, lay, feats, linked, n_linked, join,
                                        {c: index_of[p] for c, p in owners.items()},
                                        dummies=link_noise is not None),
                            "the statistics over the linked rows", timeout)
@@ -423,111 +581,57 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     return partials
 
 
-def check_sizes(names: list[str], sizes: dict[int, int], full: dict[int, int], feats: dict,
-                n_max: int, width: int) -> None:
-    """Refuse, before any block is sent, a linkage whose shares would not fit: every party
-    holds every holder's block (``full[i]`` rows, dummies included, of ``len(feats[i])``
-    encoded features, ``width`` bytes each) and then the linked table (up to ``n_max``
-    records, every holder's features for each: a left join keeps every row of its base);
-    each must stay below ``codec.MAX_MESSAGE`` (1 GiB). Also refuse a holder with no
-    usable keys. (All of it public: block sizes are announced, ``link.rows`` in DP mode.)"""
+def check_sizes(names: list[str], sizes: dict[int, int], lay: Layout, width: int) -> None:
+    """Refuse, before anything is sent, a linkage whose shares would not fit: every party holds
+    the bin table (``lay.rows`` rows of ``lay.width`` columns, ``width`` bytes each) and the
+    leader every other holder's OPPRF table, one at a time; each must stay below
+    ``codec.MAX_MESSAGE`` (1 GiB). Also refuse a holder with no usable keys. (All of it
+    public: the numbers of keys are announced, ``link.rows`` in DP mode.)"""
     from jointstats.mpc import codec as _codec
     limit = _codec.MAX_MESSAGE
-    for i in full:
-        if full[i] * len(feats[i]) * width > limit:
-            raise DataError(f"party {names[i]!r}: its linked block of {sizes[i]} rows x "
-                            f"{len(feats[i])} encoded features is over the {limit >> 20} "
-                            "MiB limit of a block's shares; use fewer rows (link.rows) or fewer statistics")
-    features = sum(len(f) for f in feats.values())
-    if n_max * features * width > limit:
-        raise DataError(f"the linked table of up to {n_max} records x {features} encoded features "
-                        f"would be over the {limit >> 20} MiB limit of a table's shares; "
-                        "use fewer rows (link.rows) or fewer statistics")
-    empty = [names[i] for i in full if sizes[i] == 0]
+    empty = [names[i] for i in sizes if sizes[i] == 0]
     if empty:
         raise DataError(f"party {empty[0]!r} has no usable keys to link")
+    for j in lay.others:
+        if lay.table_rows[j] * (lay.widths[j] + 1) * width > limit:
+            raise DataError(f"party {names[j]!r}: its linkage table for {sizes[j]} keys x "
+                            f"{lay.widths[j]} encoded features is over the {limit >> 20} MiB "
+                            "limit; use fewer rows (link.rows) or fewer statistics")
+    if lay.rows * lay.width * width > limit:
+        raise DataError(f"the linked table of {lay.rows} rows x {lay.width} encoded features "
+                        f"would be over the {limit >> 20} MiB limit of a table's shares; "
+                        "use fewer rows (link.rows) or fewer statistics")
 
 
-def _unread_bound(plan: Plan, rns, full: dict[int, int], feats: dict, m: int, n_max: int) -> int:
-    """The most bytes of a linked job's share messages one peer may send this party before a
-    step reads them (the runtime's per-peer bound, raised from the plan's once the holdings
-    are known; at most ``codec.MAX_UNREAD``): every block's shares (``full``: its rows,
-    dummies included) once per resharing and once for its input (a fast peer can be that
-    far ahead, every block's chain running at once), and the statistics' products over at
-    most ``n_max`` linked records (one share of every column a product takes, the weights'
-    products included: a party that deals in no product may get them all ahead)."""
+def _unread_bound(plan: Plan, rns, lay: Layout, m: int, n_max: int) -> int:
+    """The most bytes of a linked job's messages one peer may send this party before a step
+    reads them (the runtime's per-peer bound, raised from the plan's once the holdings are
+    known; at most ``codec.MAX_UNREAD``): the bin table's shares once per dealing,
+    resharing and product (a fast peer can be that far ahead), an OPPRF table per other
+    holder, the query points and answers, and the statistics' products over at most
+    ``n_max`` linked records (one share of every column a product takes, the weights'
+    products included)."""
     from jointstats.mpc import codec as _codec
     element = 4 * len(rns)
-    rounds = len(L.shuffle_sets(m, (m - 1) // 2)) + 1
-    blocks = sum(full[i] * len(f) for i, f in feats.items()) * rounds
-    columns = sum(len(s.terms) + sum(s.shape or ()) + len(feats) + 2 for s in plan.statistics)
-    return min(_codec.UNREAD_FLOOR + element * (blocks + n_max * columns), _codec.MAX_UNREAD)
+    rounds = len(L.shuffle_sets(m, (m - 1) // 2)) + len(lay.others) + 4
+    tables = sum(lay.table_rows[j] * (lay.widths[j] + 1) for j in lay.others)
+    columns = sum(len(s.terms) + sum(s.shape or ()) + len(lay.widths) + 2 for s in plan.statistics)
+    total = element * (lay.rows * lay.width * rounds + tables + n_max * columns) + 2 * L.POINT * lay.bins
+    return min(_codec.UNREAD_FLOOR + total, _codec.MAX_UNREAD)
 
 
-def _frame_bound(rns, full: dict[int, int], feats: dict, width_d: int) -> int:
+def _frame_bound(rns, lay: Layout) -> int:
     """The longest message of a linked job's linkage and statistics: a chunk of shares
-    (``shamir.MESSAGE_BYTES``, or one row if a row is longer), a block's points or
-    pseudonyms (32 bytes a row) or a holder's dummy identifiers; the frame header and the
-    codec's framing are far below the 1 KiB added."""
+    (``shamir.MESSAGE_BYTES``, or one row if a row is longer) or the leader's query points
+    (32 bytes a bin); the frame header and the codec's framing are far below the 1 KiB
+    added."""
     from jointstats.mpc import shamir
-    row = 4 * len(rns) * max(len(f) for f in feats.values())
-    return 1024 + max(shamir.MESSAGE_BYTES, row, L.POINT * max(full.values()), _ID * width_d)
+    row = 4 * len(rns) * lay.width
+    return 1024 + max(shamir.MESSAGE_BYTES, row, L.POINT * lay.bins)
 
 
 #: Longest any wait of a linked job's linkage or statistics may take (seconds).
 LINKAGE_TIMEOUT = 3 * 3600.0
-
-
-_ID = 16  # bytes of a dummy record's random identifier
-#: How much the match structure (the counts of every cell) changes, in L1, when one row is
-#: added or removed: a row at a third holder moves a record from cell AB to cell ABC.
-LINK_SENSITIVITY = 2
-
-
-def dummy_cells(holders: list[int]) -> list[tuple[int, ...]]:
-    """The combinations of holders whose shared records the parties see counted: every set of
-    two or more holders (a record at one holder only is the rest of its public block size)."""
-    return [c for r in range(2, len(holders) + 1) for c in itertools.combinations(holders, r)]
-
-
-def dummy_lists(link_noise: dict, holders: list[int]) -> dict[int, list[bytes]]:
-    """This party's dummy records for each holder: for every cell (combination of holders) a
-    count Z = clamp(k + DL(2 / epsilon), 0, 2k), drawn exactly and kept by this party alone,
-    of fresh random identifiers given to every holder of the cell; then unique random fillers,
-    so that every holder gets 2k identifiers per cell it is in, in a random order, whatever Z
-    is. A holder cannot tell a shared identifier from a filler; after the linkage the
-    parties see every cell's count raised by the sum of the parties' Z."""
-    k = int(link_noise["shift"])
-    # sensitivity 2: one row added at a holder can move a record from one cell to another
-    scale = LINK_SENSITIVITY / Fraction(link_noise["epsilon_exact"])
-    lists: dict[int, list[bytes]] = {h: [] for h in holders}
-    cells = dummy_cells(holders)
-    for cell in cells:
-        z = min(max(k + discrete_laplace(scale), 0), 2 * k)
-        # the same work whatever z is: 2k shared candidates and 2k fillers per holder, cut
-        shared = [secrets.token_bytes(_ID) for _ in range(2 * k)]
-        for h in cell:
-            fillers = [secrets.token_bytes(_ID) for _ in range(2 * k)]
-            lists[h] += shared[:z] + fillers[z:]
-    for h in holders:  # a uniformly random order (sorted by random 64-bit keys)
-        lists[h] = [d for _, d in sorted((secrets.randbits(64), d) for d in lists[h])]
-    return lists
-
-
-async def _exchange_dummies(rt, link_noise: dict, holders: list[int], m: int) -> list[bytes]:
-    """Every party gives every holder its dummy identifiers (one message per pair, of a size
-    fixed by the plan); a holder gets those of all parties, others an empty list."""
-    from jointstats.mpc import codec as _codec
-    mine = dummy_lists(link_noise, holders)
-    n = len(mine[holders[0]])
-    codec = _codec.Codec("dummies", lambda a: _codec.encode_array(a, np.uint8),
-                         lambda d: _codec.decode_array(d, np.uint8, (n, _ID)))
-    parts = [np.frombuffer(b"".join(mine[j]), dtype=np.uint8).reshape(n, _ID) if j in mine else None
-             for j in range(m)]
-    got = await rt.scatter(parts, list(range(m)), codec, receivers=holders)
-    if rt.pid not in holders:
-        return []
-    return [bytes(row) for arr in got for row in arr]
 
 
 def spec_limit(plan: Plan) -> int:
@@ -536,21 +640,16 @@ def spec_limit(plan: Plan) -> int:
     return plan.link[2] or MAX_LINK_ROWS
 
 
-async def _statistics(rt, rns, plan: Plan, spec: Spec, order, feats, tables, idx, join, base_index,
+async def _statistics(rt, rns, plan: Plan, spec: Spec, lay: Layout, feats, linked, n: int, join,
                       owners: dict[str, int], dummies: bool = False):
     """Every statistic's partial over the linked records, as integer additive shares
-    (``owners``: the MPC index of each column's holder). ``tables[i]``: this party's share
-    of holder i's shuffled block, a residue array ``(L, rows, features)``."""
+    (``owners``: the MPC index of each column's holder). ``linked[i]``: this party's shares
+    of holder i's features over the n linked records, a residue array ``(L, n, features)``."""
     from jointstats.mpc import shamir
-    n = len(idx[0])
-    linked: dict[int, np.ndarray] = {}
+    order = [lay.leader, *lay.others]
+    base_index = lay.leader
     where: dict[tuple, tuple[int, int]] = {}
-    for i, pos in zip(order, idx):
-        tab = tables.pop(i)  # each shuffled block freed as soon as its linked rows are out
-        if join == "left" and (pos < 0).any():  # no partner: a row of public zeros
-            tab = np.concatenate([tab, np.zeros((tab.shape[0], 1, tab.shape[2]), dtype=tab.dtype)], axis=1)
-            pos = np.where(pos < 0, tab.shape[1] - 1, pos)
-        linked[i] = await shamir.offload(tab.__getitem__, (slice(None), pos))  # in the records' order
+    for i in order:
         for j, f in enumerate(feats[i]):
             where.setdefault((f.kind, f.column, f.term, f.index, f.stat), (i, j))
 

@@ -10,6 +10,7 @@ majority, as MPyC), on numpy arrays of residues:
   sharing of the permuted rows (Laur, Willemson and Zhang 2011);
 - :func:`multiply`: elementwise products, the degree 2t brought back to t by resharing
   (Gennaro, Rabin and Rabin 1998);
+- :func:`open_values`: an opening to every party (of values that are public by design);
 - :func:`integer_shares`: a secret vector (degree up to 2t: inner products need no
   resharing before) turned into integer additive shares through one statistically masked
   opening.
@@ -192,6 +193,19 @@ async def multiply(rt, rns: Rns, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lam = _own_lagrange(rt, rns)
     shape = np.broadcast_shapes(a.shape, b.shape)[1:]
     return await deal(rt, rns, lambda i, j: rns.scale(rns.mul(a[:, i:j], b[:, i:j]), lam), _dealers(rt), shape)
+
+
+async def open_values(rt, rns: Rns, x: np.ndarray) -> np.ndarray:
+    """The values (int64 residues) of the shared array ``x`` (degree t, rows first after the
+    primes' axis), opened to every party: the first t + 1 parties send every party their
+    shares, a chunk of rows at a time, and each interpolates."""
+    openers = list(range(rt.threshold + 1))
+    lam = rns.lagrange([p + 1 for p in openers])
+    out = np.empty(x.shape, dtype=np.int64)
+    for a, b in row_chunks(rns, x.shape[1:]):
+        got = await rt.scatter([x[:, a:b]] * len(rt.parties), openers, residue_codec(rns, (b - a,) + x.shape[2:]))
+        out[:, a:b] = rns.combine(lam, got)
+    return out
 
 
 async def integer_shares(rt, rns: Rns, x: np.ndarray, bits: int, sigma: int) -> list[int]:

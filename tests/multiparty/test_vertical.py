@@ -199,10 +199,9 @@ def test_four_holders_with_and_without_a_compute_party(tmp_path, compute):
 
 
 def test_dp_linked_job_with_four_holders_and_a_compute_party(tmp_path):
-    """Five parties (t = 2): each applies several scalars to a block, blinded per block, and
-    every party adds dummy records to the 11 cells of four holders; the DP answers stay near
-    the pooled ones and the parties' linked count is the real one plus the dummies. With 5
-    parties two colluding holders could strip the dummies: every party must opt in."""
+    """Five parties (t = 2): every party adds its dummy linked records, which no coalition of
+    two knows (the shuffle sets), so no opt-in is needed; the DP answers stay near the pooled
+    ones and the parties' linked count is the real one plus the dummies."""
     df = people(160, 29)
     parts = [["age", "smoker"], ["bmi"], ["region", "visits"], ["sbp"]]
     frames = split(df, parts, seed=9)
@@ -211,15 +210,7 @@ def test_dp_linked_job_with_four_holders_and_a_compute_party(tmp_path):
   m: {kind: mean, column: sbp}
 """
     spec = write_spec(tmp_path, stats, ", rows: 160", "{epsilon: 9.0}")
-    refused = linked_consortium(tmp_path / "refused", frames, parts, compute=("helper",))
-    message = (r"party 'holder_a' refuses a DP linked job with 5 parties \(its "
-               r"policy.allow_linked_dp_coalitions is false\)")
-    with pytest.raises(PartyError, match=message):
-        run(spec, refused)
-    with pytest.raises(PolicyError, match=message):
-        validate(spec, refused)
-    cfgs = linked_consortium(tmp_path, frames, parts, compute=("helper",),
-                             policy={"allow_linked_dp_coalitions": True})
+    cfgs = linked_consortium(tmp_path, frames, parts, compute=("helper",))
     metrics: dict = {}
     res = run(spec, cfgs, metrics=metrics).to_dict()
     j = joined(frames)
@@ -228,8 +219,8 @@ def test_dp_linked_job_with_four_holders_and_a_compute_party(tmp_path):
     assert abs(r["m"]["value"] - j.sbp.mean()) < 15
     k = res["privacy"]["linkage"]["shift"]
     seen = {m["linked_records"] for m in metrics.values()}
-    assert len(seen) == 1 and len(j) <= seen.pop() <= len(j) + 5 * 2 * k  # 5 parties' ABCD dummies
-    assert {m["dummy_rows_per_holder"] for m in metrics.values()} == {5 * 2 * k * 7}  # 7 cells each
+    assert len(seen) == 1 and len(j) <= seen.pop() <= len(j) + 5 * 2 * k  # 5 parties' dummies
+    assert {m["dummy_rows"] for m in metrics.values()} == {5 * 2 * k}  # 2k rows each
 
 
 def test_left_join_counts_and_crosstab(tmp_path):
@@ -269,13 +260,15 @@ def test_dp_linked_job_with_padding(tmp_path):
     j = joined(frames)
     r = res["results"]
     # the parties see the linked records raised by every party's dummy records: the exact count
-    # plus the sum of 3 draws of clamp(k + DL(1 / epsilon_link), 0, 2k), never below it
+    # plus the sum of 3 draws of clamp(k + DL(1 / epsilon_link), 0, 2k), never below it (an
+    # inner join's count changes by 1 with one row: sensitivity 1)
     link = res["privacy"]["linkage"]
     k = link["shift"]
     assert link["epsilon"] == pytest.approx(9.0 / 4)  # weight 1 against the 3 statistics
     seen = {m["linked_records"] for m in metrics.values()}
     assert len(seen) == 1 and len(j) <= seen.pop() <= len(j) + 6 * k
-    assert {m["dummy_rows_per_holder"] for m in metrics.values()} == {3 * 2 * k * 3}
+    assert {m["dummy_rows"] for m in metrics.values()} == {3 * 2 * k}
+    assert link["sensitivity"] == 1
     assert res["privacy"]["mechanism"] == "discrete_laplace"
     assert all("noise" in v for v in r.values())
     assert abs(r["n"]["value"] - len(j)) <= 10 * r["n"]["noise"]["scale"] + 1

@@ -99,35 +99,6 @@ def test_party_config_declares_held_columns(tmp_path):
             parse_party_config(base, tmp_path / "a.yaml")
 
 
-def test_dp_linked_jobs_of_five_parties_need_every_policys_opt_in(tmp_path):
-    """With 5 or more parties (threshold 2) two colluding holders could strip the dummy
-    records' noise: such a DP linked job needs policy.allow_linked_dp_coalitions."""
-    from jointstats.consortium.policy import check_job
-    from jointstats.errors import PolicyError
-    names = ["a", "b", "c", "d", "e"]
-    base = {"party": "a", "mpc": {"parties": [{"name": n, "host": "127.0.0.1", "port": i + 1}
-                                              for i, n in enumerate(names)]},
-            "datasets": {"linked_cohort": {"source": "x.csv", "columns": ["patient_id", "sbp"]}},
-            "policy": {"budget": {"epsilon": 10, "delta": 1e-5}, "allow_exact": True}}
-    dp = parse_spec(SPEC.replace("{key: patient_id}", "{key: patient_id, rows: 100}")
-                    + "privacy: {epsilon: 1.0}\n")
-    exact = parse_spec(SPEC)
-    cfg = parse_party_config(base, tmp_path / "a.yaml")
-    with pytest.raises(PolicyError, match=r"^party 'a' refuses a DP linked job with 5 parties \(its "
-                                          r"policy.allow_linked_dp_coalitions is false\)"):
-        check_job(cfg, dp, make_plan(dp, names))
-    check_job(cfg, exact, make_plan(exact, names))  # exact mode: nothing to strip
-    check_job(cfg, dp, make_plan(dp, names[:4]))  # threshold 1: single parties only
-    base["policy"]["allow_linked_dp_coalitions"] = True
-    check_job(parse_party_config(base, tmp_path / "a.yaml"), dp, make_plan(dp, names))
-    base["policy"]["allow_linked_dp_coalitions"] = "yes"
-    with pytest.raises(ConfigError, match="policy.allow_linked_dp_coalitions"):
-        parse_party_config(base, tmp_path / "a.yaml")
-
-
-# ----------------------------------------------------------------------------- keys
-
-
 def test_key_normalisation():
     assert L.normalise_key("  AB-12 ") == "ab-12"
     assert L.normalise_key("  AB-12 ", "exact") == "AB-12"
