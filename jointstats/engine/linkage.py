@@ -141,18 +141,24 @@ def _clamped(x: int) -> bytes | None:
 
 
 class Scalar:
-    """One per-job secret scalar of a party: a random residue modulo the subgroup order that
-    has a clamped X25519 representative (RFC 7748: a multiple of the cofactor, so a
-    multiplication also clears any small-order component). ``apply`` may multiply it by a
-    factor first (a block's blinding, :func:`block_blinding`). The multiplications go through
-    libsodium's ``crypto_scalarmult`` (PyNaCl), on raw bytes: no key objects per point."""
+    """A per-job secret scalar: a random residue modulo the subgroup order that has a
+    clamped X25519 representative (RFC 7748: a multiple of the cofactor, so a multiplication
+    also clears any small-order component); from ``os.urandom``, or from a 32-byte secret
+    ``seed`` (the key several holders share). The multiplications go through libsodium's
+    ``crypto_scalarmult`` (PyNaCl), on raw bytes: no key objects per point."""
 
     __slots__ = ("_value",)
 
-    def __init__(self) -> None:
+    def __init__(self, seed: bytes | None = None) -> None:
+        counter = 0
         while True:
-            value = secrets.randbelow(_ELL - 1) + 1
-            if _clamped(value) is not None:
+            if seed is None:
+                value = secrets.randbelow(_ELL - 1) + 1
+            else:  # 512 bits reduced modulo the order: within 2^-259 of uniform
+                digest = hashlib.sha512(b"jointstats-scalar\x00" + seed + counter.to_bytes(4, "little")).digest()
+                value = int.from_bytes(digest, "little") % _ELL
+                counter += 1
+            if value and _clamped(value) is not None:
                 self._value = value
                 return
 
@@ -169,6 +175,8 @@ class Scalar:
         key = self.key(factor)
         if key is None:
             raise ValueError("this factor gives the scalar no X25519 representative")
+        if not len(points):
+            return np.zeros((0, POINT), dtype=np.uint8)
         try:
             raw = np.ascontiguousarray(points, dtype=np.uint8).tobytes()
             out = b"".join([crypto_scalarmult(key, raw[i:i + POINT]) for i in range(0, len(raw), POINT)])

@@ -5,20 +5,24 @@ The flow (docs/linkage.md):
 1. Local step (each holder, plain numpy): read the key and the columns it holds, normalise
    the keys, leave out rows whose key is missing or repeated, encode every value the
    statistics need as integers (the same grid, clipping and level codes as horizontal jobs,
-   one-hot levels and histogram bins, a presence bit per column), pad to ``link.rows``,
-   hash the keys to points (blinded by its first secret scalar in the linkage, before they
-   leave it).
+   one-hot levels and histogram bins, a presence bit per column).
 2. Holdings: every party says which schema columns it holds (public metadata, as schema
-   indices) and how many rows its block has; each checks that every column has one owner.
-3. Linkage (``_linkage``): each holder secret-shares its encoded block; the blocks are
-   permuted by resharing shuffles that no single party knows, while the points travel the
-   chain of scalars; the final pseudonyms are grouped into linked records in the clear.
-4. Statistics: the linked rows are gathered from the shuffled blocks (still secret), and
-   every statistic's partial vector (counts, sums, the Gram matrix of its design, crosstab
-   cells, histogram bins) is computed with vectorised secure products: one resharing per
-   output for the inner products. The secret partial is turned into integer additive
-   shares (a statistically masked opening), which the unchanged secure step of horizontal
-   jobs (``_secure`` exact, ``_dp`` noisy) takes as each party's "partial".
+   indices) and how many keys (``link.rows`` if set); each checks that every column has one
+   owner. The leader (a left join's base, else the holder with fewest keys) is then known.
+3. Linkage (``_link``): the leader puts its keys in cuckoo bins; every other holder
+   programs an OPPRF table (``engine.opprf``) under a DH-OPRF key the leader cannot use,
+   from which the leader decodes, for each bin, that holder's row masked by the holder's
+   secret per-bin masks, and a tag that is 0 exactly when the holder has the bin's key.
+   The leader shares what it decoded, each holder its masks: the sum is a secret-shared
+   table with a row per bin. After a resharing shuffle no coalition of t parties knows,
+   s * tag is opened for a fresh secret s: 0 marks the linked rows and nothing else is
+   revealed. DP mode: every party adds dummy linked rows before the shuffle.
+4. Statistics: every statistic's partial vector over the linked rows (counts, sums, the
+   Gram matrix of its design, crosstab cells, histogram bins) is computed with vectorised
+   secure products: one resharing per output for the inner products. The secret partial is
+   turned into integer additive shares (a statistically masked opening), which the
+   unchanged secure step of horizontal jobs (``_secure`` exact, ``_dp`` noisy) takes as each
+   party's "partial".
 """
 from __future__ import annotations
 
@@ -41,12 +45,12 @@ log = logging.getLogger("jointstats.vertical")
 #: What the linkage shows every party, beside what the secure step shows (the result's
 #: ``mpc.linkage``; docs/linkage.md has the full statement).
 LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when set), who holds "
-                "which column, and the match structure: in exact mode the exact number of linked "
-                "records and the size of every intersection of the holders' key sets; in DP mode "
-                "those sizes raised by dummy linked records (privacy.linkage), so they are "
-                "differentially private towards every single party (with 5 or more parties not towards two "
-                "colluding holders: docs/linkage.md); no party learns another's identifiers "
-                "or which of its own records are linked")
+                "which column, and the number of linked records: exact in exact mode, raised by "
+                "every party's dummy records in DP mode (privacy.linkage), so differentially private "
+                "towards any coalition of up to t parties; a left join shows instead how many base "
+                "records link to each set of other holders (noised likewise in DP mode); no party "
+                "learns another's identifiers, which of its own records are linked, or how many "
+                "keys any two holders share")
 #: Statistical security (bits) of the masked opening that turns the secret partials into
 #: integer additive shares.
 SIGMA = 64
@@ -329,7 +333,12 @@ async def _send_table(rt, rns, table, src: int, dst: int, shape) -> np.ndarray |
 async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metrics: dict):
     """Steps 3 and 4 of the linkage: the OPPRF exchange between the leader and every other
     holder, then this party's share of the bin table ``(L, bins, width)`` (see
-    docs/linkage.md). Only the leader and the other holders compute; everyone shares."""
+    docs/linkage.md). Only the leader and the other holders compute; everyone shares.
+
+    The work overlaps: another holder computes its own PRF outputs (its keys in each of their
+    bins) from the start, while the leader hashes and blinds its queries; the leader removes
+    the blinding from each holder's answers while the holders build their tables."""
+    import asyncio
     import time
     from jointstats.engine import opprf
     from jointstats.mpc import shamir
@@ -337,52 +346,71 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
     bins = lay.bins
     m = len(rt.parties)
     started = time.perf_counter()
-    queries = own = None
+    queries = own = key = outputs_task = None
+    # threshold 1 (3 or 4 parties): the other holders share one scalar, so the leader blinds
+    # and unblinds each bin once and each other holder answers a part of the bins; from 5
+    # parties a coalition of the leader and one holder would then decode every holder's table,
+    # so each holder answers every bin under a scalar of its own
+    shared = rt.threshold < 2
+    if shared:
+        seed = secrets.token_bytes(32) if me == lay.others[0] else None
+        got = await rt.scatter([seed] * m, [lay.others[0]], shamir.SEED, receivers=list(lay.others))
+        key = L.Scalar(got[0]) if me in lay.others else None
+    elif me in lay.others:
+        key = L.Scalar()
+    if me in lay.others:  # its own PRF outputs need nothing from anyone: start at once
+        outputs_task = asyncio.ensure_future(shamir.offload(_own_outputs, block, key, spec.dataset, bins))
     if me == lay.leader:  # its keys in bins; one blinded query point per bin
         choices = await shamir.offload(L.bin_choices, block.keys, spec.dataset, bins)
         owner, dropped = await shamir.offload(L.cuckoo, choices, bins)
         if dropped:  # its own log only
             log.warning("%d key(s) of this party found no bin and are left out of the linkage", dropped)
         full = owner >= 0
-        points = L.random_points(bins)  # an empty bin asks for a random point
+        points = np.empty((bins, L.POINT), dtype=np.uint8)
+        points[~full] = await shamir.offload(L.random_points, int((~full).sum()))  # an empty bin: random
         if full.any():
-            keyed = await shamir.offload(L.bin_points, [block.keys[k] for k in owner[full]],
-                                         np.flatnonzero(full).tolist(), spec.dataset)
-            points[full] = keyed
+            points[full] = await shamir.offload(L.bin_points, [block.keys[k] for k in owner[full]],
+                                                np.flatnonzero(full).tolist(), spec.dataset)
         blind, unblind = L.blinding()
         queries = await shamir.offload(blind.apply, points)
         own = np.zeros((bins, lay.widths[me]), dtype=np.int64)
         own[full] = block.rows[owner[full]]
-    queries = (await rt.scatter([queries] * m, [lay.leader], _points_codec(bins), receivers=lay.others))[0]
+    # which bins each other holder answers: shared, a part each; otherwise all
+    cuts = np.linspace(0, bins, len(lay.others) + 1).astype(int) if shared else None
+    part = {j: (cuts[k], cuts[k + 1]) if shared else (0, bins) for k, j in enumerate(lay.others)}
+    ask = [queries[slice(*part[j])] if j in part and queries is not None else None for j in range(m)]
+    mine = part.get(me, (0, 0))
+    got = await rt.scatter(ask, [lay.leader], _points_codec(mine[1] - mine[0]), receivers=lay.others)
+    queries = got[0]
     answers: dict[int, np.ndarray] = {}
-    for j in lay.others:  # every other holder answers under its own scalar
-        mine = None
-        if me == j:
-            key = L.Scalar()
-            mine = await shamir.offload(key.apply, queries)
-        got = await rt.scatter([mine] * m, [j], _points_codec(bins), receivers=[lay.leader])
-        if me == lay.leader:
+    unblinded: dict[int, asyncio.Future] = {}
+    for j in lay.others:
+        answer = await shamir.offload(key.apply, queries) if me == j else None
+        lo, hi = part[j]
+        got = await rt.scatter([answer] * m, [j], _points_codec(hi - lo), receivers=[lay.leader])
+        if me != lay.leader:
+            continue
+        if shared:
             answers[j] = got[0]
-    tables: dict[int, tuple] = {}
+        else:  # this holder's PRF outputs of the leader's keys, while the others work
+            unblinded[j] = asyncio.ensure_future(shamir.offload(unblind.apply, got[0]))
+    if me == lay.leader and shared:
+        task = asyncio.ensure_future(shamir.offload(unblind.apply, np.concatenate([answers[j] for j in lay.others])))
+        unblinded = {j: task for j in lay.others}
+    metrics["queries_seconds"] = time.perf_counter() - started
+    decoded = [rns.encode(own)] if me == lay.leader else None
     masks = None
     for j in lay.others:  # every other holder programs its table
-        width = lay.widths[j] + 1
         seed = table = None
-        if me == j:  # (bytes seed: 16 random bytes, padded to the seed codec's 32)
-            seed, table, masks = await shamir.offload(_programmed, rns, lay, block, key, spec.dataset)
+        if me == j:
+            seed, table, masks = await shamir.offload(_programmed, rns, lay, block, await outputs_task)
         got = await rt.scatter([seed] * m, [j], shamir.SEED, receivers=[lay.leader])
-        table = await _send_table(rt, rns, table, j, lay.leader, (lay.table_rows[j], width))
-        if me == lay.leader:
-            tables[j] = (got[0], table)
+        table = await _send_table(rt, rns, table, j, lay.leader, (lay.table_rows[j], lay.widths[j] + 1))
+        if me == lay.leader:  # what the table gives under the leader's keys' outputs
+            decoded.append(await shamir.offload(opprf.evaluate, rns, got[0], table, await unblinded[j]))
     metrics["opprf_seconds"] = time.perf_counter() - started
-    decoded = None
-    if me == lay.leader:  # the PRF outputs of its keys, and what each table gives under them
-        parts = [rns.encode(own)]
-        for j in lay.others:
-            outputs = await shamir.offload(unblind.apply, answers.pop(j))
-            seed, table = tables.pop(j)
-            parts.append(await shamir.offload(opprf.evaluate, rns, seed, table, outputs))
-        decoded = np.concatenate(parts, axis=2)
+    if me == lay.leader:
+        decoded = np.concatenate(decoded, axis=2)
     # the leader shares its rows and the decoded values, each other holder its bin masks and
     # tags; their sum is, for every bin, the other holder's row and a tag of 0 if it holds
     # the leader's key, and uniformly random values otherwise
@@ -403,20 +431,27 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
     return out
 
 
-def _programmed(rns, lay: Layout, block: LocalBlock, key, dataset: str):
-    """An other holder's OPPRF table: (seed, table, its bin masks and tags ``(L, bins,
-    width + 1)``). For each of its keys y and each distinct bin b of y the table decodes,
-    under F = key * H(y || b), to (row(y) - mask(b), -tag(b))."""
-    from jointstats.engine import opprf
-    choices = L.bin_choices(block.keys, dataset, lay.bins)
+def _own_outputs(block: LocalBlock, key, dataset: str, bins: int):
+    """An other holder's PRF outputs: for each of its keys y and each distinct bin b of y,
+    F = key * H(y || b); returns (key indices, bins, outputs)."""
+    choices = L.bin_choices(block.keys, dataset, bins)
     pairs = sorted({(y, int(b)) for y in range(len(block.keys)) for b in choices[y]})
     ys = np.array([y for y, _ in pairs], dtype=np.int64)
     bs = np.array([b for _, b in pairs], dtype=np.int64)
-    outputs = key.apply(L.bin_points([block.keys[y] for y in ys], bs.tolist(), dataset)) if len(pairs) \
-        else np.zeros((0, L.POINT), dtype=np.uint8)
+    if not pairs:
+        return ys, bs, np.zeros((0, L.POINT), dtype=np.uint8)
+    return ys, bs, key.apply(L.bin_points([block.keys[y] for y in ys], bs.tolist(), dataset))
+
+
+def _programmed(rns, lay: Layout, block: LocalBlock, own):
+    """An other holder's OPPRF table: (seed, table, its bin masks and tags ``(L, bins,
+    width + 1)``). Under F = key * H(y || b) (``own``: :func:`_own_outputs`) the table decodes
+    to (row(y) - mask(b), -tag(b))."""
+    from jointstats.engine import opprf
+    ys, bs, outputs = own
     width = block.rows.shape[1]
     masks = rns.random((lay.bins, width + 1))
-    values = np.empty((len(rns), len(pairs), width + 1), dtype=np.int64)
+    values = np.empty((len(rns), len(ys), width + 1), dtype=np.int64)
     values[:, :, :width] = rns.encode(block.rows[ys]) - masks[:, bs, :width]
     values[:, :, width] = -masks[:, bs, width]
     for l, p in enumerate(rns.primes):
@@ -468,8 +503,10 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
     """The linkage (docs/linkage.md): this party's shares of every holder's columns over the
     linked records (``(L, n, features)`` per holder) and their number n."""
     from jointstats.mpc import shamir
+    import time
     m = len(rt.parties)
     table = await _bin_table(rt, rns, lay, block, spec, metrics)
+    started = time.perf_counter()
     if lay.dummies:  # every party's dummy records, each in its own rows
         mine = dummy_rows(rns, lay, join, link_noise)
         mine_at = rt.pid * lay.dummies
@@ -496,6 +533,7 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
     s = await shamir.deal(rt, rns, lambda a, b: rns.random((b - a, tags.shape[2])), range(m), tags.shape[1:])
     opened = await shamir.open_values(rt, rns, await shamir.multiply(rt, rns, tags, s))
     match = (opened == 0).all(axis=0)  # (rows, patterns)
+    metrics["shuffle_seconds"] = time.perf_counter() - started
     linked: dict[int, np.ndarray] = {}
     if join != "left":
         pos = np.flatnonzero(match[:, 0])

@@ -325,11 +325,14 @@ def _messages(path: Path) -> list[tuple[int, bytes]]:
     return out
 
 
-def test_a_holders_view_matches_the_leakage_statement(tmp_path):
-    """What holder_b receives and logs (docs/linkage.md, "What each party learns"): no
-    identifier of anyone in any form it could test (text, or its hash point), no point it
-    sent ever coming back unchanged (every step re-blinds with a scalar of another party,
-    so it cannot follow its rows by value), and a log with counts only."""
+@pytest.mark.parametrize("who", ["holder_a", "holder_b"])
+def test_a_holders_view_matches_the_leakage_statement(tmp_path, who):
+    """What a holder receives and logs (docs/linkage.md, "What each party learns"), for the
+    leader (holder_a: the holders have as many keys, the first leads) and another holder
+    (holder_b): no identifier of anyone in any form it could test (text, or a hash point of
+    any key in any of its bins), never its own hash points unblinded, no point it sent
+    coming back unchanged (the answers are under another party's scalar), the number of
+    linked records and nothing else opened to it, and a log with counts only."""
     df = people(150, 23)
     parts = [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]]
     frames = split(df, parts, seed=31)
@@ -339,7 +342,7 @@ def test_a_holders_view_matches_the_leakage_statement(tmp_path):
     procs = []
     for cfg in cfgs:
         out = tmp_path / f"{cfg.stem}.json"
-        head = ([sys.executable, "-c", RECORDER, str(tmp_path / "view")] if cfg.stem == "holder_b"
+        head = ([sys.executable, "-c", RECORDER, str(tmp_path / "view")] if cfg.stem == who
                 else [sys.executable, "-m", "jointstats.engine.party"])
         procs.append((cfg.stem, subprocess.Popen(
             head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "view", "--out", str(out),
@@ -355,32 +358,27 @@ def test_a_holders_view_matches_the_leakage_statement(tmp_path):
     for key in ids:  # no identifier as text, in any case
         for form in (key, key.lower(), key.upper()):
             assert form.encode() not in blob
-    hashed = L.hash_points(sorted(L.normalise_key(k) for k in ids), "linked")
-    hashes = {bytes(p) for p in hashed}
+    sizes = [len(clean(f)) for f in frames]
+    assert sizes[0] == min(sizes)  # holder_a leads
+    bins = L.bin_count(sizes[0])
+    keys = sorted({L.normalise_key(k) for k in ids} - {None})
+    choices = L.bin_choices(keys, "linked", bins)
+    pairs = [(k, int(b)) for k, row in zip(keys, choices) for b in set(row.tolist())]
+    hashes = {bytes(p) for p in L.bin_points([k for k, _ in pairs], [b for _, b in pairs], "linked")}
     points_in = [d[i:i + 32] for _, d in received if len(d) % 32 == 0 and len(d) >= 64
                  for i in range(0, len(d), 32)]
-    assert points_in and not hashes & set(points_in)  # no hash point of a key: no dictionary test
     points_out = {d[i:i + 32] for _, d in sent if len(d) % 32 == 0 and len(d) >= 64
                   for i in range(0, len(d), 32)}
-    own_hashes = {bytes(p) for p in L.hash_points([L.normalise_key(k) for k in frames[1]["pid"]], "linked")}
-    assert not own_hashes & points_out  # it never sends its keys' hash points unblinded
-    # nothing it sent along a chain comes back as it was: it cannot follow a row (or a
-    # permutation) by value. (The echo round after each all-to-all record forwards SHA-256
-    # digests of the records, the same digests in and out by design (jointstats.mpc.codec):
-    # those are not points. The final pseudonyms of a block whose chain it ends go to every
-    # party, as every party's do: the linked ones are the same in every block by design.)
-    peers_of: dict[bytes, set] = {}
-    for peer, d in sent:
-        peers_of.setdefault(d, set()).add(peer)
-    others = {peer for peer, _ in sent}
-    chain_out = {d[i:i + 32] for d, to in peers_of.items() if len(d) % 32 == 0 and len(d) >= 64
-                 and to != others for i in range(0, len(d), 32)}
-    assert chain_out
+    assert points_in and points_out
+    assert not hashes & set(points_in)  # no hash point of any key: nothing to test a guess on
+    assert not hashes & points_out  # its own keys' points leave it only blinded
+    # nothing it sent comes back as it was (the echo round after each all-to-all record
+    # forwards SHA-256 digests of the records, the same in and out by design: not points)
     digests = {hashlib.sha256(d).digest() for _, d in received + sent}
-    assert not (chain_out & set(points_in)) - digests
-    log = (tmp_path / "holder_b.log").read_text()
+    assert not (points_out & set(points_in)) - digests
+    log = (tmp_path / f"{who}.log").read_text()
     assert not any(k in log or k.lower() in log for k in ids)
-    result = json.loads((tmp_path / "holder_b.json").read_text())
+    result = json.loads((tmp_path / f"{who}.json").read_text())
     # it learns the number of linked records (docs/linkage.md says so), nothing per record
     assert result["metrics"]["linked_records"] == len(joined(frames))
 

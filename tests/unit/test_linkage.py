@@ -114,15 +114,18 @@ def test_missing_and_repeated_keys_are_left_out():
     assert L.usable_keys(keys).tolist() == [True, False, False, True, False]
 
 
-def test_pseudonyms_commute_and_separate_keys():
-    a, b, c = L.Scalar(), L.Scalar(), L.Scalar()
-    pts = L.hash_points(["x", "y", "z"], "d")
-    one = c.apply(b.apply(a.apply(pts)))
-    two = a.apply(c.apply(b.apply(pts)))
-    assert (one == two).all()
-    assert len({bytes(r) for r in one}) == 3
-    assert not (L.hash_points(["x"], "other") == pts[:1]).all()  # dataset-separated
-
+def test_the_blinded_exchange_gives_the_holders_prf_outputs():
+    """The leader multiplies its query points by r, the holder answers with its scalar k, the
+    leader multiplies by r^-1: it gets k * H(key || bin), what the holder computes for its own
+    keys, without the holder seeing H(key || bin) (only r times it)."""
+    k = L.Scalar()
+    pts = L.bin_points(["x", "y", "x"], [3, 3, 4], "d")
+    assert len({bytes(r) for r in pts}) == 3  # another key or another bin: another point
+    blind, unblind = L.blinding()
+    queries = blind.apply(pts)
+    assert not any((q == p).all() for q, p in zip(queries, pts))
+    assert (unblind.apply(k.apply(queries)) == k.apply(pts)).all()
+    assert not (L.bin_points(["x"], [3], "other") == pts[:1]).all()  # dataset-separated
 
 def test_a_small_order_point_is_refused():
     bad = np.zeros((1, 32), dtype=np.uint8)  # u = 0
@@ -137,34 +140,6 @@ def test_every_coalition_misses_a_shuffle(m):
     assert all(len(s) == t + 1 for s in sets)
     for coalition in itertools.combinations(range(m), t):
         assert any(not set(s) & set(coalition) for s in sets)
-
-
-@pytest.mark.parametrize("m", [3, 4, 5])
-def test_chains_apply_every_scalar_once_and_reblind_at_every_shuffle(m):
-    t = (m - 1) // 2
-    holders = list(range(m - 1)) if m > 3 else [0, 1, 2]
-    k = L.scalars_needed(m, t, holders)
-    if m == 3:
-        assert k == 1  # the holder carries the first shuffle: 3 multiplications per row
-    for h in holders:
-        route = L.chain(m, t, h, k)
-        assert sorted(route.sets) == sorted(L.shuffle_sets(m, t))  # every set, once
-        applied = [0] * m
-        applied[h] += 1  # the holder's first scalar, before its points leave it
-        prev = h
-        for step, (members, carrier) in enumerate(zip(route.sets, route.carriers)):
-            assert carrier in members
-            if step == 0 and route.holder_carries_first:
-                assert carrier == h  # applies that first scalar while permuting
-            else:
-                assert carrier != prev  # a scalar the sender does not know
-                applied[carrier] += 1
-            prev = carrier
-        for party, count in route.tail:
-            applied[party] += count
-        assert applied == [k] * m
-        for party in range(m):  # every party misses a shuffle whose carrier re-blinds
-            assert any(party not in s and c != party for s, c in zip(route.sets, route.carriers))
 
 
 def test_scalar_multiplication_is_rfc7748_x25519():
@@ -188,16 +163,22 @@ def test_permutation():
     assert (L.permutation(b"s" * 32, 1000) == perm).all()
 
 
-def test_grouping_inner_and_left():
-    pts = L.hash_points([str(i) for i in range(6)], "d")
-    a, b, c = pts[[0, 1, 2, 3]], pts[[5, 3, 1]], pts[[1, 3, 4]]
-    idx = L.group([a, b, c])
-    linked = [[bytes(blk[i]) for i in pos] for blk, pos in zip([a, b, c], idx)]
-    assert linked[0] == linked[1] == linked[2] and len(linked[0]) == 2
-    left = L.group([a, b, c], "left", 0)
-    assert left[0].tolist() == [0, 1, 2, 3]
-    assert left[1].tolist() == [-1, 2, -1, 1] and left[2].tolist() == [-1, 0, -1, 1]
-
+def test_cuckoo_bins_place_every_key_in_one_of_its_own_bins():
+    keys = [f"P{i:06d}" for i in range(20_000)]
+    bins = L.bin_count(len(keys))
+    choices = L.bin_choices(keys, "d", bins)
+    assert (choices == L.bin_choices(keys, "d", bins)).all()  # a public function of the key
+    assert not (choices == L.bin_choices(keys, "other", bins)).all()
+    owner, dropped = L.cuckoo(choices, bins)
+    assert dropped == 0
+    placed = owner[owner >= 0]
+    assert sorted(placed.tolist()) == list(range(len(keys)))  # each key once
+    for b in np.flatnonzero(owner >= 0)[:2000]:
+        assert b in choices[owner[b]]
+    # more keys than bins can hold: the surplus is left out, never placed twice
+    owner, dropped = L.cuckoo(L.bin_choices(keys[:200], "d", 150), 150)
+    placed = owner[owner >= 0].tolist()
+    assert dropped >= 50 and len(placed) + dropped == 200 and len(set(placed)) == len(placed)
 
 def test_encoding_of_a_block():
     from jointstats.engine.sources import EncodedChunk
@@ -255,29 +236,32 @@ def test_normalisation_is_stable():
     check()
 
 
-def test_dummy_records_per_holder_and_cell():
-    """Each party gives every holder 2k identifiers per cell (combination of two or more
-    holders) it is in; Z of them, shared with the cell's other holders, are a draw of
-    clamp(k + DL(1/epsilon), 0, 2k), the rest unique fillers (docs/linkage.md)."""
-    from jointstats.engine.vertical import dummy_cells, dummy_lists
-    holders = [0, 1, 3]
-    assert dummy_cells(holders) == [(0, 1), (0, 3), (1, 3), (0, 1, 3)]
+def test_dummy_records_per_party_and_pattern():
+    """Each party's dummy rows: 2k per pattern (an inner join's only pattern: every other
+    holder; a left join's: every non-empty set of other holders); Z of them have the
+    pattern's tags 0, a draw of clamp(k + DL(s / epsilon), 0, 2k); every feature is 0."""
+    from jointstats.engine.vertical import Layout, dummy_patterns, dummy_rows
+    from jointstats.mpc.rns import Rns, primes_for
+    rns = Rns(primes_for(100))
     k = 6
-    zs = {cell: [] for cell in dummy_cells(holders)}
-    for _ in range(300):
-        lists = dummy_lists({"shift": k, "epsilon_exact": "1/2"}, holders)
-        sets = {h: set(ids) for h, ids in lists.items()}
-        for h in holders:
-            assert len(lists[h]) == len(sets[h]) == 2 * k * 3  # 3 cells hold each holder
-        for cell in zs:
-            inside = set.intersection(*(sets[h] for h in cell))
-            for other in (h for h in holders if h not in cell):
-                inside -= sets[other]
-            zs[cell].append(len(inside))
-    for cell, z in zs.items():
-        assert 0 <= min(z) and max(z) <= 2 * k
-        assert abs(np.mean(z) - k) < 0.6  # symmetric around k (scale 2: sd about 2.8)
-
+    for join, patterns in (("inner", [(1, 3)]), ("left", [(1,), (3,), (1, 3)])):
+        lay = Layout(0, (1, 3), 10, {0: 2, 1: 1, 3: 2}, {1: 30, 3: 30}, 2 * k * len(patterns), 4)
+        assert dummy_patterns(lay, join) == patterns
+        zs = {p: [] for p in patterns}
+        for _ in range(300):
+            rows = dummy_rows(rns, lay, join, {"shift": k, "epsilon_exact": "1/2"})
+            assert rows.shape == (len(rns), 2 * k * len(patterns), lay.width)
+            assert not rows[:, :, :lay.tags].any()
+            zero = (rows[:, :, lay.tags:] == 0).all(axis=0)  # (rows, others)
+            for n, p in enumerate(patterns):
+                block = zero[n * 2 * k:(n + 1) * 2 * k]
+                want = [lay.others.index(h) for h in p]
+                hit = block[:, want].all(axis=1)
+                assert not block[hit][:, [c for c in range(2) if c not in want]].any()
+                zs[p].append(int(hit.sum()))
+        for z in zs.values():
+            assert 0 <= min(z) and max(z) <= 2 * k
+            assert abs(np.mean(z) - k) < 0.6  # symmetric around k
 
 def test_dp_linked_plan_charges_the_dummy_records():
     """A DP linked job spends 1 / (statistics + 1) of epsilon (pure) or of rho (zCDP) on the
@@ -291,10 +275,16 @@ def test_dp_linked_plan_charges_the_dummy_records():
     plan = add_noise_plans(spec, make_plan(spec, ["a", "b", "c"]))
     link = plan.privacy["linkage"]
     n = len(spec.statistics)
-    assert F(link["epsilon_exact"]) == F(2, n + 1) and link["draws"] == link_draws(3) == 12
+    assert F(link["epsilon_exact"]) == F(2, n + 1) and link["draws"] == link_draws(3, "inner") == 3
+    assert link["sensitivity"] == 1
     assert plan.charge.epsilon == 2 and plan.charge.rho is None
     samples = sum(len(s.noise.units) for s in plan.statistics)
-    assert plan.charge.tv == (samples + 12) * SAMPLER_TV_PER_SAMPLE
+    assert plan.charge.tv == (samples + 3) * SAMPLER_TV_PER_SAMPLE
+    left = parse_spec(rows.replace("rows: 100}", "rows: 100, join: left, base: a}") + "privacy: {epsilon: 2.0}\n")
+    lplan = add_noise_plans(left, make_plan(left, ["a", "b", "c"]))
+    assert lplan.privacy["linkage"]["draws"] == link_draws(3, "left") == 9  # 3 patterns each
+    assert lplan.privacy["linkage"]["sensitivity"] == 2
+    assert lplan.privacy["linkage"]["shift"] > link["shift"]
     assert all(s.noise.epsilon == (2 - F(2, n + 1)) / n for s in plan.statistics)
     zc = parse_spec(rows + "privacy: {epsilon: 2.0, delta: 1.0e-6}\n")
     zplan = add_noise_plans(zc, make_plan(zc, ["a", "b", "c"]))
@@ -310,12 +300,11 @@ def test_dp_linked_plan_charges_the_dummy_records():
 
 def test_every_point_is_on_the_curve_not_its_twist():
     """X25519 keeps a point on Curve25519 or on its twist through every multiplication, and
-    which one is public (a Legendre symbol of u): hashed keys, padding and dummy records are
-    all points of the curve itself, so a pseudonym carries no bit a guessed key could test."""
-    from jointstats.engine.vertical import dummy_lists
+    which one is public (a Legendre symbol of u): hashed (key, bin) pairs and the random
+    points of empty bins are all points of the curve itself, so a blinded query carries no
+    bit a guessed key could test."""
     keys = [f"P{i:05d}" for i in range(300)]
-    points = np.concatenate([L.hash_points(keys, "d"), L.random_points(100),
-                             L.dummy_points(dummy_lists({"shift": 3, "epsilon_exact": "1"}, [0, 1])[0], "d")])
+    points = np.concatenate([L.bin_points(keys, list(range(300)), "d"), L.random_points(100)])
     for row in L.Scalar().apply(L.Scalar().apply(points)):
         assert L._on_curve(int.from_bytes(bytes(row), "little"))
     for row in points:
@@ -326,42 +315,44 @@ def test_every_point_is_on_the_curve_not_its_twist():
     assert 120 < twist < 280
 
 
-def test_a_blinded_block_gives_the_same_pseudonyms():
-    """A party applying several scalars to a block multiplies the first by a fresh r and the
-    last by r^-1: intermediate values differ from those of a block without it, the pseudonyms
-    do not."""
-    a, b, c = L.Scalar(), L.Scalar(), L.Scalar()
-    pts = L.hash_points([f"k{i}" for i in range(20)], "d")
-    plain = c.apply(b.apply(a.apply(pts)))
-    r, r_inv = L.block_blinding(a, c)
-    first = a.apply(pts, r)
-    assert not any((x == y).all() for x, y in zip(first, a.apply(pts)))
-    assert (c.apply(b.apply(first), r_inv) == plain).all()
-
-
 # ----------------------------------------------------------------------------- bounds of a linkage
 
 
-def test_linked_sizes_are_refused_before_any_block_is_sent(monkeypatch):
-    """Each block's shares and the linked table must fit 1 GiB; a left join's table has a row
-    for every row of its base, however small the other blocks (found in review: a base that
-    announced 2^22 rows made every party gather gigabytes)."""
-    from jointstats.engine.vertical import check_sizes
+def test_linked_sizes_are_refused_before_anything_is_sent(monkeypatch):
+    """The bin table's shares and each OPPRF table must fit 1 GiB; a left join's table has a
+    row for every bin of its base, however small the other holders (found in review of the
+    earlier design: a base that announced 2^22 rows made every party gather gigabytes)."""
+    from jointstats.engine.vertical import check_sizes, make_layout
     from jointstats.mpc import codec as _codec
     monkeypatch.setattr(_codec, "MAX_MESSAGE", 1 << 20)
     names = ["a", "b", "c"]
     feats = {0: (1,) * 2, 1: (1,) * 10, 2: (1,) * 3}
     width = 20  # 5 primes x 4 bytes
-    check_sizes(names, {0: 1000, 1: 1000, 2: 1000}, {0: 1000, 1: 1000, 2: 1000}, feats, 1000, width)
-    with pytest.raises(DataError, match="party 'b': its linked block of 6000 rows x 10 encoded"):
-        check_sizes(names, {0: 6000, 1: 6000, 2: 6000}, {0: 6000, 1: 6000, 2: 6000}, feats, 6000, width)
-    # a left join on a's 20000 rows: every block fits, the linked table does not
-    sizes = {0: 20_000, 1: 100, 2: 100}
-    with pytest.raises(DataError, match="the linked table of up to 20000 records x 15 encoded"):
-        check_sizes(names, sizes, sizes, feats, 20_000, width)
-    with pytest.raises(DataError, match="party 'c' has no usable keys"):
-        check_sizes(names, {0: 10, 1: 10, 2: 0}, {0: 10, 1: 10, 2: 0}, feats, 0, width)
 
+    def lay(sizes, join="inner"):
+        return make_layout([0, 1, 2], sizes, feats, join, 0, 0, 3)
+    check_sizes(names, {0: 1000, 1: 1000, 2: 1000}, lay({0: 1000, 1: 1000, 2: 1000}), width)
+    with pytest.raises(DataError, match="party 'b': its linkage table for 3000 keys x 10 encoded"):
+        sizes = {0: 3000, 1: 3000, 2: 3000}
+        check_sizes(names, sizes, lay(sizes), width)
+    # a left join on a's 20000 rows: every OPPRF table fits, the linked table does not
+    sizes = {0: 20_000, 1: 100, 2: 100}
+    with pytest.raises(DataError, match="the linked table of 25408 rows x 17 encoded"):
+        check_sizes(names, sizes, lay(sizes, "left"), width)
+    with pytest.raises(DataError, match="party 'c' has no usable keys"):
+        sizes = {0: 10, 1: 10, 2: 0}
+        check_sizes(names, sizes, lay(sizes), width)
+
+
+def test_the_leader_is_the_base_or_the_holder_with_fewest_keys():
+    from jointstats.engine.vertical import make_layout
+    feats = {0: (1,) * 2, 2: (1,) * 4, 3: (1,) * 3}
+    inner = make_layout([0, 2, 3], {0: 500, 2: 90, 3: 90}, feats, "inner", 0, 0, 4)
+    assert inner.leader == 2 and inner.others == (0, 3)
+    assert inner.bins == L.bin_count(90) and inner.width == 2 + 4 + 3 + 2
+    assert inner.span(2) == (0, 4) and inner.span(0) == (4, 6) and inner.span(3) == (6, 9)
+    left = make_layout([0, 2, 3], {0: 500, 2: 90, 3: 90}, feats, "left", 3, 5, 4)
+    assert left.leader == 3 and left.rows == left.bins + 4 * 5
 
 def test_a_linked_jobs_message_bounds_follow_its_holdings():
     from jointstats.engine import vertical as V
@@ -370,17 +361,19 @@ def test_a_linked_jobs_message_bounds_follow_its_holdings():
     from jointstats.mpc.rns import Rns, primes_for
     rns = Rns(primes_for(150))
     feats = {0: (1,) * 7, 1: (1,) * 6, 2: (1,) * 4}
-    full = {0: 110_000, 1: 110_000, 2: 110_000}
-    frame = V._frame_bound(rns, full, feats, 0)
-    assert frame == 1024 + max(shamir.MESSAGE_BYTES, 32 * 110_000)  # the points of a block
-    assert V._frame_bound(rns, {0: 10, 1: 10, 2: 10}, feats, 0) == 1024 + shamir.MESSAGE_BYTES
+    big = V.make_layout([0, 1, 2], {0: 50_000, 1: 50_000, 2: 50_000}, feats, "inner", 0, 0, 3)
+    small = V.make_layout([0, 1, 2], {0: 10, 1: 10, 2: 10}, feats, "inner", 0, 0, 3)
+    assert V._frame_bound(rns, big) == 1024 + shamir.MESSAGE_BYTES
+    assert V._frame_bound(rns, small) == 1024 + shamir.MESSAGE_BYTES
     plan = type("P", (), {"statistics": ()})()
-    small = V._unread_bound(plan, rns, {0: 10, 1: 10, 2: 10}, feats, 3, 10)
-    big = V._unread_bound(plan, rns, full, feats, 3, 110_000)
-    # every block's shares once per resharing (3 sets) and once for its input
-    assert big - _codec.UNREAD_FLOOR == 20 * 110_000 * 17 * 4 and small < big
-    assert V._unread_bound(plan, rns, {0: 1 << 22, 1: 1 << 22, 2: 1 << 22}, feats, 3, 1 << 22) == _codec.MAX_UNREAD
-
+    lo = V._unread_bound(plan, rns, small, 3, 10)
+    hi = V._unread_bound(plan, rns, big, 3, 50_000)
+    rounds = 3 + 2 + 4  # the shuffle sets, one dealing per other holder, the rest
+    tables = sum(big.table_rows[j] * (len(feats[j]) + 1) for j in (1, 2))
+    assert hi - _codec.UNREAD_FLOOR == 20 * (big.rows * big.width * rounds + tables) + 64 * big.bins
+    assert lo < hi
+    huge = V.make_layout([0, 1, 2], {0: 1 << 22, 1: 1 << 22, 2: 1 << 22}, feats, "inner", 0, 0, 3)
+    assert V._unread_bound(plan, rns, huge, 3, 1 << 22) == _codec.MAX_UNREAD
 
 def test_a_failing_job_does_not_wait_for_its_worker_threads():
     """A daemon thread's work (a block's multiplications: minutes at a million rows) does not
