@@ -98,7 +98,8 @@ def run_ours(rows: int) -> dict:
                      "opprf_seconds": round(m.get("opprf_seconds", 0.0), 2),
                      "shuffle_seconds": round(m.get("shuffle_seconds", 0.0), 2),
                      "cpu_seconds": round(m["cpu_seconds"], 2), "bytes_sent": m["bytes_sent"], "peak_rss_mb": round(m["peak_rss_kb"] / 1024),
-                     "linked_records": m["linked_records"]}
+                     "linked_records": m["linked_records"],
+                     "cpu_marks": {k[4:]: round(v, 2) for k, v in m.items() if k.startswith("cpu_") and k != "cpu_seconds"}}
     return {"rows": rows, "wall_seconds": round(wall, 2), "parties": per,
             "n": result["results"]["ols"]["n"]}
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
               f"tables decoded at {p['opprf_seconds']} s, shuffle and opening {p['shuffle_seconds']} s), "
               f"statistics over linked rows {p['linked_statistics_seconds']} s, solve "
               f"{p['solve_seconds']} s, local {p['local_seconds']} s, CPU {p['cpu_seconds']} s, sent {p['bytes_sent'] / 1e6:.1f} MB, "
-              f"peak {p['peak_rss_mb']} MB")
+              f"peak {p['peak_rss_mb']} MB; CPU at {p['cpu_marks']}")
     if args.baseline:
         base = run_baseline(args.rows)
         report["baseline"] = base

@@ -81,11 +81,14 @@ _P = 2**255 - 19
 _A = 486662
 
 
-def _on_curve(u: int) -> bool:
+_PM = gmpy2.mpz(_P)
+
+
+def _on_curve(u) -> bool:
     """True when u is the u-coordinate of a point of Curve25519 itself, not of its quadratic
     twist (u^3 + A u^2 + u a nonzero square), and not of small order 2 (u = 0)."""
-    rhs = (u * u % _P * (u + _A) + u) % _P
-    return rhs != 0 and gmpy2.legendre(rhs, _P) == 1
+    rhs = (u * u * (u + _A) + u) % _PM
+    return rhs != 0 and gmpy2.jacobi(rhs, _PM) == 1
 
 
 def _to_point(seed: bytes) -> bytes:
@@ -97,9 +100,10 @@ def _to_point(seed: bytes) -> bytes:
     counter = 0
     while True:
         digest = hashlib.sha512(seed + counter.to_bytes(4, "little")).digest()
-        u = int.from_bytes(digest[:POINT], "little") & ((1 << 255) - 1)
-        if u < _P and _on_curve(u):
-            return u.to_bytes(POINT, "little")
+        raw = digest[:POINT - 1] + bytes((digest[POINT - 1] & 127,))  # 255 bits, little-endian
+        u = gmpy2.from_binary(b"\x01\x01" + raw)  # gmpy2's own format: a non-negative mpz
+        if u < _PM and _on_curve(u):
+            return raw
         counter += 1
 
 
@@ -112,10 +116,8 @@ def _points(domain: bytes, dataset: str, items: list[bytes]) -> np.ndarray:
     the input is the domain tag, then the dataset name and the item, each prefixed by its
     length, so that no two (domain, dataset, item) give the same input."""
     prefix = domain + _framed(dataset.encode())
-    out = np.empty((len(items), POINT), dtype=np.uint8)
-    for i, item in enumerate(items):
-        out[i] = np.frombuffer(_to_point(prefix + _framed(item)), dtype=np.uint8)
-    return out
+    raw = b"".join([_to_point(prefix + _framed(item)) for item in items])
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(items), POINT).copy()
 
 
 def random_points(n: int) -> np.ndarray:

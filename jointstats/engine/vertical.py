@@ -398,6 +398,7 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         task = asyncio.ensure_future(shamir.offload(unblind.apply, np.concatenate([answers[j] for j in lay.others])))
         unblinded = {j: task for j in lay.others}
     metrics["queries_seconds"] = time.perf_counter() - started
+    metrics["cpu_queries"] = time.process_time()
     decoded = [rns.encode(own)] if me == lay.leader else None
     masks = None
     for j in lay.others:  # every other holder programs its table
@@ -409,6 +410,7 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         if me == lay.leader:  # what the table gives under the leader's keys' outputs
             decoded.append(await shamir.offload(opprf.evaluate, rns, got[0], table, await unblinded[j]))
     metrics["opprf_seconds"] = time.perf_counter() - started
+    metrics["cpu_opprf"] = time.process_time()
     if me == lay.leader:
         decoded = np.concatenate(decoded, axis=2)
     # the leader shares its rows and the decoded values, each other holder its bin masks and
@@ -505,7 +507,9 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
     from jointstats.mpc import shamir
     import time
     m = len(rt.parties)
+    metrics["cpu_link_start"] = time.process_time()
     table = await _bin_table(rt, rns, lay, block, spec, metrics)
+    metrics["cpu_shared"] = time.process_time()
     started = time.perf_counter()
     if lay.dummies:  # every party's dummy records, each in its own rows
         mine = dummy_rows(rns, lay, join, link_noise)
@@ -534,6 +538,7 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
     opened = await shamir.open_values(rt, rns, await shamir.multiply(rt, rns, tags, s))
     match = (opened == 0).all(axis=0)  # (rows, patterns)
     metrics["shuffle_seconds"] = time.perf_counter() - started
+    metrics["cpu_opened"] = time.process_time()
     linked: dict[int, np.ndarray] = {}
     if join != "left":
         pos = np.flatnonzero(match[:, 0])
