@@ -188,7 +188,7 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
                             "sensitivity": link_sensitivity(spec.link.join),
                             "mechanism": "dummy linked records: clamp(k + discrete Laplace(sensitivity / "
                                          "epsilon), 0, 2k) per party and per match pattern"}
-        block["accounting"] += ("; the match structure the parties see: a share of "
+        block["accounting"] += ("; the linked counts the parties see: a share of "
                                 + ("epsilon" if pure else "rho (epsilon^2 / 2 of it)")
                                 + " like one more statistic, each party's dummy count per pattern one "
                                   "more draw in the total-variation term")

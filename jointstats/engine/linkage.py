@@ -1,22 +1,18 @@
-"""Secure record linkage: pseudonyms under a key no single party holds, in an order no single
-party knows (docs/linkage.md has the protocol, what each party learns, and the references).
-
-Building blocks, all without MPyC (the secure-array side is in ``_vertical``):
+"""Secure record linkage: the building blocks without MPyC (docs/linkage.md has the protocol,
+what each party learns, and the references; ``engine.vertical`` runs it, ``engine.opprf``
+builds the tables).
 
 - key normalisation and the duplicate/missing-key rule (local to each holder);
-- a commutative pseudorandom function on Curve25519: a key is hashed to a point (SHA-512),
-  and every party multiplies it by each of its per-job secret scalars (X25519 through
-  libsodium, from the maintained ``PyNaCl`` binding). The pseudonym of a key is ``[s_1 ... s_m] H(key)``:
-  every party's scalars are needed to compute it, so no party alone (and, with the
-  shuffles below, no ``t`` parties) can test a guessed identifier against a pseudonym;
-- the shuffle schedule: sets of ``t + 1`` parties such that every coalition of ``t``
-  parties misses at least one set; each set permutes the secret-shared rows by resharing
-  and, at the same time, one of its members (the carrier) permutes the blinded points and
-  multiplies them by a scalar of its own, so that nobody can follow a row through a set
-  it is not in (by position: the permutation; by value: the scalar, under DDH);
-- the grouping of the final pseudonyms into linked records (in the clear: by then no party
-  can tie a pseudonym, or a position, to a record or an identifier).
-"""
+- bins: three public hash functions of a key to the leader's bins, cuckoo hashing of the
+  leader's keys into them (local);
+- a Diffie-Hellman PRF on Curve25519, F(key, bin) = k * H(key || bin): a (key, bin) pair is
+  hashed to a point of the curve (SHA-512, never a point of the twist), multiplied by a
+  secret scalar (X25519 through libsodium, from the maintained ``PyNaCl`` binding); the
+  leader gets the outputs of its own keys obliviously, through a blinding by a fresh r;
+- the shuffle sets: sets of ``t + 1`` parties such that every coalition of ``t`` parties
+  misses at least one set, each permuting the secret-shared table by resharing, so that no
+  coalition knows the final order of its rows.
+""""""
 from __future__ import annotations
 
 import hashlib
@@ -95,8 +91,8 @@ def _to_point(seed: bytes) -> bytes:
     """A point of Curve25519 (as a canonical u-coordinate) derived from ``seed`` by SHA-512 with
     a counter, the first candidate on the curve kept (about two tries). Never a point of the
     twist: X25519 keeps a point on the curve or on the twist through every multiplication, so
-    a raw 32-byte hash would carry a public bit (which of the two) from a key to its
-    pseudonym, testable against any guessed key."""
+    a raw 32-byte hash would carry a public bit (which of the two) from a key to its blinded
+    query, testable against any guessed key."""
     counter = 0
     while True:
         digest = hashlib.sha512(seed + counter.to_bytes(4, "little")).digest()

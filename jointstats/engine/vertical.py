@@ -437,10 +437,14 @@ def _own_outputs(block: LocalBlock, key, dataset: str, bins: int):
     """An other holder's PRF outputs: for each of its keys y and each distinct bin b of y,
     F = key * H(y || b); returns (key indices, bins, outputs)."""
     choices = L.bin_choices(block.keys, dataset, bins)
-    pairs = sorted({(y, int(b)) for y in range(len(block.keys)) for b in choices[y]})
-    ys = np.array([y for y, _ in pairs], dtype=np.int64)
-    bs = np.array([b for _, b in pairs], dtype=np.int64)
-    if not pairs:
+    # numpy throughout: a Python sort of millions of pairs would hold the interpreter lock,
+    # and so this party's heartbeats, for seconds
+    keep = np.ones(choices.shape, dtype=bool)
+    keep[:, 1] = choices[:, 1] != choices[:, 0]
+    keep[:, 2] = (choices[:, 2] != choices[:, 0]) & (choices[:, 2] != choices[:, 1])
+    ys = np.repeat(np.arange(len(block.keys), dtype=np.int64), 3)[keep.ravel()]
+    bs = choices.ravel()[keep.ravel()]
+    if not len(ys):
         return ys, bs, np.zeros((0, L.POINT), dtype=np.uint8)
     return ys, bs, key.apply(L.bin_points([block.keys[y] for y in ys], bs.tolist(), dataset))
 

@@ -28,7 +28,7 @@ def test_linked_jobs_through_nodes(tmp_path):
     with nodes_running(cluster):
         result = cluster.submit(SCHEMA % "" + ALL_KINDS, timeout=180)
         check_all_kinds(result.to_dict(), j)
-        assert "match structure" in result.to_dict()["mpc"]["linkage"]
+        assert "the number of linked records" in result.to_dict()["mpc"]["linkage"]
         dp = cluster.submit(SCHEMA % ", rows: 260" + "privacy: {epsilon: 0.5, delta: 0}\n"
                             + "statistics:\n  n: {kind: count}\n  m: {kind: mean, column: sbp}\n",
                             timeout=180)
