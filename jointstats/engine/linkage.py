@@ -12,7 +12,7 @@ builds the tables).
 - the shuffle sets: sets of ``t + 1`` parties such that every coalition of ``t`` parties
   misses at least one set, each permuting the secret-shared table by resharing, so that no
   coalition knows the final order of its rows.
-""""""
+"""
 from __future__ import annotations
 
 import hashlib
