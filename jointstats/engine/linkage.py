@@ -5,10 +5,11 @@ builds the tables).
 - key normalisation and the duplicate/missing-key rule (local to each holder);
 - bins: three public hash functions of a key to the leader's bins, cuckoo hashing of the
   leader's keys into them (local);
-- a Diffie-Hellman PRF on Curve25519, F(key, bin) = k * H(key || bin): a (key, bin) pair is
-  hashed to a point of the curve (SHA-512, never a point of the twist), multiplied by a
-  secret scalar (X25519 through libsodium, from the maintained ``PyNaCl`` binding); the
-  leader gets the outputs of its own keys obliviously, through a blinding by a fresh r;
+- a Diffie-Hellman PRF on Curve25519 with a secret scalar per bin, F_b(key) = k_b * H(key):
+  a key is hashed to a point of the curve (SHA-512, never a point of the twist) and
+  multiplied by the scalar (X25519 through libsodium, from the maintained ``PyNaCl``
+  binding); the leader gets the output of its own key in each bin obliviously, through a
+  blinding by a fresh r;
 - the shuffle sets: sets of ``t + 1`` parties such that every coalition of ``t`` parties
   misses at least one set, each permuting the secret-shared table by resharing, so that no
   coalition knows the final order of its rows.
@@ -139,24 +140,18 @@ def _clamped(x: int) -> bytes | None:
 
 
 class Scalar:
-    """A per-job secret scalar: a random residue modulo the subgroup order that has a
-    clamped X25519 representative (RFC 7748: a multiple of the cofactor, so a multiplication
-    also clears any small-order component); from ``os.urandom``, or from a 32-byte secret
-    ``seed`` (the key several holders share). The multiplications go through libsodium's
-    ``crypto_scalarmult`` (PyNaCl), on raw bytes: no key objects per point."""
+    """A per-job secret scalar (the leader's blinding): a random residue modulo the subgroup
+    order that has a clamped X25519 representative (RFC 7748: a multiple of the cofactor, so
+    a multiplication also clears any small-order component), as does its inverse in
+    :func:`blinding`. The multiplications go through libsodium's ``crypto_scalarmult``
+    (PyNaCl), on raw bytes: no key objects per point."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, seed: bytes | None = None) -> None:
-        counter = 0
+    def __init__(self) -> None:
         while True:
-            if seed is None:
-                value = secrets.randbelow(_ELL - 1) + 1
-            else:  # 512 bits reduced modulo the order: within 2^-259 of uniform
-                digest = hashlib.sha512(b"jointstats-scalar\x00" + seed + counter.to_bytes(4, "little")).digest()
-                value = int.from_bytes(digest, "little") % _ELL
-                counter += 1
-            if value and _clamped(value) is not None:
+            value = secrets.randbelow(_ELL - 1) + 1
+            if _clamped(value) is not None:
                 self._value = value
                 return
 
@@ -168,19 +163,10 @@ class Scalar:
         """Every point multiplied by this scalar (times ``factor``). LinkageError if a point is
         of small order (X25519's all-zero result: never from a hashed key, only from a
         deviating peer)."""
-        from nacl.bindings import crypto_scalarmult
-        from nacl.exceptions import CryptoError
         key = self.key(factor)
         if key is None:
             raise ValueError("this factor gives the scalar no X25519 representative")
-        if not len(points):
-            return np.zeros((0, POINT), dtype=np.uint8)
-        try:
-            raw = np.ascontiguousarray(points, dtype=np.uint8).tobytes()
-            out = b"".join([crypto_scalarmult(key, raw[i:i + POINT]) for i in range(0, len(raw), POINT)])
-        except CryptoError:
-            raise LinkageError("a point of small order in the linkage") from None
-        return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()
+        return multiply(np.frombuffer(key * len(points), dtype=np.uint8).reshape(-1, POINT), points)
 
 
 def blinding() -> tuple["Scalar", "Scalar"]:
@@ -245,11 +231,41 @@ def cuckoo(choices: np.ndarray, bins: int) -> tuple[np.ndarray, int]:
     return owner, dropped
 
 
-def bin_points(keys: list[str], bins: list[int], dataset: str) -> np.ndarray:
-    """The points H(key || bin) of (key, bin) pairs: the PRF input of a key in one bin (a
-    value programmed for one bin never decodes under another)."""
-    return _points(_DOMAIN, dataset, [_framed(k.encode()) + int(b).to_bytes(8, "little")
-                                      for k, b in zip(keys, bins)])
+def hash_points(keys: list[str], dataset: str) -> np.ndarray:
+    """Each (normalised) key hashed to a point of Curve25519, H(key)."""
+    return _points(_DOMAIN, dataset, [k.encode() for k in keys])
+
+
+def bin_keys(seed: bytes, bins: int) -> np.ndarray:
+    """One secret X25519 scalar per bin, ``(bins, 32)`` uint8: 32 bytes of an AES-256-CTR
+    keystream under the 32-byte secret ``seed`` each, clamped as RFC 7748 does (the usual
+    X25519 key; a multiple of the cofactor, so a product also clears any small-order part).
+    The PRF of a holder is F_b(key) = k_b * H(key): a key's output in one bin says nothing of
+    its output in another, so the leader, which obtains F_b only for the one key it has in
+    each bin b, can decode a holder's table for that key in that bin and nowhere else."""
+    stream = Cipher(algorithms.AES(seed), modes.CTR(b"\x00" * 16)).encryptor()
+    raw = np.frombuffer(stream.update(bytes(POINT * bins)), dtype=np.uint8).reshape(bins, POINT).copy()
+    raw[:, 0] &= 248
+    raw[:, POINT - 1] &= 127
+    raw[:, POINT - 1] |= 64
+    return raw
+
+
+def multiply(keys: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Row by row, the point times the X25519 scalar of the same row (libsodium). LinkageError
+    if a point is of small order (X25519's all-zero result: never from a hashed key, only
+    from a deviating peer)."""
+    from nacl.bindings import crypto_scalarmult
+    from nacl.exceptions import CryptoError
+    if not len(points):
+        return np.zeros((0, POINT), dtype=np.uint8)
+    k = np.ascontiguousarray(keys, dtype=np.uint8).tobytes()
+    raw = np.ascontiguousarray(points, dtype=np.uint8).tobytes()
+    try:
+        out = b"".join([crypto_scalarmult(k[i:i + POINT], raw[i:i + POINT]) for i in range(0, len(raw), POINT)])
+    except CryptoError:
+        raise LinkageError("a point of small order in the linkage") from None
+    return np.frombuffer(out, dtype=np.uint8).reshape(points.shape).copy()
 
 
 # ----------------------------------------------------------------------------- shuffles

@@ -92,49 +92,66 @@ def _peel(pos: np.ndarray, rows: int) -> list[tuple[np.ndarray, np.ndarray]] | N
     return rounds
 
 
+def _mask(rns, outputs: np.ndarray, seed: bytes, values: np.ndarray, rows: int, sign: int) -> np.ndarray:
+    """Add (sign +1) or remove (-1) every value's mask G(seed, output), in place; returns the
+    outputs' entries ``(n, 3)``."""
+    n, width = len(outputs), values.shape[2]
+    pos = np.empty((n, 3), dtype=np.int64)
+    for a in range(0, n, _BATCH):
+        b = min(a + _BATCH, n)
+        pos[a:b], mask = _expand(rns, outputs, seed, width, rows, a, b)
+        if sign < 0:
+            np.negative(mask, out=mask)
+        mask += values[:, a:b]
+        for l, p in enumerate(rns.primes):
+            values[l, a:b] = mask[l] % p
+    return pos
+
+
 def program(rns, outputs: np.ndarray, values: np.ndarray, rows: int) -> tuple[bytes, np.ndarray]:
     """(seed, table): a table of ``rows`` entries (uint32 residues ``(L, rows, width)``)
     that decodes to ``values[:, i]`` under ``outputs[i]`` (``(n, 32)`` uint8, distinct) and to
     a pseudorandom value under any other output. ``rows`` is at least ``table_rows(n)``
-    (every holder's is public: from its announced number of keys, not its real one)."""
+    (every holder's is public: from its announced number of keys, not its real one).
+    ``values`` (uint32 residues ``(L, n, width)``) is overwritten (it holds the masked values:
+    a table of a million keys must not hold two copies)."""
     n = len(outputs)
     L, width = len(rns), values.shape[2]
     if rows < table_rows(n) or rows % 3:
         raise ValueError("an OPPRF table needs table_rows(keys) entries")
     for _ in range(TRIES):
         seed = secrets.token_bytes(32)
-        pos = np.empty((n, 3), dtype=np.int64)
-        stored = np.empty((L, n, width), dtype=np.uint32)  # value + mask, per prime
-        for a in range(0, n, _BATCH):
-            b = min(a + _BATCH, n)
-            pos[a:b], mask = _expand(rns, outputs, seed, width, rows, a, b)
-            mask += values[:, a:b]
-            for l, p in enumerate(rns.primes):
-                stored[l, a:b] = mask[l] % p
+        pos = _mask(rns, outputs, seed, values, rows, +1)
         rounds = _peel(pos, rows)
-        if rounds is None:
+        if rounds is None:  # another seed; first the values as they were
+            _mask(rns, outputs, seed, values, rows, -1)
             continue
-        table = rns.random((rows, width)).astype(np.uint32)
+        table = np.empty((L, rows, width), dtype=np.uint32)
+        for a in range(0, rows, _BATCH):
+            b = min(a + _BATCH, rows)
+            table[:, a:b] = rns.random((b - a, width))
         for keys, own in reversed(rounds):
             # the key's other two entries are set already (later rounds) or random; own is free
-            other = table[:, pos[keys]].astype(np.int64).sum(axis=2) - table[:, own]
-            value = stored[:, keys] - other
+            other = table[:, pos[keys]].sum(axis=2, dtype=np.int64) - table[:, own]
+            value = np.subtract(values[:, keys], other, dtype=np.int64)
             for l, p in enumerate(rns.primes):
                 table[l, own] = value[l] % p
         return seed, table
     raise LinkageError("could not build an OPPRF table (peeling failed for every seed)")
 
 
-def evaluate(rns, seed: bytes, table: np.ndarray, outputs: np.ndarray) -> np.ndarray:
-    """The values ``(L, n, width)`` (int64 residues) that ``table`` gives under ``outputs``:
-    the programmed value for a programmed output, a pseudorandom one otherwise."""
+def evaluate(rns, seed: bytes, table: np.ndarray, outputs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The values ``(L, n, width)`` (uint32 residues, into ``out`` if given) that ``table``
+    gives under ``outputs``: the programmed value for a programmed output, a pseudorandom
+    one otherwise."""
     n = len(outputs)
     L, rows, width = table.shape
-    out = np.empty((L, n, width), dtype=np.int64)
+    if out is None:
+        out = np.empty((L, n, width), dtype=np.uint32)
     for a in range(0, n, _BATCH):
         b = min(a + _BATCH, n)
         pos, mask = _expand(rns, outputs, seed, width, rows, a, b)
-        got = table[:, pos].astype(np.int64).sum(axis=2) - mask
+        got = table[:, pos].sum(axis=2, dtype=np.int64) - mask
         for l, p in enumerate(rns.primes):
             out[l, a:b] = got[l] % p
     return out

@@ -288,22 +288,22 @@ class Layout:
         return self.bins + self.parties * self.dummies
 
     def span(self, i: int) -> tuple[int, int]:
-        """Columns of holder ``i``'s features in the table."""
+        """Columns of holder ``i``'s features in the table (another holder's tag follows)."""
         start = 0
         for h in (self.leader, *self.others):
             if h == i:
                 return start, start + self.widths[h]
-            start += self.widths[h]
+            start += self.widths[h] + (h != self.leader)
         raise KeyError(i)
 
     @property
-    def tags(self) -> int:
-        """First tag column (one per other holder follows)."""
-        return sum(self.widths.values())
+    def tag_columns(self) -> list[int]:
+        """The tag column of each other holder (in ``others`` order)."""
+        return [self.span(j)[1] for j in self.others]
 
     @property
     def width(self) -> int:
-        return self.tags + len(self.others)
+        return sum(self.widths.values()) + len(self.others)
 
 
 def make_layout(holders: list[int], sizes: dict[int, int], feats: dict, join: str, base_index: int,
@@ -346,20 +346,23 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
     bins = lay.bins
     m = len(rt.parties)
     started = time.perf_counter()
-    queries = own = key = outputs_task = None
-    # threshold 1 (3 or 4 parties): the other holders share one scalar, so the leader blinds
-    # and unblinds each bin once and each other holder answers a part of the bins; from 5
-    # parties a coalition of the leader and one holder would then decode every holder's table,
-    # so each holder answers every bin under a scalar of its own
+    queries = own = keys = outputs_task = None
+    # every other holder's PRF has a secret scalar per bin (from a seed). Threshold 1 (3 or 4
+    # parties): the other holders share the seed, so the leader blinds and unblinds each bin
+    # once and each other holder answers a part of the bins; from 5 parties a coalition of
+    # the leader and one holder would then decode every holder's table, so each holder has
+    # its own seed and answers every bin
     shared = rt.threshold < 2
     if shared:
         seed = secrets.token_bytes(32) if me == lay.others[0] else None
         got = await rt.scatter([seed] * m, [lay.others[0]], shamir.SEED, receivers=list(lay.others))
-        key = L.Scalar(got[0]) if me in lay.others else None
-    elif me in lay.others:
-        key = L.Scalar()
+        seed = got[0]
+    else:
+        seed = secrets.token_bytes(32)
     if me in lay.others:  # its own PRF outputs need nothing from anyone: start at once
-        outputs_task = asyncio.ensure_future(shamir.offload(_own_outputs, block, key, spec.dataset, bins))
+        keys = await shamir.offload(L.bin_keys, seed, bins)
+        outputs_task = asyncio.ensure_future(shamir.offload(_own_outputs, block, keys, spec.dataset, bins))
+    seed = None
     if me == lay.leader:  # its keys in bins; one blinded query point per bin
         choices = await shamir.offload(L.bin_choices, block.keys, spec.dataset, bins)
         owner, dropped = await shamir.offload(L.cuckoo, choices, bins)
@@ -369,8 +372,7 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         points = np.empty((bins, L.POINT), dtype=np.uint8)
         points[~full] = await shamir.offload(L.random_points, int((~full).sum()))  # an empty bin: random
         if full.any():
-            points[full] = await shamir.offload(L.bin_points, [block.keys[k] for k in owner[full]],
-                                                np.flatnonzero(full).tolist(), spec.dataset)
+            points[full] = await shamir.offload(L.hash_points, [block.keys[k] for k in owner[full]], spec.dataset)
         blind, unblind = L.blinding()
         queries = await shamir.offload(blind.apply, points)
         own = np.zeros((bins, lay.widths[me]), dtype=np.int64)
@@ -385,8 +387,8 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
     answers: dict[int, np.ndarray] = {}
     unblinded: dict[int, asyncio.Future] = {}
     for j in lay.others:
-        answer = await shamir.offload(key.apply, queries) if me == j else None
         lo, hi = part[j]
+        answer = await shamir.offload(L.multiply, keys[lo:hi], queries) if me == j else None
         got = await rt.scatter([answer] * m, [j], _points_codec(hi - lo), receivers=[lay.leader])
         if me != lay.leader:
             continue
@@ -399,43 +401,50 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         unblinded = {j: task for j in lay.others}
     metrics["queries_seconds"] = time.perf_counter() - started
     metrics["cpu_queries"] = time.process_time()
-    decoded = [rns.encode(own)] if me == lay.leader else None
+    decoded = None
+    if me == lay.leader:  # its own rows, then what every table gives under its keys' outputs
+        decoded = np.empty((len(rns), bins, lay.width), dtype=np.uint32)
+        lo, hi = lay.span(me)
+        decoded[:, :, lo:hi] = rns.encode(own)
+        own = None
     masks = None
     for j in lay.others:  # every other holder programs its table
         seed = table = None
         if me == j:
             seed, table, masks = await shamir.offload(_programmed, rns, lay, block, await outputs_task)
+            outputs_task = None
         got = await rt.scatter([seed] * m, [j], shamir.SEED, receivers=[lay.leader])
         table = await _send_table(rt, rns, table, j, lay.leader, (lay.table_rows[j], lay.widths[j] + 1))
-        if me == lay.leader:  # what the table gives under the leader's keys' outputs
-            decoded.append(await shamir.offload(opprf.evaluate, rns, got[0], table, await unblinded[j]))
+        if me == lay.leader:
+            lo, _ = lay.span(j)
+            view = decoded[:, :, lo:lo + lay.widths[j] + 1]
+            values = await shamir.offload(opprf.evaluate, rns, got[0], table, await unblinded[j])
+            view[...] = values
+        table = None
     metrics["opprf_seconds"] = time.perf_counter() - started
     metrics["cpu_opprf"] = time.process_time()
-    if me == lay.leader:
-        decoded = np.concatenate(decoded, axis=2)
     # the leader shares its rows and the decoded values, each other holder its bin masks and
     # tags; their sum is, for every bin, the other holder's row and a tag of 0 if it holds
     # the leader's key, and uniformly random values otherwise
-    lead = await shamir.deal(rt, rns, (lambda a, b: decoded[:, a:b]) if me == lay.leader else None,
-                             [lay.leader], (bins, lay.width))
-    out = np.empty((len(rns), bins, lay.width), dtype=np.uint32)
-    lo, hi = lay.span(lay.leader)
-    out[:, :, lo:hi] = lead[:, :, lo:hi]
-    col = hi
-    for k, j in enumerate(lay.others):
-        w = lay.widths[j]
-        extra = await shamir.deal(rt, rns, (lambda a, b: masks[:, a:b]) if me == j else None, [j], (bins, w + 1))
-        both = rns.add(lead[:, :, col + k:col + k + w + 1], extra)
-        lo, hi = lay.span(j)
-        out[:, :, lo:hi] = both[:, :, :w]
-        out[:, :, lay.tags + k] = both[:, :, w]
-        col += w
+    out = await shamir.deal(rt, rns, (lambda a, b: decoded[:, a:b]) if me == lay.leader else None,
+                            [lay.leader], (bins, lay.width))
+    decoded = None
+    for j in lay.others:
+        lo, _ = lay.span(j)
+        w = lay.widths[j] + 1
+        extra = await shamir.deal(rt, rns, (lambda a, b: masks[:, a:b]) if me == j else None, [j], (bins, w))
+
+        def add(lo=lo, w=w, extra=extra):
+            for a in range(0, bins, 1 << 16):  # in slices: no table-sized temporary
+                b = min(a + (1 << 16), bins)
+                out[:, a:b, lo:lo + w] = rns.add(out[:, a:b, lo:lo + w], extra[:, a:b])
+        await shamir.offload(add)
     return out
 
 
-def _own_outputs(block: LocalBlock, key, dataset: str, bins: int):
+def _own_outputs(block: LocalBlock, keys: np.ndarray, dataset: str, bins: int):
     """An other holder's PRF outputs: for each of its keys y and each distinct bin b of y,
-    F = key * H(y || b); returns (key indices, bins, outputs)."""
+    F_b(y) = k_b * H(y); returns (key indices, bins, outputs)."""
     choices = L.bin_choices(block.keys, dataset, bins)
     # numpy throughout: a Python sort of millions of pairs would hold the interpreter lock,
     # and so this party's heartbeats, for seconds
@@ -444,24 +453,29 @@ def _own_outputs(block: LocalBlock, key, dataset: str, bins: int):
     keep[:, 2] = (choices[:, 2] != choices[:, 0]) & (choices[:, 2] != choices[:, 1])
     ys = np.repeat(np.arange(len(block.keys), dtype=np.int64), 3)[keep.ravel()]
     bs = choices.ravel()[keep.ravel()]
-    if not len(ys):
-        return ys, bs, np.zeros((0, L.POINT), dtype=np.uint8)
-    return ys, bs, key.apply(L.bin_points([block.keys[y] for y in ys], bs.tolist(), dataset))
+    points = L.hash_points(block.keys, dataset)
+    return ys, bs, L.multiply(keys[bs], points[ys])
 
 
 def _programmed(rns, lay: Layout, block: LocalBlock, own):
     """An other holder's OPPRF table: (seed, table, its bin masks and tags ``(L, bins,
-    width + 1)``). Under F = key * H(y || b) (``own``: :func:`_own_outputs`) the table decodes
-    to (row(y) - mask(b), -tag(b))."""
+    width + 1)``, uint32). Under F_b(y) (``own``: :func:`_own_outputs`) the table decodes to
+    (row(y) - mask(b), -tag(b))."""
     from jointstats.engine import opprf
     ys, bs, outputs = own
     width = block.rows.shape[1]
-    masks = rns.random((lay.bins, width + 1))
-    values = np.empty((len(rns), len(ys), width + 1), dtype=np.int64)
-    values[:, :, :width] = rns.encode(block.rows[ys]) - masks[:, bs, :width]
-    values[:, :, width] = -masks[:, bs, width]
-    for l, p in enumerate(rns.primes):
-        values[l] %= p
+    masks = np.empty((len(rns), lay.bins, width + 1), dtype=np.uint32)
+    values = np.empty((len(rns), len(ys), width + 1), dtype=np.uint32)
+    step = 1 << 16
+    for a in range(0, lay.bins, step):  # in slices: no table-sized int64 temporary
+        masks[:, a:a + step] = rns.random((min(step, lay.bins - a), width + 1))
+    for a in range(0, len(ys), step):
+        y, b = ys[a:a + step], bs[a:a + step]
+        part = np.zeros((len(rns), len(y), width + 1), dtype=np.int64)
+        part[:, :, :width] = rns.encode(block.rows[y])
+        part -= masks[:, b]
+        for l, p in enumerate(rns.primes):
+            values[l, a:a + step] = part[l] % p
     seed, table = opprf.program(rns, outputs, values, opprf.table_rows(3 * block.announced))
     return seed, table, masks
 
@@ -493,7 +507,7 @@ def dummy_rows(rns, lay: Layout, join: str, link_noise: dict) -> np.ndarray:
             tags[:, row:row + z, lay.others.index(h)] = 0
         row += 2 * k
     out = np.zeros((len(rns), lay.dummies, lay.width), dtype=np.int64)
-    out[:, :, lay.tags:] = tags
+    out[:, :, lay.tag_columns] = tags
     return out
 
 
@@ -535,7 +549,7 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
         perm = await shamir.offload(L.permutation, got[0], lay.rows) if rt.pid in members else None
         table = await shamir.reshare_permute(rt, rns, table, members, perm)
     # open s * tag for a fresh random s: 0 exactly where the tag is (a match), uniform elsewhere
-    tags = table[:, :, lay.tags:].astype(np.int64)
+    tags = table[:, :, lay.tag_columns].astype(np.int64)
     if join != "left":
         tags = rns.total([tags[:, :, k] for k in range(tags.shape[2])])[:, :, None]
     s = await shamir.deal(rt, rns, lambda a, b: rns.random((b - a, tags.shape[2])), range(m), tags.shape[1:])

@@ -329,8 +329,8 @@ def _messages(path: Path) -> list[tuple[int, bytes]]:
 def test_a_holders_view_matches_the_leakage_statement(tmp_path, who):
     """What a holder receives and logs (docs/linkage.md, "What each party learns"), for the
     leader (holder_a: the holders have as many keys, the first leads) and another holder
-    (holder_b): no identifier of anyone in any form it could test (text, or a hash point of
-    any key in any of its bins), never its own hash points unblinded, no point it sent
+    (holder_b): no identifier of anyone in any form it could test (text, or the hash point
+    of any key), never its own hash points unblinded, no point it sent
     coming back unchanged (the answers are under another party's scalar), the number of
     linked records and nothing else opened to it, and a log with counts only."""
     df = people(150, 23)
@@ -360,11 +360,8 @@ def test_a_holders_view_matches_the_leakage_statement(tmp_path, who):
             assert form.encode() not in blob
     sizes = [len(clean(f)) for f in frames]
     assert sizes[0] == min(sizes)  # holder_a leads
-    bins = L.bin_count(sizes[0])
     keys = sorted({L.normalise_key(k) for k in ids} - {None})
-    choices = L.bin_choices(keys, "linked", bins)
-    pairs = [(k, int(b)) for k, row in zip(keys, choices) for b in set(row.tolist())]
-    hashes = {bytes(p) for p in L.bin_points([k for k, _ in pairs], [b for _, b in pairs], "linked")}
+    hashes = {bytes(p) for p in L.hash_points(keys, "linked")}
     points_in = [d[i:i + 32] for _, d in received if len(d) % 32 == 0 and len(d) >= 64
                  for i in range(0, len(d), 32)]
     points_out = {d[i:i + 32] for _, d in sent if len(d) % 32 == 0 and len(d) >= 64

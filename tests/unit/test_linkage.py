@@ -115,17 +115,20 @@ def test_missing_and_repeated_keys_are_left_out():
 
 
 def test_the_blinded_exchange_gives_the_holders_prf_outputs():
-    """The leader multiplies its query points by r, the holder answers with its scalar k, the
-    leader multiplies by r^-1: it gets k * H(key || bin), what the holder computes for its own
-    keys, without the holder seeing H(key || bin) (only r times it)."""
-    k = L.Scalar()
-    pts = L.bin_points(["x", "y", "x"], [3, 3, 4], "d")
-    assert len({bytes(r) for r in pts}) == 3  # another key or another bin: another point
+    """The leader multiplies its query points by r, the holder answers with its scalar of each
+    bin, the leader multiplies by r^-1: it gets k_b * H(key), what the holder computes for
+    its own keys, without the holder seeing H(key) (only r times it)."""
+    keys = L.bin_keys(b"s" * 32, 4)
+    assert (keys == L.bin_keys(b"s" * 32, 4)).all() and len({bytes(k) for k in keys}) == 4
+    assert ((keys[:, 0] & 7) == 0).all() and ((keys[:, 31] & 0xC0) == 0x40).all()  # clamped
+    pts = L.hash_points(["x", "y", "z", "x"], "d")
     blind, unblind = L.blinding()
     queries = blind.apply(pts)
     assert not any((q == p).all() for q, p in zip(queries, pts))
-    assert (unblind.apply(k.apply(queries)) == k.apply(pts)).all()
-    assert not (L.bin_points(["x"], [3], "other") == pts[:1]).all()  # dataset-separated
+    direct = L.multiply(keys, pts)
+    assert (unblind.apply(L.multiply(keys, queries)) == direct).all()
+    assert not (direct[0] == direct[3]).all()  # the same key in another bin: another output
+    assert not (L.hash_points(["x"], "other") == pts[:1]).all()  # dataset-separated
 
 def test_a_small_order_point_is_refused():
     bad = np.zeros((1, 32), dtype=np.uint8)  # u = 0
@@ -251,8 +254,9 @@ def test_dummy_records_per_party_and_pattern():
         for _ in range(300):
             rows = dummy_rows(rns, lay, join, {"shift": k, "epsilon_exact": "1/2"})
             assert rows.shape == (len(rns), 2 * k * len(patterns), lay.width)
-            assert not rows[:, :, :lay.tags].any()
-            zero = (rows[:, :, lay.tags:] == 0).all(axis=0)  # (rows, others)
+            features = [c for c in range(lay.width) if c not in lay.tag_columns]
+            assert not rows[:, :, features].any()
+            zero = (rows[:, :, lay.tag_columns] == 0).all(axis=0)  # (rows, others)
             for n, p in enumerate(patterns):
                 block = zero[n * 2 * k:(n + 1) * 2 * k]
                 want = [lay.others.index(h) for h in p]
@@ -304,7 +308,7 @@ def test_every_point_is_on_the_curve_not_its_twist():
     points of empty bins are all points of the curve itself, so a blinded query carries no
     bit a guessed key could test."""
     keys = [f"P{i:05d}" for i in range(300)]
-    points = np.concatenate([L.bin_points(keys, list(range(300)), "d"), L.random_points(100)])
+    points = np.concatenate([L.hash_points(keys, "d"), L.random_points(100)])
     for row in L.Scalar().apply(L.Scalar().apply(points)):
         assert L._on_curve(int.from_bytes(bytes(row), "little"))
     for row in points:
@@ -350,7 +354,9 @@ def test_the_leader_is_the_base_or_the_holder_with_fewest_keys():
     inner = make_layout([0, 2, 3], {0: 500, 2: 90, 3: 90}, feats, "inner", 0, 0, 4)
     assert inner.leader == 2 and inner.others == (0, 3)
     assert inner.bins == L.bin_count(90) and inner.width == 2 + 4 + 3 + 2
-    assert inner.span(2) == (0, 4) and inner.span(0) == (4, 6) and inner.span(3) == (6, 9)
+    # the leader's features, then each other holder's features and its tag
+    assert inner.span(2) == (0, 4) and inner.span(0) == (4, 6) and inner.span(3) == (7, 10)
+    assert inner.tag_columns == [6, 10]
     left = make_layout([0, 2, 3], {0: 500, 2: 90, 3: 90}, feats, "left", 3, 5, 4)
     assert left.leader == 3 and left.rows == left.bins + 4 * 5
 
