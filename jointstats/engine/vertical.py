@@ -361,7 +361,7 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         seed = secrets.token_bytes(32)
     if me in lay.others:  # its own PRF outputs need nothing from anyone: start at once
         keys = await shamir.offload(L.bin_keys, seed, bins)
-        outputs_task = asyncio.ensure_future(shamir.offload(_own_outputs, block, keys, spec.dataset, bins))
+        outputs_task = _background(shamir.offload(_own_outputs, block, keys, spec.dataset, bins))
     seed = None
     if me == lay.leader:  # its keys in bins; one blinded query point per bin
         choices = await shamir.offload(L.bin_choices, block.keys, spec.dataset, bins)
@@ -395,9 +395,9 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         if shared:
             answers[j] = got[0]
         else:  # this holder's PRF outputs of the leader's keys, while the others work
-            unblinded[j] = asyncio.ensure_future(shamir.offload(unblind.apply, got[0]))
+            unblinded[j] = _background(shamir.offload(unblind.apply, got[0]))
     if me == lay.leader and shared:
-        task = asyncio.ensure_future(shamir.offload(unblind.apply, np.concatenate([answers[j] for j in lay.others])))
+        task = _background(shamir.offload(unblind.apply, np.concatenate([answers[j] for j in lay.others])))
         unblinded = {j: task for j in lay.others}
     metrics["queries_seconds"] = time.perf_counter() - started
     metrics["cpu_queries"] = time.process_time()
@@ -440,6 +440,16 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
                 out[:, a:b, lo:lo + w] = rns.add(out[:, a:b, lo:lo + w], extra[:, a:b])
         await shamir.offload(add)
     return out
+
+
+def _background(coro):
+    """A task for work in a daemon thread that runs while this party goes on with its steps;
+    its failure surfaces where it is awaited (and is not reported again as never retrieved
+    if the job failed first)."""
+    import asyncio
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
 
 
 def _own_outputs(block: LocalBlock, keys: np.ndarray, dataset: str, bins: int):
