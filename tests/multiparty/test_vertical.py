@@ -403,3 +403,44 @@ def test_more_keys_than_link_rows_refused_in_exact_mode(tmp_path):
     cfgs = linked_consortium(tmp_path, frames, parts)
     with pytest.raises(PartyError, match=r"party 'holder_a' has 64 usable keys, more than the link.rows of 50"):
         run(write_spec(tmp_path, "statistics:\n  n: {kind: count}\n", ", rows: 50"), cfgs)
+
+
+HOSTILE_TABLE = r"""
+import sys
+import numpy as np
+from jointstats.engine import vertical as V
+real = V._programmed
+def bad(*args):
+    seed, table, masks = real(*args)
+    table = table.copy()
+    table[0, 0, 0] = 0xFFFFFFFF  # a residue above its prime: not a share of anything
+    return seed, table, masks
+V._programmed = bad
+from jointstats.engine.party import exit_now, main
+exit_now(main(sys.argv[1:]))
+"""
+
+
+def test_a_holder_sending_a_malformed_oprf_table_is_dropped_and_named(tmp_path):
+    """A peer's OPPRF table is decoded as residues of the announced shape, each below its
+    prime; anything else drops the peer and the job fails naming it (the others learn
+    nothing more than from any failure before the opening)."""
+    df = people(90, 37)
+    parts = [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]]
+    frames = split(df, parts, seed=41)
+    cfgs = linked_consortium(tmp_path, frames, parts)
+    spec = write_spec(tmp_path, "statistics:\n  n: {kind: count}\n")
+    procs = []
+    for cfg in cfgs:
+        out = tmp_path / f"{cfg.stem}.json"
+        head = ([sys.executable, "-c", HOSTILE_TABLE] if cfg.stem == "holder_b"
+                else [sys.executable, "-m", "jointstats.engine.party"])
+        procs.append((cfg.stem, subprocess.Popen(
+            head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "bad-table", "--out", str(out),
+                    "--connect-timeout", "30"], cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL), out))
+    for name, proc, out in procs:
+        proc.wait(timeout=240)
+    leader = json.loads((tmp_path / "holder_a.json").read_text())
+    assert not leader["ok"]
+    assert "holder_b" in leader["error"] and "residue" in leader["error"], leader["error"]
