@@ -193,7 +193,7 @@ _KICKS = 500
 
 def bin_count(keys: int) -> int:
     """Bins of a leader with ``keys`` keys (public: its announced number)."""
-    return max(8, math.ceil(BIN_EXPANSION * keys) + 8)
+    return math.ceil(BIN_EXPANSION * keys) + 32
 
 
 def bin_choices(keys: list[str], dataset: str, bins: int) -> np.ndarray:

@@ -341,7 +341,7 @@ def test_linked_sizes_are_refused_before_anything_is_sent(monkeypatch):
         check_sizes(names, sizes, lay(sizes), width)
     # a left join on a's 20000 rows: every OPPRF table fits, the linked table does not
     sizes = {0: 20_000, 1: 100, 2: 100}
-    with pytest.raises(DataError, match="the linked table of 25408 rows x 17 encoded"):
+    with pytest.raises(DataError, match="the linked table of 25432 rows x 17 encoded"):
         check_sizes(names, sizes, lay(sizes, "left"), width)
     with pytest.raises(DataError, match="party 'c' has no usable keys"):
         sizes = {0: 10, 1: 10, 2: 0}
