@@ -26,6 +26,7 @@ The flow (docs/linkage.md):
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import secrets
@@ -35,7 +36,7 @@ from fractions import Fraction
 import numpy as np
 
 from jointstats.engine import linkage as L
-from jointstats.errors import DataError, PolicyError, SpecError
+from jointstats.errors import DataError, LinkageError, PolicyError, SpecError
 from jointstats.noise.local import discrete_laplace
 from jointstats.plan.sealed import Plan, StatPlan, Term, assign_columns
 from jointstats.plan.spec import Column, Spec
@@ -217,6 +218,12 @@ def local_block(config, spec: Spec, plan: Plan, dp: bool, source=None) -> LocalB
         log.warning("party %r: %d usable keys, more than link.rows %d: the last %d left out",
                     party, len(kept), limit, len(kept) - limit)
         kept, rows = kept[:limit], rows[:limit]
+    pad = plan.link[2] - len(kept) if plan.link[2] else 0
+    if pad > 0:  # dummy keys up to link.rows (found in review: the linkage's work, and so when
+        # a holder's messages go out, grew with its real number of keys): random keys, which
+        # link with nothing, and all-zero rows (row bit 0), worked on like any other
+        kept = kept + ["\x00pad:" + secrets.token_hex(16) for _ in range(pad)]
+        rows = np.concatenate([rows, np.zeros((pad, rows.shape[1]), dtype=np.int64)])
     index = tuple(names.index(c) for c in held)
     return LocalBlock(index, kept, rows, plan.link[2] or len(kept), feats)
 
@@ -384,21 +391,29 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
     mine = part.get(me, (0, 0))
     got = await rt.scatter(ask, [lay.leader], _points_codec(mine[1] - mine[0]), receivers=lay.others)
     queries = got[0]
-    answers: dict[int, np.ndarray] = {}
+    if not shared and len(lay.others) > 1:
+        # each answers every bin under its own scalars: the holders check that the leader
+        # asked them all the same (a leader asking two holders different points for a bin
+        # could learn from the opening whether one of them has a key it guessed)
+        digest = hashlib.sha256(queries.tobytes()).digest() if me in lay.others else None
+        heard = await rt.scatter([digest] * m, list(lay.others), shamir.SEED, receivers=list(lay.others))
+        if me in lay.others and any(d != digest for d in heard):
+            rt.drop_peer(lay.leader, "different linkage queries to different holders")
+            raise LinkageError(f"party {rt.name_of(lay.leader)!r} sent the other holders different "
+                               "linkage queries")
     unblinded: dict[int, asyncio.Future] = {}
     for j in lay.others:
         lo, hi = part[j]
-        answer = await shamir.offload(L.multiply, keys[lo:hi], queries) if me == j else None
+        answer = await _from_peer(rt, lay.leader, L.multiply, keys[lo:hi], queries) if me == j else None
         got = await rt.scatter([answer] * m, [j], _points_codec(hi - lo), receivers=[lay.leader])
-        if me != lay.leader:
-            continue
-        if shared:
-            answers[j] = got[0]
-        else:  # this holder's PRF outputs of the leader's keys, while the others work
-            unblinded[j] = _background(shamir.offload(unblind.apply, got[0]))
-    if me == lay.leader and shared:
-        task = _background(shamir.offload(unblind.apply, np.concatenate([answers[j] for j in lay.others])))
-        unblinded = {j: task for j in lay.others}
+        if me == lay.leader:  # this holder's PRF outputs of the leader's keys, while the others work
+            unblinded[j] = _background(_from_peer(rt, j, unblind.apply, got[0]))
+
+    async def outputs_for(j: int) -> np.ndarray:
+        """The leader's PRF outputs under holder j's scalars (shared: every holder's part)."""
+        if not shared:
+            return await unblinded[j]
+        return np.concatenate([await unblinded[i] for i in lay.others])
     metrics["queries_seconds"] = time.perf_counter() - started
     metrics["cpu_queries"] = time.process_time()
     decoded = None
@@ -418,7 +433,7 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         if me == lay.leader:
             lo, _ = lay.span(j)
             view = decoded[:, :, lo:lo + lay.widths[j] + 1]
-            values = await shamir.offload(opprf.evaluate, rns, got[0], table, await unblinded[j])
+            values = await shamir.offload(opprf.evaluate, rns, got[0], table, await outputs_for(j))
             view[...] = values
         table = None
     metrics["opprf_seconds"] = time.perf_counter() - started
@@ -440,6 +455,19 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
                 out[:, a:b, lo:lo + w] = rns.add(out[:, a:b, lo:lo + w], extra[:, a:b])
         await shamir.offload(add)
     return out
+
+
+async def _from_peer(rt, sender: int, fn, *args):
+    """``fn(*args)`` on points the party ``sender`` sent (in a daemon thread); a point of
+    small order, which only a deviating peer sends, drops that peer and names it (found in
+    review: the job failed naming nobody, or an honest party that had stopped)."""
+    from jointstats.mpc import shamir
+    try:
+        return await shamir.offload(fn, *args)
+    except LinkageError:
+        why = "a point of small order in the linkage"
+        rt.drop_peer(sender, why)
+        raise LinkageError(f"party {rt.name_of(sender)!r} sent a malformed message ({why}); dropped") from None
 
 
 def _background(coro):
@@ -593,7 +621,10 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     m = len(config.peers)
     names = [c.name for c in spec.schema]
     own = [block.announced, *block.held]
-    got = await guard(rt.transfer(own, codec=_codec.INTS), "the holdings exchange")
+    # echoed: every party checks that every other heard the same holdings from each (found in
+    # review: a holder telling two parties different key counts made them derive different
+    # leaders, and an honest holder then sent it the other holders' shared seed)
+    got = await guard(rt.transfer(own, codec=_codec.ECHOED_INTS), "the holdings exchange")
     holders = holders_of(config.peers)
     sizes: dict[int, int] = {}
     holdings: dict[str, tuple[str, ...]] = {}

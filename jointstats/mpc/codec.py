@@ -536,6 +536,10 @@ class Codec:
 
 INT = Codec("int", encode_int, decode_int)
 INTS = Codec("ints", encode_ints, decode_ints)
+#: Integer lists every party must have heard alike from each sender (a linked job's holdings:
+#: a holder that told parties different key counts would make them derive different
+#: layouts, and one could then send another its secrets).
+ECHOED_INTS = Codec("ints", encode_ints, decode_ints, echoed=True)
 TEXT = Codec("text", encode_text, decode_text)
 RECORD = Codec("record", encode_record, decode_record, echoed=True)
 

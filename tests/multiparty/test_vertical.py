@@ -405,42 +405,121 @@ def test_more_keys_than_link_rows_refused_in_exact_mode(tmp_path):
         run(write_spec(tmp_path, "statistics:\n  n: {kind: count}\n", ", rows: 50"), cfgs)
 
 
-HOSTILE_TABLE = r"""
+# ----------------------------------------------------------------------------- hostile holders
+
+HOSTILE = r"""
 import sys
 import numpy as np
+from jointstats.engine import linkage as L
 from jointstats.engine import vertical as V
-real = V._programmed
-def bad(*args):
-    seed, table, masks = real(*args)
-    table = table.copy()
-    table[0, 0, 0] = 0xFFFFFFFF  # a residue above its prime: not a share of anything
-    return seed, table, masks
-V._programmed = bad
+from jointstats.mpc import codec as C
+from jointstats.mpc import runtime as R
+attack = sys.argv.pop(1)
+if attack == "table":  # an OPPRF table with a residue above its prime
+    real = V._programmed
+    def bad(*args):
+        seed, table, masks = real(*args)
+        table = table.copy()
+        table[0, 0, 0] = 0xFFFFFFFF
+        return seed, table, masks
+    V._programmed = bad
+elif attack == "holdings":  # tells party 0 another number of keys than the others
+    send = R.JointRuntime._send_message
+    def told(self, peer, data):
+        if sys._getframe(1).f_code.co_name == "transfer" and peer == 0:
+            try:
+                msg = C.decode_ints(data)
+            except Exception:  # another kind of message
+                msg = None
+            if msg and msg[0] > 1 and len(msg) > 1:  # [keys, held columns...]
+                data = C.encode_ints([msg[0] - 1, *msg[1:]])
+        return send(self, peer, data)
+    R.JointRuntime._send_message = told
+elif attack == "small-order":  # the leader's queries: the point u = 0 (order 2)
+    class Zero:
+        def apply(self, points, factor=1):
+            return np.zeros_like(points)
+    real_blinding = L.blinding
+    L.blinding = lambda: (Zero(), real_blinding()[1])
+elif attack == "two-queries":  # the leader asks one holder other points than the others
+    real_codec = V._points_codec
+    calls = []
+    def codec(n):
+        c = real_codec(n)
+        def encode(points):
+            calls.append(1)
+            if len(calls) == 2:  # the second holder's copy of the queries
+                points = points.copy()
+                points[0, 0] ^= 1
+            return c.encode(points)
+        return C.Codec(c.name, encode, c.decode)
+    V._points_codec = codec
 from jointstats.engine.party import exit_now, main
 exit_now(main(sys.argv[1:]))
 """
 
 
-def test_a_holder_sending_a_malformed_oprf_table_is_dropped_and_named(tmp_path):
-    """A peer's OPPRF table is decoded as residues of the announced shape, each below its
-    prime; anything else drops the peer and the job fails naming it (the others learn
-    nothing more than from any failure before the opening)."""
-    df = people(90, 37)
-    parts = [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]]
-    frames = split(df, parts, seed=41)
-    cfgs = linked_consortium(tmp_path, frames, parts)
-    spec = write_spec(tmp_path, "statistics:\n  n: {kind: count}\n")
+def _run_hostile(tmp_path, cfgs, spec, who: str, attack: str) -> dict:
+    """Every party's outcome (its --out JSON) when ``who`` runs ``attack``."""
     procs = []
     for cfg in cfgs:
         out = tmp_path / f"{cfg.stem}.json"
-        head = ([sys.executable, "-c", HOSTILE_TABLE] if cfg.stem == "holder_b"
+        head = ([sys.executable, "-c", HOSTILE, attack] if cfg.stem == who
                 else [sys.executable, "-m", "jointstats.engine.party"])
         procs.append((cfg.stem, subprocess.Popen(
-            head + ["--config", str(cfg), "--spec", str(spec), "--job-id", "bad-table", "--out", str(out),
+            head + ["--config", str(cfg), "--spec", str(spec), "--job-id", attack, "--out", str(out),
                     "--connect-timeout", "30"], cwd=ROOT, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL), out))
-    for name, proc, out in procs:
+    for _, proc, _ in procs:
         proc.wait(timeout=240)
-    leader = json.loads((tmp_path / "holder_a.json").read_text())
+    return {name: json.loads(out.read_text()) for name, _, out in procs}
+
+
+def _three_holders(tmp_path):
+    df = people(90, 37)
+    parts = [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]]
+    cfgs = linked_consortium(tmp_path, split(df, parts, seed=41), parts)
+    return cfgs, write_spec(tmp_path, "statistics:\n  n: {kind: count}\n")
+
+
+def test_a_holder_sending_a_malformed_oprf_table_is_dropped_and_named(tmp_path):
+    """A peer's OPPRF table is decoded as residues of the announced shape, each below its
+    prime; anything else drops the peer and the job fails naming it."""
+    cfgs, spec = _three_holders(tmp_path)
+    leader = _run_hostile(tmp_path, cfgs, spec, "holder_b", "table")["holder_a"]
     assert not leader["ok"]
     assert "holder_b" in leader["error"] and "residue" in leader["error"], leader["error"]
+
+
+def test_a_holder_announcing_different_key_counts_is_named_before_anything_moves(tmp_path):
+    """The holdings are echoed (found in review: a holder telling parties different counts
+    made them derive different leaders, and an honest holder then sent it the other holders'
+    shared seed and its table): every honest party fails naming the liar."""
+    cfgs, spec = _three_holders(tmp_path)
+    outcomes = _run_hostile(tmp_path, cfgs, spec, "holder_c", "holdings")
+    for name in ("holder_a", "holder_b"):
+        assert not outcomes[name]["ok"]
+        assert outcomes[name]["error"].startswith("party 'holder_c' sent different parties different"), \
+            outcomes[name]["error"]
+
+
+def test_a_point_of_small_order_names_the_party_that_sent_it(tmp_path):
+    cfgs, spec = _three_holders(tmp_path)
+    outcomes = _run_hostile(tmp_path, cfgs, spec, "holder_a", "small-order")  # holder_a leads
+    for name in ("holder_b", "holder_c"):
+        assert not outcomes[name]["ok"]
+        assert "holder_a" in outcomes[name]["error"] and "small order" in outcomes[name]["error"], \
+            outcomes[name]["error"]
+
+
+def test_a_leader_asking_holders_different_points_is_named(tmp_path):
+    """From 5 parties each holder answers every bin under its own scalars; the holders compare
+    digests of the queries, so a leader cannot decode one holder's table under a key it
+    guessed and another's under a key it knows (a membership test through the opening)."""
+    df = people(90, 43)
+    parts = [["age", "smoker"], ["bmi"], ["region", "visits"], ["sbp"]]
+    cfgs = linked_consortium(tmp_path, split(df, parts, seed=3), parts, compute=("helper",))
+    spec = write_spec(tmp_path, "statistics:\n  n: {kind: count}\n")
+    outcomes = _run_hostile(tmp_path, cfgs, spec, "holder_a", "two-queries")
+    named = [o for n, o in outcomes.items() if n != "holder_a" and "different linkage queries" in (o.get("error") or "")]
+    assert named and all(not o["ok"] for n, o in outcomes.items() if n != "holder_a")

@@ -398,3 +398,30 @@ def test_a_failing_job_does_not_wait_for_its_worker_threads():
     with pytest.raises(RuntimeError):
         asyncio.run(job())
     assert time.monotonic() - started < 2
+
+
+def test_a_holders_block_is_padded_to_link_rows_with_keys_that_link_nowhere(tmp_path):
+    """With link.rows every holder works on exactly link.rows keys (found in review: the
+    linkage's work, so when its messages went out, grew with its real number of keys):
+    random padding keys with all-zero rows (row bit 0); its real keys first, as usable."""
+    import pandas as pd
+
+    from jointstats.engine.dp import add_noise_plans
+    from jointstats.engine.sources import open_source
+    from jointstats.engine.vertical import local_block
+    pd.DataFrame({"patient_id": ["x1", "x2", "x2", None, "X3 "], "sbp": [120, 130, 140, 150, 160]}).to_csv(
+        tmp_path / "a.csv", index=False)
+    names = ["a", "b", "c"]
+    conf = {"party": "a", "mpc": {"parties": [{"name": n, "host": "127.0.0.1", "port": i + 1}
+                                              for i, n in enumerate(names)]},
+            "datasets": {"linked_cohort": {"source": "a.csv", "columns": ["patient_id", "sbp"]}},
+            "policy": {"budget": {"epsilon": 10, "delta": 1e-5}, "allow_exact": True}}
+    cfg = parse_party_config(conf, tmp_path / "a.yaml")
+    spec = parse_spec(SPEC.replace("{key: patient_id}", "{key: patient_id, rows: 40}") + "privacy: {epsilon: 1.0}\n")
+    plan = add_noise_plans(spec, make_plan(spec, names))
+    block = local_block(cfg, spec, plan, True, open_source("a.csv", tmp_path))
+    assert block.announced == 40 and len(block.keys) == 40 and len(block.rows) == 40
+    assert block.keys[:2] == ["x1", "x3"]  # x2 is repeated: left out
+    assert len(set(block.keys)) == 40 and all(k.startswith("\x00pad:") for k in block.keys[2:])
+    row = block.features.index(next(f for f in block.features if f.kind == "row"))
+    assert block.rows[:2, row].tolist() == [1, 1] and not block.rows[2:].any()
