@@ -32,13 +32,13 @@ import yaml
 SPLIT = [["x1", "x2", "x3", "x4"], ["x5", "x6", "x7", "y"], ["x8", "x9", "x10"]]
 
 
-def spec_text(rows: int) -> str:
+def spec_text(rows: int, left: bool = False) -> str:
     cols = "\n".join(f"  x{j}: {{type: real, bounds: [-6, 6]}}" for j in range(1, 11))
     feats = ", ".join(f"x{j}" for j in range(1, 11))
     return f"""name: linkage-bench
 dataset: linked
 partition: vertical
-link: {{key: pid, rows: {rows}}}
+link: {{key: pid, rows: {rows}{", join: left, base: hospital" if left else ""}}}
 schema:
 {cols}
   y: {{type: real, bounds: [-100, 100]}}
@@ -48,7 +48,7 @@ statistics:
 """
 
 
-def make_consortium(root: Path, rows: int, seed: int = 0) -> tuple[Path, list[Path]]:
+def make_consortium(root: Path, rows: int, seed: int = 0, left: bool = False) -> tuple[Path, list[Path]]:
     """Data, configs and spec of the benchmark in ``root``."""
     from tests.conftest import free_ports
     rng = np.random.default_rng(seed)
@@ -75,14 +75,14 @@ def make_consortium(root: Path, rows: int, seed: int = 0) -> tuple[Path, list[Pa
         cfgs.append(d / f"{name}.yaml")
         cfgs[-1].write_text(yaml.safe_dump(cfg, sort_keys=False))
     spec = root / "spec.yaml"
-    spec.write_text(spec_text(rows + extra))
+    spec.write_text(spec_text(rows + extra, left))
     return spec, cfgs
 
 
-def run_ours(rows: int) -> dict:
+def run_ours(rows: int, left: bool = False) -> dict:
     from jointstats import run
     with tempfile.TemporaryDirectory(prefix="jsbench-link-") as tmp:
-        spec, cfgs = make_consortium(Path(tmp), rows)
+        spec, cfgs = make_consortium(Path(tmp), rows, left=left)
         metrics: dict = {}
         started = time.perf_counter()
         result = run(spec, cfgs, metrics=metrics).to_dict()
@@ -99,6 +99,7 @@ def run_ours(rows: int) -> dict:
                      "shuffle_seconds": round(m.get("shuffle_seconds", 0.0), 2),
                      "cpu_seconds": round(m["cpu_seconds"], 2), "bytes_sent": m["bytes_sent"], "peak_rss_mb": round(m["peak_rss_kb"] / 1024),
                      "linked_records": m["linked_records"],
+                     "join": "left" if left else "inner",
                      "cpu_marks": {k[4:]: round(v, 2) for k, v in m.items() if k.startswith("cpu_") and k != "cpu_seconds"}}
     return {"rows": rows, "wall_seconds": round(wall, 2), "parties": per,
             "n": result["results"]["ols"]["n"]}
@@ -117,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.linkage")
     ap.add_argument("--rows", type=int, default=100_000, help="linked records")
     ap.add_argument("--baseline", action="store_true", help="also run the row-sharing MPyC program")
+    ap.add_argument("--left", action="store_true", help="a left join on the first holder instead")
     ap.add_argument("--out", help="write the figures as JSON")
     args = ap.parse_args(argv)
-    ours = run_ours(args.rows)
+    ours = run_ours(args.rows, args.left)
     report = {"ours": ours}
     print(f"{args.rows} linked records, 3 parties, exact regression (10 features) + correlation (5)")
     print(f"  end to end {ours['wall_seconds']} s (linked records found: {ours['n']})")

@@ -138,9 +138,11 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     samples = sum(len(release_units(s)) for s in stats)
     weights = {s.name: s.weight for s in spec.statistics}
     total_weight = sum(weights.values())
-    # a linked job's dummy records (docs/linkage.md): each party's count for each pattern is
-    # one more draw, within the samplers' total variation per draw of its untruncated law
-    draws = link_draws(len(plan.parties), spec.link.join) if spec.vertical else 0
+    # an inner linked job's dummy records (docs/linkage.md): each party's count is one more
+    # draw, within the samplers' total variation per draw of its untruncated law (a left join
+    # opens nothing of its matches: no dummies)
+    linked = spec.vertical and spec.link.join != "left"
+    draws = len(plan.parties) if linked else 0
     try:
         charge = acc.job_charge(privacy.epsilon, privacy.delta, samples + draws)
     except ValueError as exc:  # a delta too small for the samplers' total-variation allowance
@@ -148,9 +150,9 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     pure = privacy.delta == 0
     eps_s, rho_s = privacy.epsilon, charge.rho
     linkage = None
-    if spec.vertical:  # one more "statistic" of the average weight: 1 / (count + 1) of the budget
+    if linked:  # one more "statistic" of the average weight: 1 / (count + 1) of the budget
         linkage = _linkage_share(privacy.epsilon if pure else None, charge.rho, len(spec.statistics),
-                                 len(plan.parties), spec.link.join)
+                                 len(plan.parties))
         if pure:
             eps_s = privacy.epsilon - linkage["epsilon"]
         else:
@@ -182,41 +184,29 @@ def add_noise_plans(spec: Spec, plan: Plan) -> Plan:
     if not pure:
         block["rho"] = float(charge.rho)
     if linkage is not None:
-        from jointstats.engine.vertical import link_sensitivity
+        from jointstats.engine.vertical import LINK_SENSITIVITY
         block["linkage"] = {"epsilon": float(linkage["epsilon"]), "epsilon_exact": str(linkage["epsilon"]),
                             "shift": linkage["shift"], "draws": draws,
-                            "sensitivity": link_sensitivity(spec.link.join),
-                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(sensitivity / "
-                                         "epsilon), 0, 2k) per party and per match pattern"}
+                            "sensitivity": LINK_SENSITIVITY,
+                            "mechanism": "dummy linked records: clamp(k + discrete Laplace(1 / epsilon), "
+                                         "0, 2k) per party"}
         block["accounting"] += ("; the linked counts the parties see: a share of "
                                 + ("epsilon" if pure else "rho (epsilon^2 / 2 of it)")
-                                + " like one more statistic, each party's dummy count per pattern one "
-                                  "more draw in the total-variation term")
+                                + " like one more statistic, each party's dummy count one more draw "
+                                  "in the total-variation term")
     return seal(replace(plan, statistics=tuple(out), privacy=block))
 
 
-def link_patterns(parties: int, join: str) -> int:
-    """The match patterns whose counts a linked job shows every party, at most (with up to
-    all parties as holders): an inner join's linked records; a left join's base records by
-    the set of other holders they link to (every non-empty one)."""
-    return 2 ** (parties - 1) - 1 if join == "left" else 1
-
-
-def link_draws(parties: int, join: str) -> int:
-    """The dummy counts a linked job draws at most: every party, for every pattern."""
-    return parties * link_patterns(parties, join)
-
-
 def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: int,
-                   parties: int, join: str) -> dict:
-    """A DP linked job's share for the dummy linked records (the counts every party sees), as
+                   parties: int) -> dict:
+    """A DP inner linked job's share for the dummy linked records (the count every party sees), as
     one more statistic of the statistics' average weight: 1 / (statistics + 1) of epsilon
     (pure job) or of rho (zCDP job: the dummies' pure epsilon_link is then the largest
     rational with epsilon_link^2 / 2 below that share, on a 2^-40 grid), with the shift k
     that keeps each draw (discrete Laplace of scale sensitivity / epsilon_link) within the
     samplers' total variation per draw. SpecError when the dummy rows would exceed the
     linked row limit."""
-    from jointstats.engine.vertical import link_sensitivity
+    from jointstats.engine.vertical import LINK_SENSITIVITY
     from jointstats.noise.local import truncated_shift
     from jointstats.plan.spec import MAX_LINK_ROWS
     if epsilon is not None:
@@ -227,10 +217,10 @@ def _linkage_share(epsilon: Fraction | None, rho: Fraction | None, statistics: i
     if eps <= 0:
         raise SpecError("privacy.epsilon: too small to noise the linkage's match counts")
     try:
-        k = truncated_shift(eps / link_sensitivity(join), acc.SAMPLER_TV_PER_SAMPLE)
+        k = truncated_shift(eps / LINK_SENSITIVITY, acc.SAMPLER_TV_PER_SAMPLE)
     except (ValueError, OverflowError, ZeroDivisionError):
         raise SpecError("privacy.epsilon: too small to noise the linkage's match counts") from None
-    rows = parties * 2 * k * link_patterns(parties, join)  # the table's dummy rows, at most
+    rows = parties * 2 * k  # the table's dummy rows
     if rows > MAX_LINK_ROWS:
         raise SpecError(f"privacy.epsilon: the linkage's dummy records at this epsilon would be up "
                         f"to {rows} rows, over the limit of {MAX_LINK_ROWS}; raise "

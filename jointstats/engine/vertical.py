@@ -48,10 +48,10 @@ log = logging.getLogger("jointstats.vertical")
 LINKAGE_SEES = ("every party learns each holder's number of keys (link.rows when set), who holds "
                 "which column, and the number of linked records: exact in exact mode, raised by "
                 "every party's dummy records in DP mode (privacy.linkage), so differentially private "
-                "towards any coalition of up to t parties; a left join shows instead how many base "
-                "records link to each set of other holders (noised likewise in DP mode); no party "
-                "learns another's identifiers, which of its own records are linked, or how many "
-                "keys any two holders share")
+                "towards any coalition of up to t parties (a left join shows nothing about the "
+                "matches: its records are every key of the base); no party learns another's "
+                "identifiers, which of its own records are linked, or how many keys any two "
+                "holders share")
 #: Statistical security (bits) of the masked opening that turns the secret partials into
 #: integer additive shares.
 SIGMA = 64
@@ -279,8 +279,9 @@ class Layout:
     index first) places its keys in ``bins`` bins; each other holder ``j`` (``others``)
     programs an OPPRF table of ``table_rows[j]`` entries. The shared table has one row per
     bin, then ``dummies`` rows per party (DP), and columns: the leader's features, then for
-    each other holder its features (its row for the leader's key of the bin, if it has it),
-    then one tag column per other holder (0 exactly when it has the bin's key)."""
+    each other holder its features (its row for the leader's key of the bin, if it has it)
+    and its tags (0 exactly when it has the bin's key; a left join has two independent ones,
+    for a zero test that is exact with odds 1 - 2^-60)."""
 
     leader: int
     others: tuple[int, ...]
@@ -289,6 +290,7 @@ class Layout:
     table_rows: dict
     dummies: int
     parties: int
+    tags: int = 1  # per other holder: 1 (inner join), 2 independent ones (left join)
 
     @property
     def rows(self) -> int:
@@ -300,17 +302,17 @@ class Layout:
         for h in (self.leader, *self.others):
             if h == i:
                 return start, start + self.widths[h]
-            start += self.widths[h] + (h != self.leader)
+            start += self.widths[h] + (self.tags if h != self.leader else 0)
         raise KeyError(i)
 
     @property
     def tag_columns(self) -> list[int]:
-        """The tag column of each other holder (in ``others`` order)."""
-        return [self.span(j)[1] for j in self.others]
+        """The tag columns, each other holder's in turn (in ``others`` order)."""
+        return [self.span(j)[1] + k for j in self.others for k in range(self.tags)]
 
     @property
     def width(self) -> int:
-        return sum(self.widths.values()) + len(self.others)
+        return sum(self.widths.values()) + self.tags * len(self.others)
 
 
 def make_layout(holders: list[int], sizes: dict[int, int], feats: dict, join: str, base_index: int,
@@ -320,7 +322,8 @@ def make_layout(holders: list[int], sizes: dict[int, int], feats: dict, join: st
     leader = base_index if join == "left" else min(holders, key=lambda i: (sizes[i], i))
     others = tuple(i for i in holders if i != leader)
     return Layout(leader, others, L.bin_count(sizes[leader]), {i: len(feats[i]) for i in holders},
-                  {j: opprf.table_rows(3 * sizes[j]) for j in others}, dummies, m)
+                  {j: opprf.table_rows(3 * sizes[j]) for j in others}, dummies, m,
+                  2 if join == "left" else 1)
 
 
 async def _send_table(rt, rns, table, src: int, dst: int, shape) -> np.ndarray | None:
@@ -429,10 +432,10 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
             seed, table, masks = await shamir.offload(_programmed, rns, lay, block, await outputs_task)
             outputs_task = None
         got = await rt.scatter([seed] * m, [j], shamir.SEED, receivers=[lay.leader])
-        table = await _send_table(rt, rns, table, j, lay.leader, (lay.table_rows[j], lay.widths[j] + 1))
+        table = await _send_table(rt, rns, table, j, lay.leader, (lay.table_rows[j], lay.widths[j] + lay.tags))
         if me == lay.leader:
             lo, _ = lay.span(j)
-            view = decoded[:, :, lo:lo + lay.widths[j] + 1]
+            view = decoded[:, :, lo:lo + lay.widths[j] + lay.tags]
             values = await shamir.offload(opprf.evaluate, rns, got[0], table, await outputs_for(j))
             view[...] = values
         table = None
@@ -446,7 +449,7 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
     decoded = None
     for j in lay.others:
         lo, _ = lay.span(j)
-        w = lay.widths[j] + 1
+        w = lay.widths[j] + lay.tags
         extra = await shamir.deal(rt, rns, (lambda a, b: masks[:, a:b]) if me == j else None, [j], (bins, w))
 
         def add(lo=lo, w=w, extra=extra):
@@ -497,19 +500,19 @@ def _own_outputs(block: LocalBlock, keys: np.ndarray, dataset: str, bins: int):
 
 def _programmed(rns, lay: Layout, block: LocalBlock, own):
     """An other holder's OPPRF table: (seed, table, its bin masks and tags ``(L, bins,
-    width + 1)``, uint32). Under F_b(y) (``own``: :func:`_own_outputs`) the table decodes to
-    (row(y) - mask(b), -tag(b))."""
+    width + tags)``, uint32). Under F_b(y) (``own``: :func:`_own_outputs`) the table decodes
+    to (row(y) - mask(b), -tag(b)...)."""
     from jointstats.engine import opprf
     ys, bs, outputs = own
     width = block.rows.shape[1]
-    masks = np.empty((len(rns), lay.bins, width + 1), dtype=np.uint32)
-    values = np.empty((len(rns), len(ys), width + 1), dtype=np.uint32)
+    masks = np.empty((len(rns), lay.bins, width + lay.tags), dtype=np.uint32)
+    values = np.empty((len(rns), len(ys), width + lay.tags), dtype=np.uint32)
     step = 1 << 16
     for a in range(0, lay.bins, step):  # in slices: no table-sized int64 temporary
-        masks[:, a:a + step] = rns.random((min(step, lay.bins - a), width + 1))
+        masks[:, a:a + step] = rns.random((min(step, lay.bins - a), width + lay.tags))
     for a in range(0, len(ys), step):
         y, b = ys[a:a + step], bs[a:a + step]
-        part = np.zeros((len(rns), len(y), width + 1), dtype=np.int64)
+        part = np.zeros((len(rns), len(y), width + lay.tags), dtype=np.int64)
         part[:, :, :width] = rns.encode(block.rows[y])
         part -= masks[:, b]
         for l, p in enumerate(rns.primes):
@@ -518,57 +521,44 @@ def _programmed(rns, lay: Layout, block: LocalBlock, own):
     return seed, table, masks
 
 
-def dummy_patterns(lay: Layout, join: str) -> list[tuple[int, ...]]:
-    """The match patterns the parties see counted (DP: each gets dummy records): for an inner
-    join only "every other holder" (the linked records); for a left join every non-empty set
-    of other holders (the base records that link to exactly those)."""
-    if join != "left":
-        return [lay.others]
-    return [c for r in range(1, len(lay.others) + 1) for c in itertools.combinations(lay.others, r)]
-
-
-def dummy_rows(rns, lay: Layout, join: str, link_noise: dict) -> np.ndarray:
-    """This party's dummy records (DP), ``(L, dummies, width)``: for every pattern a count
-    Z = clamp(k + DL(s / epsilon), 0, 2k), drawn exactly and kept by this party alone, of
-    rows whose tags are 0 for the pattern's holders (random for the others), then fillers
-    (every tag random) up to 2k rows; every feature 0. So every party shares the same number
-    of rows whatever its Z, and after the shuffle no coalition of t parties knows which rows
-    are another party's dummies: each pattern's count, as every party sees it, is the real
-    count plus the sum of the parties' Z."""
+def dummy_rows(rns, lay: Layout, link_noise: dict) -> np.ndarray:
+    """This party's dummy records (DP, inner join), ``(L, dummies, width)``: a count
+    Z = clamp(k + DL(1 / epsilon), 0, 2k), drawn exactly and kept by this party alone, of rows
+    whose tags are all 0 (they link), then fillers with random tags up to 2k rows; every
+    feature 0. So every party shares the same number of rows whatever its Z, and after the
+    shuffle no coalition of t parties knows which rows are another party's dummies: the
+    linked count, as every party sees it, is the real one plus the sum of the parties' Z."""
     k = int(link_noise["shift"])
-    scale = link_sensitivity(join) / Fraction(link_noise["epsilon_exact"])
-    tags = rns.random((lay.dummies, len(lay.others)))  # uniform: a 0 tag by chance has odds 1/M
-    row = 0
-    for pattern in dummy_patterns(lay, join):
-        z = min(max(k + discrete_laplace(scale), 0), 2 * k)
-        for h in pattern:
-            tags[:, row:row + z, lay.others.index(h)] = 0
-        row += 2 * k
+    z = min(max(k + discrete_laplace(LINK_SENSITIVITY / Fraction(link_noise["epsilon_exact"])), 0), 2 * k)
+    tags = rns.random((lay.dummies, len(lay.tag_columns)))  # uniform: a 0 tag by chance has odds 1/M
+    tags[:, :z] = 0
     out = np.zeros((len(rns), lay.dummies, lay.width), dtype=np.int64)
     out[:, :, lay.tag_columns] = tags
     return out
 
 
-def link_sensitivity(join: str) -> int:
-    """How much the counts the parties see change, in L1, when one row is added or removed:
-    an inner join's linked records by 1; a left join's patterns by 2 (a row at another holder
-    moves a base record from one pattern to another)."""
-    return 2 if join == "left" else 1
+#: How much the linked count the parties see (inner join) changes when one row is added or
+#: removed at one holder.
+LINK_SENSITIVITY = 1
 
 
 async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, link_noise,
                 metrics: dict) -> tuple[dict[int, np.ndarray], int]:
     """The linkage (docs/linkage.md): this party's shares of every holder's columns over the
     linked records (``(L, n, features)`` per holder) and their number n."""
-    from jointstats.mpc import shamir
     import time
+    from jointstats.mpc import shamir
     m = len(rt.parties)
     metrics["cpu_link_start"] = time.process_time()
     table = await _bin_table(rt, rns, lay, block, spec, metrics)
     metrics["cpu_shared"] = time.process_time()
     started = time.perf_counter()
+    if join == "left":
+        linked = await _left(rt, rns, lay, table)
+        metrics["shuffle_seconds"] = time.perf_counter() - started
+        return linked, lay.bins
     if lay.dummies:  # every party's dummy records, each in its own rows
-        mine = dummy_rows(rns, lay, join, link_noise)
+        mine = dummy_rows(rns, lay, link_noise)
         mine_at = rt.pid * lay.dummies
 
         def rows_of(a: int, b: int) -> np.ndarray:
@@ -586,29 +576,37 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
         got = await rt.scatter([seed] * m, [members[0]], shamir.SEED, receivers=list(members))
         perm = await shamir.offload(L.permutation, got[0], lay.rows) if rt.pid in members else None
         table = await shamir.reshare_permute(rt, rns, table, members, perm)
-    # open s * tag for a fresh random s: 0 exactly where the tag is (a match), uniform elsewhere
-    tags = table[:, :, lay.tag_columns].astype(np.int64)
-    if join != "left":
-        tags = rns.total([tags[:, :, k] for k in range(tags.shape[2])])[:, :, None]
-    s = await shamir.deal(rt, rns, lambda a, b: rns.random((b - a, tags.shape[2])), range(m), tags.shape[1:])
+    # open s * (sum of the tags) for a fresh random s: 0 exactly where every tag is (a
+    # linked record), uniformly random elsewhere
+    tags = rns.total([table[:, :, c].astype(np.int64) for c in lay.tag_columns])[:, :, None]
+    s = await shamir.deal(rt, rns, lambda a, b: rns.random((b - a, 1)), range(m), tags.shape[1:])
     opened = await shamir.open_values(rt, rns, await shamir.multiply(rt, rns, tags, s))
-    match = (opened == 0).all(axis=0)  # (rows, patterns)
+    pos = np.flatnonzero((opened == 0).all(axis=0)[:, 0])
     metrics["shuffle_seconds"] = time.perf_counter() - started
     metrics["cpu_opened"] = time.process_time()
     linked: dict[int, np.ndarray] = {}
-    if join != "left":
-        pos = np.flatnonzero(match[:, 0])
-        for i in (lay.leader, *lay.others):
-            lo, hi = lay.span(i)
-            linked[i] = table[:, pos, lo:hi]
-        return linked, len(pos)
-    for i in (lay.leader, *lay.others):  # a left join keeps every row; no partner: zeros
+    for i in (lay.leader, *lay.others):
         lo, hi = lay.span(i)
-        linked[i] = table[:, :, lo:hi]
-        if i != lay.leader:
-            linked[i] = linked[i] * match[None, :, lay.others.index(i), None].astype(np.uint32)
-    metrics["pattern_counts"] = [int(c) for c in match.sum(axis=0)]
-    return linked, lay.rows
+        linked[i] = table[:, pos, lo:hi]
+    return linked, len(pos)
+
+
+async def _left(rt, rns, lay: Layout, table: np.ndarray) -> dict[int, np.ndarray]:
+    """A left join's linked table: every bin of the base (the leader), each other holder's
+    columns multiplied by a secret bit, 1 exactly when it has the bin's key (both its tags
+    are 0: ``shamir.is_zero``, about 31 rounds of products). Nothing is opened, so nothing
+    about who has which key is shown, and the bins need no shuffle."""
+    from jointstats.mpc import shamir
+    tags = table[:, :, lay.tag_columns].astype(np.int64)
+    tags = tags.reshape(len(rns), lay.bins, len(lay.others), lay.tags)
+    bits = await shamir.is_zero(rt, rns, tags)
+    both = await shamir.multiply(rt, rns, bits[..., 0], bits[..., 1])  # (L, bins, others)
+    lo, hi = lay.span(lay.leader)
+    linked = {lay.leader: table[:, :, lo:hi]}
+    for k, j in enumerate(lay.others):
+        lo, hi = lay.span(j)
+        linked[j] = await shamir.multiply(rt, rns, table[:, :, lo:hi], both[:, :, k, None])
+    return linked
 
 
 async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock, guard,
@@ -650,8 +648,8 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     feats = {i: layout(plan, spec, holdings[config.peers[i].name]) for i in holders}
     link_noise = (plan.privacy or {}).get("linkage")
     lay = make_layout(holders, sizes, feats, join, base_index, 0, m)
-    if link_noise is not None:  # DP: every party's dummy records, 2k rows per pattern
-        lay = replace(lay, dummies=2 * int(link_noise["shift"]) * len(dummy_patterns(lay, join)))
+    if link_noise is not None and join != "left":  # DP: every party's dummy records, 2k rows
+        lay = replace(lay, dummies=2 * int(link_noise["shift"]))
     width = 4 * len(rns)  # bytes of an element's shares: one uint32 residue per prime
     n_max = lay.rows if join == "left" else min(min(sizes.values()), lay.bins) + m * lay.dummies
     check_sizes([p.name for p in config.peers], sizes, lay, width)

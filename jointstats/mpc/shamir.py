@@ -11,6 +11,7 @@ majority, as MPyC), on numpy arrays of residues:
 - :func:`multiply`: elementwise products, the degree 2t brought back to t by resharing
   (Gennaro, Rabin and Rabin 1998);
 - :func:`open_values`: an opening to every party (of values that are public by design);
+- :func:`is_zero`: secret bits [x == 0] of entries that are 0 or uniformly random (Fermat);
 - :func:`integer_shares`: a secret vector (degree up to 2t: inner products need no
   resharing before) turned into integer additive shares through one statistically masked
   opening.
@@ -206,6 +207,40 @@ async def open_values(rt, rns: Rns, x: np.ndarray) -> np.ndarray:
         got = await rt.scatter([x[:, a:b]] * len(rt.parties), openers, residue_codec(rns, (b - a,) + x.shape[2:]))
         out[:, a:b] = rns.combine(lam, got)
     return out
+
+
+async def is_zero(rt, rns: Rns, x: np.ndarray) -> np.ndarray:
+    """Shares of the bits [x == 0] of the shared array ``x`` (degree t), whose every entry is
+    0 or uniformly random modulo M: per prime p, 1 - x^(p - 1) (Fermat's little theorem), by
+    square and multiply with both products of a step in one round (about 31 rounds). The
+    residues of a bit agree, so it is a bit modulo M, unless a nonzero entry is 0 modulo some
+    prime and not all (odds below 2^-30 each): AND two independent entries to make that
+    2^-60."""
+    exponents = [p - 1 for p in rns.primes]
+    base = np.asarray(x, dtype=np.int64)
+    acc = None
+    for i in range(max(e.bit_length() for e in exponents)):
+        mult = None
+        if any((e >> i) & 1 for e in exponents):
+            mult = base.copy()
+            for l, e in enumerate(exponents):
+                if not (e >> i) & 1:
+                    mult[l] = 1  # the constant 1: a sharing of degree 0
+        last = i == max(e.bit_length() for e in exponents) - 1
+        if mult is not None and acc is not None:
+            left = np.stack([acc, base] if not last else [acc], axis=-1)
+            right = np.stack([mult, base] if not last else [mult], axis=-1)
+            both = await multiply(rt, rns, left, right)
+            acc = both[..., 0].astype(np.int64)
+            if not last:
+                base = both[..., 1].astype(np.int64)
+            continue
+        if mult is not None:
+            acc = mult
+        if not last:
+            base = (await multiply(rt, rns, base, base)).astype(np.int64)
+    one = np.ones_like(acc)
+    return rns.add(one, -acc)
 
 
 async def integer_shares(rt, rns: Rns, x: np.ndarray, bits: int, sigma: int) -> list[int]:

@@ -1,6 +1,6 @@
 """The residue-shared protocols of linked jobs (jointstats.mpc.shamir) between real party
 processes over TCP: sharing, a resharing permutation, products with a degree reduction,
-inner products and the masked opening into integer additive shares, for 3 and 5 parties,
+inner products, zero tests and the masked opening into integer additive shares, for 3 and 5 parties,
 with tables sent in many chunks of rows, with and without pseudorandom shares from pair seeds.
 
 The test spawns ``sys.executable`` on this very file (``__main__`` below is the party
@@ -51,9 +51,12 @@ async def _party(pid: int, ports: list[int], out: Path, seeded: bool) -> None:
         gram = rns.inner(v, xs).reshape(len(rns), COLS * COLS)  # degree 2t
         shares = await shamir.integer_shares(rt, rns, np.concatenate([sums, gram], axis=1), bits, 64)
         first = await shamir.integer_shares(rt, rns, xs[:, :, 0], 31, 64)  # the permuted column
+        z = np.where(w == 1, 0, x[:, 1])  # zero, or not
+        zs = await shamir.share(rt, rns, z if pid == 0 else None, 0, (ROWS,))
+        zero = await shamir.integer_shares(rt, rns, await shamir.is_zero(rt, rns, zs), 2, 64)
     finally:
         await rt.shutdown()
-    out.write_text(json.dumps({"shares": [str(v) for v in shares + first]}))
+    out.write_text(json.dumps({"shares": [str(v) for v in shares + first + zero]}))
 
 
 def _run(tmp: Path, m: int, seeded: bool, timeout: float = 120) -> list[list[int]]:
@@ -71,6 +74,7 @@ def _check(tmp: Path, m: int, seeded: bool = True) -> None:
     got = np.array(_run(tmp, m, seeded), dtype=object).sum(axis=0)  # the integer shares add up
     v = x.astype(object) * w[:, None]
     want = list(v.sum(axis=0)) + list((v.T @ x.astype(object)).ravel()) + list(x[perm, 0])
+    want += [int(z == 0) for z in np.where(w == 1, 0, x[:, 1])]  # shamir.is_zero
     assert list(got) == want
 
 

@@ -246,6 +246,31 @@ def test_left_join_counts_and_crosstab(tmp_path):
     assert r["h"]["counts"] == np.histogram(left.age.dropna(), [18, 60, 100])[0].tolist()
 
 
+def test_dp_left_join_opens_nothing_of_its_matches(tmp_path):
+    """A left join keeps every bin of its base and multiplies the other holders' columns by
+    secret match bits: nothing about the matches is opened, so it has no dummy records and
+    its statistics get the whole budget; the noisy answers stay near the pooled ones."""
+    df = people(200, 53)
+    parts = [["smoker"], ["region", "bmi"], ["age", "sbp", "visits"]]
+    frames = split(df, parts, seed=17)
+    cfgs = linked_consortium(tmp_path, frames, parts, compute=("helper",))
+    stats = """statistics:
+  n:      {kind: count}
+  n_reg:  {kind: count, column: region}
+  ct:     {kind: crosstab, rows: smoker, cols: region}
+"""
+    metrics: dict = {}
+    res = run(write_spec(tmp_path, stats, ", join: left, base: holder_a, rows: 200", "{epsilon: 9.0}"),
+              cfgs, metrics=metrics).to_dict()
+    assert "linkage" not in res["privacy"] and not any("dummy_rows" in m for m in metrics.values())
+    a = clean(frames[0])
+    left = a.merge(clean(frames[1]), on="pid", how="left")
+    r = res["results"]
+    assert abs(r["n"]["value"] - len(a)) <= 10 * r["n"]["noise"]["scale"] + 1
+    assert abs(r["n_reg"]["value"] - int(left.region.notna().sum())) <= 10 * r["n_reg"]["noise"]["scale"] + 1
+    assert r["n"]["noise"]["scale"] == pytest.approx(3 / 9.0)  # a third of epsilon each
+
+
 def test_dp_linked_job_with_padding(tmp_path):
     df = people(300, 17)
     frames = split(df, [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]], seed=21)

@@ -61,8 +61,9 @@ def test_a_failed_peeling_takes_another_seed(monkeypatch):
     monkeypatch.setattr(opprf, "_peel", flaky)
     keys, values = outputs(50), RNS.random((50, 2))
     seed, table = opprf.program(RNS, keys, values.astype(np.uint32), opprf.table_rows(50))
-    # each failed seed's masks were taken off again: the values decode as they were
-    assert len(calls) == 3 and (opprf.evaluate(RNS, seed, table, keys) == values).all()
+    # each failed seed's masks were taken off again: the values decode as they were (a real
+    # peeling of 50 keys fails too, about 1 time in 20: then one more seed)
+    assert len(calls) >= 3 and (opprf.evaluate(RNS, seed, table, keys) == values).all()
     monkeypatch.setattr(opprf, "_peel", lambda pos, rows: None)
     with pytest.raises(LinkageError, match="could not build an OPPRF table"):
         opprf.program(RNS, keys, values.astype(np.uint32), opprf.table_rows(50))
