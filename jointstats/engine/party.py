@@ -270,12 +270,34 @@ class PartyJob:
                                             f"({theirs} vs {plan.sha256[:12]}): check "
                                             "that every party runs the same spec and version")
             floors = [st["min_count_floor"] for st in statuses]
+            committed = False
+
+            async def commit() -> None:
+                """Commit the budget (DP), once, before anything noisy is opened: the results,
+                or already a DP inner linked job's noisy linked count (found in review: a job
+                that failed after that opening released its reservation, so reruns would have
+                averaged the count away for free)."""
+                nonlocal committed
+                if committed:
+                    return
+                trace.point("before_commit")
+                await rt.guard(rt.transfer("ready", codec=_codec.TEXT), SECURE_STEP_TIMEOUT, "the noise step")
+                trace.point("commit")
+                if self.hooks:
+                    with trace.span("ledger", hook="before_reveal"):
+                        self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
+                # and open only once every party has committed: an opening needs only t + 1
+                # shares, so without this barrier the others could open while one party's
+                # commit failed, and its ledger would not have charged the release
+                await rt.guard(rt.transfer("committed", codec=_codec.TEXT), SECURE_STEP_TIMEOUT,
+                               "the budget commit")
+                committed = True
             if plan.vertical:  # link the rows; each party's partials become additive shares
                 from jointstats.engine.vertical import secure_partials
                 partials = await secure_partials(
                     rt, cfg, self.spec, plan, partials,
                     lambda aw, what, timeout=SECURE_STEP_TIMEOUT: rt.guard(aw, timeout, what),
-                    self.metrics)
+                    self.metrics, commit if plan.mode == "dp" else None)
                 self.progress("linkage done")
             if plan.mode == "dp":
                 from jointstats.engine import dp as _dp
@@ -284,17 +306,7 @@ class PartyJob:
                 noisy = await self._each_statistic(rt, plan, lambda stat: _dp.prepare(
                     rt, stat, partials[stat.name], effective_min_count(stat, floors),
                     noise.get(stat.name)), "statistic", phase="prepare")
-                trace.point("before_commit")
-                await rt.guard(rt.transfer("ready", codec=_codec.TEXT), SECURE_STEP_TIMEOUT, "the noise step")
-                trace.point("commit")
-                if self.hooks:
-                    with trace.span("ledger", hook="before_reveal"):
-                        self.hooks.before_reveal(plan)  # commit the budget before anything is revealed
-                # and reveal only once every party has committed: an opening needs only t + 1
-                # shares, so without this barrier the others could open while one party's
-                # commit failed, and its ledger would not have charged the release
-                await rt.guard(rt.transfer("committed", codec=_codec.TEXT), SECURE_STEP_TIMEOUT,
-                               "the budget commit")
+                await commit()
                 results = await self._each_statistic(rt, plan, lambda stat: _dp.reveal(
                     rt, stat, noisy[stat.name], effective_min_count(stat, floors)), "revealing",
                     report=True, phase="reveal")

@@ -543,9 +543,10 @@ LINK_SENSITIVITY = 1
 
 
 async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, link_noise,
-                metrics: dict) -> tuple[dict[int, np.ndarray], int]:
+                metrics: dict, commit=None) -> tuple[dict[int, np.ndarray], int]:
     """The linkage (docs/linkage.md): this party's shares of every holder's columns over the
-    linked records (``(L, n, features)`` per holder) and their number n."""
+    linked records (``(L, n, features)`` per holder) and their number n. ``commit``: awaited
+    before the opening (DP: the noisy count is a release, charged before anyone sees it)."""
     import time
     from jointstats.mpc import shamir
     m = len(rt.parties)
@@ -580,8 +581,13 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
     # linked record), uniformly random elsewhere
     tags = rns.total([table[:, :, c].astype(np.int64) for c in lay.tag_columns])[:, :, None]
     s = await shamir.deal(rt, rns, lambda a, b: rns.random((b - a, 1)), range(m), tags.shape[1:])
-    opened = await shamir.open_values(rt, rns, await shamir.multiply(rt, rns, tags, s))
+    masked = await shamir.multiply(rt, rns, tags, s)
+    if commit is not None:  # the job's budget is spent from here on, whatever happens next
+        await commit()
+    opened = await shamir.open_values(rt, rns, masked)
     pos = np.flatnonzero((opened == 0).all(axis=0)[:, 0])
+    from jointstats.engine import trace
+    trace.point("linked", records=len(pos))
     metrics["shuffle_seconds"] = time.perf_counter() - started
     metrics["cpu_opened"] = time.process_time()
     linked: dict[int, np.ndarray] = {}
@@ -610,9 +616,10 @@ async def _left(rt, rns, lay: Layout, table: np.ndarray) -> dict[int, np.ndarray
 
 
 async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock, guard,
-                          metrics: dict) -> dict[str, list[int]]:
+                          metrics: dict, commit=None) -> dict[str, list[int]]:
     """Steps 2 to 5 of a linked job: every statistic's partial as this party's integer
-    additive share (the sum over the parties is the partial over the linked records)."""
+    additive share (the sum over the parties is the partial over the linked records).
+    ``commit`` (DP): the budget commit, awaited before an inner join opens its noisy count."""
     import time
     from jointstats.mpc import codec as _codec
     started = time.perf_counter()
@@ -666,7 +673,7 @@ async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock,
     # times what the benchmark takes) on top of the step timeout, and never over 3 hours
     work = lay.bins * len(holders) + sum(3 * sizes[j] for j in lay.others)
     timeout = min(600.0 + 0.005 * work, LINKAGE_TIMEOUT)
-    linked, n_linked = await guard(_link(rt, rns, lay, block, spec, join, link_noise, metrics),
+    linked, n_linked = await guard(_link(rt, rns, lay, block, spec, join, link_noise, metrics, commit),
                                    "the linkage", timeout)
     metrics["linkage_seconds"] = time.perf_counter() - started
     metrics["linked_records"] = n_linked  # known to every party (docs/linkage.md)

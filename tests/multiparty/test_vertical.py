@@ -271,6 +271,31 @@ def test_dp_left_join_opens_nothing_of_its_matches(tmp_path):
     assert r["n"]["noise"]["scale"] == pytest.approx(3 / 9.0)  # a third of epsilon each
 
 
+def test_a_dp_linked_count_is_charged_before_anyone_sees_it(tmp_path, monkeypatch):
+    """A DP inner join's noisy linked count is a release: every party commits its budget
+    before it is opened (found in review: a job that failed after the opening gave the
+    reservation back, so reruns could average the count for free). A party dying right after
+    the opening leaves the others' budgets spent and their audit logs intact."""
+    from fractions import Fraction
+
+    from jointstats.consortium.config import load_party_config
+    from jointstats.ledger.state import NodeState
+    from tests import faults
+    df = people(120, 59)
+    parts = [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]]
+    cfgs = linked_consortium(tmp_path, split(df, parts, seed=23), parts)
+    spec = write_spec(tmp_path, "statistics:\n  n: {kind: count}\n", ", rows: 120", "{epsilon: 1.0}")
+    faults.arm(monkeypatch, "holder_c:linked")
+    with pytest.raises(PartyError, match="party 'holder_c'"):
+        run(spec, cfgs)
+    for cfg in cfgs[:2]:
+        state = NodeState(load_party_config(cfg).state)
+        try:
+            assert state.spent("linked")[0] == Fraction(1) and state.verify_audit()[0]
+        finally:
+            state.close()
+
+
 def test_dp_linked_job_with_padding(tmp_path):
     df = people(300, 17)
     frames = split(df, [["age", "smoker"], ["bmi", "region"], ["sbp", "visits"]], seed=21)
