@@ -1,7 +1,8 @@
 """Programmed tables of an oblivious programmable PRF (OPPRF), as a linked job uses them.
 
 A holder ``j`` knows, for each of its keys ``y`` and each of the (up to three) bins ``b`` a
-key may occupy, the PRF output ``F = k_j * H(y || b)`` (its own scalar, ``engine.linkage``),
+key may occupy, the PRF output ``F = k_b * H(y)`` (its secret scalar of bin ``b``,
+``engine.linkage.bin_keys``),
 and a value ``v(y, b)`` (its encoded row minus a secret mask of bin ``b``, and minus the bin's
 secret tag). It sends the leader one table from which, for any ``F``, anyone can compute a
 value: ``v(y, b)`` when ``F`` is one of the programmed outputs, and a pseudorandom value

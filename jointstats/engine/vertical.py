@@ -280,8 +280,8 @@ class Layout:
     programs an OPPRF table of ``table_rows[j]`` entries. The shared table has one row per
     bin, then ``dummies`` rows per party (DP), and columns: the leader's features, then for
     each other holder its features (its row for the leader's key of the bin, if it has it)
-    and its tags (0 exactly when it has the bin's key; a left join has two independent ones,
-    for a zero test that is exact with odds 1 - 2^-60)."""
+    and its tags (0 exactly when it has the bin's key; a left join has three independent ones,
+    for a zero test that is exact but for odds of about 2^-90)."""
 
     leader: int
     others: tuple[int, ...]
@@ -290,7 +290,7 @@ class Layout:
     table_rows: dict
     dummies: int
     parties: int
-    tags: int = 1  # per other holder: 1 (inner join), 2 independent ones (left join)
+    tags: int = 1  # per other holder: 1 (inner join), 3 independent ones (left join)
 
     @property
     def rows(self) -> int:
@@ -323,7 +323,7 @@ def make_layout(holders: list[int], sizes: dict[int, int], feats: dict, join: st
     others = tuple(i for i in holders if i != leader)
     return Layout(leader, others, L.bin_count(sizes[leader]), {i: len(feats[i]) for i in holders},
                   {j: opprf.table_rows(3 * sizes[j]) for j in others}, dummies, m,
-                  2 if join == "left" else 1)
+                  3 if join == "left" else 1)
 
 
 async def _send_table(rt, rns, table, src: int, dst: int, shape) -> np.ndarray | None:
@@ -599,20 +599,33 @@ async def _link(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, join: str, 
 
 async def _left(rt, rns, lay: Layout, table: np.ndarray) -> dict[int, np.ndarray]:
     """A left join's linked table: every bin of the base (the leader), each other holder's
-    columns multiplied by a secret bit, 1 exactly when it has the bin's key (both its tags
+    columns multiplied by a secret bit, 1 exactly when it has the bin's key (its three tags
     are 0: ``shamir.is_zero``, about 31 rounds of products). Nothing is opened, so nothing
-    about who has which key is shown, and the bins need no shuffle."""
+    about who has which key is shown, and the bins need no shuffle. In blocks of
+    ``LEFT_BLOCK`` bins: the zero tests' temporaries are some ten times their input."""
+    from jointstats.engine import trace
     from jointstats.mpc import shamir
-    tags = table[:, :, lay.tag_columns].astype(np.int64)
-    tags = tags.reshape(len(rns), lay.bins, len(lay.others), lay.tags)
-    bits = await shamir.is_zero(rt, rns, tags)
-    both = await shamir.multiply(rt, rns, bits[..., 0], bits[..., 1])  # (L, bins, others)
+    trace.point("zero_tests")
     lo, hi = lay.span(lay.leader)
     linked = {lay.leader: table[:, :, lo:hi]}
-    for k, j in enumerate(lay.others):
-        lo, hi = lay.span(j)
-        linked[j] = await shamir.multiply(rt, rns, table[:, :, lo:hi], both[:, :, k, None])
+    for j in lay.others:
+        linked[j] = np.empty((len(rns), lay.bins, lay.widths[j]), dtype=np.uint32)
+    cols = lay.tag_columns
+    for a in range(0, lay.bins, LEFT_BLOCK):
+        b = min(a + LEFT_BLOCK, lay.bins)
+        tags = table[:, a:b][:, :, cols].astype(np.int64).reshape(len(rns), b - a, len(lay.others), lay.tags)
+        bits = await shamir.is_zero(rt, rns, tags)
+        match = bits[..., 0]
+        for k in range(1, lay.tags):
+            match = await shamir.multiply(rt, rns, match, bits[..., k])  # (L, rows, others)
+        for k, j in enumerate(lay.others):
+            lo, hi = lay.span(j)
+            linked[j][:, a:b] = await shamir.multiply(rt, rns, table[:, a:b, lo:hi], match[:, :, k, None])
     return linked
+
+
+#: Bins per block of a left join's zero tests.
+LEFT_BLOCK = 1 << 17
 
 
 async def secure_partials(rt, config, spec: Spec, plan: Plan, block: LocalBlock, guard,
@@ -700,7 +713,7 @@ def check_sizes(names: list[str], sizes: dict[int, int], lay: Layout, width: int
     if empty:
         raise DataError(f"party {empty[0]!r} has no usable keys to link")
     for j in lay.others:
-        if lay.table_rows[j] * (lay.widths[j] + 1) * width > limit:
+        if lay.table_rows[j] * (lay.widths[j] + lay.tags) * width > limit:
             raise DataError(f"party {names[j]!r}: its linkage table for {sizes[j]} keys x "
                             f"{lay.widths[j]} encoded features is over the {limit >> 20} MiB "
                             "limit; use fewer rows (link.rows) or fewer statistics")
@@ -721,9 +734,14 @@ def _unread_bound(plan: Plan, rns, lay: Layout, m: int, n_max: int) -> int:
     from jointstats.mpc import codec as _codec
     element = 4 * len(rns)
     rounds = len(L.shuffle_sets(m, (m - 1) // 2)) + len(lay.others) + 4
-    tables = sum(lay.table_rows[j] * (lay.widths[j] + 1) for j in lay.others)
+    tables = sum(lay.table_rows[j] * (lay.widths[j] + lay.tags) for j in lay.others)
     columns = sum(len(s.terms) + sum(s.shape or ()) + len(lay.widths) + 2 for s in plan.statistics)
     total = element * (lay.rows * lay.width * rounds + tables + n_max * columns) + 2 * L.POINT * lay.bins
+    if lay.tags > 1:  # a left join's zero tests: the rounds between two meetings, then the ANDs
+        from jointstats.mpc import shamir
+        block = min(lay.bins, LEFT_BLOCK)
+        tests = len(lay.others) * lay.tags
+        total += element * block * (tests * 2 * shamir.ZERO_TEST_SYNC + tests + sum(lay.widths.values()))
     return min(_codec.UNREAD_FLOOR + total, _codec.MAX_UNREAD)
 
 

@@ -214,23 +214,30 @@ async def is_zero(rt, rns: Rns, x: np.ndarray) -> np.ndarray:
     0 or uniformly random modulo M: per prime p, 1 - x^(p - 1) (Fermat's little theorem), by
     square and multiply with both products of a step in one round (about 31 rounds). The
     residues of a bit agree, so it is a bit modulo M, unless a nonzero entry is 0 modulo some
-    prime and not all (odds below 2^-30 each): AND two independent entries to make that
-    2^-60."""
+    prime and not all (odds below 2^-30 each): AND three independent entries to make that
+    about 2^-90. Every few rounds all parties meet (an empty exchange), so that the parties
+    that deal the products cannot run far ahead of one that does not (its unread bound)."""
+    from jointstats.mpc import codec as _codec
     exponents = [p - 1 for p in rns.primes]
+    top = max(e.bit_length() for e in exponents)
     base = np.asarray(x, dtype=np.int64)
     acc = None
-    for i in range(max(e.bit_length() for e in exponents)):
+    for i in range(top):
+        if i % ZERO_TEST_SYNC == ZERO_TEST_SYNC - 1:
+            await rt.transfer(0, codec=_codec.INT)
         mult = None
         if any((e >> i) & 1 for e in exponents):
             mult = base.copy()
             for l, e in enumerate(exponents):
                 if not (e >> i) & 1:
                     mult[l] = 1  # the constant 1: a sharing of degree 0
-        last = i == max(e.bit_length() for e in exponents) - 1
+        last = i == top - 1
         if mult is not None and acc is not None:
             left = np.stack([acc, base] if not last else [acc], axis=-1)
             right = np.stack([mult, base] if not last else [mult], axis=-1)
+            del mult
             both = await multiply(rt, rns, left, right)
+            del left, right
             acc = both[..., 0].astype(np.int64)
             if not last:
                 base = both[..., 1].astype(np.int64)
@@ -239,8 +246,11 @@ async def is_zero(rt, rns: Rns, x: np.ndarray) -> np.ndarray:
             acc = mult
         if not last:
             base = (await multiply(rt, rns, base, base)).astype(np.int64)
-    one = np.ones_like(acc)
-    return rns.add(one, -acc)
+    return rns.add(np.ones_like(acc), -acc)
+
+
+#: Rounds of :func:`is_zero` between two meetings of all parties.
+ZERO_TEST_SYNC = 4
 
 
 async def integer_shares(rt, rns: Rns, x: np.ndarray, bits: int, sigma: int) -> list[int]:

@@ -334,7 +334,7 @@ def test_linked_sizes_are_refused_before_anything_is_sent(monkeypatch):
         check_sizes(names, sizes, lay(sizes), width)
     # a left join on a's 20000 rows: every OPPRF table fits, the linked table does not
     sizes = {0: 20_000, 1: 100, 2: 100}
-    with pytest.raises(DataError, match="the linked table of 25432 rows x 19 encoded"):
+    with pytest.raises(DataError, match="the linked table of 25432 rows x 21 encoded"):
         check_sizes(names, sizes, lay(sizes, "left"), width)
     with pytest.raises(DataError, match="party 'c' has no usable keys"):
         sizes = {0: 10, 1: 10, 2: 0}
@@ -352,7 +352,7 @@ def test_the_leader_is_the_base_or_the_holder_with_fewest_keys():
     assert inner.tag_columns == [6, 10]
     left = make_layout([0, 2, 3], {0: 500, 2: 90, 3: 90}, feats, "left", 3, 5, 4)
     assert left.leader == 3 and left.rows == left.bins + 4 * 5
-    assert left.tags == 2 and left.tag_columns == [5, 6, 11, 12]  # two per other holder
+    assert left.tags == 3 and left.tag_columns == [5, 6, 7, 12, 13, 14]  # three per other holder
 
 def test_a_linked_jobs_message_bounds_follow_its_holdings():
     from jointstats.engine import vertical as V
@@ -419,3 +419,25 @@ def test_a_holders_block_is_padded_to_link_rows_with_keys_that_link_nowhere(tmp_
     assert len(set(block.keys)) == 40 and all(k.startswith("\x00pad:") for k in block.keys[2:])
     row = block.features.index(next(f for f in block.features if f.kind == "row"))
     assert block.rows[:2, row].tolist() == [1, 1] and not block.rows[2:].any()
+
+
+def test_a_left_joins_unread_bound_covers_its_zero_tests_between_two_meetings():
+    """With an even number of parties one party deals no products; the dealers may run the
+    zero tests' rounds ahead of it up to the next meeting of all parties (every
+    ZERO_TEST_SYNC rounds), so its bound holds those rounds of one block (found in review:
+    without meetings, 30 rounds ahead dropped an honest peer)."""
+    from jointstats.engine import vertical as V
+    from jointstats.mpc import codec as _codec
+    from jointstats.mpc import shamir
+    from jointstats.mpc.rns import Rns, primes_for
+    rns = Rns(primes_for(150))
+    feats = {0: (1,) * 2, 1: (1,) * 3, 2: (1,) * 2, 3: (1,) * 2}
+    sizes = {0: 20_000, 1: 20_000, 2: 20_000, 3: 20_000}
+    plan = type("P", (), {"statistics": ()})()
+    inner = V.make_layout([0, 1, 2, 3], sizes, feats, "inner", 0, 0, 4)
+    left = V.make_layout([0, 1, 2, 3], sizes, feats, "left", 0, 0, 4)
+    extra = V._unread_bound(plan, rns, left, 4, left.bins) - V._unread_bound(plan, rns, inner, 4, left.bins)
+    tests = 3 * left.tags
+    zero_tests = 20 * left.bins * (tests * 2 * shamir.ZERO_TEST_SYNC + tests + 9)
+    assert extra >= zero_tests > 0 and shamir.ZERO_TEST_SYNC <= 8
+    assert V._unread_bound(plan, rns, left, 4, left.bins) < _codec.MAX_UNREAD
