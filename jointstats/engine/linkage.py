@@ -22,7 +22,6 @@ import math
 import os
 import secrets
 import unicodedata
-from dataclasses import dataclass
 
 import gmpy2
 import numpy as np
@@ -155,17 +154,14 @@ class Scalar:
                 self._value = value
                 return
 
-    def key(self, factor: int = 1) -> bytes | None:
-        """The X25519 scalar of this scalar times ``factor``, or None if it has none."""
-        return _clamped(self._value * factor)
+    def key(self) -> bytes | None:
+        """The X25519 scalar of this residue, or None if it has none."""
+        return _clamped(self._value)
 
-    def apply(self, points: np.ndarray, factor: int = 1) -> np.ndarray:
-        """Every point multiplied by this scalar (times ``factor``). LinkageError if a point is
-        of small order (X25519's all-zero result: never from a hashed key, only from a
-        deviating peer)."""
-        key = self.key(factor)
-        if key is None:
-            raise ValueError("this factor gives the scalar no X25519 representative")
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """Every point multiplied by this scalar. LinkageError if a point is of small order
+        (X25519's all-zero result: never from a hashed key, only from a deviating peer)."""
+        key = self.key()
         return multiply(np.frombuffer(key * len(points), dtype=np.uint8).reshape(-1, POINT), points)
 
 

@@ -27,7 +27,6 @@ The flow (docs/linkage.md):
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import secrets
 from dataclasses import dataclass, field, replace

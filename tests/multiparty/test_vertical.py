@@ -21,7 +21,7 @@ import pytest
 import statsmodels.api as sm
 import yaml
 
-from jointstats import PartyError, PolicyError, run, validate
+from jointstats import PartyError, run, validate
 from jointstats.engine import linkage as L
 from tests.common import cohort_schema
 from tests.conftest import cohort_frame, mpc_peers
