@@ -411,11 +411,16 @@ async def _bin_table(rt, rns, lay: Layout, block: LocalBlock, spec: Spec, metric
         if me == lay.leader:  # this holder's PRF outputs of the leader's keys, while the others work
             unblinded[j] = _background(_from_peer(rt, j, unblind.apply, got[0]))
 
+    every: list[np.ndarray] = []
+
     async def outputs_for(j: int) -> np.ndarray:
-        """The leader's PRF outputs under holder j's scalars (shared: every holder's part)."""
+        """The leader's PRF outputs under holder j's scalars (shared: every holder's part,
+        put together once)."""
         if not shared:
             return await unblinded[j]
-        return np.concatenate([await unblinded[i] for i in lay.others])
+        if not every:
+            every.append(np.concatenate([await unblinded[i] for i in lay.others]))
+        return every[0]
     metrics["queries_seconds"] = time.perf_counter() - started
     metrics["cpu_queries"] = time.process_time()
     decoded = None
