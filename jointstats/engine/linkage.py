@@ -117,8 +117,8 @@ def _points(domain: bytes, dataset: str, items: list[bytes]) -> np.ndarray:
 
 
 def random_points(n: int) -> np.ndarray:
-    """``n`` points of dummy keys (padding): random points of the curve, distributed as hashed
-    keys are, so they link with nothing and look like any other."""
+    """``n`` random points of the curve, distributed as hashed keys are: the leader's queries
+    for its empty bins, which decode to nothing and, blinded, look like any other."""
     return _points(b"jointstats-pad-v1\x00", "", [os.urandom(32) for _ in range(n)])
 
 
